@@ -1,0 +1,198 @@
+"""Run configuration: dataclasses loaded from YAML files in ``configs/`` (values only).
+
+Defaults are the original SDNet's (224 x 224, C = 8, nz = 8, weights 0.01 / 10 / 10 / 1 / 1,
+Adam 1e-4 with beta1 0.5 and inverse-time decay 1e-4, batch 4, pool 50, patience 100).
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+@dataclass
+class ModelConfig:
+    input_size: int = 224
+    input_channels: int = 1
+    anatomy_channels: int = 8
+    nz: int = 8
+    unet_filters: int = 64
+    unet_depth: int = 4
+    num_classes: int = 3
+    segmentor_filters: int = 64
+    modality_filters: int = 16
+    discriminator_filters: int = 64
+    spectral: str = "penalty"
+    spectral_weight: float = 10.0
+    binarise: bool = True
+
+
+@dataclass
+class LossConfig:
+    kl: float = 0.01
+    dice: float = 10.0
+    adversarial: float = 10.0
+    reconstruction: float = 1.0
+    z_reconstruction: float = 1.0
+    dice_mode: str = "pooled"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    beta_1: float = 0.5
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+    decay: float = 1e-4
+    epochs: int = 500
+    iterations_per_epoch: int = 0  # 0: ceil(max(#labelled, #unlabelled) / batch_size), as the original
+    patience: int = 100
+    min_delta: float = 0.01
+    pool_size: int = 50
+    seed: int = 1
+    jit_compile: bool = False
+    precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
+    checkpoint_every: int = 0  # iterations between checkpoints; 0: at the end of each epoch only
+    keep_checkpoints: int = 2
+    image_summaries: int = 4  # images written to TensorBoard each epoch (0: none)
+    log_every: int = 10  # iterations between TensorBoard loss scalars
+    validation_batch_size: int = 16
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    path: str = ""
+    split: int = 0
+    labelled_fraction: float = 1.0
+    augment: bool = True
+    rotation_range: float = 90.0
+    synthetic_images: int = 256
+    synthetic_validation: int = 64
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values, source="<dict>"):
+        values = values or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(sections)
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected {sorted(sections)}")
+        kwargs = {}
+        for name, f in sections.items():
+            section_cls = f.default_factory
+            section_values = values.get(name) or {}
+            if not isinstance(section_values, dict):
+                raise ConfigError(f"{source}: section '{name}' must be a mapping")
+            kwargs[name] = _build_section(section_cls, section_values, f"{source}: {name}")
+        return cls(**kwargs)
+
+    def override(self, assignments):
+        """Apply ``section.key=value`` strings (values parsed as YAML scalars)."""
+        values = self.to_dict()
+        for item in assignments:
+            if "=" not in item or "." not in item.split("=", 1)[0]:
+                raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=5")
+            key, raw = item.split("=", 1)
+            section, name = key.split(".", 1)
+            if section not in values:
+                raise ConfigError(f"override {item!r}: unknown section {section!r}")
+            if name not in values[section]:
+                raise ConfigError(f"override {item!r}: unknown key {name!r} in section {section!r}; "
+                                  f"known: {sorted(values[section])}")
+            values[section][name] = yaml.safe_load(raw)
+        return Config.from_dict(values, source="overrides")
+
+
+def _build_section(section_cls, values, source):
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default
+        kwargs[name] = _coerce(value, type(default), f"{source}.{name}")
+    return section_cls(**kwargs)
+
+
+def _coerce(value, kind, where):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def resolve_config_path(name_or_path):
+    """A path to a YAML file, or the name of one in ``configs/`` (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    raise ConfigError(f"config {name_or_path!r}: no such file, and not one of {available}")
+
+
+def load_config(name_or_path=None, overrides=()):
+    """Load a config by name or path (defaults when None) and apply overrides."""
+    if name_or_path is None:
+        config = Config()
+    else:
+        path = resolve_config_path(name_or_path)
+        try:
+            with open(path) as handle:
+                values = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from error
+        config = Config.from_dict(values, source=str(path))
+    return config.override(overrides) if overrides else config
+
+
+def save_config(config, path):
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def model_kwargs(config):
+    """Constructor arguments of ``SDNet`` from a config."""
+    return dataclasses.asdict(config.model)

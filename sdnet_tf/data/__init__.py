@@ -1,0 +1,1 @@
+"""Data code: numpy, nibabel and scipy only (no TensorFlow, no models)."""

@@ -1,0 +1,60 @@
+"""The arrays one SDNet training run consumes."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the source and the problem."""
+
+
+@dataclass
+class SDNetArrays:
+    """Training and validation arrays, channels last, float32.
+
+    Attributes:
+        labelled_images: (N, H, W, 1) in [-1, 1].
+        labelled_masks: (N, H, W, L) one-hot foreground channels (background excluded).
+        unlabelled_images: (M, H, W, 1).
+        real_masks: (K, H, W, L) masks shown to the discriminator as real (the whole
+            training split, not only the labelled subset).
+        validation_images: (V, H, W, 1).
+        validation_masks: (V, H, W, L).
+    """
+
+    labelled_images: np.ndarray
+    labelled_masks: np.ndarray
+    unlabelled_images: np.ndarray
+    real_masks: np.ndarray
+    validation_images: np.ndarray
+    validation_masks: np.ndarray
+    source: str = "arrays"
+
+    def check(self, input_size=None, num_classes=None):
+        """Raise ``DataError`` when the arrays do not fit together or the model."""
+        for name in ("labelled_images", "labelled_masks", "unlabelled_images", "real_masks",
+                     "validation_images", "validation_masks"):
+            value = getattr(self, name)
+            if value.ndim != 4:
+                raise DataError(f"{self.source}: {name} has shape {value.shape}, expected (N, H, W, C)")
+            if len(value) == 0:
+                raise DataError(f"{self.source}: {name} is empty")
+            if input_size is not None and value.shape[1:3] != (input_size, input_size):
+                raise DataError(f"{self.source}: {name} is {value.shape[1]}x{value.shape[2]}, "
+                                f"the model expects {input_size}x{input_size}")
+            if not np.isfinite(value).all():
+                raise DataError(f"{self.source}: {name} contains NaN or infinite values")
+        for images, masks in (("labelled_images", "labelled_masks"), ("validation_images", "validation_masks")):
+            if len(getattr(self, images)) != len(getattr(self, masks)):
+                raise DataError(f"{self.source}: {images} and {masks} differ in length")
+        if num_classes is not None:
+            for name in ("labelled_masks", "real_masks", "validation_masks"):
+                if getattr(self, name).shape[-1] != num_classes:
+                    raise DataError(f"{self.source}: {name} has {getattr(self, name).shape[-1]} channels, "
+                                    f"the model expects {num_classes}")
+        return self
+
+    def counts(self):
+        return {"labelled": len(self.labelled_images), "unlabelled": len(self.unlabelled_images),
+                "real_masks": len(self.real_masks), "validation": len(self.validation_images)}

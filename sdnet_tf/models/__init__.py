@@ -1,0 +1,11 @@
+"""The SDNet networks, one per module, written with Keras 3 and keras.ops only."""
+
+from sdnet_tf.models.anatomy_encoder import AnatomyEncoder
+from sdnet_tf.models.decoder import FiLMDecoder
+from sdnet_tf.models.discriminator import MaskDiscriminator
+from sdnet_tf.models.modality_encoder import ModalityEncoder
+from sdnet_tf.models.sdnet import NETWORKS, SDNet
+from sdnet_tf.models.segmentor import Segmentor
+
+__all__ = ["AnatomyEncoder", "ModalityEncoder", "FiLMDecoder", "Segmentor", "MaskDiscriminator", "SDNet",
+           "NETWORKS"]

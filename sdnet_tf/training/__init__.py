@@ -1,0 +1,1 @@
+"""Training: the schedule (backend-agnostic) and the engines (gradient mechanics)."""

@@ -1,0 +1,67 @@
+"""The losses of each SDNet training step, as functions of the model and a batch.
+
+Written with ``keras.ops`` only so every engine (TensorFlow here, JAX later) computes exactly
+the same objective; engines add only the gradient mechanics.
+"""
+
+from keras import ops
+
+from sdnet_tf import losses
+
+
+def supervised(model, images, masks, weights, dice_mode="pooled"):
+    """Labelled step: ``dice * Dice + reconstruction * L1 + kl * KL``."""
+    anatomy, z, mean, logvar = model.decompose(images, training=True)
+    predicted = model.segmentor(anatomy, training=True)
+    reconstruction = model.reconstruct(anatomy, z)
+    terms = {
+        "dice": losses.dice_loss(predicted, masks, mode=dice_mode),
+        "reconstruction": losses.l1_loss(reconstruction, images),
+        "kl": losses.gaussian_kl(mean, logvar),
+    }
+    total = weights["dice"] * terms["dice"] + weights["reconstruction"] * terms["reconstruction"] \
+        + weights["kl"] * terms["kl"]
+    return total, terms
+
+
+def unsupervised(model, images, weights):
+    """Unlabelled step: ``adversarial * LSGAN_G + reconstruction * L1 + kl * KL``."""
+    anatomy, z, mean, logvar = model.decompose(images, training=True)
+    predicted = model.segmentor(anatomy, training=True)
+    reconstruction = model.reconstruct(anatomy, z)
+    terms = {
+        "adversarial": losses.lsgan_generator_loss(model.discriminator(predicted)),
+        "reconstruction": losses.l1_loss(reconstruction, images),
+        "kl": losses.gaussian_kl(mean, logvar),
+    }
+    total = weights["adversarial"] * terms["adversarial"] + weights["reconstruction"] * terms["reconstruction"] \
+        + weights["kl"] * terms["kl"]
+    return total, terms
+
+
+def z_reconstruction(model, images, z_prior, weights):
+    """z-reconstruction step: decode the batch's anatomy with a prior z and recover that z.
+
+    The anatomy is computed in inference mode and held constant (no gradient reaches the
+    anatomy encoder), as the original computes it with ``predict`` before the step.
+    """
+    anatomy = ops.stop_gradient(model.anatomy_encoder(images, training=False))
+    fake_images = model.reconstruct(anatomy, z_prior)
+    z_recovered, _, _ = model.modality_encoder([anatomy, fake_images], training=True)
+    terms = {"z_reconstruction": losses.z_reconstruction_loss(z_recovered, z_prior)}
+    return weights["z_reconstruction"] * terms["z_reconstruction"], terms
+
+
+def discriminator(model, real_masks, fake_masks):
+    """Discriminator step: LSGAN discriminator loss plus the spectral penalty."""
+    real_scores = model.discriminator(real_masks)
+    fake_scores = model.discriminator(fake_masks)
+    terms = {"discriminator": losses.lsgan_discriminator_loss(real_scores, fake_scores)}
+    penalties = [ops.cast(p, "float32") for p in model.discriminator.losses]
+    terms["spectral"] = ops.sum(ops.stack(penalties)) if penalties else ops.convert_to_tensor(0.0)
+    return terms["discriminator"] + terms["spectral"], terms
+
+
+def segment_inference(model, images):
+    """Foreground probabilities of the test-time model, BatchNorm in inference mode."""
+    return model.segment(images, training=False)

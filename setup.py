@@ -1,0 +1,35 @@
+"""sdnet-tf: SDNet (Chartsias et al., MedIA 2019) in TensorFlow 2 / Keras 3."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sdnet-tf",
+    version="0.1.0",
+    description="SDNet disentangled cardiac MRI segmentation in TensorFlow 2 / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["sdnet_tf", "sdnet_tf.*", "export", "export.*"]),
+    py_modules=["cli"],
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<3.16",
+        "tensorflow-probability>=0.25,<0.26",
+        "tf-keras>=2.21,<2.22",
+        "tensorboard>=2.20",
+        "tf2onnx>=1.17,<1.18",
+        "onnxruntime>=1.31",
+        "nibabel>=5.2",
+        "numpy>=2.0",
+        "scipy>=1.13",
+        "click>=8.1",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "gpu": ["onnxruntime-gpu>=1.31"],
+    },
+    entry_points={"console_scripts": ["sdnet-tf=cli:main"]},
+)
