@@ -28,11 +28,26 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     With ``resume`` a run directory holding checkpoints is continued from the last one;
     without it such a directory is refused rather than overwritten.
     """
-    from sdnet_tf.training.trainer import Trainer
-
     run_dir = Path(run_dir)
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_log = logging.getLogger("sdnet_tf")
+    package_log.addHandler(handler)
+    if package_log.getEffectiveLevel() > logging.INFO:
+        package_log.setLevel(logging.INFO)
+    try:
+        return _train(config, run_dir, resume, max_iterations, progress, arrays)
+    finally:
+        package_log.removeHandler(handler)
+        handler.close()
+
+
+def _train(config, run_dir, resume, max_iterations, progress, arrays):
+    from sdnet_tf.training.trainer import Trainer
+
     keras.utils.set_random_seed(config.train.seed)
     if config.train.precision != "float32":
         keras.config.set_dtype_policy(config.train.precision)

@@ -59,7 +59,15 @@ class TFEngine:
                     union.update({id(v): v for v in self.step_variables[step.name]})
             if union:
                 optimizer.build(list(union.values()))
-        self._updates = {step.name: self._compile_update(step) for step in self.schedule}
+        # steps that differ only in their batch (the two z-reconstruction steps) share one
+        # compiled update
+        compiled = {}
+        self._updates = {}
+        for step in self.schedule:
+            key = (step.objective, step.optimizer, step.trains)
+            if key not in compiled:
+                compiled[key] = self._compile_update(step)
+            self._updates[step.name] = compiled[key]
         self._segment = tf.function(lambda x: objectives.segment_inference(self.model, x),
                                     jit_compile=train_config.jit_compile, reduce_retracing=True)
         self.run_dir = Path(run_dir) if run_dir else None
@@ -67,14 +75,30 @@ class TFEngine:
         self._manager = None
         self._best_manager = None
         if self.run_dir is not None:
-            tracked = {f"optimizer_{name}": opt for name, opt in self.optimizers.items()}
-            self._checkpoint = tf.train.Checkpoint(model=self.model, **tracked)
+            self._checkpoint = tf.train.Checkpoint(**self._tracked(optimizers=True))
             self._manager = tf.train.CheckpointManager(
                 self._checkpoint, str(self.run_dir / "checkpoints"), max_to_keep=train_config.keep_checkpoints,
                 checkpoint_name="ckpt")
             self._best_manager = tf.train.CheckpointManager(
-                tf.train.Checkpoint(model=self.model), str(self.run_dir / "best"), max_to_keep=1,
+                tf.train.Checkpoint(**self._tracked(optimizers=False)), str(self.run_dir / "best"), max_to_keep=1,
                 checkpoint_name="best")
+
+    def _tracked(self, optimizers):
+        """Every variable to checkpoint, by a stable name.
+
+        Keras 3 keeps sub-layers in lists that ``tf.train.Checkpoint`` does not traverse (it
+        would miss BatchNorm statistics and seed-generator states), so the networks' and the
+        optimisers' variables are listed explicitly, in their deterministic creation order.
+        """
+        tracked = {}
+        for name, network in self.model.networks().items():
+            for i, variable in enumerate(network.variables):
+                tracked[f"{name}/{i:04d}"] = variable.value
+        if optimizers:
+            for name, optimizer in self.optimizers.items():
+                for i, variable in enumerate(optimizer.variables):
+                    tracked[f"optimizer_{name}/{i:04d}"] = variable.value
+        return tracked
 
     # updates -----------------------------------------------------------------------------
     def _compile_update(self, step):
@@ -151,7 +175,8 @@ class TFEngine:
         """Load the best validation weights into the model; False when none was saved."""
         if self._best_manager is None or self._best_manager.latest_checkpoint is None:
             return False
-        tf.train.Checkpoint(model=self.model).restore(self._best_manager.latest_checkpoint).expect_partial()
+        tf.train.Checkpoint(**self._tracked(optimizers=False)).restore(
+            self._best_manager.latest_checkpoint).assert_existing_objects_matched()
         return True
 
     # summaries ---------------------------------------------------------------------------

@@ -1,0 +1,38 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from sdnet_tf.config import Config  # noqa: E402
+
+SMALL = dict(input_size=32, unet_filters=4, unet_depth=2, segmentor_filters=8, discriminator_filters=4)
+
+
+def small_config(**train):
+    """A tiny SDNet config for fast engine tests (32 x 32, narrow networks)."""
+    config = Config()
+    for key, value in SMALL.items():
+        setattr(config.model, key, value)
+    config.train.iterations_per_epoch = 4
+    config.train.epochs = 2
+    config.train.image_summaries = 1
+    config.data.synthetic_images = 24
+    config.data.synthetic_validation = 8
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")

@@ -1,0 +1,55 @@
+"""Config: defaults are the original's, YAML round-trip, overrides, clear errors."""
+
+import pytest
+
+from sdnet_tf.config import CONFIG_DIR, Config, ConfigError, load_config, save_config
+
+
+def test_defaults_are_the_original():
+    c = Config()
+    assert (c.model.input_size, c.model.anatomy_channels, c.model.nz, c.model.unet_filters) == (224, 8, 8, 64)
+    assert (c.loss.kl, c.loss.dice, c.loss.adversarial, c.loss.reconstruction, c.loss.z_reconstruction) == (
+        0.01, 10.0, 10.0, 1.0, 1.0)
+    t = c.train
+    assert (t.learning_rate, t.beta_1, t.decay, t.batch_size, t.pool_size, t.patience, t.min_delta, t.seed) == (
+        1e-4, 0.5, 1e-4, 4, 50, 100, 0.01, 1)
+
+
+def test_yaml_round_trip(tmp_path):
+    config = load_config("synthetic-quick", ["train.epochs=3", "loss.dice_mode=per_class"])
+    save_config(config, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == config
+    assert again.train.epochs == 3 and again.loss.dice_mode == "per_class"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    assert isinstance(load_config(name), Config)
+
+
+def test_original_config_file_matches_defaults():
+    original = load_config("sdnet-acdc")
+    assert original.model == Config().model
+    assert original.loss == Config().loss
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "unknown key 'epoch'"),
+    ("optim.lr=3", "unknown section"),
+    ("train.epochs=many", "expected an integer"),
+    ("epochs=3", "section.key=value"),
+    ("train.jit_compile=1", "true or false"),
+])
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  filters: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: model.*unknown key"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,146 @@
+"""TensorFlow engine: each step updates exactly its variables; exact resume; checkpoints."""
+
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import small_config
+from sdnet_tf.config import model_kwargs
+from sdnet_tf.data.synthetic import synthetic_arrays
+from sdnet_tf.models import SDNet
+from sdnet_tf.training.schedule import SDNET_SCHEDULE
+from sdnet_tf.training.trainer import Trainer, _step_inputs, validation_dice
+
+
+def _trainer(tmp_path, config=None, name="run"):
+    config = config or small_config()
+    keras.utils.set_random_seed(config.train.seed)
+    arrays = synthetic_arrays(24, 8, config.model.input_size, 0.25, seed=0)
+    model = SDNet(**model_kwargs(config), seed=config.train.seed)
+    model.build()
+    return Trainer(model, arrays, config, tmp_path / name, progress=False)
+
+
+def _snapshot(model):
+    return {name: [np.array(v) for v in net.variables] for name, net in model.networks().items()}
+
+
+@pytest.fixture(scope="module")
+def warm_trainer(tmp_path_factory):
+    trainer = _trainer(tmp_path_factory.mktemp("engine"))
+    trainer.train_iteration()  # build optimisers' slots and fill the pool
+    return trainer
+
+
+@pytest.mark.parametrize("step", SDNET_SCHEDULE, ids=lambda s: s.name)
+def test_each_step_updates_exactly_the_networks_it_names(warm_trainer, step):
+    trainer = warm_trainer
+    batch = trainer.sampler.batches(7)
+    fakes = trainer.pool.sample(4, np.random.default_rng(0))
+    before = _snapshot(trainer.model)
+    trainer.engine.run_step(step, *_step_inputs(step, batch, fakes))
+    after = _snapshot(trainer.model)
+    for name, net in trainer.model.networks().items():
+        trainable = {id(v) for v in net.trainable_variables}
+        changed_trainable = [not np.array_equal(a, b) for v, a, b in zip(net.variables, before[name], after[name])
+                             if id(v) in trainable]
+        changed_any = [not np.array_equal(a, b) for a, b in zip(before[name], after[name])]
+        if name in step.trains:
+            assert any(changed_trainable), f"{step.name} did not update {name}"
+        else:
+            assert not any(changed_any), f"{step.name} changed weights of {name}"
+
+
+def test_discriminator_step_leaves_every_generator_weight_unchanged(warm_trainer):
+    trainer = warm_trainer
+    step = SDNET_SCHEDULE[-1]
+    assert step.name == "discriminator"
+    before = _snapshot(trainer.model)
+    trainer.engine.run_step(step, trainer.sampler.batches(3)["real_masks"], trainer.pool.sample(4, np.random.default_rng(1)))
+    after = _snapshot(trainer.model)
+    for name in ("anatomy_encoder", "modality_encoder", "decoder", "segmentor"):
+        for a, b in zip(before[name], after[name]):
+            np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(before["discriminator"], after["discriminator"]))
+
+
+def test_optimisers_use_inverse_time_decay(warm_trainer):
+    opt = warm_trainer.engine.optimizers["z_regressor"]
+    t = int(opt.iterations.numpy())
+    assert t >= 2  # two z-reconstruction steps per iteration
+    assert float(opt.learning_rate.numpy()) == pytest.approx(1e-4 / (1 + 1e-4 * t), rel=1e-6)
+    assert float(opt.beta_1) == 0.5
+
+
+def _weights(model):
+    return [np.array(v) for v in model.variables]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    k, m = 3, 3
+    config = small_config(iterations_per_epoch=4, epochs=2)
+    straight = _trainer(tmp_path, config, "straight")
+    straight.fit(max_iterations=k)
+    # the run as it was when "killed" after k iterations
+    shutil.copytree(tmp_path / "straight", tmp_path / "killed")
+    straight.fit(max_iterations=k + m)
+    expected = _weights(straight.model)
+
+    resumed = _trainer(tmp_path, config, "killed")
+    assert resumed.resume() == k
+    resumed.fit(max_iterations=k + m)
+    assert resumed.iteration == k + m
+    got = _weights(resumed.model)
+    assert len(got) == len(expected)
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # the pool and the optimiser step counts came back too
+    np.testing.assert_array_equal(resumed.pool.items, straight.pool.items)
+    for name, opt in resumed.engine.optimizers.items():
+        assert int(opt.iterations.numpy()) == int(straight.engine.optimizers[name].iterations.numpy())
+
+
+def test_early_stopping_run_directory_and_best_weights(tmp_path):
+    # the first epoch always improves on +inf; with min_delta 10 no later one does:
+    # training stops after 1 + patience epochs
+    config = small_config(iterations_per_epoch=1, epochs=10, patience=2, min_delta=10.0)
+    trainer = _trainer(tmp_path, config)
+    result = trainer.fit()
+    assert result["stopped_early"]
+    assert result["iteration"] == 3
+    summary = trainer.finish()
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file()
+    assert (run / "model.keras").is_file()
+    assert list((run / "checkpoints").glob("ckpt-3.index"))
+    assert list((run / "checkpoints").glob("state-3.npz"))
+    assert list((run / "best").glob("best-*.index"))
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,iteration,seconds,val_dice,val_loss")
+    assert len(history) == 4
+    best_row = max(history[1:], key=lambda row: float(row.split(",")[3]))
+    assert summary["best_val_dice"] == pytest.approx(float(best_row.split(",")[3]))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    # model.keras holds the best epoch's weights: its validation Dice is the best one
+    loaded = keras.models.load_model(run / "model.keras")
+    a = trainer.arrays
+    predicted = np.asarray(loaded.segment(a.validation_images, training=False))
+    assert validation_dice(predicted, a.validation_masks) == pytest.approx(summary["best_val_dice"], abs=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile,precision",
+                         [(True, "float32"), (False, "mixed_bfloat16"), (False, "mixed_float16")])
+def test_xla_and_mixed_precision_switches_train(tmp_path, jit_compile, precision):
+    keras.config.set_dtype_policy(precision)
+    config = small_config(jit_compile=jit_compile, precision=precision)
+    trainer = _trainer(tmp_path, config)
+    step = SDNET_SCHEDULE[0]
+    before = _weights(trainer.model)
+    batch = trainer.sampler.batches(0)
+    terms = trainer.engine.run_step(step, *_step_inputs(step, batch, None))
+    assert all(np.isfinite(v) for v in terms.values())
+    assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(trainer.model)))
+    expected = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[precision]
+    assert trainer.model.anatomy_encoder.compute_dtype == expected

@@ -1,0 +1,109 @@
+"""Networks: the original's parameter counts, shapes, config round-trip, .keras save/load."""
+
+import keras
+import numpy as np
+import pytest
+
+from sdnet_tf.models import (AnatomyEncoder, FiLMDecoder, MaskDiscriminator, ModalityEncoder, SDNet,
+                             Segmentor)
+
+ORIGINAL_COUNTS = {
+    "anatomy_encoder": (34_540_040, 34_526_344),
+    "modality_encoder": (95_744, None),
+    "decoder": (6_409, 6_409),
+    "segmentor": (42_372, None),
+    "discriminator": (11_346_881, 11_346_881),
+}
+
+
+def test_original_parameter_counts():
+    model = SDNet()
+    model.build()
+    for name, network in model.networks().items():
+        total, trainable = ORIGINAL_COUNTS[name]
+        assert network.count_params() == total, name
+        if trainable is not None:
+            assert sum(int(np.prod(v.shape)) for v in network.trainable_variables) == trainable, name
+
+
+def test_discriminator_ends_at_14x14x1024():
+    d = MaskDiscriminator()
+    d.build_default()
+    assert d.convs[-1].kernel.shape == (4, 4, 512, 1024)
+    assert d.score.kernel.shape == (14 * 14 * 1024, 1)
+
+
+def _networks():
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
+    s = (np.random.default_rng(1).random((2, 32, 32, 8)) > 0.7).astype("float32")
+    z = np.random.default_rng(2).normal(size=(2, 8)).astype("float32")
+    m = np.random.default_rng(3).random((2, 32, 32, 3)).astype("float32")
+    return [
+        (AnatomyEncoder(input_size=32, filters=4), x, (2, 32, 32, 8), {}),
+        (ModalityEncoder(input_size=32, seed=3), [s, x], None, {"sample": False}),
+        (FiLMDecoder(input_size=32), [s, z], (2, 32, 32, 1), {}),
+        (Segmentor(input_size=32, filters=8), s, (2, 32, 32, 3), {}),
+        (MaskDiscriminator(input_size=32, filters=4), m, (2, 1), {}),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_config_round_trip_and_save_load(tmp_path, index):
+    network, inputs, shape, kwargs = _networks()[index]
+    out = network(inputs, **kwargs)
+    if shape is not None:
+        assert tuple(out.shape) == shape
+    clone = network.__class__.from_config(network.get_config())
+    assert clone.get_config() == network.get_config()
+    path = tmp_path / "net.keras"
+    network.save(path)
+    loaded = keras.models.load_model(path)
+    reloaded = loaded(inputs, **kwargs)
+    for a, b in zip(keras.tree.flatten(out), keras.tree.flatten(reloaded)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sdnet_save_load_identical_outputs(tmp_path):
+    model = SDNet(input_size=32, unet_filters=4, segmentor_filters=8, discriminator_filters=4, seed=5)
+    model.build()
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
+    out = model(x, training=False, sample=False)
+    model.save(tmp_path / "sdnet.keras")
+    loaded = keras.models.load_model(tmp_path / "sdnet.keras")
+    assert loaded.get_config() == model.get_config()
+    again = loaded(x, training=False, sample=False)
+    for key in out:
+        np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(again[key]), err_msg=key)
+
+
+def test_sdnet_outputs_and_binary_anatomy():
+    model = SDNet(input_size=32, unet_filters=4, segmentor_filters=8, discriminator_filters=4, seed=5)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 1)).astype("float32")
+    out = model(x, training=False)
+    assert out["anatomy"].shape == (3, 32, 32, 8)
+    assert set(np.unique(np.asarray(out["anatomy"]))) <= {0.0, 1.0}
+    assert out["z"].shape == (3, 8)
+    assert out["reconstruction"].shape == (3, 32, 32, 1)
+    masks = np.asarray(out["masks"])
+    assert masks.shape == (3, 32, 32, 3)
+    assert (masks.sum(-1) <= 1.0 + 1e-5).all()
+    recon = np.asarray(out["reconstruction"])
+    assert recon.min() >= -1 and recon.max() <= 1
+
+
+def test_modality_encoder_mean_mode_is_deterministic_and_sampling_is_not():
+    enc = ModalityEncoder(input_size=32, seed=1)
+    s = np.zeros((2, 32, 32, 8), "float32")
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
+    z1, mean, _ = enc([s, x], sample=False)
+    z2, _, _ = enc([s, x], sample=False)
+    np.testing.assert_array_equal(np.asarray(z1), np.asarray(mean))
+    np.testing.assert_array_equal(np.asarray(z1), np.asarray(z2))
+    z3, _, _ = enc([s, x])
+    z4, _, _ = enc([s, x])
+    assert not np.allclose(np.asarray(z3), np.asarray(z4))
+
+
+def test_bad_input_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="divisible"):
+        AnatomyEncoder(input_size=36)
