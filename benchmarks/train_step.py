@@ -1,30 +1,35 @@
 """Time one full SDNet training iteration (the five steps of the original schedule).
 
-    python benchmarks/train_step.py --config sdnet-acdc [--xla] [--iterations 3]
+    python benchmarks/train_step.py --config sdnet-acdc [--xla | --no-xla] [--iterations 3]
     python benchmarks/train_step.py --compare --config sdnet-acdc
 
 A single run prints JSON with the median seconds per iteration and the images per second
-(labelled + unlabelled images consumed). ``--compare`` runs each variant (plain tf.function,
-XLA, and each with glibc's default allocator, with the package's in-process allocator tuning,
-and with the equivalent environment variables) in its own fresh process, one after the
-other in the same invocation, and prints every result with its ratio to the plain default.
+(labelled + unlabelled images consumed). ``--compare`` runs each variant (plain tf.function
+and XLA, with glibc's default allocator or the package's in-process allocator tuning, and the
+same iteration in PyTorch eager mode from ``torch_reference.py`` when torch is installed,
+with and without the allocator environment variables) in its own fresh process, one after
+the other in the same invocation, and prints every result with its speed-up over the plain
+tf.function variant.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 VARIANTS = [
-    # name, --xla, allocator mode
-    ("tf.function", False, "default"),
-    ("tf.function + allocator", False, "tuned"),
-    ("XLA", True, "default"),
-    ("XLA + allocator", True, "tuned"),
-    ("XLA + allocator env vars", True, "env"),
+    # name, framework, XLA, allocator mode
+    ("tf.function", "tf", False, "default"),
+    ("tf.function + allocator", "tf", False, "tuned"),
+    ("XLA", "tf", True, "default"),
+    ("XLA + allocator (sdnet-tf default)", "tf", True, "tuned"),
+    ("PyTorch eager", "torch", False, "default"),
+    ("PyTorch eager + allocator env vars", "torch", False, "env"),
 ]
 ENV_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
@@ -44,7 +49,9 @@ def run_once(args):
     from sdnet_tf.models import SDNet
     from sdnet_tf.training.trainer import Trainer
 
-    overrides = [f"train.jit_compile={'true' if args.xla else 'false'}", "train.image_summaries=0"]
+    overrides = ["train.image_summaries=0"]
+    if args.xla is not None:
+        overrides.append(f"train.jit_compile={'true' if args.xla else 'false'}")
     config = load_config(args.config, overrides)
     keras.utils.set_random_seed(1)
     size = config.model.input_size
@@ -68,7 +75,8 @@ def run_once(args):
     images = 2 * config.train.batch_size  # labelled + unlabelled images per iteration
     return {
         "config": args.config, "input_size": size, "batch": f"{config.train.batch_size}+{config.train.batch_size}",
-        "xla": args.xla, "allocator": args.allocator, "allocator_tuning_applied": applied,
+        "framework": "tensorflow " + __import__("tensorflow").__version__, "xla": config.train.jit_compile,
+        "allocator": args.allocator, "allocator_tuning_applied": applied,
         "iterations": args.iterations, "median_s_per_iteration": round(median, 4),
         "images_per_s": round(images / median, 3), "all_s": [round(t, 4) for t in times],
         "warmup_s": round(warmup, 2), "cpu_count": os.cpu_count(),
@@ -76,19 +84,32 @@ def run_once(args):
 
 
 def compare(args):
+    from sdnet_tf.config import load_config
+
+    config = load_config(args.config)
+    m = config.model
     results = []
-    for name, xla, allocator in VARIANTS:
+    for name, framework, xla, allocator in VARIANTS:
         env = dict(os.environ)
         env.update(ENV_ALLOCATOR if allocator == "env" else {})
-        cmd = [sys.executable, __file__, "--config", args.config, "--iterations", str(args.iterations),
-               "--warmup", str(args.warmup), "--allocator", "default" if allocator == "env" else allocator]
-        if xla:
-            cmd.append("--xla")
+        if framework == "torch":
+            if importlib.util.find_spec("torch") is None:
+                print(f"{name:<38} skipped: torch is not installed", file=sys.stderr)
+                continue
+            cmd = [sys.executable, str(Path(__file__).with_name("torch_reference.py")), "--size", str(m.input_size),
+                   "--filters", str(m.unet_filters), "--depth", str(m.unet_depth),
+                   "--segmentor-filters", str(m.segmentor_filters),
+                   "--discriminator-filters", str(m.discriminator_filters), "--batch", str(config.train.batch_size),
+                   "--iterations", str(args.iterations), "--warmup", str(args.warmup)]
+        else:
+            cmd = [sys.executable, __file__, "--config", args.config, "--iterations", str(args.iterations),
+                   "--warmup", str(args.warmup), "--allocator", "default" if allocator == "env" else allocator,
+                   "--xla" if xla else "--no-xla"]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         result["variant"] = name
         results.append(result)
-        print(f"{name:<28}{result['median_s_per_iteration']:>9.3f} s/it", file=sys.stderr, flush=True)
+        print(f"{name:<38}{result['median_s_per_iteration']:>9.3f} s/it", file=sys.stderr, flush=True)
     base = results[0]["median_s_per_iteration"]
     for result in results:
         result["speedup_vs_plain"] = round(base / result["median_s_per_iteration"], 3)
@@ -98,7 +119,8 @@ def compare(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="sdnet-acdc", help="config name in configs/ or a YAML path")
-    parser.add_argument("--xla", action="store_true", help="compile the steps with XLA")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile the steps with XLA (default: the config's train.jit_compile)")
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (tracing, compiling)")
     parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",

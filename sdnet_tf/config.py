@@ -59,7 +59,7 @@ class TrainConfig:
     min_delta: float = 0.01
     pool_size: int = 50
     seed: int = 1
-    jit_compile: bool = False
+    jit_compile: bool = True  # XLA: 1.2x faster at 224 x 224 on CPU (benchmarks/RESULTS.md)
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     checkpoint_every: int = 0  # iterations between checkpoints; 0: at the end of each epoch only
     keep_checkpoints: int = 2

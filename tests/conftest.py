@@ -19,6 +19,7 @@ def small_config(**train):
     config.train.iterations_per_epoch = 4
     config.train.epochs = 2
     config.train.image_summaries = 1
+    config.train.jit_compile = False
     config.data.synthetic_images = 24
     config.data.synthetic_validation = 8
     for key, value in train.items():
