@@ -50,7 +50,10 @@ def summary(config, overrides):
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(["synthetic"]), default="synthetic")
+@click.argument("dataset", type=click.Choice(["synthetic", "acdc"]), default="synthetic")
+@click.option("--data", default=None, metavar="DIR|phantom",
+              help="For acdc: an ACDC training folder, or 'phantom' for the built-in phantom cohort.")
+@click.option("--split", type=click.IntRange(0, 2), default=None, help="Which of the three 70/15/15 splits.")
 @click.option("-c", "--config", default=None, help="Config name in configs/ or a YAML path.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config value, e.g. --set train.epochs=5 (repeatable).")
@@ -66,29 +69,78 @@ def summary(config, overrides):
               help="Continue from the run directory's last checkpoint, or refuse a non-empty one.")
 @click.option("--max-iterations", type=int, default=None, help="Stop after this many iterations in total.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(dataset, config, overrides, run_dir, epochs, seed, labelled_fraction, xla, precision, resume,
+def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labelled_fraction, xla, precision, resume,
           max_iterations, quiet):
     """Train SDNet on DATASET and print the best validation Dice.
 
-    DATASET "synthetic" is the built-in set of seeded discs and rings (no download).
+    DATASET "acdc" reads an ACDC-layout folder (--data DIR) or the built-in phantom cohort
+    (--data phantom, generated into the cache on first use) with the original preprocessing;
+    "synthetic" is a set of seeded discs and rings (no download).
     """
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.train import train_run
 
     shortcuts = {"train.epochs": epochs, "train.seed": seed, "data.labelled_fraction": labelled_fraction,
-                 "train.jit_compile": xla, "train.precision": precision}
+                 "train.jit_compile": xla, "train.precision": precision, "data.split": split}
+    if data is not None:
+        overrides = list(overrides) + [f"data.path={data}"]
     overrides = list(overrides) + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
                                    for k, v in shortcuts.items() if v is not None]
     overrides.append(f"data.dataset={dataset}")
     cfg = _load_config(config, overrides)
     if run_dir is None:
-        run_dir = Path("runs") / f"{dataset}-{Path(config).stem if config else 'default'}"
+        source = Path(data).name if data else dataset
+        run_dir = Path("runs") / f"{source}-{Path(config).stem if config else 'default'}-split{cfg.data.split}"
     try:
         result = train_run(cfg, run_dir, resume=resume, max_iterations=max_iterations, progress=not quiet)
     except (DataError, FileExistsError) as error:
         raise UserError(str(error)) from error
     click.echo(f"best validation Dice {result['best_val_dice']:.4f} after {result['iteration']} iterations; "
                f"run directory {run_dir}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--patients", type=click.IntRange(1, 999), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def phantom(out, patients, seed):
+    """Write a phantom cohort of synthetic cine MRI in the ACDC layout to OUT."""
+    from sdnet_tf.data.phantom import write_cohort
+
+    write_cohort(out, patients, seed, progress=True)
+    click.echo(f"wrote {patients} phantom patients to {out}")
+
+
+@main.command()
+@click.option("--data", required=True, metavar="DIR|phantom", help="An ACDC-layout folder, or 'phantom'.")
+@click.option("-c", "--config", default=None, help="Config name or YAML path (preprocessing size and spacing).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE")
+def preprocess(data, config, overrides):
+    """Preprocess a cohort into the cache and print per-split slice counts and the time taken."""
+    import time
+
+    from sdnet_tf.data.acdc import cohort_arrays, make_splits, preprocess_cohort
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.train import phantom_folder
+
+    cfg = _load_config(config, list(overrides) + [f"data.path={data}"])
+    try:
+        folder = phantom_folder(cfg) if data == "phantom" else Path(data).expanduser()
+        cache = Path(cfg.data.cache_dir).expanduser() / "preprocessed"
+        start = time.perf_counter()
+        cohort, patients = preprocess_cohort(folder, cache, cfg.model.input_size, spacing=cfg.data.spacing)
+        seconds = time.perf_counter() - start
+        splits = make_splits([p.number for p in patients])
+    except DataError as error:
+        raise UserError(str(error)) from error
+    click.echo(f"{len(patients)} patients from {folder} in {seconds:.1f} s (cache: {cache})")
+    click.echo(f"{'split':<6}{'train pts':>10}{'labelled':>10}{'unlabelled':>12}{'validation':>12}{'test':>8}")
+    for k, s in enumerate(splits):
+        arrays, desc = cohort_arrays(cohort, splits, k, cfg.data.labelled_fraction, cfg.train.seed)
+        test = sum(len(cohort[n]["images"]) for n in s["test"])
+        click.echo(f"{k:<6}{len(s['training']):>10}{desc['labelled']:>10}{desc['unlabelled']:>12}"
+                   f"{desc['validation']:>12}{test:>8}")
+    click.echo(f"unlabelled images: {desc['unlabelled_source']}")
 
 
 if __name__ == "__main__":

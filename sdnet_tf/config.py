@@ -78,6 +78,9 @@ class DataConfig:
     rotation_range: float = 90.0
     synthetic_images: int = 256
     synthetic_validation: int = 64
+    spacing: float = 1.37  # in-plane mm per pixel after resampling (ACDC preprocessing)
+    cache_dir: str = "~/.cache/sdnet-tf"
+    phantom_seed: int = 0
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """``train_run``: build data, model and engine for a config and train in a run directory."""
 
+import json
 import logging
+import os
 from pathlib import Path
 
 import keras
@@ -11,15 +13,41 @@ from sdnet_tf.data.arrays import DataError
 log = logging.getLogger("sdnet_tf.train")
 
 
+PHANTOM_PATIENTS = 20
+
+
+def phantom_folder(config):
+    """The built-in phantom cohort, generated into the cache on first use."""
+    from sdnet_tf.data.phantom import write_cohort
+
+    folder = Path(config.data.cache_dir).expanduser() / f"phantom-{PHANTOM_PATIENTS}-seed{config.data.phantom_seed}"
+    if not (folder / "complete").is_file():
+        log.info("writing the phantom cohort to %s", folder)
+        write_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
+        (folder / "complete").write_text("ok\n")
+    return folder
+
+
 def load_arrays(config):
-    """The training arrays for ``config.data``."""
+    """The training arrays for ``config.data``, and a description of them (a dict)."""
     d, m = config.data, config.model
     if d.dataset == "synthetic":
         from sdnet_tf.data.synthetic import synthetic_arrays
 
-        return synthetic_arrays(d.synthetic_images, d.synthetic_validation, m.input_size, d.labelled_fraction,
-                                seed=config.train.seed)
-    raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic")
+        arrays = synthetic_arrays(d.synthetic_images, d.synthetic_validation, m.input_size, d.labelled_fraction,
+                                  seed=config.train.seed)
+        return arrays, {"dataset": "synthetic", **arrays.counts()}
+    if d.dataset == "acdc":
+        from sdnet_tf.data.acdc import load_acdc
+
+        if not d.path:
+            raise DataError("acdc needs a data folder: --data DIR (an ACDC training folder) or --data phantom")
+        folder = phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
+        arrays, description = load_acdc(folder, d.split, d.labelled_fraction, seed=config.train.seed,
+                                        cache_dir=Path(d.cache_dir).expanduser() / "preprocessed",
+                                        size=m.input_size, spacing=d.spacing)
+        return arrays, {"dataset": "acdc", "data": str(folder), **description}
+    raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc")
 
 
 def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, arrays=None):
@@ -52,7 +80,8 @@ def _train(config, run_dir, resume, max_iterations, progress, arrays):
     if config.train.precision != "float32":
         keras.config.set_dtype_policy(config.train.precision)
     if arrays is None:
-        arrays = load_arrays(config)
+        arrays, description = load_arrays(config)
+        _write_json(run_dir / "data.json", description)
     from sdnet_tf.models import SDNet
 
     model = SDNet(**model_kwargs(config), seed=config.train.seed)
@@ -65,3 +94,9 @@ def _train(config, run_dir, resume, max_iterations, progress, arrays):
         trainer.resume()
     trainer.fit(max_iterations=max_iterations)
     return trainer.finish()
+
+
+def _write_json(path, value):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)

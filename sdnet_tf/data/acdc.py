@@ -1,0 +1,278 @@
+"""ACDC-layout cohorts: patients, Info.cfg, ED/ES frames, optional _4d cine, splits, arrays.
+
+Works on the real ACDC training folder and on the built-in phantom cohort, which is written in
+the same layout.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sdnet_tf.data.arrays import DataError, SDNetArrays
+from sdnet_tf.data.nifti import load_labels, load_volume
+from sdnet_tf.data.preprocess import SIZE, TARGET_SPACING, one_hot, preprocess_frame
+
+log = logging.getLogger("sdnet_tf.data")
+
+CACHE_VERSION = 1
+MAX_UNLABELLED = 1200  # the original caps unlabelled images near the number of labelled ACDC images
+
+# The original's three fixed ACDC splits of the 100 training patients (70 / 15 / 15).
+ACDC_SPLITS = [
+    {"validation": list(range(1, 16)), "test": list(range(16, 31)), "training": list(range(31, 101))},
+    {"validation": [85, 13, 9, 74, 73, 68, 59, 79, 47, 80, 14, 95, 25, 92, 87],
+     "test": [54, 55, 99, 63, 91, 24, 51, 3, 64, 43, 61, 66, 96, 27, 76],
+     "training": [46, 57, 49, 34, 17, 8, 19, 28, 97, 1, 90, 22, 88, 45, 12, 4, 5, 75, 53, 94, 62, 86, 35, 58, 82,
+                  37, 84, 93, 6, 33, 15, 81, 23, 48, 71, 70, 11, 77, 36, 60, 31, 65, 32, 78, 98, 52, 100, 42, 38,
+                  2, 20, 69, 26, 18, 40, 50, 16, 7, 41, 10, 83, 21, 39, 72, 56, 67, 44, 30, 89, 29]},
+    {"validation": list(range(47, 62)), "test": list(range(64, 79)),
+     "training": list(range(30, 47)) + [100] + list(range(1, 15)) + [62, 63] + list(range(15, 30))
+     + list(range(79, 100))},
+]
+
+
+@dataclass
+class Patient:
+    """One ACDC patient folder."""
+
+    number: int
+    folder: Path
+    ed: int
+    es: int
+    group: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self):
+        return self.folder.name
+
+    def frame(self, index):
+        return self.folder / f"{self.name}_frame{index:02d}.nii.gz"
+
+    def labels(self, index):
+        return self.folder / f"{self.name}_frame{index:02d}_gt.nii.gz"
+
+    @property
+    def cine(self):
+        path = self.folder / f"{self.name}_4d.nii.gz"
+        return path if path.is_file() else None
+
+
+def read_info(path):
+    """Parse ``Info.cfg`` (``key: value`` lines) into a dict; ED and ES become ints."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing Info.cfg")
+    info = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if ":" not in line:
+            raise DataError(f"{path}:{number}: expected 'key: value', got {line!r}")
+        key, value = line.split(":", 1)
+        info[key.strip()] = value.strip()
+    for key in ("ED", "ES"):
+        if key not in info:
+            raise DataError(f"{path}: no {key} frame given")
+        try:
+            info[key] = int(float(info[key]))
+        except ValueError as error:
+            raise DataError(f"{path}: {key} is {info[key]!r}, expected a frame number") from error
+    return info
+
+
+def find_patients(root, strict=True):
+    """The ``patientNNN`` folders of ``root``, checked for Info.cfg and their ED/ES files.
+
+    With ``strict`` a broken patient raises ``DataError``; otherwise it is skipped with a
+    warning naming the problem.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder")
+    patients = []
+    for folder in sorted(root.iterdir()):
+        match = re.fullmatch(r"patient(\d+)", folder.name)
+        if not match or not folder.is_dir():
+            continue
+        try:
+            info = read_info(folder / "Info.cfg")
+            patient = Patient(int(match.group(1)), folder, info["ED"], info["ES"], info.get("Group", ""), info)
+            for index in (patient.ed, patient.es):
+                for path in (patient.frame(index), patient.labels(index)):
+                    if not path.is_file():
+                        raise DataError(f"{path}: frame {index} named in Info.cfg is not there")
+        except DataError as error:
+            if strict:
+                raise
+            log.warning("skipping %s: %s", folder.name, error)
+            continue
+        patients.append(patient)
+    if not patients:
+        raise DataError(f"{root}: no patientNNN folders found (expected the ACDC training layout)")
+    return patients
+
+
+def make_splits(numbers, seed=0, fractions=(0.7, 0.15, 0.15)):
+    """Three 70/15/15 patient splits; the original's fixed lists for the 100 ACDC patients."""
+    numbers = sorted(numbers)
+    if numbers == list(range(1, 101)):
+        return [dict(s) for s in ACDC_SPLITS]
+    splits = []
+    n = len(numbers)
+    n_val = max(1, round(fractions[1] * n))
+    n_test = max(1, round(fractions[2] * n))
+    if n - n_val - n_test < 1:
+        raise DataError(f"{n} patients are too few for training / validation / test splits")
+    for k in range(3):
+        order = list(np.random.default_rng([seed, k]).permutation(numbers))
+        splits.append({"validation": sorted(int(v) for v in order[:n_val]),
+                       "test": sorted(int(v) for v in order[n_val:n_val + n_test]),
+                       "training": sorted(int(v) for v in order[n_val + n_test:])})
+    return splits
+
+
+def labelled_subset(training, fraction, seed=1):
+    """Whole subjects chosen for labels: ``max(1, int(fraction * n))`` of the training split."""
+    if not 0 < fraction <= 1:
+        raise DataError(f"labelled fraction {fraction} must be in (0, 1]")
+    count = max(1, int(fraction * len(training)))
+    chosen = np.random.default_rng(seed).choice(sorted(training), size=count, replace=False)
+    return sorted(int(v) for v in chosen)
+
+
+def _frame_slices(patient, index, with_labels=True, size=SIZE, spacing=TARGET_SPACING):
+    image_path = patient.frame(index)
+    image, zooms, _ = load_volume(image_path)
+    labels = None
+    if with_labels:
+        labels, _, _ = load_labels(patient.labels(index), image.shape)
+    images, masks, _ = preprocess_frame(image, zooms, labels, size=size, target=spacing, source=str(image_path))
+    return images, masks
+
+
+def _cine_slices(patient, size=SIZE, spacing=TARGET_SPACING):
+    path = patient.cine
+    cine, zooms, _ = load_volume(path, ndim=(4,), kind="cine")
+    out = []
+    for t in range(cine.shape[-1]):
+        if t + 1 in (patient.ed, patient.es):
+            continue
+        frame = cine[..., t]
+        if not frame.any():
+            continue  # blank frames are skipped, as the original does
+        images, _, _ = preprocess_frame(frame, zooms[:3], size=size, target=spacing, source=f"{path} frame {t + 1}")
+        out.append(images)
+    return out
+
+
+def _fingerprint(patients, size, spacing):
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"version": CACHE_VERSION, "size": size, "spacing": spacing}).encode())
+    for p in patients:
+        for path in sorted(p.folder.glob("*")):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def preprocess_cohort(root, cache_dir=None, size=SIZE, progress=True, strict=True, spacing=TARGET_SPACING):
+    """Preprocess every patient once: {number: {"images", "masks", "cine"}} arrays.
+
+    The result is cached in ``cache_dir`` (an ``.npz`` keyed by the files' names, sizes and
+    times and by the preprocessing settings), so a second call only loads it.
+    """
+    patients = find_patients(root, strict=strict)
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"acdc-{_fingerprint(patients, size, spacing)}.npz"
+        if cache_path.is_file():
+            with np.load(cache_path) as data:
+                return _unpack(data), patients
+    packed = {}
+    bar = tqdm(patients, desc="preprocessing", unit="patient", disable=not progress)
+    for p in bar:
+        images, labels = [], []
+        for index in (p.ed, p.es):
+            im, lab = _frame_slices(p, index, size=size, spacing=spacing)
+            images.append(im)
+            labels.append(lab)
+        packed[f"{p.number}/images"] = np.concatenate(images)[..., None]
+        packed[f"{p.number}/labels"] = np.concatenate(labels)
+        if p.cine is not None:
+            cine = _cine_slices(p, size, spacing)
+            if cine:
+                packed[f"{p.number}/cine"] = np.concatenate(cine)[..., None]
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_name(cache_path.stem + ".tmp.npz")
+        np.savez(tmp, **packed)
+        os.replace(tmp, cache_path)
+    return _unpack(packed), patients
+
+
+def _unpack(data):
+    out = {}
+    for key in data.keys() if hasattr(data, "keys") else data.files:
+        number, kind = key.split("/")
+        out.setdefault(int(number), {})[kind] = np.asarray(data[key])
+    return out
+
+
+def cohort_arrays(cohort, splits, split=0, labelled_fraction=1.0, seed=1, max_unlabelled=MAX_UNLABELLED):
+    """``SDNetArrays`` for one split and labelled fraction, plus a description of the choice.
+
+    Labelled images: every ED/ES slice of the labelled subjects. Unlabelled images: the cine
+    frames other than ED and ES of the training patients when ``_4d`` files exist; otherwise
+    the ED/ES slices of the training patients whose labels are withheld (all training patients
+    at 100% labels). At most ``max_unlabelled`` are kept, spread evenly over the volumes. Real
+    masks for the discriminator come from the whole training split.
+    """
+    s = splits[split]
+    labelled = labelled_subset(s["training"], labelled_fraction, seed)
+    have_cine = any("cine" in cohort[n] for n in s["training"])
+    if have_cine:
+        pool = [cohort[n]["cine"] for n in s["training"] if "cine" in cohort[n]]
+        unlabelled_source = "cine frames other than ED/ES (_4d files)"
+    else:
+        withheld = [n for n in s["training"] if n not in labelled] or list(s["training"])
+        pool = [cohort[n]["images"] for n in withheld]
+        unlabelled_source = "ED/ES slices of training patients without labels" if len(withheld) < len(
+            s["training"]) or labelled_fraction < 1 else "ED/ES slices of all training patients"
+    total = sum(len(p) for p in pool)
+    if total > max_unlabelled:
+        per_volume = math.ceil(max_unlabelled / len(pool))
+        rng = np.random.default_rng(seed)
+        pool = [p[np.sort(rng.choice(len(p), size=min(per_volume, len(p)), replace=False))] for p in pool]
+    labelled_images = np.concatenate([cohort[n]["images"] for n in labelled])
+    labelled_masks = one_hot(np.concatenate([cohort[n]["labels"] for n in labelled]))
+    arrays = SDNetArrays(
+        labelled_images=labelled_images, labelled_masks=labelled_masks,
+        unlabelled_images=np.concatenate(pool),
+        real_masks=one_hot(np.concatenate([cohort[n]["labels"] for n in s["training"]])),
+        validation_images=np.concatenate([cohort[n]["images"] for n in s["validation"]]),
+        validation_masks=one_hot(np.concatenate([cohort[n]["labels"] for n in s["validation"]])),
+        source=f"split {split}")
+    description = {"split": split, "labelled_fraction": labelled_fraction, "labelled_patients": labelled,
+                   "unlabelled_source": unlabelled_source, "splits": splits, **arrays.counts()}
+    return arrays, description
+
+
+def load_acdc(root, split=0, labelled_fraction=1.0, seed=1, cache_dir=None, size=SIZE, progress=True,
+              spacing=TARGET_SPACING):
+    """Preprocess (or load from cache) an ACDC-layout folder and assemble one split's arrays."""
+    start = time.perf_counter()
+    cohort, patients = preprocess_cohort(root, cache_dir, size, progress, spacing=spacing)
+    splits = make_splits([p.number for p in patients])
+    arrays, description = cohort_arrays(cohort, splits, split, labelled_fraction, seed)
+    description["seconds"] = round(time.perf_counter() - start, 2)
+    return arrays, description

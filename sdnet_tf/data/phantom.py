@@ -1,0 +1,226 @@
+"""A built-in phantom cohort of synthetic short-axis cine MRI in the ACDC layout.
+
+Each patient is a stack of short-axis slices from base to apex over a cardiac cycle: an LV
+blood pool inside a myocardial ring, an RV crescent against the septum, and surrounding
+tissue (body, chest wall, lungs). Cavities shrink toward the apex, the RV fades out before
+it, and the heart contracts from end-diastole (ED) to end-systole (ES). Pathology groups
+change the shapes (dilated LV, thick wall, enlarged RV, a thinned infarcted segment) and
+scanner styles change the contrast between tissues, the intensity curve, the bias field, the
+noise and the in-plane spacing, so the modality factor has real variation to capture.
+
+Everything is a pure function of (seed, patient number); a cohort of 20 patients is written
+in a few seconds.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from sdnet_tf.data.nifti import save_volume
+
+log = logging.getLogger("sdnet_tf.data")
+
+GROUPS = ("NOR", "DCM", "HCM", "RV", "MINF")
+# per group: LV radius scale, wall thickness scale, radial contraction at ES, RV radius scale
+GROUP_SHAPES = {
+    "NOR": (1.00, 1.00, 0.30, 1.00),
+    "DCM": (1.40, 0.85, 0.10, 1.00),
+    "HCM": (0.85, 1.80, 0.40, 0.95),
+    "RV": (0.95, 1.00, 0.28, 1.60),
+    "MINF": (1.15, 1.00, 0.14, 1.00),
+}
+# scanner styles: intensities of blood, myocardium, tissue, lung, fat; gamma; noise; spacing range
+STYLES = (
+    {"blood": 0.90, "myo": 0.30, "tissue": 0.45, "lung": 0.05, "fat": 0.80, "gamma": 1.0, "noise": 0.03,
+     "spacing": (1.3, 1.6)},
+    {"blood": 0.75, "myo": 0.20, "tissue": 0.55, "lung": 0.10, "fat": 0.95, "gamma": 0.7, "noise": 0.05,
+     "spacing": (1.5, 1.9)},
+    {"blood": 0.95, "myo": 0.45, "tissue": 0.35, "lung": 0.02, "fat": 0.60, "gamma": 1.4, "noise": 0.02,
+     "spacing": (0.9, 1.3)},
+)
+
+
+def _patient_rng(seed, number):
+    return np.random.default_rng([seed, number])
+
+
+def patient_parameters(seed, number):
+    """The random choices that define one phantom patient."""
+    rng = _patient_rng(seed, number)
+    group = GROUPS[(number - 1) % len(GROUPS)]
+    style = int(rng.integers(len(STYLES)))
+    s = STYLES[style]
+    spacing = float(rng.uniform(*s["spacing"]))
+    fov = rng.uniform(300.0, 360.0)  # mm
+    shape = (int(round(fov / spacing)), int(round(fov * rng.uniform(0.8, 1.0) / spacing)))
+    return {
+        "group": group, "style": style, "spacing": spacing, "shape": shape,
+        "slices": int(rng.integers(7, 11)), "slice_thickness": 10.0, "frames": int(rng.integers(10, 14)),
+        "lv_radius": float(rng.uniform(22.0, 27.0)), "wall": float(rng.uniform(8.0, 10.0)),
+        "rv_radius": float(rng.uniform(30.0, 36.0)), "rv_angle": float(rng.uniform(2.6, 3.4)),
+        "centre": (float(rng.uniform(-15, 15)), float(rng.uniform(-15, 15))),
+        "infarct_angle": float(rng.uniform(0, 2 * np.pi)),
+        "bias": rng.normal(0.0, 0.15, size=4).tolist(), "height": float(rng.uniform(150, 190)),
+        "weight": float(rng.uniform(55, 100)),
+    }
+
+
+def contraction(frame, frames, es_frame):
+    """0 at ED (frame 1), 1 at ES, a smooth cycle in between."""
+    t = (frame - 1) / frames
+    t_es = (es_frame - 1) / frames
+    if t <= t_es:
+        return float(np.sin(0.5 * np.pi * t / t_es) ** 2)
+    return float(np.cos(0.5 * np.pi * (t - t_es) / (1 - t_es)) ** 2)
+
+
+def slice_labels(params, position, phase):
+    """Labels (H, W) of one slice: 0 background, 1 RV, 2 MYO, 3 LV.
+
+    ``position`` runs from 0 (base) to 1 (apex), ``phase`` from 0 (ED) to 1 (ES).
+    """
+    lv_scale, wall_scale, squeeze, rv_scale = GROUP_SHAPES[params["group"]]
+    h, w = params["shape"]
+    sp = params["spacing"]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy = h / 2 + params["centre"][0] / sp
+    cx = w / 2 + params["centre"][1] / sp
+    taper = 1.0 - 0.65 * position ** 1.6
+    r_lv = params["lv_radius"] * lv_scale * taper * (1.0 - squeeze * phase) / sp
+    wall = params["wall"] * wall_scale * (1.0 + 0.45 * phase) / sp
+    r = np.hypot(yy - cy, xx - cx)
+    angle = np.arctan2(yy - cy, xx - cx)
+    if params["group"] == "MINF":
+        # an infarcted segment: the wall there is thinner
+        d = np.angle(np.exp(1j * (angle - params["infarct_angle"])))
+        wall = wall * (1.0 - 0.45 * np.exp(-(d / 0.5) ** 2))
+    wall = np.maximum(wall, 2.5)  # at least two pixels of myocardium everywhere
+    labels = np.zeros((h, w), np.uint8)
+    rv_radius = params["rv_radius"] * rv_scale * max(0.0, 1.0 - position / 0.8) ** 0.7 \
+        * (1.0 - 0.5 * squeeze * phase) / sp
+    if rv_radius > 3.0:
+        outer = r_lv + wall
+        mean_outer = float(np.mean(outer)) if np.ndim(outer) else float(outer)
+        theta = params["rv_angle"]
+        d = 0.8 * mean_outer + 0.15 * rv_radius  # overlapping the LV: a crescent wraps the septum
+        ry, rx = cy + d * np.sin(theta), cx + d * np.cos(theta)
+        rv = (np.hypot(yy - ry, xx - rx) < rv_radius) & (r >= outer + 0.5)
+        rv, count = ndimage.label(rv)
+        if count:
+            sizes = ndimage.sum(np.ones_like(rv), rv, index=range(1, count + 1))
+            labels[rv == 1 + int(np.argmax(sizes))] = 1
+    labels[r < r_lv + wall] = 2
+    labels[r < r_lv] = 3
+    return labels
+
+
+def render(labels, params, rng):
+    """Intensities of one slice in the patient's scanner style (float, 0 to about 1)."""
+    s = STYLES[params["style"]]
+    h, w = labels.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ny, nx = (yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2)
+    image = np.zeros((h, w), np.float32)
+    body = (ny / 0.85) ** 2 + (nx / 0.95) ** 2 < 1
+    image[body] = s["fat"]
+    inner = (ny / 0.78) ** 2 + (nx / 0.88) ** 2 < 1
+    image[inner] = s["tissue"]
+    for side in (-1, 1):
+        lung = ((ny + 0.05) / 0.55) ** 2 + ((nx - side * 0.55) / 0.27) ** 2 < 1
+        image[lung & inner] = s["lung"]
+    heart_zone = ndimage.binary_dilation(labels > 0, iterations=6)
+    image[heart_zone] = s["tissue"]
+    image[labels == 2] = s["myo"]
+    image[(labels == 1) | (labels == 3)] = s["blood"]
+    image = ndimage.gaussian_filter(image, 0.8)
+    b = params["bias"]
+    bias = np.exp(b[0] * ny + b[1] * nx + b[2] * ny * nx + b[3] * (ny ** 2 - nx ** 2))
+    image = np.clip(image * bias, 0, None) ** s["gamma"]
+    noise = s["noise"]
+    image = np.hypot(image + rng.normal(0, noise, image.shape), rng.normal(0, noise, image.shape))
+    return image.astype(np.float32)
+
+
+def patient_volumes(seed, number):
+    """(cine (H, W, S, T) int16, labels per frame {index: (H, W, S)}, params, ED, ES)."""
+    params = patient_parameters(seed, number)
+    rng = _patient_rng(seed + 7919, number)
+    frames = params["frames"]
+    ed, es = 1, max(2, int(round(0.35 * frames)) + 1)
+    s = params["slices"]
+    h, w = params["shape"]
+    cine = np.zeros((h, w, s, frames), np.int16)
+    labels = {}
+    for t in range(1, frames + 1):
+        phase = contraction(t, frames, es)
+        frame_labels = np.zeros((h, w, s), np.uint8)
+        for k in range(s):
+            lab = slice_labels(params, k / max(1, s - 1), phase)
+            frame_labels[..., k] = lab
+            cine[..., k, t - 1] = np.clip(render(lab, params, rng) * 1000.0, 0, 32767).astype(np.int16)
+        if t in (ed, es):
+            labels[t] = frame_labels
+    return cine, labels, params, ed, es
+
+
+def write_patient(out, seed, number):
+    """Write one patient folder in the ACDC layout; returns its path."""
+    cine, labels, params, ed, es = patient_volumes(seed, number)
+    name = f"patient{number:03d}"
+    folder = Path(out) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    sp = params["spacing"]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # as ACDC: the affine does not carry the voxel size
+    zooms = (sp, sp, params["slice_thickness"])
+    for index in (ed, es):
+        save_volume(cine[..., index - 1], affine, zooms, folder / f"{name}_frame{index:02d}.nii.gz", np.int16)
+        save_volume(labels[index], affine, zooms, folder / f"{name}_frame{index:02d}_gt.nii.gz", np.uint8)
+    save_volume(cine, affine, zooms + (1.0,), folder / f"{name}_4d.nii.gz", np.int16)
+    info = (f"ED: {ed}\nES: {es}\nGroup: {params['group']}\nHeight: {params['height']:.1f}\n"
+            f"NbFrame: {params['frames']}\nWeight: {params['weight']:.1f}\nStyle: {params['style']}\n")
+    tmp = folder / "Info.cfg.tmp"
+    tmp.write_text(info)
+    tmp.replace(folder / "Info.cfg")
+    return folder
+
+
+def write_cohort(out, patients=20, seed=0, progress=False):
+    """Write ``patients`` phantom patients (patient001 ...) under ``out``."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for number in tqdm(range(1, patients + 1), desc="phantom", unit="patient", disable=not progress):
+        write_patient(out, seed, number)
+    return out
+
+
+def mask_problems(labels):
+    """Anatomical problems of one (H, W) label slice, as a list of strings (empty if none).
+
+    Checks that each structure present has one connected component and no holes, and that the
+    LV cavity touches neither the RV nor the background (it sits inside the myocardium).
+    """
+    problems = []
+    for value, name in ((1, "RV"), (2, "MYO"), (3, "LV")):
+        region = labels == value
+        if not region.any():
+            continue
+        _, count = ndimage.label(region)
+        if count != 1:
+            problems.append(f"{name} has {count} components")
+        filled = ndimage.binary_fill_holes(region | (labels == 3) if value == 2 else region)
+        if value != 2 and (filled & ~region).any():
+            problems.append(f"{name} has holes")
+        if value == 2 and (filled & ~(region | (labels == 3))).any():
+            problems.append("MYO and LV together have holes")
+    lv = labels == 3
+    if lv.any():
+        ring = ndimage.binary_dilation(lv) & ~lv
+        if (labels[ring] == 1).any():
+            problems.append("LV touches RV")
+        if (labels[ring] == 0).any():
+            problems.append("LV touches background")
+    return problems
