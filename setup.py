@@ -23,6 +23,7 @@ setup(
         "nibabel>=5.2",
         "numpy>=2.0",
         "scipy>=1.13",
+        "scikit-image>=0.24",
         "click>=8.1",
         "pyyaml>=6.0",
         "tqdm>=4.66",
