@@ -58,7 +58,7 @@ def summary(config, overrides):
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config value, e.g. --set train.epochs=5 (repeatable).")
 @click.option("-o", "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory (default: runs/<dataset>-<config>).")
+              help="Run directory (default: runs/<dataset or data folder>-<config>[-split<N>]).")
 @click.option("--epochs", type=int, default=None, help="Shortcut for --set train.epochs=N.")
 @click.option("--seed", type=int, default=None, help="Shortcut for --set train.seed=N.")
 @click.option("--labelled-fraction", type=float, default=None, help="Fraction of training images with labels.")
@@ -90,7 +90,9 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     cfg = _load_config(config, overrides)
     if run_dir is None:
         source = Path(data).name if data else dataset
-        run_dir = Path("runs") / f"{source}-{Path(config).stem if config else 'default'}-split{cfg.data.split}"
+        run_dir = Path("runs") / f"{source}-{Path(config).stem if config else 'default'}"
+        if dataset == "acdc":
+            run_dir = run_dir.with_name(f"{run_dir.name}-split{cfg.data.split}")
     try:
         result = train_run(cfg, run_dir, resume=resume, max_iterations=max_iterations, progress=not quiet)
     except (DataError, FileExistsError) as error:
@@ -119,14 +121,14 @@ def preprocess(data, config, overrides):
     """Preprocess a cohort into the cache and print per-split slice counts and the time taken."""
     import time
 
-    from sdnet_tf.data.acdc import cohort_arrays, make_splits, preprocess_cohort
+    from sdnet_tf.data.acdc import make_splits, preprocess_cohort, split_plan
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.train import phantom_folder
+    from sdnet_tf.train import cache_dir, phantom_folder
 
     cfg = _load_config(config, list(overrides) + [f"data.path={data}"])
     try:
         folder = phantom_folder(cfg) if data == "phantom" else Path(data).expanduser()
-        cache = Path(cfg.data.cache_dir).expanduser() / "preprocessed"
+        cache = cache_dir(cfg)
         start = time.perf_counter()
         cohort, patients = preprocess_cohort(folder, cache, cfg.model.input_size, spacing=cfg.data.spacing)
         seconds = time.perf_counter() - start
@@ -135,12 +137,12 @@ def preprocess(data, config, overrides):
         raise UserError(str(error)) from error
     click.echo(f"{len(patients)} patients from {folder} in {seconds:.1f} s (cache: {cache})")
     click.echo(f"{'split':<6}{'train pts':>10}{'labelled':>10}{'unlabelled':>12}{'validation':>12}{'test':>8}")
-    for k, s in enumerate(splits):
-        arrays, desc = cohort_arrays(cohort, splits, k, cfg.data.labelled_fraction, cfg.train.seed)
-        test = sum(len(cohort[n]["images"]) for n in s["test"])
-        click.echo(f"{k:<6}{len(s['training']):>10}{desc['labelled']:>10}{desc['unlabelled']:>12}"
-                   f"{desc['validation']:>12}{test:>8}")
-    click.echo(f"unlabelled images: {desc['unlabelled_source']}")
+    for k in range(len(splits)):
+        plan = split_plan(cohort, splits, k, cfg.data.labelled_fraction, cfg.train.seed)
+        c = plan["counts"]
+        click.echo(f"{k:<6}{len(plan['training']):>10}{c['labelled']:>10}{c['unlabelled']:>12}"
+                   f"{c['validation']:>12}{c['test']:>8}")
+    click.echo(f"unlabelled images: {plan['unlabelled_source']}")
 
 
 if __name__ == "__main__":

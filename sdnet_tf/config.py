@@ -5,11 +5,12 @@ Adam 1e-4 with beta1 0.5 and inverse-time decay 1e-4, batch 4, pool 50, patience
 """
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from sdnet_tf.atomic import write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -189,11 +190,7 @@ def load_config(name_or_path=None, overrides=()):
 
 def save_config(config, path):
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def model_kwargs(config):

@@ -1,12 +1,11 @@
 """``train_run``: build data, model and engine for a config and train in a run directory."""
 
-import json
 import logging
-import os
 from pathlib import Path
 
 import keras
 
+from sdnet_tf.atomic import write_json
 from sdnet_tf.config import model_kwargs
 from sdnet_tf.data.arrays import DataError
 
@@ -14,6 +13,11 @@ log = logging.getLogger("sdnet_tf.train")
 
 
 PHANTOM_PATIENTS = 20
+
+
+def cache_dir(config):
+    """Where preprocessed arrays are cached."""
+    return Path(config.data.cache_dir).expanduser() / "preprocessed"
 
 
 def phantom_folder(config):
@@ -44,7 +48,7 @@ def load_arrays(config):
             raise DataError("acdc needs a data folder: --data DIR (an ACDC training folder) or --data phantom")
         folder = phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
         arrays, description = load_acdc(folder, d.split, d.labelled_fraction, seed=config.train.seed,
-                                        cache_dir=Path(d.cache_dir).expanduser() / "preprocessed",
+                                        cache_dir=cache_dir(config),
                                         size=m.input_size, spacing=d.spacing)
         return arrays, {"dataset": "acdc", "data": str(folder), **description}
     raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc")
@@ -59,7 +63,13 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     run_dir = Path(run_dir)
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
+    description = None
+    if arrays is None:
+        # before the run directory exists: bad data leaves no half-made run behind
+        arrays, description = load_arrays(config)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if description is not None:
+        write_json(run_dir / "data.json", description)
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_log = logging.getLogger("sdnet_tf")
@@ -79,9 +89,6 @@ def _train(config, run_dir, resume, max_iterations, progress, arrays):
     keras.utils.set_random_seed(config.train.seed)
     if config.train.precision != "float32":
         keras.config.set_dtype_policy(config.train.precision)
-    if arrays is None:
-        arrays, description = load_arrays(config)
-        _write_json(run_dir / "data.json", description)
     from sdnet_tf.models import SDNet
 
     model = SDNet(**model_kwargs(config), seed=config.train.seed)
@@ -94,9 +101,3 @@ def _train(config, run_dir, resume, max_iterations, progress, arrays):
         trainer.resume()
     trainer.fit(max_iterations=max_iterations)
     return trainer.finish()
-
-
-def _write_json(path, value):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from sdnet_tf.atomic import atomic_path
 from sdnet_tf.data.arrays import DataError, SDNetArrays
 from sdnet_tf.data.nifti import load_labels, load_volume
 from sdnet_tf.data.preprocess import SIZE, TARGET_SPACING, one_hot, preprocess_frame
@@ -213,57 +213,78 @@ def preprocess_cohort(root, cache_dir=None, size=SIZE, progress=True, strict=Tru
             if cine:
                 packed[f"{p.number}/cine"] = np.concatenate(cine)[..., None]
     if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(cache_path.stem + ".tmp.npz")
-        np.savez(tmp, **packed)
-        os.replace(tmp, cache_path)
+        with atomic_path(cache_path) as tmp:
+            np.savez(tmp, **packed)
     return _unpack(packed), patients
 
 
 def _unpack(data):
     out = {}
-    for key in data.keys() if hasattr(data, "keys") else data.files:
+    for key in data.keys():
         number, kind = key.split("/")
         out.setdefault(int(number), {})[kind] = np.asarray(data[key])
     return out
 
 
-def cohort_arrays(cohort, splits, split=0, labelled_fraction=1.0, seed=1, max_unlabelled=MAX_UNLABELLED):
-    """``SDNetArrays`` for one split and labelled fraction, plus a description of the choice.
+def split_plan(cohort, splits, split=0, labelled_fraction=1.0, seed=1, max_unlabelled=MAX_UNLABELLED):
+    """Which slices one split and labelled fraction use, without building any array.
 
     Labelled images: every ED/ES slice of the labelled subjects. Unlabelled images: the cine
     frames other than ED and ES of the training patients when ``_4d`` files exist; otherwise
     the ED/ES slices of the training patients whose labels are withheld (all training patients
     at 100% labels). At most ``max_unlabelled`` are kept, spread evenly over the volumes. Real
     masks for the discriminator come from the whole training split.
+
+    Returns a dict with the patients of each role, the unlabelled slices as
+    ``[(patient, kind, indices)]``, a description of their source and the image counts.
     """
     s = splits[split]
-    labelled = labelled_subset(s["training"], labelled_fraction, seed)
-    have_cine = any("cine" in cohort[n] for n in s["training"])
-    if have_cine:
-        pool = [cohort[n]["cine"] for n in s["training"] if "cine" in cohort[n]]
-        unlabelled_source = "cine frames other than ED/ES (_4d files)"
+    training = list(s["training"])
+    labelled = labelled_subset(training, labelled_fraction, seed)
+    if any("cine" in cohort[n] for n in training):
+        kind, sources = "cine", [n for n in training if "cine" in cohort[n]]
+        source = "cine frames other than ED/ES (_4d files)"
     else:
-        withheld = [n for n in s["training"] if n not in labelled] or list(s["training"])
-        pool = [cohort[n]["images"] for n in withheld]
-        unlabelled_source = "ED/ES slices of training patients without labels" if len(withheld) < len(
-            s["training"]) or labelled_fraction < 1 else "ED/ES slices of all training patients"
-    total = sum(len(p) for p in pool)
-    if total > max_unlabelled:
-        per_volume = math.ceil(max_unlabelled / len(pool))
+        withheld = [n for n in training if n not in labelled]
+        kind, sources = "images", withheld or training
+        source = ("ED/ES slices of training patients without labels" if withheld
+                  else "ED/ES slices of all training patients")
+    sizes = [len(cohort[n][kind]) for n in sources]
+    unlabelled = [(n, kind, np.arange(size)) for n, size in zip(sources, sizes)]
+    if sum(sizes) > max_unlabelled:
+        per_volume = math.ceil(max_unlabelled / len(sources))
         rng = np.random.default_rng(seed)
-        pool = [p[np.sort(rng.choice(len(p), size=min(per_volume, len(p)), replace=False))] for p in pool]
-    labelled_images = np.concatenate([cohort[n]["images"] for n in labelled])
-    labelled_masks = one_hot(np.concatenate([cohort[n]["labels"] for n in labelled]))
+        unlabelled = [(n, kind, np.sort(rng.choice(size, size=min(per_volume, size), replace=False)))
+                      for n, size in zip(sources, sizes)]
+
+    def slices(patients):
+        return sum(len(cohort[n]["images"]) for n in patients)
+
+    counts = {"labelled": slices(labelled), "unlabelled": sum(len(i) for _, _, i in unlabelled),
+              "real_masks": slices(training), "validation": slices(s["validation"]), "test": slices(s["test"])}
+    return {"split": split, "labelled_fraction": labelled_fraction, "labelled_patients": labelled,
+            "training": training, "validation_patients": list(s["validation"]), "unlabelled": unlabelled,
+            "unlabelled_source": source, "counts": counts}
+
+
+def cohort_arrays(cohort, splits, split=0, labelled_fraction=1.0, seed=1, max_unlabelled=MAX_UNLABELLED):
+    """``SDNetArrays`` for one split and labelled fraction (see ``split_plan``), and a description."""
+    plan = split_plan(cohort, splits, split, labelled_fraction, seed, max_unlabelled)
+
+    def stack(patients, kind):
+        return np.concatenate([cohort[n][kind] for n in patients])
+
     arrays = SDNetArrays(
-        labelled_images=labelled_images, labelled_masks=labelled_masks,
-        unlabelled_images=np.concatenate(pool),
-        real_masks=one_hot(np.concatenate([cohort[n]["labels"] for n in s["training"]])),
-        validation_images=np.concatenate([cohort[n]["images"] for n in s["validation"]]),
-        validation_masks=one_hot(np.concatenate([cohort[n]["labels"] for n in s["validation"]])),
+        labelled_images=stack(plan["labelled_patients"], "images"),
+        labelled_masks=one_hot(stack(plan["labelled_patients"], "labels")),
+        unlabelled_images=np.concatenate([cohort[n][kind][index] for n, kind, index in plan["unlabelled"]]),
+        real_masks=one_hot(stack(plan["training"], "labels")),
+        validation_images=stack(plan["validation_patients"], "images"),
+        validation_masks=one_hot(stack(plan["validation_patients"], "labels")),
         source=f"split {split}")
-    description = {"split": split, "labelled_fraction": labelled_fraction, "labelled_patients": labelled,
-                   "unlabelled_source": unlabelled_source, "splits": splits, **arrays.counts()}
+    description = {"split": split, "labelled_fraction": labelled_fraction,
+                   "labelled_patients": plan["labelled_patients"], "unlabelled_source": plan["unlabelled_source"],
+                   "splits": splits, **arrays.counts()}
     return arrays, description
 
 

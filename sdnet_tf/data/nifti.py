@@ -6,13 +6,13 @@ the input's affine and header so they overlay the input exactly.
 """
 
 import gzip
-import os
 import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from sdnet_tf.atomic import atomic_path
 from sdnet_tf.data.arrays import DataError
 
 LABELS = (0, 1, 2, 3)  # background, RV, MYO, LV
@@ -59,27 +59,20 @@ def load_labels(path, image_shape=None):
 
 def save_labels(labels, reference, path):
     """Write uint8 labels with ``reference``'s affine and header, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
     out = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), reference.affine, header)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(path.name[: -len(suffix)] + ".tmp" + suffix)
-    nib.save(out, str(tmp))
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        nib.save(out, str(tmp))
+    return Path(path)
 
 
 def save_volume(data, affine, zooms, path, dtype=np.float32):
     """Write a volume as ACDC's files are: qform code 0, sform code 2, voxel size in the zooms."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
     img.header.set_qform(None, code=0)
     img.header.set_sform(affine, code=2)
     img.header.set_zooms(tuple(zooms))  # last: the sform need not carry the voxel size (as in ACDC)
-    tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)

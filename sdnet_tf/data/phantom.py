@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from sdnet_tf.atomic import write_text
 from sdnet_tf.data.nifti import save_volume
 
 log = logging.getLogger("sdnet_tf.data")
@@ -102,7 +103,7 @@ def slice_labels(params, position, phase):
         * (1.0 - 0.5 * squeeze * phase) / sp
     if rv_radius > 3.0:
         outer = r_lv + wall
-        mean_outer = float(np.mean(outer)) if np.ndim(outer) else float(outer)
+        mean_outer = float(np.mean(outer))
         theta = params["rv_angle"]
         d = 0.8 * mean_outer + 0.15 * rv_radius  # overlapping the LV: a crescent wraps the septum
         ry, rx = cy + d * np.sin(theta), cx + d * np.cos(theta)
@@ -180,9 +181,7 @@ def write_patient(out, seed, number):
     save_volume(cine, affine, zooms + (1.0,), folder / f"{name}_4d.nii.gz", np.int16)
     info = (f"ED: {ed}\nES: {es}\nGroup: {params['group']}\nHeight: {params['height']:.1f}\n"
             f"NbFrame: {params['frames']}\nWeight: {params['weight']:.1f}\nStyle: {params['style']}\n")
-    tmp = folder / "Info.cfg.tmp"
-    tmp.write_text(info)
-    tmp.replace(folder / "Info.cfg")
+    write_text(folder / "Info.cfg", info)
     return folder
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from sdnet_tf.data.arrays import SDNetArrays
+from sdnet_tf.data.preprocess import normalise
 
 # tissue intensities per style: background, ring, disc, second disc
 STYLES = np.array([
@@ -44,9 +45,7 @@ def render(labels, style, rng, noise=0.04, blur=0.8):
     yy, xx = np.mgrid[0:labels.shape[0], 0:labels.shape[1]] / labels.shape[0]
     bias = 1.0 + 0.15 * np.sin(np.pi * (yy * rng.uniform(0.5, 1.5) + xx * rng.uniform(0.5, 1.5)))
     image = image * bias + rng.normal(0.0, noise, size=image.shape)
-    lo, hi = np.percentile(image, [5, 95])
-    image = np.clip(image, lo, hi)
-    return (2.0 * (image - lo) / max(hi - lo, 1e-6) - 1.0).astype(np.float32)
+    return normalise(image, "synthetic image")
 
 
 def make_images(count, size=64, seed=0):

@@ -6,6 +6,7 @@ Only numpy here: the engines (``tf_engine``, and later a JAX one) turn a ``Step`
 update.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -101,15 +102,15 @@ class EarlyStopping:
         self.best, self.wait = float(state["best"]), int(state["wait"])
 
 
+@functools.lru_cache(maxsize=32)
+def _permutation(n, seed, stream, epoch):
+    return _rng(seed, stream, epoch).permutation(n)
+
+
 def _cycled_indices(n, seed, stream, batch_index, batch_size):
     """Indices of batch ``batch_index`` when passes over n items are each freshly shuffled."""
-    start = batch_index * batch_size
-    out = np.empty(batch_size, dtype=np.int64)
-    for k in range(batch_size):
-        position = start + k
-        epoch, offset = divmod(position, n)
-        out[k] = _rng(seed, stream, epoch).permutation(n)[offset]
-    return out
+    positions = np.arange(batch_index * batch_size, (batch_index + 1) * batch_size)
+    return np.array([_permutation(n, seed, stream, int(p // n))[p % n] for p in positions], dtype=np.int64)
 
 
 class BatchSampler:

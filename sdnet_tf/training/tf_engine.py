@@ -5,7 +5,6 @@ The only module of the package with ``tf.function``, ``GradientTape``, ``tf.trai
 ``objectives``; this module turns a step into a compiled update.
 """
 
-import os
 import re
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sdnet_tf.atomic import atomic_path
 from sdnet_tf.training import objectives
 from sdnet_tf.training.schedule import OPTIMIZERS
 
@@ -70,6 +70,7 @@ class TFEngine:
             self._updates[step.name] = compiled[key]
         self._segment = tf.function(lambda x: objectives.segment_inference(self.model, x),
                                     jit_compile=train_config.jit_compile, reduce_retracing=True)
+        self._inspect = tf.function(lambda x: self.model(x, training=False, sample=False))
         self.run_dir = Path(run_dir) if run_dir else None
         self._writer = None
         self._manager = None
@@ -137,8 +138,6 @@ class TFEngine:
 
     def inspect(self, images):
         """Anatomy, reconstruction (own z, mean mode) and masks in inference mode, as numpy."""
-        if not hasattr(self, "_inspect"):
-            self._inspect = tf.function(lambda x: self.model(x, training=False, sample=False))
         out = self._inspect(images)
         return {k: np.asarray(out[k], dtype=np.float32) for k in ("anatomy", "reconstruction", "masks")}
 
@@ -147,10 +146,8 @@ class TFEngine:
         """Save weights, optimiser slots and the schedule's numpy ``state`` (atomically)."""
         directory = self.run_dir / "checkpoints"
         directory.mkdir(parents=True, exist_ok=True)
-        state_path = directory / f"state-{iteration}.npz"
-        tmp = directory / f"state-{iteration}.tmp.npz"
-        np.savez(tmp, **state)
-        os.replace(tmp, state_path)
+        with atomic_path(directory / f"state-{iteration}.npz") as tmp:
+            np.savez(tmp, **state)
         self._manager.save(checkpoint_number=iteration)
         kept = {int(re.search(r"ckpt-(\d+)$", p).group(1)) for p in self._manager.checkpoints}
         for old in directory.glob("state-*.npz"):

@@ -5,28 +5,25 @@ Backend-agnostic: everything that touches gradients is delegated to an engine
 """
 
 import csv
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from sdnet_tf.atomic import atomic_path, write_json
 from sdnet_tf.config import save_config
+from sdnet_tf.losses import dice_coefficient
 from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler, EarlyStopping, FakePool
 
 log = logging.getLogger("sdnet_tf.train")
 
 
-def validation_dice(predicted, masks, smooth=0.1):
-    """Mean over images of the soft Dice pooled over the foreground channels (numpy)."""
-    axes = (1, 2, 3)
-    inter = (predicted * masks).sum(axis=axes)
-    total = predicted.sum(axis=axes) + masks.sum(axis=axes)
-    return float(np.mean((2.0 * inter + smooth) / (total + smooth)))
+def validation_dice(predicted, masks):
+    """Mean over images of the soft Dice pooled over the foreground channels."""
+    return float(np.mean(np.asarray(dice_coefficient(predicted, masks))))
 
 
 def _mask_rgb(masks):
@@ -218,14 +215,10 @@ class Trainer:
     def finish(self):
         """Load the best validation weights, save ``model.keras`` atomically, write a summary."""
         restored = self.engine.restore_best()
-        target = self.run_dir / "model.keras"
-        tmp = self.run_dir / "model.tmp.keras"
-        self.model.save(tmp)
-        os.replace(tmp, target)
+        with atomic_path(self.run_dir / "model.keras") as tmp:
+            self.model.save(tmp)
         summary = {"iteration": self.iteration, "best_val_dice": self.best_dice,
                    "stopped_early": self.stopped, "weights": "best" if restored else "last"}
-        tmp_json = self.run_dir / "summary.json.tmp"
-        tmp_json.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp_json, self.run_dir / "summary.json")
+        write_json(self.run_dir / "summary.json", summary)
         self.engine.close()
         return summary
