@@ -145,5 +145,70 @@ def preprocess(data, config, overrides):
     click.echo(f"unlabelled images: {plan['unlabelled_source']}")
 
 
+@main.command()
+@click.option("-i", "--input", "source", required=True, type=click.Path(exists=False, path_type=Path),
+              help="A NIfTI image (3-D frame or 4-D cine) or a folder of them (*_gt and *_4d files skipped).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder; predictions are <name>_pred.nii.gz, the folder structure is kept.")
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="A trained run directory (its model.keras and config.yaml).")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Slices per network call.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(source, output, run_dir, batch_size, quiet):
+    """Segment NIfTI volumes with a trained run; labels go back onto each input's own grid.
+
+    Each volume is preprocessed as in training, segmented slice by slice, un-cropped and
+    resampled back, and written as uint8 (0 background, 1 RV, 2 MYO, 3 LV) with the input's
+    affine and header. A file that fails is reported and the others go on.
+    """
+    from tqdm.auto import tqdm
+
+    from sdnet_infer.predict import predict_files, summarise
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.inference import load_run, probabilities_fn
+
+    try:
+        model, cfg = load_run(run_dir)
+        bar = None
+
+        def report(index, total, record):
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, desc="predict", unit="volume", disable=quiet)
+            bar.update(1)
+            if record["error"]:
+                tqdm.write(f"FAILED {record['error']}", file=sys.stderr)
+
+        records = predict_files(source, output, probabilities_fn(model, batch_size), model.input_size,
+                                cfg.data.spacing, report)
+        if bar is not None:
+            bar.close()
+    except DataError as error:
+        raise UserError(str(error)) from error
+    click.echo(f"{summarise(records)} to {output} (list in {output / 'predictions.json'})")
+    if any(r["error"] for r in records):
+        sys.exit(1)
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Export folder: segment/anatomy/modality/decoder.onnx and sdnet-export.json.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default="NHWC", show_default=True,
+              help="Layout of the image inputs (anatomy maps stay NHWC).")
+def export_command(run_dir, output, opset, layout):
+    """Export a trained run to ONNX for the TensorFlow-free runtime (sdnet-infer)."""
+    from export.onnx_export import export_run
+    from sdnet_tf.data.arrays import DataError
+
+    try:
+        meta = export_run(run_dir, output, opset=opset, layout=layout, log=click.echo)
+    except DataError as error:
+        raise UserError(str(error)) from error
+    click.echo(f"exported {len(meta['models'])} models (opset {opset}, {layout}) to {output}; "
+               f"run them with: sdnet-infer -i IMAGES -o OUT --model {output}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

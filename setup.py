@@ -9,7 +9,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["sdnet_tf", "sdnet_tf.*", "export", "export.*"]),
+    # sdnet_infer (the TensorFlow-free runtime, also installable alone from export/runtime)
+    # ships inside sdnet-tf too: training and prediction share its preprocessing and NIfTI code
+    packages=find_packages(include=["sdnet_tf", "sdnet_tf.*", "export"]) + ["sdnet_infer"],
+    package_dir={"sdnet_infer": "export/runtime/sdnet_infer"},
     py_modules=["cli"],
     include_package_data=True,
     install_requires=[
@@ -32,5 +35,5 @@ setup(
         "test": ["pytest>=8"],
         "gpu": ["onnxruntime-gpu>=1.31"],
     },
-    entry_points={"console_scripts": ["sdnet-tf=cli:main"]},
+    entry_points={"console_scripts": ["sdnet-tf=cli:main", "sdnet-infer=sdnet_infer.cli:main"]},
 )

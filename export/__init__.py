@@ -1,4 +1,5 @@
-"""ONNX export of trained SDNet runs and the TensorFlow-free onnxruntime inference package.
+"""ONNX export of trained SDNet runs (TensorFlow and tf2onnx).
 
-Only the package boundary exists so far; nothing here is importable API yet.
+``export.onnx_export.export_run`` writes an export folder; the TensorFlow-free runtime that
+serves it is the ``sdnet_infer`` package in ``export/runtime`` (installable on its own).
 """

@@ -1,11 +1,16 @@
-"""Layering: models, layers and losses import no TensorFlow; data code imports no ML framework."""
+"""Layering: models, layers and losses import no TensorFlow; data code imports no ML framework;
+the runtime package imports numpy, scipy, nibabel and onnxruntime only."""
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "sdnet_tf"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "sdnet_tf"
+RUNTIME = sorted((ROOT / "export" / "runtime" / "sdnet_infer").glob("*.py"))
+RUNTIME_ALLOWED = {"numpy", "scipy", "nibabel", "onnxruntime", "sdnet_infer", "__future__"}
 BACKEND_FREE = sorted(PACKAGE.glob("models/*.py")) + [PACKAGE / "layers.py", PACKAGE / "losses.py",
                                                         PACKAGE / "training" / "objectives.py",
                                                         PACKAGE / "training" / "schedule.py"]
@@ -45,5 +50,11 @@ def test_tensorflow_only_in_the_engine():
     assert users == {"training/tf_engine.py"}
 
 
+@pytest.mark.parametrize("path", RUNTIME, ids=lambda p: p.name)
+def test_runtime_imports_only_its_dependencies(path):
+    roots = _roots(_imports(path)) - set(sys.stdlib_module_names)
+    assert roots <= RUNTIME_ALLOWED, roots - RUNTIME_ALLOWED
+
+
 def test_the_checks_see_the_files():
-    assert len(BACKEND_FREE) >= 10 and DATA
+    assert len(BACKEND_FREE) >= 10 and DATA and len(RUNTIME) >= 5

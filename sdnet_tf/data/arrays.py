@@ -3,10 +3,9 @@
 from dataclasses import dataclass
 
 import numpy as np
+from sdnet_infer.io import DataError  # one error type for training, prediction and the runtime
 
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the source and the problem."""
+__all__ = ["DataError", "SDNetArrays"]
 
 
 @dataclass

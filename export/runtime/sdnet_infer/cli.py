@@ -1,0 +1,55 @@
+"""``sdnet-infer -i FILE_OR_DIR -o DIR --model EXPORT_DIR``: NIfTI in, NIfTI labels out."""
+
+import argparse
+import sys
+import time
+
+
+def _line(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="sdnet-infer",
+        description="Segment cardiac MRI NIfTI volumes with an exported SDNet (onnxruntime, no TensorFlow). "
+                    "Each image is preprocessed as in training, segmented slice by slice and written back on "
+                    "its own grid as <name>_pred.nii.gz (uint8; 0 background, 1 RV, 2 MYO, 3 LV) with the "
+                    "input's affine and header. In a folder, *_gt and *_4d files are skipped.")
+    parser.add_argument("-i", "--input", required=True, help="a NIfTI file (3-D frame or 4-D cine) or a folder")
+    parser.add_argument("-o", "--output", required=True, help="output folder (created; inputs are never overwritten)")
+    parser.add_argument("-m", "--model", required=True, help="export folder written by 'sdnet-tf export'")
+    parser.add_argument("--provider", action="append", default=None,
+                        help="onnxruntime execution provider (repeatable); default CUDA if available, else CPU")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per inference call (default 16)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    args = parser.parse_args(argv)
+
+    from sdnet_infer.io import DataError
+    from sdnet_infer.model import ExportError, SDNetRuntime
+    from sdnet_infer.predict import predict_files, summarise
+
+    try:
+        runtime = SDNetRuntime(args.model, providers=args.provider, threads=args.threads,
+                               batch_size=args.batch_size)
+        if not args.quiet:
+            _line(f"sdnet-infer: {args.model} on {runtime.provider}")
+
+        def report(index, total, record):
+            if record["error"]:
+                _line(f"[{index}/{total}] FAILED {record['error']}")
+            elif not args.quiet:
+                _line(f"[{index}/{total}] {record['input']} -> {record['output']} ({record['seconds']:.2f} s)")
+
+        start = time.perf_counter()
+        records = predict_files(args.input, args.output, runtime.segment, runtime.size, runtime.spacing, report)
+    except (DataError, ExportError) as error:
+        _line(f"Error: {error}")
+        return 2
+    _line(f"{summarise(records)} in {time.perf_counter() - start:.1f} s; list in {args.output}/predictions.json")
+    return 1 if any(r["error"] for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

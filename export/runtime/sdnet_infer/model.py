@@ -1,0 +1,149 @@
+"""An exported SDNet folder served by onnxruntime: segmentation, decomposition, decoding.
+
+The folder holds four ONNX models and ``sdnet-export.json``, a sidecar that lists each file's
+SHA-256, its inputs and outputs, the preprocessing parameters and the label map. Every file's
+hash is checked before any of them is loaded; a mismatch is refused.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+SIDECAR = "sdnet-export.json"
+FORMAT = "sdnet-onnx"
+MODELS = ("segment", "anatomy", "modality", "decoder")
+
+
+class ExportError(RuntimeError):
+    """An export folder that cannot be used (missing files, a hash mismatch, a bad sidecar)."""
+
+
+def sha256(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_sidecar(folder):
+    folder = Path(folder)
+    path = folder / SIDECAR
+    if not path.is_file():
+        raise ExportError(f"{folder}: no {SIDECAR}; not an sdnet-tf export folder (make one with sdnet-tf export)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{path}: not valid JSON ({error})") from error
+    if meta.get("format") != FORMAT:
+        raise ExportError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def verify(folder, meta=None):
+    """Check every model file against the sidecar's SHA-256; raise ``ExportError`` on a mismatch."""
+    folder = Path(folder)
+    meta = meta or read_sidecar(folder)
+    for name, entry in meta["models"].items():
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise ExportError(f"{path}: missing (listed for '{name}' in {SIDECAR})")
+        actual = sha256(path)
+        if actual != entry["sha256"]:
+            raise ExportError(f"{path}: SHA-256 {actual} does not match {entry['sha256']} in {SIDECAR}; "
+                              "the file was modified or corrupted; refusing to load it")
+    return meta
+
+
+def choose_providers(requested=None):
+    """CUDA when onnxruntime-gpu offers it (or as ``requested``), else the CPU provider."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ExportError(f"execution provider(s) {missing} not available; this onnxruntime has {available}")
+        return list(requested)
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class SDNetRuntime:
+    """Run an exported SDNet with onnxruntime.
+
+    Args:
+        folder: an export folder written by ``sdnet-tf export``.
+        providers: onnxruntime execution providers; default CUDA if available, else CPU.
+        threads: intra-op threads (0: onnxruntime's default, one per physical core).
+        batch_size: slices per inference call.
+    """
+
+    def __init__(self, folder, providers=None, threads=0, batch_size=16):
+        self.folder = Path(folder)
+        self.meta = verify(self.folder)
+        self.providers = choose_providers(providers)
+        self.threads = threads
+        self.batch_size = batch_size
+        self._sessions = {}
+        pre = self.meta["preprocessing"]
+        self.size = int(pre["size"])
+        self.spacing = float(pre["spacing_mm"])
+        self.layout = self.meta.get("layout", "NHWC")
+
+    @property
+    def provider(self):
+        """The execution provider that runs the models (the first one onnxruntime accepted)."""
+        return self._session("segment").get_providers()[0]
+
+    def _session(self, name):
+        if name not in self._sessions:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = self.threads
+            path = self.folder / self.meta["models"][name]["file"]
+            self._sessions[name] = ort.InferenceSession(str(path), options, providers=self.providers)
+        return self._sessions[name]
+
+    def _to_layout(self, images):
+        images = np.asarray(images, np.float32)
+        if images.ndim == 3:
+            images = images[..., None]
+        return np.ascontiguousarray(np.moveaxis(images, -1, 1)) if self.layout == "NCHW" else images
+
+    def _run(self, name, feeds, batched_input):
+        session = self._session(name)
+        outputs = [o.name for o in session.get_outputs()]
+        n = len(feeds[batched_input])
+        parts = []
+        for start in range(0, n, self.batch_size):
+            chunk = {k: v[start:start + self.batch_size] for k, v in feeds.items()}
+            parts.append(session.run(outputs, chunk))
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(outputs)}
+
+    def segment(self, images):
+        """Preprocessed slices (N, size, size[, 1]) -> foreground probabilities (N, size, size, 3)."""
+        return self._run("segment", {"image": self._to_layout(images)}, "image")["probabilities"]
+
+    def decompose(self, images):
+        """Slices -> (binary anatomy (N, size, size, C), z mean (N, nz), z log-variance (N, nz))."""
+        images = self._to_layout(images)
+        anatomy = self._run("anatomy", {"image": images}, "image")["anatomy"]
+        moments = self._run("modality", {"anatomy": anatomy, "image": images}, "image")
+        return anatomy, moments["mean"], moments["logvar"]
+
+    def decode(self, anatomy, z):
+        """(anatomy (N, size, size, C), z (N, nz)) -> images (N, size, size, 1)."""
+        feeds = {"anatomy": np.asarray(anatomy, np.float32), "z": np.asarray(z, np.float32)}
+        return self._run("decoder", feeds, "z")["image"]
+
+    def segment_volume(self, volume, spacing, source="volume"):
+        """A (H, W, S) frame or (H, W, S, T) cine -> uint8 ACDC labels on the original grid."""
+        from sdnet_infer.predict import predict_volume
+
+        return predict_volume(volume, spacing, self.segment, size=self.size, target=self.spacing, source=source)

@@ -1,0 +1,111 @@
+"""NIfTI in, labels out on the original grid: one volume, or a batch of files.
+
+Shared by ``sdnet-tf predict`` (a Keras model) and ``sdnet-infer`` (ONNX models): each passes
+a function from preprocessed slices to foreground probabilities, so both write identical
+label volumes for identical probabilities.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sdnet_infer.io import DataError, atomic_path, load_volume, save_labels
+from sdnet_infer.preprocess import SIZE, TARGET_SPACING, from_one_hot, preprocess_frame, restore_labels
+
+SUFFIX = "_pred"
+SKIPPED_IN_FOLDERS = ("_gt", "_4d")  # label files and cines are not predicted when a folder is given
+
+
+def predict_frame(frame, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="frame"):
+    """One (H, W, S) frame -> (H, W, S) uint8 ACDC labels."""
+    slices, _, geometry = preprocess_frame(frame, spacing, size=size, target=target, source=source)
+    probs = np.asarray(probabilities(slices[..., None]))
+    if probs.shape[:3] != slices.shape:
+        raise DataError(f"{source}: the model returned shape {probs.shape} for {slices.shape[0]} slices")
+    return restore_labels(from_one_hot(probs), geometry)
+
+
+def predict_volume(volume, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="volume"):
+    """A (H, W, S) frame or a (H, W, S, T) cine (frame by frame) -> uint8 labels of its shape."""
+    if volume.ndim == 3:
+        return predict_frame(volume, spacing, probabilities, size, target, source)
+    if volume.ndim == 4:
+        return np.stack([predict_frame(volume[..., t], spacing, probabilities, size, target, f"{source} frame {t}")
+                         for t in range(volume.shape[-1])], axis=-1)
+    raise DataError(f"{source}: expected a 3-D frame or a 4-D cine, got shape {volume.shape}")
+
+
+def output_name(path):
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)] + SUFFIX + ".nii.gz"
+    return name + SUFFIX + ".nii.gz"
+
+
+def find_inputs(source):
+    """(input path, output path relative to the output folder) for a file or a folder of NIfTI files.
+
+    In a folder, ``*_gt`` label files and ``*_4d`` cines are skipped (name a cine to predict it)
+    and the sub-folder structure is kept.
+    """
+    source = Path(source)
+    if source.is_file():
+        return [(source, Path(output_name(source)))]
+    if not source.is_dir():
+        raise DataError(f"{source}: no such file or folder")
+    found = []
+    for path in sorted(list(source.rglob("*.nii.gz")) + list(source.rglob("*.nii"))):
+        stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+        if stem.endswith(SKIPPED_IN_FOLDERS) or stem.endswith(SUFFIX):
+            continue
+        found.append((path, path.parent.relative_to(source) / output_name(path)))
+    if not found:
+        raise DataError(f"{source}: no NIfTI images (*.nii, *.nii.gz, other than *_gt and *_4d) found")
+    return found
+
+
+def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None):
+    """Predict every image under ``source`` into ``out_dir``; a failing file is recorded and skipped.
+
+    ``report(index, total, record)`` is called after each file. Returns the records (one dict
+    per input, with ``error`` set for the files that failed) and writes them to
+    ``out_dir/predictions.json``.
+    """
+    out_dir = Path(out_dir)
+    pairs = find_inputs(source)
+    inputs = {p.resolve() for p, _ in pairs}
+    records = []
+    for index, (path, relative) in enumerate(pairs, start=1):
+        target_path = out_dir / relative
+        record = {"input": str(path), "output": str(target_path), "error": None}
+        start = time.perf_counter()
+        try:
+            if target_path.resolve() in inputs:
+                raise DataError(f"{path}: the output {target_path} would overwrite an input; choose another folder")
+            volume, zooms, img = load_volume(path, ndim=(3, 4))
+            labels = predict_volume(volume, zooms[:2], probabilities, size, target, source=str(path))
+            save_labels(labels, img, target_path)
+            record.update(shape=list(labels.shape), spacing=list(zooms[:2]),
+                          voxels={str(v): int((labels == v).sum()) for v in (1, 2, 3)})
+        except DataError as error:
+            record["error"] = str(error)
+        except Exception as error:  # a model or library failure on one file must not stop the batch
+            record["error"] = f"{path}: {type(error).__name__}: {error}"
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        records.append(record)
+        if report is not None:
+            report(index, len(pairs), record)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "predictions.json") as tmp:
+        Path(tmp).write_text(json.dumps(records, indent=2))
+    return records
+
+
+def summarise(records):
+    """One line: how many written, how many failed."""
+    failed = [r for r in records if r["error"]]
+    return f"{len(records) - len(failed)} of {len(records)} volumes written" + (
+        f", {len(failed)} failed" if failed else "")

@@ -1,0 +1,210 @@
+"""ONNX export and the TensorFlow-free runtime: sidecar, parity with Keras, hashes, NIfTI output."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from conftest import SMALL, small_config
+from export.onnx_export import export_run
+from sdnet_infer import ExportError, SDNetRuntime
+from sdnet_infer.predict import predict_volume
+from sdnet_tf.config import save_config
+from sdnet_tf.data.phantom import write_patient
+from sdnet_tf.data.preprocess import preprocess_frame
+from sdnet_tf.inference import load_run, probabilities_fn
+from sdnet_tf.models import SDNet
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACING = 5.0  # 32 pixels of 5 mm: the tiny test model sees the whole heart
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory with an untrained but seeded tiny SDNet (BatchNorm statistics moved off 0/1)."""
+    run = tmp_path_factory.mktemp("run")
+    config = small_config()
+    config.data.spacing = SPACING
+    keras.utils.set_random_seed(3)
+    model = SDNet(**SMALL, seed=3)
+    model.build()
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(np.linspace(-0.2, 0.2, n).astype(np.float32))
+            layer.moving_variance.assign(np.linspace(0.5, 1.5, n).astype(np.float32))
+    model.save(run / "model.keras")
+    save_config(config, run / "config.yaml")
+    return run
+
+
+@pytest.fixture(scope="module")
+def export_dir(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    export_run(run_dir, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def phantom_patient(tmp_path_factory):
+    return write_patient(tmp_path_factory.mktemp("phantom"), seed=4, number=2)
+
+
+def _phantom_slices(phantom_patient, size=32):
+    data = nib.load(str(phantom_patient / "patient002_frame01.nii.gz"))
+    slices, _, _ = preprocess_frame(np.asarray(data.dataobj, np.float32), data.header.get_zooms(), size=size,
+                                    target=SPACING)
+    return slices[..., None]
+
+
+def test_sidecar_lists_models_hashes_and_preprocessing(export_dir):
+    meta = json.loads((export_dir / "sdnet-export.json").read_text())
+    assert set(meta["models"]) == {"segment", "anatomy", "modality", "decoder"}
+    assert meta["preprocessing"]["spacing_mm"] == SPACING and meta["preprocessing"]["size"] == 32
+    assert meta["labels"] == {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
+    assert meta["opset"] == 17 and {"tensorflow", "keras", "tf2onnx", "onnx"} <= set(meta["versions"])
+    seg = meta["models"]["segment"]
+    assert [i["name"] for i in seg["inputs"]] == ["image"]
+    assert seg["inputs"][0]["shape"] == [None, 32, 32, 1] and seg["inputs"][0]["dtype"] == "float32"
+    outputs = {o["name"]: o for o in seg["outputs"]}
+    assert outputs["probabilities"]["shape"] == [None, 32, 32, 3] and outputs["labels"]["dtype"] == "uint8"
+    for entry in meta["models"].values():
+        assert len(entry["sha256"]) == 64 and (export_dir / entry["file"]).is_file()
+        assert all(i["shape"][0] is None for i in entry["inputs"])  # dynamic batch
+
+
+@pytest.mark.parametrize("source", ["random", "phantom"])
+def test_parity_with_keras(run_dir, export_dir, phantom_patient, source):
+    model, _ = load_run(run_dir)
+    if source == "random":
+        images = np.random.default_rng(0).uniform(-1, 1, (7, 32, 32, 1)).astype(np.float32)
+    else:
+        images = _phantom_slices(phantom_patient)
+    runtime = SDNetRuntime(export_dir, batch_size=4)  # batches of 4 exercise the dynamic dimension
+    probs = runtime.segment(images)
+    expected = np.asarray(model.segment(images, training=False))
+    assert np.abs(probs - expected).max() <= 1e-4
+    agreement = np.mean(np.argmax(probs, -1) == np.argmax(expected, -1))
+    assert agreement >= 0.9999
+
+    anatomy, mean, logvar = runtime.decompose(images)
+    k_anatomy, _, k_mean, k_logvar = model.decompose(images, training=False, sample=False)
+    assert np.abs(anatomy - np.asarray(k_anatomy)).max() <= 1e-4
+    assert np.abs(mean - np.asarray(k_mean)).max() <= 1e-4
+    assert np.abs(logvar - np.asarray(k_logvar)).max() <= 1e-4
+    z = np.random.default_rng(1).normal(size=mean.shape).astype(np.float32)
+    decoded = runtime.decode(anatomy, z)
+    assert np.abs(decoded - np.asarray(model.reconstruct(k_anatomy, z))).max() <= 1e-4
+
+
+def test_onnx_labels_output_matches_probabilities(export_dir, phantom_patient):
+    import onnxruntime as ort
+
+    from sdnet_infer.preprocess import from_one_hot
+
+    session = ort.InferenceSession(str(export_dir / "segment.onnx"), providers=["CPUExecutionProvider"])
+    probs, labels = session.run(["probabilities", "labels"], {"image": _phantom_slices(phantom_patient)})
+    assert labels.dtype == np.uint8 and np.array_equal(labels, from_one_hot(probs))
+
+
+def test_modified_onnx_is_refused(export_dir, tmp_path, phantom_patient):
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    path = copy / "decoder.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="decoder.onnx: SHA-256 .* does not match"):
+        SDNetRuntime(copy)
+    from sdnet_infer.cli import main as infer_main
+
+    assert infer_main(["-i", str(phantom_patient), "-o", str(tmp_path / "out"), "-m", str(copy)]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_sidecar_is_a_clear_error(tmp_path):
+    with pytest.raises(ExportError, match="no sdnet-export.json"):
+        SDNetRuntime(tmp_path)
+
+
+def test_runtime_runs_where_tensorflow_cannot_be_imported(export_dir, phantom_patient, tmp_path):
+    """The runtime in a fresh interpreter whose import of tensorflow, keras or tf2onnx fails."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(textwrap.dedent("""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "tf_keras"):
+                    raise ImportError(f"{name} is blocked in this test")
+                return None
+        sys.meta_path.insert(0, _Block())
+    """))
+    script = textwrap.dedent(f"""
+        import sys
+        try:
+            import tensorflow
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("tensorflow imported despite the block")
+        from sdnet_infer.cli import main
+        code = main(["-i", {str(phantom_patient)!r}, "-o", {str(tmp_path / 'out')!r}, "-m", {str(export_dir)!r}])
+        assert not any(m.split(".")[0] in ("tensorflow", "keras", "tf2onnx") for m in sys.modules), "TF loaded"
+        raise SystemExit(code)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(ROOT / "export" / "runtime")]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "on CPUExecutionProvider" in result.stderr or "on CUDAExecutionProvider" in result.stderr
+    frames = sorted(p.name.replace(".nii.gz", "_pred.nii.gz") for p in phantom_patient.glob("*_frame??.nii.gz"))
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*_pred.nii.gz")) == frames and len(frames) == 2
+
+
+def test_infer_and_predict_write_identical_labels(run_dir, export_dir, phantom_patient, tmp_path):
+    from sdnet_infer.cli import main as infer_main
+
+    image = phantom_patient / "patient002_frame01.nii.gz"
+    assert infer_main(["-i", str(image), "-o", str(tmp_path / "onnx"), "-m", str(export_dir), "-q"]) == 0
+    result = CliRunner().invoke(main, ["predict", "-i", str(image), "-o", str(tmp_path / "keras"),
+                                       "--run", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a = nib.load(str(tmp_path / "onnx" / "patient002_frame01_pred.nii.gz"))
+    b = nib.load(str(tmp_path / "keras" / "patient002_frame01_pred.nii.gz"))
+    src = nib.load(str(image))
+    labels = np.asarray(a.dataobj)
+    assert labels.dtype == np.uint8 and labels.shape == src.shape
+    assert np.array_equal(labels, np.asarray(b.dataobj))
+    assert set(np.unique(labels)) <= {0, 1, 2, 3} and len(np.unique(labels)) > 1
+    assert np.allclose(a.affine, src.affine) and a.header.get_zooms() == src.header.get_zooms()
+
+
+def test_keras_and_onnx_volume_predictions_agree_on_a_cine(run_dir, export_dir, phantom_patient):
+    model, _ = load_run(run_dir)
+    runtime = SDNetRuntime(export_dir)
+    cine = nib.load(str(phantom_patient / "patient002_4d.nii.gz"))
+    volume = np.asarray(cine.dataobj, np.float32)[..., :3]
+    zooms = cine.header.get_zooms()[:2]
+    a = runtime.segment_volume(volume, zooms)
+    b = predict_volume(volume, zooms, probabilities_fn(model), size=32, target=SPACING)
+    assert a.shape == volume.shape and np.array_equal(a, b)
+
+
+def test_export_command_and_missing_model(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "no such run directory" in result.output
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(run_dir / "config.yaml", partial)
+    result = CliRunner().invoke(main, ["export", str(partial), "-o", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "no model.keras yet" in result.output
