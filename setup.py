@@ -26,13 +26,12 @@ setup(
         "nibabel>=5.2",
         "numpy>=2.0",
         "scipy>=1.13",
-        "scikit-image>=0.24",
         "click>=8.1",
         "pyyaml>=6.0",
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "scikit-image>=0.24"],  # scikit-image: the reference the resampler is tested against
         "gpu": ["onnxruntime-gpu>=1.31"],
     },
     entry_points={"console_scripts": ["sdnet-tf=cli:main", "sdnet-infer=sdnet_infer.cli:main"]},

@@ -40,6 +40,7 @@ def test_original_config_file_matches_defaults():
     ("train.epochs=many", "expected an integer"),
     ("epochs=3", "section.key=value"),
     ("train.jit_compile=1", "true or false"),
+    ("train.decay=fast", "expected a number"),
 ])
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -53,3 +54,9 @@ def test_bad_file_names_the_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_exponent_without_a_dot_is_a_number():
+    # YAML 1.1 (PyYAML) reads "3e-3" as a string; a float field still takes it
+    config = load_config(None, ["train.decay=3e-3", "train.learning_rate=1E-4"])
+    assert config.train.decay == 0.003 and config.train.learning_rate == 1e-4

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli import main
 from sdnet_tf.data.acdc import (ACDC_SPLITS, cohort_arrays, find_patients, labelled_subset, make_splits,
-                                preprocess_cohort, read_info)
+                                patient_strata, preprocess_cohort, read_info)
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.data.nifti import load_labels, load_volume, save_labels, save_volume
 from sdnet_tf.data.phantom import mask_problems, patient_volumes, write_cohort
@@ -135,6 +135,24 @@ def test_generic_splits_and_labelled_fraction():
     assert labelled_subset(list(range(31, 101)), 0.015) == labelled_subset(list(range(31, 101)), 0.015)
     assert len(labelled_subset(list(range(31, 101)), 0.015)) == 1  # 1.5% is one subject
     assert len(labelled_subset(list(range(31, 101)), 0.25)) == 17
+
+
+def test_stratified_splits_cover_every_category():
+    # 20 patients in 3 unevenly sized categories: each 3-patient held-out set has one of each
+    strata = {n: "abc"[0 if n <= 9 else 1 if n <= 15 else 2] for n in range(1, 21)}
+    for seed in range(5):
+        for s in make_splits(range(1, 21), seed=seed, strata=strata):
+            assert sorted(s["training"] + s["validation"] + s["test"]) == list(range(1, 21))
+            for held_out in (s["validation"], s["test"]):
+                assert sorted(strata[n] for n in held_out) == ["a", "b", "c"]
+
+
+def test_phantom_splits_are_stratified_by_scanner_style(cohort):
+    patients = find_patients(cohort)
+    strata = patient_strata(patients)
+    assert set(strata.values()) <= {"0", "1", "2"}
+    validation = make_splits([p.number for p in patients], strata=strata)[0]["validation"]
+    assert len({strata[n] for n in validation}) == len(validation)
 
 
 def test_cohort_arrays_use_cine_and_cache(cohort, tmp_path):

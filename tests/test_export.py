@@ -75,7 +75,8 @@ def test_sidecar_lists_models_hashes_and_preprocessing(export_dir):
     assert meta["opset"] == 17 and {"tensorflow", "keras", "tf2onnx", "onnx"} <= set(meta["versions"])
     seg = meta["models"]["segment"]
     assert [i["name"] for i in seg["inputs"]] == ["image"]
-    assert seg["inputs"][0]["shape"] == [None, 32, 32, 1] and seg["inputs"][0]["dtype"] == "float32"
+    assert meta["layout"] == "NCHW"
+    assert seg["inputs"][0]["shape"] == [None, 1, 32, 32] and seg["inputs"][0]["dtype"] == "float32"
     outputs = {o["name"]: o for o in seg["outputs"]}
     assert outputs["probabilities"]["shape"] == [None, 32, 32, 3] and outputs["labels"]["dtype"] == "uint8"
     for entry in meta["models"].values():
@@ -113,7 +114,8 @@ def test_onnx_labels_output_matches_probabilities(export_dir, phantom_patient):
     from sdnet_infer.preprocess import from_one_hot
 
     session = ort.InferenceSession(str(export_dir / "segment.onnx"), providers=["CPUExecutionProvider"])
-    probs, labels = session.run(["probabilities", "labels"], {"image": _phantom_slices(phantom_patient)})
+    images = np.moveaxis(_phantom_slices(phantom_patient), -1, 1)  # the default export is NCHW
+    probs, labels = session.run(["probabilities", "labels"], {"image": images})
     assert labels.dtype == np.uint8 and np.array_equal(labels, from_one_hot(probs))
 
 

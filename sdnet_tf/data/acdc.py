@@ -122,8 +122,13 @@ def find_patients(root, strict=True):
     return patients
 
 
-def make_splits(numbers, seed=0, fractions=(0.7, 0.15, 0.15)):
-    """Three 70/15/15 patient splits; the original's fixed lists for the 100 ACDC patients."""
+def make_splits(numbers, seed=0, fractions=(0.7, 0.15, 0.15), strata=None):
+    """Three 70/15/15 patient splits; the original's fixed lists for the 100 ACDC patients.
+
+    Other cohorts are split at random per split, stratified when ``strata`` maps each patient
+    number to a category: validation and test patients are dealt from the categories in turn,
+    so each held-out set covers as many categories as its size allows.
+    """
     numbers = sorted(numbers)
     if numbers == list(range(1, 101)):
         return [dict(s) for s in ACDC_SPLITS]
@@ -134,11 +139,24 @@ def make_splits(numbers, seed=0, fractions=(0.7, 0.15, 0.15)):
     if n - n_val - n_test < 1:
         raise DataError(f"{n} patients are too few for training / validation / test splits")
     for k in range(3):
-        order = list(np.random.default_rng([seed, k]).permutation(numbers))
-        splits.append({"validation": sorted(int(v) for v in order[:n_val]),
-                       "test": sorted(int(v) for v in order[n_val:n_val + n_test]),
-                       "training": sorted(int(v) for v in order[n_val + n_test:])})
+        rng = np.random.default_rng([seed, k])
+        order = [int(v) for v in rng.permutation(numbers)]
+        if strata:
+            groups = {}
+            for number in order:
+                groups.setdefault(strata.get(number, ""), []).append(number)
+            queues = [groups[key] for key in rng.permutation(sorted(groups))]
+            order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+        splits.append({"validation": sorted(order[:n_val]),
+                       "test": sorted(order[n_val:n_val + n_test]),
+                       "training": sorted(order[n_val + n_test:])})
     return splits
+
+
+def patient_strata(patients):
+    """The category to stratify splits by: the scanner style where Info.cfg names one (the
+    phantom cohort), else the pathology group."""
+    return {p.number: str(p.info.get("Style", p.group)) for p in patients}
 
 
 def labelled_subset(training, fraction, seed=1):
@@ -293,7 +311,7 @@ def load_acdc(root, split=0, labelled_fraction=1.0, seed=1, cache_dir=None, size
     """Preprocess (or load from cache) an ACDC-layout folder and assemble one split's arrays."""
     start = time.perf_counter()
     cohort, patients = preprocess_cohort(root, cache_dir, size, progress, spacing=spacing)
-    splits = make_splits([p.number for p in patients])
+    splits = make_splits([p.number for p in patients], strata=patient_strata(patients))
     arrays, description = cohort_arrays(cohort, splits, split, labelled_fraction, seed)
     description["seconds"] = round(time.perf_counter() - start, 2)
     return arrays, description

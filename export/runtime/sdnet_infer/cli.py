@@ -22,7 +22,8 @@ def main(argv=None):
     parser.add_argument("--provider", action="append", default=None,
                         help="onnxruntime execution provider (repeatable); default CUDA if available, else CPU")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per inference call (default 16)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="slices per inference call (default 16 on CUDA, 1 on the CPU: lowest memory, no slower)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     args = parser.parse_args(argv)
 
