@@ -196,7 +196,7 @@ def predict(source, output, run_dir, batch_size, quiet):
               help="Export folder: segment/anatomy/modality/decoder.onnx and sdnet-export.json.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default="NCHW", show_default=True,
-              help="Layout of the image inputs (anatomy maps stay NHWC); NCHW ran faster in onnxruntime.")
+              help="Layout of the image inputs (anatomy maps stay NHWC); both run at the same speed.")
 def export_command(run_dir, output, opset, layout):
     """Export a trained run to ONNX for the TensorFlow-free runtime (sdnet-infer)."""
     from export.onnx_export import export_run

@@ -13,8 +13,8 @@ from pathlib import Path
 SIDECAR = "sdnet-export.json"
 FORMAT = "sdnet-onnx"
 DEFAULT_OPSET = 17
-# image inputs channels-first: onnxruntime ran a 224 x 224 slice 1.2x faster than with NHWC
-# inputs (benchmarks/RESULTS.md); anatomy maps stay NHWC
+# image inputs channels-first, as onnxruntime's CPU kernels lay them out; NHWC inputs measured the
+# same within noise at 224 x 224 (benchmarks/RESULTS.md); anatomy maps stay NHWC
 DEFAULT_LAYOUT = "NCHW"
 LABEL_MAP = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
 CHANNELS = ["MYO", "LV", "RV"]  # the foreground probability channels, ACDC labels 2, 3, 1
