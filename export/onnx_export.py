@@ -4,28 +4,18 @@ Each network is traced as a ``tf.function`` with a dynamic batch dimension and c
 tf2onnx. The export always goes through TensorFlow, whatever backend trained the weights.
 """
 
-import hashlib
-import json
 import platform
 import time
 from pathlib import Path
 
-SIDECAR = "sdnet-export.json"
-FORMAT = "sdnet-onnx"
+from sdnet_infer.model import FORMAT, SIDECAR, sha256  # the runtime reads what this writes
+
 DEFAULT_OPSET = 17
 # image inputs channels-first, as onnxruntime's CPU kernels lay them out; NHWC inputs measured the
 # same within noise at 224 x 224 (benchmarks/RESULTS.md); anatomy maps stay NHWC
 DEFAULT_LAYOUT = "NCHW"
 LABEL_MAP = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
 CHANNELS = ["MYO", "LV", "RV"]  # the foreground probability channels, ACDC labels 2, 3, 1
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _functions(model, layout):
@@ -120,7 +110,7 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
             proto, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset,
                                                      output_path=str(tmp))
         inputs, outputs = _io(proto)
-        models[name] = {"file": path.name, "sha256": _sha256(path), "inputs": inputs, "outputs": outputs}
+        models[name] = {"file": path.name, "sha256": sha256(path), "inputs": inputs, "outputs": outputs}
         if log:
             log(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
     meta = {
