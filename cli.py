@@ -121,7 +121,7 @@ def preprocess(data, config, overrides):
     """Preprocess a cohort into the cache and print per-split slice counts and the time taken."""
     import time
 
-    from sdnet_tf.data.acdc import make_splits, patient_strata, preprocess_cohort, split_plan
+    from sdnet_tf.data.acdc import patient_splits, preprocess_cohort, split_plan
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.train import cache_dir, phantom_folder
 
@@ -132,7 +132,7 @@ def preprocess(data, config, overrides):
         start = time.perf_counter()
         cohort, patients = preprocess_cohort(folder, cache, cfg.model.input_size, spacing=cfg.data.spacing)
         seconds = time.perf_counter() - start
-        splits = make_splits([p.number for p in patients], strata=patient_strata(patients))
+        splits = patient_splits(patients)
     except DataError as error:
         raise UserError(str(error)) from error
     click.echo(f"{len(patients)} patients from {folder} in {seconds:.1f} s (cache: {cache})")

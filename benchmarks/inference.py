@@ -48,7 +48,7 @@ def _child(code, env=None):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _timing_code(setup, call, repeats):
+def _timing_code(setup, repeats):
     return f"""
 import json, statistics, time, numpy as np
 {setup}
@@ -204,11 +204,11 @@ def main():
                "variants": {}}
     for name, layout, level, threads in ORT_VARIANTS:
         print(f"timing {name}", file=sys.stderr)
-        results["variants"][name] = _child(_timing_code(ort_setup(exports[layout], layout, level, threads), "",
+        results["variants"][name] = _child(_timing_code(ort_setup(exports[layout], layout, level, threads),
                                                         args.repeats))
     for name, xla in TF_VARIANTS:
         print(f"timing {name}", file=sys.stderr)
-        results["variants"][name] = _child(_timing_code(tf_setup(run_dir, xla), "", args.repeats))
+        results["variants"][name] = _child(_timing_code(tf_setup(run_dir, xla), args.repeats))
     baseline = results["variants"]["TensorFlow tf.function"]
     for entry in results["variants"].values():
         entry["batch1_ms_per_slice"] = 1000 * entry["1"]["median_s"]

@@ -159,6 +159,11 @@ def patient_strata(patients):
     return {p.number: str(p.info.get("Style", p.group)) for p in patients}
 
 
+def patient_splits(patients):
+    """``make_splits`` for found patients, stratified by ``patient_strata``."""
+    return make_splits([p.number for p in patients], strata=patient_strata(patients))
+
+
 def labelled_subset(training, fraction, seed=1):
     """Whole subjects chosen for labels: ``max(1, int(fraction * n))`` of the training split."""
     if not 0 < fraction <= 1:
@@ -311,7 +316,7 @@ def load_acdc(root, split=0, labelled_fraction=1.0, seed=1, cache_dir=None, size
     """Preprocess (or load from cache) an ACDC-layout folder and assemble one split's arrays."""
     start = time.perf_counter()
     cohort, patients = preprocess_cohort(root, cache_dir, size, progress, spacing=spacing)
-    splits = make_splits([p.number for p in patients], strata=patient_strata(patients))
+    splits = patient_splits(patients)
     arrays, description = cohort_arrays(cohort, splits, split, labelled_fraction, seed)
     description["seconds"] = round(time.perf_counter() - start, 2)
     return arrays, description

@@ -8,6 +8,7 @@ its target and renamed over it, so a reader never sees half a file.
 
 import contextlib
 import gzip
+import json
 import os
 import zlib
 from pathlib import Path
@@ -39,6 +40,16 @@ def atomic_path(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
+def write_json(path, value):
+    return write_text(path, json.dumps(value, indent=2, default=str))
 
 
 def load_volume(path, ndim=(3,), kind="image"):

@@ -5,13 +5,12 @@ a function from preprocessed slices to foreground probabilities, so both write i
 label volumes for identical probabilities.
 """
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from sdnet_infer.io import DataError, atomic_path, load_volume, save_labels
+from sdnet_infer.io import DataError, load_volume, save_labels, write_json
 from sdnet_infer.preprocess import SIZE, TARGET_SPACING, from_one_hot, preprocess_frame, restore_labels
 
 SUFFIX = "_pred"
@@ -98,9 +97,7 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
         records.append(record)
         if report is not None:
             report(index, len(pairs), record)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "predictions.json") as tmp:
-        Path(tmp).write_text(json.dumps(records, indent=2))
+    write_json(out_dir / "predictions.json", records)
     return records
 
 
