@@ -1,0 +1,1 @@
+"""Segmentation metrics: overlap, surface distances, anatomical validity, clinical indices (numpy / scipy)."""
