@@ -13,6 +13,7 @@ log = logging.getLogger("sdnet_tf.train")
 
 
 PHANTOM_PATIENTS = 20
+PHANTOM_VERSION = 2  # bumped when the phantom's generator changes, so a cached cohort is not reused
 
 
 def cache_dir(config):
@@ -24,7 +25,8 @@ def phantom_folder(config):
     """The built-in phantom cohort, generated into the cache on first use."""
     from sdnet_tf.data.phantom import write_cohort
 
-    folder = Path(config.data.cache_dir).expanduser() / f"phantom-{PHANTOM_PATIENTS}-seed{config.data.phantom_seed}"
+    folder = Path(config.data.cache_dir).expanduser() / (f"phantom-v{PHANTOM_VERSION}-{PHANTOM_PATIENTS}"
+                                                        f"-seed{config.data.phantom_seed}")
     if not (folder / "complete").is_file():
         log.info("writing the phantom cohort to %s", folder)
         write_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from cli import main
 from sdnet_tf.data.acdc import (ACDC_SPLITS, cohort_arrays, find_patients, labelled_subset, make_splits,
                                 patient_strata, preprocess_cohort, read_info)
-from sdnet_tf.data.arrays import DataError
 from sdnet_tf.data.nifti import load_labels, load_volume, save_labels, save_volume
-from sdnet_tf.data.phantom import mask_problems, patient_volumes, write_cohort
+from sdnet_tf.data.phantom import patient_volumes, write_cohort
+from sdnet_tf.metrics.validity import SEVEN_CHECKS, check_slice
 from sdnet_tf.data.preprocess import crop_or_pad, from_one_hot, normalise, one_hot, preprocess_frame
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc-training"
@@ -41,7 +41,8 @@ def test_phantom_anatomy_is_plausible_and_behaves():
         _, labels, params, ed, es = patient_volumes(0, number)
         for frame in (ed, es):
             for k in range(labels[frame].shape[-1]):
-                assert mask_problems(labels[frame][..., k]) == [], (number, frame, k)
+                failed = check_slice(labels[frame][..., k], (params["spacing"],) * 2, SEVEN_CHECKS)
+                assert not any(failed.values()), (number, frame, k, failed)
         lv_ed, lv_es = (labels[ed] == 3).sum(), (labels[es] == 3).sum()
         assert lv_es < lv_ed, "the LV contracts from ED to ES"
         base, apex = labels[ed][..., 0], labels[ed][..., -1]
@@ -55,19 +56,6 @@ def test_phantom_groups_change_shapes():
         _, labels, params, ed, _ = patient_volumes(0, number)
         lv[params["group"]] = (labels[ed] == 3).sum() * params["spacing"] ** 2
     assert lv["DCM"] > lv["NOR"] and lv["HCM"] < lv["NOR"]
-
-
-def test_mask_problems_flag_bad_masks():
-    good = np.zeros((20, 20), np.uint8)
-    good[5:15, 5:15] = 2
-    good[8:12, 8:12] = 3
-    assert mask_problems(good) == []
-    touching = good.copy()
-    touching[8:12, 14:18] = 3
-    assert "LV touches background" in mask_problems(touching)
-    split = good.copy()
-    split[1:3, 1:3] = 2
-    assert any("components" in p for p in mask_problems(split))
 
 
 def test_phantom_cohort_layout(cohort):

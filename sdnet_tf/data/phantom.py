@@ -107,7 +107,7 @@ def slice_labels(params, position, phase):
         theta = params["rv_angle"]
         d = 0.8 * mean_outer + 0.15 * rv_radius  # overlapping the LV: a crescent wraps the septum
         ry, rx = cy + d * np.sin(theta), cx + d * np.cos(theta)
-        rv = (np.hypot(yy - ry, xx - rx) < rv_radius) & (r >= outer + 0.5)
+        rv = (np.hypot(yy - ry, xx - rx) < rv_radius) & (r >= outer)  # flush against the septum, no gap
         rv, count = ndimage.label(rv)
         if count:
             sizes = ndimage.sum(np.ones_like(rv), rv, index=range(1, count + 1))
@@ -194,32 +194,3 @@ def write_cohort(out, patients=20, seed=0, progress=False):
     for number in tqdm(range(1, patients + 1), desc="phantom", unit="patient", disable=not progress):
         write_patient(out, seed, number)
     return out
-
-
-def mask_problems(labels):
-    """Anatomical problems of one (H, W) label slice, as a list of strings (empty if none).
-
-    Checks that each structure present has one connected component and no holes, and that the
-    LV cavity touches neither the RV nor the background (it sits inside the myocardium).
-    """
-    problems = []
-    for value, name in ((1, "RV"), (2, "MYO"), (3, "LV")):
-        region = labels == value
-        if not region.any():
-            continue
-        _, count = ndimage.label(region)
-        if count != 1:
-            problems.append(f"{name} has {count} components")
-        filled = ndimage.binary_fill_holes(region | (labels == 3) if value == 2 else region)
-        if value != 2 and (filled & ~region).any():
-            problems.append(f"{name} has holes")
-        if value == 2 and (filled & ~(region | (labels == 3))).any():
-            problems.append("MYO and LV together have holes")
-    lv = labels == 3
-    if lv.any():
-        ring = ndimage.binary_dilation(lv) & ~lv
-        if (labels[ring] == 1).any():
-            problems.append("LV touches RV")
-        if (labels[ring] == 0).any():
-            problems.append("LV touches background")
-    return problems
