@@ -190,6 +190,127 @@ def predict(source, output, run_dir, batch_size, quiet):
         sys.exit(1)
 
 
+def _progress_report(desc, quiet):
+    """A ``report(index, total, name, error)`` callback drawing one tqdm bar; errors are printed."""
+    from tqdm.auto import tqdm
+
+    state = {}
+
+    def report(index, total, name, error):
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="volume", disable=quiet)
+        state["bar"].update(1)
+        if error:
+            tqdm.write(f"FAILED {error}", file=sys.stderr)
+        if index == total:
+            state.pop("bar").close()
+
+    return report
+
+
+@main.command()
+@click.option("-p", "--predictions", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of <case>_pred.nii.gz files (as 'predict' writes them).")
+@click.option("-r", "--references", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding <case>_gt.nii.gz references (e.g. an ACDC training folder).")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
+              help="Instead: a trained run; its split's patients are predicted, then scored.")
+@click.option("--data", default=None, help="With --run: the cohort folder, if it moved since training.")
+@click.option("--split", type=click.IntRange(0, 2), default=None, help="With --run: the split (default: the run's).")
+@click.option("--subset", type=click.Choice(["test", "validation", "training"]), default="test", show_default=True,
+              help="With --run: which patients of the split.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the tables go (default: the predictions folder; required with --run).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate(predictions, references, run_dir, data, split, subset, output, quiet):
+    """Score segmentations: ACDC challenge metrics, distances, per-slice Dice, validity, clinical indices.
+
+    Writes acdc_metrics.csv (the challenge's columns), cases.csv, slices.csv, clinical.csv and
+    summary.json (mean and standard deviation per class and phase).
+    """
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.evaluation import evaluate_folder, evaluate_run
+
+    report = _progress_report("evaluate", quiet)
+    try:
+        if run_dir is not None:
+            if predictions or references:
+                raise UserError("give either --run or --predictions/--references, not both")
+            if output is None:
+                raise UserError("--run needs -o/--output for the predictions and tables")
+            summary = evaluate_run(run_dir, output, data=data, split=split, subset=subset,
+                                   report=_progress_report("predict", quiet))
+        else:
+            if not (predictions and references):
+                raise UserError("give --predictions and --references, or --run")
+            summary = evaluate_folder(predictions, references, output, report=report)
+            output = output or predictions
+    except DataError as error:
+        raise UserError(str(error)) from error
+    dice = summary["dice_mean_3d"]["mean"]
+    per_class = ", ".join(f"{c} {g['all']['Dice']['mean']:.3f}" for c, g in summary["per_class"].items()
+                          if g["all"]["Dice"]["mean"] is not None)
+    click.echo(f"{summary['cases']} volumes scored: mean 3-D Dice {dice:.3f} ({per_class}); "
+               f"tables and summary.json in {output}")
+    if summary["errors"]:
+        click.echo(f"{len(summary['errors'])} volumes could not be scored (listed in summary.json)", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-i", "--image", "images", multiple=True, metavar="NIFTI[:SLICE]",
+              help="An image (repeatable; the middle slice unless one is named). Default: two held-out patients.")
+@click.option("--only", multiple=True, help="Draw only these figures (repeatable).")
+def figures(run_dir, output, images, only):
+    """Draw the paper's figures for a trained run: anatomy, reconstructions, z traversal, swaps, arithmetic."""
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.figures import FIGURES, make_figures
+
+    try:
+        written = make_figures(run_dir, output, images=list(images) or None, which=list(only) or FIGURES)
+    except DataError as error:
+        raise UserError(str(error)) from error
+    click.echo(f"{len(written)} figures in {output}: {', '.join(p.name for p in written.values())}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data", default=None, help="The cohort folder, if it moved since training.")
+def latent(run_dir, output, data):
+    """z capacity per dimension and a held-out classifier of scanner style (or pathology) from z."""
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.latent import analyse_run
+
+    try:
+        results = analyse_run(run_dir, output, data=data)
+    except DataError as error:
+        raise UserError(str(error)) from error
+    c = results["classifier"]
+    click.echo(f"{results['capacity']['dimensions_used']} of {results['nz']} z dimensions used; {c['label']} "
+               f"from z: {c['accuracy']:.3f} held-out accuracy (chance {c['chance']:.3f}); {output}/latent.json")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data", default=None, help="The cohort folder, if it moved since training.")
+@click.option("-i", "--image", "images", multiple=True, metavar="NIFTI[:SLICE]", help="Images for the figures.")
+@click.option("--refresh", is_flag=True, help="Recompute evaluation, figures and latent analysis.")
+def report(run_dir, output, data, images, refresh):
+    """One page (report.md and a self-contained report.html) with a run's metrics, figures and z analysis."""
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.report import build_report
+
+    try:
+        md, page = build_report(run_dir, output, data=data, images=list(images) or None, refresh=refresh)
+    except DataError as error:
+        raise UserError(str(error)) from error
+    click.echo(f"report: {md} and {page}")
+
+
 @main.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),

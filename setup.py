@@ -29,6 +29,8 @@ setup(
         "click>=8.1",
         "pyyaml>=6.0",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "scikit-learn>=1.4",
     ],
     extras_require={
         "test": ["pytest>=8", "scikit-image>=0.24"],  # scikit-image: the reference the resampler is tested against

@@ -1,5 +1,6 @@
 """Loading a trained run and running its networks for prediction (Keras only, any backend)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,23 @@ def probabilities_fn(model, batch_size=16):
         return np.concatenate(parts) if parts else np.zeros(slices.shape[:3] + (model.num_classes,), np.float32)
 
     return run
+
+
+def run_cohort(run_dir, data=None):
+    """(cohort folder, splits, the run's split) of a trained run, from its ``data.json``.
+
+    ``data`` replaces the recorded folder (a cohort moved since training).
+    """
+    run_dir = Path(run_dir)
+    description = run_dir / "data.json"
+    if not description.is_file():
+        raise DataError(f"{run_dir}: no data.json; evaluate a run trained on an ACDC-layout folder, "
+                        "or score predictions with 'sdnet-tf evaluate -p PREDICTIONS -r REFERENCES'")
+    meta = json.loads(description.read_text())
+    if meta.get("dataset") != "acdc":
+        raise DataError(f"{run_dir}: trained on {meta.get('dataset')!r} data; only ACDC-layout cohorts "
+                        "(a folder or the phantom) can be evaluated by split")
+    folder = Path(data).expanduser() if data else Path(meta["data"])
+    if not folder.is_dir():
+        raise DataError(f"{folder}: the run's data folder is not there; pass it with --data")
+    return folder, meta["splits"], int(meta.get("split", 0))

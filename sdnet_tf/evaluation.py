@@ -1,0 +1,322 @@
+"""Scoring label volumes against references: per-case and per-slice tables, a summary, clinical indices.
+
+``evaluate_folder`` scores a folder of predictions (``<case>_pred.nii.gz``, as ``predict``
+writes them) against references (``<case>_gt.nii.gz``, e.g. an ACDC training folder).
+``evaluate_run`` first predicts the ED/ES frames of one split of a trained run's cohort, then
+scores them. Everything is computed on the original NIfTI grid with the header's voxel size.
+
+Outputs, next to the predictions:
+
+- ``acdc_metrics.csv``: the ACDC challenge's per-volume table, in its column order.
+- ``cases.csv``: one row per volume: the challenge columns, Hausdorff distance, HD95 and ASSD
+  in mm per class, the SDNet paper's per-slice Dice (means over the volume's slices) and the
+  fraction of anatomically valid slices of the prediction and of the reference.
+- ``slices.csv``: one row per slice: per-slice Dice and the validity checks that failed.
+- ``clinical.csv``: per patient with ED and ES, the clinical indices of prediction and reference.
+- ``summary.json``: mean and standard deviation per class and phase, the paper's figure
+  (per-slice Dice averaged per patient, ED and ES slices together, then over patients),
+  validity percentages and clinical agreement (correlation, bias, limits of agreement).
+
+Conventions: a structure absent from both volumes has Dice NaN and distances 0 and is left out
+of the means (``nanmean``); absent from exactly one, Dice 0 and distances NaN. Validity is
+counted over the slices where the prediction or the reference has any foreground, so empty
+slices above and below the heart do not inflate it.
+"""
+
+import csv
+import logging
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sdnet_infer.io import DataError, atomic_path, load_labels, save_labels, write_json
+from sdnet_tf.metrics import clinical, overlap, surface, validity
+
+log = logging.getLogger("sdnet_tf.evaluation")
+
+CLASSES = overlap.CLASSES  # {"LV": 3, "RV": 1, "MYO": 2}, the challenge's order
+PRED_SUFFIX, REF_SUFFIX = "_pred", "_gt"
+CASE_PATTERN = re.compile(r"(?P<patient>patient\d+)_frame(?P<frame>\d+)")
+DISTANCE_METRICS = ("HD", "HD95", "ASSD")
+CASE_COLUMNS = (["Name", "Patient", "Phase"] + overlap.ACDC_COLUMNS[1:]
+                + [f"{m} {c}" for m in DISTANCE_METRICS for c in CLASSES]
+                + ["SliceDice"] + [f"SliceDice {c}" for c in CLASSES]
+                + ["Valid7 pred", "ValidP pred", "Valid7 ref", "ValidP ref", "Slices scored"])
+SUMMARY_COLUMNS = {"Dice": "Dice {}", "Volume": "Volume {}", "Err": "Err {}(ml)", "HD": "HD {}",
+                   "HD95": "HD95 {}", "ASSD": "ASSD {}", "SliceDice": "SliceDice {}"}
+SLICE_COLUMNS = (["Name", "Slice", "SliceDice"] + [f"SliceDice {c}" for c in CLASSES]
+                 + ["Valid7 pred", "ValidP pred", "Failed checks pred", "Valid7 ref"])
+
+
+def _stem(path):
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _files(folder, suffix):
+    """{case name: path} of the NIfTI files under ``folder`` whose name ends in ``suffix``."""
+    found = {}
+    for path in sorted(list(folder.rglob("*.nii.gz")) + list(folder.rglob("*.nii"))):
+        stem = _stem(path)
+        if stem.endswith(suffix):
+            case = stem[: -len(suffix)]
+            if case in found:
+                raise DataError(f"{path}: case {case!r} also at {found[case]}; names must be unique")
+            found[case] = path
+    return found
+
+
+def _phase(case, ref_path):
+    """(patient, 'ED' / 'ES' / '') from the case name and the patient's Info.cfg, if any."""
+    match = CASE_PATTERN.fullmatch(case)
+    if not match:
+        return case, ""
+    info = ref_path.parent / "Info.cfg"
+    phase = ""
+    if info.is_file():
+        from sdnet_tf.data.acdc import read_info
+
+        values = read_info(info)
+        frame = int(match.group("frame"))
+        phase = "ED" if frame == values["ED"] else "ES" if frame == values["ES"] else ""
+    return match.group("patient"), phase
+
+
+def score_case(name, pred, ref, zooms):
+    """Every per-volume and per-slice figure of one (H, W, S) prediction against its reference.
+
+    Returns ``(case row, slice rows)`` keyed by ``CASE_COLUMNS`` / ``SLICE_COLUMNS`` (the row's
+    ``Patient`` and ``Phase`` are left for the caller).
+    """
+    if pred.shape != ref.shape:
+        raise DataError(f"{name}: prediction shape {pred.shape} differs from the reference's {ref.shape}")
+    zooms = tuple(float(z) for z in zooms[:3])
+    row = overlap.acdc_row(name, pred, ref, zooms)
+    for cls, value in CLASSES.items():
+        p, r = pred == value, ref == value
+        row[f"HD {cls}"] = surface.hausdorff(p, r, zooms)
+        row[f"HD95 {cls}"] = surface.hd95(p, r, zooms)
+        row[f"ASSD {cls}"] = surface.assd(p, r, zooms)
+    per_slice = overlap.slice_dice(pred, ref)
+    spacing = zooms[:2]
+    slices = []
+    for k in range(pred.shape[2]):
+        p, r = pred[..., k], ref[..., k]
+        failed = validity.check_slice(p, spacing, validity.PAINCHAUD_CHECKS)
+        seven = not any(failed[c] for c in validity.SEVEN_CHECKS)
+        ref_seven = validity.is_valid(r, spacing, validity.SEVEN_CHECKS)
+        slices.append({
+            "Name": name, "Slice": k, "SliceDice": float(per_slice["pooled"][k]),
+            **{f"SliceDice {c}": float(per_slice[c][k]) for c in CLASSES},
+            "Valid7 pred": seven, "ValidP pred": not any(failed.values()),
+            "Failed checks pred": ";".join(c for c, bad in failed.items() if bad),
+            "Valid7 ref": ref_seven,
+            "_scored": bool(p.any() or r.any()), "_ref": r,
+        })
+    row["SliceDice"] = float(np.mean(per_slice["pooled"]))
+    for cls in CLASSES:
+        row[f"SliceDice {cls}"] = float(np.mean(per_slice[cls]))
+    scored = [s for s in slices if s["_scored"]]
+    row["Slices scored"] = len(scored)
+    for key, column in (("Valid7 pred", "Valid7 pred"), ("ValidP pred", "ValidP pred"),
+                        ("Valid7 ref", "Valid7 ref")):
+        row[column] = float(np.mean([s[key] for s in scored])) if scored else float("nan")
+    row["ValidP ref"] = (float(np.mean([validity.is_valid(s["_ref"], spacing, validity.PAINCHAUD_CHECKS)
+                                        for s in scored])) if scored else float("nan"))
+    for s in slices:
+        s.pop("_ref")
+    return row, slices
+
+
+def _stats(values):
+    values = np.asarray([v for v in values if v is not None], np.float64)
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(finite.mean()), "std": float(finite.std(ddof=1)) if len(finite) > 1 else 0.0,
+            "n": int(len(finite))}
+
+
+def _json_number(value):
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+
+
+def summarise(rows, slice_rows, clinical_rows):
+    """The summary dict of ``summary.json`` (see the module docstring)."""
+    phases = sorted({r["Phase"] for r in rows if r["Phase"]})
+    groups = {"all": rows, **{p: [r for r in rows if r["Phase"] == p] for p in phases}}
+    per_class = {}
+    for cls in CLASSES:
+        per_class[cls] = {
+            group: {metric: _stats([r[column.format(cls)] for r in members])
+                    for metric, column in SUMMARY_COLUMNS.items()}
+            for group, members in groups.items()}
+    # the SDNet paper: per-slice Dice averaged over each patient's slices (ED and ES together)
+    by_patient = {}
+    for r in rows:
+        by_patient.setdefault(r["Patient"], []).append(r["Name"])
+    slices_of = {}
+    for s in slice_rows:
+        slices_of.setdefault(s["Name"], []).append(s)
+    paper = {}
+    for column in ["SliceDice"] + [f"SliceDice {c}" for c in CLASSES]:
+        per_patient = [np.mean([s[column] for name in names for s in slices_of[name]])
+                       for names in by_patient.values()]
+        paper[column] = _stats(per_patient)
+    dice_mean = [np.nanmean([r[f"Dice {c}"] for c in CLASSES]) if any(np.isfinite(r[f"Dice {c}"]) for c in CLASSES)
+                 else np.nan for r in rows]
+    summary = {
+        "cases": len(rows), "patients": len(by_patient),
+        "dice_mean_3d": _stats(dice_mean),
+        "per_class": per_class,
+        "paper_slice_dice": paper,
+        "validity_percent": {
+            column: _json_number(100.0 * float(np.mean([s[column] for s in slice_rows if s["_scored"]])))
+            if any(s["_scored"] for s in slice_rows) else None
+            for column in ("Valid7 pred", "ValidP pred", "Valid7 ref")},
+        "scored_slices": int(sum(s["_scored"] for s in slice_rows)),
+    }
+    if clinical_rows:
+        summary["clinical"] = {
+            index: {k: _json_number(v) for k, v in clinical.agreement(
+                [r[f"{index} pred"] for r in clinical_rows], [r[f"{index} ref"] for r in clinical_rows]).items()}
+            for index in clinical.CLINICAL_INDICES}
+    return _clean(summary)
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return _json_number(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _write_csv(path, rows, columns):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _format(row.get(k)) for k in columns})
+
+
+def _format(value):
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return "nan" if not math.isfinite(value) else f"{float(value):.6g}"
+    return value
+
+
+def evaluate_folder(predictions, references, out_dir=None, report=None):
+    """Score every ``<case>_pred`` under ``predictions`` against ``<case>_gt`` under ``references``.
+
+    A case whose files cannot be read, or whose reference is missing, is recorded in the
+    summary's ``errors`` and the others are scored. ``report(index, total, name, error)`` is
+    called after each case. Writes the tables and ``summary.json`` into ``out_dir`` (default:
+    the predictions folder) and returns the summary.
+    """
+    predictions, references = Path(predictions), Path(references)
+    for folder in (predictions, references):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder")
+    out_dir = Path(out_dir) if out_dir else predictions
+    preds, refs = _files(predictions, PRED_SUFFIX), _files(references, REF_SUFFIX)
+    if not preds:
+        raise DataError(f"{predictions}: no *{PRED_SUFFIX}.nii.gz predictions found")
+    rows, slice_rows, errors, volumes = [], [], [], {}
+    for index, (case, pred_path) in enumerate(sorted(preds.items()), start=1):
+        error = None
+        try:
+            if case not in refs:
+                raise DataError(f"{pred_path}: no reference {case}{REF_SUFFIX}.nii.gz under {references}")
+            ref, zooms, _ = load_labels(refs[case])
+            pred, pred_zooms, _ = load_labels(pred_path, ref.shape)
+            if not np.allclose(pred_zooms, zooms, rtol=1e-3):
+                raise DataError(f"{pred_path}: voxel size {pred_zooms} differs from the reference's {zooms}")
+            patient, phase = _phase(case, refs[case])
+            row, slices = score_case(case, pred, ref, zooms)
+            row.update(Patient=patient, Phase=phase)
+            rows.append(row)
+            slice_rows.extend(slices)
+            if phase:
+                volumes.setdefault(patient, {})[phase] = (pred, ref, zooms)
+        except DataError as exc:
+            error = str(exc)
+            errors.append(error)
+        if report is not None:
+            report(index, len(preds), case, error)
+    clinical_rows = []
+    for patient, phases in sorted(volumes.items()):
+        if {"ED", "ES"} <= set(phases):
+            (ed_p, ed_r, zooms), (es_p, es_r, _) = phases["ED"], phases["ES"]
+            pred_idx = clinical.clinical_indices(ed_p, es_p, zooms)
+            ref_idx = clinical.clinical_indices(ed_r, es_r, zooms)
+            clinical_rows.append({"Patient": patient, **{f"{k} pred": pred_idx[k] for k in clinical.CLINICAL_INDICES},
+                                  **{f"{k} ref": ref_idx[k] for k in clinical.CLINICAL_INDICES}})
+    if not rows:
+        raise DataError(f"{predictions}: no case could be scored:\n  " + "\n  ".join(errors))
+    summary = summarise(rows, slice_rows, clinical_rows)
+    summary["errors"] = errors
+    for s in slice_rows:
+        s.pop("_scored")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(out_dir / "acdc_metrics.csv", rows, overlap.ACDC_COLUMNS)
+    _write_csv(out_dir / "cases.csv", rows, CASE_COLUMNS)
+    _write_csv(out_dir / "slices.csv", slice_rows, SLICE_COLUMNS)
+    if clinical_rows:
+        _write_csv(out_dir / "clinical.csv", clinical_rows, list(clinical_rows[0]))
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_size=16, report=None):
+    """Predict the ED/ES frames of ``subset`` of a run's split, then ``evaluate_folder`` them.
+
+    Predictions go to ``out_dir/predictions/patientNNN/`` and the tables into ``out_dir``.
+    ``split`` defaults to the run's own; ``subset`` is "test", "validation" or "training".
+    """
+    from sdnet_infer.predict import predict_volume
+    from sdnet_tf.data.acdc import find_patients
+    from sdnet_tf.data.nifti import load_volume
+    from sdnet_tf.inference import load_run, probabilities_fn, run_cohort
+
+    model, config = load_run(run_dir)
+    folder, splits, run_split = run_cohort(run_dir, data)
+    split = run_split if split is None else split
+    if subset not in splits[split]:
+        raise DataError(f"unknown subset {subset!r}; expected one of {sorted(splits[split])}")
+    wanted = set(splits[split][subset])
+    patients = [p for p in find_patients(folder) if p.number in wanted]
+    if not patients:
+        raise DataError(f"{folder}: none of the {subset} patients of split {split} is there")
+    out_dir = Path(out_dir)
+    pred_root = out_dir / "predictions"
+    probabilities = probabilities_fn(model, batch_size)
+    frames = [(p, index) for p in patients for index in (p.ed, p.es)]
+    start = time.perf_counter()
+    for number, (patient, index) in enumerate(frames, start=1):
+        image_path = patient.frame(index)
+        volume, zooms, img = load_volume(image_path)
+        labels = predict_volume(volume, zooms[:2], probabilities, model.input_size, config.data.spacing,
+                                source=str(image_path))
+        save_labels(labels, img, pred_root / patient.name / f"{_stem(image_path)}{PRED_SUFFIX}.nii.gz")
+        if report is not None:
+            report(number, len(frames), image_path.name, None)
+    log.info("predicted %d frames in %.1f s", len(frames), time.perf_counter() - start)
+    summary = evaluate_folder(pred_root, folder, out_dir)
+    summary["run"] = {"run_dir": str(run_dir), "data": str(folder), "split": split, "subset": subset,
+                      "patients": sorted(wanted)}
+    write_json(out_dir / "summary.json", summary)
+    return summary
