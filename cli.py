@@ -65,23 +65,31 @@ def summary(config, overrides):
 @click.option("--xla/--no-xla", default=None, help="Compile the training steps with XLA (jit_compile).")
 @click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]), default=None,
               help="Compute precision (Keras dtype policy).")
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multi-worker"]), default=None,
+              help="Train on one device, on every GPU of this host (mirrored), or on the hosts of TF_CONFIG "
+                   "(multi-worker); batch sizes are global.")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue from the run directory's last checkpoint, or refuse a non-empty one.")
 @click.option("--max-iterations", type=int, default=None, help="Stop after this many iterations in total.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labelled_fraction, xla, precision, resume,
-          max_iterations, quiet):
+def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labelled_fraction, xla, precision,
+          distribute, resume, max_iterations, quiet):
     """Train SDNet on DATASET and print the best validation Dice.
 
     DATASET "acdc" reads an ACDC-layout folder (--data DIR) or the built-in phantom cohort
     (--data phantom, generated into the cache on first use) with the original preprocessing;
     "synthetic" is a set of seeded discs and rings (no download).
+
+    With --distribute multi-worker, run the same command on every host, each with its own
+    TF_CONFIG; only the chief (worker 0) writes the run directory.
     """
+    from sdnet_tf.config import ConfigError
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.train import train_run
 
     shortcuts = {"train.epochs": epochs, "train.seed": seed, "data.labelled_fraction": labelled_fraction,
-                 "train.jit_compile": xla, "train.precision": precision, "data.split": split}
+                 "train.jit_compile": xla, "train.precision": precision, "data.split": split,
+                 "train.distribute": distribute.replace("-", "_") if distribute else None}
     if data is not None:
         overrides = list(overrides) + [f"data.path={data}"]
     overrides = list(overrides) + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
@@ -95,7 +103,7 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
             run_dir = run_dir.with_name(f"{run_dir.name}-split{cfg.data.split}")
     try:
         result = train_run(cfg, run_dir, resume=resume, max_iterations=max_iterations, progress=not quiet)
-    except (DataError, FileExistsError) as error:
+    except (ConfigError, DataError, FileExistsError) as error:
         raise UserError(str(error)) from error
     click.echo(f"best validation Dice {result['best_val_dice']:.4f} after {result['iteration']} iterations; "
                f"run directory {run_dir}")

@@ -67,6 +67,9 @@ class TrainConfig:
     image_summaries: int = 4  # images written to TensorBoard each epoch (0: none)
     log_every: int = 10  # iterations between TensorBoard loss scalars
     validation_batch_size: int = 16
+    # none | mirrored (the GPUs of one host) | multi_worker (hosts listed in TF_CONFIG);
+    # batch_size is then the global batch, split evenly across the replicas
+    distribute: str = "none"
 
 
 @dataclass

@@ -77,6 +77,9 @@ class GaussianSample(keras.layers.Layer):
         inputs: list ``[mean (B, nz), logvar (B, nz)]``.
         sample: if False, return the mean (deterministic mode, an addition to the original,
             which always samples).
+        noise: ``eps`` (B, nz) to use instead of a draw from the layer's stream; lets an
+            engine that splits a batch across devices give each device its rows of the draw
+            ``draw_noise`` makes for the whole batch.
 
     Returns:
         Tensor of shape (B, nz).
@@ -87,12 +90,16 @@ class GaussianSample(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, inputs, sample=True):
+    def draw_noise(self, shape):
+        """The next ``eps`` of the layer's stream, (shape) in its compute dtype."""
+        return keras.random.normal(shape, dtype=self.compute_dtype, seed=self.seed_generator)
+
+    def call(self, inputs, sample=True, noise=None):
         mean, logvar = inputs
         if not sample:
             return mean
-        eps = keras.random.normal(ops.shape(mean), dtype=mean.dtype, seed=self.seed_generator)
-        return mean + ops.exp(0.5 * logvar) * eps
+        eps = self.draw_noise(ops.shape(mean)) if noise is None else noise
+        return mean + ops.exp(0.5 * logvar) * ops.cast(eps, mean.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

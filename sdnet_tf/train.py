@@ -1,6 +1,9 @@
 """``train_run``: build data, model and engine for a config and train in a run directory."""
 
+import contextlib
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import keras
@@ -61,7 +64,14 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
 
     With ``resume`` a run directory holding checkpoints is continued from the last one;
     without it such a directory is refused rather than overwritten.
+
+    With ``train.distribute`` "multi_worker" every worker calls this with the same arguments;
+    only the chief writes ``run_dir``. The others write their checkpoints (TensorFlow wants
+    every worker to save) and logs to a temporary directory, removed at the end, and resume
+    from the chief's checkpoints, so ``run_dir`` must be readable by every worker.
     """
+    from sdnet_tf.training.distribute import is_chief, make_strategy, task
+
     run_dir = Path(run_dir)
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
@@ -69,23 +79,33 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     if arrays is None:
         # before the run directory exists: bad data leaves no half-made run behind
         arrays, description = load_arrays(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # before any other TensorFlow operation: a multi-worker strategy sets up its collectives
+    strategy = make_strategy(config.train.distribute)
+    chief = is_chief(strategy)
+    out_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="sdnet-tf-{}{}-".format(*task(strategy))))
+    out_dir.mkdir(parents=True, exist_ok=True)
     if description is not None:
-        write_json(run_dir / "data.json", description)
-    handler = logging.FileHandler(run_dir / "train.log")
+        write_json(out_dir / "data.json", description)
+    handler = logging.FileHandler(out_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_log = logging.getLogger("sdnet_tf")
     package_log.addHandler(handler)
     if package_log.getEffectiveLevel() > logging.INFO:
         package_log.setLevel(logging.INFO)
+    if not chief:
+        log.info("task %s %d: the chief writes %s; this task writes to %s, removed at the end",
+                 *task(strategy), run_dir, out_dir)
     try:
-        return _train(config, run_dir, resume, max_iterations, progress, arrays)
+        return _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress and chief, arrays)
     finally:
         package_log.removeHandler(handler)
         handler.close()
+        if not chief:
+            shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _train(config, run_dir, resume, max_iterations, progress, arrays):
+def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
+    from sdnet_tf.training.tf_engine import TFEngine
     from sdnet_tf.training.trainer import Trainer
 
     keras.utils.set_random_seed(config.train.seed)
@@ -93,9 +113,12 @@ def _train(config, run_dir, resume, max_iterations, progress, arrays):
         keras.config.set_dtype_policy(config.train.precision)
     from sdnet_tf.models import SDNet
 
-    model = SDNet(**model_kwargs(config), seed=config.train.seed)
-    model.build()
-    trainer = Trainer(model, arrays, config, run_dir, progress=progress)
+    # variables created in the strategy's scope are mirrored on every replica
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = SDNet(**model_kwargs(config), seed=config.train.seed)
+        model.build()
+    engine = TFEngine.from_config(model, config, run_dir=out_dir, strategy=strategy, resume_dir=run_dir)
+    trainer = Trainer(model, arrays, config, out_dir, engine=engine, progress=progress)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
              counts["labelled"], counts["unlabelled"], counts["validation"], trainer.iterations_per_epoch)

@@ -29,6 +29,7 @@ class ModalityEncoder(SymbolicBuildModel):
         training: BatchNorm mode.
         sample: draw z by the reparameterisation trick (the original always does); if False
             z is the mean.
+        noise: the reparameterisation's ``eps`` (B, nz); None draws it from the sampler.
 
     Returns:
         Tuple ``(z, mean, logvar)``, each (B, nz).
@@ -57,7 +58,7 @@ class ModalityEncoder(SymbolicBuildModel):
         self.logvar_head = layers.Dense(nz, name="z_log_var")
         self.sampler = GaussianSample(seed=seed, name="z")
 
-    def call(self, inputs, training=None, sample=True):
+    def call(self, inputs, training=None, sample=True, noise=None):
         anatomy, image = inputs
         x = self.concat([anatomy, image])  # (B, H, W, C + 1)
         for conv, norm, act in zip(self.convs, self.norms, self.acts):
@@ -66,7 +67,7 @@ class ModalityEncoder(SymbolicBuildModel):
         x = self.dense_act(self.dense_norm(self.dense(x), training=training))
         mean = self.mean_head(x)  # (B, nz)
         logvar = self.logvar_head(x)
-        z = self.sampler([mean, logvar], sample=sample)
+        z = self.sampler([mean, logvar], sample=sample, noise=noise)
         return z, mean, logvar
 
     def default_input_shape(self):

@@ -83,10 +83,11 @@ class SDNet(SymbolicBuildModel):
         """The five networks by name, in a fixed order."""
         return {name: getattr(self, name) for name in NETWORKS}
 
-    def decompose(self, images, training=None, sample=True):
-        """Images -> (anatomy, z, mean, logvar)."""
+    def decompose(self, images, training=None, sample=True, noise=None):
+        """Images -> (anatomy, z, mean, logvar); ``noise`` is z's ``eps`` (None: drawn)."""
         anatomy = self.anatomy_encoder(images, training=training)
-        z, mean, logvar = self.modality_encoder([anatomy, images], training=training, sample=sample)
+        z, mean, logvar = self.modality_encoder([anatomy, images], training=training, sample=sample,
+                                                noise=noise)
         return anatomy, z, mean, logvar
 
     def reconstruct(self, anatomy, z):

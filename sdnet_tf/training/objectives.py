@@ -2,16 +2,26 @@
 
 Written with ``keras.ops`` only so every engine (TensorFlow here, JAX later) computes exactly
 the same objective; engines add only the gradient mechanics.
+
+Each loss is a mean over the batch's images (and pixels), plus, for the discriminator, a
+penalty on its weights alone: so the loss of a batch is the mean of the losses of equal
+parts of it, which is what lets an engine split a batch across devices.
+
+The objectives in ``SAMPLES_Z`` draw one z per image through the modality encoder's
+sampler; their ``noise`` argument is that draw's ``eps`` (B, nz), None to let the sampler
+draw it.
 """
 
 from keras import ops
 
 from sdnet_tf import losses
 
+SAMPLES_Z = ("supervised", "unsupervised", "z_reconstruction")
 
-def supervised(model, images, masks, weights, dice_mode="pooled"):
+
+def supervised(model, images, masks, weights, dice_mode="pooled", noise=None):
     """Labelled step: ``dice * Dice + reconstruction * L1 + kl * KL``."""
-    anatomy, z, mean, logvar = model.decompose(images, training=True)
+    anatomy, z, mean, logvar = model.decompose(images, training=True, noise=noise)
     predicted = model.segmentor(anatomy, training=True)
     reconstruction = model.reconstruct(anatomy, z)
     terms = {
@@ -24,9 +34,9 @@ def supervised(model, images, masks, weights, dice_mode="pooled"):
     return total, terms
 
 
-def unsupervised(model, images, weights):
+def unsupervised(model, images, weights, noise=None):
     """Unlabelled step: ``adversarial * LSGAN_G + reconstruction * L1 + kl * KL``."""
-    anatomy, z, mean, logvar = model.decompose(images, training=True)
+    anatomy, z, mean, logvar = model.decompose(images, training=True, noise=noise)
     predicted = model.segmentor(anatomy, training=True)
     reconstruction = model.reconstruct(anatomy, z)
     terms = {
@@ -39,7 +49,7 @@ def unsupervised(model, images, weights):
     return total, terms
 
 
-def z_reconstruction(model, images, z_prior, weights):
+def z_reconstruction(model, images, z_prior, weights, noise=None):
     """z-reconstruction step: decode the batch's anatomy with a prior z and recover that z.
 
     The anatomy is computed in inference mode and held constant (no gradient reaches the
@@ -47,7 +57,7 @@ def z_reconstruction(model, images, z_prior, weights):
     """
     anatomy = ops.stop_gradient(model.anatomy_encoder(images, training=False))
     fake_images = model.reconstruct(anatomy, z_prior)
-    z_recovered, _, _ = model.modality_encoder([anatomy, fake_images], training=True)
+    z_recovered, _, _ = model.modality_encoder([anatomy, fake_images], training=True, noise=noise)
     terms = {"z_reconstruction": losses.z_reconstruction_loss(z_recovered, z_prior)}
     return weights["z_reconstruction"] * terms["z_reconstruction"], terms
 

@@ -1,10 +1,13 @@
 """TensorFlow engine: the gradient mechanics of the SDNet schedule.
 
-The only module of the package with ``tf.function``, ``GradientTape``, ``tf.train`` and
-``tf.summary``. What each step optimises and updates comes from ``schedule.Step`` and
-``objectives``; this module turns a step into a compiled update.
+With ``distribute``, the only modules of the package with ``tf.function``, ``GradientTape``,
+``tf.distribute``, ``tf.train`` and ``tf.summary``. What each step optimises and updates
+comes from ``schedule.Step`` and ``objectives``; this module turns a step into a compiled
+update, on one device or on the replicas of a ``tf.distribute.Strategy``.
 """
 
+import contextlib
+import logging
 import re
 from pathlib import Path
 
@@ -13,8 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from sdnet_tf.atomic import atomic_path
-from sdnet_tf.training import objectives
-from sdnet_tf.training.schedule import OPTIMIZERS
+from sdnet_tf.training import distribute, objectives
+from sdnet_tf.training.schedule import OPTIMIZERS, SDNET_SCHEDULE
+
+log = logging.getLogger("sdnet_tf.train")
 
 
 def make_optimizer(train_config):
@@ -36,29 +41,44 @@ class TFEngine:
         schedule: the steps (``schedule.SDNET_SCHEDULE``).
         loss_weights: dict with ``kl``, ``dice``, ``adversarial``, ``reconstruction``,
             ``z_reconstruction``.
-        train_config: a ``TrainConfig`` (optimiser, precision, XLA, checkpoint settings).
+        train_config: a ``TrainConfig`` (optimiser, precision, XLA, batch size, checkpoint
+            settings).
         dice_mode: "pooled" or "per_class".
         run_dir: where checkpoints and TensorBoard events go; None for none.
+        strategy: a ``tf.distribute.Strategy`` whose scope created ``model``; None for one
+            device. Its replicas share each global batch of ``train_config.batch_size``.
+        resume_dir: the run directory whose checkpoints ``restore_latest`` reads (default
+            ``run_dir``); a multi-worker run's other workers write to a directory of their
+            own but resume from the chief's.
     """
 
-    def __init__(self, model, schedule, loss_weights, train_config, dice_mode="pooled", run_dir=None):
+    def __init__(self, model, schedule, loss_weights, train_config, dice_mode="pooled", run_dir=None,
+                 strategy=None, resume_dir=None):
         self.model = model
         self.schedule = tuple(schedule)
         self.loss_weights = {k: float(v) for k, v in loss_weights.items()}
         self.config = train_config
         self.dice_mode = dice_mode
-        self.optimizers = {name: make_optimizer(train_config) for name in OPTIMIZERS}
-        self.step_variables = {
-            step.name: [v for net in step.trains for v in getattr(model, net).trainable_variables]
-            for step in self.schedule
-        }
-        for name, optimizer in self.optimizers.items():
-            union = {}
-            for step in self.schedule:
-                if step.optimizer == name:
-                    union.update({id(v): v for v in self.step_variables[step.name]})
-            if union:
-                optimizer.build(list(union.values()))
+        self.strategy = strategy
+        distribute.check_global_batch(train_config.batch_size, strategy)
+        # as Keras' own fit does, no XLA under tf.distribute: the replicas' all-reduces run
+        # between the compiled parts
+        self.jit_compile = train_config.jit_compile and strategy is None
+        if train_config.jit_compile and strategy is not None:
+            log.info("XLA is off for the training updates under %s", type(strategy).__name__)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            self.optimizers = {name: make_optimizer(train_config) for name in OPTIMIZERS}
+            self.step_variables = {
+                step.name: [v for net in step.trains for v in getattr(model, net).trainable_variables]
+                for step in self.schedule
+            }
+            for name, optimizer in self.optimizers.items():
+                union = {}
+                for step in self.schedule:
+                    if step.optimizer == name:
+                        union.update({id(v): v for v in self.step_variables[step.name]})
+                if union:
+                    optimizer.build(list(union.values()))
         # steps that differ only in their batch (the two z-reconstruction steps) share one
         # compiled update
         compiled = {}
@@ -68,10 +88,12 @@ class TFEngine:
             if key not in compiled:
                 compiled[key] = self._compile_update(step)
             self._updates[step.name] = compiled[key]
+        # inference runs on this process's first replica: its variables equal every other's
         self._segment = tf.function(lambda x: objectives.segment_inference(self.model, x),
                                     jit_compile=train_config.jit_compile, reduce_retracing=True)
         self._inspect = tf.function(lambda x: self.model(x, training=False, sample=False))
         self.run_dir = Path(run_dir) if run_dir else None
+        self.resume_dir = Path(resume_dir) if resume_dir else self.run_dir
         self._writer = None
         self._manager = None
         self._best_manager = None
@@ -83,6 +105,15 @@ class TFEngine:
             self._best_manager = tf.train.CheckpointManager(
                 tf.train.Checkpoint(**self._tracked(optimizers=False)), str(self.run_dir / "best"), max_to_keep=1,
                 checkpoint_name="best")
+
+    @classmethod
+    def from_config(cls, model, config, run_dir=None, strategy=None, resume_dir=None):
+        """The engine of the SDNet schedule with the loss weights and settings of a ``Config``."""
+        loss = config.loss
+        weights = {"kl": loss.kl, "dice": loss.dice, "adversarial": loss.adversarial,
+                   "reconstruction": loss.reconstruction, "z_reconstruction": loss.z_reconstruction}
+        return cls(model, SDNET_SCHEDULE, weights, config.train, dice_mode=loss.dice_mode, run_dir=run_dir,
+                   strategy=strategy, resume_dir=resume_dir)
 
     def _tracked(self, optimizers):
         """Every variable to checkpoint, by a stable name.
@@ -108,24 +139,51 @@ class TFEngine:
         optimizer = self.optimizers[step.optimizer]
         model, weights, dice_mode = self.model, self.loss_weights, self.dice_mode
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        sampler = model.modality_encoder.sampler
 
         def update(*inputs):
+            """One replica's update on its slice of the batch (the whole batch on one device)."""
+            replica = tf.distribute.get_replica_context()
+            kwargs = {"dice_mode": dice_mode} if step.objective == "supervised" else {}
+            if step.objective in objectives.SAMPLES_Z:
+                # every replica draws the same eps for the global batch and takes its own
+                # rows: each image gets the eps it would get on one device
+                local = tf.shape(inputs[0])[0]
+                eps = sampler.draw_noise((local * replica.num_replicas_in_sync, model.nz))  # (global B, nz)
+                kwargs["noise"] = tf.gather(eps, replica.replica_id_in_sync_group * local + tf.range(local))
             with tf.GradientTape() as tape:
-                if step.objective == "supervised":
-                    total, terms = objective(model, *inputs, weights, dice_mode=dice_mode)
-                elif step.objective == "discriminator":
+                if step.objective == "discriminator":
                     total, terms = objective(model, *inputs)
                 else:
-                    total, terms = objective(model, *inputs, weights)
-                loss = optimizer.scale_loss(total) if scaled else total
+                    total, terms = objective(model, *inputs, weights, **kwargs)
+                # the optimiser sums the replicas' gradients; every loss is a mean over equal
+                # slices, and the spectral penalty is the same on every replica, so
+                # 1 / replicas makes the sum the gradient of the global batch's loss
+                loss = total / replica.num_replicas_in_sync
+                loss = optimizer.scale_loss(loss) if scaled else loss
             grads = tape.gradient(loss, variables)
             optimizer.apply(grads, variables)
             return total, terms
 
-        return tf.function(update, jit_compile=self.config.jit_compile, reduce_retracing=True)
+        if self.strategy is None:
+            return tf.function(update, jit_compile=self.jit_compile, reduce_retracing=True)
+        strategy = self.strategy
+        synchronise = distribute.replicas(strategy) > 1
+
+        def distributed_update(*inputs):
+            with distribute.synchronized_batchnorm(model) if synchronise else contextlib.nullcontext():
+                outputs = strategy.run(update, args=inputs)
+            # means over equal slices: their mean is the global batch's value
+            return tf.nest.map_structure(lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None),
+                                         outputs)
+
+        return tf.function(distributed_update, reduce_retracing=True)
 
     def run_step(self, step, *inputs):
-        """Apply one update; returns its loss terms (and ``total``) as Python floats."""
+        """Apply one update to numpy ``inputs`` (global batches); returns its loss terms (and
+        ``total``) as Python floats."""
+        if self.strategy is not None:
+            inputs = [distribute.split_batch(self.strategy, np.asarray(x)) for x in inputs]
         total, terms = self._updates[step.name](*inputs)
         out = {name: float(value) for name, value in terms.items()}
         out["total"] = float(total)
@@ -156,13 +214,17 @@ class TFEngine:
                 old.unlink()
 
     def restore_latest(self):
-        """Restore the latest checkpoint; returns its numpy state, or None if there is none."""
-        if self._manager is None or self._manager.latest_checkpoint is None:
+        """Restore the latest checkpoint of ``resume_dir``; returns its numpy state, or None if
+        there is none."""
+        if self._manager is None:
             return None
-        path = self._manager.latest_checkpoint
+        directory = self.resume_dir / "checkpoints"
+        path = tf.train.latest_checkpoint(str(directory))
+        if path is None:
+            return None
         iteration = int(re.search(r"ckpt-(\d+)$", path).group(1))
         self._checkpoint.restore(path).assert_existing_objects_matched()
-        with np.load(self.run_dir / "checkpoints" / f"state-{iteration}.npz") as data:
+        with np.load(directory / f"state-{iteration}.npz") as data:
             return {k: data[k] for k in data.files}
 
     def save_best(self, iteration):

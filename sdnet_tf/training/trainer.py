@@ -52,7 +52,7 @@ class Trainer:
         arrays: the training and validation arrays.
         config: the resolved ``Config``.
         run_dir: the run directory (config, checkpoints, logs, TensorBoard); created if needed.
-        engine: an engine instance; a ``TFEngine`` when None.
+        engine: an engine instance; a one-device ``TFEngine`` writing to ``run_dir`` when None.
         progress: show progress bars.
     """
 
@@ -67,11 +67,7 @@ class Trainer:
         if engine is None:
             from sdnet_tf.training.tf_engine import TFEngine
 
-            weights = {"kl": config.loss.kl, "dice": config.loss.dice, "adversarial": config.loss.adversarial,
-                       "reconstruction": config.loss.reconstruction,
-                       "z_reconstruction": config.loss.z_reconstruction}
-            engine = TFEngine(model, SDNET_SCHEDULE, weights, t, dice_mode=config.loss.dice_mode,
-                              run_dir=self.run_dir)
+            engine = TFEngine.from_config(model, config, run_dir=self.run_dir)
         self.engine = engine
         self.schedule = SDNET_SCHEDULE
         self.sampler = BatchSampler(arrays, t.batch_size, t.seed, augment=config.data.augment,
