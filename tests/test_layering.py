@@ -13,6 +13,7 @@ RUNTIME = sorted((ROOT / "export" / "runtime" / "sdnet_infer").glob("*.py"))
 RUNTIME_ALLOWED = {"numpy", "scipy", "nibabel", "onnxruntime", "sdnet_infer", "__future__"}
 BACKEND_FREE = sorted(PACKAGE.glob("models/*.py")) + [PACKAGE / "layers.py", PACKAGE / "losses.py",
                                                         PACKAGE / "training" / "objectives.py",
+                                                        PACKAGE / "training" / "optimizers.py",
                                                         PACKAGE / "training" / "schedule.py"]
 DATA = sorted(PACKAGE.glob("data/*.py"))
 

@@ -14,18 +14,8 @@ import tensorflow as tf
 
 from sdnet_tf.atomic import atomic_path
 from sdnet_tf.training import objectives
+from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS
-
-
-def make_optimizer(train_config):
-    """Adam with the original's Keras-2 inverse-time decay ``lr / (1 + decay * t)``."""
-    schedule = keras.optimizers.schedules.InverseTimeDecay(
-        train_config.learning_rate, decay_steps=1, decay_rate=train_config.decay)
-    optimizer = keras.optimizers.Adam(schedule, beta_1=train_config.beta_1, beta_2=train_config.beta_2,
-                                      epsilon=train_config.epsilon)
-    if train_config.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 class TFEngine:
