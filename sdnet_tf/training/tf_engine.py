@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from sdnet_tf.atomic import atomic_path
+from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import objectives
 from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS
@@ -148,6 +149,9 @@ class TFEngine:
     def restore_latest(self):
         """Restore the latest checkpoint; returns its numpy state, or None if there is none."""
         if self._manager is None or self._manager.latest_checkpoint is None:
+            if self._manager is not None and any((self.run_dir / "checkpoints").glob("ckpt-*.npz")):
+                raise DataError(f"{self.run_dir}: its checkpoints were written by the JAX engine; "
+                                "resume it with --backend jax")
             return None
         path = self._manager.latest_checkpoint
         iteration = int(re.search(r"ckpt-(\d+)$", path).group(1))
