@@ -73,8 +73,8 @@ def select_backend(name):
         raise ImportError("the JAX backend needs jax: install with pip install 'sdnet-tf[jax]'")
     current = os.environ.get("KERAS_BACKEND")
     if current and current != name:
-        raise ValueError(f"KERAS_BACKEND={current} in the environment, but the run's backend is {name!r}: "
-                         f"pass --backend {current} (or set train.backend), or unset KERAS_BACKEND")
+        raise ValueError(f"KERAS_BACKEND={current} is set in the environment but the {name!r} backend is needed: "
+                         f"unset KERAS_BACKEND, or for training pass --backend {current}")
     os.environ["KERAS_BACKEND"] = name
     if name == "jax":
         os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")

@@ -90,7 +90,7 @@ def test_select_backend_sets_keras_backend_before_keras_loads(fresh_process):
 
 @pytest.mark.parametrize("backend,environment,error,message", [
     ("jax", None, ImportError, "pip install 'sdnet-tf[jax]'"),
-    ("tensorflow", "jax", ValueError, "KERAS_BACKEND=jax in the environment"),
+    ("tensorflow", "jax", ValueError, "KERAS_BACKEND=jax is set in the environment"),
     ("torch", None, ValueError, "expected one of tensorflow, jax"),
 ])
 def test_select_backend_refuses_with_the_reason(fresh_process, backend, environment, error, message):
