@@ -34,7 +34,7 @@ def main(verbose):
     """SDNet (Chartsias et al., Medical Image Analysis 2019) in TensorFlow 2 / Keras 3."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "tensorflow", "h5py"):
+    for noisy in ("absl", "tensorflow", "h5py", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -68,12 +68,14 @@ def summary(config, overrides):
 @click.option("--distribute", type=click.Choice(["none", "mirrored", "multi-worker"]), default=None,
               help="Train on one device, on every GPU of this host (mirrored), or on the hosts of TF_CONFIG "
                    "(multi-worker); batch sizes are global.")
+@click.option("--backend", type=click.Choice(["tensorflow", "jax"]), default=None,
+              help="Keras backend and training engine (default: train.backend, tensorflow).")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue from the run directory's last checkpoint, or refuse a non-empty one.")
 @click.option("--max-iterations", type=int, default=None, help="Stop after this many iterations in total.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labelled_fraction, xla, precision,
-          distribute, resume, max_iterations, quiet):
+          distribute, backend, resume, max_iterations, quiet):
     """Train SDNet on DATASET and print the best validation Dice.
 
     DATASET "acdc" reads an ACDC-layout folder (--data DIR) or the built-in phantom cohort
@@ -85,17 +87,27 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     """
     from sdnet_tf.config import ConfigError
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.train import train_run
+    from sdnet_tf.runtime import select_backend
 
     shortcuts = {"train.epochs": epochs, "train.seed": seed, "data.labelled_fraction": labelled_fraction,
-                 "train.jit_compile": xla, "train.precision": precision, "data.split": split,
-                 "train.distribute": distribute.replace("-", "_") if distribute else None}
+                 "train.jit_compile": xla, "train.precision": precision, "train.backend": backend,
+                 "data.split": split, "train.distribute": distribute.replace("-", "_") if distribute else None}
     if data is not None:
         overrides = list(overrides) + [f"data.path={data}"]
     overrides = list(overrides) + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
                                    for k, v in shortcuts.items() if v is not None]
     overrides.append(f"data.dataset={dataset}")
     cfg = _load_config(config, overrides)
+    # Keras fixes its backend when it is first imported. In the sdnet-tf process nothing has
+    # imported it yet (this module imports click and sdnet_tf.runtime only; config and data
+    # code are Keras-free), so setting KERAS_BACKEND here, before sdnet_tf.train imports
+    # Keras, is enough and the process need not re-exec itself.
+    try:
+        select_backend(cfg.train.backend)
+    except (ValueError, ImportError, RuntimeError) as error:
+        raise UserError(str(error)) from error
+    from sdnet_tf.train import train_run
+
     if run_dir is None:
         source = Path(data).name if data else dataset
         run_dir = Path("runs") / f"{source}-{Path(config).stem if config else 'default'}"
@@ -328,6 +340,12 @@ def report(run_dir, output, data, images, refresh):
               help="Layout of the image inputs (anatomy maps stay NHWC); both run at the same speed.")
 def export_command(run_dir, output, opset, layout):
     """Export a trained run to ONNX for the TensorFlow-free runtime (sdnet-infer)."""
+    from sdnet_tf.runtime import select_backend
+
+    try:
+        select_backend("tensorflow")  # tf2onnx converts TensorFlow functions, whatever backend trained the run
+    except (ValueError, RuntimeError) as error:
+        raise UserError(str(error)) from error
     from export.onnx_export import export_run
     from sdnet_tf.data.arrays import DataError
 

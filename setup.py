@@ -33,8 +33,13 @@ setup(
         "scikit-learn>=1.4",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-image>=0.24"],  # scikit-image: the reference the resampler is tested against
+        # scikit-image: the reference the resampler is tested against; jax: the JAX engine's
+        # parity test against the TensorFlow engine (CPU wheels, about 90 MB)
+        "test": ["pytest>=8", "scikit-image>=0.24", "jax>=0.10,<0.11"],
         "gpu": ["onnxruntime-gpu>=1.31"],
+        # training on the JAX backend (--backend jax); this is the CPU build, a GPU needs
+        # e.g. pip install "jax[cuda12]"
+        "jax": ["jax>=0.10,<0.11"],
     },
     entry_points={"console_scripts": ["sdnet-tf=cli:main", "sdnet-infer=sdnet_infer.cli:main"]},
 )

@@ -21,7 +21,6 @@ multiple of the FLOP floor (measured FLOP / the machine's matrix-multiply rate, 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -60,8 +60,9 @@ class TrainConfig:
     min_delta: float = 0.01
     pool_size: int = 50
     seed: int = 1
-    jit_compile: bool = True  # XLA: 1.2x faster at 224 x 224 on CPU (benchmarks/RESULTS.md)
+    jit_compile: bool = True  # TF engine's XLA switch: 1.2x faster at 224 x 224 on CPU; JAX always uses XLA
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
+    backend: str = "tensorflow"  # tensorflow | jax: the Keras backend and the engine that trains
     checkpoint_every: int = 0  # iterations between checkpoints; 0: at the end of each epoch only
     keep_checkpoints: int = 2
     image_summaries: int = 4  # images written to TensorBoard each epoch (0: none)

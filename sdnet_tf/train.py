@@ -70,19 +70,26 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     every worker to save) and logs to a temporary directory, removed at the end, and resume
     from the chief's checkpoints, so ``run_dir`` must be readable by every worker.
     """
-    from sdnet_tf.training.distribute import is_chief, make_strategy, task
-
     run_dir = Path(run_dir)
+    jax = config.train.backend == "jax"
+    if jax and config.train.distribute != "none":
+        raise DataError(f"train.distribute {config.train.distribute!r} needs the TensorFlow engine; "
+                        "the JAX engine trains on one device")
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     description = None
     if arrays is None:
         # before the run directory exists: bad data leaves no half-made run behind
         arrays, description = load_arrays(config)
-    # before any other TensorFlow operation: a multi-worker strategy sets up its collectives
-    strategy = make_strategy(config.train.distribute)
-    chief = is_chief(strategy)
-    out_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="sdnet-tf-{}{}-".format(*task(strategy))))
+    strategy, chief, out_dir = None, True, run_dir
+    if not jax:
+        from sdnet_tf.training.distribute import is_chief, make_strategy, task
+
+        # before any other TensorFlow operation: a multi-worker strategy sets up its collectives
+        strategy = make_strategy(config.train.distribute)
+        chief = is_chief(strategy)
+        if not chief:
+            out_dir = Path(tempfile.mkdtemp(prefix="sdnet-tf-{}{}-".format(*task(strategy))))
     out_dir.mkdir(parents=True, exist_ok=True)
     if description is not None:
         write_json(out_dir / "data.json", description)
@@ -105,7 +112,6 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
 
 
 def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
-    from sdnet_tf.training.tf_engine import TFEngine
     from sdnet_tf.training.trainer import Trainer
 
     keras.utils.set_random_seed(config.train.seed)
@@ -117,7 +123,11 @@ def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress,
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = SDNet(**model_kwargs(config), seed=config.train.seed)
         model.build()
-    engine = TFEngine.from_config(model, config, run_dir=out_dir, strategy=strategy, resume_dir=run_dir)
+    engine = None  # the Trainer makes the engine of train.backend
+    if config.train.backend != "jax":
+        from sdnet_tf.training.tf_engine import TFEngine
+
+        engine = TFEngine.from_config(model, config, run_dir=out_dir, strategy=strategy, resume_dir=run_dir)
     trainer = Trainer(model, arrays, config, out_dir, engine=engine, progress=progress)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",

@@ -1,10 +1,16 @@
 """The sdnet-tf command line."""
 
+import importlib.util
 import json
+import os
+import re
+import sys
 
+import pytest
 from click.testing import CliRunner
 
 from cli import main
+from sdnet_tf.runtime import select_backend
 
 
 def test_summary_prints_the_original_parameter_counts():
@@ -54,5 +60,42 @@ def test_train_bad_override_is_a_clean_error():
 def test_train_help_lists_the_switches():
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0
-    for option in ("--config", "--set", "--run-dir", "--xla", "--precision", "--resume", "--labelled-fraction"):
+    for option in ("--config", "--set", "--run-dir", "--xla", "--precision", "--backend", "--resume",
+                   "--labelled-fraction"):
         assert option in result.output
+
+
+def test_train_on_a_backend_other_than_the_loaded_one_is_a_clean_error(tmp_path):
+    # this process imported Keras on TensorFlow; JAX would need a fresh one
+    result = CliRunner().invoke(main, ["train", "synthetic", "--backend", "jax", "-o", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "already imported on the 'tensorflow' backend" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """As in a new sdnet-tf process: Keras not imported yet, no KERAS_BACKEND set."""
+    monkeypatch.delitem(sys.modules, "keras")
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.delenv("JAX_THREEFRY_PARTITIONABLE", raising=False)
+    return monkeypatch
+
+
+def test_select_backend_sets_keras_backend_before_keras_loads(fresh_process):
+    fresh_process.setattr(importlib.util, "find_spec", lambda name: object())  # jax "installed"
+    select_backend("jax")
+    assert os.environ["KERAS_BACKEND"] == "jax" and os.environ["JAX_THREEFRY_PARTITIONABLE"] == "0"
+
+
+@pytest.mark.parametrize("backend,environment,error,message", [
+    ("jax", None, ImportError, "pip install 'sdnet-tf[jax]'"),
+    ("tensorflow", "jax", ValueError, "KERAS_BACKEND=jax is set in the environment"),
+    ("torch", None, ValueError, "expected one of tensorflow, jax"),
+])
+def test_select_backend_refuses_with_the_reason(fresh_process, backend, environment, error, message):
+    fresh_process.setattr(importlib.util, "find_spec", lambda name: None)  # jax not installed
+    if environment:
+        fresh_process.setenv("KERAS_BACKEND", environment)
+    with pytest.raises(error, match=re.escape(message)):
+        select_backend(backend)

@@ -1,5 +1,6 @@
-"""Layering: models, layers and losses import no TensorFlow; data code imports no ML framework;
-the runtime package imports numpy, scipy, nibabel and onnxruntime only."""
+"""Layering: models, layers, losses and the training schedule import no TensorFlow or JAX; only
+each backend's engine imports its framework; data code imports no ML framework; the runtime
+package imports numpy, scipy, nibabel and onnxruntime only."""
 
 import ast
 import sys
@@ -13,7 +14,10 @@ RUNTIME = sorted((ROOT / "export" / "runtime" / "sdnet_infer").glob("*.py"))
 RUNTIME_ALLOWED = {"numpy", "scipy", "nibabel", "onnxruntime", "sdnet_infer", "__future__"}
 BACKEND_FREE = sorted(PACKAGE.glob("models/*.py")) + [PACKAGE / "layers.py", PACKAGE / "losses.py",
                                                         PACKAGE / "training" / "objectives.py",
-                                                        PACKAGE / "training" / "schedule.py"]
+                                                        PACKAGE / "training" / "optimizers.py",
+                                                        PACKAGE / "training" / "schedule.py",
+                                                        PACKAGE / "training" / "trainer.py",
+                                                        PACKAGE / "train.py"]
 DATA = sorted(PACKAGE.glob("data/*.py"))
 
 
@@ -44,10 +48,16 @@ def test_data_code_is_numpy_only(path):
     assert not roots & {"tensorflow", "keras", "jax", "torch"}, roots
 
 
+def _users(framework):
+    return {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if framework in _roots(_imports(p))}
+
+
 def test_tensorflow_only_in_the_engine():
-    users = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
-             if "tensorflow" in _roots(_imports(p))}
-    assert users == {"training/tf_engine.py", "training/distribute.py"}
+    assert _users("tensorflow") == {"training/tf_engine.py", "training/distribute.py"}
+
+
+def test_jax_only_in_the_jax_engine():
+    assert _users("jax") == {"training/jax_engine.py"}
 
 
 @pytest.mark.parametrize("path", RUNTIME, ids=lambda p: p.name)

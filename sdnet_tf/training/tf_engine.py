@@ -16,21 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from sdnet_tf.atomic import atomic_path
+from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import distribute, objectives
+from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS, SDNET_SCHEDULE
 
 log = logging.getLogger("sdnet_tf.train")
-
-
-def make_optimizer(train_config):
-    """Adam with the original's Keras-2 inverse-time decay ``lr / (1 + decay * t)``."""
-    schedule = keras.optimizers.schedules.InverseTimeDecay(
-        train_config.learning_rate, decay_steps=1, decay_rate=train_config.decay)
-    optimizer = keras.optimizers.Adam(schedule, beta_1=train_config.beta_1, beta_2=train_config.beta_2,
-                                      epsilon=train_config.epsilon)
-    if train_config.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 class TFEngine:
@@ -221,6 +212,9 @@ class TFEngine:
         directory = self.resume_dir / "checkpoints"
         path = tf.train.latest_checkpoint(str(directory))
         if path is None:
+            if any(directory.glob("ckpt-*.npz")):
+                raise DataError(f"{self.resume_dir}: its checkpoints were written by the JAX engine; "
+                                "resume it with --backend jax")
             return None
         iteration = int(re.search(r"ckpt-(\d+)$", path).group(1))
         self._checkpoint.restore(path).assert_existing_objects_matched()

@@ -1,7 +1,7 @@
 """The SDNet training loop: schedule, pool, validation, early stopping, checkpoints, logs.
 
-Backend-agnostic: everything that touches gradients is delegated to an engine
-(``TFEngine`` by default).
+Backend-agnostic: everything that touches gradients is delegated to an engine, the one of
+``train.backend`` (``TFEngine`` for "tensorflow", ``JAXEngine`` for "jax").
 """
 
 import csv
@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -32,6 +33,31 @@ def _mask_rgb(masks):
     return np.clip(masks @ colours, 0.0, 1.0)
 
 
+BACKENDS = ("tensorflow", "jax")
+
+
+def make_engine(model, config, run_dir):
+    """The engine of ``config.train.backend``, which must be the backend Keras runs on.
+
+    Keras fixes its backend when it is first imported (``KERAS_BACKEND``), so the engine
+    cannot switch it; a mismatch is refused rather than training on the other backend.
+    """
+    backend = config.train.backend
+    if backend not in BACKENDS:
+        raise ValueError(f"train.backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if keras.backend.backend() != backend:
+        raise RuntimeError(f"train.backend is {backend!r} but Keras runs on {keras.backend.backend()!r}: "
+                           f"set KERAS_BACKEND={backend} before Keras is imported "
+                           "(the sdnet-tf command does this for --backend)")
+    if backend == "jax":
+        from sdnet_tf.training.jax_engine import JAXEngine as Engine
+    else:
+        from sdnet_tf.training.tf_engine import TFEngine as Engine
+    weights = {"kl": config.loss.kl, "dice": config.loss.dice, "adversarial": config.loss.adversarial,
+               "reconstruction": config.loss.reconstruction, "z_reconstruction": config.loss.z_reconstruction}
+    return Engine(model, SDNET_SCHEDULE, weights, config.train, dice_mode=config.loss.dice_mode, run_dir=run_dir)
+
+
 def _step_inputs(step, batch, fakes):
     if step.objective == "supervised":
         return batch["labelled_images"], batch["labelled_masks"]
@@ -52,7 +78,7 @@ class Trainer:
         arrays: the training and validation arrays.
         config: the resolved ``Config``.
         run_dir: the run directory (config, checkpoints, logs, TensorBoard); created if needed.
-        engine: an engine instance; a one-device ``TFEngine`` writing to ``run_dir`` when None.
+        engine: an engine instance; the one of ``config.train.backend`` when None.
         progress: show progress bars.
     """
 
@@ -64,11 +90,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         t = config.train
-        if engine is None:
-            from sdnet_tf.training.tf_engine import TFEngine
-
-            engine = TFEngine.from_config(model, config, run_dir=self.run_dir)
-        self.engine = engine
+        self.engine = engine if engine is not None else make_engine(model, config, self.run_dir)
         self.schedule = SDNET_SCHEDULE
         self.sampler = BatchSampler(arrays, t.batch_size, t.seed, augment=config.data.augment,
                                     rotation_range=config.data.rotation_range, nz=config.model.nz)

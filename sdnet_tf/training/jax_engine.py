@@ -1,0 +1,304 @@
+"""JAX engine: the gradient mechanics of the SDNet schedule without TensorFlow.
+
+The only module of the package that imports ``jax``. Each step is one jit-compiled pure
+function of variable values: the step's objective (``objectives``, the same code the
+TensorFlow engine runs) is called inside a ``keras.StatelessScope`` that maps every variable
+of the five networks to a value, ``jax.value_and_grad`` differentiates the loss with respect
+to the values of the networks the step trains only, and ``optimizer.stateless_apply`` returns
+their new values and the optimiser's. The scope is the mechanism under
+``Layer.stateless_call``; it is used directly because an objective calls several networks
+and ``SDNet`` methods rather than one ``call``. Variables the forward pass assigns
+(BatchNorm moving statistics, the sampling layer's seed-generator state) are read back from
+the scope and returned, so the function has no side effects; the engine writes every new
+value back into the Keras variables after each step, so the model, ``model.save`` and the
+checkpoints always hold the current weights.
+
+Checkpoints are single ``.npz`` files (weights, optimiser variables and the schedule's numpy
+state, written atomically); scalars go to ``scalars.jsonl`` in the run directory.
+TensorBoard needs TensorFlow, so there are no event files and no image summaries.
+"""
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import jax
+import keras
+import numpy as np
+
+from sdnet_tf.atomic import atomic_path
+from sdnet_tf.data.arrays import DataError
+from sdnet_tf.training import objectives
+from sdnet_tf.training.optimizers import make_optimizer
+from sdnet_tf.training.schedule import OPTIMIZERS
+
+log = logging.getLogger("sdnet_tf.train")
+
+_CHECKPOINT = re.compile(r"ckpt-(\d+)\.npz")
+_BEST = re.compile(r"best-(\d+)\.npz")
+
+
+def _values(variables):
+    return [variable.value for variable in variables]
+
+
+def _assign(variables, values):
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def _numbered(directory, pattern):
+    """``{number: path}`` of the files in ``directory`` whose whole name matches ``pattern``."""
+    if not directory.is_dir():
+        return {}
+    found = {}
+    for path in directory.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+class JAXEngine:
+    """Jit-compiled SDNet updates, ``.npz`` checkpoints and JSON-lines scalars with JAX.
+
+    The interface is ``TFEngine``'s, so ``Trainer`` runs the same schedule on either.
+
+    Args:
+        model: a built ``SDNet`` (Keras running on the JAX backend).
+        schedule: the steps (``schedule.SDNET_SCHEDULE``).
+        loss_weights: dict with ``kl``, ``dice``, ``adversarial``, ``reconstruction``,
+            ``z_reconstruction``.
+        train_config: a ``TrainConfig`` (optimiser, precision and checkpoint settings;
+            ``jit_compile`` is not read: every JAX step is compiled with XLA). All three
+            precisions work; with ``mixed_float16`` the loss is scaled inside the
+            differentiated function and ``LossScaleOptimizer.stateless_apply`` unscales the
+            gradients and skips the steps whose gradients overflow, as on TensorFlow.
+        dice_mode: "pooled" or "per_class".
+        run_dir: where checkpoints and scalars go; None for none.
+    """
+
+    def __init__(self, model, schedule, loss_weights, train_config, dice_mode="pooled", run_dir=None):
+        if keras.backend.backend() != "jax":
+            raise RuntimeError(f"JAXEngine needs Keras on the JAX backend, but Keras runs on "
+                               f"{keras.backend.backend()!r}; set KERAS_BACKEND=jax before Keras is imported")
+        self.model = model
+        self.schedule = tuple(schedule)
+        self.loss_weights = {k: float(v) for k, v in loss_weights.items()}
+        self.config = train_config
+        self.dice_mode = dice_mode
+        networks = model.networks()
+        self._variables = [v for net in networks.values() for v in net.variables]
+        self._trainable = [v for net in networks.values() for v in net.trainable_variables]
+        self._non_trainable = [v for net in networks.values() for v in net.non_trainable_variables]
+        self.step_variables = {
+            step.name: [v for net in step.trains for v in getattr(model, net).trainable_variables]
+            for step in self.schedule
+        }
+        self.optimizers = {name: make_optimizer(train_config) for name in OPTIMIZERS}
+        for name, optimizer in self.optimizers.items():
+            # stateless_apply updates exactly the variables an optimiser was built with, so
+            # every step of one optimiser must train the same networks (true of SDNet's four)
+            steps = [step for step in self.schedule if step.optimizer == name]
+            trains = {step.trains for step in steps}
+            if len(trains) > 1:
+                raise ValueError(f"optimiser {name!r} is shared by steps that train different networks "
+                                 f"{sorted(trains)}; the JAX engine needs one set of networks per optimiser")
+            if steps:
+                optimizer.build(self.step_variables[steps[0].name])
+        # steps that differ only in their batch (the two z-reconstruction steps) share one
+        # compiled update
+        compiled = {}
+        self._updates = {}
+        for step in self.schedule:
+            key = (step.objective, step.optimizer, step.trains)
+            if key not in compiled:
+                compiled[key] = self._compile_update(step)
+            self._updates[step.name] = compiled[key]
+        self._segment = jax.jit(self._stateless(lambda images: objectives.segment_inference(self.model, images)))
+        self._inspect = jax.jit(self._stateless(lambda images: self.model(images, training=False, sample=False)))
+        self.run_dir = Path(run_dir) if run_dir else None
+        self._images_skipped = False
+
+    def _stateless(self, function):
+        """``function(*args)`` as a pure function ``(variable values, *args) -> outputs``."""
+
+        def pure(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(self._variables, values))):
+                return function(*args)
+
+        return pure
+
+    # updates -----------------------------------------------------------------------------
+    def _compile_update(self, step):
+        objective = getattr(objectives, step.objective)
+        trained = self.step_variables[step.name]
+        trained_ids = {id(v) for v in trained}
+        frozen = [v for v in self._trainable if id(v) not in trained_ids]  # the other networks' weights
+        non_trainable = self._non_trainable
+        optimizer = self.optimizers[step.optimizer]
+        model, weights, dice_mode = self.model, self.loss_weights, self.dice_mode
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+        def loss(trained_values, frozen_values, state_values, optimizer_values, inputs):
+            mapping = (list(zip(trained, trained_values)) + list(zip(frozen, frozen_values))
+                       + list(zip(non_trainable, state_values)))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                if step.objective == "supervised":
+                    total, terms = objective(model, *inputs, weights, dice_mode=dice_mode)
+                elif step.objective == "discriminator":
+                    total, terms = objective(model, *inputs)
+                else:
+                    total, terms = objective(model, *inputs, weights)
+            # BatchNorm statistics and the seed-generator state after the forward pass
+            new_state = [scope.get_current_value(v) for v in non_trainable]
+            differentiated = total
+            if scaled:
+                # the loss scale is an optimiser variable: read it from the values passed in
+                with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, optimizer_values))):
+                    differentiated = optimizer.scale_loss(total)
+            return differentiated, (total, terms, new_state)
+
+        gradient = jax.value_and_grad(loss, has_aux=True)
+
+        def update(trained_values, frozen_values, state_values, optimizer_values, *inputs):
+            (_, (total, terms, new_state)), grads = gradient(
+                trained_values, frozen_values, state_values, optimizer_values, inputs)
+            new_trained, new_optimizer = optimizer.stateless_apply(optimizer_values, grads, trained_values)
+            return new_trained, new_state, new_optimizer, total, terms
+
+        return jax.jit(update), trained, frozen, optimizer
+
+    def run_step(self, step, *inputs):
+        """Apply one update; returns its loss terms (and ``total``) as Python floats."""
+        update, trained, frozen, optimizer = self._updates[step.name]
+        new_trained, new_state, new_optimizer, total, terms = update(
+            _values(trained), _values(frozen), _values(self._non_trainable), _values(optimizer.variables), *inputs)
+        _assign(trained, new_trained)
+        _assign(self._non_trainable, new_state)
+        _assign(optimizer.variables, new_optimizer)
+        total, terms = jax.device_get((total, terms))  # one transfer for all the scalars
+        out = {name: float(value) for name, value in terms.items()}
+        out["total"] = float(total)
+        return out
+
+    def predict_masks(self, images, batch_size=16):
+        """Foreground probabilities in inference mode, as a numpy array."""
+        values = _values(self._variables)
+        outputs = [np.asarray(self._segment(values, images[i:i + batch_size]))
+                   for i in range(0, len(images), batch_size)]
+        return np.concatenate(outputs).astype(np.float32)
+
+    def inspect(self, images):
+        """Anatomy, reconstruction (own z, mean mode) and masks in inference mode, as numpy."""
+        out = self._inspect(_values(self._variables), images)
+        return {k: np.asarray(out[k], dtype=np.float32) for k in ("anatomy", "reconstruction", "masks")}
+
+    # costs -------------------------------------------------------------------------------
+    def step_flops(self, step, *inputs):
+        """XLA's count of floating-point operations of one update of ``step`` on ``inputs``."""
+        update, trained, frozen, optimizer = self._updates[step.name]
+        lowered = update.lower(_values(trained), _values(frozen), _values(self._non_trainable),
+                               _values(optimizer.variables), *inputs)
+        return float(lowered.compile().cost_analysis()["flops"])
+
+    def predict_flops(self, images):
+        """XLA's count of floating-point operations of ``predict_masks`` on one batch ``images``."""
+        return float(self._segment.lower(_values(self._variables), images).compile().cost_analysis()["flops"])
+
+    # checkpoints -------------------------------------------------------------------------
+    def _tracked(self, optimizers):
+        """Every variable to checkpoint, by the TF engine's stable names.
+
+        A network's variables are numbered in their deterministic creation order (the
+        ``SDNet`` constructor and ``build`` fix it), so the names do not depend on Keras'
+        process-global layer-name counters.
+        """
+        tracked = {}
+        for name, network in self.model.networks().items():
+            for i, variable in enumerate(network.variables):
+                tracked[f"{name}/{i:04d}"] = variable
+        if optimizers:
+            for name, optimizer in self.optimizers.items():
+                for i, variable in enumerate(optimizer.variables):
+                    tracked[f"optimizer_{name}/{i:04d}"] = variable
+        return tracked
+
+    def _save(self, path, optimizers, state=None):
+        arrays = {f"variables/{name}": np.asarray(v.value) for name, v in self._tracked(optimizers).items()}
+        arrays.update({f"state/{name}": value for name, value in (state or {}).items()})
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)
+
+    def _load(self, path, optimizers):
+        """Assign the variables saved in ``path``; returns the schedule state saved with them."""
+        with np.load(path) as data:
+            saved = {name: data[name] for name in data.files}
+        tracked = self._tracked(optimizers)
+        missing = [name for name in tracked if f"variables/{name}" not in saved]
+        if missing:
+            raise ValueError(f"{path}: no values for {len(missing)} variables ({', '.join(missing[:3])}, ...); "
+                             "it was written for a different model or configuration")
+        for name, variable in tracked.items():
+            value = saved[f"variables/{name}"]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ValueError(f"{path}: {name} ({variable.path}) has shape {value.shape}, "
+                                 f"expected {tuple(variable.shape)}")
+            variable.assign(value)
+        return {name[len("state/"):]: value for name, value in saved.items() if name.startswith("state/")}
+
+    def save_checkpoint(self, iteration, state):
+        """Save weights, optimiser variables and the schedule's numpy ``state`` in one file.
+
+        The file is written atomically; only the newest ``keep_checkpoints`` are kept.
+        """
+        directory = self.run_dir / "checkpoints"
+        self._save(directory / f"ckpt-{iteration}.npz", optimizers=True, state=state)
+        kept = sorted(_numbered(directory, _CHECKPOINT).items())
+        for _, old in kept[:-self.config.keep_checkpoints]:
+            old.unlink()
+
+    def restore_latest(self):
+        """Restore the latest checkpoint; returns its numpy state, or None if there is none."""
+        found = _numbered(self.run_dir / "checkpoints", _CHECKPOINT) if self.run_dir else {}
+        if not found:
+            if self.run_dir and (self.run_dir / "checkpoints" / "checkpoint").is_file():
+                raise DataError(f"{self.run_dir}: its checkpoints were written by the TensorFlow engine; "
+                                "resume it with --backend tensorflow")
+            return None
+        return self._load(found[max(found)], optimizers=True)
+
+    def save_best(self, iteration):
+        directory = self.run_dir / "best"
+        self._save(directory / f"best-{iteration}.npz", optimizers=False)
+        for number, old in _numbered(directory, _BEST).items():
+            if number != iteration:
+                old.unlink()
+
+    def restore_best(self):
+        """Load the best validation weights into the model; False when none was saved."""
+        found = _numbered(self.run_dir / "best", _BEST) if self.run_dir else {}
+        if not found:
+            return False
+        self._load(found[max(found)], optimizers=False)
+        return True
+
+    # summaries ---------------------------------------------------------------------------
+    def log_scalars(self, values, step):
+        """Append ``{"step": step, name: value, ...}`` as one line of ``scalars.jsonl``."""
+        if self.run_dir is None:
+            return
+        record = {"step": int(step), **{name: float(value) for name, value in values.items()}}
+        with open(self.run_dir / "scalars.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def log_images(self, images, step):
+        """Image summaries need TensorBoard (TensorFlow); the JAX engine skips them."""
+        if not self._images_skipped:
+            log.info("image summaries skipped: TensorBoard event files need TensorFlow "
+                     "(set train.image_summaries=0 to skip computing them)")
+            self._images_skipped = True
+
+    def close(self):
+        """Nothing is held open: every scalar line is written and closed when logged."""

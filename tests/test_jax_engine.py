@@ -1,0 +1,248 @@
+"""JAX engine: parity with the TensorFlow engine, a TensorFlow-free training run that resumes
+exactly and whose ``model.keras`` loads under TensorFlow, and no TensorFlow import.
+
+The pytest process runs Keras on TensorFlow; everything on the JAX backend runs in a
+subprocess (Keras picks its backend once per process) where importing TensorFlow fails, as
+on a machine that has JAX only.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jax")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import engine_iteration  # noqa: E402
+from conftest import SMALL, small_config  # noqa: E402
+from sdnet_tf.inference import load_run  # noqa: E402
+from sdnet_tf.training.schedule import SDNET_SCHEDULE  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+# Tolerances of one iteration from the same weights (float32 on the CPU). The backends run
+# different convolution and reduction kernels, so sums are rounded in a different order.
+# Measured on the 2-core CI machine: loss terms differ by at most 1.9e-6 relative (the
+# spectral penalty's power iteration), network variables by 1.8e-7 absolute (the networks
+# moved by up to 0.04), Adam's moments by 5.5e-6 absolute (the first moments of the biases
+# that feed BatchNorm, whose gradient is float32 noise around zero), the initial masks by
+# 3e-8. The tolerances leave about 5-10x of headroom for other CPUs.
+LOSS_RTOL = 1e-5
+MODEL_RTOL, MODEL_ATOL = 1e-5, 2e-6
+OPTIMIZER_RTOL, OPTIMIZER_ATOL = 1e-4, 3e-5
+
+
+def _jax_env(tmp_path):
+    """A JAX subprocess' environment: the worktree's code, CPU only, TensorFlow blocked.
+
+    XLA's CPU compile time dominates these tests; the classic threefry and LLVM without
+    optimisation (code generation only: the same float32 operations) cut it by about half.
+    """
+    blocker = tmp_path / "block"
+    blocker.mkdir(exist_ok=True)
+    (blocker / "sitecustomize.py").write_text(textwrap.dedent("""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "tf_keras", "tensorboard"):
+                    raise ImportError(f"{name} is blocked in this test")
+                return None
+        sys.meta_path.insert(0, _Block())
+    """))
+    path = [str(blocker), str(ROOT), str(ROOT / "export" / "runtime"), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", JAX_THREEFRY_PARTITIONABLE="0",
+                XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=os.pathsep.join(p for p in path if p))
+
+
+def _run_jax(tmp_path, args, timeout=900, env=None):
+    result = subprocess.run([sys.executable, *args], env=env or _jax_env(tmp_path), capture_output=True, text=True,
+                            timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_importing_the_jax_engine_imports_no_tensorflow(tmp_path):
+    script = textwrap.dedent("""
+        import sys
+        import sdnet_tf.training.jax_engine
+        import sdnet_tf.training.trainer
+        import sdnet_tf.train
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "tensorboard"))
+        assert not loaded, loaded
+        import keras
+        assert keras.backend.backend() == "jax", keras.backend.backend()
+    """)
+    # without the blocker: nothing may even try to import TensorFlow here
+    env = dict(_jax_env(tmp_path), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "export" / "runtime")]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory, monkeypatch_module):
+    """Both engines' iteration from the same initial weights: (tensorflow, jax) dicts."""
+    tmp = tmp_path_factory.mktemp("parity")
+    weights = tmp / "initial.weights.h5"
+    monkeypatch_module.setattr(keras.random, "normal", engine_iteration.table_normal)
+    tensorflow = engine_iteration.run(weights)  # saves the initial weights for the JAX side
+    _run_jax(tmp, [str(TESTS / "engine_iteration.py"), str(weights), str(tmp / "jax.npz")])
+    with np.load(tmp / "jax.npz") as data:
+        jax = {k: data[k] for k in data.files}
+    return tensorflow, jax
+
+
+def test_one_iteration_matches_the_tensorflow_engine(parity):
+    tensorflow, jax = parity
+    assert set(tensorflow) == set(jax)
+    for name in (k for k in tensorflow if k.startswith("initial/")):
+        np.testing.assert_array_equal(tensorflow[name], jax[name], err_msg=name)
+    np.testing.assert_allclose(jax["predicted"], tensorflow["predicted"], rtol=MODEL_RTOL, atol=MODEL_ATOL)
+
+    terms = [k for k in tensorflow if k.startswith("terms/")]
+    assert {k.split("/")[1] for k in terms} == {step.name for step in SDNET_SCHEDULE}
+    for name in terms:
+        np.testing.assert_allclose(jax[name], tensorflow[name], rtol=LOSS_RTOL, err_msg=name)
+
+    np.testing.assert_array_equal(jax["seed_state"], tensorflow["seed_state"])
+    for name in (k for k in tensorflow if k.startswith("final/")):
+        optimizer = name.startswith("final/optimizer_")
+        np.testing.assert_allclose(jax[name], tensorflow[name], err_msg=name,
+                                   rtol=OPTIMIZER_RTOL if optimizer else MODEL_RTOL,
+                                   atol=OPTIMIZER_ATOL if optimizer else MODEL_ATOL)
+
+
+def _max_abs(a, b):
+    return float(np.max(np.abs(a.astype(np.float64) - b)))
+
+
+def test_the_backends_agree_far_more_closely_than_the_iteration_moved_the_weights(parity):
+    """Parity is not trivial: each network moved (one Adam step is at most lr = 1e-4 per
+    weight), by more than 20x the tolerance and 1000x the difference between backends."""
+    tensorflow, jax = parity
+    for network in ("anatomy_encoder", "modality_encoder", "decoder", "segmentor", "discriminator"):
+        names = [k[len("final/"):] for k in tensorflow
+                 if k.startswith(f"final/{network}/") and tensorflow[k].dtype == np.float32]
+        moved = max(_max_abs(tensorflow[f"final/{k}"], tensorflow[f"initial/{k}"]) for k in names)
+        differ = max(_max_abs(tensorflow[f"final/{k}"], jax[f"final/{k}"]) for k in names)
+        assert moved > 20 * MODEL_ATOL and moved > 1000 * differ, (network, moved, differ)
+    # four draws of z (the two generator steps and the two z-reconstructions), each its own row
+    assert tensorflow["seed_state"][1] == 4
+
+
+RESUME_SCRIPT = """
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, {tests!r})
+from conftest import small_config
+from sdnet_tf.data.arrays import DataError
+from sdnet_tf.data.synthetic import synthetic_arrays
+from sdnet_tf.inference import load_run
+from sdnet_tf.train import train_run
+
+tmp = Path({tmp!r})
+config = small_config(iterations_per_epoch=2, epochs=2, checkpoint_every=1, image_summaries=0, backend="jax")
+arrays = synthetic_arrays(24, 8, config.model.input_size, 0.25, seed=0)
+images = np.random.default_rng(5).uniform(-1, 1, (6, 32, 32, 1)).astype(np.float32)
+
+
+def train(run, iterations):
+    train_run(config, tmp / run, max_iterations=iterations, progress=False, arrays=arrays)
+    model, _ = load_run(tmp / run)
+    np.save(tmp / f"{{run}}.npy", np.asarray(model.segment(images, training=False)))
+
+
+train("straight", 4)
+# a run stopped after 2 iterations, before it finished: what is left is its checkpoints
+train("killed", 2)
+(tmp / "killed" / "model.keras").unlink()
+(tmp / "killed" / "summary.json").unlink()
+train("killed", 4)  # train_run resumes from the run directory's last checkpoint
+assert not [m for m in sys.modules if m.split(".")[0] == "tensorflow"]
+
+# a TensorFlow run directory is refused, not restarted from scratch
+(tmp / "tf-run" / "checkpoints").mkdir(parents=True)
+(tmp / "tf-run" / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"')
+try:
+    train_run(config, tmp / "tf-run", progress=False, arrays=arrays)
+except DataError as error:
+    assert "resume it with --backend tensorflow" in str(error), error
+else:
+    raise SystemExit("a TensorFlow run directory was trained over")
+"""
+
+
+def test_jax_run_resumes_exactly_and_its_model_loads_under_tensorflow(tmp_path):
+    """Train with JAX (TensorFlow blocked); a run stopped after 2 iterations and resumed to 4
+    equals an uninterrupted one, and its model.keras predicts the same under TensorFlow."""
+    # the three runs compile the same steps: the second and third load them from XLA's cache
+    env = dict(_jax_env(tmp_path), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla-cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    _run_jax(tmp_path, ["-c", RESUME_SCRIPT.format(tests=str(TESTS), tmp=str(tmp_path))], env=env)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+
+    assert "resumed" in (killed / "train.log").read_text()
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["iteration"] == 4 and summary["weights"] == "best"
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["ckpt-3.npz", "ckpt-4.npz"]
+    assert len(list((killed / "best").glob("best-*.npz"))) == 1
+    assert not (killed / "tensorboard").exists()
+    scalars = [json.loads(line) for line in (killed / "scalars.jsonl").read_text().splitlines()]
+    assert any("validation/dice" in record for record in scalars)
+
+    with np.load(killed / "checkpoints" / "ckpt-4.npz") as a, np.load(straight / "checkpoints" / "ckpt-4.npz") as b:
+        assert a.files == b.files and "state/pool" in a.files and "variables/optimizer_supervised/0000" in a.files
+        for name in a.files:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    jax_masks = np.load(tmp_path / "killed.npy")
+    np.testing.assert_allclose(jax_masks, np.load(tmp_path / "straight.npy"), rtol=1e-5, atol=1e-6)
+
+    model, config = load_run(killed)  # in this process: the TensorFlow backend
+    assert keras.backend.backend() == "tensorflow" and config.train.backend == "jax"
+    images = np.random.default_rng(5).uniform(-1, 1, (6, 32, 32, 1)).astype(np.float32)
+    tensorflow_masks = np.asarray(model.segment(images, training=False))
+    assert np.max(np.abs(tensorflow_masks - jax_masks)) <= 1e-5
+
+
+def test_the_tensorflow_engine_refuses_a_jax_run_directory(tmp_path):
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.data.synthetic import synthetic_arrays
+    from sdnet_tf.models import SDNet
+    from sdnet_tf.training.trainer import Trainer
+
+    config = small_config()
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "ckpt-2.npz").write_bytes(b"")
+    model = SDNet(**SMALL)
+    model.build()
+    trainer = Trainer(model, synthetic_arrays(8, 4, 32, 0.5, seed=0), config, tmp_path / "run", progress=False)
+    with pytest.raises(DataError, match="resume it with --backend jax"):
+        trainer.resume()
+
+
+def test_a_backend_other_than_keras_is_refused(tmp_path):
+    from sdnet_tf.training.trainer import make_engine
+
+    config = small_config(backend="jax")
+    with pytest.raises(RuntimeError, match="KERAS_BACKEND=jax"):
+        make_engine(None, config, tmp_path)
+    config.train.backend = "torch"
+    with pytest.raises(ValueError, match="expected one of tensorflow, jax"):
+        make_engine(None, config, tmp_path)
