@@ -65,9 +65,11 @@ def summary(config, overrides):
 @click.option("--xla/--no-xla", default=None, help="Compile the training steps with XLA (jit_compile).")
 @click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]), default=None,
               help="Compute precision (Keras dtype policy).")
-@click.option("--distribute", type=click.Choice(["none", "mirrored", "multi-worker"]), default=None,
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multi-worker", "data-parallel"]),
+              default=None,
               help="Train on one device, on every GPU of this host (mirrored), or on the hosts of TF_CONFIG "
-                   "(multi-worker); batch sizes are global.")
+                   "(multi-worker) with TensorFlow; on every JAX device (data-parallel) with --backend jax; "
+                   "batch sizes are global.")
 @click.option("--backend", type=click.Choice(["tensorflow", "jax"]), default=None,
               help="Keras backend and training engine (default: train.backend, tensorflow).")
 @click.option("--resume/--restart", default=True, show_default=True,

@@ -68,7 +68,8 @@ class TrainConfig:
     image_summaries: int = 4  # images written to TensorBoard each epoch (0: none)
     log_every: int = 10  # iterations between TensorBoard loss scalars
     validation_batch_size: int = 16
-    # none | mirrored (the GPUs of one host) | multi_worker (hosts listed in TF_CONFIG);
+    # none | mirrored (the GPUs of one host) | multi_worker (hosts listed in TF_CONFIG), with the
+    # TensorFlow backend; none | data_parallel (every JAX device) with the JAX backend;
     # batch_size is then the global batch, split evenly across the replicas
     distribute: str = "none"
 

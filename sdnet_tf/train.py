@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 
 from sdnet_tf.atomic import write_json
-from sdnet_tf.config import model_kwargs
+from sdnet_tf.config import ConfigError, model_kwargs
 from sdnet_tf.data.arrays import DataError
 
 log = logging.getLogger("sdnet_tf.train")
@@ -65,6 +65,9 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     With ``resume`` a run directory holding checkpoints is continued from the last one;
     without it such a directory is refused rather than overwritten.
 
+    With ``train.distribute`` "data_parallel" (JAX) the model is built and trained under
+    ``keras.distribution.DataParallel`` over every JAX device (see ``jax_engine``).
+
     With ``train.distribute`` "multi_worker" every worker calls this with the same arguments;
     only the chief writes ``run_dir``. The others write their checkpoints (TensorFlow wants
     every worker to save) and logs to a temporary directory, removed at the end, and resume
@@ -72,9 +75,15 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     """
     run_dir = Path(run_dir)
     jax = config.train.backend == "jax"
-    if jax and config.train.distribute != "none":
-        raise DataError(f"train.distribute {config.train.distribute!r} needs the TensorFlow engine; "
-                        "the JAX engine trains on one device")
+    distribute = config.train.distribute
+    if jax and distribute not in ("none", "data_parallel"):
+        what = ("a tf.distribute strategy of the TensorFlow engine" if distribute in ("mirrored", "multi_worker")
+                else "unknown")
+        raise ConfigError(f"train.distribute {distribute!r} is {what}; with train.backend jax use none or "
+                          "data_parallel (keras.distribution.DataParallel over every JAX device)")
+    if not jax and distribute == "data_parallel":
+        raise ConfigError("train.distribute 'data_parallel' (keras.distribution.DataParallel) needs the JAX engine: "
+                          "set train.backend jax (--backend jax), or use mirrored or multi_worker")
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     description = None
@@ -112,12 +121,24 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
 
 
 def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
-    from sdnet_tf.training.trainer import Trainer
-
     keras.utils.set_random_seed(config.train.seed)
     if config.train.precision != "float32":
         keras.config.set_dtype_policy(config.train.precision)
+    distribution = contextlib.nullcontext()
+    if config.train.distribute == "data_parallel":
+        from sdnet_tf.training.jax_engine import data_parallel
+
+        parallel = data_parallel()
+        log.info("data parallel over %d devices (keras.distribution.DataParallel)",
+                 parallel.device_mesh.devices.size)
+        distribution = parallel.scope()
+    with distribution:
+        return _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays)
+
+
+def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
     from sdnet_tf.models import SDNet
+    from sdnet_tf.training.trainer import Trainer
 
     # variables created in the strategy's scope are mirrored on every replica
     with strategy.scope() if strategy is not None else contextlib.nullcontext():

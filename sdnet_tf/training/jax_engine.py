@@ -16,6 +16,15 @@ checkpoints always hold the current weights.
 Checkpoints are single ``.npz`` files (weights, optimiser variables and the schedule's numpy
 state, written atomically); scalars go to ``scalars.jsonl`` in the run directory.
 TensorBoard needs TensorFlow, so there are no event files and no image summaries.
+
+Data parallelism (``train.distribute: data_parallel``) is ``keras.distribution.DataParallel``
+over every JAX device: ``data_parallel`` makes it, and the model and the engine are made in
+its scope, so every variable (weights, BatchNorm statistics, seed state, the optimiser's) is
+replicated on each device, and the engine places each batch sharded on its batch axis. The compiled steps are the single-device ones: XLA's SPMD
+partitioner splits the computation by the inputs' shardings and inserts the all-reduces. The
+losses are already means over the global batch, so the gradients need no rescaling, and
+BatchNorm's batch mean and variance, being reductions over the sharded batch axis, are the
+statistics of the global batch (synchronised BatchNorm, without asking for it).
 """
 
 import json
@@ -28,6 +37,7 @@ import keras
 import numpy as np
 
 from sdnet_tf.atomic import atomic_path
+from sdnet_tf.config import ConfigError
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import objectives
 from sdnet_tf.training.optimizers import make_optimizer
@@ -60,6 +70,16 @@ def _numbered(directory, pattern):
     return found
 
 
+def data_parallel():
+    """``keras.distribution.DataParallel`` over every JAX device (not yet set as Keras' distribution).
+
+    Build the model and the engine inside its ``scope()``: variables take their (replicated)
+    layout when they are created, and the engine shards its inputs for the distribution that
+    is current when it is made.
+    """
+    return keras.distribution.DataParallel(devices=jax.devices())
+
+
 class JAXEngine:
     """Jit-compiled SDNet updates, ``.npz`` checkpoints and JSON-lines scalars with JAX.
 
@@ -77,6 +97,10 @@ class JAXEngine:
             gradients and skips the steps whose gradients overflow, as on TensorFlow.
         dice_mode: "pooled" or "per_class".
         run_dir: where checkpoints and scalars go; None for none.
+
+    Made while a ``keras.distribution.DataParallel`` is Keras' distribution (``data_parallel``),
+    the engine trains data-parallel: ``train_config.batch_size`` is the global batch, which
+    must divide by the number of devices.
     """
 
     def __init__(self, model, schedule, loss_weights, train_config, dice_mode="pooled", run_dir=None):
@@ -90,6 +114,7 @@ class JAXEngine:
         self.dice_mode = dice_mode
         networks = model.networks()
         self._variables = [v for net in networks.values() for v in net.variables]
+        self._distribution = self._check_distribution(keras.distribution.distribution(), train_config.batch_size)
         self._trainable = [v for net in networks.values() for v in net.trainable_variables]
         self._non_trainable = [v for net in networks.values() for v in net.non_trainable_variables]
         self.step_variables = {
@@ -120,6 +145,39 @@ class JAXEngine:
         self._inspect = jax.jit(self._stateless(lambda images: self.model(images, training=False, sample=False)))
         self.run_dir = Path(run_dir) if run_dir else None
         self._images_skipped = False
+
+    def _check_distribution(self, distribution, batch_size):
+        """The ``DataParallel`` distribution to shard inputs for; None to run on one device."""
+        if distribution is None:
+            return None
+        if not isinstance(distribution, keras.distribution.DataParallel):
+            raise ConfigError(f"the JAX engine supports keras.distribution.DataParallel only, "
+                              f"not {type(distribution).__name__}")
+        devices = distribution.device_mesh.devices.size
+        if batch_size % devices:
+            raise ConfigError(f"train.batch_size={batch_size} is the global batch and must be divisible by the "
+                              f"{devices} devices of DataParallel; use a multiple of {devices}")
+        placed = [v.path for v in self._variables if len(v.value.sharding.device_set) != devices]
+        if placed:
+            raise RuntimeError(f"{len(placed)} model variables ({', '.join(placed[:3])}, ...) are not on the "
+                               f"{devices} devices of DataParallel: build the model inside its scope()")
+        return distribution
+
+    def _place(self, array):
+        """An input batch for the compiled steps: sharded on its batch axis under DataParallel.
+
+        A batch the devices cannot split evenly (a short last batch of ``predict_masks``) is
+        replicated instead: every device computes all of it, with the same result.
+        """
+        if self._distribution is None:
+            return array
+        devices = self._distribution.device_mesh.devices.size
+        if np.ndim(array) and np.shape(array)[0] % devices == 0:
+            sharding = self._distribution.get_data_layout(np.shape(array)).backend_layout
+        else:
+            sharding = jax.sharding.NamedSharding(self._distribution.device_mesh.backend_mesh,
+                                                  jax.sharding.PartitionSpec())
+        return jax.device_put(array, sharding)
 
     def _stateless(self, function):
         """``function(*args)`` as a pure function ``(variable values, *args) -> outputs``."""
@@ -174,7 +232,8 @@ class JAXEngine:
         """Apply one update; returns its loss terms (and ``total``) as Python floats."""
         update, trained, frozen, optimizer = self._updates[step.name]
         new_trained, new_state, new_optimizer, total, terms = update(
-            _values(trained), _values(frozen), _values(self._non_trainable), _values(optimizer.variables), *inputs)
+            _values(trained), _values(frozen), _values(self._non_trainable), _values(optimizer.variables),
+            *map(self._place, inputs))
         _assign(trained, new_trained)
         _assign(self._non_trainable, new_state)
         _assign(optimizer.variables, new_optimizer)
@@ -186,13 +245,13 @@ class JAXEngine:
     def predict_masks(self, images, batch_size=16):
         """Foreground probabilities in inference mode, as a numpy array."""
         values = _values(self._variables)
-        outputs = [np.asarray(self._segment(values, images[i:i + batch_size]))
+        outputs = [np.asarray(self._segment(values, self._place(images[i:i + batch_size])))
                    for i in range(0, len(images), batch_size)]
         return np.concatenate(outputs).astype(np.float32)
 
     def inspect(self, images):
         """Anatomy, reconstruction (own z, mean mode) and masks in inference mode, as numpy."""
-        out = self._inspect(_values(self._variables), images)
+        out = self._inspect(_values(self._variables), self._place(images))
         return {k: np.asarray(out[k], dtype=np.float32) for k in ("anatomy", "reconstruction", "masks")}
 
     # costs -------------------------------------------------------------------------------
@@ -200,12 +259,13 @@ class JAXEngine:
         """XLA's count of floating-point operations of one update of ``step`` on ``inputs``."""
         update, trained, frozen, optimizer = self._updates[step.name]
         lowered = update.lower(_values(trained), _values(frozen), _values(self._non_trainable),
-                               _values(optimizer.variables), *inputs)
+                               _values(optimizer.variables), *map(self._place, inputs))
         return float(lowered.compile().cost_analysis()["flops"])
 
     def predict_flops(self, images):
         """XLA's count of floating-point operations of ``predict_masks`` on one batch ``images``."""
-        return float(self._segment.lower(_values(self._variables), images).compile().cost_analysis()["flops"])
+        lowered = self._segment.lower(_values(self._variables), self._place(images))
+        return float(lowered.compile().cost_analysis()["flops"])
 
     # checkpoints -------------------------------------------------------------------------
     def _tracked(self, optimizers):
