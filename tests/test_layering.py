@@ -13,12 +13,13 @@ PACKAGE = ROOT / "sdnet_tf"
 RUNTIME = sorted((ROOT / "export" / "runtime" / "sdnet_infer").glob("*.py"))
 RUNTIME_ALLOWED = {"numpy", "scipy", "nibabel", "onnxruntime", "sdnet_infer", "__future__"}
 BACKEND_FREE = sorted(PACKAGE.glob("models/*.py")) + [PACKAGE / "layers.py", PACKAGE / "losses.py",
+                                                        PACKAGE / "distributions.py",
                                                         PACKAGE / "training" / "objectives.py",
                                                         PACKAGE / "training" / "optimizers.py",
                                                         PACKAGE / "training" / "schedule.py",
                                                         PACKAGE / "training" / "trainer.py",
                                                         PACKAGE / "train.py"]
-DATA = sorted(PACKAGE.glob("data/*.py"))
+DATA = sorted(PACKAGE.glob("data/*.py")) + sorted(PACKAGE.glob("metrics/*.py"))
 
 
 def _imports(path):
