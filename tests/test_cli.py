@@ -77,8 +77,11 @@ def test_train_on_a_backend_other_than_the_loaded_one_is_a_clean_error(tmp_path)
 def fresh_process(monkeypatch):
     """As in a new sdnet-tf process: Keras not imported yet, no KERAS_BACKEND set."""
     monkeypatch.delitem(sys.modules, "keras")
-    monkeypatch.delenv("KERAS_BACKEND", raising=False)
-    monkeypatch.delenv("JAX_THREEFRY_PARTITIONABLE", raising=False)
+    for name in ("KERAS_BACKEND", "JAX_THREEFRY_PARTITIONABLE"):
+        # set first so that the undo removes what select_backend writes: a bare delenv of an
+        # absent variable records nothing, and the test's value would leak into later tests
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 

@@ -131,14 +131,16 @@ class TFEngine:
         model, weights, dice_mode = self.model, self.loss_weights, self.dice_mode
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         sampler = model.modality_encoder.sampler
+        distributed = self.strategy is not None
 
         def update(*inputs):
             """One replica's update on its slice of the batch (the whole batch on one device)."""
             replica = tf.distribute.get_replica_context()
             kwargs = {"dice_mode": dice_mode} if step.objective == "supervised" else {}
-            if step.objective in objectives.SAMPLES_Z:
+            if distributed and step.objective in objectives.SAMPLES_Z:
                 # every replica draws the same eps for the global batch and takes its own
-                # rows: each image gets the eps it would get on one device
+                # rows: each image gets the eps it would get on one device (where the
+                # sampling layer draws that same (B, nz) batch itself)
                 local = tf.shape(inputs[0])[0]
                 eps = sampler.draw_noise((local * replica.num_replicas_in_sync, model.nz))  # (global B, nz)
                 kwargs["noise"] = tf.gather(eps, replica.replica_id_in_sync_group * local + tf.range(local))
