@@ -1,8 +1,4 @@
-"""Training under tf.distribute: two replicas equal one device; a two-worker run on localhost.
-
-The two-worker run is marked slow: ``pytest tests/test_distribute.py -m "slow or not slow"``
-runs every test of the file.
-"""
+"""Training under tf.distribute: two replicas equal one device; a two-worker run on localhost."""
 
 import json
 import os
@@ -168,7 +164,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # two full CLI processes, each tracing every update: about a minute of 2 cores
+# two full CLI processes, each tracing every update: about a minute of 2 cores
 def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
     run_dir = tmp_path / "run"
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
