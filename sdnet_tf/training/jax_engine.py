@@ -41,7 +41,7 @@ from sdnet_tf.config import ConfigError
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import objectives
 from sdnet_tf.training.optimizers import make_optimizer
-from sdnet_tf.training.schedule import OPTIMIZERS
+from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
 
 log = logging.getLogger("sdnet_tf.train")
 
@@ -132,15 +132,7 @@ class JAXEngine:
                                  f"{sorted(trains)}; the JAX engine needs one set of networks per optimiser")
             if steps:
                 optimizer.build(self.step_variables[steps[0].name])
-        # steps that differ only in their batch (the two z-reconstruction steps) share one
-        # compiled update
-        compiled = {}
-        self._updates = {}
-        for step in self.schedule:
-            key = (step.objective, step.optimizer, step.trains)
-            if key not in compiled:
-                compiled[key] = self._compile_update(step)
-            self._updates[step.name] = compiled[key]
+        self._updates = shared_updates(self.schedule, self._compile_update)
         self._segment = jax.jit(self._stateless(lambda images: objectives.segment_inference(self.model, images)))
         self._inspect = jax.jit(self._stateless(lambda images: self.model(images, training=False, sample=False)))
         self.run_dir = Path(run_dir) if run_dir else None

@@ -19,7 +19,7 @@ from sdnet_tf.atomic import atomic_path
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import distribute, objectives
 from sdnet_tf.training.optimizers import make_optimizer
-from sdnet_tf.training.schedule import OPTIMIZERS, SDNET_SCHEDULE
+from sdnet_tf.training.schedule import OPTIMIZERS, SDNET_SCHEDULE, shared_updates
 
 log = logging.getLogger("sdnet_tf.train")
 
@@ -70,15 +70,7 @@ class TFEngine:
                         union.update({id(v): v for v in self.step_variables[step.name]})
                 if union:
                     optimizer.build(list(union.values()))
-        # steps that differ only in their batch (the two z-reconstruction steps) share one
-        # compiled update
-        compiled = {}
-        self._updates = {}
-        for step in self.schedule:
-            key = (step.objective, step.optimizer, step.trains)
-            if key not in compiled:
-                compiled[key] = self._compile_update(step)
-            self._updates[step.name] = compiled[key]
+        self._updates = shared_updates(self.schedule, self._compile_update)
         # inference runs on this process's first replica: its variables equal every other's
         self._segment = tf.function(lambda x: objectives.segment_inference(self.model, x),
                                     jit_compile=train_config.jit_compile, reduce_retracing=True)
