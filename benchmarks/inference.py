@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import report  # benchmarks/common.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 ORT_VARIANTS = [
     # name, export layout, graph optimisation level, intra-op threads (0: onnxruntime's default)
@@ -222,11 +224,7 @@ def main():
                                                                                repr(str(exports["NCHW"])))),
         "TensorFlow (sdnet-tf predict)": _child(FOOTPRINT_TF.replace("{PEAK}", PEAK).replace("sys.argv[1]", repr(str(run_dir)))),
     }
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(results, args.out)
 
 
 if __name__ == "__main__":

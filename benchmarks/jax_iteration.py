@@ -22,7 +22,6 @@ iterations that compile every step. Printed and written as JSON (``--out``):
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,29 +38,15 @@ select_backend("jax")  # before Keras is imported
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from sdnet_tf.config import load_config, model_kwargs  # noqa: E402
-from sdnet_tf.data.arrays import SDNetArrays  # noqa: E402
+from sdnet_tf.data.synthetic import synthetic_arrays  # noqa: E402
 from sdnet_tf.models import SDNet  # noqa: E402
 from sdnet_tf.training.trainer import Trainer, _step_inputs  # noqa: E402
 
+from common import report, time_iterations  # noqa: E402  (benchmarks/common.py, beside this script)
+
 EXPECTED_TFLOP = 2.7  # the project's estimate of one iteration at the original size
-
-
-def random_arrays(count, size, classes, seed=0):
-    """Training arrays of random images in [-1, 1] and random one-hot masks (N, size, size, ...)."""
-    rng = np.random.default_rng(seed)
-
-    def images():
-        return rng.uniform(-1.0, 1.0, (count, size, size, 1)).astype(np.float32)
-
-    def masks():
-        labels = rng.integers(0, classes + 1, (count, size, size))
-        return np.eye(classes + 1, dtype=np.float32)[labels][..., 1:]  # foreground channels
-
-    return SDNetArrays(labelled_images=images(), labelled_masks=masks(), unlabelled_images=images(),
-                       real_masks=masks(), validation_images=images(), validation_masks=masks())
 
 
 def matmul_tflops(n, precision, repeats=5):
@@ -105,18 +90,10 @@ def run(args):
     model = SDNet(**model_kwargs(config), seed=1)
     model.build()
     # enough images that every batch of the iteration differs, as in training
-    arrays = random_arrays(4 * batch_size, m.input_size, m.num_classes)
+    arrays = synthetic_arrays(4 * batch_size, 8, m.input_size, 0.5, seed=0)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, arrays, config, run_dir, progress=False)
-        start = time.perf_counter()
-        for _ in range(args.warmup):
-            trainer.train_iteration()
-        warmup = time.perf_counter() - start
-        times = []
-        for _ in range(args.iterations):
-            start = time.perf_counter()
-            trainer.train_iteration()
-            times.append(time.perf_counter() - start)
+        warmup, times = time_iterations(trainer, args.warmup, args.iterations)
         flops, per_step = iteration_flops(trainer)
     median = statistics.median(times)
     achieved = flops / median / 1e12
@@ -161,11 +138,7 @@ def main():
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON results here")
     args = parser.parse_args()
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

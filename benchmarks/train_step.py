@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 VARIANTS = [
@@ -49,6 +48,8 @@ def run_once(args):
     from sdnet_tf.models import SDNet
     from sdnet_tf.training.trainer import Trainer
 
+    from common import time_iterations
+
     overrides = ["train.image_summaries=0"]
     if args.xla is not None:
         overrides.append(f"train.jit_compile={'true' if args.xla else 'false'}")
@@ -62,15 +63,7 @@ def run_once(args):
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, arrays, config, run_dir, progress=False)
-        start = time.perf_counter()
-        for _ in range(args.warmup):
-            trainer.train_iteration()
-        warmup = time.perf_counter() - start
-        times = []
-        for _ in range(args.iterations):
-            start = time.perf_counter()
-            trainer.train_iteration()
-            times.append(time.perf_counter() - start)
+        warmup, times = time_iterations(trainer, args.warmup, args.iterations)
     median = statistics.median(times)
     images = 2 * config.train.batch_size  # labelled + unlabelled images per iteration
     return {
