@@ -33,12 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from sdnet_infer.io import DataError, atomic_path, load_labels, save_labels, write_json
+from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
+from sdnet_infer.predict import output_name, predict_volume, stem
 from sdnet_tf.metrics import clinical, overlap, surface, validity
 
 log = logging.getLogger("sdnet_tf.evaluation")
 
 CLASSES = overlap.CLASSES  # {"LV": 3, "RV": 1, "MYO": 2}, the challenge's order
-PRED_SUFFIX, REF_SUFFIX = "_pred", "_gt"
+REF_SUFFIX = "_gt"
 CASE_PATTERN = re.compile(r"(?P<patient>patient\d+)_frame(?P<frame>\d+)")
 DISTANCE_METRICS = ("HD", "HD95", "ASSD")
 CASE_COLUMNS = (["Name", "Patient", "Phase"] + overlap.ACDC_COLUMNS[1:]
@@ -51,21 +53,13 @@ SLICE_COLUMNS = (["Name", "Slice", "SliceDice"] + [f"SliceDice {c}" for c in CLA
                  + ["Valid7 pred", "ValidP pred", "Failed checks pred", "Valid7 ref"])
 
 
-def _stem(path):
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def _files(folder, suffix):
     """{case name: path} of the NIfTI files under ``folder`` whose name ends in ``suffix``."""
     found = {}
     for path in sorted(list(folder.rglob("*.nii.gz")) + list(folder.rglob("*.nii"))):
-        stem = _stem(path)
-        if stem.endswith(suffix):
-            case = stem[: -len(suffix)]
+        name = stem(path)
+        if name.endswith(suffix):
+            case = name[: -len(suffix)]
             if case in found:
                 raise DataError(f"{path}: case {case!r} also at {found[case]}; names must be unique")
             found[case] = path
@@ -287,7 +281,6 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     Predictions go to ``out_dir/predictions/patientNNN/`` and the tables into ``out_dir``.
     ``split`` defaults to the run's own; ``subset`` is "test", "validation" or "training".
     """
-    from sdnet_infer.predict import predict_volume
     from sdnet_tf.data.acdc import find_patients
     from sdnet_tf.data.nifti import load_volume
     from sdnet_tf.inference import load_run, probabilities_fn, run_cohort
@@ -311,7 +304,7 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
         volume, zooms, img = load_volume(image_path)
         labels = predict_volume(volume, zooms[:2], probabilities, model.input_size, config.data.spacing,
                                 source=str(image_path))
-        save_labels(labels, img, pred_root / patient.name / f"{_stem(image_path)}{PRED_SUFFIX}.nii.gz")
+        save_labels(labels, img, pred_root / patient.name / output_name(image_path))
         if report is not None:
             report(number, len(frames), image_path.name, None)
     log.info("predicted %d frames in %.1f s", len(frames), time.perf_counter() - start)

@@ -36,12 +36,17 @@ def predict_volume(volume, spacing, probabilities, size=SIZE, target=TARGET_SPAC
     raise DataError(f"{source}: expected a 3-D frame or a 4-D cine, got shape {volume.shape}")
 
 
-def output_name(path):
+def stem(path):
+    """A NIfTI file's name without ``.nii.gz`` or ``.nii``."""
     name = Path(path).name
     for ext in (".nii.gz", ".nii"):
         if name.endswith(ext):
-            return name[: -len(ext)] + SUFFIX + ".nii.gz"
-    return name + SUFFIX + ".nii.gz"
+            return name[: -len(ext)]
+    return name
+
+
+def output_name(path):
+    return stem(path) + SUFFIX + ".nii.gz"
 
 
 def find_inputs(source):
@@ -57,8 +62,8 @@ def find_inputs(source):
         raise DataError(f"{source}: no such file or folder")
     found = []
     for path in sorted(list(source.rglob("*.nii.gz")) + list(source.rglob("*.nii"))):
-        stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
-        if stem.endswith(SKIPPED_IN_FOLDERS) or stem.endswith(SUFFIX):
+        name = stem(path)
+        if name.endswith(SKIPPED_IN_FOLDERS) or name.endswith(SUFFIX):
             continue
         found.append((path, path.parent.relative_to(source) / output_name(path)))
     if not found:
