@@ -1,5 +1,6 @@
 """The SDNet networks, one per module, written with Keras 3 and keras.ops only."""
 
+from sdnet_tf.models.acnn import ShapeAutoencoder
 from sdnet_tf.models.anatomy_encoder import AnatomyEncoder
 from sdnet_tf.models.decoder import FiLMDecoder
 from sdnet_tf.models.discriminator import MaskDiscriminator
@@ -9,4 +10,4 @@ from sdnet_tf.models.sdnet import NETWORKS, SDNet
 from sdnet_tf.models.segmentor import Segmentor
 
 __all__ = ["AnatomyEncoder", "ModalityEncoder", "FiLMDecoder", "Segmentor", "MaskDiscriminator", "SDNet",
-           "NVAE", "NETWORKS"]
+           "NVAE", "ShapeAutoencoder", "NETWORKS"]
