@@ -18,11 +18,11 @@ class UserError(click.ClickException):
     """An error the user can fix; printed without a traceback, exit code 1."""
 
 
-def _load_config(config, overrides):
+def _load_config(config, overrides, kind=None):
     from sdnet_tf.config import ConfigError, load_config
 
     try:
-        return load_config(config, overrides)
+        return load_config(config, overrides, kind=kind)
     except ConfigError as error:
         raise UserError(str(error)) from error
 
@@ -50,7 +50,7 @@ def summary(config, overrides):
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(["synthetic", "acdc"]), default="synthetic")
+@click.argument("dataset", type=click.Choice(["synthetic", "acdc", "nvae", "acnn", "unet"]), default="synthetic")
 @click.option("--data", default=None, metavar="DIR|phantom",
               help="For acdc: an ACDC training folder, or 'phantom' for the built-in phantom cohort.")
 @click.option("--split", type=click.IntRange(0, 2), default=None, help="Which of the three 70/15/15 splits.")
@@ -75,22 +75,40 @@ def summary(config, overrides):
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue from the run directory's last checkpoint, or refuse a non-empty one.")
 @click.option("--max-iterations", type=int, default=None, help="Stop after this many iterations in total.")
+@click.option("--shape-prior", default=None, metavar="RUN",
+              help="acdc and unet: a frozen prior's run directory (train nvae|acnn) whose shape loss is added "
+                   "to the supervised segmentation loss.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labelled_fraction, xla, precision,
-          distribute, backend, resume, max_iterations, quiet):
-    """Train SDNet on DATASET and print the best validation Dice.
+          distribute, backend, resume, max_iterations, shape_prior, quiet):
+    """Train SDNet on DATASET and print the best validation Dice; or train a shape prior or the
+    U-Net baseline.
 
     DATASET "acdc" reads an ACDC-layout folder (--data DIR) or the built-in phantom cohort
     (--data phantom, generated into the cache on first use) with the original preprocessing;
     "synthetic" is a set of seeded discs and rings (no download).
 
+    "nvae" (the thesis' Default-N) and "acnn" (Oktay et al.'s shape autoencoder) train a shape
+    prior on the masks of --data DIR|phantom; "unet" trains the plain 2-D U-Net baseline, with
+    the shape loss of --shape-prior RUN when given (ACU-Net).
+
     With --distribute multi-worker, run the same command on every host, each with its own
     TF_CONFIG; only the chief (worker 0) writes the run directory.
     """
+    if dataset in SHAPE_JOBS:
+        if labelled_fraction is not None or precision or distribute or backend:
+            raise UserError(f"train {dataset} takes none of --labelled-fraction, --precision, --distribute, "
+                            "--backend (it trains on one device with TensorFlow)")
+        if shape_prior and dataset != "unet":
+            raise UserError(f"--shape-prior is for train unet and train acdc, not train {dataset}")
+        return _train_shape(dataset, data, split, config, overrides, run_dir, epochs, seed, xla, resume,
+                            max_iterations, shape_prior, quiet)
     from sdnet_tf.config import ConfigError
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.runtime import select_backend
 
+    if shape_prior:
+        overrides = list(overrides) + [f"loss.shape_prior={shape_prior}"]
     shortcuts = {"train.epochs": epochs, "train.seed": seed, "data.labelled_fraction": labelled_fraction,
                  "train.jit_compile": xla, "train.precision": precision, "train.backend": backend,
                  "data.split": split, "train.distribute": distribute.replace("-", "_") if distribute else None}
@@ -120,6 +138,82 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     except (ConfigError, DataError, FileExistsError) as error:
         raise UserError(str(error)) from error
     click.echo(f"best validation Dice {result['best_val_dice']:.4f} after {result['iteration']} iterations; "
+               f"run directory {run_dir}")
+
+
+@main.command("shape-eval")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for <run>.json and table.md.")
+@click.option("--samples", type=click.IntRange(100, None), default=1000, show_default=True,
+              help="NVAE samples drawn per temperature.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def shape_eval(runs, output, samples, quiet):
+    """Evaluate shape-prior and U-Net RUNS on their split's held-out test patients.
+
+    Priors: reconstruction Dice per class, anatomically valid reconstructions and samples
+    (temperatures 1 and 0.7), Frechet shape distance, pathology from codes (10-fold CV).
+    U-Nets: Dice per class and anatomically valid slices. Writes one JSON per run and a
+    Markdown table of them all (table.md); a run that cannot be read is reported and the
+    others are still evaluated.
+    """
+    from sdnet_tf.runtime import select_backend
+
+    select_backend("tensorflow")
+    from sdnet_tf.atomic import write_text
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.shape_eval import evaluate_run, table
+
+    results, failed = [], []
+    for run in runs:
+        try:
+            results.append(evaluate_run(run, output, samples=samples, progress=not quiet))
+            click.echo(f"{run}: written {output / (Path(run).name + '.json')}")
+        except (FileNotFoundError, DataError, ValueError) as error:
+            failed.append(run)
+            click.echo(f"{run}: {error}", err=True)
+    if results:
+        write_text(output / "table.md", table(results))
+        click.echo(table(results))
+    if failed:
+        raise UserError(f"{len(failed)} of {len(runs)} runs could not be evaluated")
+
+
+SHAPE_JOBS = {"nvae": "nvae-acdc", "acnn": "acnn-acdc", "unet": "unet-acdc"}
+
+
+def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla, resume, max_steps, shape_prior,
+                 quiet):
+    from sdnet_tf.config import ConfigError, PriorConfig, SegmentationConfig
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.runtime import select_backend
+
+    select_backend("tensorflow")
+    shortcuts = {"data.path": data, "data.split": split, "train.epochs": epochs, "train.seed": seed,
+                 "train.max_steps": max_steps, "loss.shape_prior": shape_prior,
+                 "train.jit_compile": None if xla is None else str(xla).lower()}
+    overrides = list(overrides) + [f"{k}={v}" for k, v in shortcuts.items() if v is not None]
+    if job != "unet":
+        overrides.insert(0, f"model.kind={job}")
+    kind = SegmentationConfig if job == "unet" else PriorConfig
+    cfg = _load_config(config or SHAPE_JOBS[job], overrides, kind=kind)
+    if run_dir is None:
+        source = Path(cfg.data.path).name or "data"
+        suffix = "-shape" if job == "unet" and cfg.loss.shape_prior else ""
+        run_dir = Path("runs") / f"{job}{suffix}-{source}-split{cfg.data.split}"
+    from sdnet_tf.training.prior_engine import NonFiniteError
+    from sdnet_tf.training.prior_trainer import train_prior, train_unet
+
+    try:
+        if job == "unet":
+            result = train_unet(cfg, run_dir, resume=resume, progress=not quiet)
+        else:
+            result = train_prior(cfg, run_dir, resume=resume, progress=not quiet)
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError, NonFiniteError) as error:
+        raise UserError(str(error)) from error
+    best = result["best"]
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith(("dice_mean", "loss", "valid")))
+    click.echo(f"{job}: best validation epoch {best.get('epoch')} ({shown}) after {result['steps']} steps; "
                f"run directory {run_dir}")
 
 

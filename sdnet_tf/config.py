@@ -44,6 +44,10 @@ class LossConfig:
     reconstruction: float = 1.0
     z_reconstruction: float = 1.0
     dice_mode: str = "pooled"
+    # shape loss on the segmentor's supervised step: a frozen prior's run directory
+    # (sdnet-tf train nvae|acnn); "" for none
+    shape_prior: str = ""
+    shape_omega: float = 0.0  # 0: estimated from data (ratio of the typical loss sizes)
 
 
 @dataclass
@@ -89,12 +93,8 @@ class DataConfig:
     phantom_seed: int = 0
 
 
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+class _Sections:
+    """A config made of sections (dataclasses of values), loaded from a mapping."""
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -131,7 +131,120 @@ class Config:
                 raise ConfigError(f"override {item!r}: unknown key {name!r} in section {section!r}; "
                                   f"known: {sorted(values[section])}")
             values[section][name] = yaml.safe_load(raw)
-        return Config.from_dict(values, source="overrides")
+        return type(self).from_dict(values, source="overrides")
+
+
+@dataclass
+class Config(_Sections):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
+class PriorModelConfig:
+    kind: str = "nvae"  # nvae (the thesis' Default-N) | acnn (Oktay et al.'s shape autoencoder)
+    input_size: int = 128
+    # NVAE
+    stem_channels: int = 4
+    preprocess_blocks: int = 3
+    groups_per_scale: list = field(default_factory=lambda: [1, 2, 4])
+    latent_channels: int = 20
+    cells_per_group: int = 2
+    decoder_expansion: int = 6
+    encoder_residual_scale: float = 0.1
+    # ACNN
+    code_size: int = 64
+    filters: int = 16
+    levels: int = 4
+
+
+@dataclass
+class PriorTrainConfig:
+    batch_size: int = 8
+    epochs: int = 100
+    steps_per_epoch: int = 0  # 0: one pass over the training masks
+    max_steps: int = 0  # 0: epochs * steps_per_epoch; else stop after this many steps in total
+    learning_rate: float = 1e-2
+    min_learning_rate: float = 1e-4  # cosine decay to this over the whole run
+    epsilon: float = 1e-3  # Adamax
+    weight_decay: float = 3e-4  # L2 added to the gradients (coupled)
+    # NVAE: KL weight of each scale, top-down (4x4, 8x8, 16x16 at the defaults)
+    kl_betas: list = field(default_factory=lambda: [8.0, 9.0, 10.0])
+    kl_warmup_epochs: float = 30.0
+    kl_const_steps: int = 10
+    kl_min: float = 1e-4
+    kl_balance: bool = True
+    spectral_weight: float = 0.0  # thesis: 0.1 (optional)
+    spectral_iterations: int = 1
+    # ACNN: label-swap probability (denoising)
+    label_swap: float = 0.1
+    nonfinite: str = "skip"  # skip | stop: what a step with a non-finite loss or gradient does
+    max_nonfinite: int = 20  # consecutive skipped steps before the run stops
+    seed: int = 1
+    jit_compile: bool = False
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    validation_samples: int = 100  # prior samples drawn at each validation (anatomical validity)
+
+
+@dataclass
+class PriorDataConfig:
+    path: str = ""
+    split: int = 0
+    spacing: float = 1.37
+    augment: bool = True  # random flips are not used (anatomy is handed); random 90-degree-free rotations
+    rotation_range: float = 15.0
+    cache_dir: str = "~/.cache/sdnet-tf"
+    phantom_seed: int = 0
+
+
+@dataclass
+class PriorConfig(_Sections):
+    """``sdnet-tf train nvae|acnn``: a shape prior trained on one-hot masks."""
+    model: PriorModelConfig = field(default_factory=PriorModelConfig)
+    train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
+    data: PriorDataConfig = field(default_factory=PriorDataConfig)
+
+
+@dataclass
+class SegmentationModelConfig:
+    input_size: int = 128
+    filters: int = 32
+    depth: int = 4
+
+
+@dataclass
+class SegmentationLossConfig:
+    cross_entropy: float = 1.0  # alpha
+    shape_prior: str = ""  # a frozen prior's run directory; "" for a plain U-Net
+    shape_omega: float = 0.0  # 0: estimated from data (ratio of the typical loss sizes)
+    omega_batches: int = 20
+
+
+@dataclass
+class SegmentationTrainConfig:
+    batch_size: int = 8
+    epochs: int = 50
+    steps_per_epoch: int = 0
+    max_steps: int = 0
+    learning_rate: float = 1e-3
+    seed: int = 1
+    jit_compile: bool = False
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    nonfinite: str = "skip"
+    max_nonfinite: int = 20
+
+
+@dataclass
+class SegmentationConfig(_Sections):
+    """``sdnet-tf train unet``: the 2-D U-Net baseline, with or without a shape loss."""
+    model: SegmentationModelConfig = field(default_factory=SegmentationModelConfig)
+    loss: SegmentationLossConfig = field(default_factory=SegmentationLossConfig)
+    train: SegmentationTrainConfig = field(default_factory=SegmentationTrainConfig)
+    data: PriorDataConfig = field(default_factory=PriorDataConfig)
 
 
 def _build_section(section_cls, values, source):
@@ -141,7 +254,8 @@ def _build_section(section_cls, values, source):
         raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
     kwargs = {}
     for name, value in values.items():
-        default = fields[name].default
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kwargs[name] = _coerce(value, type(default), f"{source}.{name}")
     return section_cls(**kwargs)
 
@@ -164,6 +278,11 @@ def _coerce(value, kind, where):
             except ValueError:
                 pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if kind is list:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in value):
+            return list(value)
+        raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
     if kind is str:
         if isinstance(value, str):
             return value
@@ -183,10 +302,26 @@ def resolve_config_path(name_or_path):
     raise ConfigError(f"config {name_or_path!r}: no such file, and not one of {available}")
 
 
-def load_config(name_or_path=None, overrides=()):
-    """Load a config by name or path (defaults when None) and apply overrides."""
+def config_kind(name_or_path):
+    """The config class a shipped file holds, by its name: ``nvae-*``, ``acnn-*`` and
+    ``prior-*`` are ``PriorConfig``, ``unet-*`` ``SegmentationConfig``, the rest SDNet's."""
+    stem = Path(str(name_or_path)).stem
+    if stem.startswith(("nvae-", "acnn-", "prior-")):
+        return PriorConfig
+    if stem.startswith("unet-"):
+        return SegmentationConfig
+    return Config
+
+
+def load_config(name_or_path=None, overrides=(), kind=None):
+    """Load a config by name or path (defaults when None) and apply overrides.
+
+    ``kind`` is the config class (``Config``, SDNet's, by default; ``PriorConfig`` and
+    ``SegmentationConfig`` for the shape priors and the U-Net baseline).
+    """
+    kind = kind or Config
     if name_or_path is None:
-        config = Config()
+        config = kind()
     else:
         path = resolve_config_path(name_or_path)
         try:
@@ -194,7 +329,7 @@ def load_config(name_or_path=None, overrides=()):
                 values = yaml.safe_load(handle)
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from error
-        config = Config.from_dict(values, source=str(path))
+        config = kind.from_dict(values, source=str(path))
     return config.override(overrides) if overrides else config
 
 

@@ -68,3 +68,127 @@ def lsgan_generator_loss(fake_scores):
 def z_reconstruction_loss(z_recovered, z_sampled):
     """L1 between a z drawn from the prior and the one the modality encoder recovers."""
     return l1_loss(z_recovered, z_sampled)
+
+
+# ---------------------------------------------------------------------------- shape priors
+def pixel_cross_entropy(masks, logits):
+    """Categorical cross-entropy summed over pixels, averaged over the batch.
+
+    Args:
+        masks: one-hot (or soft) targets (B, H, W, K).
+        logits: (B, H, W, K).
+
+    Returns:
+        A scalar: the NVAE's reconstruction term (a negative log-likelihood per mask).
+    """
+    log_p = ops.log_softmax(_f32(logits), axis=-1)
+    return ops.mean(ops.sum(-_f32(masks) * log_p, axis=(1, 2, 3)))
+
+
+def mean_cross_entropy(masks, probabilities, eps=1e-7):
+    """Categorical cross-entropy of probabilities, averaged over pixels and the batch."""
+    p = ops.clip(_f32(probabilities), eps, 1.0)
+    return ops.mean(ops.sum(-_f32(masks) * ops.log(p), axis=-1))
+
+
+def to_prior_masks(foreground, size=None):
+    """SDNet's foreground masks [MYO, LV, RV] -> a prior's [background, RV, MYO, LV].
+
+    Background is one minus the foreground sum. With ``size`` smaller than the masks the
+    central ``size`` x ``size`` window is kept: a prior trained on the same preprocessing at a
+    smaller size sees exactly that window (both are centre crops of one resampled slice).
+
+    Args:
+        foreground: (B, H, W, 3) probabilities or one-hot masks.
+        size: the prior's input size; None keeps H x W.
+
+    Returns:
+        (B, size, size, 4).
+    """
+    foreground = _f32(foreground)
+    background = 1.0 - ops.sum(foreground, axis=-1, keepdims=True)
+    myo, lv, rv = foreground[..., 0:1], foreground[..., 1:2], foreground[..., 2:3]
+    masks = ops.concatenate([background, rv, myo, lv], axis=-1)
+    height = masks.shape[1]
+    if size is not None and size != height:
+        if size > height:
+            raise ValueError(f"a prior of input size {size} cannot read masks of size {height}")
+        top = (height - size) // 2
+        masks = masks[:, top:top + size, top:top + size, :]
+    return masks
+
+
+def shape_code_loss(prior, target_masks, predicted_masks):
+    """ACNN / ACU-Net shape loss: squared distance between a frozen prior's codes.
+
+    ``sum_i || c_i(target) - c_i(predicted) ||^2`` over the prior's code tensors (the NVAE's
+    seven groups of posterior means, the autoencoder's one 64-d code), summed over each code's
+    elements and averaged over the batch. The prior runs in inference mode; the target's
+    codes carry no gradient, so only the predicted masks are pushed.
+
+    Args:
+        prior: a model with ``codes(masks, training=False)`` returning a list of tensors.
+        target_masks: (B, H, W, K) one-hot, in the prior's channel order and size.
+        predicted_masks: (B, H, W, K) probabilities, likewise.
+
+    Returns:
+        A scalar.
+    """
+    targets = prior.codes(target_masks, training=False)
+    predictions = prior.codes(predicted_masks, training=False)
+    total = 0.0
+    for t, p in zip(targets, predictions):
+        diff = _f32(p) - ops.stop_gradient(_f32(t))
+        total = total + ops.mean(ops.sum(ops.reshape(diff * diff, (ops.shape(diff)[0], -1)), axis=1))
+    return total
+
+
+def kl_balance(kl, alpha):
+    """NVAE's KL balancing coefficients of each group, from a batch's KL (B, G).
+
+    ``c_i = mean_batch |KL_i| + 0.01``, divided by the group's size factor ``alpha_i`` and
+    multiplied by their sum, then rescaled so that the coefficients average 1. Groups that
+    carry more KL get a larger weight, which keeps every group in use during the warm-up.
+
+    Args:
+        kl: (B, G).
+        alpha: (G,) size factors (spatial area of the group / groups of its scale, over the
+            smallest).
+
+    Returns:
+        (G,) coefficients without gradient.
+    """
+    c = ops.mean(ops.abs(_f32(kl)), axis=0) + 0.01
+    c = c / _f32(alpha) * ops.sum(c)
+    return ops.stop_gradient(c / ops.mean(c))
+
+
+def spectral_norms(kernels, vectors, iterations=1):
+    """Largest singular value of each conv kernel by power iteration.
+
+    Each kernel (kh, kw, Cin, Cout) is read as a (kh * kw * Cin, Cout) matrix W. Starting from
+    the stored left vector u, ``iterations`` rounds of ``v = W^T u / |.|, u = W v / |.|`` give
+    ``sigma = u^T W v``; gradients flow through W only (u and v are constants), as in NVAE's
+    spectral regularisation.
+
+    Args:
+        kernels: list of 4-D kernels.
+        vectors: list of matching u vectors (kh * kw * Cin,).
+        iterations: power-iteration rounds.
+
+    Returns:
+        ``(sigmas, new_vectors)``: a list of scalars and the updated u vectors.
+    """
+    sigmas, updated = [], []
+    for kernel, u in zip(kernels, vectors):
+        w = ops.reshape(_f32(kernel), (-1, kernel.shape[-1]))  # (kh * kw * Cin, Cout)
+        u = ops.stop_gradient(_f32(u))
+        w_const = ops.stop_gradient(w)
+        for _ in range(iterations):
+            v = ops.matmul(u, w_const)
+            v = v / (ops.norm(v) + 1e-12)
+            u = ops.matmul(w_const, v)
+            u = u / (ops.norm(u) + 1e-12)
+        sigmas.append(ops.sum(u * ops.matmul(w, v)))
+        updated.append(u)
+    return sigmas, updated

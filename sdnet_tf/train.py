@@ -136,6 +136,40 @@ def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress,
         return _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays)
 
 
+def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
+    """Load the frozen prior, check it reads SDNet's masks, estimate omega (or take
+    ``loss.shape_omega``) and hand both to the engine; omega is kept in ``omega.json`` so a
+    resumed run uses the same value."""
+    import json
+
+    import numpy as np
+
+    from sdnet_tf.atomic import write_json
+    from sdnet_tf.models.priors import load_prior
+    from sdnet_tf.training.prior_trainer import check_prior_fits
+
+    prior, prior_config = load_prior(config.loss.shape_prior)
+    check_prior_fits(prior_config, config)
+    omega = config.loss.shape_omega
+    path = Path(out_dir) / "omega.json"
+    if not omega and path.is_file():
+        omega = json.loads(path.read_text())["omega"]
+    engine.use_shape_prior(prior, omega)
+    if not omega:
+        rng = np.random.default_rng([config.train.seed, 999])
+        images, masks = arrays.labelled_images, arrays.labelled_masks
+        sizes = [engine.shape_sizes(images[i], masks[i]) for i in
+                 (rng.choice(len(images), config.train.batch_size) for _ in range(batches))]
+        shape = float(np.mean([s["shape"] for s in sizes]))
+        if not shape > 0:
+            raise ConfigError("the shape loss is 0 on every batch used to estimate omega; set loss.shape_omega")
+        omega = float(np.mean([s["dice"] for s in sizes])) / shape
+        write_json(path, {"omega": omega, "batches": batches,
+                          "how": "mean weighted Dice loss / mean shape loss of the initial network"})
+        engine.use_shape_prior(prior, omega)
+    log.info("shape loss of %s, omega = %.6g", config.loss.shape_prior, omega)
+
+
 def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
     from sdnet_tf.models import SDNet
     from sdnet_tf.training.trainer import Trainer
@@ -149,6 +183,10 @@ def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, a
         from sdnet_tf.training.tf_engine import TFEngine
 
         engine = TFEngine.from_config(model, config, run_dir=out_dir, strategy=strategy, resume_dir=run_dir)
+        if config.loss.shape_prior:
+            _use_shape_prior(engine, config, arrays, out_dir)
+    elif config.loss.shape_prior:
+        raise ConfigError("loss.shape_prior (the shape loss) needs the TensorFlow engine: train.backend tensorflow")
     trainer = Trainer(model, arrays, config, out_dir, engine=engine, progress=progress)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",

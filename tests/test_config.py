@@ -2,7 +2,7 @@
 
 import pytest
 
-from sdnet_tf.config import CONFIG_DIR, Config, ConfigError, load_config, save_config
+from sdnet_tf.config import CONFIG_DIR, Config, ConfigError, config_kind, load_config, save_config
 
 
 def test_defaults_are_the_original():
@@ -25,7 +25,26 @@ def test_yaml_round_trip(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_shipped_configs_load(name):
-    assert isinstance(load_config(name), Config)
+    kind = config_kind(name)
+    assert isinstance(load_config(name, kind=kind), kind)
+    if kind is not Config:
+        with pytest.raises(ConfigError, match="unknown"):
+            load_config(name)  # a prior's or U-Net's file is not an SDNet config
+
+
+def test_prior_config_defaults_are_the_thesis_default_n():
+    from sdnet_tf.config import PriorConfig
+
+    config = load_config("nvae-acdc", kind=PriorConfig)
+    assert config.model.input_size == 128 and config.model.groups_per_scale == [1, 2, 4]
+    assert config.model.latent_channels == 20
+    t = config.train
+    assert (t.learning_rate, t.epsilon, t.weight_decay, t.min_learning_rate) == (1e-2, 1e-3, 3e-4, 1e-4)
+    assert t.kl_betas == [8.0, 9.0, 10.0] and t.kl_warmup_epochs == 30 and t.batch_size == 8 and t.epochs == 100
+    again = config.override(["train.kl_betas=[1, 2, 3]"])
+    assert again.train.kl_betas == [1, 2, 3]
+    with pytest.raises(ConfigError, match="list of numbers"):
+        config.override(["train.kl_betas=high"])
 
 
 def test_original_config_file_matches_defaults():

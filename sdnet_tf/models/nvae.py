@@ -215,10 +215,12 @@ class NVAE(SymbolicBuildModel):
         self.preprocess = []
         for b in range(preprocess_blocks):
             channels = stem_channels * 2 ** b
-            self.preprocess.append([EncoderCell(channels, **enc_cell, name=f"pre{b}_cell{c}")
-                                    for c in range(2)])
-            self.preprocess[-1].append(layers.Conv2D(2 * channels, 3, strides=2, padding="same",
-                                                     use_bias=False, name=f"pre{b}_down"))
+            # the block is complete before it is stored: Keras does not track a layer appended
+            # to a list that is already an attribute's element
+            block = [EncoderCell(channels, **enc_cell, name=f"pre{b}_cell{c}") for c in range(2)]
+            block.append(layers.Conv2D(2 * channels, 3, strides=2, padding="same", use_bias=False,
+                                       name=f"pre{b}_down"))
+            self.preprocess.append(block)
 
         # encoder tower, indexed by the top-down group number
         self.enc_cells = [[EncoderCell(group_channels[k], **enc_cell, name=f"enc{k}_cell{c}")
@@ -350,6 +352,24 @@ class NVAE(SymbolicBuildModel):
             4 x (B, 16, 16, 20).
         """
         return self._posterior_pass(masks, training, sample=False)[2]
+
+    def codes(self, masks, training=False):
+        """The shape loss's codes: ``posterior_means`` (the prior interface shared with the
+        shape autoencoder)."""
+        return self.posterior_means(masks, training)
+
+    def group_alpha(self):
+        """Each group's size factor for KL balancing, top-down: its spatial area over the
+        number of groups of its scale, divided by the smallest (official NVAE's alpha_i)."""
+        alpha = [(self.top_size * 2 ** s) ** 2 / n for s, n in enumerate(self.groups_per_scale) for _ in range(n)]
+        return [a / min(alpha) for a in alpha]
+
+    def group_betas(self, betas_per_scale):
+        """Per-group KL weights from one weight per scale (top-down), e.g. (8, 9, 10)."""
+        if len(betas_per_scale) != len(self.groups_per_scale):
+            raise ValueError(f"{len(betas_per_scale)} KL weights for {len(self.groups_per_scale)} scales: "
+                             "give one per scale, top-down")
+        return [float(b) for b, n in zip(betas_per_scale, self.groups_per_scale) for _ in range(n)]
 
     def reconstruct(self, masks, training=False):
         """Logits (B, H, W, num_classes) of the deterministic reconstruction (z = mu_q)."""

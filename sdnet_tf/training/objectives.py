@@ -19,8 +19,9 @@ from sdnet_tf import losses
 SAMPLES_Z = ("supervised", "unsupervised", "z_reconstruction")
 
 
-def supervised(model, images, masks, weights, dice_mode="pooled", noise=None):
-    """Labelled step: ``dice * Dice + reconstruction * L1 + kl * KL``."""
+def supervised(model, images, masks, weights, dice_mode="pooled", noise=None, prior=None, omega=0.0):
+    """Labelled step: ``dice * Dice + reconstruction * L1 + kl * KL``, plus
+    ``omega * shape`` when a frozen shape ``prior`` is given (see ``shape``)."""
     anatomy, z, mean, logvar = model.decompose(images, training=True, noise=noise)
     predicted = model.segmentor(anatomy, training=True)
     reconstruction = model.reconstruct(anatomy, z)
@@ -31,7 +32,26 @@ def supervised(model, images, masks, weights, dice_mode="pooled", noise=None):
     }
     total = weights["dice"] * terms["dice"] + weights["reconstruction"] * terms["reconstruction"] \
         + weights["kl"] * terms["kl"]
+    if prior is not None:
+        terms["shape"] = shape(prior, masks, predicted)
+        total = total + omega * terms["shape"]
     return total, terms
+
+
+def shape(prior, masks, predicted):
+    """The shape loss of SDNet's foreground masks [MYO, LV, RV]: both turned into the prior's
+    channels (background, RV, MYO, LV), cropped to its central window, and compared by the
+    squared distance of the prior's codes."""
+    size = prior.input_size
+    return losses.shape_code_loss(prior, losses.to_prior_masks(masks, size), losses.to_prior_masks(predicted, size))
+
+
+def shape_sizes(model, images, masks, dice_weight, dice_mode, prior):
+    """The two terms whose typical sizes set omega: the weighted Dice loss and the shape loss
+    of the network in inference mode."""
+    predicted = model.segment(images, training=False)
+    return {"dice": dice_weight * losses.dice_loss(predicted, masks, mode=dice_mode),
+            "shape": shape(prior, masks, predicted)}
 
 
 def unsupervised(model, images, weights, noise=None):

@@ -70,6 +70,7 @@ class TFEngine:
                         union.update({id(v): v for v in self.step_variables[step.name]})
                 if union:
                     optimizer.build(list(union.values()))
+        self.shape_prior, self.shape_omega = None, 0.0  # set by use_shape_prior before the first step
         self._updates = shared_updates(self.schedule, self._compile_update)
         # inference runs on this process's first replica: its variables equal every other's
         self._segment = tf.function(lambda x: objectives.segment_inference(self.model, x),
@@ -129,6 +130,8 @@ class TFEngine:
             """One replica's update on its slice of the batch (the whole batch on one device)."""
             replica = tf.distribute.get_replica_context()
             kwargs = {"dice_mode": dice_mode} if step.objective == "supervised" else {}
+            if step.objective == "supervised" and self.shape_prior is not None:
+                kwargs.update(prior=self.shape_prior, omega=self.shape_omega)
             if distributed and step.objective in objectives.SAMPLES_Z:
                 # every replica draws the same eps for the global batch and takes its own
                 # rows: each image gets the eps it would get on one device (where the
@@ -163,6 +166,22 @@ class TFEngine:
                                          outputs)
 
         return tf.function(distributed_update, reduce_retracing=True)
+
+    def use_shape_prior(self, prior, omega):
+        """Add ``omega`` times a frozen prior's shape loss to the supervised step (one device).
+
+        Call before the first update: the compiled steps read the prior when first traced.
+        """
+        if self.strategy is not None:
+            raise ValueError("the shape loss runs on one device: use train.distribute none")
+        self.shape_prior, self.shape_omega = prior, float(omega)
+
+    def shape_sizes(self, images, masks):
+        """The weighted Dice and shape losses of a batch, in inference mode (omega's estimate)."""
+        if not hasattr(self, "_shape_sizes"):
+            self._shape_sizes = tf.function(lambda x, y: objectives.shape_sizes(
+                self.model, x, y, self.loss_weights["dice"], self.dice_mode, self.shape_prior))
+        return {k: float(v) for k, v in self._shape_sizes(images, masks).items()}
 
     def run_step(self, step, *inputs):
         """Apply one update to numpy ``inputs`` (global batches); returns its loss terms (and

@@ -1,0 +1,118 @@
+"""Mask sets for the shape priors and the U-Net baseline, from the SDNet readers.
+
+The masks are the ED/ES label slices of an ACDC-layout cohort, preprocessed exactly as SDNet's
+(resampled to ``spacing`` mm per pixel, centre crop or pad to ``size``), split by patient with
+the cohort's splits, and kept as label maps (0 background, 1 RV, 2 MYO, 3 LV). A prior trained
+at 128 x 128 therefore sees the central 128 x 128 window of what SDNet sees at 224 x 224.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from sdnet_tf.data.acdc import patient_splits, preprocess_cohort
+from sdnet_tf.data.arrays import DataError
+
+PRIOR_CHANNELS = ("background", "RV", "MYO", "LV")  # channel k of a prior's mask is ACDC label k
+SUBSETS = ("training", "validation", "test")
+PHASES = ("ED", "ES")
+
+
+@dataclass
+class MaskSet:
+    """The slices of one subset.
+
+    Attributes:
+        labels: (N, H, W) uint8 ACDC labels.
+        images: (N, H, W, 1) float32 images in [-1, 1] (for the U-Net baseline).
+        patients: (N,) patient numbers.
+        phases: (N,) 0 for ED, 1 for ES.
+        positions: (N,) slice index within its frame (0 = first slice of the volume).
+    """
+
+    labels: np.ndarray
+    images: np.ndarray
+    patients: np.ndarray
+    phases: np.ndarray
+    positions: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def prior_one_hot(labels):
+    """ACDC label maps (...) -> one-hot float32 (..., 4) in ``PRIOR_CHANNELS`` order."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > 3):
+        raise DataError(f"labels must be 0..3, found {sorted(np.unique(labels).tolist())[:6]}")
+    return np.eye(4, dtype=np.float32)[labels.astype(np.int64)]
+
+
+def _subset(cohort, numbers):
+    labels, images, patients, phases, positions = [], [], [], [], []
+    for n in numbers:
+        frames = cohort[n]
+        count = len(frames["labels"])
+        per_frame = count // 2  # ED slices then ES slices of the same volume
+        labels.append(frames["labels"])
+        images.append(frames["images"])
+        patients.append(np.full(count, n, np.int32))
+        phases.append(np.repeat(np.arange(2, dtype=np.int8), per_frame))
+        positions.append(np.tile(np.arange(per_frame, dtype=np.int16), 2))
+    if not labels:
+        raise DataError("a subset without patients: the cohort is too small for three splits")
+    return MaskSet(np.concatenate(labels).astype(np.uint8), np.concatenate(images).astype(np.float32),
+                   np.concatenate(patients), np.concatenate(phases), np.concatenate(positions))
+
+
+def load_mask_sets(root, size=128, spacing=1.37, split=0, cache_dir=None, progress=True):
+    """Preprocess (or load from cache) a cohort and split its label slices by patient.
+
+    Args:
+        root: an ACDC-layout folder (the real training set or the phantom cohort).
+        size: output height and width.
+        spacing: in-plane mm per pixel after resampling.
+        split: which of the cohort's three splits.
+        cache_dir: where preprocessed arrays are cached (None: no cache).
+        progress: show a progress bar while preprocessing.
+
+    Returns:
+        ``(sets, groups, description)``: ``{"training", "validation", "test"}`` -> ``MaskSet``;
+        ``{patient number: pathology group}``; a JSON-able dict of the patients and counts.
+    """
+    cohort, patients = preprocess_cohort(root, cache_dir, size, progress, spacing=spacing)
+    splits = patient_splits(patients)
+    if not 0 <= split < len(splits):
+        raise DataError(f"split {split}: the cohort has splits 0..{len(splits) - 1}")
+    chosen = splits[split]
+    sets = {name: _subset(cohort, chosen[name]) for name in SUBSETS}
+    groups = {p.number: p.group for p in patients}
+    description = {"data": str(root), "split": split, "size": size, "spacing": spacing,
+                   **{f"{name}_patients": list(chosen[name]) for name in SUBSETS},
+                   **{f"{name}_slices": len(sets[name]) for name in SUBSETS}}
+    return sets, groups, description
+
+
+def rotate_labels(labels, angles):
+    """Rotate each label map (B, H, W) by its angle in degrees (nearest neighbour, background
+    fill), about the image centre."""
+    out = np.empty_like(labels)
+    for i, angle in enumerate(angles):
+        out[i] = ndimage.rotate(labels[i], angle, axes=(0, 1), reshape=False, order=0, mode="constant", cval=0)
+    return out
+
+
+def epoch_batches(count, batch_size, rng, steps=0):
+    """Index batches of one epoch: a permutation cut into full batches (the last partial
+    batch is dropped); with ``steps`` > 0 exactly that many batches, drawing further
+    permutations as needed."""
+    if count < batch_size:
+        raise DataError(f"{count} training slices are fewer than one batch of {batch_size}")
+    per_pass = count // batch_size
+    steps = steps or per_pass
+    batches = []
+    while len(batches) < steps:
+        order = rng.permutation(count)
+        batches.extend(order[i * batch_size:(i + 1) * batch_size] for i in range(per_pass))
+    return batches[:steps]

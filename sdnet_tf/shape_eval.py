@@ -1,0 +1,214 @@
+"""Held-out evaluation of shape priors and of the U-Net baseline (``sdnet-tf shape-eval``).
+
+For a prior (NVAE or shape autoencoder) run directory:
+
+- reconstruction Dice per class on the split's test masks (deterministic codes, argmax), per
+  slice (the thesis' figure) and per 3-D frame;
+- the share of anatomically valid reconstructions, and of the test references;
+- NVAE only: ``samples`` masks drawn at each temperature, their share of anatomically valid
+  slices (and which checks fail) and their Frechet shape distance to the test masks, beside
+  the distance between the training and the test masks (what real masks score);
+- ACDC pathology group from the codes: every patient's ED and ES slices are encoded, each
+  slice's codes pooled (``pool_codes``), averaged over the frame's slices, ED and ES
+  concatenated; random forest, stratified 10-fold cross-validation over all patients.
+
+For a U-Net run directory: test Dice per class (per slice and per frame) and the share of
+anatomically valid predicted slices.
+
+Results go to ``<output>/<run name>.json``; ``table`` renders several of them as Markdown.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from sdnet_tf.atomic import write_json
+from sdnet_tf.config import SegmentationConfig, load_config
+from sdnet_tf.data.masks import prior_one_hot
+from sdnet_tf.metrics.overlap import CLASSES, dice
+from sdnet_tf.metrics.shape import (frechet_shape_distance, pathology_cv, pool_codes, reconstruction_dice,
+                                    valid_fraction)
+
+log = logging.getLogger("sdnet_tf.shape_eval")
+
+
+def frame_dice(pred, ref, patients, phases):
+    """Dice of each class per 3-D frame (a patient's ED or ES slices stacked), averaged over
+    frames (frames where both lack the class left out), and the mean over classes."""
+    scores = {name: [] for name in CLASSES}
+    for patient, phase in sorted(set(zip(patients.tolist(), phases.tolist()))):
+        index = (patients == patient) & (phases == phase)
+        for name, label in CLASSES.items():
+            scores[name].append(dice(pred[index] == label, ref[index] == label))
+    out = {name: float(np.nanmean(values)) for name, values in scores.items()}
+    out["mean"] = float(np.mean([out[name] for name in CLASSES]))
+    return out
+
+
+def _batched(fn, array, batch_size=32):
+    return np.concatenate([np.asarray(fn(array[i:i + batch_size])) for i in range(0, len(array), batch_size)])
+
+
+def run_kind(run_dir):
+    """"nvae", "acnn" or "unet", from a run directory's config."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run directory)")
+    values = yaml.safe_load(path.read_text()) or {}
+    if "loss" in values and "shape_prior" in values.get("loss", {}):
+        return "unet"
+    return values.get("model", {}).get("kind", "nvae")
+
+
+def pathology_features(code_fn, sets):
+    """Patient features from codes: per slice ``pool_codes``, mean over a frame's slices, ED
+    then ES concatenated. Returns ``(patients, features)``."""
+    per_patient = {}
+    for subset in sets.values():
+        pooled = pool_codes(_codes_batched(code_fn, prior_one_hot(subset.labels)))
+        for patient in np.unique(subset.patients):
+            rows = []
+            for phase in (0, 1):
+                index = (subset.patients == patient) & (subset.phases == phase)
+                rows.append(pooled[index].mean(axis=0))
+            per_patient[int(patient)] = np.concatenate(rows)
+    numbers = sorted(per_patient)
+    return numbers, np.stack([per_patient[n] for n in numbers])
+
+
+def _codes_batched(code_fn, masks, batch_size=32):
+    parts = [[np.asarray(c) for c in code_fn(masks[i:i + batch_size])] for i in range(0, len(masks), batch_size)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def evaluate_prior(run_dir, samples=1000, temperatures=(1.0, 0.7), folds=10, seed=0, progress=True):
+    """The metrics of a prior run (see the module docstring) as a JSON-able dict."""
+    from keras import ops
+
+    from sdnet_tf.models.priors import load_prior
+    from sdnet_tf.training.prior_trainer import mask_sets
+
+    start = time.perf_counter()
+    model, config = load_prior(run_dir)
+    sets, groups, description = mask_sets(config, progress)
+    spacing = (config.data.spacing, config.data.spacing)
+    test = sets["test"]
+    reconstruct = lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1)  # noqa: E731
+    predicted = _batched(reconstruct, prior_one_hot(test.labels))
+    result = {"run": str(run_dir), "kind": config.model.kind, "split": config.data.split,
+              "test_patients": description["test_patients"], "test_slices": len(test),
+              "trainable_parameters": _parameter_count(model),
+              "reconstruction_dice_slices": reconstruction_dice(predicted, test.labels),
+              "reconstruction_dice_frames": frame_dice(predicted, test.labels, test.patients, test.phases),
+              "valid_reconstructions": valid_fraction(predicted, spacing)["valid"],
+              "valid_references": valid_fraction(test.labels, spacing)["valid"]}
+    result["frechet_shape_distance_training_vs_test"] = frechet_shape_distance(test.labels, sets["training"].labels,
+                                                                               spacing)
+    if config.model.kind == "nvae":
+        result["samples"] = {}
+        for t in temperatures:
+            drawn = np.concatenate([np.asarray(ops.argmax(model.sample(min(100, samples - i), t, seed=seed + i), -1))
+                                    for i in range(0, samples, 100)])
+            validity = valid_fraction(drawn, spacing)
+            result["samples"][f"{t:g}"] = {"count": samples, "valid": validity["valid"],
+                                           "failures": validity["failures"],
+                                           "frechet_shape_distance": frechet_shape_distance(test.labels, drawn,
+                                                                                            spacing)}
+    numbers, features = pathology_features(lambda m: model.codes(m, training=False), sets)
+    labels = np.array([groups[n] for n in numbers])
+    try:
+        result["pathology"] = {"features": int(features.shape[1]), "patients": len(numbers),
+                               **pathology_cv(features, labels, folds=folds, seed=seed)}
+    except ValueError as error:  # a cohort without ten patients per group (the phantom)
+        result["pathology"] = {"skipped": str(error)}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def _parameter_count(model):
+    return int(sum(int(np.prod(v.shape)) for v in model.variables if "moving" not in v.path
+                   and "seed_generator" not in v.path))
+
+
+def evaluate_unet(run_dir, progress=True):
+    """Test Dice (per slice and per frame) and valid-slice share of a U-Net run."""
+    from keras import ops
+
+    from sdnet_tf.models.priors import assign_values
+    from sdnet_tf.training.prior_trainer import build_unet, mask_sets
+
+    start = time.perf_counter()
+    config = load_config(Path(run_dir) / "config.yaml", kind=SegmentationConfig)
+    model = build_unet(config.model)
+    with np.load(Path(run_dir) / "best.npz") as data:
+        assign_values(model, {k: data[k] for k in data.files}, str(run_dir))
+    sets, _, description = mask_sets(config, progress)
+    test = sets["test"]
+    predicted = _batched(lambda x: ops.argmax(model(x, training=False), axis=-1), test.images)
+    spacing = (config.data.spacing, config.data.spacing)
+    validity = valid_fraction(predicted, spacing)
+    return {"run": str(run_dir), "kind": "unet", "shape_prior": config.loss.shape_prior,
+            "split": config.data.split, "test_patients": description["test_patients"], "test_slices": len(test),
+            "dice_slices": reconstruction_dice(predicted, test.labels),
+            "dice_frames": frame_dice(predicted, test.labels, test.patients, test.phases),
+            "valid_slices": validity["valid"], "failures": validity["failures"],
+            "valid_references": valid_fraction(test.labels, spacing)["valid"],
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def evaluate_run(run_dir, output, samples=1000, progress=True):
+    """Evaluate one run directory (prior or U-Net) and write ``<output>/<name>.json``."""
+    run_dir = Path(run_dir)
+    kind = run_kind(run_dir)
+    if not (run_dir / "best.npz").is_file():
+        raise FileNotFoundError(f"{run_dir}: no best.npz (has the run finished an epoch?)")
+    result = evaluate_unet(run_dir, progress) if kind == "unet" else evaluate_prior(run_dir, samples,
+                                                                                    progress=progress)
+    for name in ("summary.json", "best.json"):
+        path = run_dir / name
+        if path.is_file():
+            result[name.split(".")[0]] = json.loads(path.read_text())
+    write_json(Path(output) / f"{run_dir.name}.json", result)
+    return result
+
+
+def _f(value, digits=3):
+    return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def table(results):
+    """Markdown tables of prior and U-Net results (dicts of ``evaluate_run``)."""
+    lines = []
+    priors = [r for r in results if r["kind"] != "unet"]
+    if priors:
+        lines += ["| prior | recon Dice RV | MYO | LV | mean | valid recon | valid samples T=1 | valid T=0.7 "
+                  "| FSD T=1 (real: train vs test) | pathology CV (chance) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in priors:
+            d = r["reconstruction_dice_slices"]
+            s1 = r.get("samples", {}).get("1", {})
+            s7 = r.get("samples", {}).get("0.7", {})
+            p = r["pathology"]
+            fsd = (f"{_f(s1.get('frechet_shape_distance'), 1)} ({_f(r['frechet_shape_distance_training_vs_test'], 1)})"
+                   if s1 else f"— ({_f(r['frechet_shape_distance_training_vs_test'], 1)})")
+            patho = f"{_f(p['mean'])} ± {_f(p['std'])} ({_f(p['chance'])})" if "mean" in p else "—"
+            lines.append(f"| {r['kind']} | {_f(d['RV'])} | {_f(d['MYO'])} | {_f(d['LV'])} | {_f(d['mean'])} | "
+                         f"{_f(100 * r['valid_reconstructions'], 1)}% | "
+                         f"{_f(100 * s1['valid'], 1) + '%' if s1 else '—'} | "
+                         f"{_f(100 * s7['valid'], 1) + '%' if s7 else '—'} | {fsd} | {patho} |")
+    unets = [r for r in results if r["kind"] == "unet"]
+    if unets:
+        if lines:
+            lines.append("")
+        lines += ["| segmentation | Dice RV | MYO | LV | mean (per slice) | mean (per frame) | valid slices |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in unets:
+            d = r["dice_slices"]
+            name = "U-Net + shape loss" if r["shape_prior"] else "U-Net"
+            lines.append(f"| {name} | {_f(d['RV'])} | {_f(d['MYO'])} | {_f(d['LV'])} | {_f(d['mean'])} | "
+                         f"{_f(r['dice_frames']['mean'])} | {_f(100 * r['valid_slices'], 1)}% |")
+    return "\n".join(lines) + "\n"

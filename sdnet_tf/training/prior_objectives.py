@@ -1,0 +1,103 @@
+"""The losses of the shape priors and of the U-Net baseline, with ``keras.ops`` only.
+
+Each function takes the model and a batch and returns ``(total, terms)``: the scalar to
+minimise and a dict of scalars to log.
+"""
+
+from keras import ops
+
+from sdnet_tf import losses
+
+
+def kl_coefficient(step, steps_per_epoch, warmup_epochs=30.0, const_steps=10, minimum=1e-4):
+    """NVAE's KL warm-up: ``minimum`` for ``const_steps`` steps, then linear to 1 over
+    ``warmup_epochs`` epochs (never below ``minimum``)."""
+    total = max(1.0, warmup_epochs * steps_per_epoch)
+    return float(max(min((step - const_steps) / total, 1.0), minimum))
+
+
+def nvae(model, masks, kl_coefficient, betas, alpha, balance=True):
+    """Negative ELBO with per-group KL weights, warm-up coefficient and KL balancing.
+
+    ``reconstruction + coefficient * mean_batch sum_i c_i beta_i KL_i``, where the
+    reconstruction is the pixel-summed categorical cross-entropy of a posterior sample's
+    decoding, ``beta_i`` the weight of group i's scale and, while ``coefficient`` < 1 and
+    ``balance`` is on, ``c_i`` NVAE's balancing coefficients of the weighted KL (else 1).
+
+    Args:
+        model: an ``NVAE``.
+        masks: one-hot masks (B, H, W, K).
+        kl_coefficient: the warm-up coefficient (a scalar tensor or float).
+        betas: (G,) per-group KL weights.
+        alpha: (G,) per-group size factors (``NVAE.group_alpha``).
+        balance: apply KL balancing during the warm-up.
+
+    Returns:
+        ``(total, terms)``; terms hold ``reconstruction``, ``kl`` (unweighted, summed over
+        groups), ``kl_weighted`` and ``kl_group{i}`` (batch means).
+    """
+    logits, kl = model(masks, training=True, sample=True)  # (B, H, W, K), (B, G)
+    reconstruction = losses.pixel_cross_entropy(masks, logits)
+    weighted = ops.cast(kl, "float32") * ops.convert_to_tensor(betas, "float32")[None, :]
+    coefficient = ops.cast(ops.convert_to_tensor(kl_coefficient), "float32")
+    if balance:
+        c = losses.kl_balance(weighted, alpha)
+        c = ops.where(coefficient < 1.0, c, ops.ones_like(c))
+    else:
+        c = ops.ones((weighted.shape[1],), "float32")
+    kl_weighted = ops.mean(ops.sum(weighted * c[None, :], axis=1))
+    total = reconstruction + coefficient * kl_weighted
+    per_group = ops.mean(ops.cast(kl, "float32"), axis=0)
+    terms = {"reconstruction": reconstruction, "kl": ops.sum(per_group), "kl_weighted": kl_weighted}
+    terms.update({f"kl_group{i}": per_group[i] for i in range(weighted.shape[1])})
+    return total, terms
+
+
+def nvae_validation(model, masks, betas):
+    """The validation objective with the warm-up done: reconstruction + sum_i beta_i KL_i."""
+    logits, kl = model(masks, training=False, sample=True)
+    reconstruction = losses.pixel_cross_entropy(masks, logits)
+    weighted = ops.mean(ops.sum(ops.cast(kl, "float32") * ops.convert_to_tensor(betas, "float32")[None, :], axis=1))
+    return reconstruction + weighted, {"reconstruction": reconstruction, "kl_weighted": weighted}
+
+
+def autoencoder(model, masks, corrupted):
+    """The shape autoencoder's denoising loss: decode the label-swapped masks, score against
+    the clean ones (pixel-summed categorical cross-entropy)."""
+    logits = model(corrupted, training=True)
+    reconstruction = losses.pixel_cross_entropy(masks, logits)
+    return reconstruction, {"reconstruction": reconstruction}
+
+
+def segmentation(model, images, masks, alpha=1.0, omega=0.0, prior=None):
+    """The U-Net baseline: ``alpha * CE + omega * shape loss`` (the thesis' ACU-Net).
+
+    Args:
+        model: the U-Net; its softmax has the prior's channels (background, RV, MYO, LV).
+        images: (B, H, W, 1).
+        masks: one-hot (B, H, W, 4).
+        alpha: weight of the pixel-averaged cross-entropy.
+        omega: weight of the shape loss (ignored without a prior).
+        prior: a frozen prior with ``codes`` and ``input_size``, or None.
+
+    Returns:
+        ``(total, terms)`` with ``cross_entropy`` and, with a prior, ``shape``.
+    """
+    predicted = model(images, training=True)
+    terms = {"cross_entropy": losses.mean_cross_entropy(masks, predicted)}
+    total = alpha * terms["cross_entropy"]
+    if prior is not None:
+        terms["shape"] = shape_term(prior, masks, predicted)
+        total = total + omega * terms["shape"]
+    return total, terms
+
+
+def shape_term(prior, masks, predicted):
+    """The shape loss of prior-ordered masks and predictions, cropped to the prior's size."""
+    size = prior.input_size
+    height = masks.shape[1]
+    if height != size:
+        top = (height - size) // 2
+        masks = masks[:, top:top + size, top:top + size, :]
+        predicted = predicted[:, top:top + size, top:top + size, :]
+    return losses.shape_code_loss(prior, masks, predicted)

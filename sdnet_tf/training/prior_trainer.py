@@ -1,0 +1,434 @@
+"""Training loops of the shape priors (``sdnet-tf train nvae|acnn``) and of the U-Net baseline
+(``sdnet-tf train unet``, optionally with a frozen prior's shape loss).
+
+Both loops share the run-directory layout:
+
+- ``config.yaml`` (resolved config), ``data.json`` (patients and slice counts);
+- ``checkpoints/ckpt-<epoch>.npz``: model and optimiser variables and the loop's state at the
+  end of an epoch, written atomically; a killed run resumes from the newest one;
+- ``best.npz`` + ``best.json``: the variables of the best validation epoch;
+- ``history.csv`` (one row per epoch), ``scalars.jsonl`` (training terms every ``log_every``
+  steps), ``train.log``, and ``summary.json`` at the end.
+
+The gradient mechanics live in ``prior_engine`` (TensorFlow); this module is backend-free.
+"""
+
+import csv
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from sdnet_tf.atomic import atomic_path, write_json
+from sdnet_tf.config import save_config
+from sdnet_tf.data.arrays import DataError
+from sdnet_tf.data.masks import epoch_batches, load_mask_sets, prior_one_hot, rotate_labels
+from sdnet_tf.metrics.shape import reconstruction_dice, valid_fraction
+from sdnet_tf.models.priors import assign_values, build_prior, load_prior, variable_values
+from sdnet_tf.training import prior_objectives
+
+log = logging.getLogger("sdnet_tf.train")
+
+_CHECKPOINT = re.compile(r"ckpt-(\d+)\.npz")
+
+
+# ------------------------------------------------------------------------------ helpers
+def data_folder(data_config):
+    """The cohort folder of a prior or U-Net config (``phantom``: the built-in cohort)."""
+    from sdnet_tf.train import phantom_folder
+
+    if not data_config.path:
+        raise DataError("a shape prior or U-Net needs masks: --data DIR (an ACDC training folder) or --data phantom")
+    if data_config.path == "phantom":
+        return phantom_folder(SimpleNamespace(data=data_config))
+    folder = Path(data_config.path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist")
+    return folder
+
+
+def mask_sets(config, progress=True):
+    d = config.data
+    folder = data_folder(d)
+    cache = Path(d.cache_dir).expanduser() / "preprocessed"
+    return load_mask_sets(folder, config.model.input_size, d.spacing, d.split, cache, progress)
+
+
+def valid_share(labels, spacing):
+    """Share of label slices that pass the seven anatomical checks."""
+    return valid_fraction(labels, (spacing, spacing))["valid"]
+
+
+def batched(fn, array, batch_size=32):
+    return np.concatenate([np.asarray(fn(array[i:i + batch_size])) for i in range(0, len(array), batch_size)])
+
+
+class RunFiles:
+    """Checkpoints, best weights, history and scalars of one run directory."""
+
+    def __init__(self, run_dir, keep=2):
+        self.run_dir = Path(run_dir)
+        self.keep = keep
+        self.checkpoints = self.run_dir / "checkpoints"
+
+    def latest(self):
+        found = {int(m.group(1)): p for p in self.checkpoints.glob("ckpt-*.npz")
+                 if (m := _CHECKPOINT.fullmatch(p.name))}
+        return found[max(found)] if found else None
+
+    def save_checkpoint(self, epoch, model, optimizer, state, extra=()):
+        arrays = {f"model/{k}": v for k, v in variable_values(model).items()}
+        arrays.update({f"optimizer/{i:04d}": np.asarray(v.value) for i, v in enumerate(optimizer.variables)})
+        arrays.update({f"extra/{i:04d}": np.asarray(v.value) for i, v in enumerate(extra)})
+        arrays["state"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.checkpoints / f"ckpt-{epoch}.npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+        kept = sorted(self.checkpoints.glob("ckpt-*.npz"), key=lambda p: int(_CHECKPOINT.fullmatch(p.name).group(1)))
+        for old in kept[:-self.keep]:
+            old.unlink()
+
+    def restore(self, path, model, optimizer, extra=()):
+        with np.load(path) as data:
+            assign_values(model, {k[6:]: data[k] for k in data.files if k.startswith("model/")}, str(path))
+            opt = sorted(k for k in data.files if k.startswith("optimizer/"))
+            if len(opt) != len(optimizer.variables):
+                raise DataError(f"{path}: {len(opt)} optimiser arrays for {len(optimizer.variables)} variables")
+            for key, variable in zip(opt, optimizer.variables):
+                variable.assign(data[key])
+            for key, variable in zip(sorted(k for k in data.files if k.startswith("extra/")), extra):
+                variable.assign(data[key])
+            return json.loads(bytes(data["state"]).decode())
+
+    def save_best(self, model, record):
+        with atomic_path(self.run_dir / "best.npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **variable_values(model))
+        write_json(self.run_dir / "best.json", record)
+
+    def append_history(self, row):
+        path = self.run_dir / "history.csv"
+        rows = []
+        if path.is_file():
+            with open(path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
+        rows.append(row)
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, columns)
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def log_scalars(self, step, values):
+        with open(self.run_dir / "scalars.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in values.items()}}) + "\n")
+
+
+def _log_to_file(run_dir):
+    handler = logging.FileHandler(Path(run_dir) / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_log = logging.getLogger("sdnet_tf")
+    package_log.addHandler(handler)
+    if package_log.getEffectiveLevel() > logging.INFO:
+        package_log.setLevel(logging.INFO)
+    return handler
+
+
+def _close_log(handler):
+    logging.getLogger("sdnet_tf").removeHandler(handler)
+    handler.close()
+
+
+def _prepare(config, run_dir, resume, progress):
+    run_dir = Path(run_dir)
+    if not resume and (run_dir / "checkpoints").exists():
+        raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
+    sets, groups, description = mask_sets(config, progress)  # before the run directory: bad data leaves nothing
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    write_json(run_dir / "data.json", description)
+    return run_dir, sets, groups
+
+
+def _schedule(train, training_slices):
+    steps_per_epoch = train.steps_per_epoch or max(1, training_slices // train.batch_size)
+    total = train.epochs * steps_per_epoch
+    if train.max_steps:
+        total = min(total, train.max_steps)
+    return steps_per_epoch, total, math.ceil(total / steps_per_epoch)
+
+
+def _loop(name, config, run_dir, files, model, optimizer, engine, make_inputs, validate, select, sets,
+          steps_per_epoch, total_steps, epochs, progress, extra=(), on_epoch=None):
+    """The shared epoch loop: resume, steps, validation, best, checkpoints, history."""
+    train = config.train
+    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "skipped": 0}
+    latest = files.latest()
+    if latest is not None:
+        state = files.restore(latest, model, optimizer, extra)
+        log.info("resumed %s from %s (epoch %d, step %d)", name, latest, state["epoch"], state["step"])
+    training = sets["training"]
+    key, mode = select
+    start = time.perf_counter()
+    while state["epoch"] < epochs and state["step"] < total_steps:
+        epoch = state["epoch"]
+        rng = np.random.default_rng([train.seed, epoch])
+        batches = epoch_batches(len(training), train.batch_size, rng, steps_per_epoch)
+        batches = batches[:total_steps - state["step"]]
+        sums, tick = {}, time.perf_counter()
+        bar = tqdm(batches, desc=f"{name} epoch {epoch + 1}/{epochs}", unit="step", disable=not progress,
+                   leave=False)
+        for index in bar:
+            terms = engine.step(*make_inputs(training, index, rng, state["step"]),
+                                where=f"{name} step {state['step'] + 1}")
+            state["step"] += 1
+            state["skipped"] += int(terms["skipped"])
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if state["step"] % train.log_every == 0:
+                files.log_scalars(state["step"], terms)
+            bar.set_postfix(loss=f"{terms['total']:.4g}")
+        seconds = time.perf_counter() - tick
+        metrics = validate(sets["validation"])
+        state["epoch"] = epoch + 1
+        score = metrics[key]
+        better = state["best"] is None or (score < state["best"] if mode == "min" else score > state["best"])
+        if better and np.isfinite(score):
+            state["best"], state["best_epoch"] = float(score), epoch + 1
+            files.save_best(model, {"epoch": epoch + 1, "step": state["step"], key: float(score), **metrics})
+        row = {"epoch": epoch + 1, "step": state["step"], "seconds": round(seconds, 2),
+               "learning_rate": float(np.asarray(optimizer.learning_rate)),
+               **{f"train_{k}": round(v / max(1, len(batches)), 6) for k, v in sums.items()},
+               **{f"val_{k}": round(v, 6) for k, v in metrics.items()}}
+        if on_epoch is not None:
+            row.update(on_epoch(state))
+        files.append_history(row)
+        files.save_checkpoint(epoch + 1, model, optimizer, state, extra)
+        log.info("%s epoch %d/%d: step %d, %.0f s, validation %s%s", name, epoch + 1, epochs, state["step"],
+                 seconds, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), " (best)" if better else "")
+    return state, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------ priors
+def train_prior(config, run_dir, resume=True, progress=True):
+    """Train an NVAE or a shape autoencoder on one-hot masks as ``config`` (a ``PriorConfig``)
+    says; returns the run summary (also written to ``summary.json``)."""
+    from keras import ops
+
+    from sdnet_tf.training.prior_engine import StepEngine, compiled
+
+    run_dir, sets, _ = _prepare(config, run_dir, resume, progress)
+    handler = _log_to_file(run_dir)
+    try:
+        m, train = config.model, config.train
+        keras.utils.set_random_seed(train.seed)
+        model = build_prior(m, seed=train.seed)
+        log.info("%s prior: %d trainable parameters, masks %d x %d, %d / %d / %d training / validation / test "
+                 "slices", m.kind, sum(int(np.prod(v.shape)) for v in model.trainable_variables), m.input_size,
+                 m.input_size, *(len(sets[s]) for s in ("training", "validation", "test")))
+        steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            train.learning_rate, decay_steps=total_steps, alpha=train.min_learning_rate / train.learning_rate)
+        optimizer = keras.optimizers.Adamax(learning_rate, epsilon=train.epsilon)
+        spacing = config.data.spacing
+        extra = []
+
+        if m.kind == "nvae":
+            betas = model.group_betas(train.kl_betas)
+            alpha = model.group_alpha()
+            kernels = [v for v in model.trainable_variables if len(v.shape) == 4 and "depthwise" not in v.path]
+            if train.spectral_weight:
+                seeds = np.random.default_rng(train.seed)
+                extra = [keras.Variable(seeds.standard_normal(int(np.prod(k.shape[:-1]))).astype("float32")
+                                        / math.sqrt(np.prod(k.shape[:-1])), trainable=False, name="spectral_u")
+                         for k in kernels]
+
+            def loss_fn(masks, coefficient):
+                total, terms = prior_objectives.nvae(model, masks, coefficient, betas, alpha, train.kl_balance)
+                if train.spectral_weight:
+                    from sdnet_tf import losses
+
+                    sigmas, vectors = losses.spectral_norms(kernels, extra, train.spectral_iterations)
+                    for variable, vector in zip(extra, vectors):
+                        variable.assign(vector)
+                    terms["spectral"] = ops.sum(ops.stack(sigmas))
+                    total = total + train.spectral_weight * terms["spectral"]
+                return total, terms
+
+            def make_inputs(subset, index, rng, step):
+                coefficient = prior_objectives.kl_coefficient(step, steps_per_epoch, train.kl_warmup_epochs,
+                                                              train.kl_const_steps, train.kl_min)
+                return prior_one_hot(_augment(config, subset.labels[index], rng)), np.float32(coefficient)
+
+            evaluate = compiled(lambda masks: prior_objectives.nvae_validation(model, masks, betas))
+            sample = compiled(lambda n: ops.argmax(model.sample(n, 1.0), axis=-1))
+        else:
+            from sdnet_tf.models.acnn import swap_labels
+
+            generator = keras.random.SeedGenerator(train.seed)
+
+            def loss_fn(masks):
+                corrupted = swap_labels(masks, train.label_swap, generator)
+                return prior_objectives.autoencoder(model, masks, corrupted)
+
+            def make_inputs(subset, index, rng, step):
+                return (prior_one_hot(_augment(config, subset.labels[index], rng)),)
+
+            evaluate = compiled(lambda masks: prior_objectives.autoencoder(model, masks, masks))
+            sample = None
+
+        reconstruct = compiled(lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1))
+        engine = StepEngine(model.trainable_variables, loss_fn, optimizer, train.weight_decay, train.jit_compile,
+                            train.nonfinite, train.max_nonfinite)
+
+        def validate(subset):
+            masks = prior_one_hot(subset.labels)
+            totals = [float(evaluate(masks[i:i + 32])[0]) * len(masks[i:i + 32]) for i in range(0, len(masks), 32)]
+            predicted = batched(reconstruct, masks)
+            scores = reconstruction_dice(predicted, subset.labels)
+            metrics = {"loss": sum(totals) / len(masks), **{f"dice_{k}": v for k, v in scores.items()}}
+            if sample is not None and train.validation_samples:
+                metrics["valid_samples"] = valid_share(np.asarray(sample(train.validation_samples)), spacing)
+            return metrics
+
+        def on_epoch(state):
+            row = {"skipped_steps": state["skipped"]}
+            if m.kind == "nvae":
+                row["kl_coefficient"] = prior_objectives.kl_coefficient(
+                    state["step"], steps_per_epoch, train.kl_warmup_epochs, train.kl_const_steps, train.kl_min)
+            return row
+
+        files = RunFiles(run_dir, train.keep_checkpoints)
+        state, seconds = _loop(m.kind, config, run_dir, files, model, optimizer, engine, make_inputs, validate,
+                               ("loss", "min"), sets, steps_per_epoch, total_steps, epochs, progress, extra,
+                               on_epoch)
+        best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else {}
+        summary = {"kind": m.kind, "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,
+                   "steps_per_epoch": steps_per_epoch, "skipped_steps": state["skipped"],
+                   "seconds_this_session": round(seconds, 1),
+                   "trainable_parameters": int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)),
+                   "best": best}
+        write_json(run_dir / "summary.json", summary)
+        return summary
+    finally:
+        _close_log(handler)
+
+
+def _augment(config, labels, rng):
+    d = config.data
+    if not d.augment or not d.rotation_range:
+        return labels
+    return rotate_labels(labels, rng.uniform(-d.rotation_range, d.rotation_range, len(labels)))
+
+
+# ------------------------------------------------------------------------------ U-Net
+def build_unet(model_config):
+    """The baseline: SDNet's U-Net with a 4-channel softmax (background, RV, MYO, LV), no
+    binarisation."""
+    from sdnet_tf.models import AnatomyEncoder
+
+    return AnatomyEncoder(model_config.input_size, 1, channels=4, filters=model_config.filters,
+                          depth=model_config.depth, binarise=False).build_default()
+
+
+def estimate_omega(terms_of, batches):
+    """omega = mean cross-entropy / mean shape loss over ``batches``: the weight that makes the
+    two terms equally large for the network at hand (the thesis' way of balancing them)."""
+    ce, shape = [], []
+    for inputs in batches:
+        terms = terms_of(*inputs)
+        ce.append(terms["cross_entropy"])
+        shape.append(terms["shape"])
+    if not np.mean(shape) > 0:
+        raise ValueError("the shape loss is 0 on every batch used to estimate omega; set loss.shape_omega")
+    return float(np.mean(ce) / np.mean(shape))
+
+
+def check_prior_fits(prior_config, config):
+    """A prior must read the U-Net's (or SDNet's) masks: same spacing, no larger size."""
+    if abs(prior_config.data.spacing - config.data.spacing) > 1e-6:
+        raise DataError(f"the shape prior was trained at {prior_config.data.spacing} mm per pixel, the network at "
+                        f"{config.data.spacing}: they must match")
+    if prior_config.model.input_size > config.model.input_size:
+        raise DataError(f"the shape prior reads {prior_config.model.input_size} x {prior_config.model.input_size} "
+                        f"masks, larger than the network's {config.model.input_size}")
+
+
+def train_unet(config, run_dir, resume=True, progress=True):
+    """Train the U-Net baseline as ``config`` (a ``SegmentationConfig``) says, with the shape
+    loss of ``loss.shape_prior`` when set; returns the run summary."""
+    from sdnet_tf.training.prior_engine import StepEngine, compiled
+
+    from keras import ops
+
+    prior = prior_config = None
+    if config.loss.shape_prior:
+        prior, prior_config = load_prior(config.loss.shape_prior)
+        check_prior_fits(prior_config, config)
+    run_dir, sets, _ = _prepare(config, run_dir, resume, progress)
+    handler = _log_to_file(run_dir)
+    try:
+        train = config.train
+        keras.utils.set_random_seed(train.seed)
+        model = build_unet(config.model)
+        steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
+        optimizer = keras.optimizers.Adam(train.learning_rate)
+        spacing = config.data.spacing
+        omega_path = run_dir / "omega.json"
+        omega = config.loss.shape_omega
+        if prior is not None and not omega:
+            if omega_path.is_file():
+                omega = json.loads(omega_path.read_text())["omega"]
+            else:
+                rng = np.random.default_rng([train.seed, 999])
+                index = epoch_batches(len(sets["training"]), train.batch_size, rng, config.loss.omega_batches)
+                terms_of = compiled(lambda x, y: prior_objectives.segmentation(model, x, y, 1.0, 0.0, prior)[1])
+                omega = estimate_omega(
+                    lambda x, y: {k: float(v) for k, v in terms_of(x, y).items()},
+                    [(sets["training"].images[i], prior_one_hot(sets["training"].labels[i])) for i in index])
+                write_json(omega_path, {"omega": omega, "batches": config.loss.omega_batches,
+                                        "how": "mean cross-entropy / mean shape loss of the initial network"})
+            log.info("shape loss weight omega = %.6g", omega)
+
+        def loss_fn(images, masks):
+            return prior_objectives.segmentation(model, images, masks, config.loss.cross_entropy, omega, prior)
+
+        def make_inputs(subset, index, rng, step):
+            images, labels = subset.images[index], subset.labels[index]
+            if config.data.augment and config.data.rotation_range:
+                from sdnet_tf.data.augment import rotate_batch
+
+                angles = rng.uniform(-config.data.rotation_range, config.data.rotation_range, len(index))
+                images, masks = rotate_batch(images, prior_one_hot(labels), angles)
+                return images, masks
+            return images, prior_one_hot(labels)
+
+        predict = compiled(lambda x: ops.argmax(model(x, training=False), axis=-1))
+        engine = StepEngine(model.trainable_variables, loss_fn, optimizer, 0.0, train.jit_compile,
+                            train.nonfinite, train.max_nonfinite)
+
+        def validate(subset):
+            predicted = batched(predict, subset.images)
+            scores = reconstruction_dice(predicted, subset.labels)
+            return {**{f"dice_{k}": v for k, v in scores.items()}, "valid_slices": valid_share(predicted, spacing)}
+
+        files = RunFiles(run_dir, train.keep_checkpoints)
+        state, seconds = _loop("unet", config, run_dir, files, model, optimizer, engine, make_inputs, validate,
+                               ("dice_mean", "max"), sets, steps_per_epoch, total_steps, epochs, progress)
+        best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else {}
+        summary = {"model": "unet", "shape_prior": config.loss.shape_prior, "omega": omega if prior else 0.0,
+                   "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,
+                   "skipped_steps": state["skipped"], "seconds_this_session": round(seconds, 1), "best": best}
+        write_json(run_dir / "summary.json", summary)
+        return summary
+    finally:
+        _close_log(handler)
