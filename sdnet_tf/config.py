@@ -168,6 +168,7 @@ class PriorTrainConfig:
     max_steps: int = 0  # 0: epochs * steps_per_epoch; else stop after this many steps in total
     learning_rate: float = 1e-2
     min_learning_rate: float = 1e-4  # cosine decay to this over the whole run
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up (official NVAE: 5 epochs); 0: none
     epsilon: float = 1e-3  # Adamax
     weight_decay: float = 3e-4  # L2 added to the gradients (coupled)
     # NVAE: KL weight of each scale, top-down (4x4, 8x8, 16x16 at the defaults)

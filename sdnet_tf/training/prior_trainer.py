@@ -236,8 +236,14 @@ def train_prior(config, run_dir, resume=True, progress=True):
                  "slices", m.kind, sum(int(np.prod(v.shape)) for v in model.trainable_variables), m.input_size,
                  m.input_size, *(len(sets[s]) for s in ("training", "validation", "test")))
         steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            train.learning_rate, decay_steps=total_steps, alpha=train.min_learning_rate / train.learning_rate)
+        warmup = int(round(train.warmup_epochs * steps_per_epoch))
+        if warmup:  # linear from 0 to the learning rate, then the cosine over the remaining steps
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                0.0, decay_steps=max(1, total_steps - warmup), alpha=train.min_learning_rate / train.learning_rate,
+                warmup_target=train.learning_rate, warmup_steps=warmup)
+        else:
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                train.learning_rate, decay_steps=total_steps, alpha=train.min_learning_rate / train.learning_rate)
         optimizer = keras.optimizers.Adamax(learning_rate, epsilon=train.epsilon)
         spacing = config.data.spacing
         extra = []

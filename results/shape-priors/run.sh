@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The shape-prior results on the ACDC training patients (split 0: 70 / 15 / 15 patients), as
+# run on 2 CPU cores: a shortened schedule of every model (see README, "Shape priors").
+#   results/shape-priors/run.sh /path/to/ACDC/training [runs-folder]
+set -euo pipefail
+DATA=${1:?usage: run.sh ACDC_TRAINING_FOLDER [RUNS]}
+RUNS=${2:-runs}
+OUT=$(dirname "$0")
+# NVAE Default-N, the thesis' objective and optimiser, 13 epochs instead of 100 (KL warm-up
+# over 4 of them, the thesis' 30%), one epoch of learning-rate warm-up
+sdnet-tf train nvae --data "$DATA" -o "$RUNS/nvae-acdc" --epochs 13 --quiet \
+    --set train.kl_warmup_epochs=4 --set train.warmup_epochs=1
+# ACNN shape autoencoder, 4 epochs
+sdnet-tf train acnn --data "$DATA" -o "$RUNS/acnn-acdc" --epochs 4 --quiet
+# U-Net without and with the NVAE's shape loss, 3 epochs each
+sdnet-tf train unet --data "$DATA" -o "$RUNS/unet-acdc" --epochs 3 --quiet
+sdnet-tf train unet --data "$DATA" -o "$RUNS/unet-shape-acdc" --epochs 3 --quiet --shape-prior "$RUNS/nvae-acdc"
+sdnet-tf shape-eval "$RUNS/nvae-acdc" "$RUNS/acnn-acdc" "$RUNS/unet-acdc" "$RUNS/unet-shape-acdc" -o "$OUT" --quiet
+for run in nvae-acdc acnn-acdc unet-acdc unet-shape-acdc; do
+    cp "$RUNS/$run/history.csv" "$OUT/$run-history.csv"
+done
