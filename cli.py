@@ -135,7 +135,7 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
             run_dir = run_dir.with_name(f"{run_dir.name}-split{cfg.data.split}")
     try:
         result = train_run(cfg, run_dir, resume=resume, max_iterations=max_iterations, progress=not quiet)
-    except (ConfigError, DataError, FileExistsError) as error:
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as error:
         raise UserError(str(error)) from error
     click.echo(f"best validation Dice {result['best_val_dice']:.4f} after {result['iteration']} iterations; "
                f"run directory {run_dir}")
@@ -154,15 +154,15 @@ def shape_eval(runs, output, samples, quiet):
     Priors: reconstruction Dice per class, anatomically valid reconstructions and samples
     (temperatures 1 and 0.7), Frechet shape distance, pathology from codes (10-fold CV).
     U-Nets: Dice per class and anatomically valid slices. Writes one JSON per run and a
-    Markdown table of them all (table.md); a run that cannot be read is reported and the
-    others are still evaluated.
+    Markdown table of them all (table.md) and their learning curves (learning_curves.png); a
+    run that cannot be read is reported and the others are still evaluated.
     """
     from sdnet_tf.runtime import select_backend
 
     select_backend("tensorflow")
     from sdnet_tf.atomic import write_text
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.shape_eval import evaluate_run, table
+    from sdnet_tf.shape_eval import evaluate_run, plot_histories, table
 
     results, failed = [], []
     for run in runs:
@@ -174,6 +174,10 @@ def shape_eval(runs, output, samples, quiet):
             click.echo(f"{run}: {error}", err=True)
     if results:
         write_text(output / "table.md", table(results))
+        histories = {Path(r["run"]).name: Path(r["run"]) / "history.csv" for r in results
+                     if (Path(r["run"]) / "history.csv").is_file()}
+        if histories:
+            plot_histories(histories, output / "learning_curves.png")
         click.echo(table(results))
     if failed:
         raise UserError(f"{len(failed)} of {len(runs)} runs could not be evaluated")

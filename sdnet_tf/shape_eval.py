@@ -212,3 +212,32 @@ def table(results):
             lines.append(f"| {name} | {_f(d['RV'])} | {_f(d['MYO'])} | {_f(d['LV'])} | {_f(d['mean'])} | "
                          f"{_f(r['dice_frames']['mean'])} | {_f(100 * r['valid_slices'], 1)}% |")
     return "\n".join(lines) + "\n"
+
+
+def plot_histories(histories, path):
+    """Learning curves of prior and U-Net runs (their ``history.csv``) in one PNG: training
+    loss terms and validation Dice per epoch."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sdnet_tf.figures import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, csv_path in histories.items():
+        with open(csv_path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        epochs = [int(r["epoch"]) for r in rows]
+        key = "train_reconstruction" if "train_reconstruction" in rows[0] else "train_cross_entropy"
+        axes[0].plot(epochs, [float(r[key]) for r in rows], marker="o", label=f"{name}: {key[6:]}")
+        axes[1].plot(epochs, [float(r["val_dice_mean"]) for r in rows], marker="o", label=name)
+    axes[0].set(xlabel="epoch", ylabel="training loss term (epoch mean)", yscale="log")
+    axes[1].set(xlabel="epoch", ylabel="validation Dice (mean of RV, MYO, LV)", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

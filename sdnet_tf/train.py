@@ -148,6 +148,8 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
     from sdnet_tf.models.priors import load_prior
     from sdnet_tf.training.prior_trainer import check_prior_fits
 
+    if config.train.distribute != "none":
+        raise ConfigError("the shape loss (loss.shape_prior) runs on one device: use train.distribute none")
     prior, prior_config = load_prior(config.loss.shape_prior)
     check_prior_fits(prior_config, config)
     omega = config.loss.shape_omega

@@ -308,6 +308,9 @@ def test_cli_train_prior_errors(tmp_path):
     assert result.exit_code == 1 and "--shape-prior is for" in result.output
     result = runner.invoke(main, ["shape-eval", str(tmp_path), "-o", str(tmp_path / "e")])
     assert result.exit_code == 1 and "no config.yaml" in result.output
+    result = runner.invoke(main, ["train", "synthetic", "-c", "synthetic-quick", "--shape-prior", str(tmp_path / "none"),
+                                  "-o", str(tmp_path / "sdnet"), "--quiet"])
+    assert result.exit_code == 1 and "no config.yaml" in result.output, result.output
 
 
 @pytest.mark.slow
