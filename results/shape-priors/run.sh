@@ -14,9 +14,9 @@ sdnet-tf train nvae --data "$DATA" -o "$RUNS/nvae-acdc" --epochs 10 --quiet \
     --set train.kl_warmup_epochs=3 --set train.warmup_epochs=1 --set "train.kl_betas=[0.1, 0.1, 0.1]"
 # ACNN shape autoencoder, 4 epochs
 sdnet-tf train acnn --data "$DATA" -o "$RUNS/acnn-acdc" --epochs 4 --quiet
-# U-Net without and with the NVAE's shape loss, 3 epochs each
-sdnet-tf train unet --data "$DATA" -o "$RUNS/unet-acdc" --epochs 3 --quiet
-sdnet-tf train unet --data "$DATA" -o "$RUNS/unet-shape-acdc" --epochs 3 --quiet --shape-prior "$RUNS/nvae-acdc"
+# U-Net without and with the NVAE's shape loss, 1 epoch (165 steps) each
+sdnet-tf train unet --data "$DATA" -o "$RUNS/unet-acdc" --epochs 1 --quiet
+sdnet-tf train unet --data "$DATA" -o "$RUNS/unet-shape-acdc" --epochs 1 --quiet --shape-prior "$RUNS/nvae-acdc"
 sdnet-tf shape-eval "$RUNS/nvae-acdc" "$RUNS/acnn-acdc" "$RUNS/unet-acdc" "$RUNS/unet-shape-acdc" -o "$OUT" --quiet
 for run in nvae-acdc acnn-acdc unet-acdc unet-shape-acdc; do
     cp "$RUNS/$run/history.csv" "$OUT/$run-history.csv"
