@@ -195,7 +195,7 @@ class PriorDataConfig:
     path: str = ""
     split: int = 0
     spacing: float = 1.37
-    augment: bool = True  # random flips are not used (anatomy is handed); random 90-degree-free rotations
+    augment: bool = True  # random rotations within +-rotation_range degrees (no flips: the heart is handed)
     rotation_range: float = 15.0
     cache_dir: str = "~/.cache/sdnet-tf"
     phantom_seed: int = 0
