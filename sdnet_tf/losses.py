@@ -109,13 +109,16 @@ def to_prior_masks(foreground, size=None):
     background = 1.0 - ops.sum(foreground, axis=-1, keepdims=True)
     myo, lv, rv = foreground[..., 0:1], foreground[..., 1:2], foreground[..., 2:3]
     masks = ops.concatenate([background, rv, myo, lv], axis=-1)
+    return masks if size is None else centre_crop(masks, size)
+
+
+def centre_crop(masks, size):
+    """The central ``size`` x ``size`` window of (B, H, W, K) masks (H = W >= size)."""
     height = masks.shape[1]
-    if size is not None and size != height:
-        if size > height:
-            raise ValueError(f"a prior of input size {size} cannot read masks of size {height}")
-        top = (height - size) // 2
-        masks = masks[:, top:top + size, top:top + size, :]
-    return masks
+    if size > height:
+        raise ValueError(f"a prior of input size {size} cannot read masks of size {height}")
+    top = (height - size) // 2
+    return masks[:, top:top + size, top:top + size, :]
 
 
 def shape_code_loss(prior, target_masks, predicted_masks):

@@ -49,10 +49,6 @@ def frame_dice(pred, ref, patients, phases):
     return out
 
 
-def _batched(fn, array, batch_size=32):
-    return np.concatenate([np.asarray(fn(array[i:i + batch_size])) for i in range(0, len(array), batch_size)])
-
-
 def run_kind(run_dir):
     """"nvae", "acnn" or "unet", from a run directory's config."""
     path = Path(run_dir) / "config.yaml"
@@ -90,7 +86,7 @@ def evaluate_prior(run_dir, samples=1000, temperatures=(1.0, 0.7), folds=10, see
     from keras import ops
 
     from sdnet_tf.models.priors import load_prior
-    from sdnet_tf.training.prior_trainer import mask_sets
+    from sdnet_tf.training.prior_trainer import batched, mask_sets
 
     start = time.perf_counter()
     model, config = load_prior(run_dir)
@@ -98,7 +94,7 @@ def evaluate_prior(run_dir, samples=1000, temperatures=(1.0, 0.7), folds=10, see
     spacing = (config.data.spacing, config.data.spacing)
     test = sets["test"]
     reconstruct = lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1)  # noqa: E731
-    predicted = _batched(reconstruct, prior_one_hot(test.labels))
+    predicted = batched(reconstruct, prior_one_hot(test.labels))
     result = {"run": str(run_dir), "kind": config.model.kind, "split": config.data.split,
               "test_patients": description["test_patients"], "test_slices": len(test),
               "trainable_parameters": _parameter_count(model),
@@ -139,7 +135,7 @@ def evaluate_unet(run_dir, progress=True):
     from keras import ops
 
     from sdnet_tf.models.priors import assign_values
-    from sdnet_tf.training.prior_trainer import build_unet, mask_sets
+    from sdnet_tf.training.prior_trainer import batched, build_unet, mask_sets
 
     start = time.perf_counter()
     config = load_config(Path(run_dir) / "config.yaml", kind=SegmentationConfig)
@@ -148,7 +144,7 @@ def evaluate_unet(run_dir, progress=True):
         assign_values(model, {k: data[k] for k in data.files}, str(run_dir))
     sets, _, description = mask_sets(config, progress)
     test = sets["test"]
-    predicted = _batched(lambda x: ops.argmax(model(x, training=False), axis=-1), test.images)
+    predicted = batched(lambda x: ops.argmax(model(x, training=False), axis=-1), test.images)
     spacing = (config.data.spacing, config.data.spacing)
     validity = valid_fraction(predicted, spacing)
     return {"run": str(run_dir), "kind": "unet", "shape_prior": config.loss.shape_prior,

@@ -59,6 +59,23 @@ def load_arrays(config):
     raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc")
 
 
+def log_to_file(run_dir):
+    """Copy the package's log messages (INFO and up) to ``<run_dir>/train.log``; returns the
+    handler for ``stop_logging``."""
+    handler = logging.FileHandler(Path(run_dir) / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_log = logging.getLogger("sdnet_tf")
+    package_log.addHandler(handler)
+    if package_log.getEffectiveLevel() > logging.INFO:
+        package_log.setLevel(logging.INFO)
+    return handler
+
+
+def stop_logging(handler):
+    logging.getLogger("sdnet_tf").removeHandler(handler)
+    handler.close()
+
+
 def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, arrays=None):
     """Train SDNet as ``config`` says; returns the run summary.
 
@@ -102,20 +119,14 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     out_dir.mkdir(parents=True, exist_ok=True)
     if description is not None:
         write_json(out_dir / "data.json", description)
-    handler = logging.FileHandler(out_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    package_log = logging.getLogger("sdnet_tf")
-    package_log.addHandler(handler)
-    if package_log.getEffectiveLevel() > logging.INFO:
-        package_log.setLevel(logging.INFO)
+    handler = log_to_file(out_dir)
     if not chief:
         log.info("task %s %d: the chief writes %s; this task writes to %s, removed at the end",
                  *task(strategy), run_dir, out_dir)
     try:
         return _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress and chief, arrays)
     finally:
-        package_log.removeHandler(handler)
-        handler.close()
+        stop_logging(handler)
         if not chief:
             shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -137,38 +148,28 @@ def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress,
 
 
 def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
-    """Load the frozen prior, check it reads SDNet's masks, estimate omega (or take
-    ``loss.shape_omega``) and hand both to the engine; omega is kept in ``omega.json`` so a
-    resumed run uses the same value."""
-    import json
-
+    """Load the frozen prior, check it reads SDNet's masks and hand it to the engine with
+    omega: ``loss.shape_omega``, or the weighted Dice loss over the shape loss of the initial
+    network (``resolve_omega``, kept in ``omega.json`` for a resumed run)."""
     import numpy as np
 
-    from sdnet_tf.atomic import write_json
     from sdnet_tf.models.priors import load_prior
-    from sdnet_tf.training.prior_trainer import check_prior_fits
+    from sdnet_tf.training.prior_trainer import check_prior_fits, resolve_omega
 
     if config.train.distribute != "none":
         raise ConfigError("the shape loss (loss.shape_prior) runs on one device: use train.distribute none")
     prior, prior_config = load_prior(config.loss.shape_prior)
     check_prior_fits(prior_config, config)
-    omega = config.loss.shape_omega
-    path = Path(out_dir) / "omega.json"
-    if not omega and path.is_file():
-        omega = json.loads(path.read_text())["omega"]
+    engine.use_shape_prior(prior, 0.0)  # the prior, for measuring the terms
+    rng = np.random.default_rng([config.train.seed, 999])
+    images, masks = arrays.labelled_images, arrays.labelled_masks
+    draws = [rng.choice(len(images), config.train.batch_size) for _ in range(batches)]
+    try:
+        omega = resolve_omega(Path(out_dir) / "omega.json", config.loss.shape_omega, engine.shape_sizes,
+                              [(images[i], masks[i]) for i in draws], "dice", "weighted Dice loss")
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     engine.use_shape_prior(prior, omega)
-    if not omega:
-        rng = np.random.default_rng([config.train.seed, 999])
-        images, masks = arrays.labelled_images, arrays.labelled_masks
-        sizes = [engine.shape_sizes(images[i], masks[i]) for i in
-                 (rng.choice(len(images), config.train.batch_size) for _ in range(batches))]
-        shape = float(np.mean([s["shape"] for s in sizes]))
-        if not shape > 0:
-            raise ConfigError("the shape loss is 0 on every batch used to estimate omega; set loss.shape_omega")
-        omega = float(np.mean([s["dice"] for s in sizes])) / shape
-        write_json(path, {"omega": omega, "batches": batches,
-                          "how": "mean weighted Dice loss / mean shape loss of the initial network"})
-        engine.use_shape_prior(prior, omega)
     log.info("shape loss of %s, omega = %.6g", config.loss.shape_prior, omega)
 
 

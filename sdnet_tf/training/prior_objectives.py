@@ -95,9 +95,4 @@ def segmentation(model, images, masks, alpha=1.0, omega=0.0, prior=None):
 def shape_term(prior, masks, predicted):
     """The shape loss of prior-ordered masks and predictions, cropped to the prior's size."""
     size = prior.input_size
-    height = masks.shape[1]
-    if height != size:
-        top = (height - size) // 2
-        masks = masks[:, top:top + size, top:top + size, :]
-        predicted = predicted[:, top:top + size, top:top + size, :]
-    return losses.shape_code_loss(prior, masks, predicted)
+    return losses.shape_code_loss(prior, losses.centre_crop(masks, size), losses.centre_crop(predicted, size))

@@ -32,6 +32,7 @@ from sdnet_tf.data.arrays import DataError
 from sdnet_tf.data.masks import epoch_batches, load_mask_sets, prior_one_hot, rotate_labels
 from sdnet_tf.metrics.shape import reconstruction_dice, valid_fraction
 from sdnet_tf.models.priors import assign_values, build_prior, load_prior, variable_values
+from sdnet_tf.train import log_to_file, phantom_folder, stop_logging
 from sdnet_tf.training import prior_objectives
 
 log = logging.getLogger("sdnet_tf.train")
@@ -42,8 +43,6 @@ _CHECKPOINT = re.compile(r"ckpt-(\d+)\.npz")
 # ------------------------------------------------------------------------------ helpers
 def data_folder(data_config):
     """The cohort folder of a prior or U-Net config (``phantom``: the built-in cohort)."""
-    from sdnet_tf.train import phantom_folder
-
     if not data_config.path:
         raise DataError("a shape prior or U-Net needs masks: --data DIR (an ACDC training folder) or --data phantom")
     if data_config.path == "phantom":
@@ -114,6 +113,11 @@ class RunFiles:
                 np.savez(handle, **variable_values(model))
         write_json(self.run_dir / "best.json", record)
 
+    def best(self):
+        """The best epoch's record (``best.json``), or {} before the first validation."""
+        path = self.run_dir / "best.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def append_history(self, row):
         path = self.run_dir / "history.csv"
         rows = []
@@ -131,21 +135,6 @@ class RunFiles:
     def log_scalars(self, step, values):
         with open(self.run_dir / "scalars.jsonl", "a") as handle:
             handle.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in values.items()}}) + "\n")
-
-
-def _log_to_file(run_dir):
-    handler = logging.FileHandler(Path(run_dir) / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    package_log = logging.getLogger("sdnet_tf")
-    package_log.addHandler(handler)
-    if package_log.getEffectiveLevel() > logging.INFO:
-        package_log.setLevel(logging.INFO)
-    return handler
-
-
-def _close_log(handler):
-    logging.getLogger("sdnet_tf").removeHandler(handler)
-    handler.close()
 
 
 def _prepare(config, run_dir, resume, progress):
@@ -227,13 +216,14 @@ def train_prior(config, run_dir, resume=True, progress=True):
     from sdnet_tf.training.prior_engine import StepEngine, compiled
 
     run_dir, sets, _ = _prepare(config, run_dir, resume, progress)
-    handler = _log_to_file(run_dir)
+    handler = log_to_file(run_dir)
     try:
         m, train = config.model, config.train
         keras.utils.set_random_seed(train.seed)
         model = build_prior(m, seed=train.seed)
+        parameters = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
         log.info("%s prior: %d trainable parameters, masks %d x %d, %d / %d / %d training / validation / test "
-                 "slices", m.kind, sum(int(np.prod(v.shape)) for v in model.trainable_variables), m.input_size,
+                 "slices", m.kind, parameters, m.input_size,
                  m.input_size, *(len(sets[s]) for s in ("training", "validation", "test")))
         steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
         warmup = int(round(train.warmup_epochs * steps_per_epoch))
@@ -317,16 +307,16 @@ def train_prior(config, run_dir, resume=True, progress=True):
         state, seconds = _loop(m.kind, config, run_dir, files, model, optimizer, engine, make_inputs, validate,
                                ("loss", "min"), sets, steps_per_epoch, total_steps, epochs, progress, extra,
                                on_epoch)
-        best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else {}
+        best = files.best()
         summary = {"kind": m.kind, "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,
                    "steps_per_epoch": steps_per_epoch, "skipped_steps": state["skipped"],
                    "seconds_this_session": round(seconds, 1),
-                   "trainable_parameters": int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)),
+                   "trainable_parameters": parameters,
                    "best": best}
         write_json(run_dir / "summary.json", summary)
         return summary
     finally:
-        _close_log(handler)
+        stop_logging(handler)
 
 
 def _augment(config, labels, rng):
@@ -346,17 +336,30 @@ def build_unet(model_config):
                           depth=model_config.depth, binarise=False).build_default()
 
 
-def estimate_omega(terms_of, batches):
-    """omega = mean cross-entropy / mean shape loss over ``batches``: the weight that makes the
+def estimate_omega(terms_of, batches, key="cross_entropy"):
+    """omega = mean ``key`` term / mean shape loss over ``batches``: the weight that makes the
     two terms equally large for the network at hand (the thesis' way of balancing them)."""
     ce, shape = [], []
     for inputs in batches:
         terms = terms_of(*inputs)
-        ce.append(terms["cross_entropy"])
+        ce.append(terms[key])
         shape.append(terms["shape"])
     if not np.mean(shape) > 0:
         raise ValueError("the shape loss is 0 on every batch used to estimate omega; set loss.shape_omega")
     return float(np.mean(ce) / np.mean(shape))
+
+
+def resolve_omega(path, configured, terms_of, batches, key="cross_entropy", what="mean cross-entropy"):
+    """The shape loss's weight: ``configured`` when set, else the one kept in ``path`` by an
+    earlier start of the run, else ``estimate_omega`` on ``batches`` (written to ``path``)."""
+    if configured:
+        return float(configured)
+    if path.is_file():
+        return float(json.loads(path.read_text())["omega"])
+    omega = estimate_omega(terms_of, batches, key)
+    write_json(path, {"omega": omega, "batches": len(batches),
+                      "how": f"{what} / mean shape loss of the initial network"})
+    return omega
 
 
 def check_prior_fits(prior_config, config):
@@ -381,7 +384,7 @@ def train_unet(config, run_dir, resume=True, progress=True):
         prior, prior_config = load_prior(config.loss.shape_prior)
         check_prior_fits(prior_config, config)
     run_dir, sets, _ = _prepare(config, run_dir, resume, progress)
-    handler = _log_to_file(run_dir)
+    handler = log_to_file(run_dir)
     try:
         train = config.train
         keras.utils.set_random_seed(train.seed)
@@ -389,20 +392,15 @@ def train_unet(config, run_dir, resume=True, progress=True):
         steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
         optimizer = keras.optimizers.Adam(train.learning_rate)
         spacing = config.data.spacing
-        omega_path = run_dir / "omega.json"
-        omega = config.loss.shape_omega
-        if prior is not None and not omega:
-            if omega_path.is_file():
-                omega = json.loads(omega_path.read_text())["omega"]
-            else:
-                rng = np.random.default_rng([train.seed, 999])
-                index = epoch_batches(len(sets["training"]), train.batch_size, rng, config.loss.omega_batches)
-                terms_of = compiled(lambda x, y: prior_objectives.segmentation(model, x, y, 1.0, 0.0, prior)[1])
-                omega = estimate_omega(
-                    lambda x, y: {k: float(v) for k, v in terms_of(x, y).items()},
-                    [(sets["training"].images[i], prior_one_hot(sets["training"].labels[i])) for i in index])
-                write_json(omega_path, {"omega": omega, "batches": config.loss.omega_batches,
-                                        "how": "mean cross-entropy / mean shape loss of the initial network"})
+        omega = 0.0
+        if prior is not None:
+            rng = np.random.default_rng([train.seed, 999])
+            index = epoch_batches(len(sets["training"]), train.batch_size, rng, config.loss.omega_batches)
+            terms_of = compiled(lambda x, y: prior_objectives.segmentation(model, x, y, 1.0, 0.0, prior)[1])
+            omega = resolve_omega(run_dir / "omega.json", config.loss.shape_omega,
+                                  lambda x, y: {k: float(v) for k, v in terms_of(x, y).items()},
+                                  [(sets["training"].images[i], prior_one_hot(sets["training"].labels[i]))
+                                   for i in index])
             log.info("shape loss weight omega = %.6g", omega)
 
         def loss_fn(images, masks):
@@ -430,11 +428,11 @@ def train_unet(config, run_dir, resume=True, progress=True):
         files = RunFiles(run_dir, train.keep_checkpoints)
         state, seconds = _loop("unet", config, run_dir, files, model, optimizer, engine, make_inputs, validate,
                                ("dice_mean", "max"), sets, steps_per_epoch, total_steps, epochs, progress)
-        best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else {}
+        best = files.best()
         summary = {"model": "unet", "shape_prior": config.loss.shape_prior, "omega": omega if prior else 0.0,
                    "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,
                    "skipped_steps": state["skipped"], "seconds_this_session": round(seconds, 1), "best": best}
         write_json(run_dir / "summary.json", summary)
         return summary
     finally:
-        _close_log(handler)
+        stop_logging(handler)
