@@ -154,6 +154,7 @@ class PriorModelConfig:
     cells_per_group: int = 2
     decoder_expansion: int = 6
     encoder_residual_scale: float = 0.1
+    decoder_residual_scale: float = 0.1  # official NVAE; 1.0 was this project's choice before
     # ACNN
     code_size: int = 64
     filters: int = 16

@@ -15,6 +15,31 @@ def _norm(name):
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
+def torch_uniform():
+    """PyTorch's default weight initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Official NVAE (and the thesis code built on it) leaves its convolutions at this default.
+    Keras' Glorot default is about twice as large for the samplers' 1x1 convolutions, and in
+    a 7-group hierarchy that compounds: with Glorot weights the first training-mode pass on
+    128 x 128 masks has a KL near 1e10 nats in the 16x16 groups (sampled z reach several
+    hundred), with this one about 1e3.
+    """
+    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def _conv(*args, **kwargs):
+    return layers.Conv2D(*args, kernel_initializer=torch_uniform(), **kwargs)
+
+
+def _conv_transpose(*args, **kwargs):
+    # Keras' transposed kernel is (kh, kw, out, in), so its fan_in is kh * kw * out, as PyTorch's
+    return layers.Conv2DTranspose(*args, kernel_initializer=torch_uniform(), **kwargs)
+
+
+def _dense(*args, **kwargs):
+    return layers.Dense(*args, kernel_initializer=torch_uniform(), **kwargs)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SqueezeExcite(layers.Layer):
     """Channel gating: global mean -> Dense(max(C // 16, 4)) -> ReLU -> Dense(C) -> sigmoid.
@@ -32,8 +57,8 @@ class SqueezeExcite(layers.Layer):
     def __init__(self, channels, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
-        self.squeeze = layers.Dense(max(channels // 16, 4), activation="relu", name="squeeze")
-        self.excite = layers.Dense(channels, activation="sigmoid", name="excite")
+        self.squeeze = _dense(max(channels // 16, 4), activation="relu", name="squeeze")
+        self.excite = _dense(channels, activation="sigmoid", name="excite")
 
     def call(self, inputs):
         gate = ops.mean(inputs, axis=(1, 2))  # (B, C)
@@ -67,9 +92,9 @@ class EncoderCell(layers.Layer):
         self.channels = channels
         self.residual_scale = residual_scale
         self.bn1 = _norm("bn1")
-        self.conv1 = layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv1")
+        self.conv1 = _conv(channels, 3, padding="same", use_bias=False, name="conv1")
         self.bn2 = _norm("bn2")
-        self.conv2 = layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv2")
+        self.conv2 = _conv(channels, 3, padding="same", use_bias=False, name="conv2")
         self.se = SqueezeExcite(channels, name="se")
 
     def call(self, inputs, training=None):
@@ -85,7 +110,7 @@ class EncoderCell(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class DecoderCell(layers.Layer):
-    """NVAE decoder residual cell (inverted residual, MobileNetV2 style), ``x + branch``.
+    """NVAE decoder residual cell (inverted residual, MobileNetV2 style), ``x + scale * branch``.
 
     BN -> 1x1 conv to ``expansion * C`` -> BN -> Swish -> depthwise 5x5 -> BN -> Swish -> 1x1
     conv back to C -> BN -> SE.
@@ -93,6 +118,7 @@ class DecoderCell(layers.Layer):
     Args:
         channels: C (kept).
         expansion: channel expansion of the inner 1x1 conv (6).
+        residual_scale: factor on the branch (0.1, as every cell of official NVAE).
 
     Call arguments:
         inputs: (B, H, W, C).
@@ -102,16 +128,19 @@ class DecoderCell(layers.Layer):
         (B, H, W, C).
     """
 
-    def __init__(self, channels, expansion=6, **kwargs):
+    def __init__(self, channels, expansion=6, residual_scale=0.1, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
         self.expansion = expansion
+        self.residual_scale = residual_scale
         self.bn0 = _norm("bn0")
-        self.expand = layers.Conv2D(channels * expansion, 1, use_bias=False, name="expand")
+        self.expand = _conv(channels * expansion, 1, use_bias=False, name="expand")
         self.bn1 = _norm("bn1")
-        self.depthwise = layers.DepthwiseConv2D(5, padding="same", use_bias=False, name="depthwise")
+        # PyTorch's fan_in of a depthwise kernel is its area (Keras' would multiply by the channels)
+        self.depthwise = layers.DepthwiseConv2D(5, padding="same", use_bias=False, name="depthwise",
+                                                depthwise_initializer=keras.initializers.RandomUniform(-0.2, 0.2))
         self.bn2 = _norm("bn2")
-        self.project = layers.Conv2D(channels, 1, use_bias=False, name="project")
+        self.project = _conv(channels, 1, use_bias=False, name="project")
         self.bn3 = _norm("bn3")
         self.se = SqueezeExcite(channels, name="se")
 
@@ -119,11 +148,11 @@ class DecoderCell(layers.Layer):
         x = self.expand(self.bn0(inputs, training=training))  # (B, H, W, 6C)
         x = self.depthwise(ops.silu(self.bn1(x, training=training)))
         x = self.project(ops.silu(self.bn2(x, training=training)))  # (B, H, W, C)
-        return inputs + self.se(self.bn3(x, training=training))
+        return inputs + self.residual_scale * self.se(self.bn3(x, training=training))
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, expansion=self.expansion)
+        config.update(channels=self.channels, expansion=self.expansion, residual_scale=self.residual_scale)
         return config
 
 
@@ -161,7 +190,11 @@ class NVAE(SymbolicBuildModel):
         cells_per_group: residual cells before each group, encoder and decoder (2).
         decoder_expansion: channel expansion inside decoder cells (6).
         encoder_residual_scale: factor on the encoder cells' branch; 0.1 as in official NVAE
-            (the thesis code uses 1.0).
+            (the thesis describes the cells as ``x + cell(x)``).
+        decoder_residual_scale: the same for the decoder and post-process cells (0.1, official
+            NVAE). Together with PyTorch's default initialisation (``torch_uniform``) it keeps
+            the decoder state, and so the KL, bounded at the start of training; with 1.0 the
+            state grows by 1-2 orders of magnitude from the top group to the 16x16 groups.
         seed: seed of the model's random stream (posterior and prior draws).
 
     Call arguments:
@@ -180,7 +213,8 @@ class NVAE(SymbolicBuildModel):
 
     def __init__(self, input_size=128, num_classes=4, stem_channels=4, preprocess_blocks=3,
                  groups_per_scale=(1, 2, 4), latent_channels=20, cells_per_group=2,
-                 decoder_expansion=6, encoder_residual_scale=0.1, seed=None, **kwargs):
+                 decoder_expansion=6, encoder_residual_scale=0.1, decoder_residual_scale=0.1, seed=None,
+                 **kwargs):
         super().__init__(**kwargs)
         groups_per_scale = tuple(int(g) for g in groups_per_scale)
         factor = 2 ** (preprocess_blocks + len(groups_per_scale) - 1)
@@ -198,6 +232,7 @@ class NVAE(SymbolicBuildModel):
         self.cells_per_group = cells_per_group
         self.decoder_expansion = decoder_expansion
         self.encoder_residual_scale = encoder_residual_scale
+        self.decoder_residual_scale = decoder_residual_scale
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -211,50 +246,52 @@ class NVAE(SymbolicBuildModel):
         num_groups = len(group_channels)
         enc_cell = dict(residual_scale=encoder_residual_scale)
 
-        self.stem = layers.Conv2D(stem_channels, 3, padding="same", name="stem")
+        self.stem = _conv(stem_channels, 3, padding="same", name="stem")
         self.preprocess = []
         for b in range(preprocess_blocks):
             channels = stem_channels * 2 ** b
             # the block is complete before it is stored: Keras does not track a layer appended
             # to a list that is already an attribute's element
             block = [EncoderCell(channels, **enc_cell, name=f"pre{b}_cell{c}") for c in range(2)]
-            block.append(layers.Conv2D(2 * channels, 3, strides=2, padding="same", use_bias=False,
+            block.append(_conv(2 * channels, 3, strides=2, padding="same", use_bias=False,
                                        name=f"pre{b}_down"))
             self.preprocess.append(block)
 
         # encoder tower, indexed by the top-down group number
         self.enc_cells = [[EncoderCell(group_channels[k], **enc_cell, name=f"enc{k}_cell{c}")
                            for c in range(cells_per_group)] for k in range(num_groups)]
-        self.enc_down = [layers.Conv2D(self.scale_channels[s], 3, strides=2, padding="same",
+        self.enc_down = [_conv(self.scale_channels[s], 3, strides=2, padding="same",
                                        use_bias=False, name=f"enc_down{s}")
                          for s in range(num_scales - 1)]  # enc_down[s]: scale s + 1 -> s
-        self.enc_top = layers.Conv2D(self.scale_channels[0], 1, name="enc_top")
-        self.enc_samplers = [layers.Conv2D(2 * latent_channels, 3, padding="same", name=f"enc_sampler{k}")
+        self.enc_top = _conv(self.scale_channels[0], 1, name="enc_top")
+        self.enc_samplers = [_conv(2 * latent_channels, 3, padding="same", name=f"enc_sampler{k}")
                              for k in range(num_groups)]
-        self.enc_combiners = [None] + [layers.Conv2D(group_channels[k], 1, name=f"enc_combiner{k}")
+        self.enc_combiners = [None] + [_conv(group_channels[k], 1, name=f"enc_combiner{k}")
                                        for k in range(1, num_groups)]
 
         # decoder tower
         self.h = self.add_weight(shape=(self.top_size, self.top_size, self.scale_channels[0]),
                                  initializer=keras.initializers.RandomUniform(0.0, 1.0), name="h")
-        self.dec_cells = [[DecoderCell(group_channels[k], decoder_expansion, name=f"dec{k}_cell{c}")
+        self.dec_cells = [[DecoderCell(group_channels[k], decoder_expansion, decoder_residual_scale,
+                                       name=f"dec{k}_cell{c}")
                            for c in range(cells_per_group)] if k else [] for k in range(num_groups)]
-        self.prior_samplers = [None] + [layers.Conv2D(2 * latent_channels, 1, name=f"prior_sampler{k}")
+        self.prior_samplers = [None] + [_conv(2 * latent_channels, 1, name=f"prior_sampler{k}")
                                         for k in range(1, num_groups)]
-        self.dec_combiners = [layers.Conv2D(group_channels[k], 1, name=f"dec_combiner{k}")
+        self.dec_combiners = [_conv(group_channels[k], 1, name=f"dec_combiner{k}")
                               for k in range(num_groups)]
-        self.dec_up = [layers.Conv2DTranspose(self.scale_channels[s + 1], 5, strides=2, padding="same",
+        self.dec_up = [_conv_transpose(self.scale_channels[s + 1], 5, strides=2, padding="same",
                                               use_bias=False, name=f"dec_up{s}")
                        for s in range(num_scales - 1)]  # dec_up[s]: scale s -> s + 1
 
         self.postprocess = []
         for b in range(preprocess_blocks):
             channels = bottom_channels // 2 ** (b + 1)
-            block = [layers.Conv2DTranspose(channels, 3, strides=2, padding="same", use_bias=False,
+            block = [_conv_transpose(channels, 3, strides=2, padding="same", use_bias=False,
                                             name=f"post{b}_up")]
-            block += [DecoderCell(channels, decoder_expansion, name=f"post{b}_cell{c}") for c in range(2)]
+            block += [DecoderCell(channels, decoder_expansion, decoder_residual_scale, name=f"post{b}_cell{c}")
+                      for c in range(2)]
             self.postprocess.append(block)
-        self.head = layers.Conv2D(num_classes, 3, padding="same", name="head")
+        self.head = _conv(num_classes, 3, padding="same", name="head")
 
     # ------------------------------------------------------------------ encoder
     def _encode(self, masks, training):
@@ -420,5 +457,6 @@ class NVAE(SymbolicBuildModel):
                       stem_channels=self.stem_channels, preprocess_blocks=self.preprocess_blocks,
                       groups_per_scale=list(self.groups_per_scale), latent_channels=self.latent_channels,
                       cells_per_group=self.cells_per_group, decoder_expansion=self.decoder_expansion,
-                      encoder_residual_scale=self.encoder_residual_scale, seed=self.seed)
+                      encoder_residual_scale=self.encoder_residual_scale,
+                      decoder_residual_scale=self.decoder_residual_scale, seed=self.seed)
         return config

@@ -11,7 +11,8 @@ import numpy as np
 
 PRIOR_KINDS = ("nvae", "acnn")
 NVAE_KEYS = ("input_size", "stem_channels", "preprocess_blocks", "groups_per_scale", "latent_channels",
-             "cells_per_group", "decoder_expansion", "encoder_residual_scale")
+             "cells_per_group", "decoder_expansion", "encoder_residual_scale",
+             "decoder_residual_scale")
 ACNN_KEYS = ("input_size", "code_size", "filters", "levels")
 
 
