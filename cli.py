@@ -71,7 +71,8 @@ def summary(config, overrides):
                    "(multi-worker) with TensorFlow; on every JAX device (data-parallel) with --backend jax; "
                    "batch sizes are global.")
 @click.option("--backend", type=click.Choice(["tensorflow", "jax"]), default=None,
-              help="Keras backend and training engine (default: train.backend, tensorflow).")
+              help="Keras backend and training engine (default: train.backend, tensorflow); the shape priors and "
+                   "the U-Net train on either, and resume on either.")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue from the run directory's last checkpoint, or refuse a non-empty one.")
 @click.option("--max-iterations", type=int, default=None, help="Stop after this many iterations in total.")
@@ -96,12 +97,12 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     TF_CONFIG; only the chief (worker 0) writes the run directory.
     """
     if dataset in SHAPE_JOBS:
-        if labelled_fraction is not None or precision or distribute or backend:
-            raise UserError(f"train {dataset} takes none of --labelled-fraction, --precision, --distribute, "
-                            "--backend (it trains on one device with TensorFlow)")
+        if labelled_fraction is not None or precision or distribute:
+            raise UserError(f"train {dataset} takes none of --labelled-fraction, --precision, --distribute "
+                            "(it trains on one device)")
         if shape_prior and dataset != "unet":
             raise UserError(f"--shape-prior is for train unet and train acdc, not train {dataset}")
-        return _train_shape(dataset, data, split, config, overrides, run_dir, epochs, seed, xla, resume,
+        return _train_shape(dataset, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume,
                             max_iterations, shape_prior, quiet)
     from sdnet_tf.config import ConfigError
     from sdnet_tf.data.arrays import DataError
@@ -186,15 +187,14 @@ def shape_eval(runs, output, samples, quiet):
 SHAPE_JOBS = {"nvae": "nvae-acdc", "acnn": "acnn-acdc", "unet": "unet-acdc"}
 
 
-def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla, resume, max_steps, shape_prior,
-                 quiet):
+def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
+                 shape_prior, quiet):
     from sdnet_tf.config import ConfigError, PriorConfig, SegmentationConfig
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.runtime import select_backend
 
-    select_backend("tensorflow")
     shortcuts = {"data.path": data, "data.split": split, "train.epochs": epochs, "train.seed": seed,
-                 "train.max_steps": max_steps, "loss.shape_prior": shape_prior,
+                 "train.max_steps": max_steps, "loss.shape_prior": shape_prior, "train.backend": backend,
                  "train.jit_compile": None if xla is None else str(xla).lower()}
     overrides = list(overrides) + [f"{k}={v}" for k, v in shortcuts.items() if v is not None]
     if job != "unet":
@@ -205,7 +205,11 @@ def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla
         source = Path(cfg.data.path).name or "data"
         suffix = "-shape" if job == "unet" and cfg.loss.shape_prior else ""
         run_dir = Path("runs") / f"{job}{suffix}-{source}-split{cfg.data.split}"
-    from sdnet_tf.training.prior_engine import NonFiniteError
+    try:
+        select_backend(cfg.train.backend)  # before anything imports Keras (see train above)
+    except (ValueError, ImportError, RuntimeError) as error:
+        raise UserError(str(error)) from error
+    from sdnet_tf.training.guard import NonFiniteError
     from sdnet_tf.training.prior_trainer import train_prior, train_unet
 
     try:

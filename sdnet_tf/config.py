@@ -185,7 +185,8 @@ class PriorTrainConfig:
     nonfinite: str = "skip"  # skip | stop: what a step with a non-finite loss or gradient does
     max_nonfinite: int = 20  # consecutive skipped steps before the run stops
     seed: int = 1
-    jit_compile: bool = False
+    backend: str = "tensorflow"  # tensorflow | jax: the Keras backend and the engine that trains
+    jit_compile: bool = False  # TensorFlow: XLA; the JAX engine always compiles with XLA
     keep_checkpoints: int = 2
     log_every: int = 20
     validation_samples: int = 100  # prior samples drawn at each validation (anatomical validity)
@@ -233,6 +234,7 @@ class SegmentationTrainConfig:
     max_steps: int = 0
     learning_rate: float = 1e-3
     seed: int = 1
+    backend: str = "tensorflow"  # tensorflow | jax
     jit_compile: bool = False
     keep_checkpoints: int = 2
     log_every: int = 20

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -21,12 +20,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import engine_iteration  # noqa: E402
+from jax_subprocess import ROOT, TESTS, jax_env as _jax_env, run_jax as _run_jax  # noqa: E402
 from conftest import SMALL, small_config  # noqa: E402
 from sdnet_tf.inference import load_run  # noqa: E402
 from sdnet_tf.training.schedule import SDNET_SCHEDULE  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
 
 # Tolerances of one iteration from the same weights (float32 on the CPU). The backends run
 # different convolution and reduction kernels, so sums are rounded in a different order.
@@ -40,41 +37,14 @@ MODEL_RTOL, MODEL_ATOL = 1e-5, 2e-6
 OPTIMIZER_RTOL, OPTIMIZER_ATOL = 1e-4, 3e-5
 
 
-def _jax_env(tmp_path):
-    """A JAX subprocess' environment: the worktree's code, CPU only, TensorFlow blocked.
-
-    XLA's CPU compile time dominates these tests; the classic threefry and LLVM without
-    optimisation (code generation only: the same float32 operations) cut it by about half.
-    """
-    blocker = tmp_path / "block"
-    blocker.mkdir(exist_ok=True)
-    (blocker / "sitecustomize.py").write_text(textwrap.dedent("""
-        import sys
-        class _Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tensorflow", "tf_keras", "tensorboard"):
-                    raise ImportError(f"{name} is blocked in this test")
-                return None
-        sys.meta_path.insert(0, _Block())
-    """))
-    path = [str(blocker), str(ROOT), str(ROOT / "export" / "runtime"), os.environ.get("PYTHONPATH", "")]
-    return dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", JAX_THREEFRY_PARTITIONABLE="0",
-                XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=os.pathsep.join(p for p in path if p))
-
-
-def _run_jax(tmp_path, args, timeout=900, env=None):
-    result = subprocess.run([sys.executable, *args], env=env or _jax_env(tmp_path), capture_output=True, text=True,
-                            timeout=timeout, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 def test_importing_the_jax_engine_imports_no_tensorflow(tmp_path):
     script = textwrap.dedent("""
         import sys
         import sdnet_tf.training.jax_engine
         import sdnet_tf.training.trainer
         import sdnet_tf.train
+        import sdnet_tf.training.prior_jax_engine
+        import sdnet_tf.training.prior_trainer
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "tensorboard"))
         assert not loaded, loaded
         import keras
@@ -146,7 +116,6 @@ def test_the_backends_agree_far_more_closely_than_the_iteration_moved_the_weight
 RESUME_SCRIPT = """
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 

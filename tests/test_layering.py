@@ -1,6 +1,6 @@
 """Layering: models, layers, losses and the training schedule import no TensorFlow or JAX; only
-each backend's engine imports its framework; data code imports no ML framework; the runtime
-package imports numpy, scipy, nibabel and onnxruntime only."""
+each backend's engines (SDNet's and the priors') import its framework; data code imports no ML
+framework; the runtime package imports numpy, scipy, nibabel and onnxruntime only."""
 
 import ast
 import sys
@@ -20,6 +20,7 @@ BACKEND_FREE = sorted(PACKAGE.glob("models/*.py")) + [PACKAGE / "layers.py", PAC
                                                         PACKAGE / "training" / "trainer.py",
                                                         PACKAGE / "training" / "prior_objectives.py",
                                                         PACKAGE / "training" / "prior_trainer.py",
+                                                        PACKAGE / "training" / "guard.py",
                                                         PACKAGE / "shape_eval.py",
                                                         PACKAGE / "train.py"]
 DATA = sorted(PACKAGE.glob("data/*.py")) + sorted(PACKAGE.glob("metrics/*.py"))
@@ -61,7 +62,7 @@ def test_tensorflow_only_in_the_engine():
 
 
 def test_jax_only_in_the_jax_engine():
-    assert _users("jax") == {"training/jax_engine.py"}
+    assert _users("jax") == {"training/jax_engine.py", "training/prior_jax_engine.py"}
 
 
 @pytest.mark.parametrize("path", RUNTIME, ids=lambda p: p.name)

@@ -18,7 +18,8 @@ from sdnet_tf.models import NVAE, AnatomyEncoder
 from sdnet_tf.models.acnn import ShapeAutoencoder
 from sdnet_tf.models.priors import load_prior, variable_values
 from sdnet_tf.training import prior_objectives
-from sdnet_tf.training.prior_engine import NonFiniteError, StepEngine
+from sdnet_tf.training.guard import NonFiniteError
+from sdnet_tf.training.prior_engine import StepEngine
 from sdnet_tf.training.prior_trainer import estimate_omega, train_prior, train_unet
 
 TINY_NVAE = dict(input_size=32, stem_channels=2, preprocess_blocks=1, groups_per_scale=(1, 1, 2),

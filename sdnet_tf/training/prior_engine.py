@@ -3,23 +3,16 @@
 One ``StepEngine`` wraps a loss function of Keras models: a ``tf.function`` computes the loss
 and its gradients (plus coupled L2 weight decay), a finite-value guard inspects them, and a
 second ``tf.function`` applies them. A step whose loss or gradients hold a NaN or an infinity
-is skipped (the optimiser state is untouched) or stops the run, as ``nonfinite`` says.
+is skipped (weights, optimiser state, BatchNorm statistics and the other float state are
+left as they were) or stops the run, as ``nonfinite`` says (``guard.Guard``).
 """
-
-import logging
 
 import tensorflow as tf
 
-log = logging.getLogger("sdnet_tf.train")
-
-NONFINITE = ("skip", "stop")
+from sdnet_tf.training.guard import Guard, as_floats
 
 
-class NonFiniteError(FloatingPointError):
-    """A training step produced NaN or infinite values."""
-
-
-class StepEngine:
+class StepEngine(Guard):
     """Guarded gradient updates of ``variables`` on ``loss_fn``.
 
     Args:
@@ -31,26 +24,28 @@ class StepEngine:
         jit_compile: compile the gradient computation with XLA.
         nonfinite: "skip" (drop the step, log it) or "stop" (raise ``NonFiniteError``).
         max_nonfinite: consecutive skipped steps after which the run stops anyway.
+        state: the other variables ``loss_fn`` reads or assigns (BatchNorm statistics,
+            spectral vectors, seed states, a frozen prior). ``tf.function`` tracks them
+            itself; the engine only restores the floating-point ones after a skipped step,
+            so a non-finite batch cannot leave NaN in the BatchNorm statistics.
     """
 
     def __init__(self, variables, loss_fn, optimizer, weight_decay=0.0, jit_compile=False, nonfinite="skip",
-                 max_nonfinite=20):
-        if nonfinite not in NONFINITE:
-            raise ValueError(f"nonfinite {nonfinite!r}: expected one of {', '.join(NONFINITE)}")
+                 max_nonfinite=20, state=()):
+        super().__init__(nonfinite, max_nonfinite)
         self.variables = list(variables)
+        trained = {id(v) for v in self.variables}
+        self.state = [v for v in state if id(v) not in trained and "float" in str(v.dtype)]
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.weight_decay = float(weight_decay)
-        self.nonfinite = nonfinite
-        self.max_nonfinite = max_nonfinite
-        self.skipped = 0
-        self.consecutive = 0
         optimizer.build(self.variables)
         self._compute = tf.function(self._gradients, jit_compile=jit_compile, reduce_retracing=True)
         self._apply = tf.function(lambda grads: optimizer.apply(grads, self.variables))
         self._evaluate = tf.function(lambda *inputs: loss_fn(*inputs), reduce_retracing=True)
 
     def _gradients(self, *inputs):
+        saved = [tf.identity(v.value) for v in self.state]
         with tf.GradientTape() as tape:
             total, terms = self.loss_fn(*inputs)
         grads = tape.gradient(total, self.variables)
@@ -59,41 +54,22 @@ class StepEngine:
             grads = [g + self.weight_decay * tf.cast(v, g.dtype) for g, v in zip(grads, self.variables)]
         finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(total))]
                                         + [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+        for variable, old in zip(self.state, saved):  # what the forward pass assigned, kept on a good step only
+            variable.assign(tf.where(finite, variable.value, old))
         return total, terms, grads, finite
 
     def step(self, *inputs, where="step"):
         """One update; returns the loss terms (and ``total``) as floats, with ``skipped`` 1.0
         when the guard dropped it."""
         total, terms, grads, finite = self._compute(*inputs)
-        out = {name: float(value) for name, value in terms.items()}
-        out["total"] = float(total)
         if bool(finite):
             self._apply(grads)
-            self.consecutive = 0
-            out["skipped"] = 0.0
-            return out
-        self.skipped += 1
-        self.consecutive += 1
-        bad = ", ".join(f"{k}={v:.4g}" for k, v in out.items())
-        message = (f"{where}: non-finite loss or gradients ({bad}); the step was not applied. "
-                   "If it recurs, lower train.learning_rate (e.g. 5e-3 or 1e-3) or raise train.weight_decay")
-        if self.nonfinite == "stop" or self.consecutive >= self.max_nonfinite:
-            if self.nonfinite == "skip":
-                message += f" ({self.consecutive} consecutive non-finite steps: stopping)"
-            raise NonFiniteError(message)
-        log.warning(message)
-        out["skipped"] = 1.0
-        return out
+        return self.outcome(total, terms, bool(finite), where)
 
     def evaluate(self, *inputs):
         """The loss terms (and ``total``) without an update, as floats."""
-        total, terms = self._evaluate(*inputs)
-        out = {name: float(value) for name, value in terms.items()}
-        out["total"] = float(total)
-        return out
+        return as_floats(*self._evaluate(*inputs))
 
-
-
-def compiled(fn):
-    """``fn`` as a ``tf.function`` (the trainers' inference helpers)."""
-    return tf.function(fn, reduce_retracing=True)
+    def compiled(self, fn):
+        """``fn`` as a ``tf.function`` (the trainers' inference helpers)."""
+        return tf.function(fn, reduce_retracing=True)

@@ -10,7 +10,9 @@ Both loops share the run-directory layout:
 - ``history.csv`` (one row per epoch), ``scalars.jsonl`` (training terms every ``log_every``
   steps), ``train.log``, and ``summary.json`` at the end.
 
-The gradient mechanics live in ``prior_engine`` (TensorFlow); this module is backend-free.
+The gradient mechanics live in ``prior_engine`` (TensorFlow) and ``prior_jax_engine`` (JAX),
+chosen by ``train.backend``, which must be Keras' backend; this module is backend-free. The
+checkpoints are the same on both, so a run can be resumed on the other backend.
 """
 
 import csv
@@ -137,15 +139,33 @@ class RunFiles:
             handle.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in values.items()}}) + "\n")
 
 
+def step_engine(config):
+    """The ``StepEngine`` class of ``config.train.backend``, which must be Keras' backend."""
+    from sdnet_tf.config import ConfigError
+
+    wanted, running = config.train.backend, keras.backend.backend()
+    if wanted != running:
+        raise ConfigError(f"train.backend is {wanted!r} but Keras runs on {running!r}: set KERAS_BACKEND={wanted} "
+                          "before Keras is imported (sdnet-tf train does this for --backend)")
+    if running == "jax":
+        from sdnet_tf.training.prior_jax_engine import StepEngine
+    elif running == "tensorflow":
+        from sdnet_tf.training.prior_engine import StepEngine
+    else:
+        raise ConfigError(f"train.backend {wanted!r}: expected tensorflow or jax")
+    return StepEngine
+
+
 def _prepare(config, run_dir, resume, progress):
     run_dir = Path(run_dir)
+    engine_class = step_engine(config)  # a wrong backend is refused before anything is read or written
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     sets, groups, description = mask_sets(config, progress)  # before the run directory: bad data leaves nothing
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     write_json(run_dir / "data.json", description)
-    return run_dir, sets, groups
+    return run_dir, sets, groups, engine_class
 
 
 def _schedule(train, training_slices):
@@ -208,14 +228,56 @@ def _loop(name, config, run_dir, files, model, optimizer, engine, make_inputs, v
 
 
 # ------------------------------------------------------------------------------ priors
+def prior_loss(kind, model, train):
+    """The training loss of a prior and the extra variables it keeps, ``(loss_fn, extra)``.
+
+    NVAE: ``loss_fn(masks, kl_coefficient)``, the weighted negative ELBO plus, with
+    ``train.spectral_weight``, the spectral penalty; ``extra`` are the power iteration's
+    vectors, one per convolution kernel, which the loss advances. Shape autoencoder:
+    ``loss_fn(masks)``, the denoising loss on label-swapped masks; ``extra`` is the swap's
+    seed state. Both are checkpointed with the model.
+    """
+    from keras import ops
+
+    from sdnet_tf import losses
+
+    if kind == "acnn":
+        from sdnet_tf.models.acnn import swap_labels
+
+        generator = keras.random.SeedGenerator(train.seed)
+
+        def denoising(masks):
+            return prior_objectives.autoencoder(model, masks, swap_labels(masks, train.label_swap, generator))
+
+        return denoising, [generator.state]
+    betas, alpha = model.group_betas(train.kl_betas), model.group_alpha()
+    kernels = [v for v in model.trainable_variables if len(v.shape) == 4 and "depthwise" not in v.path]
+    extra = []
+    if train.spectral_weight:
+        seeds = np.random.default_rng(train.seed)
+        extra = [keras.Variable(seeds.standard_normal(int(np.prod(k.shape[:-1]))).astype("float32")
+                                / math.sqrt(np.prod(k.shape[:-1])), trainable=False, name="spectral_u")
+                 for k in kernels]
+
+    def elbo(masks, coefficient):
+        total, terms = prior_objectives.nvae(model, masks, coefficient, betas, alpha, train.kl_balance)
+        if train.spectral_weight:
+            sigmas, vectors = losses.spectral_norms(kernels, extra, train.spectral_iterations)
+            for variable, vector in zip(extra, vectors):
+                variable.assign(vector)
+            terms["spectral"] = ops.sum(ops.stack(sigmas))
+            total = total + train.spectral_weight * terms["spectral"]
+        return total, terms
+
+    return elbo, extra
+
+
 def train_prior(config, run_dir, resume=True, progress=True):
     """Train an NVAE or a shape autoencoder on one-hot masks as ``config`` (a ``PriorConfig``)
     says; returns the run summary (also written to ``summary.json``)."""
     from keras import ops
 
-    from sdnet_tf.training.prior_engine import StepEngine, compiled
-
-    run_dir, sets, _ = _prepare(config, run_dir, resume, progress)
+    run_dir, sets, _, StepEngine = _prepare(config, run_dir, resume, progress)
     handler = log_to_file(run_dir)
     try:
         m, train = config.model, config.train
@@ -236,55 +298,35 @@ def train_prior(config, run_dir, resume=True, progress=True):
                 train.learning_rate, decay_steps=total_steps, alpha=train.min_learning_rate / train.learning_rate)
         optimizer = keras.optimizers.Adamax(learning_rate, epsilon=train.epsilon)
         spacing = config.data.spacing
-        extra = []
 
+        loss_fn, extra = prior_loss(m.kind, model, train)
         if m.kind == "nvae":
             betas = model.group_betas(train.kl_betas)
-            alpha = model.group_alpha()
-            kernels = [v for v in model.trainable_variables if len(v.shape) == 4 and "depthwise" not in v.path]
-            if train.spectral_weight:
-                seeds = np.random.default_rng(train.seed)
-                extra = [keras.Variable(seeds.standard_normal(int(np.prod(k.shape[:-1]))).astype("float32")
-                                        / math.sqrt(np.prod(k.shape[:-1])), trainable=False, name="spectral_u")
-                         for k in kernels]
-
-            def loss_fn(masks, coefficient):
-                total, terms = prior_objectives.nvae(model, masks, coefficient, betas, alpha, train.kl_balance)
-                if train.spectral_weight:
-                    from sdnet_tf import losses
-
-                    sigmas, vectors = losses.spectral_norms(kernels, extra, train.spectral_iterations)
-                    for variable, vector in zip(extra, vectors):
-                        variable.assign(vector)
-                    terms["spectral"] = ops.sum(ops.stack(sigmas))
-                    total = total + train.spectral_weight * terms["spectral"]
-                return total, terms
 
             def make_inputs(subset, index, rng, step):
                 coefficient = prior_objectives.kl_coefficient(step, steps_per_epoch, train.kl_warmup_epochs,
                                                               train.kl_const_steps, train.kl_min)
                 return prior_one_hot(_augment(config, subset.labels[index], rng)), np.float32(coefficient)
 
-            evaluate = compiled(lambda masks: prior_objectives.nvae_validation(model, masks, betas))
-            sample = compiled(lambda n: ops.argmax(model.sample(n, 1.0), axis=-1))
+            def evaluate_fn(masks):
+                return prior_objectives.nvae_validation(model, masks, betas)
+
+            def sample_fn(n):
+                return ops.argmax(model.sample(n, 1.0), axis=-1)
         else:
-            from sdnet_tf.models.acnn import swap_labels
-
-            generator = keras.random.SeedGenerator(train.seed)
-
-            def loss_fn(masks):
-                corrupted = swap_labels(masks, train.label_swap, generator)
-                return prior_objectives.autoencoder(model, masks, corrupted)
-
             def make_inputs(subset, index, rng, step):
                 return (prior_one_hot(_augment(config, subset.labels[index], rng)),)
 
-            evaluate = compiled(lambda masks: prior_objectives.autoencoder(model, masks, masks))
-            sample = None
+            def evaluate_fn(masks):
+                return prior_objectives.autoencoder(model, masks, masks)
 
-        reconstruct = compiled(lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1))
+            sample_fn = None
+
         engine = StepEngine(model.trainable_variables, loss_fn, optimizer, train.weight_decay, train.jit_compile,
-                            train.nonfinite, train.max_nonfinite)
+                            train.nonfinite, train.max_nonfinite, state=model.non_trainable_variables + extra)
+        evaluate = engine.compiled(evaluate_fn)
+        sample = engine.compiled(sample_fn) if sample_fn is not None else None
+        reconstruct = engine.compiled(lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1))
 
         def validate(subset):
             masks = prior_one_hot(subset.labels)
@@ -375,15 +417,13 @@ def check_prior_fits(prior_config, config):
 def train_unet(config, run_dir, resume=True, progress=True):
     """Train the U-Net baseline as ``config`` (a ``SegmentationConfig``) says, with the shape
     loss of ``loss.shape_prior`` when set; returns the run summary."""
-    from sdnet_tf.training.prior_engine import StepEngine, compiled
-
     from keras import ops
 
     prior = prior_config = None
     if config.loss.shape_prior:
         prior, prior_config = load_prior(config.loss.shape_prior)
         check_prior_fits(prior_config, config)
-    run_dir, sets, _ = _prepare(config, run_dir, resume, progress)
+    run_dir, sets, _, StepEngine = _prepare(config, run_dir, resume, progress)
     handler = log_to_file(run_dir)
     try:
         train = config.train
@@ -392,19 +432,27 @@ def train_unet(config, run_dir, resume=True, progress=True):
         steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
         optimizer = keras.optimizers.Adam(train.learning_rate)
         spacing = config.data.spacing
+        weights = {"omega": 0.0}
+
+        def loss_fn(images, masks):
+            return prior_objectives.segmentation(model, images, masks, config.loss.cross_entropy, weights["omega"],
+                                                 prior)
+
+        engine = StepEngine(model.trainable_variables, loss_fn, optimizer, 0.0, train.jit_compile,
+                            train.nonfinite, train.max_nonfinite,
+                            state=model.non_trainable_variables + (prior.variables if prior is not None else []))
         omega = 0.0
         if prior is not None:
             rng = np.random.default_rng([train.seed, 999])
             index = epoch_batches(len(sets["training"]), train.batch_size, rng, config.loss.omega_batches)
-            terms_of = compiled(lambda x, y: prior_objectives.segmentation(model, x, y, 1.0, 0.0, prior)[1])
+            terms_of = engine.compiled(
+                lambda x, y: prior_objectives.segmentation(model, x, y, 1.0, 0.0, prior)[1])
             omega = resolve_omega(run_dir / "omega.json", config.loss.shape_omega,
                                   lambda x, y: {k: float(v) for k, v in terms_of(x, y).items()},
                                   [(sets["training"].images[i], prior_one_hot(sets["training"].labels[i]))
                                    for i in index])
             log.info("shape loss weight omega = %.6g", omega)
-
-        def loss_fn(images, masks):
-            return prior_objectives.segmentation(model, images, masks, config.loss.cross_entropy, omega, prior)
+            weights["omega"] = omega  # read when the update is first traced, below
 
         def make_inputs(subset, index, rng, step):
             images, labels = subset.images[index], subset.labels[index]
@@ -416,9 +464,7 @@ def train_unet(config, run_dir, resume=True, progress=True):
                 return images, masks
             return images, prior_one_hot(labels)
 
-        predict = compiled(lambda x: ops.argmax(model(x, training=False), axis=-1))
-        engine = StepEngine(model.trainable_variables, loss_fn, optimizer, 0.0, train.jit_compile,
-                            train.nonfinite, train.max_nonfinite)
+        predict = engine.compiled(lambda x: ops.argmax(model(x, training=False), axis=-1))
 
         def validate(subset):
             predicted = batched(predict, subset.images)
