@@ -116,6 +116,7 @@ def test_the_backends_agree_far_more_closely_than_the_iteration_moved_the_weight
 RESUME_SCRIPT = """
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 
