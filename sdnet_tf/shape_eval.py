@@ -156,18 +156,41 @@ def evaluate_unet(run_dir, progress=True):
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def evaluate_run(run_dir, output, samples=1000, progress=True):
-    """Evaluate one run directory (prior or U-Net) and write ``<output>/<name>.json``."""
+def _best_fingerprint(run_dir):
+    """What identifies the best weights: ``best.json``'s text and ``best.npz``'s file identity
+    (both are replaced atomically, so a new best epoch changes the inode)."""
+    path = run_dir / "best.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no best.npz (has the run finished an epoch?)")
+    stat = path.stat()
+    record = run_dir / "best.json"
+    return record.read_text() if record.is_file() else "", stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3):
+    """Evaluate one run directory (prior or U-Net) and write ``<output>/<name>.json``.
+
+    A run may still be training: when it saves a new best epoch during the evaluation, the
+    evaluation is repeated (up to ``attempts`` times), so the figures and the ``best``
+    record written with them always belong to the same weights.
+    """
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
-    if not (run_dir / "best.npz").is_file():
-        raise FileNotFoundError(f"{run_dir}: no best.npz (has the run finished an epoch?)")
-    result = evaluate_unet(run_dir, progress) if kind == "unet" else evaluate_prior(run_dir, samples,
-                                                                                    progress=progress)
-    for name in ("summary.json", "best.json"):
-        path = run_dir / name
-        if path.is_file():
-            result[name.split(".")[0]] = json.loads(path.read_text())
+    for attempt in range(attempts):
+        before = _best_fingerprint(run_dir)
+        result = evaluate_unet(run_dir, progress) if kind == "unet" else evaluate_prior(run_dir, samples,
+                                                                                        progress=progress)
+        if _best_fingerprint(run_dir) == before:
+            break
+        log.warning("%s saved a new best epoch during its evaluation; evaluating it again", run_dir)
+    else:
+        raise RuntimeError(f"{run_dir}: its best weights changed during each of {attempts} evaluations; "
+                           "evaluate it when the run has stopped")
+    if before[0]:
+        result["best"] = json.loads(before[0])
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        result["summary"] = json.loads(summary.read_text())
     write_json(Path(output) / f"{run_dir.name}.json", result)
     return result
 

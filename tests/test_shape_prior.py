@@ -327,3 +327,44 @@ def test_tiny_prior_learns_phantom_masks(cohort, tmp_path):
     summary = train_prior(config, tmp_path / "tiny", progress=False)
     print("small NVAE best validation:", summary["best"])
     assert summary["best"]["dice_mean"] >= 0.9
+
+
+def test_evaluation_of_a_run_still_training_matches_its_best_record(tmp_path, monkeypatch):
+    """A new best epoch saved while a run is evaluated makes the evaluation start again, so
+    the figures and the ``best`` record written with them are of the same weights."""
+    from sdnet_tf import shape_eval
+    from sdnet_tf.atomic import write_json
+
+    run = tmp_path / "nvae-run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {kind: nvae}\n")
+
+    def save_best(epoch):  # as RunFiles.save_best: weights, then the record, each replaced atomically
+        np.savez(run / "tmp.npz", w=np.full(3, epoch))
+        (run / "tmp.npz").replace(run / "best.npz")
+        write_json(run / "best.json", {"epoch": epoch})
+
+    save_best(1)
+    evaluated = []
+
+    def fake_evaluate(run_dir, samples, progress=True):
+        with np.load(run_dir / "best.npz") as data:
+            evaluated.append(int(data["w"][0]))
+        if len(evaluated) == 1:
+            save_best(2)  # the training loop finishes a better epoch meanwhile
+        return {"weights_epoch": evaluated[-1]}
+
+    monkeypatch.setattr(shape_eval, "evaluate_prior", fake_evaluate)
+    result = shape_eval.evaluate_run(run, tmp_path / "out")
+    assert evaluated == [1, 2]
+    assert result["weights_epoch"] == result["best"]["epoch"] == 2
+    assert json.loads((tmp_path / "out" / "nvae-run.json").read_text())["best"]["epoch"] == 2
+
+    def always_changing(run_dir, samples, progress=True):
+        save_best(len(evaluated) + 10)
+        evaluated.append(0)
+        return {}
+
+    monkeypatch.setattr(shape_eval, "evaluate_prior", always_changing)
+    with pytest.raises(RuntimeError, match="changed during each of 3 evaluations"):
+        shape_eval.evaluate_run(run, tmp_path / "out")
