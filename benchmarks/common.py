@@ -9,18 +9,24 @@ import time
 from sdnet_tf.atomic import write_text
 
 
-def time_iterations(trainer, warmup, iterations):
-    """(seconds of the ``warmup`` iterations together, seconds of each timed iteration)."""
+def time_calls(call, warmup, iterations):
+    """(seconds of the ``warmup`` calls together, seconds of each timed call); ``call(i)`` is
+    given the call's index, counting the warm-up ones."""
     start = time.perf_counter()
-    for _ in range(warmup):
-        trainer.train_iteration()
+    for i in range(warmup):
+        call(i)
     warmup_s = time.perf_counter() - start
     times = []
-    for _ in range(iterations):
+    for i in range(warmup, warmup + iterations):
         start = time.perf_counter()
-        trainer.train_iteration()
+        call(i)
         times.append(time.perf_counter() - start)
     return warmup_s, times
+
+
+def time_iterations(trainer, warmup, iterations):
+    """(seconds of the ``warmup`` iterations together, seconds of each timed iteration)."""
+    return time_calls(lambda i: trainer.train_iteration(), warmup, iterations)
 
 
 def report(result, out=None):

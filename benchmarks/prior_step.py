@@ -21,10 +21,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import time_calls  # noqa: E402  (benchmarks/common.py, beside this script)
+from sdnet_tf.atomic import write_text  # noqa: E402
 
 ENGINES = {"tf-function": ("tensorflow", False), "tf-xla": ("tensorflow", True), "jax": ("jax", True)}
 
@@ -56,15 +58,7 @@ def measure(engine, config_name, overrides, warmup, steps):
     batches = [prior_one_hot(rng.integers(0, 4, (batch, size, size)).astype(np.uint8)) for _ in range(4)]
     inputs = (lambda i: (batches[i % 4], np.float32(0.5))) if config.model.kind == "nvae" else \
         (lambda i: (batches[i % 4],))
-    start = time.perf_counter()
-    for i in range(warmup):
-        engine_.step(*inputs(i))
-    warmup_s = time.perf_counter() - start
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
-        engine_.step(*inputs(i))
-        times.append(time.perf_counter() - start)
+    warmup_s, times = time_calls(lambda i: engine_.step(*inputs(i)), warmup, steps)
     parameters = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
     device = keras.backend.backend()
     if backend == "jax":
@@ -122,8 +116,6 @@ def main():
     elif not args.compare:
         print(json.dumps(result, indent=2))
     if args.out:
-        from sdnet_tf.atomic import write_text
-
         write_text(args.out, json.dumps(result, indent=2) + "\n")
 
 

@@ -78,3 +78,23 @@ def select_backend(name):
     os.environ["KERAS_BACKEND"] = name
     if name == "jax":
         os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
+
+
+def require_backend(name):
+    """Check that Keras runs on ``name``, a run's ``train.backend``.
+
+    Keras fixes its backend when it is first imported (``KERAS_BACKEND``), so an engine
+    cannot switch it; a mismatch is refused rather than training on the other backend.
+
+    Raises:
+        ValueError: an unknown backend.
+        RuntimeError: Keras runs on another backend.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"train.backend {name!r}: expected one of {', '.join(BACKENDS)}")
+    import keras
+
+    running = keras.backend.backend()
+    if running != name:
+        raise RuntimeError(f"train.backend is {name!r} but Keras runs on {running!r}: set KERAS_BACKEND={name} "
+                           "before Keras is imported (the sdnet-tf command does this for --backend)")

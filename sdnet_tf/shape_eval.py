@@ -176,7 +176,7 @@ def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3):
     """
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
-    for attempt in range(attempts):
+    for _ in range(attempts):
         before = _best_fingerprint(run_dir)
         result = evaluate_unet(run_dir, progress) if kind == "unet" else evaluate_prior(run_dir, samples,
                                                                                         progress=progress)

@@ -24,13 +24,13 @@ from keras import ops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from conftest import TINY_NVAE  # noqa: E402
 from sdnet_tf.config import PriorConfig  # noqa: E402
 from sdnet_tf.data.masks import prior_one_hot  # noqa: E402
 from sdnet_tf.models.priors import assign_values, build_prior, variable_values  # noqa: E402
 from sdnet_tf.training.prior_trainer import prior_loss, step_engine  # noqa: E402
 
-TINY = dict(input_size=32, stem_channels=2, preprocess_blocks=1, groups_per_scale=[1, 1, 2], latent_channels=3,
-            cells_per_group=1, decoder_expansion=2)
+TINY = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_NVAE.items()}  # config values are lists
 
 
 def wave_normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):

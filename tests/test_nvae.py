@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import TINY_NVAE
 from sdnet_tf.distributions import Normal, soft_clamp
 from sdnet_tf.models import NVAE
 
@@ -16,8 +17,6 @@ from sdnet_tf.models import NVAE
 # add 19,200 non-trainable values.
 DEFAULT_N_TRAINABLE = 2_043_792
 DEFAULT_N_TOTAL = 2_062_992
-TINY = dict(input_size=32, stem_channels=2, preprocess_blocks=1, groups_per_scale=(1, 1, 2),
-            latent_channels=3, cells_per_group=1, decoder_expansion=2)
 
 
 def _masks(batch, size, classes=4, seed=0):
@@ -180,7 +179,7 @@ def test_initial_training_pass_has_a_bounded_kl():
 
 
 def test_tiny_shapes_and_invalid_size():
-    model = NVAE(**TINY, seed=0)
+    model = NVAE(**TINY_NVAE, seed=0)
     logits, kl = model(_masks(2, 32), training=False, sample=True)
     assert tuple(logits.shape) == (2, 32, 32, 4) and tuple(kl.shape) == (2, 4)
     assert [tuple(z.shape) for z in model.posterior_means(_masks(2, 32))] == \
@@ -190,7 +189,7 @@ def test_tiny_shapes_and_invalid_size():
 
 
 def test_config_round_trip_and_save_load(tmp_path):
-    model = NVAE(**TINY, encoder_residual_scale=1.0, decoder_residual_scale=0.5, seed=3)
+    model = NVAE(**TINY_NVAE, encoder_residual_scale=1.0, decoder_residual_scale=0.5, seed=3)
     masks = _masks(2, 32, seed=1)
     out = model(masks, training=False, sample=False)
     clone = NVAE.from_config(model.get_config())
@@ -207,7 +206,7 @@ def test_config_round_trip_and_save_load(tmp_path):
 
 def test_every_trainable_variable_gets_a_gradient():
     tf = pytest.importorskip("tensorflow")
-    model = NVAE(**TINY, seed=5)
+    model = NVAE(**TINY_NVAE, seed=5)
     model.build_default()
     masks = _masks(2, 32, seed=2)
     with tf.GradientTape() as tape:
@@ -231,7 +230,7 @@ def test_every_layer_is_tracked_and_values_round_trip():
     trained nor saved), so copying the variables copies the function."""
     from sdnet_tf.models.priors import assign_values, variable_values
 
-    a, b = NVAE(**TINY, seed=1).build_default(), NVAE(**TINY, seed=2).build_default()
+    a, b = NVAE(**TINY_NVAE, seed=1).build_default(), NVAE(**TINY_NVAE, seed=2).build_default()
     tracked = {id(v) for v in a.variables}
     for layer in a._flatten_layers(include_self=False, recursive=True):
         assert all(id(w) in tracked for w in layer.weights), layer.name

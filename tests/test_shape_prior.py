@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from conftest import TINY_NVAE
 from sdnet_tf import losses
 from sdnet_tf.config import PriorConfig, SegmentationConfig
 from sdnet_tf.data.masks import prior_one_hot
@@ -22,8 +23,6 @@ from sdnet_tf.training.guard import NonFiniteError
 from sdnet_tf.training.prior_engine import StepEngine
 from sdnet_tf.training.prior_trainer import estimate_omega, train_prior, train_unet
 
-TINY_NVAE = dict(input_size=32, stem_channels=2, preprocess_blocks=1, groups_per_scale=(1, 1, 2),
-                 latent_channels=3, cells_per_group=1, decoder_expansion=2)
 SPACING = 5.0  # 32 pixels of 5 mm hold the whole phantom heart
 
 

@@ -24,18 +24,19 @@ class StepEngine(Guard):
         jit_compile: compile the gradient computation with XLA.
         nonfinite: "skip" (drop the step, log it) or "stop" (raise ``NonFiniteError``).
         max_nonfinite: consecutive skipped steps after which the run stops anyway.
-        state: the other variables ``loss_fn`` reads or assigns (BatchNorm statistics,
-            spectral vectors, seed states, a frozen prior). ``tf.function`` tracks them
-            itself; the engine only restores the floating-point ones after a skipped step,
-            so a non-finite batch cannot leave NaN in the BatchNorm statistics.
+        state: the other variables ``loss_fn`` may assign (BatchNorm statistics, spectral
+            vectors, seed states). ``tf.function`` tracks them itself; the engine restores
+            the floating-point ones after a skipped step, so a non-finite batch cannot
+            leave NaN in the BatchNorm statistics.
+        frozen: variables ``loss_fn`` only reads (a frozen prior); ``tf.function`` tracks
+            them itself, so this engine does not use the list (the JAX engine does).
     """
 
     def __init__(self, variables, loss_fn, optimizer, weight_decay=0.0, jit_compile=False, nonfinite="skip",
-                 max_nonfinite=20, state=()):
+                 max_nonfinite=20, state=(), frozen=()):
         super().__init__(nonfinite, max_nonfinite)
         self.variables = list(variables)
-        trained = {id(v) for v in self.variables}
-        self.state = [v for v in state if id(v) not in trained and "float" in str(v.dtype)]
+        self.state = [v for v in state if "float" in str(v.dtype)]
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.weight_decay = float(weight_decay)

@@ -14,22 +14,14 @@ new values back into the Keras variables after each step, so checkpoints (``prio
 on one backend can be resumed on the other.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import keras
 
 from sdnet_tf.training.guard import Guard, as_floats
 from sdnet_tf.training.jax_engine import _assign, _values
-
-
-def _unique(variables, exclude=()):
-    seen = {id(v) for v in exclude}
-    out = []
-    for variable in variables:
-        if id(variable) not in seen:
-            seen.add(id(variable))
-            out.append(variable)
-    return out
 
 
 class StepEngine(Guard):
@@ -43,19 +35,21 @@ class StepEngine(Guard):
         jit_compile: ignored: every JAX step is compiled with XLA.
         nonfinite: "skip" (drop the step, log it) or "stop" (raise ``NonFiniteError``).
         max_nonfinite: consecutive skipped steps after which the run stops anyway.
-        state: every other variable ``loss_fn`` or the ``compiled`` functions read or
-            assign (the models' non-trainable variables, a frozen prior's weights,
-            spectral vectors, seed generators' states). Their values are passed in and
-            returned, never captured as constants.
+        state: the other variables ``loss_fn`` or the ``compiled`` functions may assign
+            (the models' non-trainable variables, spectral vectors, seed generators'
+            states); their values are passed in and returned.
+        frozen: variables they only read (a frozen prior's weights); their values are passed
+            in, never captured as constants, and not returned.
     """
 
     def __init__(self, variables, loss_fn, optimizer, weight_decay=0.0, jit_compile=True, nonfinite="skip",
-                 max_nonfinite=20, state=()):
+                 max_nonfinite=20, state=(), frozen=()):
         if keras.backend.backend() != "jax":
             raise RuntimeError(f"this engine needs Keras on the JAX backend, not {keras.backend.backend()!r}")
         super().__init__(nonfinite, max_nonfinite)
         self.variables = list(variables)
-        self.state = _unique(state, exclude=self.variables)
+        self.state = list(state)
+        self.frozen = list(frozen)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.weight_decay = float(weight_decay)
@@ -63,9 +57,10 @@ class StepEngine(Guard):
         self._update = jax.jit(self._pure_update)
         self._evaluate = self.compiled(loss_fn)
 
-    def _pure_update(self, trained, state, optimizer_values, *inputs):
+    def _pure_update(self, trained, state, frozen, optimizer_values, *inputs):
         def loss(trained_values):
-            mapping = list(zip(self.variables, trained_values)) + list(zip(self.state, state))
+            mapping = (list(zip(self.variables, trained_values)) + list(zip(self.state, state))
+                       + list(zip(self.frozen, frozen)))
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 total, terms = self.loss_fn(*inputs)
             return total, (terms, [scope.get_current_value(v) for v in self.state])
@@ -89,7 +84,8 @@ class StepEngine(Guard):
         """One update; returns the loss terms (and ``total``) as floats, with ``skipped`` 1.0
         when the guard dropped it."""
         new_trained, new_state, new_optimizer, total, terms, finite = self._update(
-            _values(self.variables), _values(self.state), _values(self.optimizer.variables), *inputs)
+            _values(self.variables), _values(self.state), _values(self.frozen), _values(self.optimizer.variables),
+            *inputs)
         _assign(self.variables, new_trained)
         _assign(self.state, new_state)
         _assign(self.optimizer.variables, new_optimizer)
@@ -107,12 +103,11 @@ class StepEngine(Guard):
         constants: one compilation per value. Random-number states ``fn`` advances are
         written back, so repeated calls draw new samples, as on TensorFlow.
         """
-        variables = self.variables + self.state
+        variables = self.variables + self.state + self.frozen
         cache = {}
 
         def pure(values, dynamic, static):
-            mapping = list(zip(variables, values))
-            with keras.StatelessScope(state_mapping=mapping) as scope:
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
                 args = iter(dynamic)
                 out = fn(*[static[i] if i in static else next(args) for i in range(len(static) + len(dynamic))])
             return out, [scope.get_current_value(v) for v in self.state]
@@ -122,11 +117,11 @@ class StepEngine(Guard):
             dynamic = [a for i, a in enumerate(args) if i not in static]
             key = tuple(sorted(static.items()))
             if key not in cache:
-                cache[key] = jax.jit(lambda values, dyn, frozen=dict(static): pure(values, dyn, frozen))
+                cache[key] = jax.jit(functools.partial(pure, static=static))
             out, new_state = cache[key](_values(variables), dynamic)
-            changed = [(v, n) for v, n in zip(self.state, new_state) if not jnp.issubdtype(n.dtype, jnp.floating)]
-            for variable, value in changed:  # seed states only: inference leaves the weights alone
-                variable.assign(value)
+            for variable, value in zip(self.state, new_state):  # seed states only: inference leaves the weights
+                if not jnp.issubdtype(value.dtype, jnp.floating):
+                    variable.assign(value)
             return out
 
         return call

@@ -142,17 +142,16 @@ class RunFiles:
 def step_engine(config):
     """The ``StepEngine`` class of ``config.train.backend``, which must be Keras' backend."""
     from sdnet_tf.config import ConfigError
+    from sdnet_tf.runtime import require_backend
 
-    wanted, running = config.train.backend, keras.backend.backend()
-    if wanted != running:
-        raise ConfigError(f"train.backend is {wanted!r} but Keras runs on {running!r}: set KERAS_BACKEND={wanted} "
-                          "before Keras is imported (sdnet-tf train does this for --backend)")
-    if running == "jax":
+    try:
+        require_backend(config.train.backend)
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(str(error)) from error
+    if config.train.backend == "jax":
         from sdnet_tf.training.prior_jax_engine import StepEngine
-    elif running == "tensorflow":
-        from sdnet_tf.training.prior_engine import StepEngine
     else:
-        raise ConfigError(f"train.backend {wanted!r}: expected tensorflow or jax")
+        from sdnet_tf.training.prior_engine import StepEngine
     return StepEngine
 
 
@@ -432,16 +431,14 @@ def train_unet(config, run_dir, resume=True, progress=True):
         steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
         optimizer = keras.optimizers.Adam(train.learning_rate)
         spacing = config.data.spacing
-        weights = {"omega": 0.0}
+        omega = 0.0  # set below before the first step, when the update reads it
 
         def loss_fn(images, masks):
-            return prior_objectives.segmentation(model, images, masks, config.loss.cross_entropy, weights["omega"],
-                                                 prior)
+            return prior_objectives.segmentation(model, images, masks, config.loss.cross_entropy, omega, prior)
 
         engine = StepEngine(model.trainable_variables, loss_fn, optimizer, 0.0, train.jit_compile,
-                            train.nonfinite, train.max_nonfinite,
-                            state=model.non_trainable_variables + (prior.variables if prior is not None else []))
-        omega = 0.0
+                            train.nonfinite, train.max_nonfinite, state=model.non_trainable_variables,
+                            frozen=prior.variables if prior is not None else ())
         if prior is not None:
             rng = np.random.default_rng([train.seed, 999])
             index = epoch_batches(len(sets["training"]), train.batch_size, rng, config.loss.omega_batches)
@@ -452,7 +449,6 @@ def train_unet(config, run_dir, resume=True, progress=True):
                                   [(sets["training"].images[i], prior_one_hot(sets["training"].labels[i]))
                                    for i in index])
             log.info("shape loss weight omega = %.6g", omega)
-            weights["omega"] = omega  # read when the update is first traced, below
 
         def make_inputs(subset, index, rng, step):
             images, labels = subset.images[index], subset.labels[index]

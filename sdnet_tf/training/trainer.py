@@ -10,13 +10,13 @@ import math
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 from tqdm.auto import tqdm
 
 from sdnet_tf.atomic import atomic_path, write_json
 from sdnet_tf.config import save_config
 from sdnet_tf.losses import dice_coefficient
+from sdnet_tf.runtime import require_backend
 from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler, EarlyStopping, FakePool
 
 log = logging.getLogger("sdnet_tf.train")
@@ -33,7 +33,6 @@ def _mask_rgb(masks):
     return np.clip(masks @ colours, 0.0, 1.0)
 
 
-BACKENDS = ("tensorflow", "jax")
 
 
 def make_engine(model, config, run_dir):
@@ -43,12 +42,7 @@ def make_engine(model, config, run_dir):
     cannot switch it; a mismatch is refused rather than training on the other backend.
     """
     backend = config.train.backend
-    if backend not in BACKENDS:
-        raise ValueError(f"train.backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    if keras.backend.backend() != backend:
-        raise RuntimeError(f"train.backend is {backend!r} but Keras runs on {keras.backend.backend()!r}: "
-                           f"set KERAS_BACKEND={backend} before Keras is imported "
-                           "(the sdnet-tf command does this for --backend)")
+    require_backend(backend)
     if backend == "jax":
         from sdnet_tf.training.jax_engine import JAXEngine as Engine
     else:
