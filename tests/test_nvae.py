@@ -150,6 +150,11 @@ def _disc_masks(batch=8, size=128):
 
 
 def test_kernels_start_at_pytorch_default_scale(default_n):
+    """Every kernel is U(+-1/sqrt(fan_in)): none exceeds the bound, and |w| / bound pooled
+    over all kernels is uniform on [0, 1] (mean 0.5). A per-kernel "reaches the bound" check
+    holds only for kernels large enough to make it near certain: a 16-value SE kernel stays
+    below 0.8 of its bound with probability 0.8^16 = 3%."""
+    ratios = []
     for v in default_n.trainable_variables:
         if len(v.shape) < 2 or v is default_n.h:
             continue
@@ -160,7 +165,11 @@ def test_kernels_start_at_pytorch_default_scale(default_n):
             fan_in = int(np.prod(w.shape[:-1]))
         limit = 1.0 / np.sqrt(fan_in)
         assert np.abs(w).max() <= limit * (1 + 1e-6), v.path
-        assert np.abs(w).max() > 0.8 * limit, v.path  # uniform over the whole range
+        if w.size >= 100:  # P(max < 0.8 bound) = 0.8^100 = 2e-10
+            assert np.abs(w).max() > 0.8 * limit, v.path
+        ratios.append(np.abs(w).ravel() / limit)
+    ratios = np.concatenate(ratios)
+    assert len(ratios) > 1_000_000 and abs(ratios.mean() - 0.5) < 0.01, ratios.mean()
 
 
 def test_initial_training_pass_has_a_bounded_kl():
