@@ -1,18 +1,28 @@
 """Loading a trained run and running its networks for prediction (Keras only, any backend)."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from sdnet_infer.io import DataError
 
+log = logging.getLogger("sdnet_tf.inference")
+
 
 def load_run(run_dir):
     """``(model, config)`` of a run directory: the kept weights (``model.keras``) and ``config.yaml``.
 
-    ``model.keras`` holds the best validation weights once training has finished; a run
-    still training has only checkpoints and is refused with a message saying so.
+    ``model.keras`` holds the best validation weights so far: training rewrites it at every
+    validation epoch that improves on the best, so a run still training (or stopped before
+    its end, which writes ``summary.json``) can be used too; a warning then names the epoch
+    the weights come from (``best.json``). A run without any ``model.keras`` (no validation
+    epoch yet, or a run made by an older version before it finished) is refused with a
+    message saying so.
+
+    Raises:
+        DataError: no run directory, no ``config.yaml`` or no ``model.keras``.
     """
     import keras
 
@@ -26,10 +36,19 @@ def load_run(run_dir):
     if not config_path.is_file():
         raise DataError(f"{run_dir}: no config.yaml; not an sdnet-tf run directory")
     if not model_path.is_file():
-        raise DataError(f"{run_dir}: no model.keras yet (it is written when training finishes; "
-                        "resume the run with 'sdnet-tf train ... --run-dir' to finish it)")
+        raise DataError(f"{run_dir}: no model.keras yet (it is written at the first validation epoch "
+                        "and at each improvement; resume the run with 'sdnet-tf train ... --run-dir' "
+                        "to get one)")
     config = load_config(str(config_path))
     model = keras.saving.load_model(str(model_path), compile=False)
+    if not (run_dir / "summary.json").is_file():
+        best = run_dir / "best.json"
+        what = "its best validation epoch so far"
+        if best.is_file():
+            record = json.loads(best.read_text())
+            what += (f", epoch {record['epoch']} (iteration {record['iteration']}, "
+                     f"validation Dice {record['val_dice']:.4f})")
+        log.warning("%s has not finished training (no summary.json): using %s", run_dir, what)
     return model, config
 
 

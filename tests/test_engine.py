@@ -144,3 +144,30 @@ def test_xla_and_mixed_precision_switches_train(tmp_path, jit_compile, precision
     assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(trainer.model)))
     expected = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[precision]
     assert trainer.model.anatomy_encoder.compute_dtype == expected
+
+
+def test_a_run_still_training_is_used_from_its_best_epoch(tmp_path, caplog):
+    # a run stopped before its end (no finish, no summary.json) is loaded from its best
+    # validation epoch so far, and load_run says which epoch that is
+    import json
+    import logging
+
+    from sdnet_tf.inference import load_run
+
+    trainer = _trainer(tmp_path, small_config(iterations_per_epoch=1, epochs=10))
+    trainer.fit(max_iterations=3)
+    run = tmp_path / "run"
+    assert not (run / "summary.json").exists()
+    best = json.loads((run / "best.json").read_text())
+    assert best["val_dice"] == pytest.approx(trainer.best_dice)
+    with caplog.at_level(logging.WARNING, logger="sdnet_tf.inference"):
+        model, _ = load_run(run)
+    assert "has not finished training" in caplog.text and f"epoch {best['epoch']} " in caplog.text
+    a = trainer.arrays
+    predicted = np.asarray(model.segment(a.validation_images, training=False))
+    assert validation_dice(predicted, a.validation_masks) == pytest.approx(best["val_dice"], abs=1e-5)
+    trainer.finish()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sdnet_tf.inference"):
+        load_run(run)
+    assert "has not finished" not in caplog.text

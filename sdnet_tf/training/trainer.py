@@ -187,6 +187,7 @@ class Trainer:
         if improved:
             self.best_dice = dice
             self.engine.save_best(self.iteration)
+            self._save_best_model(epoch + 1, dice)
         self.stopped = self.stopper.update(val_loss)
         row = {"epoch": epoch + 1, "iteration": self.iteration, "seconds": round(seconds, 3),
                "val_dice": dice, "val_loss": val_loss, **means}
@@ -206,6 +207,15 @@ class Trainer:
         if self.stopped:
             log.info("early stopping after epoch %d (no improvement of %.3g for %d epochs)",
                      epoch + 1, t.min_delta, t.patience)
+
+    def _save_best_model(self, epoch, dice):
+        """Write the best weights so far as ``model.keras`` and describe them in ``best.json``
+        (both atomically), so a run still training, or stopped, can be used for prediction,
+        evaluation, export and reports (``sdnet_tf.inference.load_run`` says which epoch)."""
+        with atomic_path(self.run_dir / "model.keras") as tmp:
+            self.model.save(tmp)
+        write_json(self.run_dir / "best.json", {"epoch": epoch, "iteration": self.iteration,
+                                                "val_dice": float(dice)})
 
     def _log_images(self):
         n = self.config.train.image_summaries
