@@ -72,6 +72,10 @@ class TrainConfig:
     image_summaries: int = 4  # images written to TensorBoard each epoch (0: none)
     log_every: int = 10  # iterations between TensorBoard loss scalars
     validation_batch_size: int = 16
+    # before each validation, recompute every BatchNorm's moving statistics from this many
+    # batches (of validation_batch_size unaugmented training images) with the current weights
+    # ("precise BN", sdnet_tf/training/batchnorm.py); 0 keeps the moving averages, as the original
+    batchnorm_recalibration: int = 0
     # none | mirrored (the GPUs of one host) | multi_worker (hosts listed in TF_CONFIG), with the
     # TensorFlow backend; none | data_parallel (every JAX device) with the JAX backend;
     # batch_size is then the global batch, split evenly across the replicas
@@ -201,6 +205,9 @@ class PriorDataConfig:
     rotation_range: float = 15.0
     cache_dir: str = "~/.cache/sdnet-tf"
     phantom_seed: int = 0
+    # fraction of the split's training patients whose masks are used (whole subjects, the
+    # same ones SDNet labels at that fraction with the same train.seed)
+    labelled_fraction: float = 1.0
 
 
 @dataclass

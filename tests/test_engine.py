@@ -78,9 +78,12 @@ def _weights(model):
     return [np.array(v) for v in model.variables]
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("recalibration", [0, 2], ids=["moving-averages", "batchnorm-recalibrated"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, recalibration):
+    # the run crosses an epoch end (iteration 4), where validation recomputes the BatchNorm
+    # statistics when train.batchnorm_recalibration is set
     k, m = 3, 3
-    config = small_config(iterations_per_epoch=4, epochs=2)
+    config = small_config(iterations_per_epoch=4, epochs=2, batchnorm_recalibration=recalibration)
     straight = _trainer(tmp_path, config, "straight")
     straight.fit(max_iterations=k)
     # the run as it was when "killed" after k iterations

@@ -17,6 +17,7 @@ from sdnet_tf.atomic import atomic_path, write_json
 from sdnet_tf.config import save_config
 from sdnet_tf.losses import dice_coefficient
 from sdnet_tf.runtime import require_backend
+from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
 from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler, EarlyStopping, FakePool
 
 log = logging.getLogger("sdnet_tf.train")
@@ -180,6 +181,8 @@ class Trainer:
     def _end_epoch(self, epoch, means, seconds, history_path):
         t = self.config.train
         a = self.arrays
+        if t.batchnorm_recalibration:
+            self.recalibrate_batchnorm()
         predicted = self.engine.predict_masks(a.validation_images, t.validation_batch_size)
         dice = validation_dice(predicted, a.validation_masks)
         val_loss = 1.0 - dice
@@ -207,6 +210,28 @@ class Trainer:
         if self.stopped:
             log.info("early stopping after epoch %d (no improvement of %.3g for %d epochs)",
                      epoch + 1, t.min_delta, t.patience)
+
+    def recalibrate_batchnorm(self):
+        """Recompute the BatchNorm statistics of the anatomy encoder, the modality encoder and
+        the segmentor with the current weights from ``train.batchnorm_recalibration`` batches of
+        unaugmented training images (labelled and unlabelled), drawn as a function of (seed,
+        iteration) so a resumed run draws the same ones (``batchnorm.recalibrate``)."""
+        t, a, model = self.config.train, self.arrays, self.model
+        labelled = len(a.labelled_images)
+        rng = np.random.default_rng([t.seed, self.iteration, 2])
+        indices = recalibration_batches(np.arange(labelled + len(a.unlabelled_images)), t.batchnorm_recalibration,
+                                        t.validation_batch_size, rng)
+
+        def images(index):
+            return np.concatenate([a.labelled_images[index[index < labelled]],
+                                   a.unlabelled_images[index[index >= labelled] - labelled]])
+
+        def forward(x):
+            anatomy, _, _, _ = model.decompose(x, training=True, sample=False)
+            model.segmentor(anatomy, training=True)
+
+        layers = batchnorm_layers(model.anatomy_encoder, model.modality_encoder, model.segmentor)
+        return recalibrate(forward, layers, (images(index) for index in indices))
 
     def _save_best_model(self, epoch, dice):
         """Write the best weights so far as ``model.keras`` and describe them in ``best.json``
