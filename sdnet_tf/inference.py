@@ -11,18 +11,60 @@ from sdnet_infer.io import DataError
 log = logging.getLogger("sdnet_tf.inference")
 
 
-def load_run(run_dir):
-    """``(model, config)`` of a run directory: the kept weights (``model.keras``) and ``config.yaml``.
+class UNetSegmenter:
+    """The U-Net baseline behind SDNet's inference interface, so the same prediction and
+    evaluation code scores both: ``segment(images)`` (N, H, W, 1) -> foreground probabilities
+    (N, H, W, 3) in SDNet's channel order [MYO, LV, RV] (the U-Net's softmax is over
+    background, RV, MYO, LV)."""
 
-    ``model.keras`` holds the best validation weights so far: training rewrites it at every
-    validation epoch that improves on the best, so a run still training (or stopped before
-    its end, which writes ``summary.json``) can be used too; a warning then names the epoch
-    the weights come from (``best.json``). A run without any ``model.keras`` (no validation
-    epoch yet, or a run made by an older version before it finished) is refused with a
-    message saying so.
+    num_classes = 3
+    _FOREGROUND = [2, 3, 1]  # MYO, LV, RV of (background, RV, MYO, LV)
+
+    def __init__(self, unet):
+        self.unet = unet
+        self.input_size = int(unet.input_size)
+
+    def segment(self, images, training=False):
+        from keras import ops
+
+        return ops.take(self.unet(images, training=training), self._FOREGROUND, axis=-1)
+
+
+def _is_unet_config(path):
+    import yaml
+
+    model = (yaml.safe_load(Path(path).read_text()) or {}).get("model", {})
+    return "filters" in model and "unet_filters" not in model
+
+
+def _load_unet_run(run_dir, config_path):
+    """``(UNetSegmenter, SegmentationConfig)`` of a U-Net baseline run (its ``best.npz``)."""
+    from sdnet_tf.config import SegmentationConfig, load_config
+    from sdnet_tf.models.priors import assign_values
+    from sdnet_tf.training.prior_trainer import build_unet
+
+    weights = run_dir / "best.npz"
+    if not weights.is_file():
+        raise DataError(f"{run_dir}: no best.npz yet (it is written at the first validation epoch)")
+    config = load_config(str(config_path), kind=SegmentationConfig)
+    unet = build_unet(config.model)
+    with np.load(weights) as data:
+        assign_values(unet, {k: data[k] for k in data.files}, source=str(weights))
+    return UNetSegmenter(unet), config
+
+
+def load_run(run_dir):
+    """``(model, config)`` of a run directory: the kept weights and ``config.yaml``.
+
+    For SDNet, ``model.keras`` holds the best validation weights so far: training rewrites it
+    at every validation epoch that improves on the best, so a run still training (or stopped
+    before its end, which writes ``summary.json``) can be used too; a warning then names the
+    epoch the weights come from (``best.json``). A U-Net baseline run (``sdnet-tf train
+    unet``) is loaded from its ``best.npz`` as a ``UNetSegmenter``, so it is predicted and
+    scored exactly as SDNet is.
 
     Raises:
-        DataError: no run directory, no ``config.yaml`` or no ``model.keras``.
+        DataError: no run directory, no ``config.yaml``, or no kept weights yet.
     """
     import keras
 
@@ -35,19 +77,22 @@ def load_run(run_dir):
     model_path, config_path = run_dir / "model.keras", run_dir / "config.yaml"
     if not config_path.is_file():
         raise DataError(f"{run_dir}: no config.yaml; not an sdnet-tf run directory")
-    if not model_path.is_file():
-        raise DataError(f"{run_dir}: no model.keras yet (it is written at the first validation epoch "
-                        "and at each improvement; resume the run with 'sdnet-tf train ... --run-dir' "
-                        "to get one)")
-    config = load_config(str(config_path))
-    model = keras.saving.load_model(str(model_path), compile=False)
+    if _is_unet_config(config_path):
+        model, config = _load_unet_run(run_dir, config_path)
+    else:
+        if not model_path.is_file():
+            raise DataError(f"{run_dir}: no model.keras yet (it is written at the first validation epoch "
+                            "and at each improvement; resume the run with 'sdnet-tf train ... --run-dir' "
+                            "to get one)")
+        config = load_config(str(config_path))
+        model = keras.saving.load_model(str(model_path), compile=False)
     if not (run_dir / "summary.json").is_file():
         best = run_dir / "best.json"
         what = "its best validation epoch so far"
         if best.is_file():
             record = json.loads(best.read_text())
-            what += (f", epoch {record['epoch']} (iteration {record['iteration']}, "
-                     f"validation Dice {record['val_dice']:.4f})")
+            score = record.get("val_dice", record.get("dice_mean"))
+            what += f", epoch {record['epoch']}" + (f" (validation Dice {score:.4f})" if score is not None else "")
         log.warning("%s has not finished training (no summary.json): using %s", run_dir, what)
     return model, config
 
@@ -75,6 +120,11 @@ def run_cohort(run_dir, data=None):
         raise DataError(f"{run_dir}: no data.json; evaluate a run trained on an ACDC-layout folder, "
                         "or score predictions with 'sdnet-tf evaluate -p PREDICTIONS -r REFERENCES'")
     meta = json.loads(description.read_text())
+    if "splits" not in meta and "test_patients" in meta:  # a U-Net baseline run: its own split only
+        split = int(meta.get("split", 0))
+        splits = [None] * 3
+        splits[split] = {name: meta[f"{name}_patients"] for name in ("training", "validation", "test")}
+        meta = {**meta, "dataset": "acdc", "splits": splits}
     if meta.get("dataset") != "acdc":
         raise DataError(f"{run_dir}: trained on {meta.get('dataset')!r} data; only ACDC-layout cohorts "
                         "(a folder or the phantom) can be evaluated by split")

@@ -367,3 +367,26 @@ def test_evaluation_of_a_run_still_training_matches_its_best_record(tmp_path, mo
     monkeypatch.setattr(shape_eval, "evaluate_prior", always_changing)
     with pytest.raises(RuntimeError, match="changed during each of 3 evaluations"):
         shape_eval.evaluate_run(run, tmp_path / "out")
+
+
+def test_unet_at_a_labelled_fraction_uses_sdnet_s_subjects_and_sdnet_s_evaluation(cohort, tmp_path):
+    # the baseline of the label-fraction table: the same labelled subjects as SDNet at that
+    # fraction, predicted and scored on the original grids by the same code as SDNet
+    from sdnet_tf.data.acdc import find_patients, labelled_subset, patient_splits
+    from sdnet_tf.evaluation import evaluate_run as evaluate_sdnet_style
+
+    config = SegmentationConfig()
+    config.model.input_size, config.model.filters, config.model.depth = 32, 4, 2
+    config.train.batch_size, config.train.epochs, config.train.steps_per_epoch = 4, 1, 2
+    config.data.path, config.data.spacing, config.data.cache_dir = str(cohort), SPACING, str(tmp_path / "cache")
+    config.data.labelled_fraction = 0.5
+    train_unet(config, tmp_path / "unet", progress=False)
+    described = json.loads((tmp_path / "unet" / "data.json").read_text())
+    training = patient_splits(find_patients(cohort))[0]["training"]
+    assert described["training_patients"] == labelled_subset(training, 0.5, seed=1)
+    assert len(described["training_patients"]) == max(1, int(0.5 * len(training)))
+    summary = evaluate_sdnet_style(tmp_path / "unet", tmp_path / "eval")
+    assert summary["run"]["patients"] == sorted(described["test_patients"])
+    assert summary["cases"] == 2 * len(described["test_patients"])
+    assert 0.0 <= summary["dice_mean_3d"]["mean"] <= 1.0
+    assert (tmp_path / "eval" / "cases.csv").is_file()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from sdnet_tf.data.acdc import patient_splits, preprocess_cohort
+from sdnet_tf.data.acdc import labelled_subset, patient_splits, preprocess_cohort
 from sdnet_tf.data.arrays import DataError
 
 PRIOR_CHANNELS = ("background", "RV", "MYO", "LV")  # channel k of a prior's mask is ACDC label k
@@ -66,7 +66,8 @@ def _subset(cohort, numbers):
                    np.concatenate(patients), np.concatenate(phases), np.concatenate(positions))
 
 
-def load_mask_sets(root, size=128, spacing=1.37, split=0, cache_dir=None, progress=True):
+def load_mask_sets(root, size=128, spacing=1.37, split=0, cache_dir=None, progress=True, labelled_fraction=1.0,
+                   seed=1):
     """Preprocess (or load from cache) a cohort and split its label slices by patient.
 
     Args:
@@ -76,6 +77,10 @@ def load_mask_sets(root, size=128, spacing=1.37, split=0, cache_dir=None, progre
         split: which of the cohort's three splits.
         cache_dir: where preprocessed arrays are cached (None: no cache).
         progress: show a progress bar while preprocessing.
+        labelled_fraction: keep this fraction of the training patients (whole subjects), chosen
+            as SDNet's labelled subjects are (``acdc.labelled_subset`` with ``seed``), so a
+            baseline and SDNet at one fraction see the same labels.
+        seed: the seed of that choice.
 
     Returns:
         ``(sets, groups, description)``: ``{"training", "validation", "test"}`` -> ``MaskSet``;
@@ -85,10 +90,13 @@ def load_mask_sets(root, size=128, spacing=1.37, split=0, cache_dir=None, progre
     splits = patient_splits(patients)
     if not 0 <= split < len(splits):
         raise DataError(f"split {split}: the cohort has splits 0..{len(splits) - 1}")
-    chosen = splits[split]
+    chosen = dict(splits[split])
+    if labelled_fraction != 1.0:
+        chosen["training"] = labelled_subset(chosen["training"], labelled_fraction, seed)
     sets = {name: _subset(cohort, chosen[name]) for name in SUBSETS}
     groups = {p.number: p.group for p in patients}
     description = {"data": str(root), "split": split, "size": size, "spacing": spacing,
+                   "labelled_fraction": labelled_fraction,
                    **{f"{name}_patients": list(chosen[name]) for name in SUBSETS},
                    **{f"{name}_slices": len(sets[name]) for name in SUBSETS}}
     return sets, groups, description

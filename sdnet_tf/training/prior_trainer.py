@@ -59,7 +59,8 @@ def mask_sets(config, progress=True):
     d = config.data
     folder = data_folder(d)
     cache = Path(d.cache_dir).expanduser() / "preprocessed"
-    return load_mask_sets(folder, config.model.input_size, d.spacing, d.split, cache, progress)
+    return load_mask_sets(folder, config.model.input_size, d.spacing, d.split, cache, progress,
+                          labelled_fraction=d.labelled_fraction, seed=config.train.seed)
 
 
 def valid_share(labels, spacing):
