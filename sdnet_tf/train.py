@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION
+from sdnet_infer.io import check_output_location
 from sdnet_tf.atomic import write_json
 from sdnet_tf.config import ConfigError, model_kwargs
 from sdnet_tf.data.arrays import DataError
@@ -105,6 +106,7 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
                           "set train.backend jax (--backend jax), or use mirrored or multi_worker")
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
+    check_output_location(run_dir)  # a run directory that cannot be made fails before any work
     description = None
     if arrays is None:
         # before the run directory exists: bad data leaves no half-made run behind

@@ -218,3 +218,13 @@ def test_latent_analysis_and_report(trained_run, evaluated, tmp_path):
     assert "| LV | ED |" in text
     html = page.read_text()
     assert html.count("data:image/png;base64,") == len(links) and 'src="http' not in html
+
+
+@pytest.mark.parametrize("command", ["figures", "report", "latent"])
+def test_unwritable_output_is_one_line(trained_run, tmp_path, command):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    out = tmp_path / "file.txt" / "out"
+    result = CliRunner().invoke(main, [command, str(trained_run), "-o", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "Error" in line]
+    assert len(errors) == 1 and str(out) in errors[0], result.output

@@ -18,11 +18,12 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
 3. **Orientation.** The array is flipped and transposed (``nibabel.orientations``) into the
    training orientation, by default ACDC's "LPS" (sform diag(-1, -1, 1): rows run to the
    patient's left, columns to posterior, slices superior), with the slice axis last. The
-   slice axis is forced onto the world axis its affine column is nearest to, and the in-plane
-   axes onto the other two by their largest components, so a flipped or transposed copy of
-   the same physical image (affine updated to match) gives the same array. An in-plane axis
-   that the affine points along the slice direction is a ``DataError`` (affine and voxel
-   sizes disagree). Without an affine (both codes 0) the stored in-plane order is kept and
+   slice axis is forced onto the world axis its affine column is nearest to (which then plays
+   the training slice direction), and the in-plane axes onto the other two by their largest
+   components, so a flipped or transposed copy of the same physical image (affine updated to
+   match) gives the same array. It is a ``DataError`` (affine and voxel sizes disagree) when
+   an in-plane axis runs along the slice direction, or when an affine without voxel size
+   (unit columns, as ACDC's) does not run the slice axis head-foot. Without an affine (both codes 0) the stored in-plane order is kept and
    only the slice axis is moved last. For ACDC's own files the transform is the identity.
 
 ``VolumeGeometry.to_training`` applies the transform, ``from_training`` undoes it, so labels
@@ -181,7 +182,7 @@ def _slice_axis(spacing, affine, source):
     return axis
 
 
-def _transform(affine, slice_axis, orientation, source):
+def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True):
     """Orientation transform (3, 2) from the stored axes to ``orientation`` with the slice axis last."""
     target = axcodes2ornt(orientation)
     slice_world = int(target[2, 0])  # the world axis that plays the slice direction in training
@@ -194,6 +195,10 @@ def _transform(affine, slice_axis, orientation, source):
     cosines = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     column = cosines[:, slice_axis]
     nearest = int(np.argmax(np.abs(column)))
+    if not affine_has_spacing and nearest != slice_world:
+        # a placeholder affine (unit columns, as ACDC's) must at least agree with the voxel sizes
+        raise DataError(f"{source}: the affine runs axis {slice_axis} along {'xyz'[nearest]}, but its voxel size makes it "
+                        "the slice axis; the affine (no voxel size in it) and pixdim disagree")
     # the world frame relabelled so that the slice normal's nearest axis plays the training slice
     # direction; the other two keep their order
     rows = [r for r in range(3) if r != nearest]
@@ -244,7 +249,7 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION):
         raise DataError(f"{source}: the {kind} contains non-finite values")
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
     slice_axis = _slice_axis(spacing, affine, source)
-    transform = _transform(affine, slice_axis, orientation, source)
+    transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim")
     for note in notes:
         log.warning(note)
     shape = tuple(int(s) for s in header["dim"][1:4])

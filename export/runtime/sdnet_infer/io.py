@@ -19,14 +19,25 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.imageglobals import LoggingOutputSuppressor
+from nibabel import imageglobals
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry, read_geometry
 
 LABELS = (0, 1, 2, 3)  # background, RV, MYO, LV
 
-__all__ = ["LABELS", "DataError", "Volume", "atomic_path", "describe_os_error", "load_labels", "load_volume",
+__all__ = ["LABELS", "DataError", "Volume", "atomic_path", "check_output_location", "describe_os_error", "load_labels", "load_volume",
            "parse_label_map", "prepare_output_dir", "read_labels", "read_volume", "save_labels", "save_volume", "write_json", "write_text"]
+
+
+@contextlib.contextmanager
+def _nibabel_silenced():
+    """Mute nibabel's global logger (its own handler and propagation to the application's)."""
+    logger = imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def describe_os_error(error):
@@ -52,6 +63,24 @@ def prepare_output_dir(path):
         raise type(error)(error.errno, error.strerror, str(path)) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, "cannot write in this folder", str(path))
+    return path
+
+
+def check_output_location(path):
+    """Check, creating nothing, that the folder ``path`` exists writable or could be created.
+
+    Raises:
+        OSError: naming ``path``, when a file is in its way or the nearest existing folder
+            above it cannot be written.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot create a folder here ({existing} is a file)", str(path))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot write in {existing}", str(path))
     return path
 
 
@@ -127,7 +156,7 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        with LoggingOutputSuppressor():  # nibabel's header fixes name no file; read_geometry refuses them
+        with _nibabel_silenced():  # its header fixes name no file; read_geometry refuses what they hide
             img = nib.load(str(path))
             data = np.asarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as error:
