@@ -62,7 +62,9 @@ def evaluated(trained_run, tmp_path_factory):
 
 def test_evaluate_run_writes_the_documented_tables(trained_run, evaluated):
     out, summary = evaluated
-    splits = json.loads((trained_run / "data.json").read_text())["splits"][0]
+    description = json.loads((trained_run / "data.json").read_text())
+    assert description["orientation"] == "LPS"  # the orientation predict and export bring inputs into
+    splits = description["splits"][0]
     assert summary["run"]["patients"] == splits["test"] and summary["patients"] == len(splits["test"])
     assert summary["cases"] == 2 * len(splits["test"])  # ED and ES
     assert _header(out / "acdc_metrics.csv") == ACDC_COLUMNS

@@ -23,7 +23,7 @@ from sdnet_tf.data.preprocess import SIZE, TARGET_SPACING, one_hot, preprocess_f
 
 log = logging.getLogger("sdnet_tf.data")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: volumes read by the geometry reader (voxel size rule, training orientation)
 MAX_UNLABELLED = 1200  # the original caps unlabelled images near the number of labelled ACDC images
 
 # The original's three fixed ACDC splits of the 100 training patients (70 / 15 / 15).

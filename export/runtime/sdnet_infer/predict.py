@@ -19,7 +19,8 @@ SKIPPED_IN_FOLDERS = ("_gt", "_4d")  # label files and cines are not predicted w
 
 
 def predict_frame(frame, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="frame"):
-    """One (H, W, S) frame -> (H, W, S) uint8 ACDC labels."""
+    """One (H, W, S) frame in the training orientation, in-plane ``spacing`` (dy, dx) in mm ->
+    (H, W, S) uint8 ACDC labels. Raises ``DataError`` naming ``source``."""
     slices, _, geometry = preprocess_frame(frame, spacing, size=size, target=target, source=source)
     probs = np.asarray(probabilities(slices[..., None]))
     if probs.shape[:3] != slices.shape:
@@ -28,7 +29,10 @@ def predict_frame(frame, spacing, probabilities, size=SIZE, target=TARGET_SPACIN
 
 
 def predict_volume(volume, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="volume"):
-    """A (H, W, S) frame or a (H, W, S, T) cine (frame by frame) -> uint8 labels of its shape."""
+    """A (H, W, S) frame or a (H, W, S, T) cine (frame by frame) in the training orientation, as
+    ``sdnet_infer.io.read_volume`` gives it, in-plane ``spacing`` (dy, dx) in mm -> uint8 labels of
+    its shape. ``save_labels(labels, volume.image, path, volume.geometry)`` puts them back on the
+    file's grid. Raises ``DataError`` naming ``source``."""
     if volume.ndim == 3:
         return predict_frame(volume, spacing, probabilities, size, target, source)
     if volume.ndim == 4:
