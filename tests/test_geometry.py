@@ -311,3 +311,18 @@ def test_commands_print_no_tensorflow_log_lines_by_default():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "total" in result.stdout
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_a_full_disk_stops_the_batch_naming_the_output_and_leaves_no_partial_file(cases, tmp_path, monkeypatch):
+    import sdnet_infer.io as io
+
+    def full_disk(image, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.nib, "save", full_disk)
+    with pytest.raises(OSError) as caught:
+        predict_files(cases["plain"], tmp_path / "out", _disc_model(96), size=96, target=2.5)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "out" / "plain_pred.nii.gz")
+    assert io.describe_os_error(caught.value).endswith("plain_pred.nii.gz: no space left on device")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -40,6 +40,15 @@ def _nibabel_silenced():
         logger.disabled = disabled
 
 
+def _naming(error, path):
+    """``error`` again, naming ``path`` (the target, not a temporary name); as it is if its type
+    cannot be rebuilt that way."""
+    try:
+        return type(error)(error.errno, error.strerror or str(error), str(path))
+    except TypeError:
+        return error
+
+
 def describe_os_error(error):
     """One line for a failed file operation: the path, then the system's reason."""
     reason = error.strerror or str(error) or type(error).__name__
@@ -60,7 +69,7 @@ def prepare_output_dir(path):
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise type(error)(error.errno, error.strerror, str(path)) from None
+        raise _naming(error, path) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, "cannot write in this folder", str(path))
     return path
@@ -97,14 +106,14 @@ def atomic_path(path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise type(error)(error.errno, error.strerror, str(path.parent)) from None
+        raise _naming(error, path.parent) from None
     stem, dot, suffix = path.name.partition(".")
     tmp = path.with_name(f"{stem}.tmp{dot}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
     except OSError as error:
-        raise type(error)(error.errno, error.strerror or str(error), str(path)) from error
+        raise _naming(error, path) from error
     except KeyboardInterrupt as error:
         raise KeyboardInterrupt(f"{path}: interrupted while writing; nothing was written") from error
     finally:
