@@ -59,7 +59,7 @@ def _load_config(config, overrides, kind=None):
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sdnet-tf")
 @click.option("-v", "--verbose", is_flag=True,
-              help="Log debug messages, and TensorFlow's, absl's, JAX's and tf2onnx's own log lines (hidden by default).")
+              help="Log debug messages, and TensorFlow's, absl's, JAX's and tf2onnx's log lines (hidden by default).")
 @click.pass_context
 def main(ctx, verbose):
     """SDNet (Chartsias et al., Medical Image Analysis 2019) in TensorFlow 2 / Keras 3."""

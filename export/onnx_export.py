@@ -6,7 +6,6 @@ tf2onnx. The export always goes through TensorFlow, whatever backend trained the
 
 import platform
 import time
-from pathlib import Path
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION
 from sdnet_infer.model import FORMAT, SIDECAR, sha256  # the runtime reads what this writes

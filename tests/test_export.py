@@ -233,7 +233,7 @@ def test_every_storage_of_one_image_gives_the_same_labels_through_predict_and_in
     src = nib.load(str(phantom_patient / "patient002_frame01.nii.gz"))
     spacing, _, thickness = (float(z) for z in src.header.get_zooms())
     image = np.asarray(src.dataobj)
-    cases = write_cases(image, spacing, thickness, tmp_path / "cases")
+    write_cases(image, spacing, thickness, tmp_path / "cases")
     assert infer_main(["-i", str(tmp_path / "cases"), "-o", str(tmp_path / "onnx"), "-m", str(export_dir), "-q"]) == 1
     result = CliRunner().invoke(main, ["predict", "-i", str(tmp_path / "cases"), "-o", str(tmp_path / "keras"),
                                        "--run", str(run_dir), "--quiet"])

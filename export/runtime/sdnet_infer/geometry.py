@@ -23,8 +23,9 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    components, so a flipped or transposed copy of the same physical image (affine updated to
    match) gives the same array. It is a ``DataError`` (affine and voxel sizes disagree) when
    an in-plane axis runs along the slice direction, or when an affine without voxel size
-   (unit columns, as ACDC's) does not run the slice axis head-foot. Without an affine (both codes 0) the stored in-plane order is kept and
-   only the slice axis is moved last. For ACDC's own files the transform is the identity.
+   (unit columns, as ACDC's) does not run the slice axis head-foot. Without an affine (both
+   codes 0) the stored in-plane order is kept and only the slice axis is moved last. For
+   ACDC's own files the transform is the identity.
 
 ``VolumeGeometry.to_training`` applies the transform, ``from_training`` undoes it, so labels
 are written back on the input's own grid with its affine and header.
@@ -47,7 +48,6 @@ log = logging.getLogger("sdnet_infer.geometry")
 
 TRAINING_ORIENTATION = "LPS"  # ACDC: qform_code 0, sform_code 2, sform diag(-1, -1, 1)
 UNIT_SCALE = {0: 1.0, 1: 1000.0, 2: 1.0, 3: 0.001}  # xyzt_units & 7 -> mm (0: unknown, mm by the standard)
-UNIT_NAMES = {0: "unknown (mm)", 1: "metre", 2: "mm", 3: "micron"}
 UNIT_TOLERANCE = 1e-3  # affine column norms within this of 1 carry no voxel size
 SPACING_RTOL = 1e-3  # affine norms and pixdim agree within this
 SLICE_RATIO = 1.5
@@ -171,15 +171,18 @@ def _voxel_size(header, affine, kind, source, notes):
     return tuple(float(s) * UNIT_SCALE[units] for s in spacing), origin
 
 
-def _slice_axis(spacing, affine, source):
+def _slice_axis(spacing, affine, source, slice_world):
     order = np.argsort(spacing)[::-1]
     if spacing[order[0]] >= SLICE_RATIO * spacing[order[1]]:
         return int(order[0])
     if affine is None:
-        raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} times "
-                        "the others and the header has no orientation (qform_code and sform_code 0)")
-    axis = int(np.nonzero(io_orientation(affine)[:, 0] == 2)[0][0])
-    return axis
+        raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
+                        "times the others and the header has no orientation (qform_code and sform_code 0)")
+    found = np.nonzero(io_orientation(affine)[:, 0] == slice_world)[0]
+    if not len(found):
+        raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
+                        "times the others and the affine is degenerate")
+    return int(found[0])
 
 
 def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True):
@@ -197,8 +200,8 @@ def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True)
     nearest = int(np.argmax(np.abs(column)))
     if not affine_has_spacing and nearest != slice_world:
         # a placeholder affine (unit columns, as ACDC's) must at least agree with the voxel sizes
-        raise DataError(f"{source}: the affine runs axis {slice_axis} along {'xyz'[nearest]}, but its voxel size makes it "
-                        "the slice axis; the affine (no voxel size in it) and pixdim disagree")
+        raise DataError(f"{source}: the affine runs axis {slice_axis} along {'xyz'[nearest]}, but its voxel size "
+                        "makes it the slice axis; the affine (no voxel size in it) and pixdim disagree")
     # the world frame relabelled so that the slice normal's nearest axis plays the training slice
     # direction; the other two keep their order
     rows = [r for r in range(3) if r != nearest]
@@ -248,7 +251,7 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION):
     if affine is not None and not np.all(np.isfinite(affine)):
         raise DataError(f"{source}: the {kind} contains non-finite values")
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
-    slice_axis = _slice_axis(spacing, affine, source)
+    slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]))
     transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim")
     for note in notes:
         log.warning(note)

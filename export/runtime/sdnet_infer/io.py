@@ -25,8 +25,9 @@ from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry
 
 LABELS = (0, 1, 2, 3)  # background, RV, MYO, LV
 
-__all__ = ["LABELS", "DataError", "Volume", "atomic_path", "check_output_location", "describe_os_error", "load_labels", "load_volume",
-           "parse_label_map", "prepare_output_dir", "read_labels", "read_volume", "save_labels", "save_volume", "write_json", "write_text"]
+__all__ = ["LABELS", "DataError", "Volume", "atomic_path", "check_output_location", "describe_os_error",
+           "load_labels", "load_volume", "parse_label_map", "prepare_output_dir", "read_labels", "read_volume",
+           "save_labels", "save_volume", "write_json", "write_text"]
 
 
 @contextlib.contextmanager
