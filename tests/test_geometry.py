@@ -141,10 +141,14 @@ def test_real_acdc_header_takes_pixdim_and_an_identity_transform(tmp_path):
     assert g.spacing_from == "pixdim" and g.is_identity and g.slice_axis == 2 and g.warnings == ()
     assert g.spacing == tuple(float(z) for z in header.get_zooms()[:3])
     image = np.asarray(nib.load(str(path)).dataobj)
-    true = np.diag([-g.spacing[0], -g.spacing[1], g.spacing[2], 1.0])
-    flipped = save(image[::-1, ::-1], flipped_affine(true, image.shape), g.spacing, tmp_path / "f.nii.gz",
-                   dtype=image.dtype)
-    assert np.array_equal(read_volume(flipped).data, read_volume(path).data)
+    plain = read_volume(path)
+    cases = write_cases(image, g.spacing[0], g.spacing[2], tmp_path / "cases", dtype=image.dtype)
+    for case in set(CASES) - {"zero_spacing"}:  # the user's report, on a real ACDC frame
+        volume = read_volume(cases[case])
+        assert np.array_equal(volume.data, plain.data), case
+        assert volume.zooms == pytest.approx(plain.zooms, rel=1e-6), case
+    with pytest.raises(DataError, match="zero_spacing"):
+        read_volume(cases["zero_spacing"])
 
 
 # ------------------------------------------------------------------------ one image, many storages
@@ -200,18 +204,21 @@ def scored_folder(frame, tmp_path):
 def test_evaluate_refuses_a_prediction_on_another_grid_and_scores_the_others(scored_folder):
     refs, preds, labels, (spacing, thickness) = scored_folder
     true = physical_affine(labels.shape, spacing, thickness)
-    # b: the same physical labels, stored flipped with its affine; c: another voxel size
+    # b: the same physical labels, stored flipped with its affine; c: another voxel size; d: another shape
     save(labels[::-1, ::-1], flipped_affine(true, labels.shape), (spacing, spacing, thickness),
          preds / "b_pred.nii.gz", dtype=np.uint8)
     save(labels, ACDC_AFFINE, (spacing * 1.1, spacing * 1.1, thickness), preds / "c_pred.nii.gz", dtype=np.uint8)
+    save(labels, ACDC_AFFINE, (spacing, spacing, thickness), refs / "d_gt.nii.gz", dtype=np.uint8)
+    save(labels[:-2], ACDC_AFFINE, (spacing, spacing, thickness), preds / "d_pred.nii.gz", dtype=np.uint8)
     result = CliRunner().invoke(main, ["evaluate", "-p", str(preds), "-r", str(refs), "--quiet"])
     assert result.exit_code == 1, result.output
     summary = json.loads((preds / "summary.json").read_text())
     assert summary["cases"] == 1 and summary["dice_mean_3d"]["mean"] == 1.0
     errors = sorted(summary["errors"])
-    assert len(errors) == 2
+    assert len(errors) == 3
     assert "b_pred.nii.gz: affine does not match" in errors[0] and "b_gt.nii.gz" in errors[0]
     assert "c_pred.nii.gz: voxel size" in errors[1] and "c_gt.nii.gz" in errors[1]
+    assert "d_pred.nii.gz: shape" in errors[2] and "d_gt.nii.gz" in errors[2]
 
 
 def test_evaluate_label_map_reads_references_in_another_convention(scored_folder):
@@ -326,3 +333,15 @@ def test_a_full_disk_stops_the_batch_naming_the_output_and_leaves_no_partial_fil
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "out" / "plain_pred.nii.gz")
     assert io.describe_os_error(caught.value).endswith("plain_pred.nii.gz: no space left on device")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_training_data_with_zero_spacing_is_refused_by_name(tmp_path):
+    folder = write_patient(tmp_path / "data", seed=0, number=1)
+    path = folder / "patient001_frame01.nii.gz"
+    img = nib.load(str(path))
+    img.header["pixdim"][1] = 0.0
+    nib.save(img, str(path))
+    result = CliRunner().invoke(main, ["preprocess", "--data", str(tmp_path / "data"),
+                                       "--set", "model.input_size=64", "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{path}: voxel size (0, " in result.output, result.output
