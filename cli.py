@@ -6,16 +6,45 @@ from pathlib import Path
 
 import click
 
-from sdnet_tf.runtime import quiet_tensorflow, tune_allocator
+from sdnet_tf.runtime import tune_allocator
 
 tune_allocator()
-quiet_tensorflow()
 
 log = logging.getLogger("sdnet_tf")
+TENSORFLOW_COMMANDS = {"summary", "shape-eval", "predict", "evaluate", "figures", "latent", "report", "export"}
 
 
 class UserError(click.ClickException):
     """An error the user can fix; printed without a traceback, exit code 1."""
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C or SIGINT; any file being written was removed. Exit code 130, as a shell reports it."""
+
+    exit_code = 130
+
+
+class Commands(click.Group):
+    """The command group: a failed file operation (an unwritable or missing output location, a
+    full disk) or an interrupt in any command is one line naming the path, never a traceback."""
+
+    def invoke(self, ctx):
+        from sdnet_infer.io import describe_os_error
+
+        try:
+            return super().invoke(ctx)
+        except OSError as error:
+            raise UserError(describe_os_error(error)) from error
+        except KeyboardInterrupt as error:
+            raise Interrupted(str(error) or "interrupted") from error
+
+
+def _load_tensorflow(backend):
+    """After ``select_backend``: load TensorFlow with its start-up lines hidden (unless --verbose)."""
+    from sdnet_tf.runtime import import_tensorflow_quietly
+
+    if backend == "tensorflow" and not click.get_current_context().find_root().params.get("verbose"):
+        import_tensorflow_quietly()
 
 
 def _load_config(config, overrides, kind=None):
@@ -27,15 +56,23 @@ def _load_config(config, overrides, kind=None):
         raise UserError(str(error)) from error
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sdnet-tf")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def main(verbose):
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log debug messages, and TensorFlow's, absl's, JAX's and tf2onnx's log lines (hidden by default).")
+@click.pass_context
+def main(ctx, verbose):
     """SDNet (Chartsias et al., Medical Image Analysis 2019) in TensorFlow 2 / Keras 3."""
+    import os
+
+    from sdnet_tf.runtime import import_tensorflow_quietly, quiet_tensorflow
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "tensorflow", "h5py", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_tensorflow(verbose)
+    if not verbose and ctx.invoked_subcommand in TENSORFLOW_COMMANDS \
+            and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import_tensorflow_quietly()
 
 
 @main.command()
@@ -127,6 +164,7 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
         select_backend(cfg.train.backend)
     except (ValueError, ImportError, RuntimeError) as error:
         raise UserError(str(error)) from error
+    _load_tensorflow(cfg.train.backend)
     from sdnet_tf.train import train_run
 
     if run_dir is None:
@@ -209,6 +247,7 @@ def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla
         select_backend(cfg.train.backend)  # before anything imports Keras (see train above)
     except (ValueError, ImportError, RuntimeError) as error:
         raise UserError(str(error)) from error
+    _load_tensorflow(cfg.train.backend)
     from sdnet_tf.training.guard import NonFiniteError
     from sdnet_tf.training.prior_trainer import train_prior, train_unet
 
@@ -281,18 +320,21 @@ def preprocess(data, config, overrides):
 def predict(source, output, run_dir, batch_size, quiet):
     """Segment NIfTI volumes with a trained run; labels go back onto each input's own grid.
 
-    Each volume is preprocessed as in training, segmented slice by slice, un-cropped and
-    resampled back, and written as uint8 (0 background, 1 RV, 2 MYO, 3 LV) with the input's
-    affine and header. A file that fails is reported and the others go on.
+    Each volume's voxel size, slice axis and orientation are read from its header (README,
+    "Input geometry"); it is brought into the run's training orientation, preprocessed as in
+    training, segmented slice by slice, un-cropped, resampled and re-oriented back, and written
+    as uint8 (0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. A file that
+    fails is reported and the others go on.
     """
     from tqdm.auto import tqdm
 
     from sdnet_infer.predict import predict_files, summarise
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.inference import load_run, probabilities_fn
+    from sdnet_tf.inference import load_run, probabilities_fn, run_orientation
 
     try:
         model, cfg = load_run(run_dir)
+        orientation = run_orientation(run_dir)
         bar = None
 
         def report(index, total, record):
@@ -304,7 +346,7 @@ def predict(source, output, run_dir, batch_size, quiet):
                 tqdm.write(f"FAILED {record['error']}", file=sys.stderr)
 
         records = predict_files(source, output, probabilities_fn(model, batch_size), model.input_size,
-                                cfg.data.spacing, report)
+                                cfg.data.spacing, report, orientation=orientation)
         if bar is not None:
             bar.close()
     except DataError as error:
@@ -345,13 +387,19 @@ def _progress_report(desc, quiet):
               help="With --run: which patients of the split.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the tables go (default: the predictions folder; required with --run).")
+@click.option("--label-map", default=None, metavar="mnms|acdc|A:B,...",
+              help="References in another label convention, mapped to ACDC's (1 RV, 2 MYO, 3 LV): 'mnms' "
+                   "(1 LV, 2 MYO, 3 RV) or explicit pairs STORED:ACDC such as 1:3,2:2,3:1.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(predictions, references, run_dir, data, split, subset, output, quiet):
+def evaluate(predictions, references, run_dir, data, split, subset, output, label_map, quiet):
     """Score segmentations: ACDC challenge metrics, distances, per-slice Dice, validity, clinical indices.
 
     Writes acdc_metrics.csv (the challenge's columns), cases.csv, slices.csv, clinical.csv and
-    summary.json (mean and standard deviation per class and phase).
+    summary.json (mean and standard deviation per class and phase). A prediction whose shape,
+    voxel size or affine differs from its reference's is refused (both files named), the other
+    cases are scored, and the exit code is 1.
     """
+    from sdnet_infer.io import parse_label_map
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.evaluation import evaluate_folder, evaluate_run
 
@@ -362,12 +410,15 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, quie
                 raise UserError("give either --run or --predictions/--references, not both")
             if output is None:
                 raise UserError("--run needs -o/--output for the predictions and tables")
+            if label_map:
+                raise UserError("--label-map is for --references in another convention, not --run")
             summary = evaluate_run(run_dir, output, data=data, split=split, subset=subset,
                                    report=_progress_report("predict", quiet))
         else:
             if not (predictions and references):
                 raise UserError("give --predictions and --references, or --run")
-            summary = evaluate_folder(predictions, references, output, report=report)
+            summary = evaluate_folder(predictions, references, output, report=report,
+                                      label_map=parse_label_map(label_map))
             output = output or predictions
     except DataError as error:
         raise UserError(str(error)) from error

@@ -6,8 +6,8 @@ tf2onnx. The export always goes through TensorFlow, whatever backend trained the
 
 import platform
 import time
-from pathlib import Path
 
+from sdnet_infer.geometry import TRAINING_ORIENTATION
 from sdnet_infer.model import FORMAT, SIDECAR, sha256  # the runtime reads what this writes
 
 DEFAULT_OPSET = 17
@@ -88,20 +88,24 @@ def versions():
     return found
 
 
-def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, source=None, log=None):
+def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, source=None, log=None,
+                 orientation=TRAINING_ORIENTATION):
     """Write ``segment/anatomy/modality/decoder.onnx`` and ``sdnet-export.json`` into ``out_dir``.
+
+    ``orientation`` (an axis code, ACDC's "LPS" by default) is the orientation the model was
+    trained in; the sidecar records it and the runtime brings every input into it.
 
     Files are written under temporary names and renamed when complete; the sidecar comes
     last, so a folder with a sidecar is always a complete export.
     """
     import tf2onnx
 
+    from sdnet_infer.io import prepare_output_dir
     from sdnet_tf.atomic import atomic_path, write_json
 
     if layout not in ("NHWC", "NCHW"):
         raise ValueError(f"layout must be NHWC or NCHW, got {layout!r}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(out_dir)
     models = {}
     for name, fn in _functions(model, layout).items():
         start = time.perf_counter()
@@ -127,6 +131,9 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
             "clip_percentiles": [5, 95],
             "intensity_range": [-1.0, 1.0],
             "crop": "centre crop or edge pad",
+            "orientation": orientation,
+            "geometry": "voxel size, slice axis and orientation by sdnet_infer.geometry; labels written back on "
+                        "the input's grid with its affine and header",
         },
         "labels": LABEL_MAP,
         "probability_channels": CHANNELS,
@@ -140,7 +147,8 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
 
 def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log=None):
     """Export the kept weights of a run directory."""
-    from sdnet_tf.inference import load_run
+    from sdnet_tf.inference import load_run, run_orientation
 
     model, config = load_run(run_dir)
-    return export_model(model, config, out_dir, opset=opset, layout=layout, source=run_dir, log=log)
+    return export_model(model, config, out_dir, opset=opset, layout=layout, source=run_dir, log=log,
+                        orientation=run_orientation(run_dir))

@@ -3,7 +3,10 @@
 ``evaluate_folder`` scores a folder of predictions (``<case>_pred.nii.gz``, as ``predict``
 writes them) against references (``<case>_gt.nii.gz``, e.g. an ACDC training folder).
 ``evaluate_run`` first predicts the ED/ES frames of one split of a trained run's cohort, then
-scores them. Everything is computed on the original NIfTI grid with the header's voxel size.
+scores them. Everything is computed on the original NIfTI grid (brought into the training
+orientation, which only flips and transposes it) with the voxel size in mm that
+``sdnet_infer.geometry`` reads from the header; a prediction and a reference on different
+grids are refused, never compared voxel by voxel.
 
 Outputs, next to the predictions:
 
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdnet_infer.io import DataError, atomic_path, load_labels, save_labels, write_json
+from sdnet_infer.io import DataError, atomic_path, prepare_output_dir, read_labels, read_volume, save_labels, write_json
 from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
 from sdnet_infer.predict import output_name, predict_volume, stem
 from sdnet_tf.metrics import clinical, overlap, surface, validity
@@ -213,19 +216,28 @@ def _format(value):
     return value
 
 
-def evaluate_folder(predictions, references, out_dir=None, report=None):
+def evaluate_folder(predictions, references, out_dir=None, report=None, label_map=None):
     """Score every ``<case>_pred`` under ``predictions`` against ``<case>_gt`` under ``references``.
 
-    A case whose files cannot be read, or whose reference is missing, is recorded in the
-    summary's ``errors`` and the others are scored. ``report(index, total, name, error)`` is
-    called after each case. Writes the tables and ``summary.json`` into ``out_dir`` (default:
-    the predictions folder) and returns the summary.
+    Both files of a case are read by ``sdnet_infer.geometry`` and must lie on the same grid:
+    a prediction whose shape, voxel size or affine differs from its reference's is refused
+    (the message names both files), as is a case whose files cannot be read or whose
+    reference is missing; refused cases are recorded in the summary's ``errors`` and the
+    others are scored, in the training orientation with the voxel size in mm.
+    ``label_map`` ({stored: ACDC label}, see ``sdnet_infer.io.parse_label_map``) converts
+    references in another label convention (M&Ms: 1 LV, 2 MYO, 3 RV). ``report(index,
+    total, name, error)`` is called after each case. Writes the tables and ``summary.json``
+    into ``out_dir`` (default: the predictions folder) and returns the summary.
+
+    Raises:
+        DataError: a missing folder, no predictions, or no case that could be scored.
+        OSError: naming the path, when ``out_dir`` cannot be written.
     """
     predictions, references = Path(predictions), Path(references)
     for folder in (predictions, references):
         if not folder.is_dir():
             raise DataError(f"{folder}: no such folder")
-    out_dir = Path(out_dir) if out_dir else predictions
+    out_dir = prepare_output_dir(Path(out_dir) if out_dir else predictions)
     preds, refs = _files(predictions, PRED_SUFFIX), _files(references, REF_SUFFIX)
     if not preds:
         raise DataError(f"{predictions}: no *{PRED_SUFFIX}.nii.gz predictions found")
@@ -235,10 +247,9 @@ def evaluate_folder(predictions, references, out_dir=None, report=None):
         try:
             if case not in refs:
                 raise DataError(f"{pred_path}: no reference {case}{REF_SUFFIX}.nii.gz under {references}")
-            ref, zooms, _ = load_labels(refs[case])
-            pred, pred_zooms, _ = load_labels(pred_path, ref.shape)
-            if not np.allclose(pred_zooms, zooms, rtol=1e-3):
-                raise DataError(f"{pred_path}: voxel size {pred_zooms} differs from the reference's {zooms}")
+            reference = read_labels(refs[case], label_map=label_map)
+            pred = read_labels(pred_path, like=reference.geometry).data  # the same grid, or refused
+            ref, zooms = reference.data, reference.zooms
             patient, phase = _phase(case, refs[case])
             row, slices = score_case(case, pred, ref, zooms)
             row.update(Patient=patient, Phase=phase)
@@ -265,7 +276,6 @@ def evaluate_folder(predictions, references, out_dir=None, report=None):
     summary["errors"] = errors
     for s in slice_rows:
         s.pop("_scored")
-    out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "acdc_metrics.csv", rows, overlap.ACDC_COLUMNS)
     _write_csv(out_dir / "cases.csv", rows, CASE_COLUMNS)
     _write_csv(out_dir / "slices.csv", slice_rows, SLICE_COLUMNS)
@@ -282,10 +292,11 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     ``split`` defaults to the run's own; ``subset`` is "test", "validation" or "training".
     """
     from sdnet_tf.data.acdc import find_patients
-    from sdnet_tf.data.nifti import load_volume
-    from sdnet_tf.inference import load_run, probabilities_fn, run_cohort
+    from sdnet_tf.inference import load_run, probabilities_fn, run_cohort, run_orientation
 
+    out_dir = prepare_output_dir(out_dir)
     model, config = load_run(run_dir)
+    orientation = run_orientation(run_dir)
     folder, splits, run_split = run_cohort(run_dir, data)
     split = run_split if split is None else split
     if subset not in splits[split]:
@@ -301,10 +312,10 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     start = time.perf_counter()
     for number, (patient, index) in enumerate(frames, start=1):
         image_path = patient.frame(index)
-        volume, zooms, img = load_volume(image_path)
-        labels = predict_volume(volume, zooms[:2], probabilities, model.input_size, config.data.spacing,
+        volume = read_volume(image_path, orientation=orientation)
+        labels = predict_volume(volume.data, volume.zooms[:2], probabilities, model.input_size, config.data.spacing,
                                 source=str(image_path))
-        save_labels(labels, img, pred_root / patient.name / output_name(image_path))
+        save_labels(labels, volume.image, pred_root / patient.name / output_name(image_path), volume.geometry)
         if report is not None:
             report(number, len(frames), image_path.name, None)
     log.info("predicted %d frames in %.1f s", len(frames), time.perf_counter() - start)

@@ -286,11 +286,13 @@ def make_figures(run_dir, out_dir, images=None, which=FIGURES, seed=0):
     ``images`` are ``PATH[:SLICE]`` specs; by default the middle ED slices of the first two
     held-out test patients of the run's cohort.
     """
+    from sdnet_infer.io import prepare_output_dir
     from sdnet_tf.inference import load_run
 
     unknown = set(which) - set(FIGURES)
     if unknown:
         raise DataError(f"unknown figures {sorted(unknown)}; available: {', '.join(FIGURES)}")
+    prepare_output_dir(out_dir)  # an unwritable folder fails before any work
     model, config = load_run(run_dir)
     size, spacing = model.input_size, config.data.spacing
     if images:

@@ -109,6 +109,16 @@ def probabilities_fn(model, batch_size=16):
     return run
 
 
+def run_orientation(run_dir):
+    """The orientation a run's volumes were brought into (its ``data.json``); ACDC's "LPS" for runs
+    trained before it was recorded, or on synthetic arrays."""
+    from sdnet_infer.geometry import TRAINING_ORIENTATION, check_orientation
+
+    description = Path(run_dir) / "data.json"
+    meta = json.loads(description.read_text()) if description.is_file() else {}
+    return check_orientation(meta.get("orientation", TRAINING_ORIENTATION), str(description))
+
+
 def run_cohort(run_dir, data=None):
     """(cohort folder, splits, the run's split) of a trained run, from its ``data.json``.
 

@@ -112,12 +112,14 @@ def analyse_run(run_dir, out_dir, data=None, seed=0):
     Images are every preprocessed ED/ES slice of the cohort's patients (from the preprocessing
     cache when it is there). Returns the results dict.
     """
+    from sdnet_infer.io import prepare_output_dir
     from sdnet_tf.data.acdc import patient_strata, preprocess_cohort
     from sdnet_tf.inference import run_cohort
     from sdnet_tf.figures import save_figure
     from sdnet_tf.inference import load_run
     from sdnet_tf.train import cache_dir
 
+    prepare_output_dir(out_dir)
     model, config = load_run(run_dir)
     folder, splits, split = run_cohort(run_dir, data)
     cohort, patients = preprocess_cohort(folder, cache_dir(config), model.input_size, progress=False,

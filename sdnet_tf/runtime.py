@@ -38,9 +38,49 @@ def tune_allocator():
     return ok
 
 
-def quiet_tensorflow():
-    """Hide TensorFlow's C++ start-up chatter unless the user asked for it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+QUIET_LOGGERS = ("absl", "tensorflow", "h5py", "jax", "tf2onnx", "onnx", "onnxruntime")
+
+
+def quiet_tensorflow(verbose=False):
+    """Hide TensorFlow's, absl's, XLA's, JAX's and tf2onnx's log lines unless ``verbose``.
+
+    Call it before TensorFlow is imported: ``TF_CPP_MIN_LOG_LEVEL`` (3: none of TensorFlow's C++
+    messages, the cuInit error of a CPU machine included) is read when TensorFlow loads; a value
+    already in the environment is kept. The Python loggers of these libraries are set to show
+    errors only. With ``verbose`` everything is shown.
+    """
+    import logging
+
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow with the process's stderr (file descriptor 2) muted.
+
+    TensorFlow 2.21's C++ code writes a few lines (oneDNN, "Could not find cuda drivers")
+    through absl before its logging is initialised, which no environment variable silences;
+    they are written while TensorFlow loads, so muting descriptor 2 for the import hides them.
+    A failing import is raised as usual once stderr is back. Does nothing when TensorFlow is
+    already imported or not installed.
+    """
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                importlib.import_module("tensorflow")  # loads it only; no code here uses TensorFlow
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 BACKENDS = ("tensorflow", "jax")

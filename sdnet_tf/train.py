@@ -8,6 +8,8 @@ from pathlib import Path
 
 import keras
 
+from sdnet_infer.geometry import TRAINING_ORIENTATION
+from sdnet_infer.io import check_output_location
 from sdnet_tf.atomic import write_json
 from sdnet_tf.config import ConfigError, model_kwargs
 from sdnet_tf.data.arrays import DataError
@@ -47,15 +49,16 @@ def load_arrays(config):
                                   seed=config.train.seed)
         return arrays, {"dataset": "synthetic", **arrays.counts()}
     if d.dataset == "acdc":
-        from sdnet_tf.data.acdc import load_acdc
+        from sdnet_tf.data.acdc import load_acdc, training_folder
 
         if not d.path:
             raise DataError("acdc needs a data folder: --data DIR (an ACDC training folder) or --data phantom")
-        folder = phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
+        folder = phantom_folder(config) if d.path == "phantom" else training_folder(Path(d.path).expanduser())
         arrays, description = load_acdc(folder, d.split, d.labelled_fraction, seed=config.train.seed,
                                         cache_dir=cache_dir(config),
                                         size=m.input_size, spacing=d.spacing)
-        return arrays, {"dataset": "acdc", "data": str(folder), **description}
+        # the orientation every volume was brought into (sdnet_infer.geometry); predict and export read it
+        return arrays, {"dataset": "acdc", "data": str(folder), "orientation": TRAINING_ORIENTATION, **description}
     raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc")
 
 
@@ -106,6 +109,7 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
                           f"train.distribute {distribute!r}")
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
+    check_output_location(run_dir)  # a run directory that cannot be made fails before any work
     description = None
     if arrays is None:
         # before the run directory exists: bad data leaves no half-made run behind

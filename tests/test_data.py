@@ -234,7 +234,7 @@ def test_bad_intensities(cohort, tmp_path, fill, message):
     path = patient / "patient001_frame01.nii.gz"
     img = nib.load(str(path))
     data = np.full(img.shape, fill, np.float32)
-    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), str(path))  # the header keeps it on the labels' grid
     _assert_clean_failure(_preprocess_cli(root), "patient001_frame01.nii.gz", message)
 
 

@@ -62,7 +62,9 @@ def evaluated(trained_run, tmp_path_factory):
 
 def test_evaluate_run_writes_the_documented_tables(trained_run, evaluated):
     out, summary = evaluated
-    splits = json.loads((trained_run / "data.json").read_text())["splits"][0]
+    description = json.loads((trained_run / "data.json").read_text())
+    assert description["orientation"] == "LPS"  # the orientation predict and export bring inputs into
+    splits = description["splits"][0]
     assert summary["run"]["patients"] == splits["test"] and summary["patients"] == len(splits["test"])
     assert summary["cases"] == 2 * len(splits["test"])  # ED and ES
     assert _header(out / "acdc_metrics.csv") == ACDC_COLUMNS
@@ -218,3 +220,13 @@ def test_latent_analysis_and_report(trained_run, evaluated, tmp_path):
     assert "| LV | ED |" in text
     html = page.read_text()
     assert html.count("data:image/png;base64,") == len(links) and 'src="http' not in html
+
+
+@pytest.mark.parametrize("command", ["figures", "report", "latent"])
+def test_unwritable_output_is_one_line(trained_run, tmp_path, command):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    out = tmp_path / "file.txt" / "out"
+    result = CliRunner().invoke(main, [command, str(trained_run), "-o", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "Error" in line]
+    assert len(errors) == 1 and str(out) in errors[0], result.output

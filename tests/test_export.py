@@ -210,3 +210,75 @@ def test_export_command_and_missing_model(run_dir, tmp_path):
     shutil.copy(run_dir / "config.yaml", partial)
     result = CliRunner().invoke(main, ["export", str(partial), "-o", str(tmp_path / "x")])
     assert result.exit_code == 1 and "no model.keras yet" in result.output
+
+
+# ---------------------------------------------------------------------------- input geometry
+def test_sidecar_records_the_training_orientation_and_old_ones_default_to_acdc(export_dir, tmp_path):
+    meta = json.loads((export_dir / "sdnet-export.json").read_text())
+    assert meta["preprocessing"]["orientation"] == "LPS" == SDNetRuntime(export_dir).orientation
+    old = tmp_path / "old"
+    shutil.copytree(export_dir, old)
+    del meta["preprocessing"]["orientation"]
+    (old / "sdnet-export.json").write_text(json.dumps(meta))
+    assert SDNetRuntime(old).orientation == "LPS"
+
+
+def test_every_storage_of_one_image_gives_the_same_labels_through_predict_and_infer(run_dir, export_dir,
+                                                                                    phantom_patient, tmp_path):
+    """Flipped, slice-first, sform-only voxel size, metres and microns: the plain copy's labels in
+    physical space, identical from sdnet-tf predict and sdnet-infer; zero spacing: a named error."""
+    from geometry_cases import CASES, SAME_ARRAY, agreement, to_plain, write_cases
+    from sdnet_infer.cli import main as infer_main
+
+    src = nib.load(str(phantom_patient / "patient002_frame01.nii.gz"))
+    spacing, _, thickness = (float(z) for z in src.header.get_zooms())
+    image = np.asarray(src.dataobj)
+    write_cases(image, spacing, thickness, tmp_path / "cases")
+    assert infer_main(["-i", str(tmp_path / "cases"), "-o", str(tmp_path / "onnx"), "-m", str(export_dir), "-q"]) == 1
+    result = CliRunner().invoke(main, ["predict", "-i", str(tmp_path / "cases"), "-o", str(tmp_path / "keras"),
+                                       "--run", str(run_dir), "--quiet"])
+    assert result.exit_code == 1 and "zero_spacing.nii.gz: voxel size" in result.output, result.output
+    for out in ("onnx", "keras"):
+        records = json.loads((tmp_path / out / "predictions.json").read_text())
+        failed = [r for r in records if r["error"]]
+        assert len(failed) == 1 and "zero_spacing.nii.gz: voxel size" in failed[0]["error"]
+    plain = np.asarray(nib.load(str(tmp_path / "keras" / "plain_pred.nii.gz")).dataobj)
+    assert len(np.unique(plain)) > 1
+    voxel_ml = spacing * spacing * thickness / 1000
+    for case in set(CASES) - {"zero_spacing"}:
+        keras_labels = np.asarray(nib.load(str(tmp_path / "keras" / f"{case}_pred.nii.gz")).dataobj)
+        onnx_labels = np.asarray(nib.load(str(tmp_path / "onnx" / f"{case}_pred.nii.gz")).dataobj)
+        assert np.array_equal(keras_labels, onnx_labels), case
+        assert agreement(to_plain(case, keras_labels), plain) >= 0.99, case
+        if case in SAME_ARRAY:
+            for value in (1, 2, 3):
+                assert (keras_labels == value).sum() * voxel_ml == pytest.approx((plain == value).sum() * voxel_ml,
+                                                                                 rel=0.02, abs=1e-9), case
+    # the volumes tell the voxel size apart: read as pixdim's 1 mm, the sform_spacing copy's LV would differ
+    misread = SDNetRuntime(export_dir).segment_volume(image.astype(np.float32), (1.0, 1.0))
+    assert abs((misread == 3).sum() / (plain == 3).sum() - 1) > 0.1
+
+
+def _one_error_line(output, path):
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "Error" in line]
+    assert len(errors) == 1 and str(path) in errors[0], output
+
+
+def test_unwritable_output_is_one_line_for_predict_infer_and_export(run_dir, export_dir, phantom_patient, tmp_path,
+                                                                   capsys):
+    from sdnet_infer.cli import main as infer_main
+
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    out = tmp_path / "file.txt" / "out"
+    image = phantom_patient / "patient002_frame01.nii.gz"
+    result = CliRunner().invoke(main, ["predict", "-i", str(image), "-o", str(out), "--run", str(run_dir), "--quiet"])
+    assert result.exit_code == 1
+    _one_error_line(result.output, out)
+    result = CliRunner().invoke(main, ["export", str(run_dir), "-o", str(out)])
+    assert result.exit_code == 1
+    _one_error_line(result.output, out)
+    capsys.readouterr()
+    assert infer_main(["-i", str(image), "-o", str(out), "-m", str(export_dir), "-q"]) == 2
+    _one_error_line(capsys.readouterr().err, out)
+    assert not (tmp_path / "file.txt").is_dir()

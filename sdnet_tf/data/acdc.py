@@ -18,12 +18,12 @@ from tqdm.auto import tqdm
 
 from sdnet_tf.atomic import atomic_path
 from sdnet_tf.data.arrays import DataError, SDNetArrays
-from sdnet_tf.data.nifti import load_labels, load_volume
+from sdnet_tf.data.nifti import load_labels, load_volume, read_volume
 from sdnet_tf.data.preprocess import SIZE, TARGET_SPACING, one_hot, preprocess_frame
 
 log = logging.getLogger("sdnet_tf.data")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: volumes read by the geometry reader (voxel size rule, training orientation)
 MAX_UNLABELLED = 1200  # the original caps unlabelled images near the number of labelled ACDC images
 
 # The original's three fixed ACDC splits of the 100 training patients (70 / 15 / 15).
@@ -90,15 +90,34 @@ def read_info(path):
     return info
 
 
-def find_patients(root, strict=True):
-    """The ``patientNNN`` folders of ``root``, checked for Info.cfg and their ED/ES files.
+def _has_patients(folder):
+    return folder.is_dir() and any(re.fullmatch(r"patient\d+", p.name) and p.is_dir() for p in folder.iterdir())
 
-    With ``strict`` a broken patient raises ``DataError``; otherwise it is skipped with a
-    warning naming the problem.
-    """
+
+def training_folder(root):
+    """The folder holding the ``patientNNN`` folders: ``root`` itself, or, for a folder above it,
+    ``root/training`` or ``root/database/training`` (the ACDC download's layout), with a message
+    naming the folder found."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder")
+    if _has_patients(root):
+        return root
+    for below in (root / "training", root / "database" / "training"):
+        if _has_patients(below):
+            log.info("%s holds no patientNNN folders; using %s", root, below)
+            return below
+    return root
+
+
+def find_patients(root, strict=True):
+    """The ``patientNNN`` folders of ``root``, checked for Info.cfg and their ED/ES files.
+
+    ``root`` may also be the folder above ``training/`` (see ``training_folder``). With
+    ``strict`` a broken patient raises ``DataError``; otherwise it is skipped with a warning
+    naming the problem.
+    """
+    root = training_folder(root)
     patients = []
     for folder in sorted(root.iterdir()):
         match = re.fullmatch(r"patient(\d+)", folder.name)
@@ -175,10 +194,11 @@ def labelled_subset(training, fraction, seed=1):
 
 def _frame_slices(patient, index, with_labels=True, size=SIZE, spacing=TARGET_SPACING):
     image_path = patient.frame(index)
-    image, zooms, _ = load_volume(image_path)
+    volume = read_volume(image_path)  # in the training orientation, voxel size in mm
+    image, zooms = volume.data, volume.zooms
     labels = None
     if with_labels:
-        labels, _, _ = load_labels(patient.labels(index), image.shape)
+        labels, _, _ = load_labels(patient.labels(index), image.shape, like=volume.geometry)
     images, masks, _ = preprocess_frame(image, zooms, labels, size=size, target=spacing, source=str(image_path))
     return images, masks
 

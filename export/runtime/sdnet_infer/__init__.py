@@ -1,8 +1,11 @@
 """sdnet-infer: run an exported SDNet with onnxruntime, no TensorFlow needed.
 
     from sdnet_infer import SDNetRuntime
+    from sdnet_infer.io import read_volume, save_labels
     runtime = SDNetRuntime("export-folder")          # checks the SHA-256 of every model file
-    labels = runtime.segment_volume(volume, spacing)  # (H, W, S) -> uint8 ACDC labels
+    volume = read_volume("image.nii.gz", orientation=runtime.orientation)  # voxel size, slice axis
+    labels = runtime.segment_volume(volume.data, volume.zooms[:2])  # (H, W, S) -> uint8 ACDC labels
+    save_labels(labels, volume.image, "image_pred.nii.gz", volume.geometry)  # back on the file's grid
 
 Imports numpy, scipy, nibabel and onnxruntime only.
 """

@@ -1,6 +1,7 @@
 """``sdnet-infer -i FILE_OR_DIR -o DIR --model EXPORT_DIR``: NIfTI in, NIfTI labels out."""
 
 import argparse
+import logging
 import sys
 import time
 
@@ -13,9 +14,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="sdnet-infer",
         description="Segment cardiac MRI NIfTI volumes with an exported SDNet (onnxruntime, no TensorFlow). "
-                    "Each image is preprocessed as in training, segmented slice by slice and written back on "
-                    "its own grid as <name>_pred.nii.gz (uint8; 0 background, 1 RV, 2 MYO, 3 LV) with the "
-                    "input's affine and header. In a folder, *_gt and *_4d files are skipped.")
+                    "Each image's voxel size, slice axis and orientation are read from its header (README, "
+                    "'Input geometry'), it is brought into the model's training orientation, preprocessed as in "
+                    "training, segmented slice by slice and written back on its own grid as <name>_pred.nii.gz "
+                    "(uint8; 0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. In a folder, "
+                    "*_gt and *_4d files are skipped; a file that fails is reported and the others go on.")
     parser.add_argument("-i", "--input", required=True, help="a NIfTI file (3-D frame or 4-D cine) or a folder")
     parser.add_argument("-o", "--output", required=True, help="output folder (created; inputs are never overwritten)")
     parser.add_argument("-m", "--model", required=True, help="export folder written by 'sdnet-tf export'")
@@ -25,13 +28,19 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None,
                         help="slices per inference call (default 16 on CUDA, 1 on the CPU: lowest memory, no slower)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print onnxruntime's log messages")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
-    from sdnet_infer.io import DataError
+    from sdnet_infer.io import DataError, describe_os_error
     from sdnet_infer.model import ExportError, SDNetRuntime
     from sdnet_infer.predict import predict_files, summarise
 
     try:
+        if not args.verbose:
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(3)  # errors only
         runtime = SDNetRuntime(args.model, providers=args.provider, threads=args.threads,
                                batch_size=args.batch_size)
         if not args.quiet:
@@ -44,10 +53,17 @@ def main(argv=None):
                 _line(f"[{index}/{total}] {record['input']} -> {record['output']} ({record['seconds']:.2f} s)")
 
         start = time.perf_counter()
-        records = predict_files(args.input, args.output, runtime.segment, runtime.size, runtime.spacing, report)
+        records = predict_files(args.input, args.output, runtime.segment, runtime.size, runtime.spacing, report,
+                                orientation=runtime.orientation)
     except (DataError, ExportError) as error:
         _line(f"Error: {error}")
         return 2
+    except OSError as error:
+        _line(f"Error: {describe_os_error(error)}")
+        return 2
+    except KeyboardInterrupt as error:
+        _line(f"Interrupted: {error}" if str(error) else "Interrupted")
+        return 130
     _line(f"{summarise(records)} in {time.perf_counter() - start:.1f} s; list in {args.output}/predictions.json")
     return 1 if any(r["error"] for r in records) else 0
 

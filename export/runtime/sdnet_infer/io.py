@@ -1,26 +1,97 @@
-"""NIfTI input and output on nibabel, honouring ACDC's header quirks, and atomic writes.
+"""NIfTI input and output through one geometry reader, and atomic writes.
 
-ACDC files carry qform_code 0 and an sform of diag(-1, -1, 1): ``img.affine`` does not hold
-the voxel size, so spacing always comes from ``header.get_zooms()``; outputs are written with
-the input's affine and header so they overlay the input exactly. Every file is written beside
-its target and renamed over it, so a reader never sees half a file.
+Volumes are read by ``sdnet_infer.geometry`` (voxel size in mm by a documented rule, the slice
+axis, the training orientation) and handed to the caller in the training orientation with
+their voxel size; outputs are put back on the input's own grid and written with its affine
+and header, so they overlay the input exactly. Every file is written beside its target and
+renamed over it, so a reader never sees half a file, and a failed or interrupted write leaves
+nothing behind.
 """
 
 import contextlib
+import errno
 import gzip
 import json
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel import imageglobals
+
+from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry, read_geometry
 
 LABELS = (0, 1, 2, 3)  # background, RV, MYO, LV
 
+__all__ = ["LABELS", "DataError", "Volume", "atomic_path", "check_output_location", "describe_os_error",
+           "load_labels", "load_volume", "parse_label_map", "prepare_output_dir", "read_labels", "read_volume",
+           "save_labels", "save_volume", "write_json", "write_text"]
 
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the source and the problem."""
+
+@contextlib.contextmanager
+def _nibabel_silenced():
+    """Mute nibabel's global logger (its own handler and propagation to the application's)."""
+    logger = imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def _naming(error, path):
+    """``error`` again, naming ``path`` (the target, not a temporary name); as it is if its type
+    cannot be rebuilt that way."""
+    try:
+        return type(error)(error.errno, error.strerror or str(error), str(path))
+    except TypeError:
+        return error
+
+
+def describe_os_error(error):
+    """One line for a failed file operation: the path, then the system's reason."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    path = error.filename if error.filename is not None else "output"
+    return f"{path}: {reason}"
+
+
+def prepare_output_dir(path):
+    """Create the output folder ``path`` (and its parents) before any work is done.
+
+    Raises:
+        OSError: naming ``path`` when it cannot be created or written (a file in the way,
+            no permission, a read-only file system).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _naming(error, path) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "cannot write in this folder", str(path))
+    return path
+
+
+def check_output_location(path):
+    """Check, creating nothing, that the folder ``path`` exists writable or could be created.
+
+    Raises:
+        OSError: naming ``path``, when a file is in its way or the nearest existing folder
+            above it cannot be written.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot create a folder here ({existing} is a file)", str(path))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot write in {existing}", str(path))
+    return path
 
 
 @contextlib.contextmanager
@@ -28,18 +99,32 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
     The temporary name keeps the full suffix (``.nii.gz``, ``.keras``, ``.npz``), which the
-    writing libraries use to pick the format.
+    writing libraries use to pick the format. On any failure (a full disk, an interrupt) the
+    temporary file is removed; an ``OSError`` is raised again naming ``path`` itself, and an
+    interrupt as ``KeyboardInterrupt`` naming it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _naming(error, path.parent) from None
     stem, dot, suffix = path.name.partition(".")
     tmp = path.with_name(f"{stem}.tmp{dot}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        raise _naming(error, path) from error
+    except KeyboardInterrupt as error:
+        raise KeyboardInterrupt(f"{path}: interrupted while writing; nothing was written") from error
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp)
+            elif tmp.exists() or tmp.is_symlink():
+                tmp.unlink()
 
 
 def write_text(path, text):
@@ -52,47 +137,138 @@ def write_json(path, value):
     return write_text(path, json.dumps(value, indent=2, default=str))
 
 
-def load_volume(path, ndim=(3,), kind="image"):
-    """Read a NIfTI volume; returns ``(data as float32, zooms, nibabel image)``.
+@dataclass
+class Volume:
+    """A NIfTI volume in the training orientation.
+
+    Attributes:
+        data: float32 (H, W, S) frame or (H, W, S, T) cine, in the training orientation.
+        zooms: voxel size of ``data``'s axes in mm (the time step of a cine as stored).
+        geometry: the ``VolumeGeometry`` that maps ``data`` back to the stored grid.
+        image: the nibabel image (its affine and header are reused for outputs).
+    """
+
+    data: np.ndarray
+    zooms: tuple
+    geometry: VolumeGeometry
+    image: object
+
+
+def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION, dtype=np.float32):
+    """Read a NIfTI volume into the training orientation (see ``sdnet_infer.geometry``).
 
     Raises ``DataError`` naming the file for a missing or unreadable file (a truncated
-    ``.nii.gz`` included), a dimensionality not in ``ndim``, and NaN or infinite values.
+    ``.nii.gz`` included), a dimensionality not in ``ndim``, NaN or infinite values, and a
+    geometry that cannot be interpreted (zero or non-finite voxel size, unknown units, an
+    undecidable slice axis, an affine contradicting the voxel sizes).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
+        with _nibabel_silenced():  # its header fixes name no file; read_geometry refuses what they hide
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as error:
         raise DataError(f"{path}: cannot read the {kind} ({type(error).__name__}: {error}); "
                         "the file may be truncated or not NIfTI") from error
     if data.ndim not in ndim:
         expected = " or ".join(f"{n}-D" for n in ndim)
         raise DataError(f"{path}: the {kind} is {data.ndim}-D with shape {data.shape}, expected {expected}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
-    if any(not np.isfinite(z) or z <= 0 for z in zooms[:2]):
-        raise DataError(f"{path}: invalid voxel size {zooms} in the header")
-    data = data.astype(np.float32)
+    geometry = read_geometry(path, img, orientation)
+    data = data.astype(dtype)
     if not np.isfinite(data).all():
         raise DataError(f"{path}: the {kind} contains NaN or infinite values")
-    return data, zooms, img
+    zooms = geometry.training_spacing + tuple(float(z) for z in img.header.get_zooms()[3:data.ndim])
+    return Volume(geometry.to_training(data), zooms, geometry, img)
 
 
-def load_labels(path, image_shape=None):
-    """Read a label volume and check it against ACDC's label set and the image's shape."""
-    data, zooms, img = load_volume(path, kind="label volume")
+def load_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION):
+    """``read_volume`` as a tuple: ``(data (H, W, S[, T]) float32, zooms in mm, nibabel image)``."""
+    volume = read_volume(path, ndim, kind, orientation)
+    return volume.data, volume.zooms, volume.image
+
+
+def parse_label_map(text):
+    """``"mnms"`` or ``"1:3,2:2,3:1"`` -> {stored label: ACDC label}; ``None`` -> ``None``."""
+    if text is None:
+        return None
+    named = {"acdc": {1: 1, 2: 2, 3: 3}, "mnms": {1: 3, 2: 2, 3: 1}}  # M&Ms: 1 LV, 2 MYO, 3 RV
+    if str(text).lower() in named:
+        return named[str(text).lower()]
+    mapping = {}
+    try:
+        for item in str(text).split(","):
+            stored, acdc = item.split(":")
+            mapping[int(stored)] = int(acdc)
+    except ValueError as error:
+        raise DataError(f"label map {text!r}: expected 'mnms', 'acdc' or pairs like '1:3,2:2,3:1'") from error
+    if not set(mapping.values()) <= set(LABELS):
+        raise DataError(f"label map {text!r}: targets must be ACDC labels {LABELS}")
+    return mapping
+
+
+def read_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION):
+    """Read a label volume into the training orientation and check it; returns a ``Volume``.
+
+    Args:
+        path: the label file.
+        image_shape: the training-oriented shape it must have.
+        like: a ``VolumeGeometry`` whose grid (shape, voxel size, affine) it must share.
+        label_map: {stored label: ACDC label} for labels in another convention (see
+            ``parse_label_map``); stored labels outside it (other than 0) are refused.
+
+    The ``Volume``'s data are uint8 labels (H, W, S) in ACDC's convention. Raises ``DataError``
+    naming the file(s) on any mismatch.
+    """
+    volume = read_volume(path, kind="label volume", orientation=orientation)
+    data = volume.data
+    if like is not None:
+        check_same_grid(volume, like, path)
     if image_shape is not None and tuple(data.shape) != tuple(image_shape):
         raise DataError(f"{path}: label shape {data.shape} does not match the image shape {tuple(image_shape)}")
     values = np.unique(data)
-    bad = [v for v in values if v not in LABELS]
+    allowed = LABELS if label_map is None else (0, *label_map)
+    bad = [v for v in values if v not in allowed]
     if bad:
-        raise DataError(f"{path}: labels {sorted(float(v) for v in bad)[:5]} outside {{0, 1, 2, 3}}")
-    return data.astype(np.uint8), zooms, img
+        raise DataError(f"{path}: labels {sorted(float(v) for v in bad)[:5]} outside {{{', '.join(map(str, allowed))}}}"
+                        + ("" if label_map is None else " (the label map's)"))
+    labels = data.astype(np.uint8)
+    if label_map is not None:
+        lookup = np.zeros(256, np.uint8)
+        for stored, acdc in label_map.items():
+            lookup[stored] = acdc
+        labels = lookup[labels]
+    volume.data = labels
+    return volume
 
 
-def save_labels(labels, reference, path):
-    """Write uint8 labels with ``reference``'s affine and header, atomically."""
+def load_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION):
+    """``read_labels`` as a tuple: ``(uint8 labels (H, W, S), zooms in mm, nibabel image)``."""
+    volume = read_labels(path, image_shape, like, label_map, orientation)
+    return volume.data, volume.zooms, volume.image
+
+
+def check_same_grid(volume, like, path, other=None):
+    """Refuse ``volume`` (at ``path``) unless it shares ``like``'s stored grid: shape, voxel size, affine."""
+    other = other or like.source
+    g = volume.geometry
+    if g.shape != like.shape:
+        raise DataError(f"{path}: shape {g.shape} does not match {other}'s {like.shape}")
+    if not np.allclose(g.spacing, like.spacing, rtol=1e-3):
+        raise DataError(f"{path}: voxel size {g.spacing} mm does not match {other}'s {like.spacing} mm")
+    if not np.allclose(g.affine, like.affine, atol=1e-3):
+        raise DataError(f"{path}: affine does not match {other}'s; the two are not on the same grid")
+
+
+def save_labels(labels, reference, path, geometry=None):
+    """Write uint8 labels with ``reference``'s affine and header, atomically.
+
+    ``labels`` are on the reference's stored grid, or in the training orientation when the
+    reference's ``geometry`` is given (they are put back first).
+    """
+    if geometry is not None:
+        labels = geometry.from_training(np.asarray(labels))
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
     out = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), reference.affine, header)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdnet_infer.geometry import TRAINING_ORIENTATION, check_orientation
+
 SIDECAR = "sdnet-export.json"
 FORMAT = "sdnet-onnx"
 MODELS = ("segment", "anatomy", "modality", "decoder")
@@ -94,6 +96,8 @@ class SDNetRuntime:
         pre = self.meta["preprocessing"]
         self.size = int(pre["size"])
         self.spacing = float(pre["spacing_mm"])
+        # exports older than the geometry reader carry no orientation: they were all trained on ACDC's
+        self.orientation = check_orientation(pre.get("orientation", TRAINING_ORIENTATION), str(self.folder / SIDECAR))
         self.layout = self.meta.get("layout", "NHWC")
 
     @property
@@ -145,7 +149,9 @@ class SDNetRuntime:
         return self._run("decoder", feeds, "z")["image"]
 
     def segment_volume(self, volume, spacing, source="volume"):
-        """A (H, W, S) frame or (H, W, S, T) cine -> uint8 ACDC labels on the original grid."""
+        """A (H, W, S) frame or (H, W, S, T) cine in the training orientation (``self.orientation``,
+        as ``sdnet_infer.io.read_volume`` gives it), in-plane ``spacing`` (dy, dx) in mm -> uint8 ACDC
+        labels of the same shape."""
         from sdnet_infer.predict import predict_volume
 
         return predict_volume(volume, spacing, self.segment, size=self.size, target=self.spacing, source=source)

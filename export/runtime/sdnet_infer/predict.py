@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdnet_infer.io import DataError, load_volume, save_labels, write_json
+from sdnet_infer.geometry import TRAINING_ORIENTATION
+from sdnet_infer.io import DataError, prepare_output_dir, read_volume, save_labels, write_json
 from sdnet_infer.preprocess import SIZE, TARGET_SPACING, from_one_hot, preprocess_frame, restore_labels
 
 SUFFIX = "_pred"
@@ -18,7 +19,8 @@ SKIPPED_IN_FOLDERS = ("_gt", "_4d")  # label files and cines are not predicted w
 
 
 def predict_frame(frame, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="frame"):
-    """One (H, W, S) frame -> (H, W, S) uint8 ACDC labels."""
+    """One (H, W, S) frame in the training orientation, in-plane ``spacing`` (dy, dx) in mm ->
+    (H, W, S) uint8 ACDC labels. Raises ``DataError`` naming ``source``."""
     slices, _, geometry = preprocess_frame(frame, spacing, size=size, target=target, source=source)
     probs = np.asarray(probabilities(slices[..., None]))
     if probs.shape[:3] != slices.shape:
@@ -27,7 +29,10 @@ def predict_frame(frame, spacing, probabilities, size=SIZE, target=TARGET_SPACIN
 
 
 def predict_volume(volume, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="volume"):
-    """A (H, W, S) frame or a (H, W, S, T) cine (frame by frame) -> uint8 labels of its shape."""
+    """A (H, W, S) frame or a (H, W, S, T) cine (frame by frame) in the training orientation, as
+    ``sdnet_infer.io.read_volume`` gives it, in-plane ``spacing`` (dy, dx) in mm -> uint8 labels of
+    its shape. ``save_labels(labels, volume.image, path, volume.geometry)`` puts them back on the
+    file's grid. Raises ``DataError`` naming ``source``."""
     if volume.ndim == 3:
         return predict_frame(volume, spacing, probabilities, size, target, source)
     if volume.ndim == 4:
@@ -71,33 +76,46 @@ def find_inputs(source):
     return found
 
 
-def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None):
-    """Predict every image under ``source`` into ``out_dir``; a failing file is recorded and skipped.
+def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None,
+                  orientation=TRAINING_ORIENTATION):
+    """Predict every image under ``source`` into ``out_dir``; a failing input is recorded and skipped.
 
-    ``report(index, total, record)`` is called after each file. Returns the records (one dict
-    per input, with ``error`` set for the files that failed) and writes them to
-    ``out_dir/predictions.json``.
+    Each image is read by ``sdnet_infer.geometry`` (voxel size in mm, slice axis, brought
+    into the model's training ``orientation``), segmented, and its labels are put back on the
+    input's own grid and written with its affine and header. ``report(index, total, record)``
+    is called after each file. Returns the records (one dict per input, with ``error`` set for
+    the inputs that failed) and writes them to ``out_dir/predictions.json``.
+
+    Raises:
+        DataError: ``source`` holds no image.
+        OSError: naming the path, when ``out_dir`` or a file in it cannot be written (a full
+            disk included); the batch stops, as every later write would fail too.
     """
     out_dir = Path(out_dir)
     pairs = find_inputs(source)
+    prepare_output_dir(out_dir)
     inputs = {p.resolve() for p, _ in pairs}
     records = []
     for index, (path, relative) in enumerate(pairs, start=1):
         target_path = out_dir / relative
         record = {"input": str(path), "output": str(target_path), "error": None}
         start = time.perf_counter()
+        labels = None
         try:
             if target_path.resolve() in inputs:
                 raise DataError(f"{path}: the output {target_path} would overwrite an input; choose another folder")
-            volume, zooms, img = load_volume(path, ndim=(3, 4))
-            labels = predict_volume(volume, zooms[:2], probabilities, size, target, source=str(path))
-            save_labels(labels, img, target_path)
-            record.update(shape=list(labels.shape), spacing=list(zooms[:2]),
-                          voxels={str(v): int((labels == v).sum()) for v in (1, 2, 3)})
+            volume = read_volume(path, ndim=(3, 4), orientation=orientation)
+            labels = predict_volume(volume.data, volume.zooms[:2], probabilities, size, target, source=str(path))
+            record.update(shape=list(volume.image.shape), spacing=[round(z, 6) for z in volume.zooms[:3]],
+                          orientation="".join(volume.geometry.axcodes or ()) or None,
+                          voxels={str(v): int((labels == v).sum()) for v in (1, 2, 3)},
+                          warnings=list(volume.geometry.warnings))
         except DataError as error:
             record["error"] = str(error)
         except Exception as error:  # a model or library failure on one file must not stop the batch
             record["error"] = f"{path}: {type(error).__name__}: {error}"
+        if labels is not None:
+            save_labels(labels, volume.image, target_path, volume.geometry)  # OSError: stop, see above
         record["seconds"] = round(time.perf_counter() - start, 3)
         records.append(record)
         if report is not None:

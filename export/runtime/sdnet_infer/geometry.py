@@ -1,0 +1,262 @@
+"""Voxel geometry of NIfTI volumes: voxel size in mm, the slice axis, and the training orientation.
+
+One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``. The rule:
+
+1. **Voxel size.** The header is read twice: by nibabel, and raw from the file's bytes,
+   because nibabel replaces a zero ``pixdim`` by 1 (with a warning that names no file).
+   The affine is the sform when ``sform_code > 0``, else the qform when ``qform_code > 0``,
+   else there is none. If there is none, or its three column norms are all 1 (within 1e-3),
+   it carries no voxel size (ACDC's sform is diag(-1, -1, 1)) and the raw ``pixdim`` gives it;
+   otherwise the column norms give it, and when they differ from ``pixdim`` a warning names
+   the file and says the affine was used. Sizes are converted to mm by ``xyzt_units``
+   (metre x 1000, micron x 0.001; mm or unknown (0) as mm, as the NIfTI standard says).
+   A zero, negative or non-finite size of a spatial axis is a ``DataError`` naming the file.
+2. **Slice axis.** The axis whose voxel size is at least ``SLICE_RATIO`` (1.5) times each of
+   the other two (short-axis cine: 5-10 mm slices, 0.7-2 mm pixels). With no such axis, the
+   axis the affine points closest to the head-foot direction; with no affine either, a
+   ``DataError`` (the slice axis would be a guess).
+3. **Orientation.** The array is flipped and transposed (``nibabel.orientations``) into the
+   training orientation, by default ACDC's "LPS" (sform diag(-1, -1, 1): rows run to the
+   patient's left, columns to posterior, slices superior), with the slice axis last. The
+   slice axis is forced onto the world axis its affine column is nearest to (which then plays
+   the training slice direction), and the in-plane axes onto the other two by their largest
+   components, so a flipped or transposed copy of the same physical image (affine updated to
+   match) gives the same array. It is a ``DataError`` (affine and voxel sizes disagree) when
+   an in-plane axis runs along the slice direction, or when an affine without voxel size
+   (unit columns, as ACDC's) does not run the slice axis head-foot. Without an affine (both
+   codes 0) the stored in-plane order is kept and only the slice axis is moved last. For
+   ACDC's own files the transform is the identity.
+
+``VolumeGeometry.to_training`` applies the transform, ``from_training`` undoes it, so labels
+are written back on the input's own grid with its affine and header.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+from nibabel.openers import ImageOpener
+from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the source and the problem."""
+
+
+log = logging.getLogger("sdnet_infer.geometry")
+
+TRAINING_ORIENTATION = "LPS"  # ACDC: qform_code 0, sform_code 2, sform diag(-1, -1, 1)
+UNIT_SCALE = {0: 1.0, 1: 1000.0, 2: 1.0, 3: 0.001}  # xyzt_units & 7 -> mm (0: unknown, mm by the standard)
+UNIT_TOLERANCE = 1e-3  # affine column norms within this of 1 carry no voxel size
+SPACING_RTOL = 1e-3  # affine norms and pixdim agree within this
+SLICE_RATIO = 1.5
+_PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
+
+
+def check_orientation(code, source="orientation"):
+    """A three-letter axis code with one of L/R, A/P, S/I each (e.g. "LPS"), upper-cased."""
+    code = str(code).upper()
+    if len(code) != 3 or any(sum(c in pair for c in code) != 1 for pair in _PAIRS):
+        raise DataError(f"{source}: orientation {code!r} is not an axis code such as 'LPS' "
+                        "(one letter each of L/R, A/P, S/I)")
+    return code
+
+
+def raw_header(path, header_class=nib.Nifti1Header):
+    """The header as stored in the file, without nibabel's fixes (``check=False``)."""
+    with ImageOpener(str(path)) as handle:
+        return header_class.from_fileobj(handle, check=False)
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """Where a stored NIfTI volume's voxels are, and how to bring it into the training orientation.
+
+    Attributes:
+        source: the file, for messages.
+        shape: the stored spatial shape (3 axes).
+        spacing: voxel size of the stored axes in mm, (3,).
+        spacing_from: "pixdim", "sform" or "qform".
+        slice_axis: the stored axis through the slices.
+        axcodes: the stored axes' directions (e.g. ("L", "P", "S")), or None without an affine.
+        transform: nibabel orientation transform (3, 2) from the stored axes to training ones.
+        orientation: the training orientation code.
+        warnings: messages about the header (already logged).
+        affine: the image's affine as nibabel gives it (4, 4), for grid comparisons.
+    """
+
+    source: str
+    shape: tuple
+    spacing: tuple
+    spacing_from: str
+    slice_axis: int
+    axcodes: tuple
+    transform: np.ndarray = field(repr=False)
+    orientation: str = TRAINING_ORIENTATION
+    warnings: tuple = ()
+    affine: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def is_identity(self):
+        return bool(np.array_equal(self.transform, [[0, 1], [1, 1], [2, 1]]))
+
+    @property
+    def training_spacing(self):
+        """Voxel size in mm of the training-oriented axes: (row, column, slice), (3,)."""
+        out = [0.0, 0.0, 0.0]
+        for axis, (target, _) in enumerate(self.transform):
+            out[int(target)] = self.spacing[axis]
+        return tuple(out)
+
+    @property
+    def training_shape(self):
+        out = [0, 0, 0]
+        for axis, (target, _) in enumerate(self.transform):
+            out[int(target)] = self.shape[axis]
+        return tuple(out)
+
+    def to_training(self, data):
+        """A stored (X, Y, Z[, T]) array -> (H, W, S[, T]) in the training orientation."""
+        if self.is_identity:
+            return data
+        return np.ascontiguousarray(apply_orientation(data, self.transform))
+
+    def from_training(self, data):
+        """A (H, W, S[, T]) array in the training orientation -> the stored grid (X, Y, Z[, T])."""
+        if self.is_identity:
+            return data
+        inverse = np.empty_like(self.transform)
+        for axis, (target, flip) in enumerate(self.transform):
+            inverse[int(target)] = (axis, flip)
+        return np.ascontiguousarray(apply_orientation(data, inverse))
+
+    def describe(self):
+        codes = "".join(self.axcodes) if self.axcodes else "no affine"
+        return (f"voxel size {_fmt(self.spacing)} mm from {self.spacing_from}, "
+                f"slice axis {self.slice_axis}, stored {codes} -> {self.orientation}")
+
+
+def _chosen_affine(header):
+    """(affine (4, 4) or None, "sform" / "qform" / None) by the NIfTI codes."""
+    if int(header["sform_code"]) > 0:
+        return header.get_sform(), "sform"
+    if int(header["qform_code"]) > 0:
+        return header.get_qform(), "qform"
+    return None, None
+
+
+def _fmt(values):
+    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+
+
+def _voxel_size(header, affine, kind, source, notes):
+    pixdim = np.asarray(header["pixdim"][1:4], np.float64)
+    units = int(header["xyzt_units"]) & 0x07
+    if units not in UNIT_SCALE:
+        raise DataError(f"{source}: spatial units code {units} in xyzt_units is not one of the NIfTI units "
+                        "(metre, mm, micron)")
+    spacing, origin = pixdim, "pixdim"
+    if affine is not None:
+        norms = np.linalg.norm(affine[:3, :3], axis=0)
+        if np.all(np.isfinite(norms)) and not np.allclose(norms, 1.0, rtol=0, atol=UNIT_TOLERANCE):
+            spacing, origin = norms, kind
+            if not np.allclose(norms, pixdim, rtol=SPACING_RTOL):
+                notes.append(f"{source}: the {kind}'s voxel size {_fmt(norms)} differs from pixdim {_fmt(pixdim)}; "
+                             f"using the {kind}'s")
+    bad = [i for i, s in enumerate(spacing) if not np.isfinite(s) or s <= 0]
+    if bad:
+        raise DataError(f"{source}: voxel size {_fmt(spacing)} from {origin} has a zero, negative "
+                        f"or non-finite value on axis {bad[0]}; the voxel size cannot be known")
+    return tuple(float(s) * UNIT_SCALE[units] for s in spacing), origin
+
+
+def _slice_axis(spacing, affine, source, slice_world):
+    order = np.argsort(spacing)[::-1]
+    if spacing[order[0]] >= SLICE_RATIO * spacing[order[1]]:
+        return int(order[0])
+    if affine is None:
+        raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
+                        "times the others and the header has no orientation (qform_code and sform_code 0)")
+    found = np.nonzero(io_orientation(affine)[:, 0] == slice_world)[0]
+    if not len(found):
+        raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
+                        "times the others and the affine is degenerate")
+    return int(found[0])
+
+
+def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True):
+    """Orientation transform (3, 2) from the stored axes to ``orientation`` with the slice axis last."""
+    target = axcodes2ornt(orientation)
+    slice_world = int(target[2, 0])  # the world axis that plays the slice direction in training
+    if affine is None:
+        in_plane = [a for a in range(3) if a != slice_axis]
+        start = np.empty((3, 2))
+        for position, axis in enumerate(in_plane + [slice_axis]):
+            start[axis] = target[position]
+        return ornt_transform(start, target)
+    cosines = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    column = cosines[:, slice_axis]
+    nearest = int(np.argmax(np.abs(column)))
+    if not affine_has_spacing and nearest != slice_world:
+        # a placeholder affine (unit columns, as ACDC's) must at least agree with the voxel sizes
+        raise DataError(f"{source}: the affine runs axis {slice_axis} along {'xyz'[nearest]}, but its voxel size "
+                        "makes it the slice axis; the affine (no voxel size in it) and pixdim disagree")
+    # the world frame relabelled so that the slice normal's nearest axis plays the training slice
+    # direction; the other two keep their order
+    rows = [r for r in range(3) if r != nearest]
+    world = np.empty((3, 3))
+    others = [w for w in range(3) if w != slice_world]
+    world[others[0]], world[others[1]], world[slice_world] = cosines[rows[0]], cosines[rows[1]], cosines[nearest]
+    pseudo = world.copy()
+    pseudo[slice_world, :] = 0.0  # in-plane axes: their components within the image plane's two world axes
+    pseudo[:, slice_axis] = 0.0
+    pseudo[slice_world, slice_axis] = 1.0 if column[nearest] >= 0 else -1.0
+    for axis in range(3):
+        if axis != slice_axis and np.linalg.norm(pseudo[:, axis]) < 0.1:
+            raise DataError(f"{source}: the affine points in-plane axis {axis} along the slice direction (axis "
+                            f"{slice_axis}, the largest voxel size); the affine and the voxel sizes disagree")
+    affine4 = np.eye(4)
+    affine4[:3, :3] = pseudo
+    start = io_orientation(affine4)
+    if np.isnan(start).any():
+        raise DataError(f"{source}: the affine's in-plane axes are parallel; cannot orient the image")
+    return ornt_transform(start, target)
+
+
+def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION):
+    """The ``VolumeGeometry`` of a NIfTI file (see the module docstring for the rule).
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        image: the file loaded by nibabel, if already loaded (for its header class).
+        orientation: the training orientation, an axis code such as "LPS".
+
+    Raises:
+        DataError: naming the file, for a zero, negative or non-finite voxel size, unknown
+            units, a slice axis that cannot be told, or an affine that contradicts the sizes.
+    """
+    source = str(path)
+    orientation = check_orientation(orientation, source)
+    header_class = type(image.header) if image is not None else nib.Nifti1Header
+    try:
+        header = raw_header(path, header_class)
+    except Exception as error:  # nibabel raises several types for a header it cannot parse
+        raise DataError(f"{source}: cannot read the NIfTI header ({type(error).__name__}: {error})") from error
+    dims = int(header["dim"][0])
+    if dims < 3:
+        raise DataError(f"{source}: {dims}-D image; expected a 3-D frame or a 4-D cine")
+    notes = []
+    affine, kind = _chosen_affine(header)
+    if affine is not None and not np.all(np.isfinite(affine)):
+        raise DataError(f"{source}: the {kind} contains non-finite values")
+    spacing, origin = _voxel_size(header, affine, kind, source, notes)
+    slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]))
+    transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim")
+    for note in notes:
+        log.warning(note)
+    shape = tuple(int(s) for s in header["dim"][1:4])
+    axcodes = tuple(aff2axcodes(affine)) if affine is not None else None
+    stored = image.affine if image is not None else (affine if affine is not None else np.diag([*spacing, 1.0]))
+    return VolumeGeometry(source, shape, spacing, origin, slice_axis, axcodes, transform, orientation, tuple(notes),
+                          np.asarray(stored, np.float64))

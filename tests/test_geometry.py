@@ -1,0 +1,347 @@
+"""The geometry reader's rule (voxel size, units, slice axis, orientation), the same labels for
+every storage of one physical image, evaluate's grid checks and label maps, and failures that are
+one line with no partial file left behind."""
+
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from geometry_cases import CASES, SAME_ARRAY, agreement, flipped_affine, physical_affine, save, to_plain, write_cases
+from sdnet_infer.geometry import DataError, check_orientation, read_geometry
+from sdnet_infer.io import parse_label_map, read_volume
+from sdnet_infer.predict import predict_files
+from sdnet_tf.data.acdc import find_patients
+from sdnet_tf.data.phantom import patient_volumes, write_patient
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL = ROOT.parent / "shared" / "data" / "acdc-training"
+if not REAL.is_dir():
+    REAL = Path("/work/shared/data/acdc-training")
+ACDC_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def frame():
+    """One phantom ED frame: (image (H, W, S) int16, labels, in-plane spacing mm, slice thickness mm)."""
+    cine, labels, params, ed, _ = patient_volumes(seed=0, number=2)
+    return cine[..., ed - 1], labels[ed], params["spacing"], params["slice_thickness"]
+
+
+@pytest.fixture(scope="module")
+def cases(frame, tmp_path_factory):
+    image, _, spacing, thickness = frame
+    return write_cases(image, spacing, thickness, tmp_path_factory.mktemp("cases"))
+
+
+# ------------------------------------------------------------------------------ the reader's rule
+def test_acdc_style_header_takes_pixdim_and_keeps_the_array(frame, cases):
+    image, _, spacing, thickness = frame
+    g = read_geometry(cases["plain"])
+    assert g.spacing_from == "pixdim" and g.axcodes == ("L", "P", "S") and g.is_identity
+    assert g.spacing == pytest.approx((spacing, spacing, thickness), rel=1e-6) and g.slice_axis == 2
+    assert g.warnings == ()
+    volume = read_volume(cases["plain"])
+    assert np.array_equal(volume.data, image.astype(np.float32))  # no flip, no copy of another layout
+
+
+def test_sform_only_voxel_size_is_used_with_a_warning_naming_the_file(frame, cases, caplog):
+    _, _, spacing, thickness = frame
+    with caplog.at_level(logging.WARNING, logger="sdnet_infer.geometry"):
+        g = read_geometry(cases["sform_spacing"])
+    assert g.spacing_from == "sform" and g.spacing == pytest.approx((spacing, spacing, thickness))
+    assert len(g.warnings) == 1 and str(cases["sform_spacing"]) in g.warnings[0] and "using the sform" in g.warnings[0]
+    assert g.warnings[0] in caplog.text
+
+
+@pytest.mark.parametrize("units,scale", [("meter", 1e-3), ("micron", 1e3), ("mm", 1.0), ("unknown", 1.0)])
+def test_spatial_units_are_converted_to_mm(tmp_path, units, scale):
+    path = save(np.ones((8, 6, 3)), ACDC_AFFINE, (1.5 * scale, 1.5 * scale, 10 * scale), tmp_path / "a.nii.gz",
+                units=units)
+    assert read_geometry(path).spacing == pytest.approx((1.5, 1.5, 10.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.5, np.nan, np.inf])
+def test_zero_negative_or_non_finite_voxel_size_is_a_named_error(tmp_path, bad):
+    path = tmp_path / "bad.nii.gz"
+    img = nib.Nifti1Image(np.ones((8, 6, 3), np.int16), ACDC_AFFINE)
+    img.header["pixdim"][1:4] = (bad, 1.5, 10.0)  # nibabel's set_zooms refuses some of these
+    nib.save(img, str(path))
+    with pytest.raises(DataError, match=r"bad\.nii\.gz: voxel size .* cannot be known"):
+        read_geometry(path)
+
+
+def test_zero_spacing_is_refused_without_nibabel_s_anonymous_warning(cases, capfd):
+    with pytest.raises(DataError, match="zero_spacing.nii.gz"):
+        read_volume(cases["zero_spacing"])
+    assert "setting 0 dims to 1" not in capfd.readouterr().err
+
+
+def test_slice_first_array_comes_back_in_the_training_layout(frame, cases):
+    image = frame[0]
+    g = read_geometry(cases["slice_first"])
+    assert g.slice_axis == 0 and g.shape == (image.shape[2], *image.shape[:2])
+    volume = read_volume(cases["slice_first"])
+    assert np.array_equal(volume.data, image.astype(np.float32))
+    assert volume.zooms == pytest.approx(read_volume(cases["plain"]).zooms)
+    assert np.array_equal(g.from_training(volume.data), image.transpose(2, 0, 1))
+
+
+def test_flipped_copy_comes_back_unflipped(frame, cases):
+    volume = read_volume(cases["flipped"])
+    assert volume.geometry.axcodes == ("R", "A", "S")
+    assert np.array_equal(volume.data, frame[0].astype(np.float32))
+
+
+def test_slice_axis_from_the_affine_when_voxels_are_isotropic(tmp_path):
+    affine = np.zeros((4, 4))
+    affine[0, 1], affine[1, 2], affine[2, 0], affine[3, 3] = -1.2, -1.2, 1.2, 1.0  # axis 0 runs head-foot
+    g = read_geometry(save(np.ones((3, 8, 6)), affine, (1.2, 1.2, 1.2), tmp_path / "iso.nii.gz"))
+    assert g.slice_axis == 0 and g.training_shape == (8, 6, 3)
+
+
+def test_undecidable_slice_axis_is_refused(tmp_path):
+    img = nib.Nifti1Image(np.ones((8, 6, 5), np.int16), None)
+    img.header.set_zooms((1.2, 1.2, 1.2))
+    img.header.set_sform(None, code=0)
+    img.header.set_qform(None, code=0)
+    nib.save(img, str(tmp_path / "iso.nii.gz"))
+    with pytest.raises(DataError, match=r"iso\.nii\.gz: cannot tell the slice axis"):
+        read_geometry(tmp_path / "iso.nii.gz")
+
+
+def test_placeholder_affine_that_contradicts_the_voxel_sizes_is_refused(tmp_path):
+    """A slice-first array, pixdim (10, 1.5, 1.5), with ACDC's diag(-1, -1, 1) left unpermuted."""
+    path = save(np.ones((3, 8, 6)), ACDC_AFFINE, (10.0, 1.5, 1.5), tmp_path / "odd.nii.gz")
+    with pytest.raises(DataError, match=r"odd\.nii\.gz: the affine runs axis 0 along x.* disagree"):
+        read_geometry(path)
+
+
+def test_orientation_codes_are_checked():
+    assert check_orientation("lps") == "LPS"
+    for bad in ("LLS", "XYZ", "LP"):
+        with pytest.raises(DataError, match="not an axis code"):
+            check_orientation(bad)
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="the real ACDC training data is not here")
+def test_real_acdc_header_takes_pixdim_and_an_identity_transform(tmp_path):
+    path = REAL / "patient001" / "patient001_frame01.nii.gz"
+    g = read_geometry(path)
+    header = nib.load(str(path)).header
+    assert g.spacing_from == "pixdim" and g.is_identity and g.slice_axis == 2 and g.warnings == ()
+    assert g.spacing == tuple(float(z) for z in header.get_zooms()[:3])
+    image = np.asarray(nib.load(str(path)).dataobj)
+    plain = read_volume(path)
+    cases = write_cases(image, g.spacing[0], g.spacing[2], tmp_path / "cases", dtype=image.dtype)
+    for case in set(CASES) - {"zero_spacing"}:  # the user's report, on a real ACDC frame
+        volume = read_volume(cases[case])
+        assert np.array_equal(volume.data, plain.data), case
+        assert volume.zooms == pytest.approx(plain.zooms, rel=1e-6), case
+    with pytest.raises(DataError, match="zero_spacing"):
+        read_volume(cases["zero_spacing"])
+
+
+# ------------------------------------------------------------------------ one image, many storages
+def _disc_model(size):
+    """A stand-in network: LV on an off-centre disc of the preprocessed grid (so a mirrored or
+    mis-scaled input gives a different physical answer); MYO on the bright pixels around it."""
+    yy, xx = np.mgrid[:size, :size]
+    lv = ((yy - 0.58 * size) ** 2 + (xx - 0.4 * size) ** 2 <= (0.16 * size) ** 2).astype(np.float32)
+
+    def probabilities(slices):
+        bright = (slices[..., 0] > 0.3).astype(np.float32) * (1 - lv)
+        return np.stack([bright, np.broadcast_to(lv, bright.shape), np.zeros_like(bright)], -1)
+
+    return probabilities
+
+
+def test_every_storage_of_one_image_gives_the_same_labels_in_physical_space(frame, cases, tmp_path):
+    _, _, spacing, thickness = frame
+    records = predict_files(cases["plain"].parent, tmp_path / "out", _disc_model(96), size=96, target=2.5)
+    by_case = {Path(r["input"]).name.split(".")[0]: r for r in records}
+    assert set(by_case) == set(CASES)
+    assert "zero_spacing.nii.gz: voxel size" in by_case["zero_spacing"]["error"]
+    assert not (tmp_path / "out" / "zero_spacing_pred.nii.gz").exists()
+    plain = np.asarray(nib.load(str(tmp_path / "out" / "plain_pred.nii.gz")).dataobj)
+    voxel_ml = spacing * spacing * thickness / 1000  # the true voxel size of every copy's array
+    plain_ml = (plain == 3).sum() * voxel_ml
+    assert plain_ml > 20 and (plain == 2).any()
+    for case in set(CASES) - {"zero_spacing", "plain"}:
+        assert by_case[case]["error"] is None, by_case[case]["error"]
+        out = nib.load(str(tmp_path / "out" / f"{case}_pred.nii.gz"))
+        src = nib.load(str(cases[case]))
+        assert out.shape == src.shape and np.allclose(out.affine, src.affine)  # on the input's own grid
+        labels = to_plain(case, np.asarray(out.dataobj))
+        assert agreement(labels, plain) >= 0.99, case
+        if case in SAME_ARRAY:
+            assert (labels == 3).sum() * voxel_ml == pytest.approx(plain_ml, rel=0.02), case
+
+
+# -------------------------------------------------------------------------------------- evaluate
+@pytest.fixture
+def scored_folder(frame, tmp_path):
+    """References of three cases in the ACDC layout, and predictions equal to them."""
+    _, labels, spacing, thickness = frame
+    refs, preds = tmp_path / "refs", tmp_path / "preds"
+    for case in ("a", "b", "c"):
+        save(labels, ACDC_AFFINE, (spacing, spacing, thickness), (refs.mkdir(exist_ok=True) or refs)
+             / f"{case}_gt.nii.gz", dtype=np.uint8)
+        save(labels, ACDC_AFFINE, (spacing, spacing, thickness), (preds.mkdir(exist_ok=True) or preds)
+             / f"{case}_pred.nii.gz", dtype=np.uint8)
+    return refs, preds, labels, (spacing, thickness)
+
+
+def test_evaluate_refuses_a_prediction_on_another_grid_and_scores_the_others(scored_folder):
+    refs, preds, labels, (spacing, thickness) = scored_folder
+    true = physical_affine(labels.shape, spacing, thickness)
+    # b: the same physical labels, stored flipped with its affine; c: another voxel size; d: another shape
+    save(labels[::-1, ::-1], flipped_affine(true, labels.shape), (spacing, spacing, thickness),
+         preds / "b_pred.nii.gz", dtype=np.uint8)
+    save(labels, ACDC_AFFINE, (spacing * 1.1, spacing * 1.1, thickness), preds / "c_pred.nii.gz", dtype=np.uint8)
+    save(labels, ACDC_AFFINE, (spacing, spacing, thickness), refs / "d_gt.nii.gz", dtype=np.uint8)
+    save(labels[:-2], ACDC_AFFINE, (spacing, spacing, thickness), preds / "d_pred.nii.gz", dtype=np.uint8)
+    result = CliRunner().invoke(main, ["evaluate", "-p", str(preds), "-r", str(refs), "--quiet"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads((preds / "summary.json").read_text())
+    assert summary["cases"] == 1 and summary["dice_mean_3d"]["mean"] == 1.0
+    errors = sorted(summary["errors"])
+    assert len(errors) == 3
+    assert "b_pred.nii.gz: affine does not match" in errors[0] and "b_gt.nii.gz" in errors[0]
+    assert "c_pred.nii.gz: voxel size" in errors[1] and "c_gt.nii.gz" in errors[1]
+    assert "d_pred.nii.gz: shape" in errors[2] and "d_gt.nii.gz" in errors[2]
+
+
+def test_evaluate_label_map_reads_references_in_another_convention(scored_folder):
+    refs, preds, labels, (spacing, thickness) = scored_folder
+    mnms = np.array([0, 3, 2, 1], np.uint8)[labels]  # M&Ms: 1 LV, 2 MYO, 3 RV
+    for case in ("a", "b", "c"):
+        save(mnms, ACDC_AFFINE, (spacing, spacing, thickness), refs / f"{case}_gt.nii.gz", dtype=np.uint8)
+    for option, lv in ((["--label-map", "mnms"], 1.0), (["--label-map", "1:3,2:2,3:1"], 1.0), ([], 0.0)):
+        result = CliRunner().invoke(main, ["evaluate", "-p", str(preds), "-r", str(refs), "--quiet", *option])
+        assert result.exit_code == 0, result.output
+        summary = json.loads((preds / "summary.json").read_text())
+        assert summary["per_class"]["LV"]["all"]["Dice"]["mean"] == lv, option
+
+
+def test_label_map_parsing():
+    assert parse_label_map("MnMs") == {1: 3, 2: 2, 3: 1} and parse_label_map(None) is None
+    assert parse_label_map("1:3,3:1") == {1: 3, 3: 1}
+    for bad in ("1-3", "1:7", "lv"):
+        with pytest.raises(DataError, match="label map"):
+            parse_label_map(bad)
+
+
+# --------------------------------------------------------------------- failures are one line
+def _one_error_line(result, *words):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "Error" in line or "nterrupt" in line]
+    assert len(errors) == 1, result.output
+    for word in words:
+        assert word in errors[0], result.output
+    return errors[0]
+
+
+def test_unwritable_evaluate_output_is_one_line(scored_folder, tmp_path):
+    refs, preds, _, _ = scored_folder
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    out = tmp_path / "file.txt" / "out"
+    result = CliRunner().invoke(main, ["evaluate", "-p", str(preds), "-r", str(refs), "-o", str(out), "--quiet"])
+    _one_error_line(result, str(out))
+
+
+class _FullDisk:
+    """A csv writer on a disk that fills up (or a user who presses Ctrl-C) after the header."""
+
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __init__(self, handle, *args, **kwargs):
+        self.handle = handle
+
+    def writeheader(self):
+        self.handle.write("Name,partial")
+        self.handle.flush()
+
+    def writerow(self, row):
+        raise self.error
+
+
+@pytest.mark.parametrize("error,code,words", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), 1, ["acdc_metrics.csv", "no space left on device"]),
+    (KeyboardInterrupt(), 130, ["acdc_metrics.csv", "interrupted while writing"])], ids=["full-disk", "interrupt"])
+def test_a_failed_write_is_one_line_and_leaves_no_partial_file(scored_folder, monkeypatch, error, code, words):
+    import sdnet_tf.evaluation as evaluation
+
+    refs, preds, _, _ = scored_folder
+    monkeypatch.setattr(_FullDisk, "error", error)
+    monkeypatch.setattr(evaluation.csv, "DictWriter", _FullDisk)
+    result = CliRunner().invoke(main, ["evaluate", "-p", str(preds), "-r", str(refs), "--quiet"])
+    assert result.exit_code == code
+    _one_error_line(result, *words)
+    assert not list(preds.glob("*.tmp*")) and not (preds / "acdc_metrics.csv").exists()
+
+
+def test_unwritable_train_run_directory_is_one_line_before_training(tmp_path):
+    (tmp_path / "file.txt").write_text("")
+    run = tmp_path / "file.txt" / "run"
+    result = CliRunner().invoke(main, ["train", "synthetic", "--set", "model.input_size=32", "--epochs", "1",
+                                       "-o", str(run), "--quiet"])
+    _one_error_line(result, str(run))
+
+
+# ------------------------------------------------------------------------------ data folder, quiet
+def test_data_folder_above_training_is_found_and_named(tmp_path, caplog):
+    training = tmp_path / "ACDC" / "database" / "training"
+    write_patient(training, seed=0, number=1)
+    with caplog.at_level(logging.INFO, logger="sdnet_tf.data"):
+        patients = find_patients(tmp_path / "ACDC")
+    assert [p.folder.parent for p in patients] == [training]
+    assert f"using {training}" in caplog.text
+    assert [p.folder.parent for p in find_patients(tmp_path / "ACDC" / "database")] == [training]
+
+
+def test_commands_print_no_tensorflow_log_lines_by_default():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "export" / "runtime"), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "summary"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "total" in result.stdout
+    assert result.stderr.strip() == "", result.stderr
+
+
+def test_a_full_disk_stops_the_batch_naming_the_output_and_leaves_no_partial_file(cases, tmp_path, monkeypatch):
+    import sdnet_infer.io as io
+
+    def full_disk(image, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.nib, "save", full_disk)
+    with pytest.raises(OSError) as caught:
+        predict_files(cases["plain"], tmp_path / "out", _disc_model(96), size=96, target=2.5)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "out" / "plain_pred.nii.gz")
+    assert io.describe_os_error(caught.value).endswith("plain_pred.nii.gz: no space left on device")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_training_data_with_zero_spacing_is_refused_by_name(tmp_path):
+    folder = write_patient(tmp_path / "data", seed=0, number=1)
+    path = folder / "patient001_frame01.nii.gz"
+    img = nib.load(str(path))
+    img.header["pixdim"][1] = 0.0
+    nib.save(img, str(path))
+    result = CliRunner().invoke(main, ["preprocess", "--data", str(tmp_path / "data"),
+                                       "--set", "model.input_size=64", "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{path}: voxel size (0, " in result.output, result.output
