@@ -243,6 +243,9 @@ class SegmentationTrainConfig:
     seed: int = 1
     backend: str = "tensorflow"  # tensorflow | jax
     jit_compile: bool = False
+    # before each validation, recompute the BatchNorm statistics from this many batches of 16
+    # unaugmented training images (sdnet_tf/training/batchnorm.py); 0 keeps the moving averages
+    batchnorm_recalibration: int = 0
     keep_checkpoints: int = 2
     log_every: int = 20
     nonfinite: str = "skip"

@@ -380,6 +380,7 @@ def test_unet_at_a_labelled_fraction_uses_sdnet_s_subjects_and_sdnet_s_evaluatio
     config.train.batch_size, config.train.epochs, config.train.steps_per_epoch = 4, 1, 2
     config.data.path, config.data.spacing, config.data.cache_dir = str(cohort), SPACING, str(tmp_path / "cache")
     config.data.labelled_fraction = 0.5
+    config.train.batchnorm_recalibration = 2
     train_unet(config, tmp_path / "unet", progress=False)
     described = json.loads((tmp_path / "unet" / "data.json").read_text())
     training = patient_splits(find_patients(cohort))[0]["training"]

@@ -37,6 +37,8 @@ from sdnet_tf.models.priors import assign_values, build_prior, load_prior, varia
 from sdnet_tf.train import log_to_file, phantom_folder, stop_logging
 from sdnet_tf.training import prior_objectives
 
+from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
+
 log = logging.getLogger("sdnet_tf.train")
 
 _CHECKPOINT = re.compile(r"ckpt-(\d+)\.npz")
@@ -177,8 +179,11 @@ def _schedule(train, training_slices):
 
 
 def _loop(name, config, run_dir, files, model, optimizer, engine, make_inputs, validate, select, sets,
-          steps_per_epoch, total_steps, epochs, progress, extra=(), on_epoch=None):
-    """The shared epoch loop: resume, steps, validation, best, checkpoints, history."""
+          steps_per_epoch, total_steps, epochs, progress, extra=(), on_epoch=None, before_validation=None):
+    """The shared epoch loop: resume, steps, validation, best, checkpoints, history.
+
+    ``before_validation(state)``, when given, runs after each epoch's steps and before its
+    validation (the U-Net's BatchNorm recalibration)."""
     train = config.train
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "skipped": 0}
     latest = files.latest()
@@ -207,6 +212,8 @@ def _loop(name, config, run_dir, files, model, optimizer, engine, make_inputs, v
                 files.log_scalars(state["step"], terms)
             bar.set_postfix(loss=f"{terms['total']:.4g}")
         seconds = time.perf_counter() - tick
+        if before_validation is not None:
+            before_validation(state)
         metrics = validate(sets["validation"])
         state["epoch"] = epoch + 1
         score = metrics[key]
@@ -468,9 +475,17 @@ def train_unet(config, run_dir, resume=True, progress=True):
             scores = reconstruction_dice(predicted, subset.labels)
             return {**{f"dice_{k}": v for k, v in scores.items()}, "valid_slices": valid_share(predicted, spacing)}
 
+        def recalibrate_batchnorm(state):
+            # as SDNet's Trainer.recalibrate_batchnorm: a draw fixed by (seed, step)
+            if train.batchnorm_recalibration:
+                rng = np.random.default_rng([train.seed, state["step"], 2])
+                batches = recalibration_batches(sets["training"].images, train.batchnorm_recalibration, 16, rng)
+                recalibrate(lambda x: model(x, training=True), batchnorm_layers(model), batches)
+
         files = RunFiles(run_dir, train.keep_checkpoints)
         state, seconds = _loop("unet", config, run_dir, files, model, optimizer, engine, make_inputs, validate,
-                               ("dice_mean", "max"), sets, steps_per_epoch, total_steps, epochs, progress)
+                               ("dice_mean", "max"), sets, steps_per_epoch, total_steps, epochs, progress,
+                               before_validation=recalibrate_batchnorm)
         best = files.best()
         summary = {"model": "unet", "shape_prior": config.loss.shape_prior, "omega": omega if prior else 0.0,
                    "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,

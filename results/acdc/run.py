@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""The SDNet paper's label-fraction table at the CPU protocol, against the U-Net baseline.
+
+    python results/acdc/run.py /path/to/ACDC/training [--runs runs/acdc-cpu] [--only NAME ...]
+
+For each planned run (SDNet with configs/sdnet-acdc-cpu.yaml and the U-Net with
+configs/unet-acdc-cpu.yaml, at the same labelled subjects) it trains with the public command
+(resuming a run directory that holds checkpoints), scores the split's 15 test patients with
+``sdnet-tf evaluate --run`` (per-slice Dice as the paper, ACDC 3-D Dice, HD95, anatomically
+valid slices), and writes ``results/acdc/runs/<name>.json`` with the run's validation
+history. A run whose JSON exists is skipped, so the script can be stopped and started again.
+Then ``table.md`` and ``learning_curves.png`` are rebuilt from every JSON present.
+The commands it runs are printed and recorded in each JSON.
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+# (split, labelled fraction): split 0 at the paper's four fractions first, then splits 1
+# and 2 at one subject and all labels; per split, each model kind
+PLAN = [(0, 1.0), (0, 0.015), (0, 0.06), (0, 0.25), (1, 0.015), (2, 0.015), (1, 1.0), (2, 1.0)]
+KINDS = ("unet", "sdnet")
+PAPER = {1.0: 84, 0.25: 81, 0.06: 78, 0.015: 73}  # SDNet, ACDC, per-slice Dice (%), 3-fold
+NAMES = {"sdnet": "SDNet", "unet": "U-Net"}
+
+
+def run_name(kind, split, fraction):
+    return f"{kind}-split{split}-{fraction * 100:g}pct"
+
+
+def commands(kind, split, fraction, data, run_dir):
+    if kind == "sdnet":
+        train = ["sdnet-tf", "train", "acdc", "-c", "sdnet-acdc-cpu", "--data", str(data), "--split", str(split),
+                 "--labelled-fraction", str(fraction), "-o", str(run_dir), "--quiet"]
+    else:
+        train = ["sdnet-tf", "train", "unet", "-c", "unet-acdc-cpu", "--data", str(data), "--split", str(split),
+                 "--set", f"data.labelled_fraction={fraction}", "-o", str(run_dir), "--quiet"]
+    evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(run_dir / "test"), "--quiet"]
+    return train, evaluate
+
+
+def run(command, log):
+    print("$ " + " ".join(command), flush=True)
+    with open(log, "a") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code != 0:
+        raise SystemExit(f"failed ({code}): {' '.join(command)}; see {log}")
+
+
+def history(run_dir, kind):
+    path = run_dir / "history.csv"
+    rows = list(csv.DictReader(open(path))) if path.is_file() else []
+    key = "val_dice" if kind == "sdnet" else "val_dice_mean"
+    return [{"epoch": int(r["epoch"]), "val_dice": float(r[key]), "seconds": float(r["seconds"])} for r in rows]
+
+
+def collect(kind, split, fraction, run_dir, seconds, cmds):
+    summary = json.loads((run_dir / "test" / "summary.json").read_text())
+    classes = summary["per_class"]
+    paper = summary["paper_slice_dice"]
+    data = json.loads((run_dir / "data.json").read_text())
+    labelled = data.get("labelled_patients", data.get("training_patients"))
+    return {
+        "name": run_name(kind, split, fraction), "model": kind, "split": split, "labelled_fraction": fraction,
+        "labelled_patients": labelled,
+        "test_patients": summary["run"]["patients"],
+        "slice_dice": {"mean": paper["SliceDice"]["mean"],
+                       **{c: paper[f"SliceDice {c}"]["mean"] for c in ("LV", "RV", "MYO")}},
+        "dice_3d": {"mean": summary["dice_mean_3d"]["mean"],
+                    **{c: classes[c]["all"]["Dice"]["mean"] for c in ("LV", "RV", "MYO")}},
+        "hd95_mm": {c: classes[c]["all"]["HD95"]["mean"] for c in ("LV", "RV", "MYO")},
+        "valid_slices_percent": summary["validity_percent"]["Valid7 pred"],
+        "valid_reference_slices_percent": summary["validity_percent"]["Valid7 ref"],
+        "validation": history(run_dir, kind),
+        "train_seconds_this_invocation": round(seconds, 1),
+        "commands": [" ".join(c) for c in cmds],
+    }
+
+
+def fmt(value, scale=1.0, digits=3):
+    return "—" if value is None else f"{value * scale:.{digits}f}"
+
+
+def largest_drop(curve, after=3):
+    values = [r["val_dice"] for r in curve]
+    drops = [values[i - 1] - values[i] for i in range(max(1, after), len(values))]
+    return max(drops) if drops else None
+
+
+def write_table(results):
+    lines = ["# SDNet and the U-Net baseline on ACDC at the CPU protocol", "",
+             "Scored on each split's 15 test patients (ED and ES). Made by `results/acdc/run.py`; "
+             "configs `sdnet-acdc-cpu` and `unet-acdc-cpu`.", "",
+             "## Per-slice Dice, the paper's measure (%, mean over MYO, LV, RV)", "",
+             "| split | labelled | labelled subjects | SDNet (paper, 3-fold, full size) | SDNet (ours) | U-Net (ours) |",
+             "|---|---|---|---|---|---|"]
+    by = {(r["model"], r["split"], r["labelled_fraction"]): r for r in results}
+    keys = sorted({(r["split"], r["labelled_fraction"]) for r in results}, key=lambda k: (k[0], -k[1]))
+    for split, fraction in keys:
+        s, u = by.get(("sdnet", split, fraction)), by.get(("unet", split, fraction))
+        subjects = len((s or u)["labelled_patients"])
+        lines.append(f"| {split} | {fraction * 100:g}% | {subjects} | {PAPER.get(fraction, '—')} | "
+                     f"{fmt(s and s['slice_dice']['mean'], 100, 1)} | {fmt(u and u['slice_dice']['mean'], 100, 1)} |")
+    lines += ["", "## ACDC 3-D Dice, HD95 and anatomically valid slices", "",
+              "| split | labelled | model | 3-D Dice mean | LV | RV | MYO | HD95 LV / RV / MYO (mm) | valid slices | "
+              "largest validation drop after epoch 3 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for split, fraction in keys:
+        for kind in KINDS:
+            r = by.get((kind, split, fraction))
+            if r is None:
+                continue
+            d, h = r["dice_3d"], r["hd95_mm"]
+            lines.append(f"| {split} | {fraction * 100:g}% | {NAMES[kind]} | {fmt(d['mean'])} | {fmt(d['LV'])} | "
+                         f"{fmt(d['RV'])} | {fmt(d['MYO'])} | {fmt(h['LV'], digits=1)} / {fmt(h['RV'], digits=1)} / "
+                         f"{fmt(h['MYO'], digits=1)} | {fmt(r['valid_slices_percent'], digits=1)}% | "
+                         f"{fmt(largest_drop(r['validation']))} |")
+    (HERE / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({r["split"] for r in results})
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        for r in sorted((r for r in results if r["split"] == split), key=lambda r: (r["model"], -r["labelled_fraction"])):
+            curve = r["validation"]
+            ax.plot([c["epoch"] for c in curve], [c["val_dice"] for c in curve],
+                    "-" if r["model"] == "sdnet" else "--",
+                    label=f"{NAMES[r['model']]} {r['labelled_fraction'] * 100:g}%")
+        ax.set(title=f"split {split}: validation Dice per epoch", xlabel="epoch (100 iterations)",
+               ylabel="validation Dice", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "learning_curves.png", dpi=100)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="the ACDC training folder")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "acdc-cpu", help="where run directories go")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these names (e.g. sdnet-split0-100pct)")
+    args = parser.parse_args()
+    out = HERE / "runs"
+    out.mkdir(exist_ok=True)
+    for split, fraction in PLAN:
+        for kind in KINDS:
+            name = run_name(kind, split, fraction)
+            if (out / f"{name}.json").is_file() or (args.only is not None and name not in args.only):
+                continue
+            run_dir = args.runs / name
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            cmds = commands(kind, split, fraction, args.data, run_dir)
+            start = time.perf_counter()
+            run(cmds[0], args.runs / f"{name}.log")
+            seconds = time.perf_counter() - start
+            run(cmds[1], args.runs / f"{name}.log")
+            result = collect(kind, split, fraction, run_dir, seconds, cmds)
+            tmp = out / f"{name}.json.tmp"
+            tmp.write_text(json.dumps(result, indent=2))
+            os.replace(tmp, out / f"{name}.json")
+            print(f"{name}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
+                  f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
+            rebuild()
+    rebuild()
+
+
+def rebuild():
+    results = [json.loads(p.read_text()) for p in sorted((HERE / "runs").glob("*.json"))]
+    if results:
+        write_table(results)
+        plot(results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
