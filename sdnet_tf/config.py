@@ -76,6 +76,9 @@ class TrainConfig:
     # batches (of validation_batch_size unaugmented training images) with the current weights
     # ("precise BN", sdnet_tf/training/batchnorm.py); 0 keeps the moving averages, as the original
     batchnorm_recalibration: int = 0
+    # validate and keep an exponential moving average of the weights with this decay per
+    # iteration (sdnet_tf/training/averaging.py); 0 validates the weights as they are, as the original
+    weight_average: float = 0.0
     # none | mirrored (the GPUs of one host) | multi_worker (hosts listed in TF_CONFIG), with the
     # TensorFlow backend; none | data_parallel (every JAX device) with the JAX backend;
     # batch_size is then the global batch, split evenly across the replicas
@@ -246,6 +249,8 @@ class SegmentationTrainConfig:
     # before each validation, recompute the BatchNorm statistics from this many batches of 16
     # unaugmented training images (sdnet_tf/training/batchnorm.py); 0 keeps the moving averages
     batchnorm_recalibration: int = 0
+    # validate and keep an exponential moving average of the weights (decay per step); 0: off
+    weight_average: float = 0.0
     keep_checkpoints: int = 2
     log_every: int = 20
     nonfinite: str = "skip"

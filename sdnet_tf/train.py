@@ -104,9 +104,9 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     if not jax and distribute == "data_parallel":
         raise ConfigError("train.distribute 'data_parallel' (keras.distribution.DataParallel) needs the JAX engine: "
                           "set train.backend jax (--backend jax), or use mirrored or multi_worker")
-    if config.train.batchnorm_recalibration and distribute != "none":
-        raise ConfigError("train.batchnorm_recalibration runs on one device: set it to 0 with "
-                          f"train.distribute {distribute!r}")
+    for key in ("batchnorm_recalibration", "weight_average"):
+        if getattr(config.train, key) and distribute != "none":
+            raise ConfigError(f"train.{key} runs on one device: set it to 0 with train.distribute {distribute!r}")
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     check_output_location(run_dir)  # a run directory that cannot be made fails before any work

@@ -78,12 +78,15 @@ def _weights(model):
     return [np.array(v) for v in model.variables]
 
 
-@pytest.mark.parametrize("recalibration", [0, 2], ids=["moving-averages", "batchnorm-recalibrated"])
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, recalibration):
+@pytest.mark.parametrize("recalibration,average", [(0, 0.0), (2, 0.0), (2, 0.9)],
+                         ids=["moving-averages", "batchnorm-recalibrated", "weight-averaged"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, recalibration, average):
     # the run crosses an epoch end (iteration 4), where validation recomputes the BatchNorm
-    # statistics when train.batchnorm_recalibration is set
+    # statistics when train.batchnorm_recalibration is set (of the averaged weights with
+    # train.weight_average, whose averages are checkpointed too)
     k, m = 3, 3
-    config = small_config(iterations_per_epoch=4, epochs=2, batchnorm_recalibration=recalibration)
+    config = small_config(iterations_per_epoch=4, epochs=2, batchnorm_recalibration=recalibration,
+                          weight_average=average)
     straight = _trainer(tmp_path, config, "straight")
     straight.fit(max_iterations=k)
     # the run as it was when "killed" after k iterations
@@ -99,8 +102,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, recalib
     assert len(got) == len(expected)
     for a, b in zip(expected, got):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    # the pool and the optimiser step counts came back too
+    # the pool, the weight average and the optimiser step counts came back too
     np.testing.assert_array_equal(resumed.pool.items, straight.pool.items)
+    if average:
+        for a, b in zip(resumed.average.averages, straight.average.averages):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     for name, opt in resumed.engine.optimizers.items():
         assert int(opt.iterations.numpy()) == int(straight.engine.optimizers[name].iterations.numpy())
 

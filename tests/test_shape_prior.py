@@ -380,8 +380,17 @@ def test_unet_at_a_labelled_fraction_uses_sdnet_s_subjects_and_sdnet_s_evaluatio
     config.train.batch_size, config.train.epochs, config.train.steps_per_epoch = 4, 1, 2
     config.data.path, config.data.spacing, config.data.cache_dir = str(cohort), SPACING, str(tmp_path / "cache")
     config.data.labelled_fraction = 0.5
-    config.train.batchnorm_recalibration = 2
+    config.train.batchnorm_recalibration, config.train.weight_average = 2, 0.9
     train_unet(config, tmp_path / "unet", progress=False)
+    # the kept weights are the averaged ones, checkpointed beside the raw weights
+    with np.load(tmp_path / "unet" / "checkpoints" / "ckpt-1.npz") as checkpoint:
+        averaged = [checkpoint[k] for k in sorted(checkpoint.files) if k.startswith("extra/")][:-1]
+        raw = [checkpoint[k] for k in sorted(checkpoint.files) if k.startswith("model/")]
+    with np.load(tmp_path / "unet" / "best.npz") as best:
+        kept = [best[k] for k in sorted(best.files)]
+    assert averaged and any(not np.allclose(a, r) for a, r in zip(kept, raw))
+    trainable = [k for k, r in zip(kept, raw) if any(np.array_equal(k, a) for a in averaged)]
+    assert len(trainable) == len(averaged)
     described = json.loads((tmp_path / "unet" / "data.json").read_text())
     training = patient_splits(find_patients(cohort))[0]["training"]
     assert described["training_patients"] == labelled_subset(training, 0.5, seed=1)

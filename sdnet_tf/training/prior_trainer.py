@@ -15,6 +15,7 @@ chosen by ``train.backend``, which must be Keras' backend; this module is backen
 checkpoints are the same on both, so a run can be resumed on the other backend.
 """
 
+import contextlib
 import csv
 import json
 import logging
@@ -37,6 +38,7 @@ from sdnet_tf.models.priors import assign_values, build_prior, load_prior, varia
 from sdnet_tf.train import log_to_file, phantom_folder, stop_logging
 from sdnet_tf.training import prior_objectives
 
+from sdnet_tf.training.averaging import WeightAverage
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
 
 log = logging.getLogger("sdnet_tf.train")
@@ -179,11 +181,13 @@ def _schedule(train, training_slices):
 
 
 def _loop(name, config, run_dir, files, model, optimizer, engine, make_inputs, validate, select, sets,
-          steps_per_epoch, total_steps, epochs, progress, extra=(), on_epoch=None, before_validation=None):
+          steps_per_epoch, total_steps, epochs, progress, extra=(), on_epoch=None, around_validation=None,
+          after_step=None):
     """The shared epoch loop: resume, steps, validation, best, checkpoints, history.
 
-    ``before_validation(state)``, when given, runs after each epoch's steps and before its
-    validation (the U-Net's BatchNorm recalibration)."""
+    ``after_step()``, when given, runs after each step (the U-Net's weight average);
+    ``around_validation(state)``, a context manager, wraps each epoch's validation and the
+    saving of the best weights (the U-Net's averaged weights and BatchNorm recalibration)."""
     train = config.train
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "skipped": 0}
     latest = files.latest()
@@ -206,21 +210,22 @@ def _loop(name, config, run_dir, files, model, optimizer, engine, make_inputs, v
                                 where=f"{name} step {state['step'] + 1}")
             state["step"] += 1
             state["skipped"] += int(terms["skipped"])
+            if after_step is not None:
+                after_step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             if state["step"] % train.log_every == 0:
                 files.log_scalars(state["step"], terms)
             bar.set_postfix(loss=f"{terms['total']:.4g}")
         seconds = time.perf_counter() - tick
-        if before_validation is not None:
-            before_validation(state)
-        metrics = validate(sets["validation"])
+        with around_validation(state) if around_validation is not None else contextlib.nullcontext():
+            metrics = validate(sets["validation"])
+            score = metrics[key]
+            better = state["best"] is None or (score < state["best"] if mode == "min" else score > state["best"])
+            if better and np.isfinite(score):
+                state["best"], state["best_epoch"] = float(score), epoch + 1
+                files.save_best(model, {"epoch": epoch + 1, "step": state["step"], key: float(score), **metrics})
         state["epoch"] = epoch + 1
-        score = metrics[key]
-        better = state["best"] is None or (score < state["best"] if mode == "min" else score > state["best"])
-        if better and np.isfinite(score):
-            state["best"], state["best_epoch"] = float(score), epoch + 1
-            files.save_best(model, {"epoch": epoch + 1, "step": state["step"], key: float(score), **metrics})
         row = {"epoch": epoch + 1, "step": state["step"], "seconds": round(seconds, 2),
                "learning_rate": float(np.asarray(optimizer.learning_rate)),
                **{f"train_{k}": round(v / max(1, len(batches)), 6) for k, v in sums.items()},
@@ -475,17 +480,25 @@ def train_unet(config, run_dir, resume=True, progress=True):
             scores = reconstruction_dice(predicted, subset.labels)
             return {**{f"dice_{k}": v for k, v in scores.items()}, "valid_slices": valid_share(predicted, spacing)}
 
-        def recalibrate_batchnorm(state):
-            # as SDNet's Trainer.recalibrate_batchnorm: a draw fixed by (seed, step)
-            if train.batchnorm_recalibration:
-                rng = np.random.default_rng([train.seed, state["step"], 2])
-                batches = recalibration_batches(sets["training"].images, train.batchnorm_recalibration, 16, rng)
-                recalibrate(lambda x: model(x, training=True), batchnorm_layers(model), batches)
+        average = WeightAverage(model.trainable_variables, train.weight_average) if train.weight_average else None
+
+        @contextlib.contextmanager
+        def validation_weights(state):
+            # as SDNet's Trainer: the averaged weights when train.weight_average is set, then
+            # BatchNorm statistics recomputed from a draw fixed by (seed, step)
+            with average.swapped(model.variables) if average is not None else contextlib.nullcontext():
+                if train.batchnorm_recalibration:
+                    rng = np.random.default_rng([train.seed, state["step"], 2])
+                    batches = recalibration_batches(sets["training"].images, train.batchnorm_recalibration, 16, rng)
+                    recalibrate(lambda x: model(x, training=True), batchnorm_layers(model), batches)
+                yield
 
         files = RunFiles(run_dir, train.keep_checkpoints)
         state, seconds = _loop("unet", config, run_dir, files, model, optimizer, engine, make_inputs, validate,
                                ("dice_mean", "max"), sets, steps_per_epoch, total_steps, epochs, progress,
-                               before_validation=recalibrate_batchnorm)
+                               extra=average.variables() if average is not None else (),
+                               around_validation=validation_weights,
+                               after_step=average.update if average is not None else None)
         best = files.best()
         summary = {"model": "unet", "shape_prior": config.loss.shape_prior, "omega": omega if prior else 0.0,
                    "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,

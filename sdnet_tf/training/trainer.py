@@ -4,6 +4,7 @@ Backend-agnostic: everything that touches gradients is delegated to an engine, t
 ``train.backend`` (``TFEngine`` for "tensorflow", ``JAXEngine`` for "jax").
 """
 
+import contextlib
 import csv
 import logging
 import math
@@ -17,6 +18,7 @@ from sdnet_tf.atomic import atomic_path, write_json
 from sdnet_tf.config import save_config
 from sdnet_tf.losses import dice_coefficient
 from sdnet_tf.runtime import require_backend
+from sdnet_tf.training.averaging import WeightAverage
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
 from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler, EarlyStopping, FakePool
 
@@ -90,6 +92,10 @@ class Trainer:
         self.sampler = BatchSampler(arrays, t.batch_size, t.seed, augment=config.data.augment,
                                     rotation_range=config.data.rotation_range, nz=config.model.nz)
         self.pool = FakePool(t.pool_size)
+        self.average = None
+        if t.weight_average:
+            self.average = WeightAverage([v for net in model.networks().values() for v in net.trainable_variables],
+                                         t.weight_average)
         self.stopper = EarlyStopping(t.patience, t.min_delta)
         self.iterations_per_epoch = t.iterations_per_epoch or self.sampler.iterations_per_epoch()
         self.iteration = 0
@@ -103,6 +109,8 @@ class Trainer:
                  "stopped": np.bool_(self.stopped), "stopper_best": np.float64(self.stopper.best),
                  "stopper_wait": np.int64(self.stopper.wait)}
         state.update(self.pool.state())
+        if self.average is not None:
+            state.update(self.average.state())
         return state
 
     def load_state(self, state):
@@ -111,6 +119,11 @@ class Trainer:
         self.stopped = bool(state["stopped"])
         self.stopper.load_state({"best": state["stopper_best"], "wait": state["stopper_wait"]})
         self.pool.load_state(state)
+        if self.average is not None:
+            if "weight_average_0000" not in state:
+                raise ValueError(f"{self.run_dir}: its checkpoint has no weight average; resume it with "
+                                 "train.weight_average 0, as it was trained")
+            self.average.load_state(state)
 
     def resume(self):
         """Restore the latest checkpoint of the run directory; returns the iteration reached."""
@@ -133,6 +146,8 @@ class Trainer:
                 real = batch["real_masks"][: len(fakes)]
                 batch = dict(batch, real_masks=real)
             results[step.name] = self.engine.run_step(step, *_step_inputs(step, batch, fakes))
+        if self.average is not None:
+            self.average.update()
         self.iteration += 1
         return results
 
@@ -181,22 +196,25 @@ class Trainer:
     def _end_epoch(self, epoch, means, seconds, history_path):
         t = self.config.train
         a = self.arrays
-        if t.batchnorm_recalibration:
-            self.recalibrate_batchnorm()
-        predicted = self.engine.predict_masks(a.validation_images, t.validation_batch_size)
-        dice = validation_dice(predicted, a.validation_masks)
+        # validation, the kept weights and the images are of the averaged weights when
+        # train.weight_average is set; training goes on from the raw ones
+        with self.average.swapped(self._model_variables()) if self.average else contextlib.nullcontext():
+            if t.batchnorm_recalibration:
+                self.recalibrate_batchnorm()
+            predicted = self.engine.predict_masks(a.validation_images, t.validation_batch_size)
+            dice = validation_dice(predicted, a.validation_masks)
+            improved = dice > self.best_dice
+            if improved:
+                self.best_dice = dice
+                self.engine.save_best(self.iteration)
+                self._save_best_model(epoch + 1, dice)
+            self._log_images()
         val_loss = 1.0 - dice
-        improved = dice > self.best_dice
-        if improved:
-            self.best_dice = dice
-            self.engine.save_best(self.iteration)
-            self._save_best_model(epoch + 1, dice)
         self.stopped = self.stopper.update(val_loss)
         row = {"epoch": epoch + 1, "iteration": self.iteration, "seconds": round(seconds, 3),
                "val_dice": dice, "val_loss": val_loss, **means}
         self.engine.log_scalars({"validation/dice": dice, "validation/loss": val_loss,
                                  **{f"epoch/{k}": v for k, v in means.items()}}, self.iteration)
-        self._log_images()
         new = not history_path.exists()
         with open(history_path, "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))
@@ -210,6 +228,9 @@ class Trainer:
         if self.stopped:
             log.info("early stopping after epoch %d (no improvement of %.3g for %d epochs)",
                      epoch + 1, t.min_delta, t.patience)
+
+    def _model_variables(self):
+        return [v for net in self.model.networks().values() for v in net.variables]
 
     def recalibrate_batchnorm(self):
         """Recompute the BatchNorm statistics of the anatomy encoder, the modality encoder and

@@ -1,0 +1,54 @@
+"""The weight average (``sdnet_tf.training.averaging``) and its use for validation and kept weights."""
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import small_config
+from sdnet_tf.config import model_kwargs
+from sdnet_tf.data.synthetic import synthetic_arrays
+from sdnet_tf.models import SDNet
+from sdnet_tf.training.averaging import WeightAverage
+from sdnet_tf.training.trainer import Trainer
+
+
+def test_average_follows_the_documented_decay_and_swaps_back():
+    w = keras.Variable(np.zeros(3, "float32"))
+    other = keras.Variable(np.ones(2, "float32"))  # e.g. a BatchNorm statistic
+    average = WeightAverage([w], decay=0.5)
+    expected = np.zeros(3)
+    for t, value in enumerate([1.0, 2.0, 4.0, 8.0]):
+        w.assign(np.full(3, value, "float32"))
+        average.update()
+        decay = min(0.5, (1 + t) / (10 + t))
+        expected = decay * expected + (1 - decay) * value
+    np.testing.assert_allclose(np.asarray(average.averages[0]), expected, rtol=1e-6)
+    assert int(np.asarray(average.updates)) == 4
+    with average.swapped([w, other]):
+        np.testing.assert_allclose(np.asarray(w), expected, rtol=1e-6)
+        other.assign(np.zeros(2, "float32"))
+    np.testing.assert_array_equal(np.asarray(w), np.full(3, 8.0))
+    np.testing.assert_array_equal(np.asarray(other), np.ones(2))
+    copy = WeightAverage([w], decay=0.5)
+    copy.load_state(average.state())
+    np.testing.assert_array_equal(np.asarray(copy.averages[0]), np.asarray(average.averages[0]))
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage([w], decay=1.0)
+
+
+def test_validation_and_kept_weights_are_the_average(tmp_path):
+    config = small_config(iterations_per_epoch=3, epochs=1, weight_average=0.9, batchnorm_recalibration=2)
+    keras.utils.set_random_seed(1)
+    arrays = synthetic_arrays(24, 8, 32, 0.5, seed=0)
+    model = SDNet(**model_kwargs(config), seed=1)
+    model.build()
+    trainer = Trainer(model, arrays, config, tmp_path / "run", progress=False)
+    trainer.fit()
+    raw = [np.array(v) for net in model.networks().values() for v in net.trainable_variables]
+    kept = keras.models.load_model(tmp_path / "run" / "model.keras")
+    kept_weights = [np.array(v) for net in kept.networks().values() for v in net.trainable_variables]
+    averages = [np.asarray(a) for a in trainer.average.averages]
+    assert len(kept_weights) == len(averages) == len(raw)
+    for k, a in zip(kept_weights, averages):
+        np.testing.assert_allclose(k, a, rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(k, r) for k, r in zip(kept_weights, raw))  # training goes on from the raw weights
