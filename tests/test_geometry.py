@@ -345,3 +345,20 @@ def test_training_data_with_zero_spacing_is_refused_by_name(tmp_path):
                                        "--set", "model.input_size=64", "--set", f"data.cache_dir={tmp_path / 'cache'}"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{path}: voxel size (0, " in result.output, result.output
+
+
+# ------------------------------------------------------------------------- defects of the first user test
+def test_inputs_with_one_output_name_are_refused_naming_both_and_the_others_go_on(cases, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = nib.load(str(cases["plain"]))
+    for name in ("x.nii.gz", "x.nii", "y.nii.gz"):
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), str(folder / name))
+    records = predict_files(folder, tmp_path / "out", _disc_model(96), size=96, target=2.5)
+    by_name = {Path(r["input"]).name: r for r in records}
+    assert by_name["y.nii.gz"]["error"] is None
+    for name, other in (("x.nii", "x.nii.gz"), ("x.nii.gz", "x.nii")):
+        error = by_name[name]["error"]
+        assert error and "\n" not in error and str(folder / name) in error and str(folder / other) in error
+        assert "x_pred.nii.gz" in error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.json", "y_pred.nii.gz"]

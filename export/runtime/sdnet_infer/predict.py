@@ -58,7 +58,8 @@ def find_inputs(source):
     """(input path, output path relative to the output folder) for a file or a folder of NIfTI files.
 
     In a folder, ``*_gt`` label files and ``*_4d`` cines are skipped (name a cine to predict it)
-    and the sub-folder structure is kept.
+    and the sub-folder structure is kept. Two inputs may map to one output (``x.nii`` and
+    ``x.nii.gz`` both to ``x_pred.nii.gz``); ``output_collisions`` finds them.
     """
     source = Path(source)
     if source.is_file():
@@ -76,6 +77,22 @@ def find_inputs(source):
     return found
 
 
+def output_collisions(pairs):
+    """{input path: one line naming it and the other inputs with the same output} for the
+    inputs of ``find_inputs`` whose outputs would overwrite each other."""
+    by_output = {}
+    for path, relative in pairs:
+        by_output.setdefault(relative, []).append(path)
+    refused = {}
+    for relative, paths in by_output.items():
+        if len(paths) > 1:
+            for path in paths:
+                others = " and ".join(str(p) for p in paths if p != path)
+                refused[path] = (f"{path}: its output {relative} would also be written for {others}; "
+                                 "none of them is predicted (rename one)")
+    return refused
+
+
 def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None,
                   orientation=TRAINING_ORIENTATION):
     """Predict every image under ``source`` into ``out_dir``; a failing input is recorded and skipped.
@@ -83,7 +100,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     Each image is read by ``sdnet_infer.geometry`` (voxel size in mm, slice axis, brought
     into the model's training ``orientation``), segmented, and its labels are put back on the
     input's own grid and written with its affine and header. ``report(index, total, record)``
-    is called after each file. Returns the records (one dict per input, with ``error`` set for
+    is called after each file. Inputs whose outputs would have one name (``x.nii`` and
+    ``x.nii.gz``) are all refused, each with an error naming the others. Returns the records (one dict per input, with ``error`` set for
     the inputs that failed) and writes them to ``out_dir/predictions.json``.
 
     Raises:
@@ -95,6 +113,7 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     pairs = find_inputs(source)
     prepare_output_dir(out_dir)
     inputs = {p.resolve() for p, _ in pairs}
+    collisions = output_collisions(pairs)
     records = []
     for index, (path, relative) in enumerate(pairs, start=1):
         target_path = out_dir / relative
@@ -102,6 +121,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
         start = time.perf_counter()
         labels = None
         try:
+            if path in collisions:
+                raise DataError(collisions[path])
             if target_path.resolve() in inputs:
                 raise DataError(f"{path}: the output {target_path} would overwrite an input; choose another folder")
             volume = read_volume(path, ndim=(3, 4), orientation=orientation)
