@@ -362,3 +362,53 @@ def test_inputs_with_one_output_name_are_refused_naming_both_and_the_others_go_o
         assert error and "\n" not in error and str(folder / name) in error and str(folder / other) in error
         assert "x_pred.nii.gz" in error
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.json", "y_pred.nii.gz"]
+
+
+def _oblique(spacing, thickness, degrees=25.0):
+    t = np.deg2rad(degrees)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    return rotation @ np.diag([-spacing, -spacing, thickness, 1.0])
+
+
+def test_an_oblique_sform_gives_the_stored_voxel_size_without_float32_noise(tmp_path):
+    affine = _oblique(1.5625, 10.0)
+    path = save(np.ones((216, 256, 3)), affine, (1.5625, 1.5625, 10.0), tmp_path / "oblique.nii.gz")
+    g = read_geometry(path)
+    assert g.spacing_from == "sform" and g.spacing == (1.5625, 1.5625, 10.0) and g.warnings == ()
+    assert read_volume(path).zooms == (1.5625, 1.5625, 10.0)
+    # norms that differ from pixdim are used, rounded to 7 significant digits
+    path = save(np.ones((216, 256, 3)), _oblique(1.2, 8.0), (1.0, 1.0, 1.0), tmp_path / "other.nii.gz")
+    assert read_geometry(path).spacing == (1.2, 1.2, 8.0)
+
+
+def test_float_noise_in_the_voxel_size_cannot_move_the_resampled_size_across_a_tie():
+    from sdnet_infer.preprocess import resampled_shape
+
+    for n, spacing, target in ((216, 1.5625, 3.0), (40, 0.78125, 2.5), (40, 1.40625, 2.5), (150, 1.5625, 1.25)):
+        exact = resampled_shape((n, n), (spacing, spacing), target)
+        assert (n * spacing / target) % 1 == 0.5 and exact[0] % 2 == 0  # a tie, rounded to even
+        for noisy in (spacing * (1 - 1e-12), spacing * (1 + 1e-12)):  # the geometry reader leaves no more
+            assert resampled_shape((n, n), (noisy, noisy), target) == exact, (n, spacing, noisy)
+
+
+@pytest.mark.parametrize("scale,words", [(1e-3, "in-plane voxel size 0.0015625 x 0.0015625 mm"),
+                                         (1e3, "in-plane voxel size 1562.5 x 1562.5 mm")])
+def test_implausible_voxel_size_is_refused_naming_the_header_fields(tmp_path, scale, words):
+    path = save(np.ones((16, 12, 3)), np.diag([-1.5625 * scale, -1.5625 * scale, 10 * scale, 1.0]),
+                (1.5625 * scale, 1.5625 * scale, 10 * scale), tmp_path / "unknown_units.nii.gz", units="unknown")
+    with pytest.raises(DataError) as caught:
+        read_geometry(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {words}") and "\n" not in message
+    assert "the sform's column norms" in message and "xyzt_units 0 (unknown" in message and "0.05-20 mm" in message
+    path = save(np.ones((16, 12, 3)), ACDC_AFFINE, (1.5, 1.5, 150.0), tmp_path / "thick.nii.gz", units="mm")
+    with pytest.raises(DataError, match=r"thick.nii.gz: slice spacing 150 mm \(from pixdim\[1:4\], xyzt_units 2"):
+        read_geometry(path)
+
+
+def test_the_resampler_refuses_an_absurd_output_size():
+    from sdnet_infer.preprocess import preprocess_frame
+
+    with pytest.raises(DataError, match=r"^big: resampling \(256, 216\) pixels of 30 x 30 mm to 1.37 mm would make"):
+        preprocess_frame(np.ones((256, 216, 2), np.float32), (30.0, 30.0), source="big")

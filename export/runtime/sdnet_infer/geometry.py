@@ -7,10 +7,18 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    The affine is the sform when ``sform_code > 0``, else the qform when ``qform_code > 0``,
    else there is none. If there is none, or its three column norms are all 1 (within 1e-3),
    it carries no voxel size (ACDC's sform is diag(-1, -1, 1)) and the raw ``pixdim`` gives it;
-   otherwise the column norms give it, and when they differ from ``pixdim`` a warning names
-   the file and says the affine was used. Sizes are converted to mm by ``xyzt_units``
-   (metre x 1000, micron x 0.001; mm or unknown (0) as mm, as the NIfTI standard says).
+   otherwise the affine gives it: when its column norms agree with ``pixdim`` within
+   ``SPACING_RTOL`` (1e-3, relative), the value stored in ``pixdim`` (so the float32 noise of a
+   rotated affine, 1.56249995 for 1.5625, cannot move a resampled size across a rounding
+   tie); when they differ, the norms rounded to ``SPACING_DIGITS`` (7) significant digits,
+   float32's precision, and a warning names the file and says the affine was used. Sizes are
+   converted to mm by ``xyzt_units`` (metre x 1000, micron x 0.001; mm or unknown (0) as mm,
+   as the NIfTI standard says).
    A zero, negative or non-finite size of a spatial axis is a ``DataError`` naming the file.
+   So is a size no MR or CT image has (in-plane outside ``PIXEL_RANGE_MM``, 0.05-20 mm, or
+   slices thicker than ``MAX_SLICE_MM``, 100 mm): wrong units, most likely (a header in
+   metres with ``xyzt_units`` 0 reads as 0.0016 mm pixels); the message names the header
+   fields that gave the size.
 2. **Slice axis.** The axis whose voxel size is at least ``SLICE_RATIO`` (1.5) times each of
    the other two (short-axis cine: 5-10 mm slices, 0.7-2 mm pixels). With no such axis, the
    axis the affine points closest to the head-foot direction; with no affine either, a
@@ -50,7 +58,13 @@ TRAINING_ORIENTATION = "LPS"  # ACDC: qform_code 0, sform_code 2, sform diag(-1,
 UNIT_SCALE = {0: 1.0, 1: 1000.0, 2: 1.0, 3: 0.001}  # xyzt_units & 7 -> mm (0: unknown, mm by the standard)
 UNIT_TOLERANCE = 1e-3  # affine column norms within this of 1 carry no voxel size
 SPACING_RTOL = 1e-3  # affine norms and pixdim agree within this
+SPACING_DIGITS = 7  # significant digits kept of a voxel size taken from the affine (float32 carries 7; 5e-7 relative)
 SLICE_RATIO = 1.5
+# Voxel sizes an MR or CT image can have, in mm: pixels from 0.05 (micro-MRI) to 20, slices up to 100.
+# Outside them the units are almost surely wrong (a metre header marked mm or unknown gives 0.0016 mm).
+PIXEL_RANGE_MM = (0.05, 20.0)
+MAX_SLICE_MM = 100.0
+UNIT_NAMES = {0: "0 (unknown, read as mm)", 1: "1 (metre)", 2: "2 (mm)", 3: "3 (micron)"}
 _PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
 
 
@@ -150,6 +164,11 @@ def _fmt(values):
     return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
 
 
+def _significant(values, digits=SPACING_DIGITS):
+    """``values`` rounded to ``digits`` significant digits (float32 noise of a rotated affine off)."""
+    return np.array([float(f"{float(v):.{digits}g}") if np.isfinite(v) else float(v) for v in values])
+
+
 def _voxel_size(header, affine, kind, source, notes):
     pixdim = np.asarray(header["pixdim"][1:4], np.float64)
     units = int(header["xyzt_units"]) & 0x07
@@ -160,8 +179,11 @@ def _voxel_size(header, affine, kind, source, notes):
     if affine is not None:
         norms = np.linalg.norm(affine[:3, :3], axis=0)
         if np.all(np.isfinite(norms)) and not np.allclose(norms, 1.0, rtol=0, atol=UNIT_TOLERANCE):
-            spacing, origin = norms, kind
-            if not np.allclose(norms, pixdim, rtol=SPACING_RTOL):
+            origin = kind
+            if np.allclose(norms, pixdim, rtol=SPACING_RTOL):
+                spacing = pixdim  # the same size: the stored value, free of the rotation's float32 noise
+            else:
+                spacing = _significant(norms)
                 notes.append(f"{source}: the {kind}'s voxel size {_fmt(norms)} differs from pixdim {_fmt(pixdim)}; "
                              f"using the {kind}'s")
     bad = [i for i, s in enumerate(spacing) if not np.isfinite(s) or s <= 0]
@@ -169,6 +191,22 @@ def _voxel_size(header, affine, kind, source, notes):
         raise DataError(f"{source}: voxel size {_fmt(spacing)} from {origin} has a zero, negative "
                         f"or non-finite value on axis {bad[0]}; the voxel size cannot be known")
     return tuple(float(s) * UNIT_SCALE[units] for s in spacing), origin
+
+
+def _check_plausible(spacing, slice_axis, origin, header, source):
+    """Refuse voxel sizes no MR or CT image has (see ``PIXEL_RANGE_MM``, ``MAX_SLICE_MM``)."""
+    lo, hi = PIXEL_RANGE_MM
+    fields = "pixdim[1:4]" if origin == "pixdim" else f"the {origin}'s column norms"
+    units = UNIT_NAMES.get(int(header["xyzt_units"]) & 0x07)
+    in_plane = [spacing[a] for a in range(3) if a != slice_axis]
+    if not all(lo <= s <= hi for s in in_plane):
+        raise DataError(f"{source}: in-plane voxel size {' x '.join(f'{s:.6g}' for s in in_plane)} mm (from {fields}, "
+                        f"xyzt_units {units}) is outside the plausible {lo:g}-{hi:g} mm of MR and CT images; "
+                        "the header's spatial units are probably wrong")
+    if spacing[slice_axis] > MAX_SLICE_MM:
+        raise DataError(f"{source}: slice spacing {spacing[slice_axis]:.6g} mm (from {fields}, xyzt_units {units}) "
+                        f"is above the plausible {MAX_SLICE_MM:g} mm of MR and CT images; "
+                        "the header's spatial units are probably wrong")
 
 
 def _slice_axis(spacing, affine, source, slice_world):
@@ -233,8 +271,8 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION):
         orientation: the training orientation, an axis code such as "LPS".
 
     Raises:
-        DataError: naming the file, for a zero, negative or non-finite voxel size, unknown
-            units, a slice axis that cannot be told, or an affine that contradicts the sizes.
+        DataError: naming the file, for a zero, negative, non-finite or implausible voxel
+            size, unknown units, a slice axis that cannot be told, or an affine that contradicts the sizes.
     """
     source = str(path)
     orientation = check_orientation(orientation, source)
@@ -252,6 +290,7 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION):
         raise DataError(f"{source}: the {kind} contains non-finite values")
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
     slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]))
+    _check_plausible(spacing, slice_axis, origin, header, source)
     transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim")
     for note in notes:
         log.warning(note)

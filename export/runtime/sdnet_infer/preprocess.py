@@ -21,6 +21,8 @@ from sdnet_infer.io import DataError
 
 TARGET_SPACING = 1.37
 SIZE = 224
+MAX_RESAMPLED_SIDE = 4096  # a resampled slice larger than this per side is refused (64 MB per float32 slice)
+RATIO_DECIMALS = 6  # the scaled size is rounded to this many decimals before rounding to whole pixels
 
 
 @dataclass
@@ -55,10 +57,26 @@ def resize_slice(image, shape, order=1, mode="constant"):
     return out
 
 
-def resample(volume, spacing, target=TARGET_SPACING, order=1):
-    """Resample each slice of (H, W, S) in-plane by ``spacing / target`` (order 1 or 0)."""
+def resampled_shape(shape, spacing, target=TARGET_SPACING, source="volume"):
+    """(H', W'): ``shape`` (H, W) scaled by ``spacing / target`` and rounded to whole pixels,
+    at least 1, as scikit-image's ``rescale`` sizes its output. The scaled size is first rounded
+    to ``RATIO_DECIMALS`` (6) decimals, so the float noise of the division (216 * 1.5625 / 3
+    computes as 112.50000000000001) cannot decide a tie; a tie then rounds to even, as
+    scikit-image rounds an exact one (112.5 -> 112). A side above ``MAX_RESAMPLED_SIDE`` is a
+    ``DataError`` naming ``source`` (the voxel size must be wrong)."""
     scale = np.asarray(spacing[:2], np.float64) / target
-    shape = tuple(int(s) for s in np.maximum(np.round(scale * np.asarray(volume.shape[:2])), 1))
+    exact = np.round(scale * np.asarray(shape[:2], np.float64), RATIO_DECIMALS)
+    out = tuple(int(s) for s in np.maximum(np.round(exact), 1))
+    if max(out) > MAX_RESAMPLED_SIDE:
+        raise DataError(f"{source}: resampling {tuple(int(s) for s in shape[:2])} pixels of "
+                        f"{' x '.join(f'{float(s):.6g}' for s in spacing[:2])} mm to {target:g} mm would make "
+                        f"{out[0]} x {out[1]} pixels (at most {MAX_RESAMPLED_SIDE} per side); the voxel size is wrong")
+    return out
+
+
+def resample(volume, spacing, target=TARGET_SPACING, order=1, source="volume"):
+    """Resample each slice of (H, W, S) in-plane by ``spacing / target`` (order 1 or 0)."""
+    shape = resampled_shape(volume.shape[:2], spacing, target, source)
     volume = np.asarray(volume, np.float32)
     slices = [resize_slice(volume[..., k], shape, order=order) for k in range(volume.shape[-1])]
     return np.stack(slices, axis=-1).astype(np.float32)
@@ -97,14 +115,14 @@ def preprocess_frame(image, spacing, labels=None, size=SIZE, target=TARGET_SPACI
     """One (H, W, S) frame -> image slices (S, size, size) in [-1, 1], labels, Geometry."""
     if image.ndim != 3:
         raise DataError(f"{source}: expected a 3-D frame, got shape {image.shape}")
-    resampled = resample(image, spacing[:2], target, order=1)
+    resampled = resample(image, spacing[:2], target, order=1, source=source)
     normalised = normalise(resampled, source)
     cropped, offsets = crop_or_pad(normalised, size, mode="edge")
     geometry = Geometry(tuple(int(s) for s in image.shape), tuple(float(s) for s in spacing[:2]),
                         tuple(int(s) for s in resampled.shape[:2]), offsets, int(size))
     out_labels = None
     if labels is not None:
-        res_labels = resample(labels.astype(np.float32), spacing[:2], target, order=0)
+        res_labels = resample(labels.astype(np.float32), spacing[:2], target, order=0, source=source)
         out_labels, _ = crop_or_pad(np.rint(res_labels).astype(np.uint8), size, mode="constant")
         out_labels = np.moveaxis(out_labels, -1, 0)
     return np.moveaxis(cropped, -1, 0), out_labels, geometry
