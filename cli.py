@@ -11,6 +11,7 @@ from sdnet_tf.runtime import tune_allocator
 tune_allocator()
 
 log = logging.getLogger("sdnet_tf")
+ONNX_OPSETS = (13, 18)  # export.onnx_export.OPSETS (not imported here: it would load nibabel at start-up)
 TENSORFLOW_COMMANDS = {"summary", "shape-eval", "predict", "evaluate", "figures", "latent", "report", "export"}
 
 
@@ -490,7 +491,8 @@ def report(run_dir, output, data, images, refresh):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Export folder: segment/anatomy/modality/decoder.onnx and sdnet-export.json.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(*ONNX_OPSETS), default=17, show_default=True,
+              help=f"ONNX opset, {ONNX_OPSETS[0]} to {ONNX_OPSETS[1]} (tf2onnx's newest); the one written is recorded.")
 @click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default="NCHW", show_default=True,
               help="Layout of the image inputs (anatomy maps stay NHWC); both run at the same speed.")
 def export_command(run_dir, output, opset, layout):
@@ -508,7 +510,7 @@ def export_command(run_dir, output, opset, layout):
         meta = export_run(run_dir, output, opset=opset, layout=layout, log=click.echo)
     except DataError as error:
         raise UserError(str(error)) from error
-    click.echo(f"exported {len(meta['models'])} models (opset {opset}, {layout}) to {output}; "
+    click.echo(f"exported {len(meta['models'])} models (opset {meta['opset']}, {layout}) to {output}; "
                f"run them with: sdnet-infer -i IMAGES -o OUT --model {output}")
 
 

@@ -11,6 +11,9 @@ from sdnet_infer.geometry import TRAINING_ORIENTATION
 from sdnet_infer.model import FORMAT, SIDECAR, sha256  # the runtime reads what this writes
 
 DEFAULT_OPSET = 17
+# The opsets --opset accepts: from 13 (below, tf2onnx cannot convert SDNet's ops and writes invalid
+# models) to the newest tf2onnx 1.17 knows (tf2onnx.constants.OPSET_TO_IR_VERSION; onnxruntime runs more).
+OPSETS = (13, 18)
 # image inputs channels-first, as onnxruntime's CPU kernels lay them out; NHWC inputs measured the
 # same within noise at 224 x 224 (benchmarks/RESULTS.md); anatomy maps stay NHWC
 DEFAULT_LAYOUT = "NCHW"
@@ -88,6 +91,11 @@ def versions():
     return found
 
 
+def written_opset(proto):
+    """The default (ONNX) domain's opset a model was written with."""
+    return max(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, source=None, log=None,
                  orientation=TRAINING_ORIENTATION):
     """Write ``segment/anatomy/modality/decoder.onnx`` and ``sdnet-export.json`` into ``out_dir``.
@@ -105,8 +113,10 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
 
     if layout not in ("NHWC", "NCHW"):
         raise ValueError(f"layout must be NHWC or NCHW, got {layout!r}")
+    if not OPSETS[0] <= int(opset) <= OPSETS[1]:
+        raise ValueError(f"opset must be {OPSETS[0]}..{OPSETS[1]} (what tf2onnx converts SDNet to), got {opset}")
     out_dir = prepare_output_dir(out_dir)
-    models = {}
+    models, written = {}, set()
     for name, fn in _functions(model, layout).items():
         start = time.perf_counter()
         path = out_dir / f"{name}.onnx"
@@ -114,6 +124,7 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
             proto, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset,
                                                      output_path=str(tmp))
         inputs, outputs = _io(proto)
+        written.add(written_opset(proto))
         models[name] = {"file": path.name, "sha256": sha256(path), "inputs": inputs, "outputs": outputs}
         if log:
             log(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
@@ -122,7 +133,7 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
         "version": 1,
         "source": str(source) if source else None,
         "layout": layout,
-        "opset": opset,
+        "opset": max(written),  # as written (tf2onnx may raise it), not as asked
         "models": models,
         "preprocessing": {
             "spacing_mm": float(config.data.spacing),

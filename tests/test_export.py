@@ -282,3 +282,21 @@ def test_unwritable_output_is_one_line_for_predict_infer_and_export(run_dir, exp
     assert infer_main(["-i", str(image), "-o", str(out), "-m", str(export_dir), "-q"]) == 2
     _one_error_line(capsys.readouterr().err, out)
     assert not (tmp_path / "file.txt").is_dir()
+
+
+def test_export_opset_outside_what_tf2onnx_converts_is_refused_and_the_written_one_recorded(export_dir, tmp_path):
+    import onnx
+    from tf2onnx.constants import OPSET_TO_IR_VERSION
+
+    from cli import ONNX_OPSETS
+    from export.onnx_export import OPSETS
+
+    assert ONNX_OPSETS == OPSETS and OPSETS[1] == max(OPSET_TO_IR_VERSION)
+    for opset in ("5", "99", "0", "-1"):
+        result = CliRunner().invoke(main, ["export", "nowhere", "-o", str(tmp_path / "x"), "--opset", opset])
+        assert result.exit_code == 2 and "Invalid value for '--opset'" in result.output and "13<=x<=18" in result.output
+        assert "Traceback" not in result.output and not (tmp_path / "x").exists()
+    meta = json.loads((export_dir / "sdnet-export.json").read_text())
+    for entry in meta["models"].values():
+        written = [o.version for o in onnx.load(str(export_dir / entry["file"])).opset_import if o.domain in ("", "ai.onnx")]
+        assert written == [meta["opset"]]
