@@ -12,7 +12,8 @@ tune_allocator()
 
 log = logging.getLogger("sdnet_tf")
 ONNX_OPSETS = (13, 18)  # export.onnx_export.OPSETS (not imported here: it would load nibabel at start-up)
-TENSORFLOW_COMMANDS = {"summary", "shape-eval", "predict", "evaluate", "figures", "latent", "report", "export"}
+TENSORFLOW_COMMANDS = {"summary", "shape-eval", "preprocess", "predict", "evaluate", "figures", "latent", "report",
+                       "export"}
 
 
 class UserError(click.ClickException):

@@ -310,14 +310,30 @@ def test_data_folder_above_training_is_found_and_named(tmp_path, caplog):
     assert [p.folder.parent for p in find_patients(tmp_path / "ACDC" / "database")] == [training]
 
 
-def test_commands_print_no_tensorflow_log_lines_by_default():
+def _cli_subprocess(*args):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "export" / "runtime"), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "summary"],
-                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    return subprocess.run([sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_commands_print_no_tensorflow_log_lines_by_default():
+    result = _cli_subprocess("summary")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "total" in result.stdout
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_preprocess_prints_no_tensorflow_log_lines_by_default(tmp_path):
+    for number in range(1, 7):
+        write_patient(tmp_path / "data" / "training", seed=number, number=number)
+    result = _cli_subprocess("preprocess", "--data", tmp_path / "data", "--set", "model.input_size=32",
+                             "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "6 patients from" in result.stdout
+    noise = [line for line in result.stderr.splitlines()
+             if any(word in line for word in ("absl", "oneDNN", "cuda", "tensorflow/", "TF-TRT"))]
+    assert noise == [], result.stderr
 
 
 def test_a_full_disk_stops_the_batch_naming_the_output_and_leaves_no_partial_file(cases, tmp_path, monkeypatch):
