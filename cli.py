@@ -317,7 +317,8 @@ def preprocess(data, config, overrides):
               help="Output folder; predictions are <name>_pred.nii.gz, the folder structure is kept.")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
               help="A trained run directory (its model.keras and config.yaml).")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Slices per network call.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Slices per network call.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(source, output, run_dir, batch_size, quiet):
     """Segment NIfTI volumes with a trained run; labels go back onto each input's own grid.

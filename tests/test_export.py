@@ -300,3 +300,16 @@ def test_export_opset_outside_what_tf2onnx_converts_is_refused_and_the_written_o
     for entry in meta["models"].values():
         written = [o.version for o in onnx.load(str(export_dir / entry["file"])).opset_import if o.domain in ("", "ai.onnx")]
         assert written == [meta["opset"]]
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_batch_size_below_one_is_a_usage_error_not_a_failed_image(value, tmp_path, capsys):
+    from sdnet_infer.cli import main as infer_main
+
+    result = CliRunner().invoke(main, ["predict", "-i", "x.nii.gz", "-o", str(tmp_path / "o"), "--run", "nowhere",
+                                       "--batch-size", value])
+    assert result.exit_code == 2 and "Invalid value for '--batch-size'" in result.output and "x>=1" in result.output
+    with pytest.raises(SystemExit) as caught:
+        infer_main(["-i", "x.nii.gz", "-o", str(tmp_path / "o"), "--model", "nowhere", "--batch-size", value])
+    assert caught.value.code == 2 and "argument --batch-size: " in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -10,6 +10,21 @@ def _line(text):
     print(text, file=sys.stderr, flush=True)
 
 
+def _count(minimum):
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="sdnet-infer",
@@ -24,8 +39,8 @@ def main(argv=None):
     parser.add_argument("-m", "--model", required=True, help="export folder written by 'sdnet-tf export'")
     parser.add_argument("--provider", action="append", default=None,
                         help="onnxruntime execution provider (repeatable); default CUDA if available, else CPU")
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--threads", type=_count(0), default=0, help="intra-op threads (0: onnxruntime's default)")
+    parser.add_argument("--batch-size", type=_count(1), default=None,
                         help="slices per inference call (default 16 on CUDA, 1 on the CPU: lowest memory, no slower)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print onnxruntime's log messages")

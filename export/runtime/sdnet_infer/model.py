@@ -91,6 +91,8 @@ class SDNetRuntime:
         self.meta = verify(self.folder)
         self.providers = choose_providers(providers)
         self.threads = threads
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size or (16 if self.providers[0] == "CUDAExecutionProvider" else 1)
         self._sessions = {}
         pre = self.meta["preprocessing"]
