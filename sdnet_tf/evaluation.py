@@ -37,7 +37,7 @@ import numpy as np
 
 from sdnet_infer.io import DataError, atomic_path, prepare_output_dir, read_labels, read_volume, save_labels, write_json
 from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
-from sdnet_infer.predict import output_name, predict_volume, stem
+from sdnet_infer.predict import nifti_files, output_name, predict_volume, stem
 from sdnet_tf.metrics import clinical, overlap, surface, validity
 
 log = logging.getLogger("sdnet_tf.evaluation")
@@ -57,9 +57,10 @@ SLICE_COLUMNS = (["Name", "Slice", "SliceDice"] + [f"SliceDice {c}" for c in CLA
 
 
 def _files(folder, suffix):
-    """{case name: path} of the NIfTI files under ``folder`` whose name ends in ``suffix``."""
+    """{case name: path} of the NIfTI files under ``folder`` whose name ends in ``suffix``
+    (symlinked folders followed, as ``sdnet_infer.predict.nifti_files`` walks)."""
     found = {}
-    for path in sorted(list(folder.rglob("*.nii.gz")) + list(folder.rglob("*.nii"))):
+    for path in nifti_files(folder):
         name = stem(path)
         if name.endswith(suffix):
             case = name[: -len(suffix)]

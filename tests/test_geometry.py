@@ -428,3 +428,21 @@ def test_the_resampler_refuses_an_absurd_output_size():
 
     with pytest.raises(DataError, match=r"^big: resampling \(256, 216\) pixels of 30 x 30 mm to 1.37 mm would make"):
         preprocess_frame(np.ones((256, 216, 2), np.float32), (30.0, 30.0), source="big")
+
+
+def test_symlinked_folders_are_walked_once_by_predict_and_evaluate(scored_folder, cases, tmp_path):
+    from sdnet_infer.predict import find_inputs
+
+    refs, preds, _, _ = scored_folder
+    linked = tmp_path / "linked"
+    (linked / "sub").mkdir(parents=True)
+    (linked / "patient_a").symlink_to(cases["plain"].parent, target_is_directory=True)
+    (linked / "sub" / "loop").symlink_to(linked, target_is_directory=True)  # a loop: walked once
+    (linked / "refs").symlink_to(refs, target_is_directory=True)
+    found = {str(relative) for _, relative in find_inputs(linked)}
+    assert {f"patient_a/{case}_pred.nii.gz" for case in CASES} <= found
+    assert not any("loop" in name for name in found)
+    result = CliRunner().invoke(main, ["evaluate", "-p", str(preds), "-r", str(linked), "--quiet",
+                                       "-o", str(tmp_path / "scores")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "scores" / "summary.json").read_text())["cases"] == 3

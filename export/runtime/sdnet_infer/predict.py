@@ -5,6 +5,7 @@ a function from preprocessed slices to foreground probabilities, so both write i
 label volumes for identical probabilities.
 """
 
+import os
 import time
 from pathlib import Path
 
@@ -54,11 +55,28 @@ def output_name(path):
     return stem(path) + SUFFIX + ".nii.gz"
 
 
+def nifti_files(folder):
+    """The ``.nii`` and ``.nii.gz`` files under ``folder``, sorted, following symlinked folders
+    (a cohort made of links to patient folders is read as ``train`` reads it); a folder reached
+    twice (a link loop, or two links to one folder) is walked once."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        found.extend(Path(root) / f for f in files if f.endswith((".nii.gz", ".nii")))
+    return sorted(found)
+
+
 def find_inputs(source):
     """(input path, output path relative to the output folder) for a file or a folder of NIfTI files.
 
-    In a folder, ``*_gt`` label files and ``*_4d`` cines are skipped (name a cine to predict it)
-    and the sub-folder structure is kept. Two inputs may map to one output (``x.nii`` and
+    In a folder (walked by ``nifti_files``, symlinked folders followed), ``*_gt`` label files
+    and ``*_4d`` cines are skipped (name a cine to predict it) and the sub-folder structure is
+    kept. Two inputs may map to one output (``x.nii`` and
     ``x.nii.gz`` both to ``x_pred.nii.gz``); ``output_collisions`` finds them.
     """
     source = Path(source)
@@ -67,7 +85,7 @@ def find_inputs(source):
     if not source.is_dir():
         raise DataError(f"{source}: no such file or folder")
     found = []
-    for path in sorted(list(source.rglob("*.nii.gz")) + list(source.rglob("*.nii"))):
+    for path in nifti_files(source):
         name = stem(path)
         if name.endswith(SKIPPED_IN_FOLDERS) or name.endswith(SUFFIX):
             continue
