@@ -446,3 +446,14 @@ def test_symlinked_folders_are_walked_once_by_predict_and_evaluate(scored_folder
                                        "-o", str(tmp_path / "scores")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "scores" / "summary.json").read_text())["cases"] == 3
+
+
+def test_predictions_json_gives_shape_spacing_and_slice_axis_in_the_stored_order(frame, cases, tmp_path):
+    _, _, spacing, thickness = frame
+    records = predict_files(cases["slice_first"], tmp_path / "out", _disc_model(96), size=96, target=2.5)
+    stored = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert stored == json.loads(json.dumps(records)) and records[0]["error"] is None
+    record = records[0]
+    assert record["shape"] == list(nib.load(str(cases["slice_first"])).shape) and record["slice_axis"] == 0
+    assert record["spacing"] == pytest.approx([thickness, spacing, spacing], rel=1e-5)
+    assert record["orientation"] == "".join(read_geometry(cases["slice_first"]).axcodes)

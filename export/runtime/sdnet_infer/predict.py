@@ -120,7 +120,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     input's own grid and written with its affine and header. ``report(index, total, record)``
     is called after each file. Inputs whose outputs would have one name (``x.nii`` and
     ``x.nii.gz``) are all refused, each with an error naming the others. Returns the records (one dict per input, with ``error`` set for
-    the inputs that failed) and writes them to ``out_dir/predictions.json``.
+    the inputs that failed; ``shape``, ``spacing`` (mm), ``orientation`` and ``slice_axis`` of
+    the stored axes, in the file's own order) and writes them to ``out_dir/predictions.json``.
 
     Raises:
         DataError: ``source`` holds no image.
@@ -145,8 +146,10 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
                 raise DataError(f"{path}: the output {target_path} would overwrite an input; choose another folder")
             volume = read_volume(path, ndim=(3, 4), orientation=orientation)
             labels = predict_volume(volume.data, volume.zooms[:2], probabilities, size, target, source=str(path))
-            record.update(shape=list(volume.image.shape), spacing=[round(z, 6) for z in volume.zooms[:3]],
+            # shape, voxel size, orientation and slice axis all of the stored axes, as the header has them
+            record.update(shape=list(volume.image.shape), spacing=[round(z, 6) for z in volume.geometry.spacing],
                           orientation="".join(volume.geometry.axcodes or ()) or None,
+                          slice_axis=volume.geometry.slice_axis,
                           voxels={str(v): int((labels == v).sum()) for v in (1, 2, 3)},
                           warnings=list(volume.geometry.warnings))
         except DataError as error:
