@@ -359,6 +359,10 @@ def predict(source, output, run_dir, batch_size, quiet):
         sys.exit(1)
 
 
+def _volumes(count):
+    return f"{count} volume{'' if count == 1 else 's'}"
+
+
 def _progress_report(desc, quiet):
     """A ``report(index, total, name, error)`` callback drawing one tqdm bar; errors are printed."""
     from tqdm.auto import tqdm
@@ -428,10 +432,10 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
     dice = summary["dice_mean_3d"]["mean"]
     per_class = ", ".join(f"{c} {g['all']['Dice']['mean']:.3f}" for c, g in summary["per_class"].items()
                           if g["all"]["Dice"]["mean"] is not None)
-    click.echo(f"{summary['cases']} volumes scored: mean 3-D Dice {dice:.3f} ({per_class}); "
+    click.echo(f"{_volumes(summary['cases'])} scored: mean 3-D Dice {dice:.3f} ({per_class}); "
                f"tables and summary.json in {output}")
     if summary["errors"]:
-        click.echo(f"{len(summary['errors'])} volumes could not be scored (listed in summary.json)", err=True)
+        click.echo(f"{_volumes(len(summary['errors']))} could not be scored (listed in summary.json)", err=True)
         sys.exit(1)
 
 

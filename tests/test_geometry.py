@@ -457,3 +457,38 @@ def test_predictions_json_gives_shape_spacing_and_slice_axis_in_the_stored_order
     assert record["shape"] == list(nib.load(str(cases["slice_first"])).shape) and record["slice_axis"] == 0
     assert record["spacing"] == pytest.approx([thickness, spacing, spacing], rel=1e-5)
     assert record["orientation"] == "".join(read_geometry(cases["slice_first"]).axcodes)
+
+
+def test_a_truncated_nii_is_a_one_line_error(cases, tmp_path):
+    img = nib.load(str(cases["plain"]))
+    path = tmp_path / "trunc.nii"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError) as caught:
+        read_volume(path)
+    assert str(caught.value).startswith(f"{path}: cannot read the image") and "\n" not in str(caught.value)
+    assert "\n" not in str(DataError("a\n - b")) and str(DataError("a\n - b")) == "a - b"
+
+
+def test_one_scored_volume_is_singular(scored_folder):
+    refs, preds, _, _ = scored_folder
+    for case in ("b", "c"):
+        (preds / f"{case}_pred.nii.gz").unlink()
+    result = CliRunner().invoke(main, ["evaluate", "-p", str(preds), "-r", str(refs), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("1 volume scored: mean 3-D Dice 1.000")
+
+
+def test_a_nifti2_input_gets_a_nifti2_prediction(cases, tmp_path):
+    img = nib.load(str(cases["plain"]))
+    two = nib.Nifti2Image(np.asarray(img.dataobj), img.affine)
+    two.header.set_qform(None, code=0)
+    two.header.set_sform(img.affine, code=2)
+    two.header.set_zooms(img.header.get_zooms())
+    (tmp_path / "in").mkdir()
+    nib.save(two, str(tmp_path / "in" / "two.nii.gz"))
+    records = predict_files(tmp_path / "in", tmp_path / "out", _disc_model(96), size=96, target=2.5)
+    assert records[0]["error"] is None
+    out = nib.load(str(tmp_path / "out" / "two_pred.nii.gz"))
+    assert isinstance(out, nib.Nifti2Image) and out.header["sizeof_hdr"] == 540 and out.get_data_dtype() == np.uint8
+    assert np.allclose(out.affine, two.affine) and out.header.get_zooms() == two.header.get_zooms()

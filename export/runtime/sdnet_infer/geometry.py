@@ -40,6 +40,7 @@ are written back on the input's own grid with its affine and header.
 """
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import nibabel as nib
@@ -49,7 +50,20 @@ from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, i
 
 
 class DataError(ValueError):
-    """Input data that cannot be used; the message names the source and the problem."""
+    """Input data that cannot be used; the message names the source and the problem.
+
+    The message is one line: line breaks in it (a library's message quoted in it, such as
+    nibabel's for a truncated ``.nii``) are joined with single spaces, so a batch's report and
+    ``predictions.json`` keep one line per failure.
+    """
+
+    def __init__(self, message="", *args):
+        super().__init__(_one_line(message), *args)
+
+
+def _one_line(message):
+    text = str(message)
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip() if ("\n" in text or "\r" in text) else text
 
 
 log = logging.getLogger("sdnet_infer.geometry")

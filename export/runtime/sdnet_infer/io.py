@@ -262,7 +262,8 @@ def check_same_grid(volume, like, path, other=None):
 
 
 def save_labels(labels, reference, path, geometry=None):
-    """Write uint8 labels with ``reference``'s affine and header, atomically.
+    """Write uint8 labels with ``reference``'s affine and header, atomically, in its format
+    (NIfTI-1 or NIfTI-2).
 
     ``labels`` are on the reference's stored grid, or in the training orientation when the
     reference's ``geometry`` is given (they are put back first).
@@ -271,7 +272,8 @@ def save_labels(labels, reference, path, geometry=None):
         labels = geometry.from_training(np.asarray(labels))
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
-    out = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), reference.affine, header)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image  # as the input
+    out = image_class(np.asarray(labels, dtype=np.uint8), reference.affine, header)
     with atomic_path(path) as tmp:
         nib.save(out, str(tmp))
     return Path(path)
