@@ -298,7 +298,8 @@ def test_export_opset_outside_what_tf2onnx_converts_is_refused_and_the_written_o
         assert "Traceback" not in result.output and not (tmp_path / "x").exists()
     meta = json.loads((export_dir / "sdnet-export.json").read_text())
     for entry in meta["models"].values():
-        written = [o.version for o in onnx.load(str(export_dir / entry["file"])).opset_import if o.domain in ("", "ai.onnx")]
+        model = onnx.load(str(export_dir / entry["file"]))
+        written = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
         assert written == [meta["opset"]]
 
 

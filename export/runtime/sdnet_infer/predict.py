@@ -119,9 +119,10 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     into the model's training ``orientation``), segmented, and its labels are put back on the
     input's own grid and written with its affine and header. ``report(index, total, record)``
     is called after each file. Inputs whose outputs would have one name (``x.nii`` and
-    ``x.nii.gz``) are all refused, each with an error naming the others. Returns the records (one dict per input, with ``error`` set for
-    the inputs that failed; ``shape``, ``spacing`` (mm), ``orientation`` and ``slice_axis`` of
-    the stored axes, in the file's own order) and writes them to ``out_dir/predictions.json``.
+    ``x.nii.gz``) are all refused, each with an error naming the others. Returns the records
+    (one dict per input, with ``error`` set for the inputs that failed; ``shape``, ``spacing``
+    (mm), ``orientation`` and ``slice_axis`` of the stored axes, in the file's own order) and
+    writes them to ``out_dir/predictions.json``.
 
     Raises:
         DataError: ``source`` holds no image.
