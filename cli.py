@@ -178,8 +178,9 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
         result = train_run(cfg, run_dir, resume=resume, max_iterations=max_iterations, progress=not quiet)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as error:
         raise UserError(str(error)) from error
-    click.echo(f"best validation Dice {result['best_val_dice']:.4f} after {result['iteration']} iterations; "
-               f"run directory {run_dir}")
+    best = result["best_val_dice"]
+    shown = f"best validation Dice {best:.4f}" if best > float("-inf") else "no validation epoch yet"
+    click.echo(f"{shown} after {result['iteration']} iterations; run directory {run_dir}")
 
 
 @main.command("shape-eval")
