@@ -112,8 +112,10 @@ def test_two_replicas_give_the_weights_and_predictions_of_one_device(runs):
     # the 12 + 5 + 2 BatchNorm layers of the anatomy encoder, modality encoder and segmentor
     assert len(loose) == 19
     for key in set(keys) - set(loose):
-        # measured at most 8e-6 (a BatchNorm moving mean, which takes in the loose biases)
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=2e-5, err_msg=key)
+        # measured at most 8e-6 with earlier versions and 3.8e-5 with tensorflow 2.21 /
+        # keras 3.15.1 (a BatchNorm moving mean of the anatomy encoder, which takes in the loose
+        # biases; the loss terms differ from the first iteration, see above)
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=6e-5, err_msg=key)
     steps = int(one["optimizer_steps"].max())
     for key in loose:
         # each of Adam's steps moves a weight by about the learning rate at most
@@ -193,7 +195,8 @@ def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
     assert "this task writes to" not in outputs[0][1]
 
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "best", "checkpoints", "config.yaml", "data.json", "history.csv", "model.keras", "summary.json",
+        "best", "best.json", "checkpoints", "config.yaml", "data.json", "history.csv", "model.keras",
+        "summary.json",
         "tensorboard", "train.log"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index", "state-2.npz"]
