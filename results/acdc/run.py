@@ -64,8 +64,8 @@ def history(run_dir, kind):
     return [{"epoch": int(r["epoch"]), "val_dice": float(r[key]), "seconds": float(r["seconds"])} for r in rows]
 
 
-def collect(kind, split, fraction, run_dir, seconds, cmds):
-    summary = json.loads((run_dir / "test" / "summary.json").read_text())
+def collect(kind, split, fraction, run_dir, seconds, cmds, test_dir=None):
+    summary = json.loads(((test_dir or run_dir / "test") / "summary.json").read_text())
     classes = summary["per_class"]
     paper = summary["paper_slice_dice"]
     data = json.loads((run_dir / "data.json").read_text())
@@ -155,7 +155,12 @@ def main():
     parser.add_argument("data", type=Path, help="the ACDC training folder")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "acdc-cpu", help="where run directories go")
     parser.add_argument("--only", nargs="*", default=None, help="run only these names (e.g. sdnet-split0-100pct)")
+    parser.add_argument("--partial", metavar="NAME", default=None,
+                        help="score the best epoch so far of run NAME, still training or stopped, into "
+                             "results/acdc/partial/NAME-epochE.json (not the table)")
     args = parser.parse_args()
+    if args.partial:
+        return score_partial(args.partial, args.runs)
     out = HERE / "runs"
     out.mkdir(exist_ok=True)
     for split, fraction in PLAN:
@@ -178,6 +183,31 @@ def main():
                   f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
             rebuild()
     rebuild()
+
+
+def score_partial(name, runs):
+    """Evaluate a run that has not finished (its best validation epoch so far) and record
+    which epoch of how many it is; the table takes finished runs only."""
+    kind, rest = name.split("-split")
+    split, fraction = int(rest.split("-")[0]), float(rest.split("-")[1][:-3]) / 100
+    run_dir = runs / name
+    best = json.loads((run_dir / "best.json").read_text())
+    out = run_dir / f"test-epoch{best['epoch']}"
+    cmds = commands(kind, split, fraction, "DATA", run_dir)
+    evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(out), "--quiet"]
+    run(evaluate, runs / f"{name}.log")
+    result = collect(kind, split, fraction, run_dir, 0.0, [cmds[0], evaluate], test_dir=out)
+    import yaml
+
+    planned = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"]
+    result.update(partial=True, best_epoch=best["epoch"], epochs_done=len(result["validation"]),
+                  epochs_planned=planned)
+    target = HERE / "partial" / f"{name}-epoch{best['epoch']}.json"
+    target.parent.mkdir(exist_ok=True)
+    target.write_text(json.dumps(result, indent=2))
+    print(f"{name} (best epoch {best['epoch']} of {len(result['validation'])} done): slice Dice "
+          f"{result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
+          f"valid slices {result['valid_slices_percent']:.1f}%; {target}", flush=True)
 
 
 def rebuild():
