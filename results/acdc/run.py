@@ -139,9 +139,10 @@ def plot(results):
     for ax, split in zip(axes[0], splits):
         for r in sorted((r for r in results if r["split"] == split), key=lambda r: (r["model"], -r["labelled_fraction"])):
             curve = r["validation"]
+            note = f" (epochs {r['epochs_done']} of {r['epochs_planned']}, running)" if r.get("partial") else ""
             ax.plot([c["epoch"] for c in curve], [c["val_dice"] for c in curve],
                     "-" if r["model"] == "sdnet" else "--",
-                    label=f"{NAMES[r['model']]} {r['labelled_fraction'] * 100:g}%")
+                    label=f"{NAMES[r['model']]} {r['labelled_fraction'] * 100:g}%{note}")
         ax.set(title=f"split {split}: validation Dice per epoch", xlabel="epoch (100 iterations)",
                ylabel="validation Dice", ylim=(0, 1))
         ax.grid(alpha=0.3)
@@ -205,6 +206,7 @@ def score_partial(name, runs):
     target = HERE / "partial" / f"{name}-epoch{best['epoch']}.json"
     target.parent.mkdir(exist_ok=True)
     target.write_text(json.dumps(result, indent=2))
+    rebuild()
     print(f"{name} (best epoch {best['epoch']} of {len(result['validation'])} done): slice Dice "
           f"{result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
           f"valid slices {result['valid_slices_percent']:.1f}%; {target}", flush=True)
@@ -214,7 +216,17 @@ def rebuild():
     results = [json.loads(p.read_text()) for p in sorted((HERE / "runs").glob("*.json"))]
     if results:
         write_table(results)
-        plot(results)
+    # the curves also show runs scored before they finished (the latest score of each), until
+    # the finished run replaces them
+    finished = {r["name"] for r in results}
+    partial = {}
+    for path in sorted((HERE / "partial").glob("*.json")):
+        record = json.loads(path.read_text())
+        if record["name"] not in finished and record["epochs_done"] >= partial.get(record["name"], {}).get(
+                "epochs_done", -1):
+            partial[record["name"]] = record
+    if results or partial:
+        plot(results + list(partial.values()))
 
 
 if __name__ == "__main__":
