@@ -40,3 +40,19 @@ def _float32_policy():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
+
+
+def small_trainer(run_dir, **train):
+    """A ``Trainer`` of the tiny SDNet (``small_config(**train)``) on 24 + 8 synthetic images,
+    half of them labelled, seeded with 1."""
+    from sdnet_tf.config import model_kwargs
+    from sdnet_tf.data.synthetic import synthetic_arrays
+    from sdnet_tf.models import SDNet
+    from sdnet_tf.training.trainer import Trainer
+
+    config = small_config(**train)
+    keras.utils.set_random_seed(1)
+    arrays = synthetic_arrays(24, 8, 32, 0.5, seed=0)
+    model = SDNet(**model_kwargs(config), seed=1)
+    model.build()
+    return Trainer(model, arrays, config, run_dir, progress=False)

@@ -4,12 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import small_config
-from sdnet_tf.config import model_kwargs
-from sdnet_tf.data.synthetic import synthetic_arrays
-from sdnet_tf.models import SDNet
+from conftest import small_trainer
 from sdnet_tf.training.averaging import WeightAverage
-from sdnet_tf.training.trainer import Trainer
 
 
 def test_average_follows_the_documented_decay_and_swaps_back():
@@ -37,12 +33,8 @@ def test_average_follows_the_documented_decay_and_swaps_back():
 
 
 def test_validation_and_kept_weights_are_the_average(tmp_path):
-    config = small_config(iterations_per_epoch=3, epochs=1, weight_average=0.9, batchnorm_recalibration=2)
-    keras.utils.set_random_seed(1)
-    arrays = synthetic_arrays(24, 8, 32, 0.5, seed=0)
-    model = SDNet(**model_kwargs(config), seed=1)
-    model.build()
-    trainer = Trainer(model, arrays, config, tmp_path / "run", progress=False)
+    trainer = small_trainer(tmp_path / "run", iterations_per_epoch=3, epochs=1, weight_average=0.9, batchnorm_recalibration=2)
+    model = trainer.model
     trainer.fit()
     raw = [np.array(v) for net in model.networks().values() for v in net.trainable_variables]
     kept = keras.models.load_model(tmp_path / "run" / "model.keras")

@@ -4,12 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import small_config
+from conftest import small_config, small_trainer
 from sdnet_tf.config import model_kwargs
-from sdnet_tf.data.synthetic import synthetic_arrays
 from sdnet_tf.models import SDNet
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
-from sdnet_tf.training.trainer import Trainer, validation_dice
+from sdnet_tf.training.trainer import validation_dice
 
 
 def _net():
@@ -63,12 +62,8 @@ def test_recalibration_batches_draw_distinct_images():
 
 
 def test_validation_uses_the_recalibrated_statistics(tmp_path):
-    config = small_config(iterations_per_epoch=2, epochs=1, batchnorm_recalibration=3, validation_batch_size=4)
-    keras.utils.set_random_seed(1)
-    arrays = synthetic_arrays(24, 8, 32, 0.5, seed=0)
-    model = SDNet(**model_kwargs(config), seed=1)
-    model.build()
-    trainer = Trainer(model, arrays, config, tmp_path / "run", progress=False)
+    trainer = small_trainer(tmp_path / "run", iterations_per_epoch=2, epochs=1, batchnorm_recalibration=3, validation_batch_size=4)
+    model, arrays = trainer.model, trainer.arrays
     trainer.fit()  # 2 iterations, then the epoch's validation with recalibrated statistics
     layers = batchnorm_layers(model.anatomy_encoder, model.modality_encoder, model.segmentor)
     after_fit = [np.array(v) for layer in layers for v in layer.non_trainable_variables]

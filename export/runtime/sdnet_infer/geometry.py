@@ -129,20 +129,22 @@ class VolumeGeometry:
     def is_identity(self):
         return bool(np.array_equal(self.transform, [[0, 1], [1, 1], [2, 1]]))
 
-    @property
-    def training_spacing(self):
-        """Voxel size in mm of the training-oriented axes: (row, column, slice), (3,)."""
-        out = [0.0, 0.0, 0.0]
+    def _in_training_order(self, values):
+        """Per-stored-axis ``values`` (3,) reordered onto the training-oriented axes."""
+        out = [None, None, None]
         for axis, (target, _) in enumerate(self.transform):
-            out[int(target)] = self.spacing[axis]
+            out[int(target)] = values[axis]
         return tuple(out)
 
     @property
+    def training_spacing(self):
+        """Voxel size in mm of the training-oriented axes: (row, column, slice), (3,)."""
+        return self._in_training_order(self.spacing)
+
+    @property
     def training_shape(self):
-        out = [0, 0, 0]
-        for axis, (target, _) in enumerate(self.transform):
-            out[int(target)] = self.shape[axis]
-        return tuple(out)
+        """Shape of the training-oriented array: (rows, columns, slices)."""
+        return self._in_training_order(self.shape)
 
     def to_training(self, data):
         """A stored (X, Y, Z[, T]) array -> (H, W, S[, T]) in the training orientation."""
