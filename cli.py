@@ -289,7 +289,7 @@ def preprocess(data, config, overrides):
 
     from sdnet_tf.data.acdc import patient_splits, preprocess_cohort, split_plan
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.train import cache_dir, phantom_folder
+    from sdnet_tf.data.sources import cache_dir, phantom_folder
 
     cfg = _load_config(config, list(overrides) + [f"data.path={data}"])
     try:

@@ -41,16 +41,53 @@ def _load_unet_run(run_dir, config_path):
     """``(UNetSegmenter, SegmentationConfig)`` of a U-Net baseline run (its ``best.npz``)."""
     from sdnet_tf.config import SegmentationConfig, load_config
     from sdnet_tf.models.priors import assign_values
-    from sdnet_tf.training.prior_trainer import build_unet
+    from sdnet_tf.models.unet import build_unet
 
     weights = run_dir / "best.npz"
     if not weights.is_file():
         raise DataError(f"{run_dir}: no best.npz yet (it is written at the first validation epoch)")
     config = load_config(str(config_path), kind=SegmentationConfig)
-    unet = build_unet(config.model)
+    unet = build_unet(config.model.input_size, config.model.filters, config.model.depth)
     with np.load(weights) as data:
         assign_values(unet, {k: data[k] for k in data.files}, source=str(weights))
     return UNetSegmenter(unet), config
+
+
+def batched(fn, array, batch_size=32):
+    """``fn`` applied to ``array`` in slices of ``batch_size`` along the first axis, the
+    results concatenated as numpy (so a large set never goes through a network at once)."""
+    return np.concatenate([np.asarray(fn(array[i:i + batch_size])) for i in range(0, len(array), batch_size)])
+
+
+def load_prior(path, freeze=True):
+    """The frozen best prior of a run directory (``sdnet-tf train nvae|acnn``).
+
+    Args:
+        path: the run directory (``config.yaml`` and ``best.npz``).
+        freeze: mark every layer not trainable (the shape loss never updates it).
+
+    Raises:
+        FileNotFoundError: no ``config.yaml`` or ``best.npz`` in ``path``.
+
+    Returns:
+        ``(model, config)``: the built model, in inference use, and its ``PriorConfig``.
+    """
+    from sdnet_tf.config import PriorConfig, load_config
+    from sdnet_tf.models.priors import assign_values, build_prior
+
+    path = Path(path).expanduser()
+    config_path, weights = path / "config.yaml", path / "best.npz"
+    for needed in (config_path, weights):
+        if not needed.is_file():
+            raise FileNotFoundError(f"shape prior {path}: no {needed.name} (train one with sdnet-tf train nvae "
+                                    "or sdnet-tf train acnn, and give its run directory)")
+    config = load_config(config_path, kind=PriorConfig)
+    model = build_prior(config.model)
+    with np.load(weights) as data:
+        assign_values(model, {k: data[k] for k in data.files}, source=str(weights))
+    if freeze:
+        model.trainable = False
+    return model, config
 
 
 def load_run(run_dir):

@@ -117,7 +117,7 @@ def analyse_run(run_dir, out_dir, data=None, seed=0):
     from sdnet_tf.inference import run_cohort
     from sdnet_tf.figures import save_figure
     from sdnet_tf.inference import load_run
-    from sdnet_tf.train import cache_dir
+    from sdnet_tf.data.sources import cache_dir
 
     prepare_output_dir(out_dir)
     model, config = load_run(run_dir)

@@ -85,8 +85,8 @@ def evaluate_prior(run_dir, samples=1000, temperatures=(1.0, 0.7), folds=10, see
     """The metrics of a prior run (see the module docstring) as a JSON-able dict."""
     from keras import ops
 
-    from sdnet_tf.models.priors import load_prior
-    from sdnet_tf.training.prior_trainer import batched, mask_sets
+    from sdnet_tf.data.sources import mask_sets
+    from sdnet_tf.inference import batched, load_prior
 
     start = time.perf_counter()
     model, config = load_prior(run_dir)
@@ -135,11 +135,13 @@ def evaluate_unet(run_dir, progress=True):
     from keras import ops
 
     from sdnet_tf.models.priors import assign_values
-    from sdnet_tf.training.prior_trainer import batched, build_unet, mask_sets
+    from sdnet_tf.data.sources import mask_sets
+    from sdnet_tf.inference import batched
+    from sdnet_tf.models.unet import build_unet
 
     start = time.perf_counter()
     config = load_config(Path(run_dir) / "config.yaml", kind=SegmentationConfig)
-    model = build_unet(config.model)
+    model = build_unet(config.model.input_size, config.model.filters, config.model.depth)
     with np.load(Path(run_dir) / "best.npz") as data:
         assign_values(model, {k: data[k] for k in data.files}, str(run_dir))
     sets, _, description = mask_sets(config, progress)

@@ -8,75 +8,13 @@ from pathlib import Path
 
 import keras
 
-from sdnet_infer.geometry import TRAINING_ORIENTATION
 from sdnet_infer.io import check_output_location
 from sdnet_tf.atomic import write_json
 from sdnet_tf.config import ConfigError, model_kwargs
-from sdnet_tf.data.arrays import DataError
+from sdnet_tf.data.sources import load_arrays
+from sdnet_tf.training.logs import log_to_file, stop_logging
 
 log = logging.getLogger("sdnet_tf.train")
-
-
-PHANTOM_PATIENTS = 20
-PHANTOM_VERSION = 2  # bumped when the phantom's generator changes, so a cached cohort is not reused
-
-
-def cache_dir(config):
-    """Where preprocessed arrays are cached."""
-    return Path(config.data.cache_dir).expanduser() / "preprocessed"
-
-
-def phantom_folder(config):
-    """The built-in phantom cohort, generated into the cache on first use."""
-    from sdnet_tf.data.phantom import write_cohort
-
-    folder = Path(config.data.cache_dir).expanduser() / (f"phantom-v{PHANTOM_VERSION}-{PHANTOM_PATIENTS}"
-                                                        f"-seed{config.data.phantom_seed}")
-    if not (folder / "complete").is_file():
-        log.info("writing the phantom cohort to %s", folder)
-        write_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
-        (folder / "complete").write_text("ok\n")
-    return folder
-
-
-def load_arrays(config):
-    """The training arrays for ``config.data``, and a description of them (a dict)."""
-    d, m = config.data, config.model
-    if d.dataset == "synthetic":
-        from sdnet_tf.data.synthetic import synthetic_arrays
-
-        arrays = synthetic_arrays(d.synthetic_images, d.synthetic_validation, m.input_size, d.labelled_fraction,
-                                  seed=config.train.seed)
-        return arrays, {"dataset": "synthetic", **arrays.counts()}
-    if d.dataset == "acdc":
-        from sdnet_tf.data.acdc import load_acdc, training_folder
-
-        if not d.path:
-            raise DataError("acdc needs a data folder: --data DIR (an ACDC training folder) or --data phantom")
-        folder = phantom_folder(config) if d.path == "phantom" else training_folder(Path(d.path).expanduser())
-        arrays, description = load_acdc(folder, d.split, d.labelled_fraction, seed=config.train.seed,
-                                        cache_dir=cache_dir(config),
-                                        size=m.input_size, spacing=d.spacing)
-        # the orientation every volume was brought into (sdnet_infer.geometry); predict and export read it
-        return arrays, {"dataset": "acdc", "data": str(folder), "orientation": TRAINING_ORIENTATION, **description}
-    raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc")
-
-
-def log_to_file(run_dir):
-    """Copy the package's log messages (INFO and up) to ``<run_dir>/train.log``; returns the
-    handler for ``stop_logging``."""
-    handler = logging.FileHandler(Path(run_dir) / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    package_log = logging.getLogger("sdnet_tf")
-    package_log.addHandler(handler)
-    if package_log.getEffectiveLevel() > logging.INFO:
-        package_log.setLevel(logging.INFO)
-    return handler
-
-
-def stop_logging(handler):
-    logging.getLogger("sdnet_tf").removeHandler(handler)
-    handler.close()
 
 
 def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, arrays=None):
@@ -160,7 +98,7 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
     network (``resolve_omega``, kept in ``omega.json`` for a resumed run)."""
     import numpy as np
 
-    from sdnet_tf.models.priors import load_prior
+    from sdnet_tf.inference import load_prior
     from sdnet_tf.training.prior_trainer import check_prior_fits, resolve_omega
 
     if config.train.distribute != "none":

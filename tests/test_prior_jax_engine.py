@@ -19,7 +19,7 @@ from cli import main  # noqa: E402
 from jax_subprocess import TESTS, run_jax  # noqa: E402
 from sdnet_tf.config import PriorConfig, save_config  # noqa: E402
 from sdnet_tf.data.phantom import write_cohort  # noqa: E402
-from sdnet_tf.models.priors import load_prior  # noqa: E402
+from sdnet_tf.inference import load_prior  # noqa: E402
 
 # Measured on the 2-core CI machine: loss terms agree to 1.1e-7 relative, weights to 2.9e-6
 # absolute after a step that moves them by up to 1e-3, the spectral vectors to 7.5e-8.

@@ -17,7 +17,8 @@ from sdnet_tf.data.masks import prior_one_hot
 from sdnet_tf.data.phantom import write_cohort
 from sdnet_tf.models import NVAE, AnatomyEncoder
 from sdnet_tf.models.acnn import ShapeAutoencoder
-from sdnet_tf.models.priors import load_prior, variable_values
+from sdnet_tf.inference import load_prior
+from sdnet_tf.models.priors import variable_values
 from sdnet_tf.training import prior_objectives
 from sdnet_tf.training.guard import NonFiniteError
 from sdnet_tf.training.prior_engine import StepEngine
@@ -262,7 +263,7 @@ def test_train_prior_resumes_and_its_best_weights_reload(cohort, tmp_path, kind)
     model, loaded = load_prior(run)
     assert not model.trainable and loaded.model.kind == kind
     from sdnet_tf.metrics.shape import reconstruction_dice
-    from sdnet_tf.training.prior_trainer import mask_sets
+    from sdnet_tf.data.sources import mask_sets
 
     validation = mask_sets(loaded, progress=False)[0]["validation"]
     predicted = np.argmax(np.asarray(model.reconstruct(prior_one_hot(validation.labels))), -1)

@@ -21,7 +21,7 @@ The per-iteration weight average on the host makes each epoch about twice as slo
 import sys, time, json
 import numpy as np
 from sdnet_tf.config import load_config, model_kwargs
-from sdnet_tf.train import load_arrays
+from sdnet_tf.data.sources import load_arrays
 import keras
 from sdnet_tf.models import SDNet
 from sdnet_tf.training.tf_engine import TFEngine

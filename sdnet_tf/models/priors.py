@@ -1,11 +1,6 @@
-"""Building, saving and loading the shape priors (NVAE, shape autoencoder) of a run directory.
-
-A prior's run directory holds ``config.yaml`` (its ``PriorConfig``) and ``best.npz`` (the
-values of every model variable, in creation order, of the best validation epoch). Loading
-rebuilds the network from the config, assigns the values and freezes it.
-"""
-
-from pathlib import Path
+"""Building the shape priors (NVAE, shape autoencoder) from their model config, and their
+variables as numbered arrays (the form ``best.npz`` and the checkpoints keep them in; reading
+and writing those files is ``sdnet_tf.inference.load_prior``'s and the trainers' job)."""
 
 import numpy as np
 
@@ -48,30 +43,3 @@ def assign_values(model, values, source="weights"):
             raise ValueError(f"{source}: array {key} has shape {values[key].shape}, variable {variable.path} "
                              f"has {tuple(variable.shape)}")
         variable.assign(values[key])
-
-
-def load_prior(path, freeze=True):
-    """The frozen best prior of a run directory (``sdnet-tf train nvae|acnn``).
-
-    Args:
-        path: the run directory (``config.yaml`` and ``best.npz``).
-        freeze: mark every layer not trainable (the shape loss never updates it).
-
-    Returns:
-        ``(model, config)``: the built model, in inference use, and its ``PriorConfig``.
-    """
-    from sdnet_tf.config import PriorConfig, load_config
-
-    path = Path(path).expanduser()
-    config_path, weights = path / "config.yaml", path / "best.npz"
-    for needed in (config_path, weights):
-        if not needed.is_file():
-            raise FileNotFoundError(f"shape prior {path}: no {needed.name} (train one with sdnet-tf train nvae "
-                                    "or sdnet-tf train acnn, and give its run directory)")
-    config = load_config(config_path, kind=PriorConfig)
-    model = build_prior(config.model)
-    with np.load(weights) as data:
-        assign_values(model, {k: data[k] for k in data.files}, source=str(weights))
-    if freeze:
-        model.trainable = False
-    return model, config

@@ -23,7 +23,6 @@ import math
 import re
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -32,13 +31,16 @@ from tqdm.auto import tqdm
 from sdnet_tf.atomic import atomic_path, write_json
 from sdnet_tf.config import save_config
 from sdnet_tf.data.arrays import DataError
-from sdnet_tf.data.masks import epoch_batches, load_mask_sets, prior_one_hot, rotate_labels
+from sdnet_tf.data.masks import epoch_batches, prior_one_hot, rotate_labels
+from sdnet_tf.data.sources import mask_sets
 from sdnet_tf.metrics.shape import reconstruction_dice, valid_fraction
-from sdnet_tf.models.priors import assign_values, build_prior, load_prior, variable_values
-from sdnet_tf.train import log_to_file, phantom_folder, stop_logging
+from sdnet_tf.inference import batched, load_prior
+from sdnet_tf.models.priors import assign_values, build_prior, variable_values
+from sdnet_tf.models.unet import build_unet
 from sdnet_tf.training import prior_objectives
 
 from sdnet_tf.training.averaging import WeightAverage
+from sdnet_tf.training.logs import log_to_file, stop_logging
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
 
 log = logging.getLogger("sdnet_tf.train")
@@ -47,33 +49,9 @@ _CHECKPOINT = re.compile(r"ckpt-(\d+)\.npz")
 
 
 # ------------------------------------------------------------------------------ helpers
-def data_folder(data_config):
-    """The cohort folder of a prior or U-Net config (``phantom``: the built-in cohort)."""
-    if not data_config.path:
-        raise DataError("a shape prior or U-Net needs masks: --data DIR (an ACDC training folder) or --data phantom")
-    if data_config.path == "phantom":
-        return phantom_folder(SimpleNamespace(data=data_config))
-    folder = Path(data_config.path).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"data folder {folder} does not exist")
-    return folder
-
-
-def mask_sets(config, progress=True):
-    d = config.data
-    folder = data_folder(d)
-    cache = Path(d.cache_dir).expanduser() / "preprocessed"
-    return load_mask_sets(folder, config.model.input_size, d.spacing, d.split, cache, progress,
-                          labelled_fraction=d.labelled_fraction, seed=config.train.seed)
-
-
 def valid_share(labels, spacing):
     """Share of label slices that pass the seven anatomical checks."""
     return valid_fraction(labels, (spacing, spacing))["valid"]
-
-
-def batched(fn, array, batch_size=32):
-    return np.concatenate([np.asarray(fn(array[i:i + batch_size])) for i in range(0, len(array), batch_size)])
 
 
 class RunFiles:
@@ -381,15 +359,6 @@ def _augment(config, labels, rng):
 
 
 # ------------------------------------------------------------------------------ U-Net
-def build_unet(model_config):
-    """The baseline: SDNet's U-Net with a 4-channel softmax (background, RV, MYO, LV), no
-    binarisation."""
-    from sdnet_tf.models import AnatomyEncoder
-
-    return AnatomyEncoder(model_config.input_size, 1, channels=4, filters=model_config.filters,
-                          depth=model_config.depth, binarise=False).build_default()
-
-
 def estimate_omega(terms_of, batches, key="cross_entropy"):
     """omega = mean ``key`` term / mean shape loss over ``batches``: the weight that makes the
     two terms equally large for the network at hand (the thesis' way of balancing them)."""
@@ -440,7 +409,7 @@ def train_unet(config, run_dir, resume=True, progress=True):
     try:
         train = config.train
         keras.utils.set_random_seed(train.seed)
-        model = build_unet(config.model)
+        model = build_unet(config.model.input_size, config.model.filters, config.model.depth)
         steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
         optimizer = keras.optimizers.Adam(train.learning_rate)
         spacing = config.data.spacing

@@ -1,0 +1,80 @@
+"""Where training data comes from: the cohort folder a config names (an ACDC training folder
+or the built-in phantom cohort, generated into the cache on first use), the preprocessed-array
+cache, SDNet's training arrays and the masks of the shape priors and the U-Net.
+
+Data code: numpy, nibabel and scipy only; configs are read, never written.
+"""
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+from sdnet_infer.geometry import TRAINING_ORIENTATION
+from sdnet_tf.data.arrays import DataError
+from sdnet_tf.data.masks import load_mask_sets
+
+log = logging.getLogger("sdnet_tf.train")
+
+PHANTOM_PATIENTS = 20
+PHANTOM_VERSION = 2  # bumped when the phantom's generator changes, so a cached cohort is not reused
+
+
+def cache_dir(config):
+    """Where preprocessed arrays are cached."""
+    return Path(config.data.cache_dir).expanduser() / "preprocessed"
+
+
+def phantom_folder(config):
+    """The built-in phantom cohort, generated into the cache on first use."""
+    from sdnet_tf.data.phantom import write_cohort
+
+    folder = Path(config.data.cache_dir).expanduser() / (f"phantom-v{PHANTOM_VERSION}-{PHANTOM_PATIENTS}"
+                                                        f"-seed{config.data.phantom_seed}")
+    if not (folder / "complete").is_file():
+        log.info("writing the phantom cohort to %s", folder)
+        write_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
+        (folder / "complete").write_text("ok\n")
+    return folder
+
+
+def load_arrays(config):
+    """The training arrays for ``config.data``, and a description of them (a dict)."""
+    d, m = config.data, config.model
+    if d.dataset == "synthetic":
+        from sdnet_tf.data.synthetic import synthetic_arrays
+
+        arrays = synthetic_arrays(d.synthetic_images, d.synthetic_validation, m.input_size, d.labelled_fraction,
+                                  seed=config.train.seed)
+        return arrays, {"dataset": "synthetic", **arrays.counts()}
+    if d.dataset == "acdc":
+        from sdnet_tf.data.acdc import load_acdc, training_folder
+
+        if not d.path:
+            raise DataError("acdc needs a data folder: --data DIR (an ACDC training folder) or --data phantom")
+        folder = phantom_folder(config) if d.path == "phantom" else training_folder(Path(d.path).expanduser())
+        arrays, description = load_acdc(folder, d.split, d.labelled_fraction, seed=config.train.seed,
+                                        cache_dir=cache_dir(config),
+                                        size=m.input_size, spacing=d.spacing)
+        # the orientation every volume was brought into (sdnet_infer.geometry); predict and export read it
+        return arrays, {"dataset": "acdc", "data": str(folder), "orientation": TRAINING_ORIENTATION, **description}
+    raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc")
+
+
+def data_folder(data_config):
+    """The cohort folder of a prior or U-Net config (``phantom``: the built-in cohort)."""
+    if not data_config.path:
+        raise DataError("a shape prior or U-Net needs masks: --data DIR (an ACDC training folder) or --data phantom")
+    if data_config.path == "phantom":
+        return phantom_folder(SimpleNamespace(data=data_config))
+    folder = Path(data_config.path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist")
+    return folder
+
+
+def mask_sets(config, progress=True):
+    """The training and validation mask sets of a prior or U-Net config (``load_mask_sets``)."""
+    d = config.data
+    folder = data_folder(d)
+    return load_mask_sets(folder, config.model.input_size, d.spacing, d.split, cache_dir(config), progress,
+                          labelled_fraction=d.labelled_fraction, seed=config.train.seed)
