@@ -8,6 +8,7 @@ import platform
 import time
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION
+from sdnet_infer.labels import BACKGROUND, LABEL_NAMES, SDNET_CHANNEL_LABELS, SDNET_CHANNELS
 from sdnet_infer.model import FORMAT, SIDECAR, sha256  # the runtime reads what this writes
 
 DEFAULT_OPSET = 17
@@ -17,8 +18,8 @@ OPSETS = (13, 18)
 # image inputs channels-first, as onnxruntime's CPU kernels lay them out; NHWC inputs measured the
 # same within noise at 224 x 224 (benchmarks/RESULTS.md); anatomy maps stay NHWC
 DEFAULT_LAYOUT = "NCHW"
-LABEL_MAP = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
-CHANNELS = ["MYO", "LV", "RV"]  # the foreground probability channels, ACDC labels 2, 3, 1
+LABEL_MAP = {str(value): name for value, name in LABEL_NAMES.items()}
+CHANNELS = list(SDNET_CHANNELS)  # the foreground probability channels, ACDC labels 2, 3, 1
 
 
 def _functions(model, layout):
@@ -42,7 +43,7 @@ def _functions(model, layout):
         index = tf.argmax(tf.concat([probs, background], axis=-1), axis=-1)
         # ACDC labels of [MYO, LV, RV, background]; the constant is made inside the function,
         # a captured tensor would become a graph input
-        label_values = tf.constant([2.0, 3.0, 1.0, 0.0])
+        label_values = tf.constant([*SDNET_CHANNEL_LABELS, BACKGROUND], tf.float32)
         labels = tf.reduce_sum(tf.one_hot(index, 4) * label_values, axis=-1)
         return {"probabilities": tf.identity(probs), "labels": tf.cast(labels, tf.uint8)}
 

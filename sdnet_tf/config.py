@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from sdnet_infer.labels import DEFAULT_SPACING_MM
 from sdnet_tf.atomic import write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -95,7 +96,7 @@ class DataConfig:
     rotation_range: float = 90.0
     synthetic_images: int = 256
     synthetic_validation: int = 64
-    spacing: float = 1.37  # in-plane mm per pixel after resampling (ACDC preprocessing)
+    spacing: float = DEFAULT_SPACING_MM  # in-plane mm per pixel after resampling (ACDC preprocessing)
     cache_dir: str = "~/.cache/sdnet-tf"
     phantom_seed: int = 0
 
@@ -203,7 +204,7 @@ class PriorTrainConfig:
 class PriorDataConfig:
     path: str = ""
     split: int = 0
-    spacing: float = 1.37
+    spacing: float = DEFAULT_SPACING_MM
     augment: bool = True  # random rotations within +-rotation_range degrees (no flips: the heart is handed)
     rotation_range: float = 15.0
     cache_dir: str = "~/.cache/sdnet-tf"

@@ -24,12 +24,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sdnet_infer.io import DataError, atomic_path  # noqa: E402
+from sdnet_infer.labels import LV, MYO, RV  # noqa: E402
 from sdnet_infer.preprocess import from_one_hot, preprocess_frame  # noqa: E402
 
 log = logging.getLogger("sdnet_tf.figures")
 
 STEPS = np.linspace(-3.0, 3.0, 7)
-LABEL_COLOURS = {1: (0.90, 0.25, 0.20), 2: (0.25, 0.75, 0.30), 3: (0.20, 0.45, 0.95)}  # RV, MYO, LV
+LABEL_COLOURS = {RV: (0.90, 0.25, 0.20), MYO: (0.25, 0.75, 0.30), LV: (0.20, 0.45, 0.95)}
 FIGURES = ("anatomy_channels", "reconstructions", "z_traversal", "swaps", "anatomy_arithmetic", "segmentation")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from sdnet_infer.io import DataError
+from sdnet_infer.labels import SDNET_CHANNEL_LABELS
 
 log = logging.getLogger("sdnet_tf.inference")
 
@@ -18,7 +19,7 @@ class UNetSegmenter:
     background, RV, MYO, LV)."""
 
     num_classes = 3
-    _FOREGROUND = [2, 3, 1]  # MYO, LV, RV of (background, RV, MYO, LV)
+    _FOREGROUND = list(SDNET_CHANNEL_LABELS)  # MYO, LV, RV of (background, RV, MYO, LV): channel k is label k
 
     def __init__(self, unet):
         self.unet = unet

@@ -6,6 +6,8 @@ inputs, so the losses are safe under mixed precision.
 
 from keras import ops
 
+from sdnet_infer.labels import LABEL_NAMES, SDNET_CHANNELS
+
 DICE_SMOOTH = 0.1
 
 
@@ -107,8 +109,9 @@ def to_prior_masks(foreground, size=None):
     """
     foreground = _f32(foreground)
     background = 1.0 - ops.sum(foreground, axis=-1, keepdims=True)
-    myo, lv, rv = foreground[..., 0:1], foreground[..., 1:2], foreground[..., 2:3]
-    masks = ops.concatenate([background, rv, myo, lv], axis=-1)
+    channels = [background if value == 0 else foreground[..., SDNET_CHANNELS.index(name):SDNET_CHANNELS.index(name) + 1]
+                for value, name in LABEL_NAMES.items()]  # channel k is ACDC label k
+    masks = ops.concatenate(channels, axis=-1)
     return masks if size is None else centre_crop(masks, size)
 
 

@@ -220,3 +220,18 @@ def test_runtime_imports_only_its_dependencies(module):
     assert not reached, reached
     roots = set().union(*(_external(m) for m in _reach(module))) - set(sys.stdlib_module_names)
     assert roots <= RUNTIME_ALLOWED, roots - RUNTIME_ALLOWED
+
+
+def test_one_label_table():
+    # the default spacing and SDNet's channel order are written once, in sdnet_infer/labels.py
+    files = [ROOT / "export" / "onnx_export.py"] + [MODULES[m] for m in MODULES]
+    spacing, orders = [], []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value == 1.37:
+                spacing.append(path.name)
+            if isinstance(node, (ast.List, ast.Tuple)) and all(isinstance(e, ast.Constant) for e in node.elts):
+                values = [e.value for e in node.elts]
+                if values[:3] in ([2, 3, 1], [2.0, 3.0, 1.0], ["MYO", "LV", "RV"]) or values == ["background", "RV", "MYO", "LV"]:
+                    orders.append(path.name)
+    assert spacing == ["labels.py"] and orders == ["labels.py"], (spacing, orders)

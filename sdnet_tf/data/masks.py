@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from sdnet_infer.labels import DEFAULT_SPACING_MM, FULL_CHANNELS
 from sdnet_tf.data.acdc import labelled_subset, patient_splits, preprocess_cohort
 from sdnet_tf.data.arrays import DataError
 
-PRIOR_CHANNELS = ("background", "RV", "MYO", "LV")  # channel k of a prior's mask is ACDC label k
+PRIOR_CHANNELS = FULL_CHANNELS  # channel k of a prior's mask is ACDC label k
 SUBSETS = ("training", "validation", "test")
 PHASES = ("ED", "ES")
 
@@ -66,7 +67,7 @@ def _subset(cohort, numbers):
                    np.concatenate(patients), np.concatenate(phases), np.concatenate(positions))
 
 
-def load_mask_sets(root, size=128, spacing=1.37, split=0, cache_dir=None, progress=True, labelled_fraction=1.0,
+def load_mask_sets(root, size=128, spacing=DEFAULT_SPACING_MM, split=0, cache_dir=None, progress=True, labelled_fraction=1.0,
                    seed=1):
     """Preprocess (or load from cache) a cohort and split its label slices by patient.
 

@@ -7,8 +7,7 @@ included.
 
 import numpy as np
 
-CLASSES = {"LV": 3, "RV": 1, "MYO": 2}  # the official ACDC order
-LABELS = (0, 1, 2, 3)
+from sdnet_infer.labels import CLASSES, LABELS  # {"LV": 3, "RV": 1, "MYO": 2}, the official ACDC order
 SLICE_DICE_SMOOTH = 0.1
 
 # The official challenge CSV ("Volume X" is the predicted volume, "Err X(ml)" predicted minus

@@ -45,10 +45,10 @@ from scipy import linalg, ndimage
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import StratifiedKFold
 
+from sdnet_infer.labels import STRUCTURES
 from sdnet_tf.metrics.overlap import check_labels, check_shapes, dice
 from sdnet_tf.metrics.validity import SEVEN_CHECKS, check_slice, circularity, convex_hull_mask, perimeter
 
-STRUCTURES = {"RV": 1, "MYO": 2, "LV": 3}
 _MEASURES = ("present", "area_mm2", "perimeter_mm", "circularity", "components", "solidity")
 DESCRIPTORS = tuple(f"{name.lower()}_{measure}" for name in STRUCTURES for measure in _MEASURES) + (
     "lv_rv_centroid_distance_mm", "myo_thickness_mm")

@@ -86,7 +86,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-BACKGROUND, RV, MYO, LV = 0, 1, 2, 3
+from sdnet_infer.labels import BACKGROUND, LV, MYO, RV
 
 HOLE_CHECKS = ("holes_in_lv", "holes_in_rv", "holes_in_myo", "holes_between_lv_and_myo", "holes_between_rv_and_myo")
 SEVEN_CHECKS = (

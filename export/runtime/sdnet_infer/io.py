@@ -22,8 +22,7 @@ import numpy as np
 from nibabel import imageglobals
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry, read_geometry
-
-LABELS = (0, 1, 2, 3)  # background, RV, MYO, LV
+from sdnet_infer.labels import LABELS  # background, RV, MYO, LV
 
 __all__ = ["LABELS", "DataError", "Volume", "atomic_path", "check_output_location", "describe_os_error",
            "load_labels", "load_volume", "parse_label_map", "prepare_output_dir", "read_labels", "read_volume",

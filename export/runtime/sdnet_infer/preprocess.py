@@ -18,8 +18,9 @@ import numpy as np
 from scipy import ndimage
 
 from sdnet_infer.io import DataError
+from sdnet_infer.labels import BACKGROUND, DEFAULT_SPACING_MM, SDNET_CHANNEL_LABELS
 
-TARGET_SPACING = 1.37
+TARGET_SPACING = DEFAULT_SPACING_MM
 SIZE = 224
 MAX_RESAMPLED_SIDE = 4096  # a resampled slice larger than this per side is refused (64 MB per float32 slice)
 RATIO_DECIMALS = 6  # the scaled size is rounded to this many decimals before rounding to whole pixels
@@ -149,7 +150,7 @@ def restore_labels(slices, geometry):
 
 def one_hot(labels):
     """ACDC labels (..., ) -> foreground channels [MYO, LV, RV] (ACDC 2, 3, 1) as float32."""
-    return np.stack([labels == 2, labels == 3, labels == 1], axis=-1).astype(np.float32)
+    return np.stack([labels == value for value in SDNET_CHANNEL_LABELS], axis=-1).astype(np.float32)
 
 
 def from_one_hot(masks):
@@ -157,4 +158,4 @@ def from_one_hot(masks):
     background = 1.0 - masks.sum(-1, keepdims=True)
     full = np.concatenate([masks, background], axis=-1)
     index = full.argmax(-1)
-    return np.array([2, 3, 1, 0], np.uint8)[index]
+    return np.array([*SDNET_CHANNEL_LABELS, BACKGROUND], np.uint8)[index]
