@@ -116,31 +116,33 @@ def summary(config, overrides):
               help="Continue from the run directory's last checkpoint, or refuse a non-empty one.")
 @click.option("--max-iterations", type=int, default=None, help="Stop after this many iterations in total.")
 @click.option("--shape-prior", default=None, metavar="RUN",
-              help="acdc and unet: a frozen prior's run directory (train nvae|acnn) whose shape loss is added "
-                   "to the supervised segmentation loss.")
+              help="A frozen prior's run directory (prior train nvae|acnn) whose shape loss is added to the "
+                   "supervised segmentation loss.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labelled_fraction, xla, precision,
           distribute, backend, resume, max_iterations, shape_prior, quiet):
-    """Train SDNet on DATASET and print the best validation Dice; or train a shape prior or the
-    U-Net baseline.
+    """Train SDNet on DATASET and print the best validation Dice.
 
     DATASET "acdc" reads an ACDC-layout folder (--data DIR) or the built-in phantom cohort
     (--data phantom, generated into the cache on first use) with the original preprocessing;
     "synthetic" is a set of seeded discs and rings (no download).
 
-    "nvae" (the thesis' Default-N) and "acnn" (Oktay et al.'s shape autoencoder) train a shape
-    prior on the masks of --data DIR|phantom; "unet" trains the plain 2-D U-Net baseline, with
-    the shape loss of --shape-prior RUN when given (ACU-Net).
+    The shape priors and the U-Net baseline have their own commands, 'sdnet-tf prior train
+    nvae|acnn' and 'sdnet-tf baseline train unet'; the older spellings 'train nvae|acnn|unet'
+    still work and print a deprecation note.
 
     With --distribute multi-worker, run the same command on every host, each with its own
     TF_CONFIG; only the chief (worker 0) writes the run directory.
     """
     if dataset in SHAPE_JOBS:
+        group = "baseline" if dataset == "unet" else "prior"
+        click.echo(f"note: 'sdnet-tf train {dataset}' is deprecated and will be removed; use "
+                   f"'sdnet-tf {group} train {dataset}' (same options)", err=True)
         if labelled_fraction is not None or precision or distribute:
             raise UserError(f"train {dataset} takes none of --labelled-fraction, --precision, --distribute "
                             "(it trains on one device)")
         if shape_prior and dataset != "unet":
-            raise UserError(f"--shape-prior is for train unet and train acdc, not train {dataset}")
+            raise UserError(f"--shape-prior is for baseline train unet and train acdc, not {dataset}")
         return _train_shape(dataset, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume,
                             max_iterations, shape_prior, quiet)
     from sdnet_tf.config import ConfigError
@@ -226,6 +228,68 @@ def shape_eval(runs, output, samples, quiet):
 
 
 SHAPE_JOBS = {"nvae": "nvae-acdc", "acnn": "acnn-acdc", "unet": "unet-acdc"}
+
+
+def _shape_train_options(function):
+    """The options shared by ``prior train`` and ``baseline train``."""
+    options = [
+        click.option("--data", default=None, metavar="DIR|phantom",
+                     help="An ACDC training folder whose masks (and images, for the U-Net) are used, or 'phantom'."),
+        click.option("--split", type=click.IntRange(0, 2), default=None, help="Which of the three 70/15/15 splits."),
+        click.option("-c", "--config", default=None, help="Config name in configs/ or a YAML path "
+                     "(default: nvae-acdc, acnn-acdc or unet-acdc)."),
+        click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override a config value, e.g. --set train.epochs=5 (repeatable)."),
+        click.option("-o", "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Run directory (default: runs/<kind>-<data folder>-split<N>)."),
+        click.option("--epochs", type=int, default=None, help="Shortcut for --set train.epochs=N."),
+        click.option("--seed", type=int, default=None, help="Shortcut for --set train.seed=N."),
+        click.option("--xla/--no-xla", default=None, help="Compile the training step with XLA (jit_compile)."),
+        click.option("--backend", type=click.Choice(["tensorflow", "jax"]), default=None,
+                     help="Keras backend and training engine (default: train.backend); a run resumes on either."),
+        click.option("--resume/--restart", default=True, show_default=True,
+                     help="Continue from the run directory's last checkpoint, or refuse a non-empty one."),
+        click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@main.group()
+def prior():
+    """Shape priors: the NVAE (the thesis' Default-N) and ACNN's shape autoencoder."""
+
+
+@prior.command("train")
+@click.argument("kind", type=click.Choice(["nvae", "acnn"]))
+@_shape_train_options
+def prior_train(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps, quiet):
+    """Train a KIND shape prior on the masks of --data DIR|phantom and print its best
+    validation epoch. The frozen prior gives SDNet and the U-Net their shape loss
+    (--shape-prior RUN)."""
+    _train_shape(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
+                 None, quiet)
+
+
+@main.group()
+def baseline():
+    """Baselines SDNet is compared with: the plain 2-D U-Net."""
+
+
+@baseline.command("train")
+@click.argument("kind", type=click.Choice(["unet"]))
+@_shape_train_options
+@click.option("--shape-prior", default=None, metavar="RUN",
+              help="A frozen prior's run directory (prior train nvae|acnn) whose shape loss is added to the "
+                   "cross-entropy (ACU-Net).")
+def baseline_train(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
+                   quiet, shape_prior):
+    """Train the U-Net baseline (SDNet's U-Net with a 4-class softmax and cross-entropy) on
+    --data DIR|phantom and print its best validation epoch; with --shape-prior, ACU-Net."""
+    _train_shape(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
+                 shape_prior, quiet)
 
 
 def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,

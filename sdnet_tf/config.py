@@ -46,7 +46,7 @@ class LossConfig:
     z_reconstruction: float = 1.0
     dice_mode: str = "pooled"
     # shape loss on the segmentor's supervised step: a frozen prior's run directory
-    # (sdnet-tf train nvae|acnn); "" for none
+    # (sdnet-tf prior train nvae|acnn); "" for none
     shape_prior: str = ""
     shape_omega: float = 0.0  # 0: estimated from data (ratio of the typical loss sizes)
 
@@ -216,7 +216,7 @@ class PriorDataConfig:
 
 @dataclass
 class PriorConfig(_Sections):
-    """``sdnet-tf train nvae|acnn``: a shape prior trained on one-hot masks."""
+    """``sdnet-tf prior train nvae|acnn``: a shape prior trained on one-hot masks."""
     model: PriorModelConfig = field(default_factory=PriorModelConfig)
     train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
     data: PriorDataConfig = field(default_factory=PriorDataConfig)
@@ -260,7 +260,7 @@ class SegmentationTrainConfig:
 
 @dataclass
 class SegmentationConfig(_Sections):
-    """``sdnet-tf train unet``: the 2-D U-Net baseline, with or without a shape loss."""
+    """``sdnet-tf baseline train unet``: the 2-D U-Net baseline, with or without a shape loss."""
     model: SegmentationModelConfig = field(default_factory=SegmentationModelConfig)
     loss: SegmentationLossConfig = field(default_factory=SegmentationLossConfig)
     train: SegmentationTrainConfig = field(default_factory=SegmentationTrainConfig)

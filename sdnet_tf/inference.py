@@ -61,7 +61,7 @@ def batched(fn, array, batch_size=32):
 
 
 def load_prior(path, freeze=True):
-    """The frozen best prior of a run directory (``sdnet-tf train nvae|acnn``).
+    """The frozen best prior of a run directory (``sdnet-tf prior train nvae|acnn``).
 
     Args:
         path: the run directory (``config.yaml`` and ``best.npz``).
@@ -80,8 +80,8 @@ def load_prior(path, freeze=True):
     config_path, weights = path / "config.yaml", path / "best.npz"
     for needed in (config_path, weights):
         if not needed.is_file():
-            raise FileNotFoundError(f"shape prior {path}: no {needed.name} (train one with sdnet-tf train nvae "
-                                    "or sdnet-tf train acnn, and give its run directory)")
+            raise FileNotFoundError(f"shape prior {path}: no {needed.name} (train one with sdnet-tf prior train nvae "
+                                    "or sdnet-tf prior train acnn, and give its run directory)")
     config = load_config(config_path, kind=PriorConfig)
     model = build_prior(config.model)
     with np.load(weights) as data:

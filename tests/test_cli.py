@@ -65,6 +65,29 @@ def test_train_help_lists_the_switches():
         assert option in result.output
 
 
+@pytest.mark.parametrize("command,old", [(["prior", "train", "nvae"], ["train", "nvae"]),
+                                         (["prior", "train", "acnn"], ["train", "acnn"]),
+                                         (["baseline", "train", "unet"], ["train", "unet"])])
+def test_priors_and_baselines_have_their_own_commands_and_the_old_spelling_still_works(tmp_path, command, old):
+    missing = ["--data", str(tmp_path / "missing"), "-o", str(tmp_path / "run")]
+    runner = CliRunner()
+    new = runner.invoke(main, command + missing)
+    assert new.exit_code == 1 and "does not exist" in new.output and "deprecated" not in new.output, new.output
+    legacy = runner.invoke(main, old + missing)
+    assert legacy.exit_code == 1 and "does not exist" in legacy.output
+    assert f"'sdnet-tf train {command[2]}' is deprecated" in legacy.output
+    assert f"use 'sdnet-tf {' '.join(command)}'" in legacy.output
+
+
+def test_only_the_baseline_takes_a_shape_prior():
+    runner = CliRunner()
+    assert "--shape-prior" in runner.invoke(main, ["baseline", "train", "--help"]).output
+    result = runner.invoke(main, ["prior", "train", "nvae", "--shape-prior", "x"])
+    assert result.exit_code == 2 and "No such option '--shape-prior'" in result.output
+    result = runner.invoke(main, ["prior", "train", "unet"])
+    assert result.exit_code == 2 and "'unet' is not one of 'nvae', 'acnn'" in result.output
+
+
 def test_train_on_a_backend_other_than_the_loaded_one_is_a_clean_error(tmp_path):
     # this process imported Keras on TensorFlow; JAX would need a fresh one
     result = CliRunner().invoke(main, ["train", "synthetic", "--backend", "jax", "-o", str(tmp_path / "run")])

@@ -41,7 +41,7 @@ def commands(kind, split, fraction, data, run_dir):
         train = ["sdnet-tf", "train", "acdc", "-c", "sdnet-acdc-cpu", "--data", str(data), "--split", str(split),
                  "--labelled-fraction", str(fraction), "-o", str(run_dir), "--quiet"]
     else:
-        train = ["sdnet-tf", "train", "unet", "-c", "unet-acdc-cpu", "--data", str(data), "--split", str(split),
+        train = ["sdnet-tf", "baseline", "train", "unet", "-c", "unet-acdc-cpu", "--data", str(data), "--split", str(split),
                  "--set", f"data.labelled_fraction={fraction}", "-o", str(run_dir), "--quiet"]
     evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(run_dir / "test"), "--quiet"]
     return train, evaluate

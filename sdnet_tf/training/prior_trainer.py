@@ -1,5 +1,5 @@
-"""Training loops of the shape priors (``sdnet-tf train nvae|acnn``) and of the U-Net baseline
-(``sdnet-tf train unet``, optionally with a frozen prior's shape loss).
+"""Training loops of the shape priors (``sdnet-tf prior train nvae|acnn``) and of the U-Net baseline
+(``sdnet-tf baseline train unet``, optionally with a frozen prior's shape loss).
 
 Both loops share the run-directory layout:
 
