@@ -190,6 +190,10 @@ class PriorTrainConfig:
     spectral_iterations: int = 1
     # ACNN: label-swap probability (denoising)
     label_swap: float = 0.1
+    # before each validation, recompute the BatchNorm statistics from this many batches of 16
+    # training masks, reconstructed in training mode (sdnet_tf/training/batchnorm.py); 0 keeps
+    # the moving averages (the thesis' and ACNN's way)
+    batchnorm_recalibration: int = 0
     nonfinite: str = "skip"  # skip | stop: what a step with a non-finite loss or gradient does
     max_nonfinite: int = 20  # consecutive skipped steps before the run stops
     seed: int = 1

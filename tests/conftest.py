@@ -56,3 +56,11 @@ def small_trainer(run_dir, **train):
     model = SDNet(**model_kwargs(config), seed=1)
     model.build()
     return Trainer(model, arrays, config, run_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def phantom_cohort_8(tmp_path_factory):
+    """An 8-patient phantom cohort (seed 0) in the ACDC layout, written once per test session."""
+    from sdnet_tf.data.phantom import write_cohort
+
+    return write_cohort(tmp_path_factory.mktemp("phantom8"), patients=8, seed=0)

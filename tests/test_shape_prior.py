@@ -14,7 +14,6 @@ from conftest import TINY_NVAE
 from sdnet_tf import losses
 from sdnet_tf.config import PriorConfig, SegmentationConfig
 from sdnet_tf.data.masks import prior_one_hot
-from sdnet_tf.data.phantom import write_cohort
 from sdnet_tf.models import NVAE, AnatomyEncoder
 from sdnet_tf.models.acnn import ShapeAutoencoder
 from sdnet_tf.inference import load_prior
@@ -221,8 +220,8 @@ def test_estimate_omega_is_the_ratio_of_mean_terms():
 
 # ------------------------------------------------------------------ training on a phantom
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    return write_cohort(tmp_path_factory.mktemp("phantom"), patients=8, seed=0)
+def cohort(phantom_cohort_8):
+    return phantom_cohort_8
 
 
 def _prior_config(cohort, tmp_path, kind="nvae", **train):
@@ -271,6 +270,33 @@ def test_train_prior_resumes_and_its_best_weights_reload(cohort, tmp_path, kind)
                                                                                        nan_ok=True)
     with pytest.raises(FileExistsError):
         train_prior(config, run, resume=False, progress=False)
+
+
+def test_prior_validation_with_recomputed_batchnorm_statistics(cohort, tmp_path):
+    # train.batchnorm_recalibration = 2: the kept weights carry the statistics of 2 batches of
+    # training masks drawn by (seed, step), reconstructed in training mode, not the moving averages
+    from sdnet_tf.data.sources import mask_sets
+    from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
+
+    config = _prior_config(cohort, tmp_path, "acnn", batchnorm_recalibration=2)
+    train_prior(config, tmp_path / "run", progress=False)
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    kept, _ = load_prior(tmp_path / "run")
+    again, _ = load_prior(tmp_path / "run", freeze=False)  # a frozen BatchNorm ignores training=True
+    layers = batchnorm_layers(again)
+    assert layers
+    for layer in layers:
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
+    labels = mask_sets(config, progress=False)[0]["training"].labels
+    batches = recalibration_batches(labels, 2, 16, np.random.default_rng([config.train.seed, best["step"], 2]))
+    recalibrate(lambda x: again.reconstruct(prior_one_hot(x), training=True), layers, batches)
+    for a, b in zip(batchnorm_layers(kept), layers):
+        np.testing.assert_allclose(np.asarray(a.moving_mean), np.asarray(b.moving_mean), rtol=1e-5, atol=1e-6)
+    unrecalibrated = _prior_config(cohort, tmp_path, "acnn")
+    train_prior(unrecalibrated, tmp_path / "plain", progress=False)
+    plain, _ = load_prior(tmp_path / "plain")
+    assert any(not np.allclose(np.asarray(a.moving_mean), np.asarray(b.moving_mean))
+               for a, b in zip(batchnorm_layers(plain), layers))
 
 
 def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_path):

@@ -61,10 +61,11 @@ def nvae_validation(model, masks, betas):
     return reconstruction + weighted, {"reconstruction": reconstruction, "kl_weighted": weighted}
 
 
-def autoencoder(model, masks, corrupted):
+def autoencoder(model, masks, corrupted, training=True):
     """The shape autoencoder's denoising loss: decode the label-swapped masks, score against
-    the clean ones (pixel-summed categorical cross-entropy)."""
-    logits = model(corrupted, training=True)
+    the clean ones (pixel-summed categorical cross-entropy). ``training``: BatchNorm's mode;
+    validation passes False, so scoring never moves the moving statistics."""
+    logits = model(corrupted, training=training)
     reconstruction = losses.pixel_cross_entropy(masks, logits)
     return reconstruction, {"reconstruction": reconstruction}
 

@@ -217,6 +217,24 @@ def _loop(name, config, run_dir, files, model, optimizer, engine, make_inputs, v
     return state, time.perf_counter() - start
 
 
+def _validation_weights(model, forward, inputs, train, average=None):
+    """``around_validation`` for ``_loop``, as SDNet's Trainer validates: the averaged weights
+    when ``average`` (a ``WeightAverage``) is given, then, with ``train.batchnorm_recalibration``
+    = k, BatchNorm statistics recomputed by ``forward`` (the network in training mode) over k
+    batches of 16 of ``inputs`` drawn by (seed, step). Neither touches a random stream."""
+
+    @contextlib.contextmanager
+    def validation_weights(state):
+        with average.swapped(model.variables) if average is not None else contextlib.nullcontext():
+            if train.batchnorm_recalibration:
+                rng = np.random.default_rng([train.seed, state["step"], 2])
+                batches = recalibration_batches(inputs, train.batchnorm_recalibration, 16, rng)
+                recalibrate(forward, batchnorm_layers(model), batches)
+            yield
+
+    return validation_weights
+
+
 # ------------------------------------------------------------------------------ priors
 def prior_loss(kind, model, train):
     """The training loss of a prior and the extra variables it keeps, ``(loss_fn, extra)``.
@@ -308,7 +326,7 @@ def train_prior(config, run_dir, resume=True, progress=True):
                 return (prior_one_hot(_augment(config, subset.labels[index], rng)),)
 
             def evaluate_fn(masks):
-                return prior_objectives.autoencoder(model, masks, masks)
+                return prior_objectives.autoencoder(model, masks, masks, training=False)
 
             sample_fn = None
 
@@ -335,10 +353,15 @@ def train_prior(config, run_dir, resume=True, progress=True):
                     state["step"], steps_per_epoch, train.kl_warmup_epochs, train.kl_const_steps, train.kl_min)
             return row
 
+        # recalibration reads label maps and one-hot encodes each batch (the whole set one-hot
+        # would take 4x float32 of memory); reconstruct is deterministic, so no random stream moves
+        recalibration = _validation_weights(
+            model, lambda labels: model.reconstruct(prior_one_hot(labels), training=True), sets["training"].labels,
+            train)
         files = RunFiles(run_dir, train.keep_checkpoints)
         state, seconds = _loop(m.kind, config, run_dir, files, model, optimizer, engine, make_inputs, validate,
                                ("loss", "min"), sets, steps_per_epoch, total_steps, epochs, progress, extra,
-                               on_epoch)
+                               on_epoch, around_validation=recalibration)
         best = files.best()
         summary = {"kind": m.kind, "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,
                    "steps_per_epoch": steps_per_epoch, "skipped_steps": state["skipped"],
@@ -450,17 +473,8 @@ def train_unet(config, run_dir, resume=True, progress=True):
             return {**{f"dice_{k}": v for k, v in scores.items()}, "valid_slices": valid_share(predicted, spacing)}
 
         average = WeightAverage(model.trainable_variables, train.weight_average) if train.weight_average else None
-
-        @contextlib.contextmanager
-        def validation_weights(state):
-            # as SDNet's Trainer: the averaged weights when train.weight_average is set, then
-            # BatchNorm statistics recomputed from a draw fixed by (seed, step)
-            with average.swapped(model.variables) if average is not None else contextlib.nullcontext():
-                if train.batchnorm_recalibration:
-                    rng = np.random.default_rng([train.seed, state["step"], 2])
-                    batches = recalibration_batches(sets["training"].images, train.batchnorm_recalibration, 16, rng)
-                    recalibrate(lambda x: model(x, training=True), batchnorm_layers(model), batches)
-                yield
+        validation_weights = _validation_weights(model, lambda x: model(x, training=True), sets["training"].images,
+                                                 train, average)
 
         files = RunFiles(run_dir, train.keep_checkpoints)
         state, seconds = _loop("unet", config, run_dir, files, model, optimizer, engine, make_inputs, validate,
