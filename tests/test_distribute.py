@@ -75,6 +75,8 @@ def _feeds_batchnorm(path, paths):
     return any(p.endswith(tuple(norms)) for p in paths)
 
 
+# slow: two subprocesses, each tracing every SDNet update (about 2 minutes of 2 cores)
+@pytest.mark.slow
 def test_two_replicas_start_equal_and_training_changes_every_network(runs):
     one, two = runs
     initial = [k for k in one if k.startswith("initial/")]
@@ -173,7 +175,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-# two full CLI processes, each tracing every update: about a minute of 2 cores
+# slow: two full CLI processes, each tracing every update (about 1.5 minutes of 2 cores)
+@pytest.mark.slow
 def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
     run_dir = tmp_path / "run"
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}

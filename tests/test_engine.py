@@ -78,8 +78,12 @@ def _weights(model):
     return [np.array(v) for v in model.variables]
 
 
-@pytest.mark.parametrize("recalibration,average", [(0, 0.0), (2, 0.0), (2, 0.9)],
-                         ids=["moving-averages", "batchnorm-recalibrated", "weight-averaged"])
+# each case traces two trainers (about a minute of 2 cores): the default suite keeps the case
+# with both validation options on, which checkpoints the most state; the others are slow
+@pytest.mark.parametrize("recalibration,average", [
+    pytest.param(0, 0.0, id="moving-averages", marks=pytest.mark.slow),
+    pytest.param(2, 0.0, id="batchnorm-recalibrated", marks=pytest.mark.slow),
+    pytest.param(2, 0.9, id="weight-averaged")])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, recalibration, average):
     # the run crosses an epoch end (iteration 4), where validation recomputes the BatchNorm
     # statistics when train.batchnorm_recalibration is set (of the averaged weights with

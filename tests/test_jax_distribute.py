@@ -106,6 +106,9 @@ def iterations(tmp_path_factory):
     return tuple(runs)
 
 
+# slow: two JAX subprocesses one after the other (about 1.5 minutes); the TensorFlow-JAX parity of
+# tests/test_jax_engine.py stays in the default suite
+@pytest.mark.slow
 def test_two_devices_match_one_device(iterations):
     one, two = iterations
     assert int(one["jax_devices"]) == int(two["jax_devices"]) == 2
@@ -137,6 +140,8 @@ def test_two_devices_match_one_device(iterations):
     assert moved > 1e-3  # the iteration really trained
 
 
+# slow: it reads the two-device subprocess of the test above
+@pytest.mark.slow
 def test_indivisible_global_batch_is_refused(iterations):
     _, two = iterations
     assert "train.batch_size=3" in str(two["batch_error"]) and "2 devices" in str(two["batch_error"])

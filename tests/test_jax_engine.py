@@ -165,6 +165,8 @@ else:
 """
 
 
+# slow: a JAX training subprocess of two runs and a TensorFlow load (about 1.5 minutes)
+@pytest.mark.slow
 def test_jax_run_resumes_exactly_and_its_model_loads_under_tensorflow(tmp_path):
     """Train with JAX (TensorFlow blocked); a run stopped after 2 iterations and resumed to 4
     equals an uninterrupted one, and its model.keras predicts the same under TensorFlow."""
