@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import small_trainer
+from support.helpers import small_trainer
 from sdnet_tf.training.averaging import WeightAverage
 
 

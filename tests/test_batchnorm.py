@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import small_config, small_trainer
+from support.helpers import small_config, small_trainer
 from sdnet_tf.config import model_kwargs
 from sdnet_tf.models import SDNet
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import SMALL, small_config
+from support.helpers import ROOT, SMALL, SUPPORT, TESTS, small_config
 from sdnet_tf.config import ConfigError, model_kwargs
 from sdnet_tf.data.synthetic import synthetic_arrays
 from sdnet_tf.models import SDNet
@@ -22,8 +22,6 @@ from sdnet_tf.training.distribute import check_global_batch
 from sdnet_tf.training.tf_engine import TFEngine
 from sdnet_tf.training.trainer import Trainer
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
 ITERATIONS = 2
 LEARNING_RATE = small_config().train.learning_rate
 
@@ -51,7 +49,7 @@ def _wait(processes, timeout):
 def runs(tmp_path_factory):
     """One device, and two replicas (MirroredStrategy, two logical CPUs): ITERATIONS iterations each."""
     folder = tmp_path_factory.mktemp("distribute")
-    processes = [subprocess.Popen([sys.executable, str(TESTS / "distribute_compare.py"), mode,
+    processes = [subprocess.Popen([sys.executable, str(SUPPORT / "distribute_compare.py"), mode,
                                    str(folder / f"{mode}.npz"), str(ITERATIONS)],
                                   cwd=TESTS, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for mode in ("one", "two")]

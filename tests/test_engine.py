@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import small_config
+from support.helpers import small_config
 from sdnet_tf.config import model_kwargs
 from sdnet_tf.data.synthetic import synthetic_arrays
 from sdnet_tf.models import SDNet

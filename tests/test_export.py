@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import SMALL, small_config
+from support.helpers import SMALL, small_config
 from export.onnx_export import export_run
 from sdnet_infer import ExportError, SDNetRuntime
 from sdnet_infer.predict import predict_volume

@@ -11,7 +11,6 @@ fake masks and noise table).
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +19,11 @@ from click.testing import CliRunner
 pytest.importorskip("jax")
 
 from cli import main  # noqa: E402
-from conftest import small_config  # noqa: E402
+from support.helpers import small_config  # noqa: E402
 from sdnet_tf.config import ConfigError  # noqa: E402
 from sdnet_tf.train import train_run  # noqa: E402
 from sdnet_tf.training.schedule import SDNET_SCHEDULE  # noqa: E402
-from test_jax_engine import ROOT, _jax_env  # noqa: E402
-
-TESTS = Path(__file__).resolve().parent
+from support.helpers import ROOT, TESTS, jax_env as _jax_env  # noqa: E402
 
 # Tolerances of two devices against one (float32 on the CPU): the same kernels on half
 # batches, with the batch reductions (losses, gradients, BatchNorm statistics) summed per
@@ -46,8 +43,8 @@ CHILD = textwrap.dedent("""
     import numpy as np
 
     sys.path.insert(0, {tests!r})
-    import engine_iteration
-    from conftest import small_config
+    from support import engine_iteration
+    from support.helpers import small_config
     from sdnet_tf.config import ConfigError, model_kwargs
     from sdnet_tf.models import SDNet
     from sdnet_tf.training import jax_engine

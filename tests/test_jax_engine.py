@@ -19,9 +19,9 @@ pytest.importorskip("jax")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import engine_iteration  # noqa: E402
-from jax_subprocess import ROOT, TESTS, jax_env as _jax_env, run_jax as _run_jax  # noqa: E402
-from conftest import SMALL, small_config  # noqa: E402
+from support import engine_iteration  # noqa: E402
+from support.helpers import ROOT, SUPPORT, TESTS, jax_env as _jax_env, run_jax as _run_jax  # noqa: E402
+from support.helpers import SMALL, small_config  # noqa: E402
 from sdnet_tf.inference import load_run  # noqa: E402
 from sdnet_tf.training.schedule import SDNET_SCHEDULE  # noqa: E402
 
@@ -69,7 +69,7 @@ def parity(tmp_path_factory, monkeypatch_module):
     weights = tmp / "initial.weights.h5"
     monkeypatch_module.setattr(keras.random, "normal", engine_iteration.table_normal)
     tensorflow = engine_iteration.run(weights)  # saves the initial weights for the JAX side
-    _run_jax(tmp, [str(TESTS / "engine_iteration.py"), str(weights), str(tmp / "jax.npz")])
+    _run_jax(tmp, [str(SUPPORT / "engine_iteration.py"), str(weights), str(tmp / "jax.npz")])
     with np.load(tmp / "jax.npz") as data:
         jax = {k: data[k] for k in data.files}
     return tensorflow, jax
@@ -127,7 +127,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, {tests!r})
-from conftest import small_config
+from support.helpers import small_config
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.data.synthetic import synthetic_arrays
 from sdnet_tf.inference import load_run

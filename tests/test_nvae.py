@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY_NVAE
+from support.helpers import TINY_NVAE
 from sdnet_tf.distributions import Normal, soft_clamp
 from sdnet_tf.models import NVAE
 

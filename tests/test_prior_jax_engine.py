@@ -14,9 +14,9 @@ pytest.importorskip("jax")
 import numpy as np  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-import prior_step_parity  # noqa: E402
+from support import prior_step_parity  # noqa: E402
 from cli import main  # noqa: E402
-from jax_subprocess import TESTS, run_jax  # noqa: E402
+from support.helpers import SUPPORT, run_jax  # noqa: E402
 from sdnet_tf.config import PriorConfig, save_config  # noqa: E402
 from sdnet_tf.data.phantom import write_cohort  # noqa: E402
 from sdnet_tf.inference import load_prior  # noqa: E402
@@ -41,7 +41,7 @@ def parity(tmp_path_factory):
         tensorflow = prior_step_parity.run(tmp / "initial.npz")  # writes the initial weights for JAX
     finally:
         keras.random.normal = normal
-    run_jax(tmp, [str(TESTS / "prior_step_parity.py"), str(tmp / "initial.npz"), str(tmp / "jax.npz")])
+    run_jax(tmp, [str(SUPPORT / "prior_step_parity.py"), str(tmp / "initial.npz"), str(tmp / "jax.npz")])
     with np.load(tmp / "jax.npz") as data:
         jax = {k: data[k] for k in data.files}
     with np.load(tmp / "initial.npz") as data:

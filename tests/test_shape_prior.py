@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import TINY_NVAE
+from support.helpers import TINY_NVAE
 from sdnet_tf import losses
 from sdnet_tf.config import PriorConfig, SegmentationConfig
 from sdnet_tf.data.masks import prior_one_hot
@@ -183,7 +183,7 @@ def test_unet_steps_with_the_shape_loss_leave_the_prior_unchanged():
 
 
 def test_sdnet_supervised_step_with_the_shape_loss_leaves_the_prior_unchanged():
-    from conftest import small_config
+    from support.helpers import small_config
     from sdnet_tf.models import SDNet
     from sdnet_tf.training.schedule import SDNET_SCHEDULE
     from sdnet_tf.training.tf_engine import TFEngine

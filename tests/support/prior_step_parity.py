@@ -3,7 +3,7 @@ parity test of the TensorFlow and JAX prior engines.
 
 Run in-process under TensorFlow, and as a script under JAX (a process holds one backend):
 
-    KERAS_BACKEND=jax python tests/prior_step_parity.py INITIAL.npz OUT.npz
+    KERAS_BACKEND=jax python tests/support/prior_step_parity.py INITIAL.npz OUT.npz
 
 The first step is a real one (KL warm-up coefficient 0.5 with balancing, the spectral
 penalty and its power iteration, coupled weight decay, Adamax); the second gets a mask with a
@@ -22,9 +22,9 @@ import keras
 import numpy as np
 from keras import ops
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for support.helpers
 
-from conftest import TINY_NVAE  # noqa: E402
+from support.helpers import TINY_NVAE  # noqa: E402
 from sdnet_tf.config import PriorConfig  # noqa: E402
 from sdnet_tf.data.masks import prior_one_hot  # noqa: E402
 from sdnet_tf.models.priors import assign_values, build_prior, variable_values  # noqa: E402

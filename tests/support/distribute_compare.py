@@ -17,6 +17,8 @@ import time
 
 import tensorflow as tf
 
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent.parent))  # tests/, for support.helpers
+
 if sys.argv[1] == "two":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -24,7 +26,7 @@ if sys.argv[1] == "two":
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from conftest import small_config  # noqa: E402
+from support.helpers import small_config  # noqa: E402
 from sdnet_tf.config import model_kwargs  # noqa: E402
 from sdnet_tf.data.synthetic import synthetic_arrays  # noqa: E402
 from sdnet_tf.models import SDNet  # noqa: E402

@@ -2,7 +2,7 @@
 
 Run in-process under TensorFlow, and as a script under JAX (a process holds one backend):
 
-    KERAS_BACKEND=jax python tests/engine_iteration.py INITIAL.weights.h5 OUT.npz
+    KERAS_BACKEND=jax python tests/support/engine_iteration.py INITIAL.weights.h5 OUT.npz
 
 Everything an engine could draw differently is fixed: the weights come from one file, the
 batch from the numpy sampler with rotation off, the fake masks from a seeded numpy draw, and
@@ -31,9 +31,9 @@ import keras
 import numpy as np
 from keras import ops
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for support.helpers
 
-from conftest import small_config  # noqa: E402
+from support.helpers import small_config  # noqa: E402
 from sdnet_tf.config import model_kwargs  # noqa: E402
 from sdnet_tf.data.synthetic import synthetic_arrays  # noqa: E402
 from sdnet_tf.models import SDNet  # noqa: E402

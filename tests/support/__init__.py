@@ -1,0 +1,1 @@
+"""Helpers and subprocess scripts of the tests (not tests themselves)."""

@@ -1,0 +1,88 @@
+"""What the tests share: the tiny SDNet and NVAE settings, a tiny trainer, and running code on
+the JAX backend from the (TensorFlow) pytest process.
+
+Keras picks its backend once per process, so the tests run JAX code in a subprocess whose
+environment blocks TensorFlow, as on a machine that has JAX only. The scripts such
+subprocesses run live beside this module (``SUPPORT``).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from sdnet_tf.config import Config
+
+SUPPORT = Path(__file__).resolve().parent
+TESTS = SUPPORT.parent
+ROOT = TESTS.parent
+
+
+def jax_env(tmp_path):
+    """A JAX subprocess' environment: the worktree's code, CPU only, TensorFlow blocked.
+
+    XLA's CPU compile time dominates these tests; the classic threefry and LLVM without
+    optimisation (code generation only: the same float32 operations) cut it by about half.
+    """
+    blocker = tmp_path / "block"
+    blocker.mkdir(exist_ok=True)
+    (blocker / "sitecustomize.py").write_text(textwrap.dedent("""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "tf_keras", "tensorboard"):
+                    raise ImportError(f"{name} is blocked in this test")
+                return None
+        sys.meta_path.insert(0, _Block())
+    """))
+    path = [str(blocker), str(ROOT), str(ROOT / "export" / "runtime"), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", JAX_THREEFRY_PARTITIONABLE="0",
+                XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=os.pathsep.join(p for p in path if p))
+
+
+def run_jax(tmp_path, args, timeout=900, env=None):
+    result = subprocess.run([sys.executable, *args], env=env or jax_env(tmp_path), capture_output=True, text=True,
+                            timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+SMALL = dict(input_size=32, unet_filters=4, unet_depth=2, segmentor_filters=8, discriminator_filters=4)
+# a tiny NVAE for fast prior tests: 32 x 32 masks, 4 latent groups of 3 channels
+TINY_NVAE = dict(input_size=32, stem_channels=2, preprocess_blocks=1, groups_per_scale=(1, 1, 2),
+                 latent_channels=3, cells_per_group=1, decoder_expansion=2)
+
+
+def small_config(**train):
+    """A tiny SDNet config for fast engine tests (32 x 32, narrow networks)."""
+    config = Config()
+    for key, value in SMALL.items():
+        setattr(config.model, key, value)
+    config.train.iterations_per_epoch = 4
+    config.train.epochs = 2
+    config.train.image_summaries = 1
+    config.train.jit_compile = False
+    config.data.synthetic_images = 24
+    config.data.synthetic_validation = 8
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
+
+
+def small_trainer(run_dir, **train):
+    """A ``Trainer`` of the tiny SDNet (``small_config(**train)``) on 24 + 8 synthetic images,
+    half of them labelled, seeded with 1."""
+    import keras
+
+    from sdnet_tf.config import model_kwargs
+    from sdnet_tf.data.synthetic import synthetic_arrays
+    from sdnet_tf.models import SDNet
+    from sdnet_tf.training.trainer import Trainer
+
+    config = small_config(**train)
+    keras.utils.set_random_seed(1)
+    arrays = synthetic_arrays(24, 8, 32, 0.5, seed=0)
+    model = SDNet(**model_kwargs(config), seed=1)
+    model.build()
+    return Trainer(model, arrays, config, run_dir, progress=False)
