@@ -44,7 +44,7 @@ class LossConfig:
     adversarial: float = 10.0
     reconstruction: float = 1.0
     z_reconstruction: float = 1.0
-    dice_mode: str = "pooled"
+    dice_mode: str = "pooled"  # pooled (the original) | per_class | batch (losses.dice_coefficient)
     # shape loss on the segmentor's supervised step: a frozen prior's run directory
     # (sdnet-tf prior train nvae|acnn); "" for none
     shape_prior: str = ""
@@ -354,7 +354,19 @@ def load_config(name_or_path=None, overrides=(), kind=None):
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from error
         config = kind.from_dict(values, source=str(path))
-    return config.override(overrides) if overrides else config
+    config = config.override(overrides) if overrides else config
+    _check_choices(config, name_or_path or "defaults")
+    return config
+
+
+DICE_MODES = ("pooled", "per_class", "batch")
+
+
+def _check_choices(config, source):
+    """Refuse a value outside a key's fixed choices, naming the config and the key."""
+    mode = getattr(getattr(config, "loss", None), "dice_mode", None)
+    if mode is not None and mode not in DICE_MODES:
+        raise ConfigError(f"config {source}: loss.dice_mode {mode!r}: expected one of {', '.join(DICE_MODES)}")
 
 
 def save_config(config, path):

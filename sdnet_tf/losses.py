@@ -22,8 +22,16 @@ def dice_coefficient(pred, target, mode="pooled", smooth=DICE_SMOOTH):
         pred: predicted foreground probabilities (B, H, W, L).
         target: reference masks (B, H, W, L), one-hot foreground channels (background excluded).
         mode: "pooled" sums over height, width and all L channels together, as the original
-            does; "per_class" computes one Dice per channel and averages the L values.
+            does; "per_class" computes one Dice per channel and sample and averages the L
+            values; "batch" computes one Dice per channel over the whole batch (sums over
+            samples, height and width; nnU-Net's "batch Dice", Isensee et al., Nature Methods
+            2021) and averages the L values, so a structure absent from one slice (the RV
+            below the base, every class above it) is not a separate all-or-nothing term; the
+            value is repeated for each sample. Under tf.distribute the batch is each replica's.
         smooth: the additive smoothing term of numerator and denominator (0.1 in the original).
+
+    Raises:
+        ValueError: an unknown ``mode``.
     """
     pred, target = _f32(pred), _f32(target)
     if mode == "pooled":
@@ -36,7 +44,13 @@ def dice_coefficient(pred, target, mode="pooled", smooth=DICE_SMOOTH):
         inter = ops.sum(pred * target, axis=axes)  # (B, L)
         total = ops.sum(pred, axis=axes) + ops.sum(target, axis=axes)
         return ops.mean((2.0 * inter + smooth) / (total + smooth), axis=-1)
-    raise ValueError(f"dice mode must be 'pooled' or 'per_class', got {mode!r}")
+    if mode == "batch":
+        axes = (0, 1, 2)
+        inter = ops.sum(pred * target, axis=axes)  # (L,)
+        total = ops.sum(pred, axis=axes) + ops.sum(target, axis=axes)
+        value = ops.mean((2.0 * inter + smooth) / (total + smooth))
+        return ops.zeros_like(pred[:, 0, 0, 0]) + value
+    raise ValueError(f"dice mode must be 'pooled', 'per_class' or 'batch', got {mode!r}")
 
 
 def dice_loss(pred, target, mode="pooled", smooth=DICE_SMOOTH):

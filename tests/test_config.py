@@ -79,3 +79,9 @@ def test_exponent_without_a_dot_is_a_number():
     # YAML 1.1 (PyYAML) reads "3e-3" as a string; a float field still takes it
     config = load_config(None, ["train.decay=3e-3", "train.learning_rate=1E-4"])
     assert config.train.decay == 0.003 and config.train.learning_rate == 1e-4
+
+
+def test_an_unknown_dice_mode_is_refused_at_load():
+    with pytest.raises(ConfigError, match=r"loss.dice_mode 'mean': expected one of pooled, per_class, batch"):
+        load_config(None, ["loss.dice_mode=mean"])
+    assert load_config(None, ["loss.dice_mode=batch"]).loss.dice_mode == "batch"

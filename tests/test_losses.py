@@ -30,6 +30,26 @@ def test_dice_per_class_golden():
     assert got == pytest.approx(1 - (c0 + c1) / 2, rel=1e-6)
 
 
+def test_dice_batch_golden():
+    # two samples; channel 1 is absent from sample 1 and predicted there at 0.5 on one pixel
+    pred, target = _masks()
+    pred2 = np.zeros_like(pred)
+    pred2[0, 0, 0] = [1.0, 0.5]
+    target2 = np.zeros_like(target)
+    target2[0, 0, 0, 0] = 1.0
+    pred, target = np.concatenate([pred, pred2]), np.concatenate([target, target2])
+    # channel 0 over the batch: inter 1.5 + 1, sum p 1.5 + 1, sum m 2 + 1; channel 1: inter 1,
+    # sum p 1.5 + 0.5, sum m 2
+    c0 = (2 * 2.5 + 0.1) / (2.5 + 3 + 0.1)
+    c1 = (2 * 1.0 + 0.1) / (2.0 + 2 + 0.1)
+    coefficient = np.asarray(losses.dice_coefficient(pred, target, mode="batch"))
+    np.testing.assert_allclose(coefficient, [(c0 + c1) / 2] * 2, rtol=1e-6)
+    assert float(losses.dice_loss(pred, target, mode="batch")) == pytest.approx(1 - (c0 + c1) / 2, rel=1e-6)
+    # per_class scores sample 1's absent channel alone: 0.1 / 0.6, far below the batch term
+    per_class = np.asarray(losses.dice_coefficient(pred, target, mode="per_class"))
+    assert per_class[1] == pytest.approx(((2 * 1 + 0.1) / (2 + 0.1) + 0.1 / 0.6) / 2, rel=1e-6)
+
+
 def test_dice_perfect_empty_and_disjoint():
     m = np.zeros((2, 3, 3, 3), "float32")
     m[0, 1, 1, 0] = 1
