@@ -115,16 +115,33 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, recalib
         assert int(opt.iterations.numpy()) == int(straight.engine.optimizers[name].iterations.numpy())
 
 
-def test_early_stopping_run_directory_and_best_weights(tmp_path):
+def test_early_stopping_run_directory_best_weights_and_use_before_the_end(tmp_path, caplog):
     # the first epoch always improves on +inf; with min_delta 10 no later one does:
     # training stops after 1 + patience epochs
+    import json
+    import logging
+
+    from sdnet_tf.inference import load_run
+
     config = small_config(iterations_per_epoch=1, epochs=10, patience=2, min_delta=10.0)
     trainer = _trainer(tmp_path, config)
     result = trainer.fit()
     assert result["stopped_early"]
     assert result["iteration"] == 3
-    summary = trainer.finish()
     run = tmp_path / "run"
+    a = trainer.arrays
+    # before finish() (no summary.json: a run still training, or stopped before its end) the
+    # run is loaded from its best validation epoch so far, and load_run says which epoch
+    assert not (run / "summary.json").exists()
+    best = json.loads((run / "best.json").read_text())
+    assert best["val_dice"] == pytest.approx(trainer.best_dice)
+    with caplog.at_level(logging.WARNING, logger="sdnet_tf.inference"):
+        model, _ = load_run(run)
+    assert "has not finished training" in caplog.text and f"epoch {best['epoch']} " in caplog.text
+    predicted = np.asarray(model.segment(a.validation_images, training=False))
+    assert validation_dice(predicted, a.validation_masks) == pytest.approx(best["val_dice"], abs=1e-5)
+
+    summary = trainer.finish()
     assert (run / "config.yaml").is_file()
     assert (run / "model.keras").is_file()
     assert list((run / "checkpoints").glob("ckpt-3.index"))
@@ -138,9 +155,12 @@ def test_early_stopping_run_directory_and_best_weights(tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     # model.keras holds the best epoch's weights: its validation Dice is the best one
     loaded = keras.models.load_model(run / "model.keras")
-    a = trainer.arrays
     predicted = np.asarray(loaded.segment(a.validation_images, training=False))
     assert validation_dice(predicted, a.validation_masks) == pytest.approx(summary["best_val_dice"], abs=1e-5)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sdnet_tf.inference"):
+        load_run(run)
+    assert "has not finished" not in caplog.text
 
 
 @pytest.mark.parametrize("jit_compile,precision",
@@ -157,30 +177,3 @@ def test_xla_and_mixed_precision_switches_train(tmp_path, jit_compile, precision
     assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(trainer.model)))
     expected = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[precision]
     assert trainer.model.anatomy_encoder.compute_dtype == expected
-
-
-def test_a_run_still_training_is_used_from_its_best_epoch(tmp_path, caplog):
-    # a run stopped before its end (no finish, no summary.json) is loaded from its best
-    # validation epoch so far, and load_run says which epoch that is
-    import json
-    import logging
-
-    from sdnet_tf.inference import load_run
-
-    trainer = _trainer(tmp_path, small_config(iterations_per_epoch=1, epochs=10))
-    trainer.fit(max_iterations=3)
-    run = tmp_path / "run"
-    assert not (run / "summary.json").exists()
-    best = json.loads((run / "best.json").read_text())
-    assert best["val_dice"] == pytest.approx(trainer.best_dice)
-    with caplog.at_level(logging.WARNING, logger="sdnet_tf.inference"):
-        model, _ = load_run(run)
-    assert "has not finished training" in caplog.text and f"epoch {best['epoch']} " in caplog.text
-    a = trainer.arrays
-    predicted = np.asarray(model.segment(a.validation_images, training=False))
-    assert validation_dice(predicted, a.validation_masks) == pytest.approx(best["val_dice"], abs=1e-5)
-    trainer.finish()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="sdnet_tf.inference"):
-        load_run(run)
-    assert "has not finished" not in caplog.text
