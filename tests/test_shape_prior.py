@@ -243,7 +243,9 @@ def _prior_config(cohort, tmp_path, kind="nvae", **train):
     return config
 
 
-@pytest.mark.parametrize("kind", ["nvae", "acnn"])
+# the NVAE case traces the NVAE's update twice (about 30 s); the resume mechanics are the
+# same for both kinds, so the default suite keeps the ACNN case
+@pytest.mark.parametrize("kind", [pytest.param("nvae", marks=pytest.mark.slow), "acnn"])
 def test_train_prior_resumes_and_its_best_weights_reload(cohort, tmp_path, kind):
     config = _prior_config(cohort, tmp_path, kind, spectral_weight=0.1 if kind == "nvae" else 0.0)
     run = tmp_path / "run"
