@@ -137,6 +137,33 @@ def write_table(results):
                          f"{fmt(h['MYO'], digits=1)} | {fmt(r['valid_slices_percent'], digits=1)}% | "
                          f"{fmt(largest_drop(r['validation']))} |")
     (HERE / "table.md").write_text("\n".join(lines) + "\n")
+    write_readme_section(lines[4:], results)
+
+
+README_START = "<!-- acdc-table:start (written by results/acdc/run.py) -->"
+README_END = "<!-- acdc-table:end -->"
+
+
+def write_readme_section(table_lines, results):
+    """Put the two tables (and what is still to run) between the README's markers, so the
+    README shows exactly what table.md shows."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    done = {(r["model"], r["split"], r["labelled_fraction"]) for r in results}
+    missing = [run_name(kind, split, fraction) for split, fraction in PLAN for kind in KINDS
+               if (kind, split, fraction) not in done]
+    drops = {r["name"]: largest_drop(r["validation"]) for r in results}
+    body = [line.replace("## ", "#### ", 1) if line.startswith("## ") else line for line in table_lines]
+    body += ["", f"Largest fall of validation Dice between consecutive epochs after epoch 3, over all runs: "
+             f"{max(d for d in drops.values() if d is not None):.3f} (the protocol's target: at most 0.05)."
+             if any(d is not None for d in drops.values()) else "",
+             "", "Not run yet: " + (", ".join(missing) if missing else "none") + ".", "",
+             "![learning curves](results/acdc/learning_curves.png)"]
+    start = text.index(README_START) + len(README_START)
+    end = text.index(README_END)
+    readme.write_text(text[:start] + "\n" + "\n".join(body) + "\n" + text[end:])
 
 
 def plot(results):
