@@ -35,6 +35,9 @@ class ModelConfig:
     spectral: str = "penalty"
     spectral_weight: float = 10.0
     binarise: bool = True
+    # round (the original: a pixel whose largest anatomy channel is <= 0.5 becomes all zeros)
+    # | argmax (one channel per pixel; layers.Binarise)
+    binarisation: str = "round"
 
 
 @dataclass
@@ -360,6 +363,7 @@ def load_config(name_or_path=None, overrides=(), kind=None):
 
 
 DICE_MODES = ("pooled", "per_class", "batch")
+BINARISATIONS = ("round", "argmax")
 
 
 def _check_choices(config, source):
@@ -367,6 +371,10 @@ def _check_choices(config, source):
     mode = getattr(getattr(config, "loss", None), "dice_mode", None)
     if mode is not None and mode not in DICE_MODES:
         raise ConfigError(f"config {source}: loss.dice_mode {mode!r}: expected one of {', '.join(DICE_MODES)}")
+    binarisation = getattr(getattr(config, "model", None), "binarisation", None)
+    if binarisation is not None and binarisation not in BINARISATIONS:
+        raise ConfigError(f"config {source}: model.binarisation {binarisation!r}: expected one of "
+                          f"{', '.join(BINARISATIONS)}")
 
 
 def save_config(config, path):

@@ -13,26 +13,50 @@ PACKAGE = "sdnet_tf"
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Binarise(keras.layers.Layer):
-    """Straight-through rounding of a soft anatomy map.
+    """Straight-through binarisation of a soft anatomy map.
 
-    The forward pass rounds every value to 0 or 1; the backward pass is the identity, so the
-    incoming gradient reaches the softmax unchanged. A pixel whose largest softmax value is
-    <= 0.5 rounds to all zeros (rounding is half-to-even), exactly as in the original.
+    The forward pass makes every value 0 or 1; the backward pass is the identity, so the
+    incoming gradient reaches the softmax unchanged.
+
+    Args:
+        mode: "round" (the original): each value rounded on its own, so a pixel whose largest
+            softmax value is <= 0.5 becomes all zeros (rounding is half-to-even); "argmax" (an
+            option of this port): the one-hot vector of the largest channel, so every pixel
+            has exactly one active channel (ties go to the first).
 
     Call arguments:
-        inputs: tensor of any shape with values in [0, 1].
+        inputs: tensor (..., C) with values in [0, 1], the channels last.
 
     Returns:
         Tensor of the same shape and dtype with values in {0, 1}.
+
+    Raises:
+        ValueError: an unknown ``mode``.
 
     Reference:
         Chartsias et al., "Disentangled representation learning in cardiac image analysis",
         Medical Image Analysis 58, 2019 (Section 3.1).
     """
 
+    MODES = ("round", "argmax")
+
+    def __init__(self, mode="round", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"binarisation {mode!r}: expected one of {', '.join(self.MODES)}")
+        self.mode = mode
+
     def call(self, inputs):
-        # straight-through: forward rounds, backward is identity
-        return inputs + ops.stop_gradient(ops.round(inputs) - inputs)
+        # straight-through: forward binarises, backward is identity
+        if self.mode == "argmax":
+            values = inputs * 1  # a tensor, also when given a variable
+            hard = ops.one_hot(ops.argmax(values, axis=-1), values.shape[-1], dtype=values.dtype)
+        else:
+            hard = ops.round(inputs)
+        return inputs + ops.stop_gradient(hard - inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
 
     def compute_output_shape(self, input_shape):
         return input_shape

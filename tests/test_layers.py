@@ -1,6 +1,7 @@
 """Custom layers: straight-through binarisation, FiLM, sampling, spectral penalty."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from sdnet_tf.layers import Binarise, FiLM, GaussianSample, SpectralPenalty
@@ -19,11 +20,28 @@ def test_binarise_pixel_with_no_value_above_half_is_all_zero():
     np.testing.assert_array_equal(out, [[[[0, 0, 0], [1, 0, 0]]]])
 
 
-def test_binarise_gradient_is_the_incoming_gradient(rng):
+def test_argmax_binarisation_gives_every_pixel_exactly_one_channel(rng):
+    soft = tf.constant([[[[0.5, 0.3, 0.2], [0.6, 0.3, 0.1], [0.2, 0.4, 0.4]]]], tf.float32)
+    out = Binarise("argmax")(soft).numpy()
+    np.testing.assert_array_equal(out, [[[[1, 0, 0], [1, 0, 0], [0, 1, 0]]]])  # ties: the first channel
+    soft = tf.nn.softmax(tf.constant(rng.normal(size=(2, 5, 5, 8)), tf.float32))
+    out = Binarise("argmax")(soft).numpy()
+    np.testing.assert_array_equal(out.sum(-1), np.ones((2, 5, 5)))
+    np.testing.assert_array_equal(out.argmax(-1), soft.numpy().argmax(-1))
+    assert Binarise.from_config(Binarise("argmax").get_config()).mode == "argmax"
+
+
+def test_an_unknown_binarisation_is_refused():
+    with pytest.raises(ValueError, match="binarisation 'floor': expected one of round, argmax"):
+        Binarise("floor")
+
+
+@pytest.mark.parametrize("mode", ["round", "argmax"])
+def test_binarise_gradient_is_the_incoming_gradient(rng, mode):
     soft = tf.Variable(rng.random((2, 4, 4, 3)).astype("float32"))
     upstream = tf.constant(rng.normal(size=(2, 4, 4, 3)).astype("float32"))
     with tf.GradientTape() as tape:
-        y = Binarise()(soft)
+        y = Binarise(mode)(soft)
         loss = tf.reduce_sum(y * upstream)
     grad = tape.gradient(loss, soft)
     np.testing.assert_array_equal(grad.numpy(), upstream.numpy())

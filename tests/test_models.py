@@ -63,8 +63,10 @@ def test_config_round_trip_and_save_load(tmp_path, index):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_sdnet_save_load_identical_outputs(tmp_path):
-    model = SDNet(input_size=32, unet_filters=4, segmentor_filters=8, discriminator_filters=4, seed=5)
+@pytest.mark.parametrize("binarisation", ["round", "argmax"])
+def test_sdnet_save_load_identical_outputs(tmp_path, binarisation):
+    model = SDNet(input_size=32, unet_filters=4, segmentor_filters=8, discriminator_filters=4, seed=5,
+                  binarisation=binarisation)
     model.build()
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
     out = model(x, training=False, sample=False)
@@ -107,3 +109,14 @@ def test_modality_encoder_mean_mode_is_deterministic_and_sampling_is_not():
 def test_bad_input_size_is_a_clear_error():
     with pytest.raises(ValueError, match="divisible"):
         AnatomyEncoder(input_size=36)
+
+
+def test_argmax_binarisation_leaves_no_pixel_without_anatomy_and_no_parameter_added():
+    kwargs = dict(input_size=32, unet_filters=4, segmentor_filters=8, discriminator_filters=4, seed=5)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 1)).astype("float32")
+    rounded, argmax = SDNet(**kwargs), SDNet(**kwargs, binarisation="argmax")
+    anatomy = np.asarray(argmax(x, training=False)["anatomy"])
+    np.testing.assert_array_equal(anatomy.sum(-1), np.ones((3, 32, 32)))
+    rounded.build()
+    argmax.build()
+    assert rounded.count_params() == argmax.count_params()

@@ -42,7 +42,9 @@ class AnatomyEncoder(SymbolicBuildModel):
         channels: anatomy channels C (8).
         filters: filters of the first level, doubled at every level (64).
         depth: number of down-sampling levels (4).
-        binarise: apply the straight-through rounding (True in the original).
+        binarise: apply the straight-through binarisation (True in the original).
+        binarisation: how, ``layers.Binarise``'s mode: "round" (the original; a pixel whose
+            largest channel is <= 0.5 becomes all zeros) or "argmax" (one channel per pixel).
 
     Call arguments:
         inputs: images (B, H, W, input_channels) with intensities in [-1, 1].
@@ -56,7 +58,7 @@ class AnatomyEncoder(SymbolicBuildModel):
     """
 
     def __init__(self, input_size=224, input_channels=1, channels=8, filters=64, depth=4,
-                 binarise=True, **kwargs):
+                 binarise=True, binarisation="round", **kwargs):
         super().__init__(**kwargs)
         if input_size % (2 ** depth):
             raise ValueError(f"input_size {input_size} is not divisible by 2**depth = {2 ** depth}")
@@ -66,6 +68,7 @@ class AnatomyEncoder(SymbolicBuildModel):
         self.filters = filters
         self.depth = depth
         self.binarise = binarise
+        self.binarisation = binarisation
 
         widths = [filters * 2 ** i for i in range(depth)]
         self.down_blocks = []
@@ -83,7 +86,7 @@ class AnatomyEncoder(SymbolicBuildModel):
             self.up_blocks.append(_conv_bn(f, "relu", f"up{i}a") + _conv_bn(f, "relu", f"up{i}b"))
         self.concat = layers.Concatenate(axis=-1)
         self.head = layers.Conv2D(channels, 1, padding="same", activation="softmax", name="anatomy")
-        self.rounding = Binarise(name="binarise")
+        self.rounding = Binarise(binarisation, name="binarise")
 
     def soft(self, inputs, training=None):
         """The softmax anatomy maps before binarisation, (B, H, W, C)."""
@@ -110,5 +113,5 @@ class AnatomyEncoder(SymbolicBuildModel):
         config = super().get_config()
         config.update(input_size=self.input_size, input_channels=self.input_channels,
                       channels=self.channels, filters=self.filters, depth=self.depth,
-                      binarise=self.binarise)
+                      binarise=self.binarise, binarisation=self.binarisation)
         return config

@@ -34,7 +34,8 @@ class SDNet(SymbolicBuildModel):
         discriminator_filters: filters of the discriminator's first convolution (64).
         spectral: discriminator penalty, "penalty" (original) or "none".
         spectral_weight: its weight (10).
-        binarise: straight-through rounding of the anatomy (True).
+        binarise: straight-through binarisation of the anatomy (True).
+        binarisation: "round" (the original) or "argmax" (``layers.Binarise``).
         seed: seed of the modality encoder's sampling stream.
 
     Call arguments:
@@ -50,7 +51,7 @@ class SDNet(SymbolicBuildModel):
     def __init__(self, input_size=224, input_channels=1, anatomy_channels=8, nz=8, unet_filters=64,
                  unet_depth=4, num_classes=3, segmentor_filters=64, modality_filters=16,
                  discriminator_filters=64, spectral="penalty", spectral_weight=10.0, binarise=True,
-                 seed=None, **kwargs):
+                 binarisation="round", seed=None, **kwargs):
         super().__init__(**kwargs)
         self.input_size = input_size
         self.input_channels = input_channels
@@ -65,10 +66,12 @@ class SDNet(SymbolicBuildModel):
         self.spectral = spectral
         self.spectral_weight = spectral_weight
         self.binarise = binarise
+        self.binarisation = binarisation
         self.seed = seed
 
         self.anatomy_encoder = AnatomyEncoder(input_size, input_channels, anatomy_channels, unet_filters,
-                                              unet_depth, binarise=binarise, name="anatomy_encoder")
+                                              unet_depth, binarise=binarise, binarisation=binarisation,
+                                              name="anatomy_encoder")
         self.modality_encoder = ModalityEncoder(input_size, input_channels, anatomy_channels, nz,
                                                 filters=modality_filters, seed=seed, name="modality_encoder")
         self.decoder = FiLMDecoder(input_size, anatomy_channels, nz, output_channels=input_channels,
@@ -128,5 +131,6 @@ class SDNet(SymbolicBuildModel):
                       unet_depth=self.unet_depth, num_classes=self.num_classes,
                       segmentor_filters=self.segmentor_filters, modality_filters=self.modality_filters,
                       discriminator_filters=self.discriminator_filters, spectral=self.spectral,
-                      spectral_weight=self.spectral_weight, binarise=self.binarise, seed=self.seed)
+                      spectral_weight=self.spectral_weight, binarise=self.binarise, binarisation=self.binarisation,
+                      seed=self.seed)
         return config
