@@ -49,8 +49,11 @@ class Binarise(keras.layers.Layer):
     def call(self, inputs):
         # straight-through: forward binarises, backward is identity
         if self.mode == "argmax":
-            values = inputs * 1  # a tensor, also when given a variable
-            hard = ops.one_hot(ops.argmax(values, axis=-1), values.shape[-1], dtype=values.dtype)
+            # the first channel equal to the maximum, by comparison and a running count rather
+            # than argmax + one_hot (Keras' TensorFlow argmax emits a Bitcast that ONNX lacks)
+            top = ops.cast(ops.equal(inputs, ops.max(inputs, axis=-1, keepdims=True)), "int32")
+            hard = ops.cast(ops.logical_and(ops.equal(top, 1), ops.equal(ops.cumsum(top, axis=-1), 1)),
+                            inputs.dtype)
         else:
             hard = ops.round(inputs)
         return inputs + ops.stop_gradient(hard - inputs)
