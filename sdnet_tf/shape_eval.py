@@ -5,9 +5,11 @@ For a prior (NVAE or shape autoencoder) run directory:
 - reconstruction Dice per class on the split's test masks (deterministic codes, argmax), per
   slice (the thesis' figure) and per 3-D frame;
 - the share of anatomically valid reconstructions, and of the test references;
-- NVAE only: ``samples`` masks drawn at each temperature, their share of anatomically valid
-  slices (and which checks fail) and their Frechet shape distance to the test masks, beside
-  the distance between the training and the test masks (what real masks score);
+- NVAE only: ``samples`` masks drawn at each temperature (1.0, 0.8, 0.7 and 0.5, the thesis'),
+  their share of anatomically valid slices (and which checks fail) and their Frechet shape
+  distance to the test masks, beside the distance between the training and the test masks
+  (what real masks score), and a grid of samples per temperature
+  (``<output>/<run name>-samples.png``);
 - ACDC pathology group from the codes: every patient's ED and ES slices are encoded, each
   slice's codes pooled (``pool_codes``), averaged over the frame's slices, ED and ES
   concatenated; random forest, stratified 10-fold cross-validation over all patients.
@@ -32,6 +34,7 @@ from sdnet_tf.data.masks import prior_one_hot
 from sdnet_tf.metrics.overlap import CLASSES, dice
 from sdnet_tf.metrics.shape import (frechet_shape_distance, pathology_cv, pool_codes, reconstruction_dice,
                                     valid_fraction)
+from sdnet_tf.metrics.validity import check_slice
 
 log = logging.getLogger("sdnet_tf.shape_eval")
 
@@ -81,8 +84,15 @@ def _codes_batched(code_fn, masks, batch_size=32):
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
-def evaluate_prior(run_dir, samples=1000, temperatures=(1.0, 0.7), folds=10, seed=0, progress=True):
-    """The metrics of a prior run (see the module docstring) as a JSON-able dict."""
+TEMPERATURES = (1.0, 0.8, 0.7, 0.5)  # the thesis' sampling temperatures
+GRID_SAMPLES = 8  # samples per temperature in the figure
+
+
+def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, seed=0, progress=True,
+                   figure=None):
+    """The metrics of a prior run (see the module docstring) as a JSON-able dict; with
+    ``figure`` (a PNG path) and an NVAE, also a grid of the first ``GRID_SAMPLES`` samples
+    drawn at each temperature, one row per temperature."""
     from keras import ops
 
     from sdnet_tf.data.sources import mask_sets
@@ -106,14 +116,19 @@ def evaluate_prior(run_dir, samples=1000, temperatures=(1.0, 0.7), folds=10, see
                                                                                spacing)
     if config.model.kind == "nvae":
         result["samples"] = {}
+        grid = {}
         for t in temperatures:
             drawn = np.concatenate([np.asarray(ops.argmax(model.sample(min(100, samples - i), t, seed=seed + i), -1))
                                     for i in range(0, samples, 100)])
+            grid[t] = drawn[:GRID_SAMPLES]
             validity = valid_fraction(drawn, spacing)
             result["samples"][f"{t:g}"] = {"count": samples, "valid": validity["valid"],
                                            "failures": validity["failures"],
                                            "frechet_shape_distance": frechet_shape_distance(test.labels, drawn,
                                                                                             spacing)}
+        if figure is not None:
+            sample_grid(grid, lambda labels: not any(check_slice(labels, spacing).values()), figure)
+            result["sample_figure"] = str(figure)
     numbers, features = pathology_features(lambda m: model.codes(m, training=False), sets)
     labels = np.array([groups[n] for n in numbers])
     try:
@@ -123,6 +138,31 @@ def evaluate_prior(run_dir, samples=1000, temperatures=(1.0, 0.7), folds=10, see
         result["pathology"] = {"skipped": str(error)}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def sample_grid(samples, is_valid, path):
+    """A PNG of NVAE samples: one row per temperature (``samples``: temperature -> (N, H, W)
+    label maps), each sample titled valid or invalid by ``is_valid`` (the seven checks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sdnet_tf.figures import overlay, save_figure
+
+    rows, columns = len(samples), max(len(s) for s in samples.values())
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows), squeeze=False)
+    for row, (temperature, drawn) in zip(axes, samples.items()):
+        for column, ax in enumerate(row):
+            ax.axis("off")
+            if column < len(drawn):
+                ax.imshow(overlay(np.full(drawn[column].shape, -1.0), drawn[column], alpha=1.0),
+                          interpolation="nearest")
+                ax.set_title("valid" if is_valid(drawn[column]) else "invalid", fontsize=6)
+        row[0].text(-0.15, 0.5, f"T = {temperature:g}", transform=row[0].transAxes, ha="right", va="center",
+                    fontsize=8)
+    fig.suptitle("NVAE samples per temperature (RV red, MYO green, LV blue)", fontsize=8)
+    return save_figure(fig, path)
 
 
 def _parameter_count(model):
@@ -169,7 +209,7 @@ def _best_fingerprint(run_dir):
     return record.read_text() if record.is_file() else "", stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3):
+def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3, temperatures=TEMPERATURES):
     """Evaluate one run directory (prior or U-Net) and write ``<output>/<name>.json``.
 
     A run may still be training: when it saves a new best epoch during the evaluation, the
@@ -180,8 +220,8 @@ def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3):
     kind = run_kind(run_dir)
     for _ in range(attempts):
         before = _best_fingerprint(run_dir)
-        result = evaluate_unet(run_dir, progress) if kind == "unet" else evaluate_prior(run_dir, samples,
-                                                                                        progress=progress)
+        result = evaluate_unet(run_dir, progress) if kind == "unet" else evaluate_prior(
+            run_dir, samples, temperatures, progress=progress, figure=Path(output) / f"{run_dir.name}-samples.png")
         if _best_fingerprint(run_dir) == before:
             break
         log.warning("%s saved a new best epoch during its evaluation; evaluating it again", run_dir)
@@ -206,21 +246,22 @@ def table(results):
     lines = []
     priors = [r for r in results if r["kind"] != "unet"]
     if priors:
-        lines += ["| prior | recon Dice RV | MYO | LV | mean | valid recon | valid samples T=1 | valid T=0.7 "
-                  "| FSD T=1 (real: train vs test) | pathology CV (chance) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        shown = sorted({t for r in priors for t in r.get("samples", {})}, key=float, reverse=True) or ["1", "0.7"]
+        lines += ["| prior | recon Dice RV | MYO | LV | mean | valid recon | "
+                  + " | ".join(f"valid samples T={t} (FSD)" for t in shown)
+                  + " | FSD real: train vs test | pathology CV (chance) |",
+                  "|---|---|---|---|---|---|" + "---|" * len(shown) + "---|---|"]
         for r in priors:
             d = r["reconstruction_dice_slices"]
-            s1 = r.get("samples", {}).get("1", {})
-            s7 = r.get("samples", {}).get("0.7", {})
             p = r["pathology"]
-            fsd = (f"{_f(s1.get('frechet_shape_distance'), 1)} ({_f(r['frechet_shape_distance_training_vs_test'], 1)})"
-                   if s1 else f"— ({_f(r['frechet_shape_distance_training_vs_test'], 1)})")
+            cells = []
+            for t in shown:
+                s = r.get("samples", {}).get(t)
+                cells.append(f"{_f(100 * s['valid'], 1)}% ({_f(s['frechet_shape_distance'], 1)})" if s else "—")
             patho = f"{_f(p['mean'])} ± {_f(p['std'])} ({_f(p['chance'])})" if "mean" in p else "—"
             lines.append(f"| {r['kind']} | {_f(d['RV'])} | {_f(d['MYO'])} | {_f(d['LV'])} | {_f(d['mean'])} | "
-                         f"{_f(100 * r['valid_reconstructions'], 1)}% | "
-                         f"{_f(100 * s1['valid'], 1) + '%' if s1 else '—'} | "
-                         f"{_f(100 * s7['valid'], 1) + '%' if s7 else '—'} | {fsd} | {patho} |")
+                         f"{_f(100 * r['valid_reconstructions'], 1)}% | " + " | ".join(cells)
+                         + f" | {_f(r['frechet_shape_distance_training_vs_test'], 1)} | {patho} |")
     unets = [r for r in results if r["kind"] == "unet"]
     if unets:
         if lines:

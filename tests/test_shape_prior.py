@@ -318,11 +318,15 @@ def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_pa
     unet = evaluate_run(tmp_path / "unet", out)
     prior = evaluate_run(prior_run, out, samples=100)
     assert set(unet["dice_slices"]) == {"RV", "MYO", "LV", "mean"} and 0 <= unet["valid_slices"] <= 1
-    assert prior["samples"]["1"]["count"] == 100 and 0 <= prior["samples"]["1"]["valid"] <= 1
+    assert set(prior["samples"]) == {"1", "0.8", "0.7", "0.5"}
+    assert all(s["count"] == 100 and 0 <= s["valid"] <= 1 and s["frechet_shape_distance"] >= 0
+               for s in prior["samples"].values())
+    assert (out / "prior-samples.png").is_file() and prior["sample_figure"] == str(out / "prior-samples.png")
     assert prior["valid_references"] == 1.0  # phantom references are anatomically valid
     assert "skipped" in prior["pathology"]  # 8 phantom patients: too few for 10 folds, said so
     text = table([prior, unet])
     assert "| nvae |" in text and "| U-Net + shape loss |" in text
+    assert "valid samples T=0.5 (FSD)" in text and "valid samples T=0.8 (FSD)" in text
     # a prior trained at another spacing is refused
     config.data.spacing = 3.0
     with pytest.raises(Exception, match="mm per pixel"):
@@ -375,7 +379,7 @@ def test_evaluation_of_a_run_still_training_matches_its_best_record(tmp_path, mo
     save_best(1)
     evaluated = []
 
-    def fake_evaluate(run_dir, samples, progress=True):
+    def fake_evaluate(run_dir, samples, *args, **kwargs):
         with np.load(run_dir / "best.npz") as data:
             evaluated.append(int(data["w"][0]))
         if len(evaluated) == 1:
@@ -388,7 +392,7 @@ def test_evaluation_of_a_run_still_training_matches_its_best_record(tmp_path, mo
     assert result["weights_epoch"] == result["best"]["epoch"] == 2
     assert json.loads((tmp_path / "out" / "nvae-run.json").read_text())["best"]["epoch"] == 2
 
-    def always_changing(run_dir, samples, progress=True):
+    def always_changing(run_dir, samples, *args, **kwargs):
         save_best(len(evaluated) + 10)
         evaluated.append(0)
         return {}
