@@ -2,6 +2,10 @@
 
     python benchmarks/train_step.py --config sdnet-acdc [--xla | --no-xla] [--iterations 3]
     python benchmarks/train_step.py --compare --config sdnet-acdc
+    python benchmarks/train_step.py --compare --config sdnet-acdc-cpu --set model.input_size=64
+
+``--set SECTION.KEY=VALUE`` (repeatable) overrides the config as ``sdnet-tf train --set`` does;
+the PyTorch variants take the overridden sizes and filters too.
 
 A single run prints JSON with the median seconds per iteration and the images per second
 (labelled + unlabelled images consumed). ``--compare`` runs each variant (plain tf.function
@@ -50,7 +54,7 @@ def run_once(args):
 
     from common import time_iterations
 
-    overrides = ["train.image_summaries=0"]
+    overrides = ["train.image_summaries=0", *args.overrides]
     if args.xla is not None:
         overrides.append(f"train.jit_compile={'true' if args.xla else 'false'}")
     config = load_config(args.config, overrides)
@@ -67,7 +71,7 @@ def run_once(args):
     median = statistics.median(times)
     images = 2 * config.train.batch_size  # labelled + unlabelled images per iteration
     return {
-        "config": args.config, "input_size": size, "batch": f"{config.train.batch_size}+{config.train.batch_size}",
+        "config": args.config, "overrides": args.overrides, "input_size": size, "batch": f"{config.train.batch_size}+{config.train.batch_size}",
         "framework": "tensorflow " + __import__("tensorflow").__version__, "xla": config.train.jit_compile,
         "allocator": args.allocator, "allocator_tuning_applied": applied,
         "iterations": args.iterations, "median_s_per_iteration": round(median, 4),
@@ -79,8 +83,9 @@ def run_once(args):
 def compare(args):
     from sdnet_tf.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides)
     m = config.model
+    sets = [a for o in args.overrides for a in ("--set", o)]
     results = []
     for name, framework, xla, allocator in VARIANTS:
         env = dict(os.environ)
@@ -97,7 +102,7 @@ def compare(args):
         else:
             cmd = [sys.executable, __file__, "--config", args.config, "--iterations", str(args.iterations),
                    "--warmup", str(args.warmup), "--allocator", "default" if allocator == "env" else allocator,
-                   "--xla" if xla else "--no-xla"]
+                   "--xla" if xla else "--no-xla", *sets]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         result["variant"] = name
@@ -106,7 +111,7 @@ def compare(args):
     base = results[0]["median_s_per_iteration"]
     for result in results:
         result["speedup_vs_plain"] = round(base / result["median_s_per_iteration"], 3)
-    print(json.dumps({"config": args.config, "variants": results}, indent=2))
+    print(json.dumps({"config": args.config, "overrides": args.overrides, "variants": results}, indent=2))
 
 
 def main():
@@ -119,6 +124,8 @@ def main():
     parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
                         help="apply the package's allocator tuning (the CLI's default) or not")
     parser.add_argument("--compare", action="store_true", help="run every variant side by side")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable), as sdnet-tf train --set")
     args = parser.parse_args()
     if args.compare:
         compare(args)
