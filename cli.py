@@ -172,10 +172,9 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     from sdnet_tf.train import train_run
 
     if run_dir is None:
-        source = Path(data).name if data else dataset
-        run_dir = Path("runs") / f"{source}-{Path(config).stem if config else 'default'}"
-        if dataset == "acdc":
-            run_dir = run_dir.with_name(f"{run_dir.name}-split{cfg.data.split}")
+        from sdnet_tf.data.sources import default_run_dir
+
+        run_dir = default_run_dir(dataset, cfg, config, data)
     try:
         result = train_run(cfg, run_dir, resume=resume, max_iterations=max_iterations, progress=not quiet)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as error:
@@ -311,9 +310,9 @@ def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla
     kind = SegmentationConfig if job == "unet" else PriorConfig
     cfg = _load_config(config or SHAPE_JOBS[job], overrides, kind=kind)
     if run_dir is None:
-        source = Path(cfg.data.path).name or "data"
-        suffix = "-shape" if job == "unet" and cfg.loss.shape_prior else ""
-        run_dir = Path("runs") / f"{job}{suffix}-{source}-split{cfg.data.split}"
+        from sdnet_tf.data.sources import default_run_dir
+
+        run_dir = default_run_dir(job, cfg)
     try:
         select_backend(cfg.train.backend)  # before anything imports Keras (see train above)
     except (ValueError, ImportError, RuntimeError) as error:

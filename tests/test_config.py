@@ -85,3 +85,17 @@ def test_an_unknown_dice_mode_is_refused_at_load():
     with pytest.raises(ConfigError, match=r"loss.dice_mode 'mean': expected one of pooled, per_class, batch"):
         load_config(None, ["loss.dice_mode=mean"])
     assert load_config(None, ["loss.dice_mode=batch"]).loss.dice_mode == "batch"
+
+
+def test_default_run_directories_follow_one_rule():
+    from pathlib import Path
+
+    from sdnet_tf.config import SegmentationConfig
+    from sdnet_tf.data.sources import default_run_dir
+
+    assert default_run_dir("acdc", load_config("phantom-quick"), "phantom-quick", "phantom") == Path(
+        "runs/phantom-phantom-quick-split0")
+    assert default_run_dir("synthetic", load_config(None)) == Path("runs/synthetic-default")
+    unet = load_config(None, ["data.path=/data/ACDC/training", "data.split=2", "loss.shape_prior=p"],
+                       kind=SegmentationConfig)
+    assert default_run_dir("unet", unet) == Path("runs/unet-shape-training-split2")

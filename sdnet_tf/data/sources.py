@@ -78,3 +78,20 @@ def mask_sets(config, progress=True):
     folder = data_folder(d)
     return load_mask_sets(folder, config.model.input_size, d.spacing, d.split, cache_dir(config), progress,
                           labelled_fraction=d.labelled_fraction, seed=config.train.seed)
+
+
+def default_run_dir(kind, config, config_name=None, data=None):
+    """Where a training run goes when no ``-o`` is given, one rule for every command.
+
+    SDNet (``kind`` "acdc" or "synthetic"): ``runs/<data folder or kind>-<config name or
+    default>``, with ``-split<N>`` for ACDC; a shape prior or the U-Net (``kind`` "nvae",
+    "acnn", "unet"): ``runs/<kind>[-shape]-<data folder>-split<N>`` ("-shape" for a U-Net
+    with a shape loss).
+    """
+    if kind in ("acdc", "synthetic"):
+        source = Path(data).name if data else kind
+        name = f"{source}-{Path(config_name).stem if config_name else 'default'}"
+        return Path("runs") / (f"{name}-split{config.data.split}" if kind == "acdc" else name)
+    source = Path(config.data.path).name or "data"
+    suffix = "-shape" if kind == "unet" and config.loss.shape_prior else ""
+    return Path("runs") / f"{kind}{suffix}-{source}-split{config.data.split}"
