@@ -206,26 +206,17 @@ def shape_eval(runs, output, samples, temperatures, quiet):
     from sdnet_tf.runtime import select_backend
 
     select_backend("tensorflow")
-    from sdnet_tf.atomic import write_text
-    from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.shape_eval import evaluate_run, plot_histories, table
+    from sdnet_tf.shape_eval import evaluate_runs
 
-    results, failed = [], []
-    for run in runs:
-        try:
-            results.append(evaluate_run(run, output, samples=samples, progress=not quiet,
-                                        **({"temperatures": tuple(temperatures)} if temperatures else {})))
-            click.echo(f"{run}: written {output / (Path(run).name + '.json')}")
-        except (FileNotFoundError, DataError, ValueError) as error:
-            failed.append(run)
+    def report(run, error):
+        if error:
             click.echo(f"{run}: {error}", err=True)
+        else:
+            click.echo(f"{run}: written {output / (Path(run).name + '.json')}")
+
+    results, failed = evaluate_runs(runs, output, samples, tuple(temperatures) or None, not quiet, report)
     if results:
-        write_text(output / "table.md", table(results))
-        histories = {Path(r["run"]).name: Path(r["run"]) / "history.csv" for r in results
-                     if (Path(r["run"]) / "history.csv").is_file()}
-        if histories:
-            plot_histories(histories, output / "learning_curves.png")
-        click.echo(table(results))
+        click.echo((output / "table.md").read_text())
     if failed:
         raise UserError(f"{len(failed)} of {len(runs)} runs could not be evaluated")
 

@@ -237,6 +237,34 @@ def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3, tempe
     return result
 
 
+def evaluate_runs(runs, output, samples=1000, temperatures=None, progress=True, report=None):
+    """``evaluate_run`` for each of ``runs``, then ``<output>/table.md`` and
+    ``<output>/learning_curves.png`` of those that could be read; a run that cannot be read
+    is reported (``report(run, error)``; ``report(run, None)`` after each success) and the
+    others are still evaluated. Returns ``(results, failed runs)``."""
+    from sdnet_tf.atomic import write_text
+    from sdnet_tf.data.arrays import DataError
+
+    results, failed = [], []
+    for run in runs:
+        try:
+            results.append(evaluate_run(run, output, samples=samples, progress=progress,
+                                        temperatures=temperatures or TEMPERATURES))
+            error = None
+        except (FileNotFoundError, DataError, ValueError) as caught:
+            failed.append(run)
+            error = caught
+        if report is not None:
+            report(run, error)
+    if results:
+        write_text(Path(output) / "table.md", table(results))
+        histories = {Path(r["run"]).name: Path(r["run"]) / "history.csv" for r in results
+                     if (Path(r["run"]) / "history.csv").is_file()}
+        if histories:
+            plot_histories(histories, Path(output) / "learning_curves.png")
+    return results, failed
+
+
 def _f(value, digits=3):
     return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 

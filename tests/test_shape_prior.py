@@ -327,6 +327,16 @@ def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_pa
     text = table([prior, unet])
     assert "| nvae |" in text and "| U-Net + shape loss |" in text
     assert "valid samples T=0.5 (FSD)" in text and "valid samples T=0.8 (FSD)" in text
+    # what sdnet-tf shape-eval runs: every readable run, the table and curves, the failures named
+    from sdnet_tf.shape_eval import evaluate_runs
+
+    reported = []
+    results, failed = evaluate_runs([tmp_path / "unet", tmp_path / "missing"], tmp_path / "eval2",
+                                    report=lambda run, error: reported.append((run, error is None)))
+    assert len(results) == 1 and failed == [tmp_path / "missing"]
+    assert reported == [(tmp_path / "unet", True), (tmp_path / "missing", False)]
+    assert "| U-Net + shape loss |" in (tmp_path / "eval2" / "table.md").read_text()
+    assert (tmp_path / "eval2" / "learning_curves.png").is_file()
     # a prior trained at another spacing is refused
     config.data.spacing = 3.0
     with pytest.raises(Exception, match="mm per pixel"):
