@@ -343,30 +343,21 @@ def phantom(out, patients, seed):
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE")
 def preprocess(data, config, overrides):
     """Preprocess a cohort into the cache and print per-split slice counts and the time taken."""
-    import time
-
-    from sdnet_tf.data.acdc import patient_splits, preprocess_cohort, split_plan
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.data.sources import cache_dir, phantom_folder
+    from sdnet_tf.data.sources import preprocess_summary
 
     cfg = _load_config(config, list(overrides) + [f"data.path={data}"])
     try:
-        folder = phantom_folder(cfg) if data == "phantom" else Path(data).expanduser()
-        cache = cache_dir(cfg)
-        start = time.perf_counter()
-        cohort, patients = preprocess_cohort(folder, cache, cfg.model.input_size, spacing=cfg.data.spacing)
-        seconds = time.perf_counter() - start
-        splits = patient_splits(patients)
+        summary = preprocess_summary(cfg)
     except DataError as error:
         raise UserError(str(error)) from error
-    click.echo(f"{len(patients)} patients from {folder} in {seconds:.1f} s (cache: {cache})")
+    click.echo(f"{summary['patients']} patients from {summary['folder']} in {summary['seconds']:.1f} s "
+               f"(cache: {summary['cache']})")
     click.echo(f"{'split':<6}{'train pts':>10}{'labelled':>10}{'unlabelled':>12}{'validation':>12}{'test':>8}")
-    for k in range(len(splits)):
-        plan = split_plan(cohort, splits, k, cfg.data.labelled_fraction, cfg.train.seed)
-        c = plan["counts"]
-        click.echo(f"{k:<6}{len(plan['training']):>10}{c['labelled']:>10}{c['unlabelled']:>12}"
-                   f"{c['validation']:>12}{c['test']:>8}")
-    click.echo(f"unlabelled images: {plan['unlabelled_source']}")
+    for row in summary["splits"]:
+        click.echo(f"{row['split']:<6}{row['training']:>10}{row['labelled']:>10}{row['unlabelled']:>12}"
+                   f"{row['validation']:>12}{row['test']:>8}")
+    click.echo(f"unlabelled images: {summary['unlabelled_source']}")
 
 
 @main.command()

@@ -95,3 +95,32 @@ def default_run_dir(kind, config, config_name=None, data=None):
     source = Path(config.data.path).name or "data"
     suffix = "-shape" if kind == "unet" and config.loss.shape_prior else ""
     return Path("runs") / f"{kind}{suffix}-{source}-split{config.data.split}"
+
+
+def preprocess_summary(config, progress=True):
+    """Preprocess the cohort ``config.data.path`` names into the cache (``sdnet-tf
+    preprocess``) and describe it: ``{"folder", "cache", "patients", "seconds", "splits":
+    [{"split", "training", "labelled", "unlabelled", "validation", "test"}], "unlabelled_source"}``
+    for ``config.data.labelled_fraction`` and ``config.train.seed``.
+
+    Raises:
+        DataError: the folder cannot be read as an ACDC-layout cohort.
+    """
+    import time
+
+    from sdnet_tf.data.acdc import patient_splits, preprocess_cohort, split_plan
+
+    d = config.data
+    folder = phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
+    cache = cache_dir(config)
+    start = time.perf_counter()
+    cohort, patients = preprocess_cohort(folder, cache, config.model.input_size, progress=progress, spacing=d.spacing)
+    seconds = time.perf_counter() - start
+    splits = patient_splits(patients)
+    rows, source = [], None
+    for k in range(len(splits)):
+        plan = split_plan(cohort, splits, k, d.labelled_fraction, config.train.seed)
+        rows.append({"split": k, "training": len(plan["training"]), **plan["counts"]})
+        source = plan["unlabelled_source"]
+    return {"folder": str(folder), "cache": str(cache), "patients": len(patients), "seconds": seconds,
+            "splits": rows, "unlabelled_source": source}
