@@ -379,8 +379,6 @@ def predict(source, output, run_dir, batch_size, quiet):
     as uint8 (0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. A file that
     fails is reported and the others go on.
     """
-    from tqdm.auto import tqdm
-
     from sdnet_infer.predict import predict_files, summarise
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.inference import load_run, probabilities_fn, run_orientation
@@ -388,20 +386,10 @@ def predict(source, output, run_dir, batch_size, quiet):
     try:
         model, cfg = load_run(run_dir)
         orientation = run_orientation(run_dir)
-        bar = None
-
-        def report(index, total, record):
-            nonlocal bar
-            if bar is None:
-                bar = tqdm(total=total, desc="predict", unit="volume", disable=quiet)
-            bar.update(1)
-            if record["error"]:
-                tqdm.write(f"FAILED {record['error']}", file=sys.stderr)
-
+        draw = _progress_report("predict", quiet)
         records = predict_files(source, output, probabilities_fn(model, batch_size), model.input_size,
-                                cfg.data.spacing, report, orientation=orientation)
-        if bar is not None:
-            bar.close()
+                                cfg.data.spacing, lambda index, total, record: draw(index, total, None, record["error"]),
+                                orientation=orientation)
     except DataError as error:
         raise UserError(str(error)) from error
     click.echo(f"{summarise(records)} to {output} (list in {output / 'predictions.json'})")
