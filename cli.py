@@ -49,6 +49,14 @@ def _load_tensorflow(backend):
         import_tensorflow_quietly()
 
 
+def _with_shortcuts(overrides, shortcuts):
+    """``--set`` overrides followed by the options that are shortcuts for them (``--epochs N``
+    is ``--set train.epochs=N``), each as SECTION.KEY=VALUE; options not given are left out."""
+    given = [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+             for key, value in shortcuts.items() if value is not None]
+    return list(overrides) + given
+
+
 def _load_config(config, overrides, kind=None):
     from sdnet_tf.config import ConfigError, load_config
 
@@ -149,16 +157,11 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.runtime import select_backend
 
-    if shape_prior:
-        overrides = list(overrides) + [f"loss.shape_prior={shape_prior}"]
-    shortcuts = {"train.epochs": epochs, "train.seed": seed, "data.labelled_fraction": labelled_fraction,
-                 "train.jit_compile": xla, "train.precision": precision, "train.backend": backend,
-                 "data.split": split, "train.distribute": distribute.replace("-", "_") if distribute else None}
-    if data is not None:
-        overrides = list(overrides) + [f"data.path={data}"]
-    overrides = list(overrides) + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
-                                   for k, v in shortcuts.items() if v is not None]
-    overrides.append(f"data.dataset={dataset}")
+    overrides = _with_shortcuts(overrides, {
+        "loss.shape_prior": shape_prior or None, "data.path": data, "train.epochs": epochs, "train.seed": seed,
+        "data.labelled_fraction": labelled_fraction, "train.jit_compile": xla, "train.precision": precision,
+        "train.backend": backend, "data.split": split,
+        "train.distribute": distribute.replace("-", "_") if distribute else None, "data.dataset": dataset})
     cfg = _load_config(config, overrides)
     # Keras fixes its backend when it is first imported. In the sdnet-tf process nothing has
     # imported it yet (this module imports click and sdnet_tf.runtime only; config and data
@@ -292,10 +295,9 @@ def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.runtime import select_backend
 
-    shortcuts = {"data.path": data, "data.split": split, "train.epochs": epochs, "train.seed": seed,
-                 "train.max_steps": max_steps, "loss.shape_prior": shape_prior, "train.backend": backend,
-                 "train.jit_compile": None if xla is None else str(xla).lower()}
-    overrides = list(overrides) + [f"{k}={v}" for k, v in shortcuts.items() if v is not None]
+    overrides = _with_shortcuts(overrides, {
+        "data.path": data, "data.split": split, "train.epochs": epochs, "train.seed": seed, "train.max_steps": max_steps,
+        "loss.shape_prior": shape_prior, "train.backend": backend, "train.jit_compile": xla})
     if job != "unet":
         overrides.insert(0, f"model.kind={job}")
     kind = SegmentationConfig if job == "unet" else PriorConfig
