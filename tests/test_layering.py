@@ -16,11 +16,10 @@ through first-party imports, not on a hand-written list of files:
 import ast
 import sys
 from functools import cache
-from pathlib import Path
 
 import pytest
+from support.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_ROOT = ROOT / "export" / "runtime"
 RUNTIME_ALLOWED = {"numpy", "scipy", "nibabel", "onnxruntime", "sdnet_infer", "__future__"}
 FRAMEWORKS = {"tensorflow", "tf_keras", "tensorflow_probability", "tf2onnx", "jax", "torch"}

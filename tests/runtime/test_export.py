@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import nibabel as nib
@@ -15,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from support.helpers import SMALL, small_config
+from support.helpers import ROOT, SMALL, small_config
 from export.onnx_export import export_run
 from sdnet_infer import ExportError, SDNetRuntime
 from sdnet_infer.predict import predict_volume
@@ -25,7 +24,6 @@ from sdnet_tf.data.preprocess import preprocess_frame
 from sdnet_tf.inference import load_run, probabilities_fn
 from sdnet_tf.models import SDNet
 
-ROOT = Path(__file__).resolve().parent.parent
 SPACING = 5.0  # 32 pixels of 5 mm: the tiny test model sees the whole heart
 
 
@@ -246,7 +244,7 @@ def test_every_storage_of_one_image_gives_the_same_labels_through_predict_and_in
                                                                                     phantom_patient, tmp_path):
     """Flipped, slice-first, sform-only voxel size, metres and microns: the plain copy's labels in
     physical space, identical from sdnet-tf predict and sdnet-infer; zero spacing: a named error."""
-    from geometry_cases import CASES, SAME_ARRAY, agreement, to_plain, write_cases
+    from support.geometry_cases import CASES, SAME_ARRAY, agreement, to_plain, write_cases
     from sdnet_infer.cli import main as infer_main
 
     src = nib.load(str(phantom_patient / "patient002_frame01.nii.gz"))

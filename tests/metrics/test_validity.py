@@ -1,7 +1,6 @@
 """Anatomical validity checks: hand-made masks per failure mode, connectivity, measures, real ACDC."""
 
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,8 +10,9 @@ from scipy import ndimage
 from sdnet_tf.data.phantom import patient_parameters, slice_labels
 from sdnet_tf.metrics.validity import (CHECKS, HOLE_CHECKS, PAINCHAUD_CHECKS, SEVEN_CHECKS, check_slice, circularity,
                                        concavity_depth, convex_hull_mask, is_valid, perimeter, volume_validity)
+from support.helpers import ROOT
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc-training"
+REAL = ROOT.parent / "shared" / "data" / "acdc-training"
 
 # the hand-made heart: LV disc (radius 8) inside a MYO ring (8 to 12) centred at (32, 38), and
 # an RV crescent (a disc of radius 15 centred at (32, 27), outside the ring) against the septum

@@ -16,14 +16,14 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from geometry_cases import CASES, SAME_ARRAY, agreement, flipped_affine, physical_affine, save, to_plain, write_cases
+from support.geometry_cases import CASES, SAME_ARRAY, agreement, flipped_affine, physical_affine, save, to_plain, write_cases
 from sdnet_infer.geometry import DataError, check_orientation, read_geometry
 from sdnet_infer.io import parse_label_map, read_volume
 from sdnet_infer.predict import predict_files
 from sdnet_tf.data.acdc import find_patients
 from sdnet_tf.data.phantom import patient_volumes, write_patient
+from support.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT.parent / "shared" / "data" / "acdc-training"
 if not REAL.is_dir():
     REAL = Path("/work/shared/data/acdc-training")

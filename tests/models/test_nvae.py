@@ -2,13 +2,12 @@
 config round-trip, .keras save/load and gradients."""
 
 import ast
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from support.helpers import TINY_NVAE
+from support.helpers import ROOT, TINY_NVAE
 from sdnet_tf.distributions import Normal, soft_clamp
 from sdnet_tf.models import NVAE
 
@@ -36,7 +35,7 @@ def default_n():
 
 # ------------------------------------------------------------------ distributions
 def test_distributions_module_is_backend_neutral():
-    path = Path(__file__).resolve().parent.parent / "sdnet_tf" / "distributions.py"
+    path = ROOT / "sdnet_tf" / "distributions.py"
     roots = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

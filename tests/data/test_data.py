@@ -1,7 +1,6 @@
 """Data: NIfTI I/O, the ACDC preprocessing, splits, the phantom cohort, bad input, real data."""
 
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -15,8 +14,9 @@ from sdnet_tf.data.nifti import load_labels, load_volume, save_labels, save_volu
 from sdnet_tf.data.phantom import patient_volumes, write_cohort
 from sdnet_tf.metrics.validity import SEVEN_CHECKS, check_slice
 from sdnet_tf.data.preprocess import crop_or_pad, from_one_hot, normalise, one_hot, preprocess_frame
+from support.helpers import ROOT
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc-training"
+REAL = ROOT.parent / "shared" / "data" / "acdc-training"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="shared ACDC data not present")
 
 
