@@ -71,3 +71,16 @@ class WeightAverage:
         finally:
             for variable, value in zip(model_variables, saved):
                 variable.assign(value)
+
+
+@contextlib.contextmanager
+def validation_weights(model_variables, average=None, recalibrate=None):
+    """The weights every training loop validates and keeps: within the block, the averaged
+    weights when ``average`` (a ``WeightAverage``) is given, then BatchNorm statistics
+    recomputed for them by ``recalibrate()`` when given (``batchnorm.recalibrate``); afterwards
+    every variable of ``model_variables`` is back to its value from before, so training goes
+    on from the raw weights and their own statistics."""
+    with average.swapped(model_variables) if average is not None else contextlib.nullcontext():
+        if recalibrate is not None:
+            recalibrate()
+        yield

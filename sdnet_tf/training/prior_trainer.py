@@ -39,7 +39,7 @@ from sdnet_tf.models.priors import assign_values, build_prior, variable_values
 from sdnet_tf.models.unet import build_unet
 from sdnet_tf.training import prior_objectives
 
-from sdnet_tf.training.averaging import WeightAverage
+from sdnet_tf.training.averaging import WeightAverage, validation_weights
 from sdnet_tf.training.logs import log_to_file, stop_logging
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
 
@@ -223,16 +223,16 @@ def _validation_weights(model, forward, inputs, train, average=None):
     = k, BatchNorm statistics recomputed by ``forward`` (the network in training mode) over k
     batches of 16 of ``inputs`` drawn by (seed, step). Neither touches a random stream."""
 
-    @contextlib.contextmanager
-    def validation_weights(state):
-        with average.swapped(model.variables) if average is not None else contextlib.nullcontext():
-            if train.batchnorm_recalibration:
-                rng = np.random.default_rng([train.seed, state["step"], 2])
-                batches = recalibration_batches(inputs, train.batchnorm_recalibration, 16, rng)
-                recalibrate(forward, batchnorm_layers(model), batches)
-            yield
+    def recalibrate_for(state):
+        rng = np.random.default_rng([train.seed, state["step"], 2])
+        batches = recalibration_batches(inputs, train.batchnorm_recalibration, 16, rng)
+        recalibrate(forward, batchnorm_layers(model), batches)
 
-    return validation_weights
+    def around_validation(state):
+        return validation_weights(model.variables, average,
+                                  (lambda: recalibrate_for(state)) if train.batchnorm_recalibration else None)
+
+    return around_validation
 
 
 # ------------------------------------------------------------------------------ priors
@@ -473,14 +473,14 @@ def train_unet(config, run_dir, resume=True, progress=True):
             return {**{f"dice_{k}": v for k, v in scores.items()}, "valid_slices": valid_share(predicted, spacing)}
 
         average = WeightAverage(model.trainable_variables, train.weight_average) if train.weight_average else None
-        validation_weights = _validation_weights(model, lambda x: model(x, training=True), sets["training"].images,
+        around_validation = _validation_weights(model, lambda x: model(x, training=True), sets["training"].images,
                                                  train, average)
 
         files = RunFiles(run_dir, train.keep_checkpoints)
         state, seconds = _loop("unet", config, run_dir, files, model, optimizer, engine, make_inputs, validate,
                                ("dice_mean", "max"), sets, steps_per_epoch, total_steps, epochs, progress,
                                extra=average.variables() if average is not None else (),
-                               around_validation=validation_weights,
+                               around_validation=around_validation,
                                after_step=average.update if average is not None else None)
         best = files.best()
         summary = {"model": "unet", "shape_prior": config.loss.shape_prior, "omega": omega if prior else 0.0,

@@ -4,7 +4,6 @@ Backend-agnostic: everything that touches gradients is delegated to an engine, t
 ``train.backend`` (``TFEngine`` for "tensorflow", ``JAXEngine`` for "jax").
 """
 
-import contextlib
 import csv
 import logging
 import math
@@ -18,7 +17,7 @@ from sdnet_tf.atomic import atomic_path, write_json
 from sdnet_tf.config import save_config
 from sdnet_tf.losses import dice_coefficient
 from sdnet_tf.runtime import require_backend
-from sdnet_tf.training.averaging import WeightAverage
+from sdnet_tf.training.averaging import WeightAverage, validation_weights
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
 from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler, EarlyStopping, FakePool
 
@@ -198,9 +197,8 @@ class Trainer:
         a = self.arrays
         # validation, the kept weights and the images are of the averaged weights when
         # train.weight_average is set; training goes on from the raw ones
-        with self.average.swapped(self._model_variables()) if self.average else contextlib.nullcontext():
-            if t.batchnorm_recalibration:
-                self.recalibrate_batchnorm()
+        with validation_weights(self._model_variables(), self.average,
+                                self.recalibrate_batchnorm if t.batchnorm_recalibration else None):
             predicted = self.engine.predict_masks(a.validation_images, t.validation_batch_size)
             dice = validation_dice(predicted, a.validation_masks)
             improved = dice > self.best_dice
