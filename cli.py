@@ -213,7 +213,8 @@ def shape_eval(runs, output, samples, temperatures, quiet):
 
     def report(run, error):
         if error:
-            click.echo(f"{run}: {error}", err=True)
+            message = str(error)
+            click.echo(message if message.startswith(str(run)) else f"{run}: {message}", err=True)
         else:
             click.echo(f"{run}: written {output / (Path(run).name + '.json')}")
 

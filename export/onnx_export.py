@@ -162,5 +162,10 @@ def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log
     from sdnet_tf.inference import load_run, run_orientation
 
     model, config = load_run(run_dir)
+    if not hasattr(model, "anatomy_encoder"):
+        from sdnet_infer.io import DataError
+
+        raise DataError(f"{run_dir}: a U-Net baseline run; export takes SDNet runs (the runtime serves SDNet's "
+                        "segmentation, decomposition and decoder)")
     return export_model(model, config, out_dir, opset=opset, layout=layout, source=run_dir, log=log,
                         orientation=run_orientation(run_dir))

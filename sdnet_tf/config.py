@@ -358,7 +358,7 @@ def load_config(name_or_path=None, overrides=(), kind=None):
             raise ConfigError(f"{path}: not valid YAML ({error})") from error
         config = kind.from_dict(values, source=str(path))
     config = config.override(overrides) if overrides else config
-    _check_choices(config, name_or_path or "defaults")
+    _check_choices(config, name_or_path or "defaults", overrides)
     return config
 
 
@@ -366,15 +366,16 @@ DICE_MODES = ("pooled", "per_class", "batch")
 BINARISATIONS = ("round", "argmax")
 
 
-def _check_choices(config, source):
-    """Refuse a value outside a key's fixed choices, naming the config and the key."""
-    mode = getattr(getattr(config, "loss", None), "dice_mode", None)
-    if mode is not None and mode not in DICE_MODES:
-        raise ConfigError(f"config {source}: loss.dice_mode {mode!r}: expected one of {', '.join(DICE_MODES)}")
-    binarisation = getattr(getattr(config, "model", None), "binarisation", None)
-    if binarisation is not None and binarisation not in BINARISATIONS:
-        raise ConfigError(f"config {source}: model.binarisation {binarisation!r}: expected one of "
-                          f"{', '.join(BINARISATIONS)}")
+def _check_choices(config, source, overrides=()):
+    """Refuse a value outside a key's fixed choices, naming the key and where the value came
+    from (the override that set it, else the config file)."""
+    for section, key, choices in (("loss", "dice_mode", DICE_MODES), ("model", "binarisation", BINARISATIONS)):
+        value = getattr(getattr(config, section, None), key, None)
+        if value is None or value in choices:
+            continue
+        given = [o for o in overrides if o.split("=", 1)[0].strip() == f"{section}.{key}"]
+        where = f"override {given[-1]!r}" if given else f"config {source}"
+        raise ConfigError(f"{where}: {section}.{key} {value!r}: expected one of {', '.join(choices)}")
 
 
 def save_config(config, path):

@@ -31,11 +31,25 @@ class UNetSegmenter:
         return ops.take(self.unet(images, training=training), self._FOREGROUND, axis=-1)
 
 
-def _is_unet_config(path):
+def run_kind(run_dir):
+    """What a run directory holds, from its ``config.yaml``: "sdnet", "unet" (the baseline),
+    "nvae" or "acnn" (a shape prior).
+
+    Raises:
+        DataError: no such directory, or no ``config.yaml`` in it.
+    """
     import yaml
 
-    model = (yaml.safe_load(Path(path).read_text()) or {}).get("model", {})
-    return "filters" in model and "unet_filters" not in model
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run directory")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no config.yaml; not an sdnet-tf run directory")
+    model = (yaml.safe_load(path.read_text()) or {}).get("model", {}) or {}
+    if "kind" in model:
+        return str(model["kind"])
+    return "unet" if "filters" in model and "unet_filters" not in model else "sdnet"
 
 
 def _load_unet_run(run_dir, config_path):
@@ -82,10 +96,17 @@ def load_prior(path, freeze=True):
         if not needed.is_file():
             raise FileNotFoundError(f"shape prior {path}: no {needed.name} (train one with sdnet-tf prior train nvae "
                                     "or sdnet-tf prior train acnn, and give its run directory)")
+    if run_kind(path) not in ("nvae", "acnn"):
+        raise DataError(f"{path}: a {run_kind(path)} run, not a shape prior (sdnet-tf prior train nvae|acnn)")
     config = load_config(config_path, kind=PriorConfig)
     model = build_prior(config.model)
-    with np.load(weights) as data:
-        assign_values(model, {k: data[k] for k in data.files}, source=str(weights))
+    try:
+        with np.load(weights) as data:
+            values = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"{weights}: not a readable weights file ({type(error).__name__}); the file is damaged "
+                        "or was not written by sdnet-tf") from error
+    assign_values(model, values, source=str(weights))
     if freeze:
         model.trainable = False
     return model, config
@@ -110,12 +131,12 @@ def load_run(run_dir):
     from sdnet_tf.config import load_config
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: no such run directory")
+    kind = run_kind(run_dir)
     model_path, config_path = run_dir / "model.keras", run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise DataError(f"{run_dir}: no config.yaml; not an sdnet-tf run directory")
-    if _is_unet_config(config_path):
+    if kind not in ("sdnet", "unet"):
+        raise DataError(f"{run_dir}: a shape-prior run ({kind}); this command takes an SDNet run (sdnet-tf train "
+                        "acdc) or a U-Net run (sdnet-tf baseline train unet)")
+    if kind == "unet":
         model, config = _load_unet_run(run_dir, config_path)
     else:
         if not model_path.is_file():

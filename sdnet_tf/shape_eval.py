@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from sdnet_tf.atomic import write_json
 from sdnet_tf.config import SegmentationConfig, load_config
@@ -53,14 +52,19 @@ def frame_dice(pred, ref, patients, phases):
 
 
 def run_kind(run_dir):
-    """"nvae", "acnn" or "unet", from a run directory's config."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run directory)")
-    values = yaml.safe_load(path.read_text()) or {}
-    if "loss" in values and "shape_prior" in values.get("loss", {}):
-        return "unet"
-    return values.get("model", {}).get("kind", "nvae")
+    """"nvae", "acnn" or "unet", from a run directory's config (``inference.run_kind``).
+
+    Raises:
+        DataError: not a run directory, or an SDNet run (``sdnet-tf evaluate --run`` scores those).
+    """
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.inference import run_kind as kind_of
+
+    kind = kind_of(run_dir)
+    if kind == "sdnet":
+        raise DataError(f"{run_dir}: an SDNet run; shape-eval takes shape-prior and U-Net runs "
+                        "(sdnet-tf evaluate --run scores SDNet)")
+    return kind
 
 
 def pathology_features(code_fn, sets):
@@ -274,7 +278,7 @@ def table(results):
     lines = []
     priors = [r for r in results if r["kind"] != "unet"]
     if priors:
-        shown = sorted({t for r in priors for t in r.get("samples", {})}, key=float, reverse=True) or ["1", "0.7"]
+        shown = sorted({t for r in priors for t in r.get("samples", {})}, key=float, reverse=True)  # NVAE only
         lines += ["| prior | recon Dice RV | MYO | LV | mean | valid recon | "
                   + " | ".join(f"valid samples T={t} (FSD)" for t in shown)
                   + " | FSD real: train vs test | pathology CV (chance) |",

@@ -82,7 +82,8 @@ def test_exponent_without_a_dot_is_a_number():
 
 
 def test_an_unknown_dice_mode_is_refused_at_load():
-    with pytest.raises(ConfigError, match=r"loss.dice_mode 'mean': expected one of pooled, per_class, batch"):
+    with pytest.raises(ConfigError, match=r"override 'loss.dice_mode=mean': loss.dice_mode 'mean': expected one of "
+                                          r"pooled, per_class, batch"):
         load_config(None, ["loss.dice_mode=mean"])
     assert load_config(None, ["loss.dice_mode=batch"]).loss.dice_mode == "batch"
 
@@ -99,3 +100,31 @@ def test_default_run_directories_follow_one_rule():
     unet = load_config(None, ["data.path=/data/ACDC/training", "data.split=2", "loss.shape_prior=p"],
                        kind=SegmentationConfig)
     assert default_run_dir("unet", unet) == Path("runs/unet-shape-training-split2")
+
+
+def test_run_kinds_and_wrong_kinds_are_one_clear_error(tmp_path):
+    # predict / evaluate / export refuse a prior run, shape-eval an SDNet run, by name
+    from sdnet_infer.io import DataError
+    from sdnet_tf.config import Config, PriorConfig, SegmentationConfig
+    from sdnet_tf.data.sources import data_folder
+    from sdnet_tf.inference import load_prior, load_run, run_kind
+    from sdnet_tf.shape_eval import run_kind as shape_run_kind
+
+    for name, config in (("sdnet", Config()), ("unet", SegmentationConfig()), ("acnn", PriorConfig())):
+        if name == "acnn":
+            config.model.kind = "acnn"
+        (tmp_path / name).mkdir()
+        save_config(config, tmp_path / name / "config.yaml")
+        assert run_kind(tmp_path / name) == name
+    with pytest.raises(DataError, match=r"acnn: a shape-prior run \(acnn\); this command takes an SDNet run"):
+        load_run(tmp_path / "acnn")
+    with pytest.raises(DataError, match="an SDNet run; shape-eval takes shape-prior and U-Net runs"):
+        shape_run_kind(tmp_path / "sdnet")
+    with pytest.raises(DataError, match="no such run directory"):
+        run_kind(tmp_path / "missing")
+    (tmp_path / "acnn" / "best.npz").write_bytes(b"not a numpy file")
+    with pytest.raises(DataError, match="best.npz: not a readable weights file"):
+        load_prior(tmp_path / "acnn")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        data_folder(PriorConfig().data.__class__(path=str(tmp_path / "afile")))

@@ -67,6 +67,8 @@ def data_folder(data_config):
     if data_config.path == "phantom":
         return phantom_folder(SimpleNamespace(data=data_config))
     folder = Path(data_config.path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"data folder {folder} is a file, not a folder")
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist")
     return folder
@@ -112,6 +114,8 @@ def preprocess_summary(config, progress=True):
 
     d = config.data
     folder = phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"data folder {folder} is a file, not a folder")
     cache = cache_dir(config)
     start = time.perf_counter()
     cohort, patients = preprocess_cohort(folder, cache, config.model.input_size, progress=progress, spacing=d.spacing)
