@@ -37,7 +37,7 @@ class ModelConfig:
     binarise: bool = True
     # round (the original: a pixel whose largest anatomy channel is <= 0.5 becomes all zeros)
     # | argmax (one channel per pixel; layers.Binarise)
-    binarisation: str = "round"
+    binarisation: str = field(default="round", metadata={"choices": ("round", "argmax")})
 
 
 @dataclass
@@ -47,7 +47,8 @@ class LossConfig:
     adversarial: float = 10.0
     reconstruction: float = 1.0
     z_reconstruction: float = 1.0
-    dice_mode: str = "pooled"  # pooled (the original) | per_class | batch (losses.dice_coefficient)
+    # pooled (the original) | per_class | batch (losses.dice_coefficient)
+    dice_mode: str = field(default="pooled", metadata={"choices": ("pooled", "per_class", "batch")})
     # shape loss on the segmentor's supervised step: a frozen prior's run directory
     # (sdnet-tf prior train nvae|acnn); "" for none
     shape_prior: str = ""
@@ -142,6 +143,9 @@ class _Sections:
                 raise ConfigError(f"override {item!r}: unknown key {name!r} in section {section!r}; "
                                   f"known: {sorted(values[section])}")
             values[section][name] = yaml.safe_load(raw)
+            section_field = next(f for f in dataclasses.fields(self) if f.name == section)
+            _check_choice(_section_field(section_field.default_factory, name), values[section][name],
+                          f"override {item!r}: {key}")
         return type(self).from_dict(values, source="overrides")
 
 
@@ -283,8 +287,21 @@ def _build_section(section_cls, values, source):
     for name, value in values.items():
         f = fields[name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kwargs[name] = _coerce(value, type(default), f"{source}.{name}")
+        kwargs[name] = _check_choice(f, _coerce(value, type(default), f"{source}.{name}"), f"{source}.{name}")
     return section_cls(**kwargs)
+
+
+def _section_field(section_cls, name):
+    return next(f for f in dataclasses.fields(section_cls) if f.name == name)
+
+
+def _check_choice(f, value, where):
+    """``value``, or a ``ConfigError`` when the field lists its ``choices`` and the value is
+    not one of them."""
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{where} {value!r}: expected one of {', '.join(choices)}")
+    return value
 
 
 def _coerce(value, kind, where):
@@ -357,25 +374,7 @@ def load_config(name_or_path=None, overrides=(), kind=None):
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from error
         config = kind.from_dict(values, source=str(path))
-    config = config.override(overrides) if overrides else config
-    _check_choices(config, name_or_path or "defaults", overrides)
-    return config
-
-
-DICE_MODES = ("pooled", "per_class", "batch")
-BINARISATIONS = ("round", "argmax")
-
-
-def _check_choices(config, source, overrides=()):
-    """Refuse a value outside a key's fixed choices, naming the key and where the value came
-    from (the override that set it, else the config file)."""
-    for section, key, choices in (("loss", "dice_mode", DICE_MODES), ("model", "binarisation", BINARISATIONS)):
-        value = getattr(getattr(config, section, None), key, None)
-        if value is None or value in choices:
-            continue
-        given = [o for o in overrides if o.split("=", 1)[0].strip() == f"{section}.{key}"]
-        where = f"override {given[-1]!r}" if given else f"config {source}"
-        raise ConfigError(f"{where}: {section}.{key} {value!r}: expected one of {', '.join(choices)}")
+    return config.override(overrides) if overrides else config
 
 
 def save_config(config, path):

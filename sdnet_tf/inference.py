@@ -96,8 +96,9 @@ def load_prior(path, freeze=True):
         if not needed.is_file():
             raise FileNotFoundError(f"shape prior {path}: no {needed.name} (train one with sdnet-tf prior train nvae "
                                     "or sdnet-tf prior train acnn, and give its run directory)")
-    if run_kind(path) not in ("nvae", "acnn"):
-        raise DataError(f"{path}: a {run_kind(path)} run, not a shape prior (sdnet-tf prior train nvae|acnn)")
+    kind = run_kind(path)
+    if kind not in ("nvae", "acnn"):
+        raise DataError(f"{path}: a {kind} run, not a shape prior (sdnet-tf prior train nvae|acnn)")
     config = load_config(config_path, kind=PriorConfig)
     model = build_prior(config.model)
     try:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdnet_tf.atomic import write_json
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -55,7 +57,7 @@ def main(run):
     target = HERE / "anatomy_gaps.json"
     records = json.loads(target.read_text()) if target.is_file() else {}
     records[Path(run).name] = result
-    target.write_text(json.dumps(records, indent=2) + "\n")
+    write_json(target, records)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdnet_tf.atomic import write_json
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -70,7 +72,7 @@ def main(runs):
         for rule, r in results[name].items():
             print(f"{name:24s} {rule:17s} 3-D Dice {r['dice_3d']:.3f}  slice Dice {r['slice_dice']:.3f}  "
                   f"valid {r['valid_slices_percent']:.1f}%  {r['most_failed_checks'][:3]}", flush=True)
-        target.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(target, results)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ The commands it runs are printed and recorded in each JSON.
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sdnet_tf.atomic import write_json, write_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -139,7 +140,7 @@ def write_table(results):
                          f"{fmt(d['RV'])} | {fmt(d['MYO'])} | {fmt(h['LV'], digits=1)} / {fmt(h['RV'], digits=1)} / "
                          f"{fmt(h['MYO'], digits=1)} | {fmt(r['valid_slices_percent'], digits=1)}% | "
                          f"{fmt(largest_drop(r['validation']))} |")
-    (HERE / "table.md").write_text("\n".join(lines) + "\n")
+    write_text(HERE / "table.md", "\n".join(lines) + "\n")
     write_readme_section(lines[4:], results)
 
 
@@ -166,7 +167,7 @@ def write_readme_section(table_lines, results):
              "![learning curves](results/acdc/learning_curves.png)"]
     start = text.index(README_START) + len(README_START)
     end = text.index(README_END)
-    readme.write_text(text[:start] + "\n" + "\n".join(body) + "\n" + text[end:])
+    write_text(readme, text[:start] + "\n" + "\n".join(body) + "\n" + text[end:])
 
 
 def plot(results):
@@ -223,9 +224,7 @@ def main():
             seconds = time.perf_counter() - start
             run(cmds[1], args.runs / f"{name}.log")
             result = collect(kind, split, fraction, run_dir, seconds, cmds)
-            tmp = out / f"{name}.json.tmp"
-            tmp.write_text(json.dumps(result, indent=2))
-            os.replace(tmp, out / f"{name}.json")
+            write_json(out / f"{name}.json", result)
             print(f"{name}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
                   f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
             rebuild()
@@ -253,9 +252,7 @@ def ablation(which, data, runs):
     result.update(name=name, ablation=which, overrides=ABLATIONS[which])
     target = HERE / "ablations" / f"{name}.json"
     target.parent.mkdir(exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, target)
+    write_json(target, result)
     print(f"{name}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
           f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
 
@@ -279,7 +276,7 @@ def score_partial(name, runs):
                   epochs_planned=planned)
     target = HERE / "partial" / f"{name}-epoch{best['epoch']}.json"
     target.parent.mkdir(exist_ok=True)
-    target.write_text(json.dumps(result, indent=2))
+    write_json(target, result)
     rebuild()
     print(f"{name} (best epoch {best['epoch']} of {len(result['validation'])} done): slice Dice "
           f"{result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "

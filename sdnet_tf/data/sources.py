@@ -60,15 +60,26 @@ def load_arrays(config):
     raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc")
 
 
-def data_folder(data_config):
-    """The cohort folder of a prior or U-Net config (``phantom``: the built-in cohort)."""
-    if not data_config.path:
-        raise DataError("a shape prior or U-Net needs masks: --data DIR (an ACDC training folder) or --data phantom")
+def cohort_folder(data_config):
+    """The folder ``data_config.path`` names: the built-in phantom cohort for "phantom"
+    (generated on first use), else the path itself, which must not be a file.
+
+    Raises:
+        DataError: the path is a file.
+    """
     if data_config.path == "phantom":
         return phantom_folder(SimpleNamespace(data=data_config))
     folder = Path(data_config.path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise DataError(f"data folder {folder} is a file, not a folder")
+    return folder
+
+
+def data_folder(data_config):
+    """The cohort folder of a prior or U-Net config (``phantom``: the built-in cohort)."""
+    if not data_config.path:
+        raise DataError("a shape prior or U-Net needs masks: --data DIR (an ACDC training folder) or --data phantom")
+    folder = cohort_folder(data_config)
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist")
     return folder
@@ -113,9 +124,7 @@ def preprocess_summary(config, progress=True):
     from sdnet_tf.data.acdc import patient_splits, preprocess_cohort, split_plan
 
     d = config.data
-    folder = phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"data folder {folder} is a file, not a folder")
+    folder = cohort_folder(d)
     cache = cache_dir(config)
     start = time.perf_counter()
     cohort, patients = preprocess_cohort(folder, cache, config.model.input_size, progress=progress, spacing=d.spacing)

@@ -86,3 +86,34 @@ def small_trainer(run_dir, **train):
     model = SDNet(**model_kwargs(config), seed=1)
     model.build()
     return Trainer(model, arrays, config, run_dir, progress=False)
+
+
+# Tolerances of one SDNet iteration from the same weights, compared between two ways of
+# running it (TensorFlow against JAX, one JAX device against two; float32 on the CPU): sums
+# rounded in another order. The figures measured for each pair are in its test's comment.
+LOSS_RTOL = 1e-5
+MODEL_RTOL, MODEL_ATOL = 1e-5, 2e-6
+OPTIMIZER_RTOL, OPTIMIZER_ATOL = 1e-4, 3e-5
+
+
+def assert_same_iteration(expected, got):
+    """Two ``engine_iteration.run`` records of one iteration agree: the same initial weights
+    exactly, predictions, every step's loss terms, the random state, and the final network
+    and optimiser variables within the tolerances above."""
+    import numpy as np
+
+    from sdnet_tf.training.schedule import SDNET_SCHEDULE
+
+    for name in (k for k in expected if k.startswith("initial/")):
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    np.testing.assert_allclose(got["predicted"], expected["predicted"], rtol=MODEL_RTOL, atol=MODEL_ATOL)
+    terms = [k for k in expected if k.startswith("terms/")]
+    assert {k.split("/")[1] for k in terms} == {step.name for step in SDNET_SCHEDULE}
+    for name in terms:
+        np.testing.assert_allclose(got[name], expected[name], rtol=LOSS_RTOL, err_msg=name)
+    np.testing.assert_array_equal(got["seed_state"], expected["seed_state"])
+    for name in (k for k in expected if k.startswith("final/")):
+        optimizer = name.startswith("final/optimizer_")
+        np.testing.assert_allclose(got[name], expected[name], err_msg=name,
+                                   rtol=OPTIMIZER_RTOL if optimizer else MODEL_RTOL,
+                                   atol=OPTIMIZER_ATOL if optimizer else MODEL_ATOL)

@@ -22,18 +22,15 @@ from cli import main  # noqa: E402
 from support.helpers import small_config  # noqa: E402
 from sdnet_tf.config import ConfigError  # noqa: E402
 from sdnet_tf.train import train_run  # noqa: E402
-from sdnet_tf.training.schedule import SDNET_SCHEDULE  # noqa: E402
-from support.helpers import ROOT, TESTS, jax_env as _jax_env  # noqa: E402
+from support.helpers import ROOT, TESTS, assert_same_iteration, jax_env as _jax_env  # noqa: E402
 
 # Tolerances of two devices against one (float32 on the CPU): the same kernels on half
 # batches, with the batch reductions (losses, gradients, BatchNorm statistics) summed per
 # device and then across devices, so only the order of the additions differs. Measured on
 # the 2-core CI machine: loss terms 4.6e-7 relative, network variables 1.2e-7 absolute (the
 # networks moved by up to 0.04), Adam's moments 4.4e-5 absolute (2.8e-5 relative, a second
-# moment of 1.59), the initial masks equal. The tolerances are the TensorFlow-parity test's.
-LOSS_RTOL = 1e-5
-MODEL_RTOL, MODEL_ATOL = 1e-5, 2e-6
-OPTIMIZER_RTOL, OPTIMIZER_ATOL = 1e-4, 3e-5
+# moment of 1.59), the initial masks equal. The tolerances are the TensorFlow-parity test's
+# (support.helpers.assert_same_iteration).
 
 CHILD = textwrap.dedent("""
     import sys
@@ -104,7 +101,7 @@ def iterations(tmp_path_factory):
 
 
 # slow: two JAX subprocesses one after the other (about 1.5 minutes); the TensorFlow-JAX parity of
-# tests/test_jax_engine.py stays in the default suite
+# tests/training/test_jax_engine.py stays in the default suite
 @pytest.mark.slow
 def test_two_devices_match_one_device(iterations):
     one, two = iterations
@@ -118,22 +115,10 @@ def test_two_devices_match_one_device(iterations):
 
     keys = set(one) - {"placed", "batch_error"}
     assert keys == set(two) - {"placed", "batch_error"}
-    for name in (k for k in one if k.startswith("initial/")):
-        np.testing.assert_array_equal(two[name], one[name], err_msg=name)
-    np.testing.assert_allclose(two["predicted"], one["predicted"], rtol=MODEL_RTOL, atol=MODEL_ATOL)
-    terms = [k for k in one if k.startswith("terms/")]
-    assert {k.split("/")[1] for k in terms} == {step.name for step in SDNET_SCHEDULE}
-    for name in terms:
-        np.testing.assert_allclose(two[name], one[name], rtol=LOSS_RTOL, err_msg=name)
-    np.testing.assert_array_equal(two["seed_state"], one["seed_state"])
-
-    moved = 0
-    for name in (k for k in one if k.startswith("final/")):
-        optimizer = name.startswith("final/optimizer_")
-        rtol, atol = (OPTIMIZER_RTOL, OPTIMIZER_ATOL) if optimizer else (MODEL_RTOL, MODEL_ATOL)
-        np.testing.assert_allclose(two[name], one[name], rtol=rtol, atol=atol, err_msg=name)
-        if not optimizer and np.issubdtype(one[name].dtype, np.floating):
-            moved = max(moved, float(np.max(np.abs(one[name] - one["initial/" + name[len("final/"):]]))))
+    assert_same_iteration(one, two)
+    moved = max(float(np.max(np.abs(one[name] - one["initial/" + name[len("final/"):]])))
+                for name in one if name.startswith("final/") and not name.startswith("final/optimizer_")
+                and np.issubdtype(one[name].dtype, np.floating))
     assert moved > 1e-3  # the iteration really trained
 
 
