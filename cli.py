@@ -372,8 +372,13 @@ def preprocess(data, config, overrides):
               help="A trained run directory (its model.keras and config.yaml).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Slices per network call.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="The run's cohort folder, when it moved since training (for the quality-control calibration).")
+@click.option("--qc/--no-qc", default=True, show_default=True,
+              help="Quality control: anatomical validity and out-of-distribution scores per slice, qc.json "
+                   "(about twice the network time per slice).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(source, output, run_dir, batch_size, quiet):
+def predict(source, output, run_dir, batch_size, data, qc, quiet):
     """Segment NIfTI volumes with a trained run; labels go back onto each input's own grid.
 
     Each volume's voxel size, slice axis and orientation are read from its header (README,
@@ -381,21 +386,37 @@ def predict(source, output, run_dir, batch_size, quiet):
     training, segmented slice by slice, un-cropped, resampled and re-oriented back, and written
     as uint8 (0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. A file that
     fails is reported and the others go on.
+
+    Every volume is quality-controlled (README, "Quality control"): per slice its anatomical
+    validity and SDNet's out-of-distribution scores, per volume a status, ok or review, in
+    qc.json. The thresholds are calibrated on the run's validation patients the first time
+    (kept in RUN/qc-calibration.json); without the run's data, validity only.
     """
+    from sdnet_infer.io import check_output_location
     from sdnet_infer.predict import predict_files, summarise
+    from sdnet_infer.qc import QualityControl
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.inference import load_run, probabilities_fn, run_orientation
+    from sdnet_tf.inference import KerasRuntime, load_run, run_orientation
+    from sdnet_tf.quality import run_calibration
 
     try:
+        check_output_location(output)  # before a first calibration, which takes a while
         model, cfg = load_run(run_dir)
-        orientation = run_orientation(run_dir)
+        network = KerasRuntime(model, cfg.data.spacing, run_orientation(run_dir), batch_size)
+        quality = None
+        if qc:
+            calibration, note = run_calibration(run_dir, network, data=data, log=click.echo)
+            quality = QualityControl(network, calibration, note=note)
+            if quality.note:
+                click.echo(f"quality control: {quality.note}")
         draw = _progress_report("predict", quiet)
-        records = predict_files(source, output, probabilities_fn(model, batch_size), model.input_size,
-                                cfg.data.spacing, lambda index, total, record: draw(index, total, None, record["error"]),
-                                orientation=orientation)
+        records = predict_files(source, output, network.segment, network.size, network.spacing,
+                                lambda index, total, record: draw(index, total, None, record["error"]),
+                                orientation=network.orientation, quality=quality)
     except DataError as error:
         raise UserError(str(error)) from error
-    click.echo(f"{summarise(records)} to {output} (list in {output / 'predictions.json'})")
+    qc_file = "" if quality is None else f", quality control in {output / 'qc.json'}"
+    click.echo(f"{summarise(records)} to {output} (list in {output / 'predictions.json'}{qc_file})")
     if any(r["error"] for r in records):
         sys.exit(1)
 
@@ -542,7 +563,18 @@ def report(run_dir, output, data, images, refresh):
               help=f"ONNX opset, {ONNX_OPSETS[0]} to {ONNX_OPSETS[1]} (tf2onnx's newest); the one written is recorded.")
 @click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default="NCHW", show_default=True,
               help="Layout of the image inputs (anatomy maps stay NHWC); both run at the same speed.")
-def export_command(run_dir, output, opset, layout):
+@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True,
+              help="Numeric precision of the segmentation model: int8 (static QDQ quantisation, for CPUs with "
+                   "8-bit dot products), fp16 (for the CUDA provider) or fp32. Reduced precisions are gated on the "
+                   "run's validation patients.")
+@click.option("--max-dice-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="int8/fp16: refuse the export when the mean 3-D Dice on the validation patients falls by more "
+                   "than this below the fp32 model's.")
+@click.option("--calibration-slices", type=click.IntRange(1), default=32, show_default=True,
+              help="int8: labelled training slices (seeded random draw) that set the activation ranges.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="int8/fp16: the run's cohort folder, when it moved since training.")
+def export_command(run_dir, output, opset, layout, precision, max_dice_drop, calibration_slices, data):
     """Export a trained run to ONNX for the TensorFlow-free runtime (sdnet-infer)."""
     from sdnet_tf.runtime import select_backend
 
@@ -551,13 +583,20 @@ def export_command(run_dir, output, opset, layout):
     except (ValueError, RuntimeError) as error:
         raise UserError(str(error)) from error
     from export.onnx_export import export_run
+    from export.precision import AccuracyGateError
     from sdnet_tf.data.arrays import DataError
 
     try:
-        meta = export_run(run_dir, output, opset=opset, layout=layout, log=click.echo)
-    except DataError as error:
+        meta = export_run(run_dir, output, opset=opset, layout=layout, log=click.echo, precision=precision,
+                          max_dice_drop=max_dice_drop, calibration_slices=calibration_slices, data=data)
+    except (DataError, AccuracyGateError) as error:
         raise UserError(str(error)) from error
-    click.echo(f"exported {len(meta['models'])} models (opset {meta['opset']}, {layout}) to {output}; "
+    gate = meta.get("reduced_precision", {}).get("accuracy")
+    if gate:
+        click.echo(f"{precision} segmentation model: mean 3-D Dice {gate['dice_vs_reference']:.4f} on "
+                   f"{gate['frames']} validation frames (fp32 {gate['fp32_dice_vs_reference']:.4f}, agreement with "
+                   f"fp32's labels {gate['dice_vs_fp32']:.4f})")
+    click.echo(f"exported {len(meta['models'])} models (opset {meta['opset']}, {layout}, {precision}) to {output}; "
                f"run them with: sdnet-infer -i IMAGES -o OUT --model {output}")
 
 

@@ -1,21 +1,30 @@
-"""Inference speed and footprint: onnxruntime against TensorFlow on the same SDNet weights.
+"""Inference speed and footprint: float32 and int8 onnxruntime against TensorFlow, one run.
 
-    python benchmarks/inference.py [--config sdnet-acdc] [--repeats 10] [--out benchmarks/results/inference.json]
+    python benchmarks/inference.py [--config sdnet-acdc] [--repeats 10] [--run RUN_DIR]
+                                   [--out benchmarks/results/inference.json]
 
 One invocation builds the model at the config's size (random weights, seed 1; speed does not
-depend on the values), exports it to ONNX with NHWC and NCHW image inputs, and then, each in a
-fresh process, one after the other:
+depend on the values), exports it to ONNX (NCHW) at float32 (weights as ONNX external data) and
+at int8 (``export.precision.quantise_int8``, calibrated on 32 preprocessed slices of the
+built-in phantom cohort at the config's size), and then, each in a fresh process, one after
+the other:
 
 * per-slice latency at batch 1 (median of ``--repeats`` calls after warm-up) and throughput at
-  batch 16 of segmentation (U-Net + binarisation + segmentor), for onnxruntime with each input
-  layout, graph optimisation level and thread setting tried, and for TensorFlow (a
-  ``tf.function`` of the same Keras model, with and without XLA);
-* the import time and peak resident memory of a process that predicts one 224 x 224 x 10
-  volume with the runtime (``sdnet_infer`` with its defaults: NCHW export, batch 1 on the
-  CPU) and with TensorFlow (``sdnet-tf predict``'s code, batch 16).
+  batch 16 of segmentation (U-Net + binarisation + segmentor) for onnxruntime float32,
+  onnxruntime int8 and TensorFlow (a ``tf.function`` of the same Keras model, with and
+  without XLA);
+* the peak resident memory (VmHWM) and import time of a process that segments one 224 x 224 x
+  10 volume with the runtime (``sdnet_infer``, its defaults: batch 1 on the CPU) at each
+  precision, and with TensorFlow (``sdnet-tf predict``'s code, batch 16);
+* the machine's float32 matrix-multiply rate and int8 dot-product rate, both measured with
+  onnxruntime (``MatMul`` and ``MatMulInteger``, 2048 x 2048, the intra-op threads the
+  variants use), and each variant's share of its rate: FLOP per slice (TensorFlow's profiler)
+  / (time per slice x rate).
 
-Prints one JSON document with every figure, the ratios to TensorFlow, and latency as a
-multiple of the FLOP floor (measured FLOP / the machine's matrix-multiply rate, both printed).
+With ``--run``, a trained SDNet run is also exported at float32 and int8 through ``sdnet-tf
+export``'s gate, and its Dice change on the run's validation patients (the sidecar's figures)
+and its own speed at batch 1 are reported. Prints one JSON document with every figure and
+the ratios to float32 onnxruntime and to TensorFlow.
 """
 
 import argparse
@@ -30,13 +39,8 @@ from pathlib import Path
 from common import report  # benchmarks/common.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
-ORT_VARIANTS = [
-    # name, export layout, graph optimisation level, intra-op threads (0: onnxruntime's default)
-    ("onnxruntime NHWC, all optimisations", "NHWC", "all", 0),
-    ("onnxruntime NCHW, all optimisations", "NCHW", "all", 0),
-    ("onnxruntime NHWC, basic optimisations", "NHWC", "basic", 0),
-    ("onnxruntime NHWC, all optimisations, 1 thread", "NHWC", "all", 1),
-]
+ORT_VARIANTS = [("onnxruntime fp32", "fp32"), ("onnxruntime int8", "int8")]  # name, export precision
+LAYOUT = "NCHW"  # the export default; NHWC measured the same (RESULTS.md)
 TF_VARIANTS = [("TensorFlow tf.function", False), ("TensorFlow tf.function + XLA", True)]
 
 
@@ -66,18 +70,15 @@ print(json.dumps(out))
 """
 
 
-def ort_setup(folder, layout, level, threads):
+def ort_setup(folder):
     return f"""
 import onnxruntime as ort
 SIZE = json.load(open({str(folder / 'sdnet-export.json')!r}))["preprocessing"]["size"]
 options = ort.SessionOptions()
-options.graph_optimization_level = ort.GraphOptimizationLevel.{'ORT_ENABLE_ALL' if level == 'all' else 'ORT_ENABLE_BASIC'}
-options.intra_op_num_threads = {threads}
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 session = ort.InferenceSession({str(folder / 'segment.onnx')!r}, options, providers=["CPUExecutionProvider"])
 def run(x):
-    if {layout == 'NCHW'}:
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    return session.run(["probabilities"], {{"image": x}})[0]
+    return session.run(["probabilities"], {{"image": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}})[0]
 """
 
 
@@ -112,8 +113,16 @@ runtime = SDNetRuntime(sys.argv[1])
 volume = np.random.default_rng(0).uniform(0, 1000, (224, 224, 10)).astype(np.float32)
 t = time.perf_counter()
 labels = runtime.segment_volume(volume, (1.37, 1.37))
-print(json.dumps({"import_s": imported, "predict_s": time.perf_counter() - t,
-                  "peak_rss_mb": peak_rss_mb(),
+predict_s = time.perf_counter() - t
+segment_peak = peak_rss_mb()
+# the networks the quality control adds per slice: anatomy and modality encoders, decoder
+from sdnet_infer.preprocess import preprocess_frame
+slices = preprocess_frame(volume, (1.37, 1.37), size=runtime.size, target=runtime.spacing)[0][..., None]
+t = time.perf_counter()
+anatomy, mean, _ = runtime.decompose(slices)
+runtime.decode(anatomy, mean)
+print(json.dumps({"import_s": imported, "predict_s": predict_s, "peak_rss_mb": segment_peak,
+                  "qc_networks_s": time.perf_counter() - t, "peak_rss_with_qc_networks_mb": peak_rss_mb(),
                   "provider": runtime.provider, "tensorflow_loaded": "tensorflow" in sys.modules}))
 """
 
@@ -151,25 +160,74 @@ print(json.dumps({{"flops": info.total_float_ops}}))
     return _child(code)["flops"]
 
 
-def matmul_rate():
-    """Sustained float32 matrix-multiply rate of this machine (numpy, 2048^2), in FLOP/s."""
-    code = """
-import json, time, numpy as np
-a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32); b = a.copy()
-a @ b
-times = []
-for _ in range(7):
-    t = time.perf_counter(); a @ b; times.append(time.perf_counter() - t)
-times.sort()
-print(json.dumps({"rate": 2 * 2048 ** 3 / times[len(times) // 2]}))
+MATMUL_RATES = """
+import json, statistics, time, numpy as np, onnx, onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+N = 2048
+rng = np.random.default_rng(0)
+def rate(dtype_a, dtype_b, op, out_type):
+    a = helper.make_tensor_value_info("a", dtype_a, [N, N])
+    b = numpy_helper.from_array(rng.integers(-100, 100, (N, N)).astype(helper.tensor_dtype_to_np_dtype(dtype_b)), "b")
+    y = helper.make_tensor_value_info("y", out_type, [N, N])
+    graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], "mm", [a], [y], [b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.integers(0, 100, (N, N)).astype(helper.tensor_dtype_to_np_dtype(dtype_a))
+    session.run(None, {"a": x})
+    times = []
+    for _ in range(7):
+        t = time.perf_counter(); session.run(None, {"a": x}); times.append(time.perf_counter() - t)
+    return 2 * N ** 3 / statistics.median(times)
+print(json.dumps({"fp32": rate(TensorProto.FLOAT, TensorProto.FLOAT, "MatMul", TensorProto.FLOAT),
+                  "int8": rate(TensorProto.UINT8, TensorProto.INT8, "MatMulInteger", TensorProto.INT32)}))
 """
-    return _child(code)["rate"]
+
+
+def calibration_images(size, count=32):
+    """``count`` preprocessed slices (N, size, size, 1) of the built-in phantom at 1.37 mm, the
+    int8 calibration set of the random-weights model (its ranges, not its accuracy, matter here)."""
+    import numpy as np
+
+    from sdnet_infer.preprocess import TARGET_SPACING, preprocess_frame
+    from sdnet_tf.data.phantom import write_patient
+
+    folder = Path(tempfile.mkdtemp(prefix="sdnet-bench-phantom-"))
+    slices = []
+    for seed in range(4):
+        patient = write_patient(folder, seed=seed, number=seed + 1)
+        for frame in sorted(Path(patient).glob("*_frame??.nii.gz")):
+            from sdnet_infer.io import read_volume
+
+            volume = read_volume(frame)
+            slices.append(preprocess_frame(volume.data, volume.zooms[:2], size=size, target=TARGET_SPACING)[0])
+    slices = np.concatenate(slices)
+    index = np.random.default_rng(0).choice(len(slices), min(count, len(slices)), replace=False)
+    return slices[index][..., None]
+
+
+def run_exports(run_dir, work):
+    """Export a trained run at fp32 and int8 (gated) and return the gate's figures and speeds."""
+    from export.onnx_export import export_run
+
+    out = {}
+    for precision in ("fp32", "int8"):
+        folder = work / f"run-{precision}"
+        meta = export_run(run_dir, folder, precision=precision, log=lambda line: print(line, file=sys.stderr))
+        entry = {"batch1_ms_per_slice": 1000 * _child(_timing_code(ort_setup(folder), 10))["1"]["median_s"]}
+        if precision != "fp32":
+            entry["accuracy"] = meta["reduced_precision"]["accuracy"]
+            entry["validation_patients"] = meta["reduced_precision"]["validation_patients"]
+        out[precision] = entry
+    out["int8"]["batch1_speedup_vs_fp32"] = out["fp32"]["batch1_ms_per_slice"] / out["int8"]["batch1_ms_per_slice"]
+    return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="sdnet-acdc")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--run", type=Path, default=None, help="a trained SDNet run: also report its int8 Dice change")
+    parser.add_argument("--no-xla", action="store_true", help="skip the TensorFlow + XLA variant")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
 
@@ -177,6 +235,7 @@ def main():
     import keras
 
     from export.onnx_export import export_model
+    from export.precision import quantise_int8
     from sdnet_tf.config import load_config, model_kwargs, save_config
     from sdnet_tf.models import SDNet
 
@@ -189,41 +248,57 @@ def main():
     run_dir.mkdir()
     model.save(run_dir / "model.keras")
     save_config(config, run_dir / "config.yaml")
+    images = calibration_images(config.model.input_size)
+
+    def int8(fp32_path, out_path, work_dir):
+        quantise_int8(fp32_path, out_path, images, LAYOUT, work_dir=work_dir)
+        return {"calibration": {"slices": len(images), "pool": "phantom slices (benchmark)"}}
+
     exports = {}
-    for layout in ("NHWC", "NCHW"):
+    for precision in ("fp32", "int8"):
         start = time.perf_counter()
-        exports[layout] = work / f"export-{layout}"
-        export_model(model, config, exports[layout], layout=layout)
-        print(f"exported {layout} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        exports[precision] = work / f"export-{precision}"
+        export_model(model, config, exports[precision], layout=LAYOUT, precision=precision,
+                     reduce=int8 if precision == "int8" else None)
+        print(f"exported {precision} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     del model
 
     flops = segment_flops(run_dir)
-    rate = matmul_rate()
-    floor = flops / rate
+    rates = _child(MATMUL_RATES)
+    sizes = {p: sum(f.stat().st_size for f in folder.glob("segment.onnx*")) / 1e6 for p, folder in exports.items()}
     results = {"config": args.config, "input_size": config.model.input_size, "cpu_count": os.cpu_count(),
-               "segment_flop_per_slice": flops, "matmul_flop_per_s": rate, "flop_floor_s_per_slice": floor,
-               "variants": {}}
-    for name, layout, level, threads in ORT_VARIANTS:
+               "segment_flop_per_slice": flops, "matmul_flop_per_s": rates["fp32"],
+               "int8_matmul_op_per_s": rates["int8"], "segment_file_mb": sizes, "variants": {}}
+    for name, precision in ORT_VARIANTS:
         print(f"timing {name}", file=sys.stderr)
-        results["variants"][name] = _child(_timing_code(ort_setup(exports[layout], layout, level, threads),
-                                                        args.repeats))
+        results["variants"][name] = _child(_timing_code(ort_setup(exports[precision]), args.repeats))
     for name, xla in TF_VARIANTS:
+        if xla and args.no_xla:
+            continue
         print(f"timing {name}", file=sys.stderr)
         results["variants"][name] = _child(_timing_code(tf_setup(run_dir, xla), args.repeats))
-    baseline = results["variants"]["TensorFlow tf.function"]
-    for entry in results["variants"].values():
+    tf_base = results["variants"]["TensorFlow tf.function"]
+    ort_base = results["variants"]["onnxruntime fp32"]
+    for name, entry in results["variants"].items():
+        rate = rates["int8"] if name == "onnxruntime int8" else rates["fp32"]
         entry["batch1_ms_per_slice"] = 1000 * entry["1"]["median_s"]
         entry["batch16_slices_per_s"] = 16 / entry["16"]["median_s"]
-        entry["batch1_speedup_vs_tf"] = baseline["1"]["median_s"] / entry["1"]["median_s"]
-        entry["batch16_speedup_vs_tf"] = baseline["16"]["median_s"] / entry["16"]["median_s"]
-        entry["batch1_x_flop_floor"] = entry["1"]["median_s"] / floor
-        entry["batch16_x_flop_floor"] = entry["16"]["median_s"] / 16 / floor
+        entry["batch1_speedup_vs_tf"] = tf_base["1"]["median_s"] / entry["1"]["median_s"]
+        entry["batch1_speedup_vs_ort_fp32"] = ort_base["1"]["median_s"] / entry["1"]["median_s"]
+        entry["batch16_speedup_vs_ort_fp32"] = ort_base["16"]["median_s"] / entry["16"]["median_s"]
+        entry["batch1_share_of_matmul_rate"] = flops / (entry["1"]["median_s"] * rate)
+        entry["batch16_share_of_matmul_rate"] = flops * 16 / (entry["16"]["median_s"] * rate)
     print("footprint", file=sys.stderr)
+    runtime = FOOTPRINT_RUNTIME.replace("{PEAK}", PEAK)
     results["footprint"] = {
-        "runtime (sdnet_infer + onnxruntime)": _child(FOOTPRINT_RUNTIME.replace("{PEAK}", PEAK).replace("sys.argv[1]",
-                                                                               repr(str(exports["NCHW"])))),
-        "TensorFlow (sdnet-tf predict)": _child(FOOTPRINT_TF.replace("{PEAK}", PEAK).replace("sys.argv[1]", repr(str(run_dir)))),
+        **{f"runtime {p} (sdnet_infer + onnxruntime)": _child(runtime.replace("sys.argv[1]", repr(str(folder))))
+           for p, folder in exports.items()},
+        "TensorFlow (sdnet-tf predict)": _child(FOOTPRINT_TF.replace("{PEAK}", PEAK).replace("sys.argv[1]",
+                                                                                            repr(str(run_dir)))),
     }
+    if args.run:
+        print(f"exporting {args.run}", file=sys.stderr)
+        results["trained_run"] = {"run": str(args.run), **run_exports(args.run, work)}
     report(results, args.out)
 
 

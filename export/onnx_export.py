@@ -6,6 +6,7 @@ tf2onnx. The export always goes through TensorFlow, whatever backend trained the
 
 import platform
 import time
+from pathlib import Path
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION
 from sdnet_infer.labels import BACKGROUND, LABEL_NAMES, SDNET_CHANNEL_LABELS, SDNET_CHANNELS
@@ -97,43 +98,114 @@ def written_opset(proto):
     return max(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def _save(proto, out_dir, name, external):
+    """Write ``proto`` as ``out_dir/name.onnx``, its weights in ``name.onnx.data`` when ``external``
+    (ONNX external data: the runtime then holds one copy of the weights instead of two, README
+    "Deployment"); each file under a temporary name first, the weights before the graph. Returns
+    the sidecar entry's file fields."""
+    import os
+
+    import onnx
+
+    from sdnet_tf.atomic import atomic_path
+
+    path = out_dir / f"{name}.onnx"
+    data = out_dir / f"{name}.onnx.data"
+    if not external:
+        with atomic_path(path) as tmp:
+            onnx.save_model(proto, str(tmp))
+        data.unlink(missing_ok=True)  # a float32 export's weights left from an earlier export here
+        return {"file": path.name, "sha256": sha256(path)}
+    staging = out_dir / f".{name}.staging"
+    staging.mkdir(exist_ok=True)
+    try:
+        onnx.save_model(proto, str(staging / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        os.replace(staging / data.name, data)
+        os.replace(staging / path.name, path)
+        os.chmod(data, path.stat().st_mode & 0o777)  # onnx writes the weights owner-only; match the graph
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+    return {"file": path.name, "sha256": sha256(path), "data": {"file": data.name, "sha256": sha256(data)}}
+
+
 def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, source=None, log=None,
-                 orientation=TRAINING_ORIENTATION):
+                 orientation=TRAINING_ORIENTATION, precision="fp32", reduce=None, data=None):
     """Write ``segment/anatomy/modality/decoder.onnx`` and ``sdnet-export.json`` into ``out_dir``.
 
     ``orientation`` (an axis code, ACDC's "LPS" by default) is the orientation the model was
     trained in; the sidecar records it and the runtime brings every input into it.
 
+    Float32 models keep their weights in ONNX external data (``<name>.onnx.data``, hashed in
+    the sidecar like the graph). With ``precision`` "int8" or "fp16", ``reduce(fp32_path,
+    out_path, work_dir)`` turns the float32 segmentation model into the reduced one and returns
+    the sidecar's record of how (``export.precision.reduce_precision`` through ``export_run``,
+    which also gates it on the run's validation patients); the decomposition and decoder models
+    stay float32. The sidecar's ``qc`` entry (``export.qc_calibration``) holds the quality-control
+    thresholds measured with the written models on ``source``'s validation patients (``data``
+    replaces its recorded cohort folder).
+
     Files are written under temporary names and renamed when complete; the sidecar comes
     last, so a folder with a sidecar is always a complete export.
+
+    Raises:
+        ValueError: an unknown layout, opset or precision, or a reduced precision without ``reduce``.
+        export.precision.AccuracyGateError: from ``reduce``; nothing new is left in ``out_dir``.
     """
+    import shutil
+    import tempfile
+
+    import onnx
     import tf2onnx
 
     from sdnet_infer.io import prepare_output_dir
-    from sdnet_tf.atomic import atomic_path, write_json
+    from sdnet_infer.model import PRECISIONS
+    from sdnet_tf.atomic import write_json
 
     if layout not in ("NHWC", "NCHW"):
         raise ValueError(f"layout must be NHWC or NCHW, got {layout!r}")
     if not OPSETS[0] <= int(opset) <= OPSETS[1]:
         raise ValueError(f"opset must be {OPSETS[0]}..{OPSETS[1]} (what tf2onnx converts SDNet to), got {opset}")
+    if precision not in PRECISIONS or (precision != "fp32" and reduce is None):
+        raise ValueError(f"precision must be one of {PRECISIONS} (int8 and fp16 with a reduce function), "
+                         f"got {precision!r}")
     out_dir = prepare_output_dir(out_dir)
-    models, written = {}, set()
+    models, written, protos = {}, set(), {}
     for name, fn in _functions(model, layout).items():
         start = time.perf_counter()
-        path = out_dir / f"{name}.onnx"
-        with atomic_path(path) as tmp:
-            proto, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset,
-                                                     output_path=str(tmp))
-        inputs, outputs = _io(proto)
-        written.add(written_opset(proto))
-        models[name] = {"file": path.name, "sha256": sha256(path), "inputs": inputs, "outputs": outputs}
+        protos[name], _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset)
+        written.add(written_opset(protos[name]))
         if log:
-            log(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)")
+            log(f"{name}: converted ({time.perf_counter() - start:.1f} s)")
+    reduced = None
+    if precision != "fp32":
+        work = Path(tempfile.mkdtemp(prefix=".precision-", dir=out_dir))
+        try:
+            fp32_path = work / "segment-fp32.onnx"
+            onnx.save_model(protos["segment"], str(fp32_path))
+            reduced_path = work / "segment-reduced.onnx"
+            reduced = reduce(fp32_path, reduced_path, work)
+            protos["segment"] = onnx.load(str(reduced_path))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    for name, proto in protos.items():
+        inputs, outputs = _io(proto)
+        external = not (name == "segment" and reduced is not None)
+        models[name] = {**_save(proto, out_dir, name, external),
+                        "precision": precision if name == "segment" else "fp32",
+                        "inputs": inputs, "outputs": outputs}
+        if log:
+            size = sum((out_dir / f).stat().st_size for f in (models[name]["file"], models[name].get("data", {})
+                                                                .get("file")) if f)
+            log(f"{name}: {out_dir / models[name]['file']} ({size / 1e6:.1f} MB, {models[name]['precision']})")
     meta = {
         "format": FORMAT,
         "version": 1,
         "source": str(source) if source else None,
         "layout": layout,
+        "precision": precision,  # of segment.onnx; the runtime refuses one it does not know
         "opset": max(written),  # as written (tf2onnx may raise it), not as asked
         "models": models,
         "preprocessing": {
@@ -153,12 +225,31 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
                   "num_classes": model.num_classes},
         "versions": versions(),
     }
+    if reduced is not None:
+        meta["reduced_precision"] = reduced
+    from export.qc_calibration import calibrate_export  # quality-control thresholds, measured with these models
+
+    meta["qc"] = calibrate_export(source, out_dir, meta, log=log, data=data)
     write_json(out_dir / SIDECAR, meta)
     return meta
 
 
-def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log=None):
-    """Export the kept weights of a run directory."""
+def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log=None, precision="fp32",
+               max_dice_drop=None, calibration_slices=None, data=None):
+    """Export the kept weights of a run directory.
+
+    With ``precision`` "int8" or "fp16" the segmentation model is reduced and gated
+    (``export.precision``): calibrated on ``calibration_slices`` of the run's labelled training
+    slices (int8) and refused unless its mean 3-D Dice on the ED/ES frames of the run's
+    validation patients stays within ``max_dice_drop`` of the float32 model's. ``data``
+    replaces the cohort folder recorded in the run (a cohort moved since training).
+
+    Raises:
+        DataError: not an SDNet run, or (reduced precisions) a run without validation patients
+            or whose data folder is gone.
+        export.precision.AccuracyGateError: the reduced model failed the gate; the message has
+            the figures.
+    """
     from sdnet_tf.inference import load_run, run_orientation
 
     model, config = load_run(run_dir)
@@ -167,5 +258,39 @@ def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log
 
         raise DataError(f"{run_dir}: a U-Net baseline run; export takes SDNet runs (the runtime serves SDNet's "
                         "segmentation, decomposition and decoder)")
+    orientation = run_orientation(run_dir)
+    reduce = None
+    if precision != "fp32":
+        reduce = _gated_reduction(run_dir, model, config, precision, layout, orientation, data, log,
+                                  max_dice_drop, calibration_slices)
     return export_model(model, config, out_dir, opset=opset, layout=layout, source=run_dir, log=log,
-                        orientation=run_orientation(run_dir))
+                        orientation=orientation, precision=precision, reduce=reduce, data=data)
+
+
+def _gated_reduction(run_dir, model, config, precision, layout, orientation, data, log, max_dice_drop,
+                     calibration_slices):
+    """The ``reduce`` function of ``export_model`` for a run: its validation frames and (int8) its
+    calibration slices, read before any conversion so a missing cohort fails fast."""
+    from export import precision as reduced
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.data.sources import load_arrays
+    from sdnet_tf.inference import run_cohort
+
+    try:
+        folder, _, _ = run_cohort(run_dir, data)
+    except DataError as error:
+        raise DataError(f"{error}; a {precision} export is checked on the run's validation patients") from None
+    if config.data.dataset == "acdc" and config.data.path != "phantom":
+        config.data.path = str(folder)
+    arrays = load_arrays(config)[0] if precision == "int8" else None
+    max_drop = reduced.MAX_DICE_DROP if max_dice_drop is None else float(max_dice_drop)
+    count = reduced.CALIBRATION_SLICES if calibration_slices is None else int(calibration_slices)
+
+    def reduce(fp32_path, out_path, work_dir):
+        frames = reduced.ValidationFrames(run_dir, fp32_path, layout, model.input_size, float(config.data.spacing),
+                                          data=data, orientation=orientation, log=log)
+        return {"validation_patients": frames.patients,
+                **reduced.reduce_precision(precision, fp32_path, out_path, frames, arrays, layout, work_dir,
+                                           max_drop=max_drop, calibration=count, log=log)}
+
+    return reduce

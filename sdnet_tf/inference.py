@@ -169,6 +169,46 @@ def probabilities_fn(model, batch_size=16):
     return run
 
 
+class KerasRuntime:
+    """A loaded run behind ``sdnet_infer.SDNetRuntime``'s interface, so prediction and quality
+    control (``sdnet_infer.qc``) run the Keras model as they run the exported one.
+
+    Args:
+        model: an ``SDNet`` or a ``UNetSegmenter`` (``load_run``).
+        spacing: the in-plane mm per pixel of the model's input (``config.data.spacing``).
+        orientation: the training orientation (``run_orientation``).
+        batch_size: slices per network call.
+
+    Attributes:
+        segment: preprocessed slices (N, size, size, 1) -> foreground probabilities (N, size, size, 3).
+        decompose: slices -> (binary anatomy (N, size, size, C), z mean (N, nz), z log-variance
+            (N, nz)); None for a U-Net.
+        decode: (anatomy, z) -> images (N, size, size, 1); None for a U-Net.
+    """
+
+    def __init__(self, model, spacing, orientation, batch_size=16):
+        self.model = model
+        self.size = int(model.input_size)
+        self.spacing = float(spacing)
+        self.orientation = orientation
+        self.batch_size = int(batch_size)
+        self.segment = probabilities_fn(model, batch_size)
+        if not hasattr(model, "decompose"):
+            self.decompose = self.decode = None
+
+    def decompose(self, images):
+        images = np.asarray(images, np.float32)
+        parts = [self.model.decompose(images[i:i + self.batch_size], training=False, sample=False)
+                 for i in range(0, len(images), self.batch_size)]
+        anatomy, _, mean, logvar = (np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(4))
+        return anatomy, mean, logvar
+
+    def decode(self, anatomy, z):
+        anatomy, z, b = np.asarray(anatomy, np.float32), np.asarray(z, np.float32), self.batch_size
+        return np.concatenate([np.asarray(self.model.reconstruct(anatomy[i:i + b], z[i:i + b]))
+                               for i in range(0, len(z), b)])
+
+
 def run_orientation(run_dir):
     """The orientation a run's volumes were brought into (its ``data.json``); ACDC's "LPS" for runs
     trained before it was recorded, or on synthetic arrays."""

@@ -32,8 +32,10 @@ def main(argv=None):
                     "Each image's voxel size, slice axis and orientation are read from its header (README, "
                     "'Input geometry'), it is brought into the model's training orientation, preprocessed as in "
                     "training, segmented slice by slice and written back on its own grid as <name>_pred.nii.gz "
-                    "(uint8; 0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. In a folder, "
-                    "*_gt and *_4d files are skipped; a file that fails is reported and the others go on.")
+                    "(uint8; 0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. Every volume is "
+                    "quality-controlled (anatomical validity and out-of-distribution scores per slice, a status ok or "
+                    "review; qc.json, README 'Quality control'). In a folder, *_gt and *_4d files are skipped; a file "
+                    "that fails is reported and the others go on.")
     parser.add_argument("-i", "--input", required=True, help="a NIfTI file (3-D frame or 4-D cine) or a folder")
     parser.add_argument("-o", "--output", required=True, help="output folder (created; inputs are never overwritten)")
     parser.add_argument("-m", "--model", required=True, help="export folder written by 'sdnet-tf export'")
@@ -42,6 +44,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=_count(0), default=0, help="intra-op threads (0: onnxruntime's default)")
     parser.add_argument("--batch-size", type=_count(1), default=None,
                         help="slices per inference call (default 16 on CUDA, 1 on the CPU: lowest memory, no slower)")
+    parser.add_argument("--no-qc", action="store_true",
+                        help="skip the quality control (anatomical validity and out-of-distribution scores of every "
+                             "slice, qc.json), which runs the anatomy encoder a second time with the modality encoder "
+                             "and the decoder: about twice the network time per slice")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print onnxruntime's log messages")
     args = parser.parse_args(argv)
@@ -50,6 +56,7 @@ def main(argv=None):
     from sdnet_infer.io import DataError, describe_os_error
     from sdnet_infer.model import ExportError, SDNetRuntime
     from sdnet_infer.predict import predict_files, summarise
+    from sdnet_infer.qc import QualityControl, describe
 
     try:
         if not args.verbose:
@@ -58,18 +65,25 @@ def main(argv=None):
             onnxruntime.set_default_logger_severity(3)  # errors only
         runtime = SDNetRuntime(args.model, providers=args.provider, threads=args.threads,
                                batch_size=args.batch_size)
+        quality = None if args.no_qc else QualityControl(runtime, runtime.meta.get("qc"))
         if not args.quiet:
             _line(f"sdnet-infer: {args.model} on {runtime.provider}")
+            if quality is not None and quality.note:
+                _line(f"quality control: {quality.note}")
 
         def report(index, total, record):
             if record["error"]:
                 _line(f"[{index}/{total}] FAILED {record['error']}")
             elif not args.quiet:
-                _line(f"[{index}/{total}] {record['input']} -> {record['output']} ({record['seconds']:.2f} s)")
+                qc = ""
+                if "qc" in record:
+                    reasons = [describe(r) for r in quality.volumes[-1]["reasons"]]
+                    qc = f", qc {record['qc']}" + (f": {'; '.join(reasons)}" if reasons else "")
+                _line(f"[{index}/{total}] {record['input']} -> {record['output']} ({record['seconds']:.2f} s{qc})")
 
         start = time.perf_counter()
         records = predict_files(args.input, args.output, runtime.segment, runtime.size, runtime.spacing, report,
-                                orientation=runtime.orientation)
+                                orientation=runtime.orientation, quality=quality)
     except (DataError, ExportError) as error:
         _line(f"Error: {error}")
         return 2
@@ -79,7 +93,8 @@ def main(argv=None):
     except KeyboardInterrupt as error:
         _line(f"Interrupted: {error}" if str(error) else "Interrupted")
         return 130
-    _line(f"{summarise(records)} in {time.perf_counter() - start:.1f} s; list in {args.output}/predictions.json")
+    qc = "" if quality is None else f", quality control in {args.output}/qc.json"
+    _line(f"{summarise(records)} in {time.perf_counter() - start:.1f} s; list in {args.output}/predictions.json{qc}")
     return 1 if any(r["error"] for r in records) else 0
 
 

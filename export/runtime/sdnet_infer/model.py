@@ -16,6 +16,9 @@ from sdnet_infer.geometry import TRAINING_ORIENTATION, check_orientation
 SIDECAR = "sdnet-export.json"
 FORMAT = "sdnet-onnx"
 MODELS = ("segment", "anatomy", "modality", "decoder")
+# the numeric precisions of a segmentation model this runtime can run; exports older than the
+# precision option carry no entry and are float32
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ExportError(RuntimeError):
@@ -41,21 +44,29 @@ def read_sidecar(folder):
         raise ExportError(f"{path}: not valid JSON ({error})") from error
     if meta.get("format") != FORMAT:
         raise ExportError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    precision = meta.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ExportError(f"{path}: precision {precision!r} is not one this runtime runs ({', '.join(PRECISIONS)}); "
+                          "update sdnet-infer or export again with sdnet-tf export --precision")
     return meta
 
 
 def verify(folder, meta=None):
-    """Check every model file against the sidecar's SHA-256; raise ``ExportError`` on a mismatch."""
+    """Check every model file, and its external weights file if it has one, against the
+    sidecar's SHA-256; raise ``ExportError`` on a missing file or a mismatch."""
     folder = Path(folder)
     meta = meta or read_sidecar(folder)
     for name, entry in meta["models"].items():
-        path = folder / entry["file"]
-        if not path.is_file():
-            raise ExportError(f"{path}: missing (listed for '{name}' in {SIDECAR})")
-        actual = sha256(path)
-        if actual != entry["sha256"]:
-            raise ExportError(f"{path}: SHA-256 {actual} does not match {entry['sha256']} in {SIDECAR}; "
-                              "the file was modified or corrupted; refusing to load it")
+        for item in (entry, entry.get("data")):
+            if not item:
+                continue
+            path = folder / item["file"]
+            if not path.is_file():
+                raise ExportError(f"{path}: missing (listed for '{name}' in {SIDECAR})")
+            actual = sha256(path)
+            if actual != item["sha256"]:
+                raise ExportError(f"{path}: SHA-256 {actual} does not match {item['sha256']} in {SIDECAR}; "
+                                  "the file was modified or corrupted; refusing to load it")
     return meta
 
 
@@ -101,6 +112,7 @@ class SDNetRuntime:
         # exports older than the geometry reader carry no orientation: they were all trained on ACDC's
         self.orientation = check_orientation(pre.get("orientation", TRAINING_ORIENTATION), str(self.folder / SIDECAR))
         self.layout = self.meta.get("layout", "NHWC")
+        self.precision = self.meta.get("precision", "fp32")  # of segment.onnx; the others are float32
 
     @property
     def provider(self):

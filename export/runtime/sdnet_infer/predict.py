@@ -14,32 +14,44 @@ import numpy as np
 from sdnet_infer.geometry import TRAINING_ORIENTATION
 from sdnet_infer.io import DataError, prepare_output_dir, read_volume, save_labels, write_json
 from sdnet_infer.preprocess import SIZE, TARGET_SPACING, from_one_hot, preprocess_frame, restore_labels
+from sdnet_infer.qc import QC_FILE
 
 SUFFIX = "_pred"
 SKIPPED_IN_FOLDERS = ("_gt", "_4d")  # label files and cines are not predicted when a folder is given
 
 
-def predict_frame(frame, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="frame"):
-    """One (H, W, S) frame in the training orientation, in-plane ``spacing`` (dy, dx) in mm ->
-    (H, W, S) uint8 ACDC labels. Raises ``DataError`` naming ``source``."""
+def _segment_frame(frame, spacing, probabilities, size, target, source):
+    """(labels (H, W, S) uint8, the preprocessed slices (S, size, size) the model saw)."""
     slices, _, geometry = preprocess_frame(frame, spacing, size=size, target=target, source=source)
     probs = np.asarray(probabilities(slices[..., None]))
     if probs.shape[:3] != slices.shape:
         raise DataError(f"{source}: the model returned shape {probs.shape} for {slices.shape[0]} slices")
-    return restore_labels(from_one_hot(probs), geometry)
+    return restore_labels(from_one_hot(probs), geometry), slices
 
 
-def predict_volume(volume, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="volume"):
+def predict_frame(frame, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="frame"):
+    """One (H, W, S) frame in the training orientation, in-plane ``spacing`` (dy, dx) in mm ->
+    (H, W, S) uint8 ACDC labels. Raises ``DataError`` naming ``source``."""
+    return _segment_frame(frame, spacing, probabilities, size, target, source)[0]
+
+
+def predict_volume(volume, spacing, probabilities, size=SIZE, target=TARGET_SPACING, source="volume",
+                   keep_slices=False):
     """A (H, W, S) frame or a (H, W, S, T) cine (frame by frame) in the training orientation, as
     ``sdnet_infer.io.read_volume`` gives it, in-plane ``spacing`` (dy, dx) in mm -> uint8 labels of
     its shape. ``save_labels(labels, volume.image, path, volume.geometry)`` puts them back on the
-    file's grid. Raises ``DataError`` naming ``source``."""
+    file's grid. With ``keep_slices``, ``(labels, slices)``: also the preprocessed slices the
+    model saw, (S, size, size) for a frame and (T, S, size, size) for a cine (what
+    ``sdnet_infer.qc.QualityControl.assess`` takes). Raises ``DataError`` naming ``source``."""
     if volume.ndim == 3:
-        return predict_frame(volume, spacing, probabilities, size, target, source)
-    if volume.ndim == 4:
-        return np.stack([predict_frame(volume[..., t], spacing, probabilities, size, target, f"{source} frame {t}")
-                         for t in range(volume.shape[-1])], axis=-1)
-    raise DataError(f"{source}: expected a 3-D frame or a 4-D cine, got shape {volume.shape}")
+        labels, slices = _segment_frame(volume, spacing, probabilities, size, target, source)
+    elif volume.ndim == 4:
+        frames = [_segment_frame(volume[..., t], spacing, probabilities, size, target, f"{source} frame {t}")
+                  for t in range(volume.shape[-1])]
+        labels, slices = np.stack([f[0] for f in frames], axis=-1), np.stack([f[1] for f in frames])
+    else:
+        raise DataError(f"{source}: expected a 3-D frame or a 4-D cine, got shape {volume.shape}")
+    return (labels, slices) if keep_slices else labels
 
 
 def stem(path):
@@ -112,7 +124,7 @@ def output_collisions(pairs):
 
 
 def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None,
-                  orientation=TRAINING_ORIENTATION):
+                  orientation=TRAINING_ORIENTATION, quality=None):
     """Predict every image under ``source`` into ``out_dir``; a failing input is recorded and skipped.
 
     Each image is read by ``sdnet_infer.geometry`` (voxel size in mm, slice axis, brought
@@ -123,6 +135,10 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     (one dict per input, with ``error`` set for the inputs that failed; ``shape``, ``spacing``
     (mm), ``orientation`` and ``slice_axis`` of the stored axes, in the file's own order) and
     writes them to ``out_dir/predictions.json``.
+
+    With ``quality`` (a ``sdnet_infer.qc.QualityControl``) every predicted volume is assessed:
+    its record gets ``qc`` ("ok" or "review") and ``qc_reasons`` (the checks that failed), and
+    ``out_dir/qc.json`` holds the per-volume report with a row per slice (``QualityControl.report``).
 
     Raises:
         DataError: ``source`` holds no image.
@@ -139,14 +155,14 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
         target_path = out_dir / relative
         record = {"input": str(path), "output": str(target_path), "error": None}
         start = time.perf_counter()
-        labels = None
         try:
             if path in collisions:
                 raise DataError(collisions[path])
             if target_path.resolve() in inputs:
                 raise DataError(f"{path}: the output {target_path} would overwrite an input; choose another folder")
             volume = read_volume(path, ndim=(3, 4), orientation=orientation)
-            labels = predict_volume(volume.data, volume.zooms[:2], probabilities, size, target, source=str(path))
+            labels, slices = predict_volume(volume.data, volume.zooms[:2], probabilities, size, target,
+                                            source=str(path), keep_slices=True)
             # shape, voxel size, orientation and slice axis all of the stored axes, as the header has them
             record.update(shape=list(volume.image.shape), spacing=[round(z, 6) for z in volume.geometry.spacing],
                           orientation="".join(volume.geometry.axcodes or ()) or None,
@@ -157,18 +173,23 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
             record["error"] = str(error)
         except Exception as error:  # a model or library failure on one file must not stop the batch
             record["error"] = f"{path}: {type(error).__name__}: {error}"
-        if labels is not None:
+        if record["error"] is None:
             save_labels(labels, volume.image, target_path, volume.geometry)  # OSError: stop, see above
+            if quality is not None:
+                quality.add(record, quality.assess_or_flag(slices, labels, volume.zooms[:2], source=str(path)))
         record["seconds"] = round(time.perf_counter() - start, 3)
         records.append(record)
         if report is not None:
             report(index, len(pairs), record)
     write_json(out_dir / "predictions.json", records)
+    if quality is not None:
+        write_json(out_dir / QC_FILE, quality.report())
     return records
 
 
 def summarise(records):
-    """One line: how many written, how many failed."""
+    """One line: how many written, how many failed, how many the quality control puts up for review."""
     failed = [r for r in records if r["error"]]
-    return f"{len(records) - len(failed)} of {len(records)} volumes written" + (
-        f", {len(failed)} failed" if failed else "")
+    review = sum(r.get("qc") == "review" for r in records)
+    return (f"{len(records) - len(failed)} of {len(records)} volumes written"
+            + (f", {len(failed)} failed" if failed else "") + (f", {review} for review" if review else ""))

@@ -1,0 +1,425 @@
+"""Quality control of predictions: golden values of the scores, and a tiny SDNet trained on the
+phantom cohort that passes clean held-out volumes and puts corrupted ones up for review, through
+sdnet-infer (the export's calibration) and sdnet-tf predict (the run's)."""
+
+import json
+import shutil
+
+import keras
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import ndimage
+
+from cli import main
+from export.onnx_export import export_run
+from sdnet_infer.cli import main as infer_main
+from sdnet_infer.labels import LV, MYO
+from sdnet_infer.qc import (RULES, QualityControl, calibrate, describe, judge, latent_statistics, mahalanobis,
+                            reconstruction_errors, volume_statistics)
+from sdnet_infer.validity import SEVEN_CHECKS
+from sdnet_tf.config import save_config
+from sdnet_tf.data.acdc import find_patients, patient_splits, preprocess_cohort
+from sdnet_tf.data.nifti import save_volume
+from sdnet_tf.data.phantom import write_patient
+from sdnet_tf.data.preprocess import one_hot
+from sdnet_tf.quality import CALIBRATION_FILE
+from support.helpers import SMALL, small_config
+
+SPACING = 5.0  # 32 pixels of 5 mm: the tiny model sees the whole heart
+ITERATIONS = 300
+
+
+# ------------------------------------------------------------------------------ golden values
+def test_reconstruction_error_is_the_mean_absolute_error_per_slice():
+    images = np.zeros((2, 2, 2), np.float32)
+    images[1] = [[1.0, -1.0], [0.5, 0.0]]
+    rebuilt = np.zeros((2, 2, 2, 1), np.float32)
+    rebuilt[0, 0, 0, 0] = 0.4
+    np.testing.assert_allclose(reconstruction_errors(images, rebuilt), [0.1, 0.625])
+    with pytest.raises(ValueError, match="differ in shape"):
+        reconstruction_errors(images, rebuilt[:, :1])
+
+
+def test_mahalanobis_distance_against_hand_computed_values():
+    # z in 2-D with variances 4 and 1 and no correlation: distance sqrt((dz1 / 2)^2 + dz2^2)
+    latent = {"mean": [1.0, -1.0], "covariance": [[4.0, 0.0], [0.0, 1.0]], "ridge": 0.0}
+    z = np.array([[1.0, -1.0], [3.0, -1.0], [1.0, 1.0], [5.0, 2.0]])
+    np.testing.assert_allclose(mahalanobis(z, latent), [0.0, 1.0, 2.0, np.sqrt(4.0 + 9.0)])
+    # a correlation of 0.5 (unit variances): d^2 = (a^2 - a b + b^2) / 0.75
+    correlated = {"mean": [0.0, 0.0], "covariance": [[1.0, 0.5], [0.5, 1.0]], "ridge": 0.0}
+    np.testing.assert_allclose(mahalanobis([[1.0, 1.0], [1.0, -1.0]], correlated), np.sqrt([4 / 3, 4.0]))
+    with pytest.raises(ValueError, match="2 dimensions"):
+        mahalanobis(np.zeros((1, 3)), latent)
+
+
+def test_latent_statistics_mean_covariance_and_relative_ridge():
+    z = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]])
+    stats = latent_statistics(z, ridge=0.01)
+    assert stats["mean"] == [1.0, 2.0] and stats["slices"] == 4
+    np.testing.assert_allclose(stats["covariance"], [[4 / 3, 0.0], [0.0, 16 / 3]])
+    assert stats["ridge"] == pytest.approx(0.01 * (4 / 3 + 16 / 3) / 2)
+    # a dimension that never varies: the ridge keeps the distance finite
+    flat = latent_statistics(np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]]))
+    assert np.isfinite(mahalanobis([[2.0, 1.5]], flat)).all()
+    with pytest.raises(ValueError, match="N > nz"):
+        latent_statistics(np.zeros((2, 2)))
+
+
+def _row(anatomy="valid", area=100.0, error=0.1, distance=2.0, image=True):
+    return {"image": image, "anatomy": anatomy, "heart_area_mm2": area, "reconstruction_error": error,
+            "z_distance": distance}
+
+
+def test_volume_statistics_medians_shares_and_largest_area():
+    rows = [_row(error=0.1, distance=1.0, area=50.0), _row("invalid", error=0.3, distance=5.0, area=300.0),
+            _row("empty", area=0.0, error=0.2, distance=3.0), _row(error=0.4, distance=9.0, area=10.0),
+            _row("empty", area=0.0, error=None, distance=None, image=False)]
+    stats = volume_statistics(rows)
+    assert stats == {"slices": 5, "image_slices": 4, "empty_slices": 2, "invalid_slices": 1,
+                     "invalid_share": pytest.approx(1 / 3), "heart_area_mm2": 300.0,
+                     "reconstruction_error": pytest.approx(0.25), "z_distance": 4.0}
+    assert volume_statistics([_row("empty", area=0.0)])["invalid_share"] == 0.0
+
+
+def test_calibration_rules_and_judgement():
+    volumes = [{"image_slices": 10, "reconstruction_error": 0.10, "z_distance": 3.0, "invalid_share": 0.2,
+                "heart_area_mm2": 800.0},
+               {"image_slices": 8, "reconstruction_error": 0.14, "z_distance": 2.0, "invalid_share": 0.0,
+                "heart_area_mm2": 1200.0}]
+    calibration = calibrate(volumes, latent=None, patients=[5])
+    assert calibration["thresholds"] == {"reconstruction_error": pytest.approx(0.21), "z_distance": 4.5,
+                                         "invalid_share": pytest.approx(0.45), "heart_area_mm2": 200.0}
+    assert calibration["validation"] == {"volumes": 2, "slices": 18, "patients": [5], "observed": {
+        "reconstruction_error": [0.1, 0.14], "z_distance": [2.0, 3.0], "invalid_share": [0.0, 0.2],
+        "heart_area_mm2": [800.0, 1200.0]}}
+    assert set(calibration["rules"]) == set(RULES)
+    thresholds = calibration["thresholds"]
+    good = {"reconstruction_error": 0.2, "z_distance": 4.4, "invalid_share": 0.4, "heart_area_mm2": 250.0}
+    assert judge(good, thresholds) == ("ok", [])
+    bad = {"reconstruction_error": 0.3, "z_distance": 4.4, "invalid_share": 0.5, "heart_area_mm2": 150.0}
+    status, reasons = judge(bad, thresholds)
+    assert status == "review" and [r["check"] for r in reasons] == ["reconstruction_error", "invalid_share",
+                                                                  "heart_area_mm2"]
+    assert describe(reasons[0]) == "reconstruction error 0.3 above 0.21"
+    assert describe(reasons[2]) == "largest LV+MYO area 150 mm^2 below 200 mm^2"
+    # without a calibration only a volume without any LV or MYO is for review
+    assert judge(bad) == ("ok", [])
+    status, reasons = judge({**good, "heart_area_mm2": 0.0})
+    assert status == "review" and describe(reasons[0]) == "no LV or MYO predicted in any slice"
+
+
+class _ConstantModel:
+    """decompose -> z = (mean intensity, 0); decode -> a constant 0.5 image."""
+
+    def decompose(self, images):
+        images = np.asarray(images)
+        z = np.stack([images.mean(axis=(1, 2, 3)), np.zeros(len(images))], -1)
+        return np.zeros(images.shape[:3] + (2,)), z, np.zeros_like(z)
+
+    def decode(self, anatomy, z):
+        return np.full(anatomy.shape[:3] + (1,), 0.5)
+
+
+def test_slice_rows_validity_area_and_scores_on_hand_made_slices():
+    rows_, cols = np.mgrid[:20, :20]
+    r = np.hypot(rows_ - 10, cols - 10)
+    heart = np.where(r < 3, LV, np.where(r < 5, MYO, 0)).astype(np.uint8)
+    touching = heart.copy()
+    touching[10, 6:10] = LV  # the LV cut through the MYO to the background
+    labels = np.stack([heart, touching, np.zeros_like(heart)], -1)  # (H, W, S)
+    slices = np.stack([np.full((8, 8), 0.5), np.full((8, 8), 0.5), np.full((8, 8), -1.0)]).astype(np.float32)
+    slices[0, 0, 0], slices[1, 0, 0] = 0.7, -0.5  # (S, size, size); the third slice holds no image
+    latent = {"mean": [0.5, 0.0], "covariance": [[0.01, 0.0], [0.0, 1.0]], "ridge": 0.0}
+    quality = QualityControl(_ConstantModel(), {"calibrated": True, "thresholds": {}, "latent": latent})
+    rows = quality.score_slices(slices, labels, (2.0, 1.5))
+    assert [r["anatomy"] for r in rows] == ["valid", "invalid", "empty"]
+    assert rows[1]["failed"] == ["frontier_between_lv_and_background"] and rows[2]["failed"] == []
+    assert rows[0]["heart_area_mm2"] == pytest.approx(np.isin(heart, (LV, MYO)).sum() * 3.0)
+    assert [r["image"] for r in rows] == [True, True, False]
+    # one pixel of 64 off the decoder's 0.5, by 0.2 and by 1.0; z's first entry is the mean
+    # intensity, 0.5 + 0.2 / 64 and 0.5 - 1 / 64, with a standard deviation of 0.1
+    assert rows[0]["reconstruction_error"] == pytest.approx(0.2 / 64, rel=1e-4)
+    assert rows[1]["reconstruction_error"] == pytest.approx(1 / 64, rel=1e-4)
+    assert rows[0]["z_distance"] == pytest.approx(2 / 64, rel=1e-4)  # float32 images
+    assert rows[1]["z_distance"] == pytest.approx(10 / 64, rel=1e-4)
+    assert rows[2]["reconstruction_error"] is None and rows[2]["z_distance"] is None
+    with pytest.raises(ValueError, match="do not match"):
+        quality.score_slices(slices[:2], labels, (2.0, 1.5))
+
+
+def test_a_cine_is_assessed_frame_by_frame_and_a_failing_assessment_flags_the_volume():
+    labels = np.zeros((12, 12, 2, 3), np.uint8)  # (H, W, S, T)
+    labels[4:8, 4:8, :, :2] = MYO
+    labels[5:7, 5:7, :, :2] = LV
+    slices = np.random.default_rng(0).uniform(-1, 1, (3, 2, 8, 8)).astype(np.float32)  # (T, S, size, size)
+    result = QualityControl().assess(slices, labels, (1.5, 1.5))
+    assert [(r["frame"], r["slice"]) for r in result["slices"]] == [(t, k) for t in range(3) for k in range(2)]
+    assert [r["anatomy"] for r in result["slices"]] == ["valid"] * 4 + ["empty"] * 2
+    assert result["status"] == "ok" and result["statistics"]["heart_area_mm2"] == 16 * 2.25
+    flagged = QualityControl().assess_or_flag(slices[:2], labels, (1.5, 1.5), source="cine.nii.gz")
+    assert flagged["status"] == "review" and flagged["reasons"][0]["check"] == "qc_failed"
+    assert describe(flagged["reasons"][0]).startswith("quality control failed (cine.nii.gz: ValueError: slices")
+
+
+def test_validity_is_the_runtime_module_re_exported():
+    import sdnet_infer.validity as runtime_validity
+    from sdnet_tf.metrics import validity
+
+    assert validity.check_slice is runtime_validity.check_slice and validity.SEVEN_CHECKS == runtime_validity.SEVEN_CHECKS
+
+
+# ------------------------------------------------------------------- a tiny SDNet on the phantom
+def _train_tiny_sdnet(cohort, run, cache):
+    """Train the tiny SDNet on the training patients of split 0 and write a run directory.
+
+    Quality control needs a model that segments and reconstructs phantom slices, not SDNet's
+    schedule: one joint update per iteration (per-class Dice, L1 reconstruction, KL at 0.01)
+    costs a fifth of the schedule's five. After 300 iterations of batch 8 (about 25 s on 2
+    busy cores) and recomputed BatchNorm statistics, the validation patients' 3-D Dice measured
+    0.81-0.91 (LV) and 0.44-0.76 (MYO) and their reconstruction error 0.13-0.14.
+    """
+    import tensorflow as tf
+
+    from sdnet_tf import losses
+    from sdnet_tf.models import SDNet
+    from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
+
+    config = small_config()
+    config.data.dataset, config.data.path, config.data.spacing = "acdc", str(cohort), SPACING
+    config.data.cache_dir = str(cache)
+    config.model.unet_filters = config.model.segmentor_filters = 8
+    patients = find_patients(cohort)
+    splits = patient_splits(patients)
+    arrays, _ = preprocess_cohort(cohort, None, 32, progress=False, spacing=SPACING)
+    images = np.concatenate([arrays[n]["images"] for n in splits[0]["training"]]).astype(np.float32)
+    masks = one_hot(np.concatenate([arrays[n]["labels"] for n in splits[0]["training"]]))
+    keras.utils.set_random_seed(1)
+    model = SDNet(**{**SMALL, "unet_filters": 8, "segmentor_filters": 8}, seed=1)
+    model.build()
+    optimizer = keras.optimizers.Adam(3e-3)
+    trained = [v for name, net in model.networks().items() if name != "discriminator" for v in net.trainable_variables]
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            anatomy, z, mean, logvar = model.decompose(x, training=True)
+            loss = (losses.dice_loss(model.segmentor(anatomy, training=True), y, mode="per_class")
+                    + losses.l1_loss(model.reconstruct(anatomy, z), x) + 0.01 * losses.gaussian_kl(mean, logvar))
+        optimizer.apply(tape.gradient(loss, trained), trained)
+
+    rng = np.random.default_rng(0)
+    for _ in range(ITERATIONS):
+        batch = rng.choice(len(images), 8)
+        step(images[batch], masks[batch])
+
+    def forward(x):
+        anatomy, _, _, _ = model.decompose(x, training=True, sample=False)
+        model.segmentor(anatomy, training=True)
+
+    # BatchNorm statistics of the final weights: the moving averages of a few hundred fast
+    # updates describe earlier weights (sdnet_tf/training/batchnorm.py)
+    layers = batchnorm_layers(model.anatomy_encoder, model.modality_encoder, model.segmentor)
+    recalibrate(forward, layers, recalibration_batches(images, 8, 16, rng))
+    run.mkdir()
+    model.save(run / "model.keras")
+    save_config(config, run / "config.yaml")
+    (run / "data.json").write_text(json.dumps({"dataset": "acdc", "data": str(cohort), "splits": splits, "split": 0,
+                                               "orientation": "LPS"}))
+    return splits[0]
+
+
+@pytest.fixture(scope="module")
+def cohort(phantom_cohort_8, tmp_path_factory):
+    """The 10-patient phantom cohort of seed 0: the shared 8 patients linked, patients 9 and 10
+    written (a patient is a function of the seed and its number). Its split 0 holds out 2
+    validation and 2 test patients (4 frames each) where the 8-patient cohort's holds 1 and 1."""
+    folder = tmp_path_factory.mktemp("phantom10")
+    for patient in sorted(phantom_cohort_8.glob("patient*")):
+        (folder / patient.name).symlink_to(patient)
+    for number in (9, 10):
+        write_patient(folder, seed=0, number=number)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(cohort, tmp_path_factory):
+    """(run directory, export folder, the split's patients) of the tiny SDNet."""
+    root = tmp_path_factory.mktemp("qc")
+    split = _train_tiny_sdnet(cohort, root / "run", root / "cache")
+    lines = []
+    export_run(root / "run", root / "export", log=lines.append)
+    assert any("quality control calibrated" in line for line in lines), lines
+    return root / "run", root / "export", split
+
+
+def _frame(cohort, number, phase):
+    """(image (H, W, S) float32, labels, the nibabel image) of a patient's ED or ES frame."""
+    patient = next(p for p in find_patients(cohort) if p.number == number)
+    index = patient.ed if phase == "ed" else patient.es
+    image = nib.load(str(patient.frame(index)))
+    labels = np.asarray(nib.load(str(patient.labels(index))).dataobj)
+    return np.asarray(image.dataobj, np.float32), labels, image
+
+
+@pytest.fixture(scope="module")
+def volumes(trained, cohort, tmp_path_factory):
+    """A folder of the test patients' clean ED and ES frames and three corrupted copies of the
+    first one's ED frame: heavy Gaussian noise, the heart cut away, a smooth random texture."""
+    _, _, split = trained
+    folder = tmp_path_factory.mktemp("volumes")
+    for number in split["test"]:
+        for phase in ("ed", "es"):
+            image, _, nifti = _frame(cohort, number, phase)
+            save_volume(image, nifti.header.get_best_affine(), nifti.header.get_zooms(),
+                        folder / f"clean_{number}_{phase}.nii.gz")
+    image, labels, nifti = _frame(cohort, split["test"][0], "ed")
+    zooms, affine = nifti.header.get_zooms(), nifti.header.get_best_affine()
+    rng = np.random.default_rng(7)
+    spread = float(np.percentile(image, 95) - np.percentile(image, 5))
+    save_volume(image + rng.normal(0.0, 0.5 * spread, image.shape), affine, zooms, folder / "noise.nii.gz")
+    # the heart and 10 mm around it replaced by the median of the tissue in the next 10 mm
+    margin = int(round(10.0 / zooms[0]))
+    heart = np.stack([ndimage.binary_dilation(labels[..., k] > 0, iterations=margin)
+                      for k in range(labels.shape[-1])], -1)
+    ring = np.stack([ndimage.binary_dilation(heart[..., k], iterations=margin) for k in range(heart.shape[-1])], -1)
+    cut = image.copy()
+    cut[heart] = np.median(image[ring & ~heart])
+    save_volume(cut, affine, zooms, folder / "heart_cut.nii.gz")
+    texture = ndimage.gaussian_filter(rng.normal(size=image.shape), sigma=(3, 3, 0))
+    texture = (texture - texture.min()) / (texture.max() - texture.min()) * image.max()
+    save_volume(texture, affine, zooms, folder / "texture.nii.gz")
+    return folder
+
+
+# the checks that must be among a corrupted volume's reasons (any one of a set); clean volumes are
+# ok. Measured against the thresholds (reconstruction error 0.210, z distance 5.40, LV+MYO area
+# 501 mm^2): the clean volumes at most 0.170 and 4.29, at least 1724 mm^2; the noisy one 0.341,
+# the texture 0.269, the heart cut away 71 mm^2.
+CORRUPTED = {"noise": {"reconstruction_error"}, "heart_cut": {"heart_area_mm2"},
+             "texture": {"reconstruction_error", "z_distance"}}
+
+
+def _by_name(qc):
+    return {v["input"].rsplit("/", 1)[-1].replace(".nii.gz", ""): v for v in qc["volumes"]}
+
+
+def _check_statuses(by_name):
+    clean = [name for name in by_name if name.startswith("clean_")]
+    assert len(clean) == 4 and set(by_name) == set(clean) | set(CORRUPTED)
+    for name in clean:
+        assert by_name[name]["status"] == "ok", (name, by_name[name]["reasons"], by_name[name]["statistics"])
+    for name, expected in CORRUPTED.items():
+        volume = by_name[name]
+        checks = {r["check"] for r in volume["reasons"]}
+        assert volume["status"] == "review" and checks & expected, (name, checks, volume["statistics"])
+
+
+def _clean(volumes):
+    """The first clean volume, its name without the extension."""
+    path = sorted(volumes.glob("clean_*.nii.gz"))[0]
+    return path, path.name.replace(".nii.gz", "")
+
+
+def test_infer_passes_clean_volumes_and_flags_corrupted_ones(trained, volumes, tmp_path, capsys):
+    _, export, _ = trained
+    qc_meta = json.loads((export / "sdnet-export.json").read_text())["qc"]
+    assert qc_meta["calibrated"] and qc_meta["validation"]["volumes"] == 4 and qc_meta["latent"]["slices"] > 50
+    assert set(qc_meta["thresholds"]) == set(RULES) and len(qc_meta["latent"]["mean"]) == 8  # nz
+    assert infer_main(["-i", str(volumes), "-o", str(tmp_path / "out"), "-m", str(export)]) == 0
+    err = capsys.readouterr().err
+    qc = json.loads((tmp_path / "out" / "qc.json").read_text())
+    by_name = _by_name(qc)
+    print("\nthresholds", qc["thresholds"], "\nobserved on validation", qc_meta["validation"]["observed"])
+    for name, volume in sorted(by_name.items()):
+        print(name, volume["status"], [r["check"] for r in volume["reasons"]], volume["statistics"])
+    assert qc["calibrated"] and qc["out_of_distribution"] and qc["thresholds"] == qc_meta["thresholds"]
+    _check_statuses(by_name)
+    clean_path, clean = _clean(volumes)
+    records = {r["input"].rsplit("/", 1)[-1]: r for r in json.loads((tmp_path / "out" / "predictions.json").read_text())}
+    assert records["noise.nii.gz"]["qc"] == "review" and records[clean_path.name]["qc"] == "ok"
+    assert "reconstruction_error" in records["noise.nii.gz"]["qc_reasons"]
+    assert "7 of 7 volumes written, 3 for review" in err and ", qc review: reconstruction error" in err
+    rows = by_name[clean]["slices"]
+    assert [r["slice"] for r in rows] == list(range(nib.load(str(clean_path)).shape[2]))
+    assert all(r["anatomy"] in ("valid", "invalid", "empty") and r["reconstruction_error"] is not None
+               and r["z_distance"] is not None and set(r["failed"]) <= set(SEVEN_CHECKS) for r in rows)
+    assert all((r["anatomy"] == "invalid") == bool(r["failed"]) for r in rows)
+
+
+def test_an_export_without_calibration_reports_validity_only(trained, volumes, tmp_path, capsys):
+    _, export, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(export, old)
+    meta = json.loads((old / "sdnet-export.json").read_text())
+    del meta["qc"]
+    (old / "sdnet-export.json").write_text(json.dumps(meta))
+    assert infer_main(["-i", str(volumes), "-o", str(tmp_path / "out"), "-m", str(old)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("quality control:")]
+    assert len(notes) == 1 and "export again for out-of-distribution scores" in notes[0]
+    qc = json.loads((tmp_path / "out" / "qc.json").read_text())
+    assert not qc["calibrated"] and not qc["out_of_distribution"] and qc["thresholds"] == {}
+    for name, volume in _by_name(qc).items():
+        assert all(r["reconstruction_error"] is None and r["z_distance"] is None for r in volume["slices"])
+        # uncalibrated, only a volume without any LV or MYO is for review
+        nothing = volume["statistics"]["heart_area_mm2"] == 0.0
+        assert volume["status"] == ("review" if nothing else "ok"), name
+        assert not (nothing and name.startswith("clean_")), name
+    _, clean = _clean(volumes)
+    assert any(r["anatomy"] != "empty" for r in _by_name(qc)[clean]["slices"])
+
+
+def test_predict_calibrates_once_and_flags_the_same_volumes(trained, volumes, tmp_path):
+    run, export, _ = trained
+    result = CliRunner().invoke(main, ["predict", "-i", str(volumes), "-o", str(tmp_path / "out"), "--run", str(run),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "calibrating the quality control" in result.output and "3 for review" in result.output
+    cached = json.loads((run / CALIBRATION_FILE).read_text())
+    onnx = json.loads((export / "sdnet-export.json").read_text())["qc"]
+    for check, value in cached["qc"]["thresholds"].items():  # Keras and ONNX calibrate alike
+        assert value == pytest.approx(onnx["thresholds"][check], rel=1e-3, abs=1e-4), check
+    _check_statuses(_by_name(json.loads((tmp_path / "out" / "qc.json").read_text())))
+    # the second time the calibration is read from the run directory
+    clean_path, _ = _clean(volumes)
+    result = CliRunner().invoke(main, ["predict", "-i", str(clean_path), "-o", str(tmp_path / "again"),
+                                       "--run", str(run), "--quiet"])
+    assert result.exit_code == 0 and "calibrating" not in result.output, result.output
+    assert json.loads((tmp_path / "again" / "qc.json").read_text())["volumes"][0]["status"] == "ok"
+
+
+def test_predict_without_the_runs_data_says_why_and_reports_validity(trained, volumes, tmp_path):
+    run, _, _ = trained
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved)
+    (moved / CALIBRATION_FILE).unlink(missing_ok=True)
+    description = json.loads((moved / "data.json").read_text())
+    (moved / "data.json").write_text(json.dumps({**description, "data": str(tmp_path / "gone")}))
+    clean_path, _ = _clean(volumes)
+    result = CliRunner().invoke(main, ["predict", "-i", str(clean_path), "-o", str(tmp_path / "out"),
+                                       "--run", str(moved), "--quiet"])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("quality control:")]
+    assert len(notes) == 1 and "gone: the run's data folder is not there" in notes[0], result.output
+    qc = json.loads((tmp_path / "out" / "qc.json").read_text())
+    assert not qc["calibrated"] and qc["volumes"][0]["status"] == "ok" and not (moved / CALIBRATION_FILE).exists()
+
+
+def test_a_model_without_decoder_is_calibrated_for_validity_and_heart_area_only(trained):
+    from sdnet_infer import SDNetRuntime
+    from sdnet_tf.quality import calibrate_run
+
+    run, export, _ = trained
+    runtime = SDNetRuntime(export)
+
+    class SegmentOnly:  # as a U-Net run behind sdnet_tf.inference.KerasRuntime
+        segment, size, spacing, orientation = runtime.segment, runtime.size, runtime.spacing, runtime.orientation
+        decompose = decode = None
+
+    calibration = calibrate_run(run, SegmentOnly())
+    assert set(calibration["thresholds"]) == {"invalid_share", "heart_area_mm2"} and calibration["latent"] is None
+    onnx = json.loads((export / "sdnet-export.json").read_text())["qc"]
+    assert calibration["thresholds"]["heart_area_mm2"] == onnx["thresholds"]["heart_area_mm2"]
+    quality = QualityControl(SegmentOnly(), calibration)
+    assert quality.model is None and "no out-of-distribution scores" in quality.note
