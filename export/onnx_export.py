@@ -39,14 +39,18 @@ def _functions(model, layout):
 
     @tf.function(input_signature=[image])
     def segment(x):
-        probs = model.segment(nhwc(x), training=False)
+        # model.segment, with its binary anatomy factor as an output too: the quality control
+        # decodes it, so the runtime need not run the U-Net twice
+        anatomy = model.anatomy_encoder(nhwc(x), training=False)
+        probs = model.segmentor(anatomy, training=False)
         background = 1.0 - tf.reduce_sum(probs, axis=-1, keepdims=True)
         index = tf.argmax(tf.concat([probs, background], axis=-1), axis=-1)
         # ACDC labels of [MYO, LV, RV, background]; the constant is made inside the function,
         # a captured tensor would become a graph input
         label_values = tf.constant([*SDNET_CHANNEL_LABELS, BACKGROUND], tf.float32)
         labels = tf.reduce_sum(tf.one_hot(index, 4) * label_values, axis=-1)
-        return {"probabilities": tf.identity(probs), "labels": tf.cast(labels, tf.uint8)}
+        return {"probabilities": tf.identity(probs), "labels": tf.cast(labels, tf.uint8),
+                "anatomy": tf.identity(anatomy)}
 
     @tf.function(input_signature=[image])
     def anatomy_fn(x):

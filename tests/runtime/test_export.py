@@ -77,6 +77,7 @@ def test_sidecar_lists_models_hashes_and_preprocessing(export_dir):
     assert seg["inputs"][0]["shape"] == [None, 1, 32, 32] and seg["inputs"][0]["dtype"] == "float32"
     outputs = {o["name"]: o for o in seg["outputs"]}
     assert outputs["probabilities"]["shape"] == [None, 32, 32, 3] and outputs["labels"]["dtype"] == "uint8"
+    assert outputs["anatomy"]["shape"] == [None, 32, 32, 8]  # the binary anatomy factor, for quality control
     for entry in meta["models"].values():
         assert len(entry["sha256"]) == 64 and (export_dir / entry["file"]).is_file()
         assert all(i["shape"][0] is None for i in entry["inputs"])  # dynamic batch
@@ -134,6 +135,31 @@ def test_onnx_labels_output_matches_probabilities(export_dir, phantom_patient):
     images = np.moveaxis(_phantom_slices(phantom_patient), -1, 1)  # the default export is NCHW
     probs, labels = session.run(["probabilities", "labels"], {"image": images})
     assert labels.dtype == np.uint8 and np.array_equal(labels, from_one_hot(probs))
+
+
+def test_decompose_reuses_the_anatomy_of_segment_exactly(export_dir, phantom_patient):
+    slices = _phantom_slices(phantom_patient)
+    fresh = SDNetRuntime(export_dir)
+    expected = fresh.decompose(slices)
+    assert "anatomy" in fresh._sessions  # a slice segment() has not seen goes through anatomy.onnx
+    runtime = SDNetRuntime(export_dir)
+    runtime.segment(slices)
+    anatomy, mean, logvar = runtime.decompose(slices)
+    assert "anatomy" not in runtime._sessions  # the U-Net ran once, inside segment.onnx
+    assert set(np.unique(anatomy)) <= {0.0, 1.0}
+    for got, want in zip((anatomy, mean, logvar), expected):
+        np.testing.assert_array_equal(got, want)
+    # the kept factors are used once: the same slices again go through anatomy.onnx
+    np.testing.assert_array_equal(runtime.decompose(slices[:2])[0], expected[0][:2])
+    assert "anatomy" in runtime._sessions
+    # bit-packing round trip of a binary map with ones in it (this untrained model's are all zero);
+    # a map that is not binary is not kept
+    images = runtime._to_layout(slices[:3])
+    binary = (np.random.default_rng(0).random((3, 32, 32, 8)) > 0.5).astype(np.float32)
+    runtime._keep_anatomy(images, binary)
+    np.testing.assert_array_equal(runtime._anatomy_of(images), binary)
+    runtime._keep_anatomy(images, binary * 0.5)
+    assert not runtime._anatomy
 
 
 def test_modified_onnx_is_refused(export_dir, tmp_path, phantom_patient):

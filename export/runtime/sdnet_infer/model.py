@@ -7,6 +7,7 @@ hash is checked before any of them is loaded; a mismatch is refused.
 
 import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ MODELS = ("segment", "anatomy", "modality", "decoder")
 # the numeric precisions of a segmentation model this runtime can run; exports older than the
 # precision option carry no entry and are float32
 PRECISIONS = ("fp32", "fp16", "int8")
+# anatomy factors segment() keeps for decompose(): about 50 kB each at 224 x 224 x 8, 50 MB in all
+ANATOMY_CACHE_SLICES = 1024
 
 
 class ExportError(RuntimeError):
@@ -106,6 +109,10 @@ class SDNetRuntime:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size or (16 if self.providers[0] == "CUDAExecutionProvider" else 1)
         self._sessions = {}
+        # binary anatomy factors that segment.onnx computed on the way to the masks, bit-packed and
+        # keyed by a digest of their slice, so that decompose() of the same slices (the quality
+        # control) does not run the U-Net again; bounded, oldest dropped first
+        self._anatomy = OrderedDict()
         pre = self.meta["preprocessing"]
         self.size = int(pre["size"])
         self.spacing = float(pre["spacing_mm"])
@@ -148,12 +155,47 @@ class SDNetRuntime:
 
     def segment(self, images):
         """Preprocessed slices (N, size, size[, 1]) -> foreground probabilities (N, size, size, 3)."""
-        return self._run("segment", {"image": self._to_layout(images)}, "image")["probabilities"]
+        images = self._to_layout(images)
+        outputs = self._run("segment", {"image": images}, "image")
+        if "anatomy" in outputs:  # exports since quality control: keep it for decompose()
+            self._keep_anatomy(images, outputs["anatomy"])
+        return outputs["probabilities"]
+
+    @staticmethod
+    def _digest(image):
+        return hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+
+    def _keep_anatomy(self, images, anatomy):
+        if not np.all((anatomy == 0) | (anatomy == 1)):
+            return  # only binary maps are stored (bit-packed); anything else is recomputed
+        for image, a in zip(images, anatomy):
+            self._anatomy[self._digest(image)] = (a.shape, np.packbits(a.astype(bool)))
+        while len(self._anatomy) > ANATOMY_CACHE_SLICES:
+            self._anatomy.popitem(last=False)
+
+    def _anatomy_of(self, images):
+        """Binary anatomy (N, size, size, C) of layout-converted slices: the ones segment() already
+        computed, exactly; the U-Net (anatomy.onnx) for the others."""
+        found = [self._anatomy.pop(self._digest(image), None) for image in images]
+        missing = [i for i, item in enumerate(found) if item is None]
+        computed = self._run("anatomy", {"image": images[missing]}, "image")["anatomy"] if missing else None
+        parts = []
+        for i, item in enumerate(found):
+            if item is None:
+                parts.append(computed[missing.index(i)])
+            else:
+                shape, bits = item
+                parts.append(np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(np.float32))
+        return np.stack(parts)
 
     def decompose(self, images):
-        """Slices -> (binary anatomy (N, size, size, C), z mean (N, nz), z log-variance (N, nz))."""
+        """Slices -> (binary anatomy (N, size, size, C), z mean (N, nz), z log-variance (N, nz)).
+
+        The anatomy of slices that ``segment`` has just seen comes from that pass (the same
+        U-Net and binarisation, so the same values); the others go through ``anatomy.onnx``.
+        """
         images = self._to_layout(images)
-        anatomy = self._run("anatomy", {"image": images}, "image")["anatomy"]
+        anatomy = self._anatomy_of(images)
         moments = self._run("modality", {"anatomy": anatomy, "image": images}, "image")
         return anatomy, moments["mean"], moments["logvar"]
 
