@@ -13,9 +13,11 @@ the other:
   batch 16 of segmentation (U-Net + binarisation + segmentor) for onnxruntime float32,
   onnxruntime int8 and TensorFlow (a ``tf.function`` of the same Keras model, with and
   without XLA);
-* the peak resident memory (VmHWM) and import time of a process that segments one 224 x 224 x
-  10 volume with the runtime (``sdnet_infer``, its defaults: batch 1 on the CPU) at each
-  precision, and with TensorFlow (``sdnet-tf predict``'s code, batch 16);
+* the peak resident memory (VmHWM) and import time of a process (medians of
+  ``--footprint-repeats`` processes) that segments one 224 x 224 x 10 volume with the runtime
+  (``sdnet_infer``, its defaults: batch 1 on the CPU) at each precision, then runs the networks the quality control adds (modality encoder and decoder;
+  the anatomy comes from the segmentation pass), and with TensorFlow (``sdnet-tf predict``'s
+  code, batch 16);
 * the machine's float32 matrix-multiply rate and int8 dot-product rate, both measured with
   onnxruntime (``MatMul`` and ``MatMulInteger``, 2048 x 2048, the intra-op threads the
   variants use), and each variant's share of its rate: FLOP per slice (TensorFlow's profiler)
@@ -183,6 +185,17 @@ print(json.dumps({"fp32": rate(TensorProto.FLOAT, TensorProto.FLOAT, "MatMul", T
 """
 
 
+def _footprint(code, repeats):
+    """Medians over ``repeats`` fresh processes of each number ``code`` prints, with every run's values."""
+    import statistics
+
+    runs = [_child(code) for _ in range(repeats)]
+    out = {key: (statistics.median(r[key] for r in runs) if isinstance(value, (int, float))
+                 and not isinstance(value, bool) else value) for key, value in runs[0].items()}
+    out["runs"] = runs
+    return out
+
+
 def calibration_images(size, count=32):
     """``count`` preprocessed slices (N, size, size, 1) of the built-in phantom at 1.37 mm, the
     int8 calibration set of the random-weights model (its ranges, not its accuracy, matter here)."""
@@ -227,6 +240,8 @@ def main():
     parser.add_argument("--config", default="sdnet-acdc")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--run", type=Path, default=None, help="a trained SDNet run: also report its int8 Dice change")
+    parser.add_argument("--footprint-repeats", type=int, default=3,
+                        help="processes per footprint measurement; the medians are reported")
     parser.add_argument("--no-xla", action="store_true", help="skip the TensorFlow + XLA variant")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
@@ -291,10 +306,11 @@ def main():
     print("footprint", file=sys.stderr)
     runtime = FOOTPRINT_RUNTIME.replace("{PEAK}", PEAK)
     results["footprint"] = {
-        **{f"runtime {p} (sdnet_infer + onnxruntime)": _child(runtime.replace("sys.argv[1]", repr(str(folder))))
+        **{f"runtime {p} (sdnet_infer + onnxruntime)": _footprint(runtime.replace("sys.argv[1]", repr(str(folder))),
+                                                                   args.footprint_repeats)
            for p, folder in exports.items()},
-        "TensorFlow (sdnet-tf predict)": _child(FOOTPRINT_TF.replace("{PEAK}", PEAK).replace("sys.argv[1]",
-                                                                                            repr(str(run_dir)))),
+        "TensorFlow (sdnet-tf predict)": _footprint(FOOTPRINT_TF.replace("{PEAK}", PEAK).replace(
+            "sys.argv[1]", repr(str(run_dir))), args.footprint_repeats),
     }
     if args.run:
         print(f"exporting {args.run}", file=sys.stderr)

@@ -16,44 +16,35 @@ from sdnet_infer import ExportError, SDNetRuntime
 from sdnet_infer.io import read_volume
 from sdnet_infer.model import SIDECAR
 from sdnet_infer.preprocess import preprocess_frame
-from sdnet_tf.config import load_config
-from sdnet_tf.data.phantom import write_cohort
-from sdnet_tf.train import train_run
+from sdnet_tf.data.acdc import find_patients
 
 SPACING = 5.0  # 32 pixels of 5 mm hold the whole phantom heart
-# int8 against fp32 probabilities on one phantom volume's slices: measured mean 0.00XX
-MEAN_PROBABILITY_ERROR = 0.03
+# int8 against fp32 probabilities on the slices of one phantom volume: measured mean 0.0061 (a
+# binarised anatomy channel that flips moves single pixels by up to 0.99, so the maximum is not bounded)
+MEAN_PROBABILITY_ERROR = 0.02
 
 
 @pytest.fixture(scope="module")
-def phantom_run(tmp_path_factory):
-    """A tiny SDNet (32 x 32 at 5 mm) trained for 12 iterations on a 6-patient phantom cohort."""
-    root = tmp_path_factory.mktemp("precision")
-    cohort = write_cohort(root / "phantom", patients=6, seed=0)
-    config = load_config(None, [
-        "data.dataset=acdc", f"data.path={cohort}", f"data.spacing={SPACING}", f"data.cache_dir={root / 'cache'}",
-        "model.input_size=32", "model.unet_filters=4", "model.unet_depth=2", "model.segmentor_filters=8",
-        "model.discriminator_filters=4", "train.iterations_per_epoch=6", "train.epochs=2",
-        "train.image_summaries=0", "train.jit_compile=false"])
-    run = root / "run"
-    train_run(config, run, progress=False)
-    return run
+def phantom_run(trained):
+    """The tiny SDNet of the runtime tests (conftest.py), trained on a 10-patient phantom cohort."""
+    return trained[0]
 
 
 @pytest.fixture(scope="module")
-def exports(phantom_run, tmp_path_factory):
+def exports(trained, tmp_path_factory):
+    """The run's float32 export (conftest.py) and an int8 one calibrated on 8 slices."""
+    run, fp32, _ = trained
     root = tmp_path_factory.mktemp("exports")
     lines = []
-    metas = {p: export_run(phantom_run, root / p, precision=p, calibration_slices=8, log=lines.append)
-             for p in ("fp32", "int8")}
-    return root, metas, lines
+    int8 = export_run(run, root / "int8", precision="int8", calibration_slices=8, log=lines.append)
+    (root / "fp32").symlink_to(fp32)
+    return root, {"fp32": json.loads((fp32 / SIDECAR).read_text()), "int8": int8}, lines
 
 
-def _volume(phantom_run):
-    description = json.loads((phantom_run / "data.json").read_text())
-    patient = description["splits"][0]["test"][0]
-    frame = sorted((phantom_run.parent / "phantom" / f"patient{patient:03d}").glob("*_frame??.nii.gz"))[0]
-    return read_volume(frame)
+def _volume(cohort, trained):
+    """The ED frame of the split's first test patient."""
+    patient = next(p for p in find_patients(cohort) if p.number == trained[2]["test"][0])
+    return read_volume(patient.frame(patient.ed))
 
 
 def test_int8_export_is_quantised_calibrated_gated_and_recorded(exports):
@@ -81,9 +72,9 @@ def test_int8_export_is_quantised_calibrated_gated_and_recorded(exports):
     assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
 
 
-def test_int8_runtime_probabilities_stay_close_to_fp32(phantom_run, exports):
+def test_int8_runtime_probabilities_stay_close_to_fp32(cohort, trained, exports):
     root, metas, _ = exports
-    volume = _volume(phantom_run)
+    volume = _volume(cohort, trained)
     slices = preprocess_frame(volume.data, volume.zooms[:2], size=32, target=SPACING)[0][..., None]
     fp32 = SDNetRuntime(root / "fp32").segment(slices)
     runtime = SDNetRuntime(root / "int8")
@@ -92,8 +83,9 @@ def test_int8_runtime_probabilities_stay_close_to_fp32(phantom_run, exports):
     error = np.abs(int8 - fp32)
     print(f"int8 - fp32 probabilities: mean {error.mean():.4f}, max {error.max():.4f}")
     assert fp32.shape == int8.shape and 0 < error.mean() <= MEAN_PROBABILITY_ERROR
-    assert np.mean(runtime.segment_volume(volume.data, volume.zooms[:2]) ==
-                   SDNetRuntime(root / "fp32").segment_volume(volume.data, volume.zooms[:2])) >= 0.95
+    labels = SDNetRuntime(root / "fp32").segment_volume(volume.data, volume.zooms[:2])
+    assert (labels > 0).mean() > 0.01  # the heart is segmented
+    assert np.mean(runtime.segment_volume(volume.data, volume.zooms[:2]) == labels) >= 0.99
 
 
 def test_fp32_weights_are_external_data_and_hashed(exports, tmp_path):
@@ -128,13 +120,13 @@ def test_unknown_precision_in_the_sidecar_is_refused(exports, tmp_path):
         SDNetRuntime(copy)
 
 
-def test_fp16_export_labels_match_fp32_on_the_cpu_provider(phantom_run, exports, tmp_path):
+def test_fp16_export_labels_match_fp32_on_the_cpu_provider(phantom_run, cohort, trained, exports, tmp_path):
     root, _, _ = exports
     meta = export_run(phantom_run, tmp_path / "fp16", precision="fp16")
     assert meta["precision"] == "fp16" and meta["reduced_precision"]["accuracy"]["dice_drop"] <= 0.01
     initialisers = onnx.load(str(tmp_path / "fp16" / "segment.onnx")).graph.initializer
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in initialisers)
-    volume = _volume(phantom_run)
+    volume = _volume(cohort, trained)
     fp32 = SDNetRuntime(root / "fp32").segment_volume(volume.data, volume.zooms[:2])
     fp16 = SDNetRuntime(tmp_path / "fp16").segment_volume(volume.data, volume.zooms[:2])
     assert np.mean(fp32 == fp16) >= 0.999
