@@ -88,7 +88,7 @@ def calibrate_run(run_dir, model, data=None, log=None):
             volume = read_volume(path, orientation=model.orientation)
             labels, slices = predict_volume(volume.data, volume.zooms[:2], model.segment, model.size, model.spacing,
                                             source=str(path), keep_slices=True)
-            volumes.append(quality.assess(slices, labels, volume.zooms[:2])["statistics"])
+            volumes.append(quality.assess(slices, labels, volume.zooms[:2], image=volume.data)["statistics"])
     calibration = calibrate(volumes, latent, patients=[p.number for p in validation])
     if log:
         z = f"z of {latent['slices']} slices of {len(training)} training patients, " if latent else ""

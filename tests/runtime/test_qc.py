@@ -14,8 +14,8 @@ from scipy import ndimage
 from cli import main
 from sdnet_infer.cli import main as infer_main
 from sdnet_infer.labels import LV, MYO
-from sdnet_infer.qc import (RULES, QualityControl, calibrate, describe, judge, latent_statistics, mahalanobis,
-                            reconstruction_errors, volume_statistics)
+from sdnet_infer.qc import (RULES, QualityControl, blood_pool_contrast, calibrate, describe, judge, latent_statistics,
+                            mahalanobis, reconstruction_errors, volume_statistics)
 from sdnet_infer.validity import SEVEN_CHECKS
 from sdnet_tf.data.acdc import find_patients
 from sdnet_tf.data.nifti import save_volume
@@ -60,6 +60,25 @@ def test_latent_statistics_mean_covariance_and_relative_ridge():
         latent_statistics(np.zeros((2, 2)))
 
 
+def test_blood_pool_contrast_against_hand_computed_values():
+    # a 10 x 10 x 2 volume: background 0 (128 voxels), MYO 100 (40), LV 300 (32, one of them
+    # 1000): 5-95th percentile range 0 .. 300, medians 300 and 100, contrast 200 / 300
+    labels = np.zeros((10, 10, 2), np.uint8)
+    labels[2:8, 2:8] = MYO
+    labels[3:7, 3:7] = LV
+    image = np.where(labels == LV, 300.0, np.where(labels == MYO, 100.0, 0.0))
+    image[4, 4, 0] = 1000.0
+    low, high = np.percentile(image, [5, 95])
+    assert (low, high) == (0.0, 300.0)
+    assert blood_pool_contrast(image, labels) == pytest.approx(200 / 300, rel=1e-5)
+    # labels painted on a uniform patch: no contrast; no MYO or a constant image: not measured
+    assert blood_pool_contrast(np.where(labels > 0, 50.0, 0.0), labels) == 0.0
+    assert blood_pool_contrast(image, np.where(labels == MYO, 0, labels)) is None
+    assert blood_pool_contrast(np.ones_like(image), labels) is None
+    with pytest.raises(ValueError, match="differ in shape"):
+        blood_pool_contrast(image[..., :1], labels)
+
+
 def _row(anatomy="valid", area=100.0, error=0.1, distance=2.0, image=True):
     return {"image": image, "anatomy": anatomy, "heart_area_mm2": area, "reconstruction_error": error,
             "z_distance": distance}
@@ -78,25 +97,29 @@ def test_volume_statistics_medians_shares_and_largest_area():
 
 def test_calibration_rules_and_judgement():
     volumes = [{"image_slices": 10, "reconstruction_error": 0.10, "z_distance": 3.0, "invalid_share": 0.2,
-                "heart_area_mm2": 800.0},
+                "heart_area_mm2": 800.0, "blood_pool_contrast": 0.3},
                {"image_slices": 8, "reconstruction_error": 0.14, "z_distance": 2.0, "invalid_share": 0.0,
-                "heart_area_mm2": 1200.0}]
+                "heart_area_mm2": 1200.0, "blood_pool_contrast": 0.5}]
     calibration = calibrate(volumes, latent=None, patients=[5])
     assert calibration["thresholds"] == {"reconstruction_error": pytest.approx(0.21), "z_distance": 4.5,
-                                         "invalid_share": pytest.approx(0.45), "heart_area_mm2": 200.0}
+                                         "invalid_share": pytest.approx(0.45), "heart_area_mm2": 200.0,
+                                         "blood_pool_contrast": pytest.approx(0.15)}
     assert calibration["validation"] == {"volumes": 2, "slices": 18, "patients": [5], "observed": {
         "reconstruction_error": [0.1, 0.14], "z_distance": [2.0, 3.0], "invalid_share": [0.0, 0.2],
-        "heart_area_mm2": [800.0, 1200.0]}}
+        "heart_area_mm2": [800.0, 1200.0], "blood_pool_contrast": [0.3, 0.5]}}
     assert set(calibration["rules"]) == set(RULES)
     thresholds = calibration["thresholds"]
-    good = {"reconstruction_error": 0.2, "z_distance": 4.4, "invalid_share": 0.4, "heart_area_mm2": 250.0}
+    good = {"reconstruction_error": 0.2, "z_distance": 4.4, "invalid_share": 0.4, "heart_area_mm2": 250.0,
+            "blood_pool_contrast": 0.2}
     assert judge(good, thresholds) == ("ok", [])
-    bad = {"reconstruction_error": 0.3, "z_distance": 4.4, "invalid_share": 0.5, "heart_area_mm2": 150.0}
+    bad = {"reconstruction_error": 0.3, "z_distance": 4.4, "invalid_share": 0.5, "heart_area_mm2": 150.0,
+           "blood_pool_contrast": 0.0}
     status, reasons = judge(bad, thresholds)
     assert status == "review" and [r["check"] for r in reasons] == ["reconstruction_error", "invalid_share",
-                                                                  "heart_area_mm2"]
+                                                                  "heart_area_mm2", "blood_pool_contrast"]
     assert describe(reasons[0]) == "reconstruction error 0.3 above 0.21"
     assert describe(reasons[2]) == "largest LV+MYO area 150 mm^2 below 200 mm^2"
+    assert describe(reasons[3]) == "blood-pool contrast 0 below 0.15"
     # without a calibration only a volume without any LV or MYO is for review
     assert judge(bad) == ("ok", [])
     status, reasons = judge({**good, "heart_area_mm2": 0.0})
@@ -207,7 +230,7 @@ def volumes(trained, cohort, tmp_path_factory):
 # ok. Measured against the thresholds (reconstruction error 0.210, z distance 5.40, LV+MYO area
 # 501 mm^2): the clean volumes at most 0.170 and 4.29, at least 1724 mm^2; the noisy one 0.341,
 # the texture 0.269, the heart cut away 71 mm^2.
-CORRUPTED = {"noise": {"reconstruction_error"}, "heart_cut": {"heart_area_mm2"},
+CORRUPTED = {"noise": {"reconstruction_error"}, "heart_cut": {"heart_area_mm2", "blood_pool_contrast"},
              "texture": {"reconstruction_error", "z_distance"}}
 
 
@@ -328,7 +351,8 @@ def test_a_model_without_decoder_is_calibrated_for_validity_and_heart_area_only(
         decompose = decode = None
 
     calibration = calibrate_run(run, SegmentOnly())
-    assert set(calibration["thresholds"]) == {"invalid_share", "heart_area_mm2"} and calibration["latent"] is None
+    assert set(calibration["thresholds"]) == {"invalid_share", "heart_area_mm2", "blood_pool_contrast"}
+    assert calibration["latent"] is None
     onnx = json.loads((export / "sdnet-export.json").read_text())["qc"]
     assert calibration["thresholds"]["heart_area_mm2"] == onnx["thresholds"]["heart_area_mm2"]
     quality = QualityControl(SegmentOnly(), calibration)

@@ -176,7 +176,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
         if record["error"] is None:
             save_labels(labels, volume.image, target_path, volume.geometry)  # OSError: stop, see above
             if quality is not None:
-                quality.add(record, quality.assess_or_flag(slices, labels, volume.zooms[:2], source=str(path)))
+                quality.add(record, quality.assess_or_flag(slices, labels, volume.zooms[:2], source=str(path),
+                                                          image=volume.data))
         record["seconds"] = round(time.perf_counter() - start, 3)
         records.append(record)
         if report is not None:

@@ -21,7 +21,8 @@ left out of the out-of-distribution statistics.
 
 Per volume (``volume_statistics``): the median reconstruction error and z distance over its
 slices, the largest LV+MYO area of a slice, and the share of the slices with foreground that
-are invalid. The volume's status is "review" when any of them is on the wrong side of its
+are invalid; and, from the input image itself, the blood-pool contrast
+(``blood_pool_contrast``): how much brighter the predicted LV is than the predicted MYO. The volume's status is "review" when any of them is on the wrong side of its
 threshold, and "ok" otherwise; ``reasons`` lists each check that failed with its value and
 threshold. A volume in which no slice holds LV or MYO is always for review.
 
@@ -34,6 +35,7 @@ reconstruction error (median)     review above 1.5 x the largest validation volu
 z distance (median)               review above 1.5 x the largest validation volume's
 share of invalid slices           review above the largest validation volume's + 0.25
 largest LV+MYO slice area (mm²)   review below 0.25 x the smallest validation volume's
+blood-pool contrast               review below 0.5 x the smallest validation volume's
 ================================  ===================================================
 
 The calibration (thresholds, what they were made from, the training z statistics) is stored in
@@ -82,6 +84,9 @@ RULES = {
                                               "invalid slices (of those with foreground) + 0.25"),
     "heart_area_mm2": Rule("below", 0.25, 0.0, "review below 0.25 x the smallest validation volume's largest LV+MYO "
                                                "area of a slice (mm^2); no LV or MYO at all is always for review"),
+    "blood_pool_contrast": Rule("below", 0.5, 0.0, "review below 0.5 x the smallest validation volume's blood-pool "
+                                                   "contrast (median LV minus median MYO intensity, over the 5-95th "
+                                                   "percentile range of the volume)"),
 }
 OOD_CHECKS = ("reconstruction_error", "z_distance")
 
@@ -148,6 +153,35 @@ def mahalanobis(z, latent):
     return np.sqrt(np.einsum("ni,ni->n", d, np.linalg.solve(covariance, d.T).T))
 
 
+def blood_pool_contrast(image, labels):
+    """How much brighter the predicted LV cavity is than the predicted myocardium in the image.
+
+    In the cine (bright-blood SSFP) images SDNet is trained on, blood is bright and muscle dark;
+    labels painted onto an image region without that contrast (the heart cut away and filled,
+    an image of something else) have none. A check of the image against its labels, which the
+    reconstruction error cannot make when the model reconstructs the painted region well.
+
+    Args:
+        image: the input volume, (H, W, S) or (H, W, S, T), any intensity unit.
+        labels: the predicted ACDC labels of the same shape.
+
+    Returns:
+        ``(median(image[LV]) - median(image[MYO])) / (p95 - p5)`` of the whole volume, a float;
+        None when the labels hold no LV or no MYO or the image is constant.
+
+    Raises:
+        ValueError: ``image`` and ``labels`` differ in shape.
+    """
+    image, labels = np.asarray(image, np.float32), np.asarray(labels)
+    if image.shape != labels.shape:
+        raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape")
+    lv, myo = labels == LV, labels == MYO
+    low, high = np.percentile(image, [5, 95])
+    if not lv.any() or not myo.any() or high <= low:
+        return None
+    return _round(float((np.median(image[lv]) - np.median(image[myo])) / (high - low)))
+
+
 def volume_statistics(rows):
     """One volume's statistics from its per-slice rows (``QualityControl.score_slices``).
 
@@ -202,6 +236,8 @@ def describe(reason):
         return f"largest LV+MYO area {value:.0f} mm^2 below {limit:.0f} mm^2"
     if check == "invalid_share":
         return f"{value:.0%} of the slices with a heart anatomically invalid, above {limit:.0%}"
+    if check == "blood_pool_contrast":
+        return f"blood-pool contrast {value:.3g} below {limit:.3g}"
     name = {"reconstruction_error": "reconstruction error", "z_distance": "z distance"}[check]
     return f"{name} {value:.3g} above {limit:.3g}"
 
@@ -321,7 +357,7 @@ class QualityControl:
             rows.append(row)
         return rows
 
-    def assess(self, slices, labels, spacing):
+    def assess(self, slices, labels, spacing, image=None):
         """Quality control of one predicted volume.
 
         Args:
@@ -329,6 +365,8 @@ class QualityControl:
                 (T, S, size, size) for a cine (``predict_volume(..., keep_slices=True)``).
             labels: the predicted labels in the training orientation, (H, W, S) or (H, W, S, T).
             spacing: in-plane voxel size (dy, dx) in mm.
+            image: the input volume the labels were predicted from, of their shape, for the
+                blood-pool contrast (``blood_pool_contrast``); None leaves it unmeasured.
 
         Returns:
             ``{"status": "ok" | "review", "reasons": [...], "statistics": {...}, "slices": [...]}``
@@ -344,14 +382,15 @@ class QualityControl:
             raise ValueError(f"slices {slices.shape} and labels {labels.shape}: expected a frame (S, size, size) "
                              "with (H, W, S) labels or a cine (T, S, size, size) with (H, W, S, T) labels")
         statistics = volume_statistics(rows)
+        statistics["blood_pool_contrast"] = None if image is None else blood_pool_contrast(image, labels)
         status, reasons = judge(statistics, self.thresholds)
         return {"status": status, "reasons": reasons, "statistics": statistics, "slices": rows}
 
-    def assess_or_flag(self, slices, labels, spacing, source="volume"):
+    def assess_or_flag(self, slices, labels, spacing, source="volume", image=None):
         """``assess``; a volume whose assessment fails (the decomposition or decoder raised) is
         for review with the reason ``qc_failed`` and the error, so its labels still count."""
         try:
-            return self.assess(slices, labels, spacing)
+            return self.assess(slices, labels, spacing, image=image)
         except Exception as error:  # a failing check must not lose a written prediction
             reason = {"check": "qc_failed", "value": None, "threshold": None,
                       "error": f"{source}: {type(error).__name__}: {error}"}
