@@ -376,7 +376,7 @@ def preprocess(data, config, overrides):
               help="The run's cohort folder, when it moved since training (for the quality-control calibration).")
 @click.option("--qc/--no-qc", default=True, show_default=True,
               help="Quality control: anatomical validity and out-of-distribution scores per slice, qc.json "
-                   "(about twice the network time per slice).")
+                   "(adds the modality encoder and the decoder; the anatomy factor comes from the segmentation pass).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(source, output, run_dir, batch_size, data, qc, quiet):
     """Segment NIfTI volumes with a trained run; labels go back onto each input's own grid.

@@ -192,15 +192,36 @@ class KerasRuntime:
         self.spacing = float(spacing)
         self.orientation = orientation
         self.batch_size = int(batch_size)
-        self.segment = probabilities_fn(model, batch_size)
         if not hasattr(model, "decompose"):
+            self.segment = probabilities_fn(model, batch_size)
             self.decompose = self.decode = None
+        else:
+            from sdnet_infer.model import AnatomyCache
+
+            self._anatomy = AnatomyCache()
+
+    def _batches(self, fn, *arrays):
+        b = self.batch_size
+        return [fn(*(a[i:i + b] for a in arrays)) for i in range(0, len(arrays[0]), b)]
+
+    def segment(self, images):
+        """SDNet's Segmentor(Binarise(U-Net(x))), keeping the binary anatomy factor for ``decompose``
+        of the same slices (the quality control), as ``sdnet_infer.SDNetRuntime`` does."""
+        images = np.asarray(images, np.float32)
+        if not len(images):
+            return np.zeros(images.shape[:3] + (self.model.num_classes,), np.float32)
+        anatomy = np.concatenate(self._batches(
+            lambda x: np.asarray(self.model.anatomy_encoder(x, training=False)), images))
+        self._anatomy.keep(images, anatomy)
+        return np.concatenate(self._batches(lambda a: np.asarray(self.model.segmentor(a, training=False)), anatomy))
 
     def decompose(self, images):
         images = np.asarray(images, np.float32)
-        parts = [self.model.decompose(images[i:i + self.batch_size], training=False, sample=False)
-                 for i in range(0, len(images), self.batch_size)]
-        anatomy, _, mean, logvar = (np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(4))
+        anatomy = self._anatomy.take(images, lambda x: np.concatenate(self._batches(
+            lambda y: np.asarray(self.model.anatomy_encoder(y, training=False)), x)))
+        parts = self._batches(lambda a, x: self.model.modality_encoder([a, x], training=False, sample=False),
+                              anatomy, images)
+        mean, logvar = (np.concatenate([np.asarray(p[k]) for p in parts]) for k in (1, 2))
         return anatomy, mean, logvar
 
     def decode(self, anatomy, z):

@@ -156,10 +156,10 @@ def test_decompose_reuses_the_anatomy_of_segment_exactly(export_dir, phantom_pat
     # a map that is not binary is not kept
     images = runtime._to_layout(slices[:3])
     binary = (np.random.default_rng(0).random((3, 32, 32, 8)) > 0.5).astype(np.float32)
-    runtime._keep_anatomy(images, binary)
+    runtime._anatomy.keep(images, binary)
     np.testing.assert_array_equal(runtime._anatomy_of(images), binary)
-    runtime._keep_anatomy(images, binary * 0.5)
-    assert not runtime._anatomy
+    runtime._anatomy.keep(images, binary * 0.5)
+    assert not len(runtime._anatomy)
 
 
 def test_modified_onnx_is_refused(export_dir, tmp_path, phantom_patient):

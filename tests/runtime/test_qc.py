@@ -357,3 +357,22 @@ def test_a_model_without_decoder_is_calibrated_for_validity_and_heart_area_only(
     assert calibration["thresholds"]["heart_area_mm2"] == onnx["thresholds"]["heart_area_mm2"]
     quality = QualityControl(SegmentOnly(), calibration)
     assert quality.model is None and "no out-of-distribution scores" in quality.note
+
+
+def test_keras_runtime_reuses_the_anatomy_of_segment_exactly(trained, cohort):
+    from sdnet_infer.preprocess import preprocess_frame
+    from sdnet_tf.inference import KerasRuntime, load_run, probabilities_fn
+
+    run, _, split = trained
+    model, config = load_run(run)
+    image, _, nifti = _frame(cohort, split["test"][0], "ed")
+    slices = preprocess_frame(image, nifti.header.get_zooms()[:2], size=32, target=SPACING)[0][..., None]
+    expected = KerasRuntime(model, config.data.spacing, "LPS").decompose(slices)
+    runtime = KerasRuntime(model, config.data.spacing, "LPS", batch_size=4)
+    np.testing.assert_allclose(runtime.segment(slices), probabilities_fn(model)(slices), atol=1e-6)
+    assert len(runtime._anatomy) == len(slices)
+    got = runtime.decompose(slices)
+    assert len(runtime._anatomy) == 0  # each kept factor handed out once
+    np.testing.assert_array_equal(got[0], expected[0])
+    for a, b in zip(got[1:], expected[1:]):
+        np.testing.assert_allclose(a, b, atol=1e-5)

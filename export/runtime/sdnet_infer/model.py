@@ -88,6 +88,52 @@ def choose_providers(requested=None):
     return ["CPUExecutionProvider"]
 
 
+class AnatomyCache:
+    """Binary anatomy factors computed on the way to the masks, kept for a later decomposition of
+    the same slices (the quality control), so that the U-Net does not run twice.
+
+    Each factor is bit-packed (about 50 kB at 224 x 224 x 8) and keyed by a digest of its input
+    slice; ``take`` hands each out once; at most ``limit`` are kept, the oldest dropped first.
+    Only exactly binary maps are kept, so what ``take`` returns equals what was computed.
+    """
+
+    def __init__(self, limit=ANATOMY_CACHE_SLICES):
+        self.limit = limit
+        self._kept = OrderedDict()
+
+    def __len__(self):
+        return len(self._kept)
+
+    @staticmethod
+    def _digest(image):
+        return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+
+    def keep(self, images, anatomy):
+        """Keep ``anatomy`` (N, H, W, C) of ``images`` (N, ...); a map that is not binary is not kept."""
+        anatomy = np.asarray(anatomy)
+        if not np.all((anatomy == 0) | (anatomy == 1)):
+            return
+        for image, a in zip(images, anatomy):
+            self._kept[self._digest(image)] = (a.shape, np.packbits(a.astype(bool)))
+        while len(self._kept) > self.limit:
+            self._kept.popitem(last=False)
+
+    def take(self, images, compute):
+        """The anatomy (N, H, W, C) float32 of ``images``: kept factors where there are, and
+        ``compute(images[missing])`` for the rest."""
+        found = [self._kept.pop(self._digest(image), None) for image in images]
+        missing = [i for i, item in enumerate(found) if item is None]
+        computed = np.asarray(compute(images[missing]), np.float32) if missing else None
+        parts = []
+        for i, item in enumerate(found):
+            if item is None:
+                parts.append(computed[missing.index(i)])
+            else:
+                shape, bits = item
+                parts.append(np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(np.float32))
+        return np.stack(parts)
+
+
 class SDNetRuntime:
     """Run an exported SDNet with onnxruntime.
 
@@ -112,7 +158,7 @@ class SDNetRuntime:
         # binary anatomy factors that segment.onnx computed on the way to the masks, bit-packed and
         # keyed by a digest of their slice, so that decompose() of the same slices (the quality
         # control) does not run the U-Net again; bounded, oldest dropped first
-        self._anatomy = OrderedDict()
+        self._anatomy = AnatomyCache()
         pre = self.meta["preprocessing"]
         self.size = int(pre["size"])
         self.spacing = float(pre["spacing_mm"])
@@ -162,35 +208,13 @@ class SDNetRuntime:
         images = self._to_layout(images)
         outputs = self._run("segment", {"image": images}, "image")
         if "anatomy" in outputs:  # exports since quality control: keep it for decompose()
-            self._keep_anatomy(images, outputs["anatomy"])
+            self._anatomy.keep(images, outputs["anatomy"])
         return outputs["probabilities"]
-
-    @staticmethod
-    def _digest(image):
-        return hashlib.blake2b(image.tobytes(), digest_size=16).digest()
-
-    def _keep_anatomy(self, images, anatomy):
-        if not np.all((anatomy == 0) | (anatomy == 1)):
-            return  # only binary maps are stored (bit-packed); anything else is recomputed
-        for image, a in zip(images, anatomy):
-            self._anatomy[self._digest(image)] = (a.shape, np.packbits(a.astype(bool)))
-        while len(self._anatomy) > ANATOMY_CACHE_SLICES:
-            self._anatomy.popitem(last=False)
 
     def _anatomy_of(self, images):
         """Binary anatomy (N, size, size, C) of layout-converted slices: the ones segment() already
         computed, exactly; the U-Net (anatomy.onnx) for the others."""
-        found = [self._anatomy.pop(self._digest(image), None) for image in images]
-        missing = [i for i, item in enumerate(found) if item is None]
-        computed = self._run("anatomy", {"image": images[missing]}, "image")["anatomy"] if missing else None
-        parts = []
-        for i, item in enumerate(found):
-            if item is None:
-                parts.append(computed[missing.index(i)])
-            else:
-                shape, bits = item
-                parts.append(np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(np.float32))
-        return np.stack(parts)
+        return self._anatomy.take(images, lambda missing: self._run("anatomy", {"image": missing}, "image")["anatomy"])
 
     def decompose(self, images):
         """Slices -> (binary anatomy (N, size, size, C), z mean (N, nz), z log-variance (N, nz)).
