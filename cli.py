@@ -401,6 +401,8 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
 
     try:
         check_output_location(output)  # before a first calibration, which takes a while
+        if data is not None and not Path(data).expanduser().is_dir():
+            raise DataError(f"{data}: --data is not a folder (the run's cohort, for the quality-control calibration)")
         model, cfg = load_run(run_dir)
         network = KerasRuntime(model, cfg.data.spacing, run_orientation(run_dir), batch_size)
         quality = None

@@ -283,7 +283,7 @@ def _gated_reduction(run_dir, model, config, precision, layout, orientation, dat
     try:
         folder, _, _ = run_cohort(run_dir, data)
     except DataError as error:
-        raise DataError(f"{error}; a {precision} export is checked on the run's validation patients") from None
+        raise DataError(f"{error}; an {precision} export is checked on the run's validation patients") from None
     if config.data.dataset == "acdc" and config.data.path != "phantom":
         config.data.path = str(folder)
     arrays = load_arrays(config)[0] if precision == "int8" else None

@@ -223,7 +223,7 @@ def reduce_precision(precision, fp32_path, out_path, frames, arrays, layout, wor
     if precision == "fp16":
         convert_fp16(fp32_path, out_path)
         scores = frames.score(probabilities_fn(out_path, layout))
-        say(f"fp16: 3-D Dice {scores['dice_vs_reference']:.4f} (drop {scores['dice_drop']:.4f})")
+        say(f"fp16: 3-D Dice {scores['dice_vs_reference']:.4f} (drop {scores['dice_drop']:+.4f})")
         if scores["dice_drop"] > max_drop:
             raise AccuracyGateError(_gate_message("fp16", scores, max_drop))
         return {"method": "onnxruntime.transformers.float16, float32 inputs and outputs kept",
@@ -244,7 +244,7 @@ def reduce_precision(precision, fp32_path, out_path, frames, arrays, layout, wor
         scores = frames.score(probabilities_fn(out_path, layout))
         search.append({"float_layers": count, **scores})
         say(f"int8 with {count} layer(s) left in float: 3-D Dice {scores['dice_vs_reference']:.4f} "
-            f"(drop {scores['dice_drop']:.4f}, agreement with float32 {scores['dice_vs_fp32']:.4f})")
+            f"(drop {scores['dice_drop']:+.4f}, agreement with float32 {scores['dice_vs_fp32']:.4f})")
         if scores["dice_drop"] <= max_drop:
             excluded = [] if not count else [{"node": n, "sqnr_db": round(s, 2)} for n, s in ranking[:count]]
             return {"method": "onnxruntime.quantization.quantize_static, QDQ, per-channel, activations QUInt8, "

@@ -123,7 +123,7 @@ def run_calibration(run_dir, model, data=None, log=None):
     if isinstance(cached, dict) and cached.get("key") == key:
         return cached["qc"], None
     if log:
-        log(f"calibrating the quality control on {run_dir}'s data (once; kept in {path})")
+        log(f"calibrating the quality control on the data of {run_dir} (once; kept in {path})")
     try:
         calibration = calibrate_run(run_dir, model, data, log)
     except DataError as error:

@@ -376,3 +376,35 @@ def test_keras_runtime_reuses_the_anatomy_of_segment_exactly(trained, cohort):
     np.testing.assert_array_equal(got[0], expected[0])
     for a, b in zip(got[1:], expected[1:]):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_infer_help_prints_and_a_link_loop_fails_alone_and_no_qc_leaves_no_stale_report(trained, volumes, tmp_path,
+                                                                                           capsys):
+    _, export, _ = trained
+    with pytest.raises(SystemExit) as done:
+        infer_main(["--help"])
+    assert done.value.code == 0 and "--no-qc" in capsys.readouterr().out
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    clean, name = _clean(volumes)
+    shutil.copy(clean, batch / clean.name)
+    (batch / "loop_a.nii.gz").symlink_to(batch / "loop_b.nii.gz")
+    (batch / "loop_b.nii.gz").symlink_to(batch / "loop_a.nii.gz")
+    out = tmp_path / "out"
+    assert infer_main(["-q", "-i", str(batch), "-o", str(out), "-m", str(export)]) == 1
+    records = {r["input"].rsplit("/", 1)[-1]: r for r in json.loads((out / "predictions.json").read_text())}
+    assert records[clean.name]["error"] is None and records[clean.name]["qc"] == "ok"
+    assert all(records[f"loop_{x}.nii.gz"]["error"] for x in "ab")
+    assert (out / "qc.json").is_file()
+    (batch / "loop_a.nii.gz").unlink()
+    (batch / "loop_b.nii.gz").unlink()
+    assert infer_main(["-q", "-i", str(batch), "-o", str(out), "-m", str(export), "--no-qc"]) == 0
+    assert not (out / "qc.json").exists() and "qc" not in json.loads((out / "predictions.json").read_text())[0]
+
+
+def test_predict_refuses_a_data_option_that_is_not_a_folder(trained, volumes, tmp_path):
+    run, _, _ = trained
+    clean, _ = _clean(volumes)
+    result = CliRunner().invoke(main, ["predict", "-i", str(clean), "-o", str(tmp_path / "out"), "--run", str(run),
+                                       "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "--data is not a folder" in result.output and "Traceback" not in result.output

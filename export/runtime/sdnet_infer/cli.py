@@ -47,7 +47,7 @@ def main(argv=None):
     parser.add_argument("--no-qc", action="store_true",
                         help="skip the quality control (anatomical validity and out-of-distribution scores of every "
                              "slice, qc.json); it adds the modality encoder and the decoder (the anatomy factor comes "
-                             "from the segmentation pass): about 2% (fp32) to 7% (int8) of the network time")
+                             "from the segmentation pass) and the validity checks of every slice")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print onnxruntime's log messages")
     args = parser.parse_args(argv)
@@ -67,7 +67,7 @@ def main(argv=None):
                                batch_size=args.batch_size)
         quality = None if args.no_qc else QualityControl(runtime, runtime.meta.get("qc"))
         if not args.quiet:
-            _line(f"sdnet-infer: {args.model} on {runtime.provider}")
+            _line(f"sdnet-infer: {args.model} ({runtime.precision}) on {runtime.provider}")
             if quality is not None and quality.note:
                 _line(f"quality control: {quality.note}")
 

@@ -123,6 +123,15 @@ def output_collisions(pairs):
     return refused
 
 
+def _resolved(path):
+    """``path`` with links resolved; itself when it cannot be (a symbolic-link loop): reading it
+    then fails for that file alone."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
+
+
 def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None,
                   orientation=TRAINING_ORIENTATION, quality=None):
     """Predict every image under ``source`` into ``out_dir``; a failing input is recorded and skipped.
@@ -148,7 +157,9 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     out_dir = Path(out_dir)
     pairs = find_inputs(source)
     prepare_output_dir(out_dir)
-    inputs = {p.resolve() for p, _ in pairs}
+    inputs = {_resolved(p) for p, _ in pairs}
+    if quality is None:
+        (out_dir / QC_FILE).unlink(missing_ok=True)  # an earlier run's report would not describe these outputs
     collisions = output_collisions(pairs)
     records = []
     for index, (path, relative) in enumerate(pairs, start=1):
@@ -158,7 +169,7 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
         try:
             if path in collisions:
                 raise DataError(collisions[path])
-            if target_path.resolve() in inputs:
+            if _resolved(target_path) in inputs:
                 raise DataError(f"{path}: the output {target_path} would overwrite an input; choose another folder")
             volume = read_volume(path, ndim=(3, 4), orientation=orientation)
             labels, slices = predict_volume(volume.data, volume.zooms[:2], probabilities, size, target,
