@@ -414,7 +414,8 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
         draw = _progress_report("predict", quiet)
         records = predict_files(source, output, network.segment, network.size, network.spacing,
                                 lambda index, total, record: draw(index, total, None, record["error"]),
-                                orientation=network.orientation, quality=quality)
+                                orientation=network.orientation, quality=quality,
+                                model={"run": str(run_dir)})
     except DataError as error:
         raise UserError(str(error)) from error
     qc_file = "" if quality is None else f", quality control in {output / 'qc.json'}"

@@ -394,6 +394,8 @@ def test_infer_help_prints_and_a_link_loop_fails_alone_and_no_qc_leaves_no_stale
     assert infer_main(["-q", "-i", str(batch), "-o", str(out), "-m", str(export)]) == 1
     records = {r["input"].rsplit("/", 1)[-1]: r for r in json.loads((out / "predictions.json").read_text())}
     assert records[clean.name]["error"] is None and records[clean.name]["qc"] == "ok"
+    assert records[clean.name]["model"] == {"export": str(export), "precision": "fp32"}  # traceable
+    assert json.loads((out / "qc.json").read_text())["model"] == {"export": str(export), "precision": "fp32"}
     assert all(records[f"loop_{x}.nii.gz"]["error"] for x in "ab")
     assert (out / "qc.json").is_file()
     (batch / "loop_a.nii.gz").unlink()

@@ -83,7 +83,8 @@ def main(argv=None):
 
         start = time.perf_counter()
         records = predict_files(args.input, args.output, runtime.segment, runtime.size, runtime.spacing, report,
-                                orientation=runtime.orientation, quality=quality)
+                                orientation=runtime.orientation, quality=quality,
+                                model={"export": str(args.model), "precision": runtime.precision})
     except (DataError, ExportError) as error:
         _line(f"Error: {error}")
         return 2

@@ -133,7 +133,7 @@ def _resolved(path):
 
 
 def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None,
-                  orientation=TRAINING_ORIENTATION, quality=None):
+                  orientation=TRAINING_ORIENTATION, quality=None, model=None):
     """Predict every image under ``source`` into ``out_dir``; a failing input is recorded and skipped.
 
     Each image is read by ``sdnet_infer.geometry`` (voxel size in mm, slice axis, brought
@@ -148,6 +148,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     With ``quality`` (a ``sdnet_infer.qc.QualityControl``) every predicted volume is assessed:
     its record gets ``qc`` ("ok" or "review") and ``qc_reasons`` (the checks that failed), and
     ``out_dir/qc.json`` holds the per-volume report with a row per slice (``QualityControl.report``).
+    ``model`` (a dict, e.g. the export folder and its precision) is recorded in each record and
+    in ``qc.json``, so every output can be traced to the model that made it.
 
     Raises:
         DataError: ``source`` holds no image.
@@ -165,6 +167,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     for index, (path, relative) in enumerate(pairs, start=1):
         target_path = out_dir / relative
         record = {"input": str(path), "output": str(target_path), "error": None}
+        if model is not None:
+            record["model"] = model
         start = time.perf_counter()
         try:
             if path in collisions:
@@ -195,7 +199,7 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
             report(index, len(pairs), record)
     write_json(out_dir / "predictions.json", records)
     if quality is not None:
-        write_json(out_dir / QC_FILE, quality.report())
+        write_json(out_dir / QC_FILE, {**quality.report(), **({"model": model} if model is not None else {})})
     return records
 
 
