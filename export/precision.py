@@ -146,14 +146,11 @@ def convert_fp16(fp32_path, out_path):
 
 
 def _mean_dice(a, b):
+    """Mean 3-D Dice of LV, RV and MYO of two label volumes; a structure absent from both counts 1."""
     from sdnet_infer.labels import LV, MYO, RV
+    from sdnet_tf.metrics.overlap import dice
 
-    scores = []
-    for label in (LV, RV, MYO):
-        p, r = a == label, b == label
-        total = p.sum() + r.sum()
-        scores.append(1.0 if total == 0 else 2.0 * (p & r).sum() / total)
-    return float(np.mean(scores))
+    return float(np.mean([dice(a == label, b == label, empty=1.0) for label in (LV, RV, MYO)]))
 
 
 class ValidationFrames:
@@ -163,15 +160,9 @@ class ValidationFrames:
     def __init__(self, run_dir, fp32_path, layout, size, spacing, data=None, orientation="LPS", log=None):
         from sdnet_infer.io import read_volume
         from sdnet_infer.predict import predict_volume
-        from sdnet_tf.data.acdc import find_patients
-        from sdnet_tf.data.arrays import DataError
-        from sdnet_tf.inference import run_cohort
+        from sdnet_tf.inference import run_patients
 
-        folder, splits, split = run_cohort(run_dir, data)
-        wanted = set(splits[split]["validation"])
-        patients = [p for p in find_patients(folder) if p.number in wanted]
-        if not patients:
-            raise DataError(f"{folder}: none of the validation patients of split {split} is there")
+        _, _, _, patients = run_patients(run_dir, "validation", data)
         self.size, self.spacing, self.layout = size, spacing, layout
         self.frames, self.references = [], []
         for patient in patients:
@@ -179,7 +170,7 @@ class ValidationFrames:
                 self.frames.append(read_volume(patient.frame(index), orientation=orientation))
                 self.references.append(np.rint(read_volume(patient.labels(index), kind="labels",
                                                            orientation=orientation).data).astype(np.uint8))
-        self.patients = sorted(wanted & {p.number for p in patients})
+        self.patients = sorted(p.number for p in patients)
         self._predict = predict_volume
         start = time.perf_counter()
         self.fp32_labels = self.labels(probabilities_fn(fp32_path, layout))

@@ -5,11 +5,8 @@ distribution of z; they are measured here with the exported ONNX models themselv
 run's own data (``sdnet_tf.quality.calibrate_run``), before the sidecar is written.
 """
 
-import tempfile
-from pathlib import Path
-
-from sdnet_infer.io import DataError, write_json
-from sdnet_infer.model import SIDECAR, SDNetRuntime
+from sdnet_infer.io import DataError
+from sdnet_infer.model import SDNetRuntime
 from sdnet_infer.qc import uncalibrated
 
 
@@ -17,8 +14,8 @@ def calibrate_export(run_dir, out_dir, meta, log=None, data=None):
     """The sidecar's ``qc`` entry for the models just written to ``out_dir``.
 
     The sidecar does not exist yet (it is written last); the models are opened as the runtime
-    will open them, through a scratch folder holding links to ``out_dir``'s files and ``meta``
-    as its sidecar (so every file's hash is checked, external weights included).
+    will open them, with ``meta`` as their sidecar (so every file's hash is checked, external
+    weights included).
 
     Args:
         run_dir: the exported run (its ``data.json`` names the cohort and split), or None for a
@@ -36,16 +33,10 @@ def calibrate_export(run_dir, out_dir, meta, log=None, data=None):
 
     if run_dir is None:
         return uncalibrated("exported without a run directory, so without its validation patients")
-    with tempfile.TemporaryDirectory(prefix="sdnet-qc-") as scratch:
-        scratch = Path(scratch)
-        for path in Path(out_dir).iterdir():
-            if path.is_file() and path.name != SIDECAR:
-                (scratch / path.name).symlink_to(path.resolve())
-        write_json(scratch / SIDECAR, meta)
-        runtime = SDNetRuntime(scratch)
-        try:
-            return calibrate_run(run_dir, runtime, data=data, log=log)
-        except DataError as error:
-            if log:
-                log(f"quality control not calibrated, validity only: {error}")
-            return uncalibrated(error)
+    runtime = SDNetRuntime(out_dir, meta=meta)
+    try:
+        return calibrate_run(run_dir, runtime, data=data, log=log)
+    except DataError as error:
+        if log:
+            log(f"quality control not calibrated, validity only: {error}")
+        return uncalibrated(error)

@@ -292,20 +292,13 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     Predictions go to ``out_dir/predictions/patientNNN/`` and the tables into ``out_dir``.
     ``split`` defaults to the run's own; ``subset`` is "test", "validation" or "training".
     """
-    from sdnet_tf.data.acdc import find_patients
-    from sdnet_tf.inference import load_run, probabilities_fn, run_cohort, run_orientation
+    from sdnet_tf.inference import load_run, probabilities_fn, run_orientation, run_patients
 
     out_dir = prepare_output_dir(out_dir)
     model, config = load_run(run_dir)
     orientation = run_orientation(run_dir)
-    folder, splits, run_split = run_cohort(run_dir, data)
-    split = run_split if split is None else split
-    if subset not in splits[split]:
-        raise DataError(f"unknown subset {subset!r}; expected one of {sorted(splits[split])}")
+    folder, splits, split, patients = run_patients(run_dir, subset, data, split)
     wanted = set(splits[split][subset])
-    patients = [p for p in find_patients(folder) if p.number in wanted]
-    if not patients:
-        raise DataError(f"{folder}: none of the {subset} patients of split {split} is there")
     out_dir = Path(out_dir)
     pred_root = out_dir / "predictions"
     probabilities = probabilities_fn(model, batch_size)

@@ -263,3 +263,25 @@ def run_cohort(run_dir, data=None):
     if not folder.is_dir():
         raise DataError(f"{folder}: the run's data folder is not there; pass it with --data")
     return folder, meta["splits"], int(meta.get("split", 0))
+
+
+def run_patients(run_dir, subset, data=None, split=None):
+    """(cohort folder, all splits, split, the ``subset`` patients of that split found in the folder).
+
+    ``subset`` is "training", "validation" or "test"; ``split`` defaults to the run's own;
+    ``data`` replaces the recorded folder.
+
+    Raises:
+        DataError: as ``run_cohort``; an unknown subset; none of its patients in the folder.
+    """
+    from sdnet_tf.data.acdc import find_patients
+
+    folder, splits, run_split = run_cohort(run_dir, data)
+    split = run_split if split is None else split
+    if subset not in splits[split]:
+        raise DataError(f"unknown subset {subset!r}; expected one of {sorted(splits[split])}")
+    wanted = set(splits[split][subset])
+    patients = [p for p in find_patients(folder) if p.number in wanted]
+    if not patients:
+        raise DataError(f"{folder}: none of the {subset} patients of split {split} is there")
+    return folder, splits, split, patients

@@ -144,11 +144,13 @@ class SDNetRuntime:
         batch_size: slices per inference call; default 16 on CUDA, 1 on the CPU (on 2 cores
             batch 1 is as fast per slice as batch 16 and keeps the peak memory of a 224 x 224
             model under 500 MB instead of over 1 GB; benchmarks/RESULTS.md).
+        meta: the sidecar as a dict instead of the folder's ``sdnet-export.json`` (the export
+            uses it before it writes the sidecar); the files are checked against it all the same.
     """
 
-    def __init__(self, folder, providers=None, threads=0, batch_size=None):
+    def __init__(self, folder, providers=None, threads=0, batch_size=None, meta=None):
         self.folder = Path(folder)
-        self.meta = verify(self.folder)
+        self.meta = verify(self.folder, meta)
         self.providers = choose_providers(providers)
         self.threads = threads
         if batch_size is not None and int(batch_size) < 1:
