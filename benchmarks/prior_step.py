@@ -43,7 +43,8 @@ def measure(engine, config_name, overrides, warmup, steps):
     from sdnet_tf.config import PriorConfig, load_config
     from sdnet_tf.data.masks import prior_one_hot
     from sdnet_tf.models.priors import build_prior
-    from sdnet_tf.training.prior_trainer import prior_loss, step_engine
+    from sdnet_tf.training.engines import step_engine
+    from sdnet_tf.training.prior_trainer import prior_loss
 
     config = load_config(config_name, overrides, kind=PriorConfig)
     config.train.backend, config.train.jit_compile = backend, xla

@@ -75,7 +75,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # iterations between checkpoints; 0: at the end of each epoch only
     keep_checkpoints: int = 2
     image_summaries: int = 4  # images written to TensorBoard each epoch (0: none)
-    log_every: int = 10  # iterations between TensorBoard loss scalars
+    log_every: int = 10  # iterations between lines of scalars.jsonl (and TensorBoard scalars on TensorFlow)
     validation_batch_size: int = 16
     # before each validation, recompute every BatchNorm's moving statistics from this many
     # batches (of validation_batch_size unaugmented training images) with the current weights

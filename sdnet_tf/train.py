@@ -27,9 +27,9 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     ``keras.distribution.DataParallel`` over every JAX device (see ``jax_engine``).
 
     With ``train.distribute`` "multi_worker" every worker calls this with the same arguments;
-    only the chief writes ``run_dir``. The others write their checkpoints (TensorFlow wants
-    every worker to save) and logs to a temporary directory, removed at the end, and resume
-    from the chief's checkpoints, so ``run_dir`` must be readable by every worker.
+    only the chief writes ``run_dir``. The others write their checkpoints and logs to a
+    temporary directory, removed at the end, and resume from the chief's checkpoints, so
+    ``run_dir`` must be readable by every worker.
     """
     run_dir = Path(run_dir)
     jax = config.train.backend == "jax"
@@ -120,22 +120,18 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
 
 def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
     from sdnet_tf.models import SDNet
+    from sdnet_tf.training.engines import sdnet_engine
     from sdnet_tf.training.trainer import Trainer
 
     # variables created in the strategy's scope are mirrored on every replica
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = SDNet(**model_kwargs(config), seed=config.train.seed)
         model.build()
-    engine = None  # the Trainer makes the engine of train.backend
-    if config.train.backend != "jax":
-        from sdnet_tf.training.tf_engine import TFEngine
-
-        engine = TFEngine.from_config(model, config, run_dir=out_dir, strategy=strategy, resume_dir=run_dir)
-        if config.loss.shape_prior:
-            _use_shape_prior(engine, config, arrays, out_dir)
-    elif config.loss.shape_prior:
-        raise ConfigError("loss.shape_prior (the shape loss) needs the TensorFlow engine: train.backend tensorflow")
-    trainer = Trainer(model, arrays, config, out_dir, engine=engine, progress=progress)
+    # the one engine choice (engines.sdnet_engine); TensorBoard events go to this task's directory
+    engine = sdnet_engine(model, config, run_dir=out_dir, strategy=strategy)
+    if config.loss.shape_prior:
+        _use_shape_prior(engine, config, arrays, out_dir)
+    trainer = Trainer(model, arrays, config, out_dir, engine=engine, progress=progress, resume_dir=run_dir)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
              counts["labelled"], counts["unlabelled"], counts["validation"], trainer.iterations_per_epoch)

@@ -24,7 +24,7 @@ from sdnet_tf.config import load_config, model_kwargs
 from sdnet_tf.data.sources import load_arrays
 import keras
 from sdnet_tf.models import SDNet
-from sdnet_tf.training.tf_engine import TFEngine
+from sdnet_tf.training.engines import sdnet_engine
 from sdnet_tf.training.trainer import Trainer, validation_dice
 
 sets = [a for a in sys.argv[2:] if a != "--set"]
@@ -34,7 +34,7 @@ arrays, desc = load_arrays(cfg)
 print(desc.get("counts"), flush=True)
 model = SDNet(**model_kwargs(cfg), seed=cfg.train.seed); model.build()
 import tempfile; rd = tempfile.mkdtemp()
-eng = TFEngine.from_config(model, cfg, run_dir=rd)
+eng = sdnet_engine(model, cfg, run_dir=rd)
 tr = Trainer(model, arrays, cfg, rd, engine=eng, progress=False)
 nets = [model.anatomy_encoder, model.segmentor]
 bn_layers = [l for n in nets for l in n._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]

@@ -13,9 +13,9 @@ the scope and returned, so the function has no side effects; the engine writes e
 value back into the Keras variables after each step, so the model, ``model.save`` and the
 checkpoints always hold the current weights.
 
-Checkpoints are single ``.npz`` files (weights, optimiser variables and the schedule's numpy
-state, written atomically); scalars go to ``scalars.jsonl`` in the run directory.
-TensorBoard needs TensorFlow, so there are no event files and no image summaries.
+Checkpoints, best weights, history and scalars are the loop's files (``run_files``), the
+same as on TensorFlow, so a run resumes on either backend. TensorBoard needs TensorFlow, so
+there are no event files and no image summaries.
 
 Data parallelism (``train.distribute: data_parallel``) is ``keras.distribution.DataParallel``
 over every JAX device: ``data_parallel`` makes it, and the model and the engine are made in
@@ -27,26 +27,20 @@ BatchNorm's batch mean and variance, being reductions over the sharded batch axi
 statistics of the global batch (synchronised BatchNorm, without asking for it).
 """
 
-import json
 import logging
-import re
 from pathlib import Path
 
 import jax
 import keras
 import numpy as np
 
-from sdnet_tf.atomic import atomic_path
 from sdnet_tf.config import ConfigError
-from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import objectives
 from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
 
 log = logging.getLogger("sdnet_tf.train")
 
-_CHECKPOINT = re.compile(r"ckpt-(\d+)\.npz")
-_BEST = re.compile(r"best-(\d+)\.npz")
 
 
 def _values(variables):
@@ -56,18 +50,6 @@ def _values(variables):
 def _assign(variables, values):
     for variable, value in zip(variables, values):
         variable.assign(value)
-
-
-def _numbered(directory, pattern):
-    """``{number: path}`` of the files in ``directory`` whose whole name matches ``pattern``."""
-    if not directory.is_dir():
-        return {}
-    found = {}
-    for path in directory.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return found
 
 
 def data_parallel():
@@ -81,7 +63,7 @@ def data_parallel():
 
 
 class JAXEngine:
-    """Jit-compiled SDNet updates, ``.npz`` checkpoints and JSON-lines scalars with JAX.
+    """Jit-compiled SDNet updates with JAX.
 
     The interface is ``TFEngine``'s, so ``Trainer`` runs the same schedule on either.
 
@@ -96,7 +78,7 @@ class JAXEngine:
             differentiated function and ``LossScaleOptimizer.stateless_apply`` unscales the
             gradients and skips the steps whose gradients overflow, as on TensorFlow.
         dice_mode: "pooled" or "per_class".
-        run_dir: where checkpoints and scalars go; None for none.
+        run_dir: not used (the JAX engine writes no files); accepted for the TF engine's signature.
 
     Made while a ``keras.distribution.DataParallel`` is Keras' distribution (``data_parallel``),
     the engine trains data-parallel: ``train_config.batch_size`` is the global batch, which
@@ -132,6 +114,7 @@ class JAXEngine:
                                  f"{sorted(trains)}; the JAX engine needs one set of networks per optimiser")
             if steps:
                 optimizer.build(self.step_variables[steps[0].name])
+        self.shape_prior, self.shape_omega = None, 0.0  # set by use_shape_prior
         self._updates = shared_updates(self.schedule, self._compile_update)
         self._segment = jax.jit(self._stateless(lambda images: objectives.segment_inference(self.model, images)))
         self._inspect = jax.jit(self._stateless(lambda images: self.model(images, training=False, sample=False)))
@@ -186,9 +169,13 @@ class JAXEngine:
         trained = self.step_variables[step.name]
         trained_ids = {id(v) for v in trained}
         frozen = [v for v in self._trainable if id(v) not in trained_ids]  # the other networks' weights
+        prior = self.shape_prior if step.objective == "supervised" else None
+        if prior is not None:
+            frozen += list(prior.variables)  # passed in as values, never captured as constants
         non_trainable = self._non_trainable
         optimizer = self.optimizers[step.optimizer]
         model, weights, dice_mode = self.model, self.loss_weights, self.dice_mode
+        shape = {"prior": prior, "omega": self.shape_omega} if prior is not None else {}
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def loss(trained_values, frozen_values, state_values, optimizer_values, inputs):
@@ -196,7 +183,7 @@ class JAXEngine:
                        + list(zip(non_trainable, state_values)))
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 if step.objective == "supervised":
-                    total, terms = objective(model, *inputs, weights, dice_mode=dice_mode)
+                    total, terms = objective(model, *inputs, weights, dice_mode=dice_mode, **shape)
                 elif step.objective == "discriminator":
                     total, terms = objective(model, *inputs)
                 else:
@@ -219,6 +206,26 @@ class JAXEngine:
             return new_trained, new_state, new_optimizer, total, terms
 
         return jax.jit(update), trained, frozen, optimizer
+
+    def use_shape_prior(self, prior, omega):
+        """Add ``omega`` times a frozen prior's shape loss to the supervised step; the steps
+        are compiled again with the prior's weights as inputs."""
+        self.shape_prior, self.shape_omega = prior, float(omega)
+        self._updates = shared_updates(self.schedule, self._compile_update)
+        self._shape_sizes = None
+
+    def shape_sizes(self, images, masks):
+        """The weighted Dice and shape losses of a batch, in inference mode (omega's estimate)."""
+        variables = self._variables + list(self.shape_prior.variables)
+        if getattr(self, "_shape_sizes", None) is None:
+            def sizes(values, x, y):
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return objectives.shape_sizes(self.model, x, y, self.loss_weights["dice"], self.dice_mode,
+                                                  self.shape_prior)
+
+            self._shape_sizes = jax.jit(sizes)
+        out = jax.device_get(self._shape_sizes(_values(variables), self._place(images), self._place(masks)))
+        return {k: float(v) for k, v in out.items()}
 
     def run_step(self, step, *inputs):
         """Apply one update; returns its loss terms (and ``total``) as Python floats."""
@@ -259,91 +266,10 @@ class JAXEngine:
         lowered = self._segment.lower(_values(self._variables), self._place(images))
         return float(lowered.compile().cost_analysis()["flops"])
 
-    # checkpoints -------------------------------------------------------------------------
-    def _tracked(self, optimizers):
-        """Every variable to checkpoint, by the TF engine's stable names.
-
-        A network's variables are numbered in their deterministic creation order (the
-        ``SDNet`` constructor and ``build`` fix it), so the names do not depend on Keras'
-        process-global layer-name counters.
-        """
-        tracked = {}
-        for name, network in self.model.networks().items():
-            for i, variable in enumerate(network.variables):
-                tracked[f"{name}/{i:04d}"] = variable
-        if optimizers:
-            for name, optimizer in self.optimizers.items():
-                for i, variable in enumerate(optimizer.variables):
-                    tracked[f"optimizer_{name}/{i:04d}"] = variable
-        return tracked
-
-    def _save(self, path, optimizers, state=None):
-        arrays = {f"variables/{name}": np.asarray(v.value) for name, v in self._tracked(optimizers).items()}
-        arrays.update({f"state/{name}": value for name, value in (state or {}).items()})
-        with atomic_path(path) as tmp:
-            np.savez(tmp, **arrays)
-
-    def _load(self, path, optimizers):
-        """Assign the variables saved in ``path``; returns the schedule state saved with them."""
-        with np.load(path) as data:
-            saved = {name: data[name] for name in data.files}
-        tracked = self._tracked(optimizers)
-        missing = [name for name in tracked if f"variables/{name}" not in saved]
-        if missing:
-            raise ValueError(f"{path}: no values for {len(missing)} variables ({', '.join(missing[:3])}, ...); "
-                             "it was written for a different model or configuration")
-        for name, variable in tracked.items():
-            value = saved[f"variables/{name}"]
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(f"{path}: {name} ({variable.path}) has shape {value.shape}, "
-                                 f"expected {tuple(variable.shape)}")
-            variable.assign(value)
-        return {name[len("state/"):]: value for name, value in saved.items() if name.startswith("state/")}
-
-    def save_checkpoint(self, iteration, state):
-        """Save weights, optimiser variables and the schedule's numpy ``state`` in one file.
-
-        The file is written atomically; only the newest ``keep_checkpoints`` are kept.
-        """
-        directory = self.run_dir / "checkpoints"
-        self._save(directory / f"ckpt-{iteration}.npz", optimizers=True, state=state)
-        kept = sorted(_numbered(directory, _CHECKPOINT).items())
-        for _, old in kept[:-self.config.keep_checkpoints]:
-            old.unlink()
-
-    def restore_latest(self):
-        """Restore the latest checkpoint; returns its numpy state, or None if there is none."""
-        found = _numbered(self.run_dir / "checkpoints", _CHECKPOINT) if self.run_dir else {}
-        if not found:
-            if self.run_dir and (self.run_dir / "checkpoints" / "checkpoint").is_file():
-                raise DataError(f"{self.run_dir}: its checkpoints were written by the TensorFlow engine; "
-                                "resume it with --backend tensorflow")
-            return None
-        return self._load(found[max(found)], optimizers=True)
-
-    def save_best(self, iteration):
-        directory = self.run_dir / "best"
-        self._save(directory / f"best-{iteration}.npz", optimizers=False)
-        for number, old in _numbered(directory, _BEST).items():
-            if number != iteration:
-                old.unlink()
-
-    def restore_best(self):
-        """Load the best validation weights into the model; False when none was saved."""
-        found = _numbered(self.run_dir / "best", _BEST) if self.run_dir else {}
-        if not found:
-            return False
-        self._load(found[max(found)], optimizers=False)
-        return True
-
     # summaries ---------------------------------------------------------------------------
     def log_scalars(self, values, step):
-        """Append ``{"step": step, name: value, ...}`` as one line of ``scalars.jsonl``."""
-        if self.run_dir is None:
-            return
-        record = {"step": int(step), **{name: float(value) for name, value in values.items()}}
-        with open(self.run_dir / "scalars.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        """Scalars go to the run's ``scalars.jsonl`` (``run_files``); without TensorFlow there is no
+        TensorBoard copy."""
 
     def log_images(self, images, step):
         """Image summaries need TensorBoard (TensorFlow); the JAX engine skips them."""

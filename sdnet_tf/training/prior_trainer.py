@@ -1,51 +1,43 @@
 """Training loops of the shape priors (``sdnet-tf prior train nvae|acnn``) and of the U-Net baseline
 (``sdnet-tf baseline train unet``, optionally with a frozen prior's shape loss).
 
-Both loops share the run-directory layout:
-
-- ``config.yaml`` (resolved config), ``data.json`` (patients and slice counts);
-- ``checkpoints/ckpt-<epoch>.npz``: model and optimiser variables and the loop's state at the
-  end of an epoch, written atomically; a killed run resumes from the newest one;
-- ``best.npz`` + ``best.json``: the variables of the best validation epoch;
-- ``history.csv`` (one row per epoch), ``scalars.jsonl`` (training terms every ``log_every``
-  steps), ``train.log``, and ``summary.json`` at the end.
-
-The gradient mechanics live in ``prior_engine`` (TensorFlow) and ``prior_jax_engine`` (JAX),
-chosen by ``train.backend``, which must be Keras' backend; this module is backend-free. The
-checkpoints are the same on both, so a run can be resumed on the other backend.
+Both run in the one training loop (``loop.Loop``) as a ``StepTask``, with SDNet's run files
+(``run_files``: checkpoints at each epoch end, ``best.npz`` + ``best.json``, ``history.csv``,
+``scalars.jsonl``). The gradient mechanics live in ``prior_engine`` (TensorFlow) and
+``prior_jax_engine`` (JAX), chosen by ``engines.step_engine``; this module is backend-free,
+and a run can be resumed on the other backend.
 """
 
 import contextlib
-import csv
 import json
 import logging
 import math
-import re
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
-from tqdm.auto import tqdm
 
-from sdnet_tf.atomic import atomic_path, write_json
+from sdnet_tf.atomic import write_json
 from sdnet_tf.config import save_config
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.data.masks import epoch_batches, prior_one_hot, rotate_labels
 from sdnet_tf.data.sources import mask_sets
 from sdnet_tf.metrics.shape import reconstruction_dice, valid_fraction
 from sdnet_tf.inference import batched, load_prior
-from sdnet_tf.models.priors import assign_values, build_prior, variable_values
+from sdnet_tf.models.priors import build_prior
 from sdnet_tf.models.unet import build_unet
 from sdnet_tf.training import prior_objectives
 
 from sdnet_tf.training.averaging import WeightAverage, validation_weights
-from sdnet_tf.training.logs import log_to_file, stop_logging
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
+from sdnet_tf.training.engines import step_engine
+from sdnet_tf.training.logs import log_to_file, stop_logging
+from sdnet_tf.training.loop import Loop, Task
+from sdnet_tf.training.run_files import RunFiles, network_variables, optimizer_variables
 
 log = logging.getLogger("sdnet_tf.train")
 
-_CHECKPOINT = re.compile(r"ckpt-(\d+)\.npz")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -54,88 +46,68 @@ def valid_share(labels, spacing):
     return valid_fraction(labels, (spacing, spacing))["valid"]
 
 
-class RunFiles:
-    """Checkpoints, best weights, history and scalars of one run directory."""
+class StepTask(Task):
+    """A model trained by one ``StepEngine`` (a prior, the U-Net) as a task of the loop.
 
-    def __init__(self, run_dir, keep=2):
-        self.run_dir = Path(run_dir)
-        self.keep = keep
-        self.checkpoints = self.run_dir / "checkpoints"
+    Args:
+        name: the kind ("nvae", "acnn", "unet").
+        model: the network.
+        optimizer: its (built) optimiser.
+        engine: the ``StepEngine``.
+        training: the training ``MaskSet``.
+        config: the resolved config (``train.seed``, ``train.batch_size``).
+        steps_per_epoch: batches per epoch.
+        make_inputs: ``make_inputs(training, index, rng, step)`` -> the step's inputs.
+        validate: ``validate()`` -> metrics.
+        score: ``(metric, "max" | "min")``.
+        extra: other variables to checkpoint (spectral vectors, a seed state, the weight average).
+        around_validation: ``around_validation(state)``, a context manager, or None.
+        after_step: called after each step, or None.
+        epoch_row: ``epoch_row(state)`` -> extra history columns, or None.
+    """
 
-    def latest(self):
-        found = {int(m.group(1)): p for p in self.checkpoints.glob("ckpt-*.npz")
-                 if (m := _CHECKPOINT.fullmatch(p.name))}
-        return found[max(found)] if found else None
+    def __init__(self, name, model, optimizer, engine, training, config, steps_per_epoch, make_inputs, validate,
+                 score, extra=(), around_validation=None, after_step=None, epoch_row=None):
+        self.name, self.model, self.optimizer, self.engine = name, model, optimizer, engine
+        self.training, self.train = training, config.train
+        self.steps_per_epoch = steps_per_epoch
+        self.make_inputs, self._validate, self.score = make_inputs, validate, score
+        self.extra = list(extra)
+        self._around, self._after, self._row = around_validation, after_step, epoch_row
+        self._rng = None
 
-    def save_checkpoint(self, epoch, model, optimizer, state, extra=()):
-        arrays = {f"model/{k}": v for k, v in variable_values(model).items()}
-        arrays.update({f"optimizer/{i:04d}": np.asarray(v.value) for i, v in enumerate(optimizer.variables)})
-        arrays.update({f"extra/{i:04d}": np.asarray(v.value) for i, v in enumerate(extra)})
-        arrays["state"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.checkpoints / f"ckpt-{epoch}.npz") as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
-        kept = sorted(self.checkpoints.glob("ckpt-*.npz"), key=lambda p: int(_CHECKPOINT.fullmatch(p.name).group(1)))
-        for old in kept[:-self.keep]:
-            old.unlink()
+    def best_variables(self):
+        return network_variables({self.name: self.model})
 
-    def restore(self, path, model, optimizer, extra=()):
-        with np.load(path) as data:
-            assign_values(model, {k[6:]: data[k] for k in data.files if k.startswith("model/")}, str(path))
-            opt = sorted(k for k in data.files if k.startswith("optimizer/"))
-            if len(opt) != len(optimizer.variables):
-                raise DataError(f"{path}: {len(opt)} optimiser arrays for {len(optimizer.variables)} variables")
-            for key, variable in zip(opt, optimizer.variables):
-                variable.assign(data[key])
-            for key, variable in zip(sorted(k for k in data.files if k.startswith("extra/")), extra):
-                variable.assign(data[key])
-            return json.loads(bytes(data["state"]).decode())
+    def variables(self):
+        return {**self.best_variables(), **optimizer_variables({"model": self.optimizer}),
+                **{f"extra/{i:04d}": v for i, v in enumerate(self.extra)}}
 
-    def save_best(self, model, record):
-        with atomic_path(self.run_dir / "best.npz") as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **variable_values(model))
-        write_json(self.run_dir / "best.json", record)
+    def batches(self, epoch, start, stop):
+        if start != epoch * self.steps_per_epoch:
+            raise DataError(f"{self.name}: cannot resume in the middle of epoch {epoch + 1} (step {start})")
+        # an epoch's batches and augmentation are drawn from (seed, epoch)
+        self._rng = np.random.default_rng([self.train.seed, epoch])
+        return epoch_batches(len(self.training), self.train.batch_size, self._rng, self.steps_per_epoch)[
+            :stop - start]
 
-    def best(self):
-        """The best epoch's record (``best.json``), or {} before the first validation."""
-        path = self.run_dir / "best.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+    def step(self, index, step):
+        return self.engine.step(*self.make_inputs(self.training, index, self._rng, step),
+                                where=f"{self.name} step {step + 1}")
 
-    def append_history(self, row):
-        path = self.run_dir / "history.csv"
-        rows = []
-        if path.is_file():
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
-        rows.append(row)
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, columns)
-                writer.writeheader()
-                writer.writerows(rows)
+    def validate(self):
+        return self._validate()
 
-    def log_scalars(self, step, values):
-        with open(self.run_dir / "scalars.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in values.items()}}) + "\n")
+    def around_validation(self, state):
+        return self._around(state) if self._around is not None else contextlib.nullcontext()
 
+    def after_step(self):
+        if self._after is not None:
+            self._after()
 
-def step_engine(config):
-    """The ``StepEngine`` class of ``config.train.backend``, which must be Keras' backend."""
-    from sdnet_tf.config import ConfigError
-    from sdnet_tf.runtime import require_backend
-
-    try:
-        require_backend(config.train.backend)
-    except (ValueError, RuntimeError) as error:
-        raise ConfigError(str(error)) from error
-    if config.train.backend == "jax":
-        from sdnet_tf.training.prior_jax_engine import StepEngine
-    else:
-        from sdnet_tf.training.prior_engine import StepEngine
-    return StepEngine
+    def epoch_row(self, state):
+        row = {"learning_rate": float(np.asarray(self.optimizer.learning_rate)), "skipped_steps": state["skipped"]}
+        return {**row, **(self._row(state) if self._row is not None else {})}
 
 
 def _prepare(config, run_dir, resume, progress):
@@ -158,63 +130,14 @@ def _schedule(train, training_slices):
     return steps_per_epoch, total, math.ceil(total / steps_per_epoch)
 
 
-def _loop(name, config, run_dir, files, model, optimizer, engine, make_inputs, validate, select, sets,
-          steps_per_epoch, total_steps, epochs, progress, extra=(), on_epoch=None, around_validation=None,
-          after_step=None):
-    """The shared epoch loop: resume, steps, validation, best, checkpoints, history.
-
-    ``after_step()``, when given, runs after each step (the U-Net's weight average);
-    ``around_validation(state)``, a context manager, wraps each epoch's validation and the
-    saving of the best weights (the U-Net's averaged weights and BatchNorm recalibration)."""
-    train = config.train
-    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "skipped": 0}
-    latest = files.latest()
-    if latest is not None:
-        state = files.restore(latest, model, optimizer, extra)
-        log.info("resumed %s from %s (epoch %d, step %d)", name, latest, state["epoch"], state["step"])
-    training = sets["training"]
-    key, mode = select
+def _run(task, run_dir, train, steps_per_epoch, total_steps, progress):
+    """Resume and run ``task`` in the loop; returns (loop state, seconds, best record)."""
+    files = RunFiles(run_dir, train.keep_checkpoints)
+    loop = Loop(task, files, steps_per_epoch, total_steps, log_every=train.log_every, progress=progress)
+    loop.resume()
     start = time.perf_counter()
-    while state["epoch"] < epochs and state["step"] < total_steps:
-        epoch = state["epoch"]
-        rng = np.random.default_rng([train.seed, epoch])
-        batches = epoch_batches(len(training), train.batch_size, rng, steps_per_epoch)
-        batches = batches[:total_steps - state["step"]]
-        sums, tick = {}, time.perf_counter()
-        bar = tqdm(batches, desc=f"{name} epoch {epoch + 1}/{epochs}", unit="step", disable=not progress,
-                   leave=False)
-        for index in bar:
-            terms = engine.step(*make_inputs(training, index, rng, state["step"]),
-                                where=f"{name} step {state['step'] + 1}")
-            state["step"] += 1
-            state["skipped"] += int(terms["skipped"])
-            if after_step is not None:
-                after_step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if state["step"] % train.log_every == 0:
-                files.log_scalars(state["step"], terms)
-            bar.set_postfix(loss=f"{terms['total']:.4g}")
-        seconds = time.perf_counter() - tick
-        with around_validation(state) if around_validation is not None else contextlib.nullcontext():
-            metrics = validate(sets["validation"])
-            score = metrics[key]
-            better = state["best"] is None or (score < state["best"] if mode == "min" else score > state["best"])
-            if better and np.isfinite(score):
-                state["best"], state["best_epoch"] = float(score), epoch + 1
-                files.save_best(model, {"epoch": epoch + 1, "step": state["step"], key: float(score), **metrics})
-        state["epoch"] = epoch + 1
-        row = {"epoch": epoch + 1, "step": state["step"], "seconds": round(seconds, 2),
-               "learning_rate": float(np.asarray(optimizer.learning_rate)),
-               **{f"train_{k}": round(v / max(1, len(batches)), 6) for k, v in sums.items()},
-               **{f"val_{k}": round(v, 6) for k, v in metrics.items()}}
-        if on_epoch is not None:
-            row.update(on_epoch(state))
-        files.append_history(row)
-        files.save_checkpoint(epoch + 1, model, optimizer, state, extra)
-        log.info("%s epoch %d/%d: step %d, %.0f s, validation %s%s", name, epoch + 1, epochs, state["step"],
-                 seconds, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), " (best)" if better else "")
-    return state, time.perf_counter() - start
+    state = loop.run()
+    return state, time.perf_counter() - start, files.best()
 
 
 def _validation_weights(model, forward, inputs, train, average=None):
@@ -295,7 +218,7 @@ def train_prior(config, run_dir, resume=True, progress=True):
         log.info("%s prior: %d trainable parameters, masks %d x %d, %d / %d / %d training / validation / test "
                  "slices", m.kind, parameters, m.input_size,
                  m.input_size, *(len(sets[s]) for s in ("training", "validation", "test")))
-        steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
+        steps_per_epoch, total_steps, _ = _schedule(train, len(sets["training"]))
         warmup = int(round(train.warmup_epochs * steps_per_epoch))
         if warmup:  # linear from 0 to the learning rate, then the cosine over the remaining steps
             learning_rate = keras.optimizers.schedules.CosineDecay(
@@ -346,23 +269,21 @@ def train_prior(config, run_dir, resume=True, progress=True):
                 metrics["valid_samples"] = valid_share(np.asarray(sample(train.validation_samples)), spacing)
             return metrics
 
-        def on_epoch(state):
-            row = {"skipped_steps": state["skipped"]}
-            if m.kind == "nvae":
-                row["kl_coefficient"] = prior_objectives.kl_coefficient(
-                    state["step"], steps_per_epoch, train.kl_warmup_epochs, train.kl_const_steps, train.kl_min)
-            return row
+        def epoch_row(state):
+            if m.kind != "nvae":
+                return {}
+            return {"kl_coefficient": prior_objectives.kl_coefficient(
+                state["step"], steps_per_epoch, train.kl_warmup_epochs, train.kl_const_steps, train.kl_min)}
 
         # recalibration reads label maps and one-hot encodes each batch (the whole set one-hot
         # would take 4x float32 of memory); reconstruct is deterministic, so no random stream moves
         recalibration = _validation_weights(
             model, lambda labels: model.reconstruct(prior_one_hot(labels), training=True), sets["training"].labels,
             train)
-        files = RunFiles(run_dir, train.keep_checkpoints)
-        state, seconds = _loop(m.kind, config, run_dir, files, model, optimizer, engine, make_inputs, validate,
-                               ("loss", "min"), sets, steps_per_epoch, total_steps, epochs, progress, extra,
-                               on_epoch, around_validation=recalibration)
-        best = files.best()
+        task = StepTask(m.kind, model, optimizer, engine, sets["training"], config, steps_per_epoch, make_inputs,
+                        lambda: validate(sets["validation"]), ("loss", "min"), extra,
+                        around_validation=recalibration, epoch_row=epoch_row)
+        state, seconds, best = _run(task, run_dir, train, steps_per_epoch, total_steps, progress)
         summary = {"kind": m.kind, "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,
                    "steps_per_epoch": steps_per_epoch, "skipped_steps": state["skipped"],
                    "seconds_this_session": round(seconds, 1),
@@ -433,7 +354,7 @@ def train_unet(config, run_dir, resume=True, progress=True):
         train = config.train
         keras.utils.set_random_seed(train.seed)
         model = build_unet(config.model.input_size, config.model.filters, config.model.depth)
-        steps_per_epoch, total_steps, epochs = _schedule(train, len(sets["training"]))
+        steps_per_epoch, total_steps, _ = _schedule(train, len(sets["training"]))
         optimizer = keras.optimizers.Adam(train.learning_rate)
         spacing = config.data.spacing
         omega = 0.0  # set below before the first step, when the update reads it
@@ -476,13 +397,12 @@ def train_unet(config, run_dir, resume=True, progress=True):
         around_validation = _validation_weights(model, lambda x: model(x, training=True), sets["training"].images,
                                                  train, average)
 
-        files = RunFiles(run_dir, train.keep_checkpoints)
-        state, seconds = _loop("unet", config, run_dir, files, model, optimizer, engine, make_inputs, validate,
-                               ("dice_mean", "max"), sets, steps_per_epoch, total_steps, epochs, progress,
-                               extra=average.variables() if average is not None else (),
-                               around_validation=around_validation,
-                               after_step=average.update if average is not None else None)
-        best = files.best()
+        task = StepTask("unet", model, optimizer, engine, sets["training"], config, steps_per_epoch, make_inputs,
+                        lambda: validate(sets["validation"]), ("dice_mean", "max"),
+                        extra=average.variables() if average is not None else (),
+                        around_validation=around_validation,
+                        after_step=average.update if average is not None else None)
+        state, seconds, best = _run(task, run_dir, train, steps_per_epoch, total_steps, progress)
         summary = {"model": "unet", "shape_prior": config.loss.shape_prior, "omega": omega if prior else 0.0,
                    "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,
                    "skipped_steps": state["skipped"], "seconds_this_session": round(seconds, 1), "best": best}

@@ -1,9 +1,18 @@
 """TensorFlow engine: the gradient mechanics of the SDNet schedule.
 
 With ``distribute``, the only modules of the package with ``tf.function``, ``GradientTape``,
-``tf.distribute``, ``tf.train`` and ``tf.summary``. What each step optimises and updates
-comes from ``schedule.Step`` and ``objectives``; this module turns a step into a compiled
-update, on one device or on the replicas of a ``tf.distribute.Strategy``.
+``tf.distribute`` and ``tf.summary``. What each step optimises and updates comes from
+``schedule.Step`` and ``objectives``; this module turns a step into a compiled update, on
+one device or on the replicas of a ``tf.distribute.Strategy``.
+
+Checkpoints are the loop's ``.npz`` files (``run_files``), the same as the JAX engine's, so
+a run resumes on either backend. ``tf.train.CheckpointManager`` is not needed even for
+multi-worker training: every variable of a ``MirroredStrategy`` or
+``MultiWorkerMirroredStrategy`` holds the same value on each replica, so the chief's numpy
+copy is the whole state, and each worker restores it by assigning the chief's file's values
+(no collective is involved). TensorFlow checkpoints of runs written by earlier versions
+are read once (``restore_tensorflow_checkpoint``). Scalars and image summaries also go to
+TensorBoard event files.
 """
 
 import contextlib
@@ -15,17 +24,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sdnet_tf.atomic import atomic_path
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import distribute, objectives
 from sdnet_tf.training.optimizers import make_optimizer
-from sdnet_tf.training.schedule import OPTIMIZERS, SDNET_SCHEDULE, shared_updates
+from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
 
 log = logging.getLogger("sdnet_tf.train")
 
 
 class TFEngine:
-    """Compiled SDNet updates, checkpoints and TensorBoard summaries with TensorFlow.
+    """Compiled SDNet updates and TensorBoard summaries with TensorFlow.
 
     Args:
         model: a built ``SDNet``.
@@ -35,16 +43,13 @@ class TFEngine:
         train_config: a ``TrainConfig`` (optimiser, precision, XLA, batch size, checkpoint
             settings).
         dice_mode: "pooled" or "per_class".
-        run_dir: where checkpoints and TensorBoard events go; None for none.
+        run_dir: where TensorBoard events go; None for none.
         strategy: a ``tf.distribute.Strategy`` whose scope created ``model``; None for one
             device. Its replicas share each global batch of ``train_config.batch_size``.
-        resume_dir: the run directory whose checkpoints ``restore_latest`` reads (default
-            ``run_dir``); a multi-worker run's other workers write to a directory of their
-            own but resume from the chief's.
     """
 
     def __init__(self, model, schedule, loss_weights, train_config, dice_mode="pooled", run_dir=None,
-                 strategy=None, resume_dir=None):
+                 strategy=None):
         self.model = model
         self.schedule = tuple(schedule)
         self.loss_weights = {k: float(v) for k, v in loss_weights.items()}
@@ -77,44 +82,7 @@ class TFEngine:
                                     jit_compile=train_config.jit_compile, reduce_retracing=True)
         self._inspect = tf.function(lambda x: self.model(x, training=False, sample=False))
         self.run_dir = Path(run_dir) if run_dir else None
-        self.resume_dir = Path(resume_dir) if resume_dir else self.run_dir
         self._writer = None
-        self._manager = None
-        self._best_manager = None
-        if self.run_dir is not None:
-            self._checkpoint = tf.train.Checkpoint(**self._tracked(optimizers=True))
-            self._manager = tf.train.CheckpointManager(
-                self._checkpoint, str(self.run_dir / "checkpoints"), max_to_keep=train_config.keep_checkpoints,
-                checkpoint_name="ckpt")
-            self._best_manager = tf.train.CheckpointManager(
-                tf.train.Checkpoint(**self._tracked(optimizers=False)), str(self.run_dir / "best"), max_to_keep=1,
-                checkpoint_name="best")
-
-    @classmethod
-    def from_config(cls, model, config, run_dir=None, strategy=None, resume_dir=None):
-        """The engine of the SDNet schedule with the loss weights and settings of a ``Config``."""
-        loss = config.loss
-        weights = {"kl": loss.kl, "dice": loss.dice, "adversarial": loss.adversarial,
-                   "reconstruction": loss.reconstruction, "z_reconstruction": loss.z_reconstruction}
-        return cls(model, SDNET_SCHEDULE, weights, config.train, dice_mode=loss.dice_mode, run_dir=run_dir,
-                   strategy=strategy, resume_dir=resume_dir)
-
-    def _tracked(self, optimizers):
-        """Every variable to checkpoint, by a stable name.
-
-        Keras 3 keeps sub-layers in lists that ``tf.train.Checkpoint`` does not traverse (it
-        would miss BatchNorm statistics and seed-generator states), so the networks' and the
-        optimisers' variables are listed explicitly, in their deterministic creation order.
-        """
-        tracked = {}
-        for name, network in self.model.networks().items():
-            for i, variable in enumerate(network.variables):
-                tracked[f"{name}/{i:04d}"] = variable.value
-        if optimizers:
-            for name, optimizer in self.optimizers.items():
-                for i, variable in enumerate(optimizer.variables):
-                    tracked[f"optimizer_{name}/{i:04d}"] = variable.value
-        return tracked
 
     # updates -----------------------------------------------------------------------------
     def _compile_update(self, step):
@@ -203,47 +171,27 @@ class TFEngine:
         out = self._inspect(images)
         return {k: np.asarray(out[k], dtype=np.float32) for k in ("anatomy", "reconstruction", "masks")}
 
-    # checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, iteration, state):
-        """Save weights, optimiser slots and the schedule's numpy ``state`` (atomically)."""
-        directory = self.run_dir / "checkpoints"
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / f"state-{iteration}.npz") as tmp:
-            np.savez(tmp, **state)
-        self._manager.save(checkpoint_number=iteration)
-        kept = {int(re.search(r"ckpt-(\d+)$", p).group(1)) for p in self._manager.checkpoints}
-        for old in directory.glob("state-*.npz"):
-            match = re.fullmatch(r"state-(\d+)\.npz", old.name)
-            if match and int(match.group(1)) not in kept:
-                old.unlink()
+    # checkpoints of earlier versions ------------------------------------------------------
+    def restore_tensorflow_checkpoint(self, variables, directory):
+        """Read the newest TensorFlow checkpoint of ``directory`` (``ckpt-<i>.index`` and
+        ``state-<i>.npz``, the form of runs written by earlier versions) into ``variables``,
+        the ``run_files`` names of the model's and optimisers' variables, which are the names
+        those checkpoints used. Returns the ``state-<i>.npz`` arrays.
 
-    def restore_latest(self):
-        """Restore the latest checkpoint of ``resume_dir``; returns its numpy state, or None if
-        there is none."""
-        if self._manager is None:
-            return None
-        directory = self.resume_dir / "checkpoints"
+        Raises:
+            DataError: no TensorFlow checkpoint, or one of another model.
+        """
         path = tf.train.latest_checkpoint(str(directory))
         if path is None:
-            if any(directory.glob("ckpt-*.npz")):
-                raise DataError(f"{self.resume_dir}: its checkpoints were written by the JAX engine; "
-                                "resume it with --backend jax")
-            return None
+            raise DataError(f"{directory}: no TensorFlow checkpoint")
         iteration = int(re.search(r"ckpt-(\d+)$", path).group(1))
-        self._checkpoint.restore(path).assert_existing_objects_matched()
-        with np.load(directory / f"state-{iteration}.npz") as data:
+        try:
+            tf.train.Checkpoint(**{name: v.value for name, v in variables.items()}).restore(
+                path).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise DataError(f"{path}: not a checkpoint of this model ({error})") from error
+        with np.load(Path(directory) / f"state-{iteration}.npz") as data:
             return {k: data[k] for k in data.files}
-
-    def save_best(self, iteration):
-        self._best_manager.save(checkpoint_number=iteration)
-
-    def restore_best(self):
-        """Load the best validation weights into the model; False when none was saved."""
-        if self._best_manager is None or self._best_manager.latest_checkpoint is None:
-            return False
-        tf.train.Checkpoint(**self._tracked(optimizers=False)).restore(
-            self._best_manager.latest_checkpoint).assert_existing_objects_matched()
-        return True
 
     # summaries ---------------------------------------------------------------------------
     def _summary_writer(self):

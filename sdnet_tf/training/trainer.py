@@ -1,24 +1,26 @@
-"""The SDNet training loop: schedule, pool, validation, early stopping, checkpoints, logs.
+"""SDNet as a task of the one training loop (``loop.Loop``): its schedule, fake-mask pool,
+validation, best weights and image summaries.
 
 Backend-agnostic: everything that touches gradients is delegated to an engine, the one of
-``train.backend`` (``TFEngine`` for "tensorflow", ``JAXEngine`` for "jax").
+``train.backend`` (``engines.sdnet_engine``); the run's files are ``run_files.RunFiles``,
+the same on both backends, so a run begun on one resumes on the other.
 """
 
-import csv
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from sdnet_tf.atomic import atomic_path, write_json
 from sdnet_tf.config import save_config
+from sdnet_tf.data.arrays import DataError
 from sdnet_tf.losses import dice_coefficient
-from sdnet_tf.runtime import require_backend
 from sdnet_tf.training.averaging import WeightAverage, validation_weights
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
+from sdnet_tf.training.engines import sdnet_engine
+from sdnet_tf.training.loop import Loop, Task
+from sdnet_tf.training.run_files import RunFiles, network_variables, optimizer_variables
 from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler, EarlyStopping, FakePool
 
 log = logging.getLogger("sdnet_tf.train")
@@ -35,25 +37,6 @@ def _mask_rgb(masks):
     return np.clip(masks @ colours, 0.0, 1.0)
 
 
-
-
-def make_engine(model, config, run_dir):
-    """The engine of ``config.train.backend``, which must be the backend Keras runs on.
-
-    Keras fixes its backend when it is first imported (``KERAS_BACKEND``), so the engine
-    cannot switch it; a mismatch is refused rather than training on the other backend.
-    """
-    backend = config.train.backend
-    require_backend(backend)
-    if backend == "jax":
-        from sdnet_tf.training.jax_engine import JAXEngine as Engine
-    else:
-        from sdnet_tf.training.tf_engine import TFEngine as Engine
-    weights = {"kl": config.loss.kl, "dice": config.loss.dice, "adversarial": config.loss.adversarial,
-               "reconstruction": config.loss.reconstruction, "z_reconstruction": config.loss.z_reconstruction}
-    return Engine(model, SDNET_SCHEDULE, weights, config.train, dice_mode=config.loss.dice_mode, run_dir=run_dir)
-
-
 def _step_inputs(step, batch, fakes):
     if step.objective == "supervised":
         return batch["labelled_images"], batch["labelled_masks"]
@@ -66,19 +49,30 @@ def _step_inputs(step, batch, fakes):
     raise ValueError(f"step {step.name}: unknown objective {step.objective!r}")
 
 
-class Trainer:
-    """Runs the SDNet schedule on ``SDNetArrays`` with an engine.
+class Trainer(Task):
+    """Runs the SDNet schedule on ``SDNetArrays`` with an engine, in the one training loop.
+
+    One loop step is one iteration of the five updates (``schedule.SDNET_SCHEDULE``); an
+    epoch is ``train.iterations_per_epoch`` iterations (default: one pass over the larger of
+    the labelled and unlabelled sets); validation Dice picks the kept weights and feeds the
+    early stopping.
 
     Args:
         model: a built ``SDNet``.
         arrays: the training and validation arrays.
         config: the resolved ``Config``.
-        run_dir: the run directory (config, checkpoints, logs, TensorBoard); created if needed.
+        run_dir: the run directory (``run_files``' layout, and TensorBoard summaries on
+            TensorFlow); created if needed.
         engine: an engine instance; the one of ``config.train.backend`` when None.
         progress: show progress bars.
+        resume_dir: where ``resume`` reads checkpoints (default ``run_dir``; a multi-worker
+            run's other workers resume from the chief's).
     """
 
-    def __init__(self, model, arrays, config, run_dir, engine=None, progress=True):
+    name = "sdnet"
+    score = ("dice", "max")
+
+    def __init__(self, model, arrays, config, run_dir, engine=None, progress=True, resume_dir=None):
         self.model = model
         self.arrays = arrays.check(config.model.input_size, config.model.num_classes)
         self.config = config
@@ -86,7 +80,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         t = config.train
-        self.engine = engine if engine is not None else make_engine(model, config, self.run_dir)
+        self.engine = engine if engine is not None else sdnet_engine(model, config, self.run_dir)
         self.schedule = SDNET_SCHEDULE
         self.sampler = BatchSampler(arrays, t.batch_size, t.seed, augment=config.data.augment,
                                     rotation_range=config.data.rotation_range, nz=config.model.nz)
@@ -97,58 +91,129 @@ class Trainer:
                                          t.weight_average)
         self.stopper = EarlyStopping(t.patience, t.min_delta)
         self.iterations_per_epoch = t.iterations_per_epoch or self.sampler.iterations_per_epoch()
-        self.iteration = 0
-        self.best_dice = -math.inf
-        self.stopped = False
+        self.files = RunFiles(self.run_dir, t.keep_checkpoints, resume_dir)
+        self.loop = Loop(self, self.files, self.iterations_per_epoch, t.epochs * self.iterations_per_epoch,
+                         log_every=t.log_every, checkpoint_every=t.checkpoint_every, progress=progress)
         save_config(config, self.run_dir / "config.yaml")
 
-    # state -------------------------------------------------------------------------------
-    def state(self):
-        state = {"iteration": np.int64(self.iteration), "best_dice": np.float64(self.best_dice),
-                 "stopped": np.bool_(self.stopped), "stopper_best": np.float64(self.stopper.best),
-                 "stopper_wait": np.int64(self.stopper.wait)}
-        state.update(self.pool.state())
-        if self.average is not None:
-            state.update(self.average.state())
-        return state
+    # the loop's counters -----------------------------------------------------------------
+    @property
+    def iteration(self):
+        """Iterations done."""
+        return self.loop.state["step"]
 
-    def load_state(self, state):
-        self.iteration = int(state["iteration"])
-        self.best_dice = float(state["best_dice"])
-        self.stopped = bool(state["stopped"])
-        self.stopper.load_state({"best": state["stopper_best"], "wait": state["stopper_wait"]})
-        self.pool.load_state(state)
+    @iteration.setter
+    def iteration(self, value):
+        self.loop.state["step"] = int(value)
+
+    @property
+    def best_dice(self):
+        """The best validation Dice so far (-inf before the first validation)."""
+        best = self.loop.state["best"]
+        return -math.inf if best is None else best
+
+    @property
+    def stopped(self):
+        return self.loop.state["stopped"]
+
+    # what a checkpoint keeps -------------------------------------------------------------
+    def best_variables(self):
+        return network_variables(self.model.networks())
+
+    def variables(self):
+        variables = {**self.best_variables(), **optimizer_variables(self.engine.optimizers)}
         if self.average is not None:
-            if "weight_average_0000" not in state:
-                raise ValueError(f"{self.run_dir}: its checkpoint has no weight average; resume it with "
-                                 "train.weight_average 0, as it was trained")
-            self.average.load_state(state)
+            variables.update({f"weight_average/{i:04d}": v for i, v in enumerate(self.average.variables())})
+        return variables
+
+    def state_arrays(self):
+        return self.pool.state()
+
+    def load_state_arrays(self, arrays):
+        self.pool.load_state(arrays)
 
     def resume(self):
-        """Restore the latest checkpoint of the run directory; returns the iteration reached."""
-        state = self.engine.restore_latest()
-        if state is not None:
-            self.load_state(state)
+        """Restore the latest checkpoint of the run directory; returns the iteration reached.
+
+        A run written before checkpoints were ``.npz`` files (TensorFlow checkpoints and
+        ``state-<i>.npz``) is read once on the TensorFlow engine and goes on in the new form.
+        """
+        if self.files.latest() is None and (self.files.resume_dir / "checkpoints" / "checkpoint").is_file():
+            self._resume_tensorflow_checkpoint()
+        else:
+            self.loop.resume()
+        if self.iteration:
             log.info("resumed %s at iteration %d", self.run_dir, self.iteration)
         return self.iteration
 
+    def _resume_tensorflow_checkpoint(self):
+        directory = self.files.resume_dir / "checkpoints"
+        if not hasattr(self.engine, "restore_tensorflow_checkpoint"):
+            raise DataError(f"{self.files.resume_dir}: its checkpoints are TensorFlow checkpoints of an earlier "
+                            "version; resume it with --backend tensorflow once, which rewrites them")
+        old = self.engine.restore_tensorflow_checkpoint(self.variables(), directory)
+        iteration = int(old["iteration"])
+        best = float(old["best_dice"])
+        self.loop.state.update(step=iteration, epoch=iteration // self.iterations_per_epoch,
+                               best=best if math.isfinite(best) else None, stopped=bool(old["stopped"]),
+                               stopper={"best": float(old["stopper_best"]), "wait": int(old["stopper_wait"])})
+        self.stopper.load_state(self.loop.state["stopper"])
+        self.pool.load_state(old)
+        if self.average is not None:
+            if "weight_average_0000" not in old:
+                raise DataError(f"{self.run_dir}: its checkpoint has no weight average; resume it with "
+                                "train.weight_average 0, as it was trained")
+            self.average.load_state(old)
+        model_file = self.files.resume_dir / "model.keras"
+        if model_file.is_file() and not (self.run_dir / "best.npz").is_file():
+            # the best epoch's weights were a TensorFlow checkpoint too; model.keras holds them
+            import keras
+
+            kept = keras.models.load_model(model_file)
+            self.files.save_best(network_variables(kept.networks()), self.files.best())
+
     # one iteration -----------------------------------------------------------------------
-    def train_iteration(self):
-        """Run the five steps of one iteration; returns the loss terms by step."""
-        batch = self.sampler.batches(self.iteration)
+    def _run_iteration(self, iteration):
+        batch = self.sampler.batches(iteration)
         results = {}
         for step in self.schedule:
             fakes = None
             if step.objective == "discriminator":
                 self.pool.add(self.engine.predict_masks(batch["discriminator_images"]))
-                fakes = self.pool.sample(self.config.train.batch_size, self.sampler.pool_rng(self.iteration))
-                real = batch["real_masks"][: len(fakes)]
-                batch = dict(batch, real_masks=real)
+                fakes = self.pool.sample(self.config.train.batch_size, self.sampler.pool_rng(iteration))
+                batch = dict(batch, real_masks=batch["real_masks"][: len(fakes)])
             results[step.name] = self.engine.run_step(step, *_step_inputs(step, batch, fakes))
-        if self.average is not None:
-            self.average.update()
+        return results
+
+    def train_iteration(self):
+        """Run the five steps of the next iteration outside the loop; returns the loss terms by step."""
+        results = self._run_iteration(self.iteration)
+        self.after_step()
         self.iteration += 1
         return results
+
+    def batches(self, epoch, start, stop):
+        return range(start, stop)  # each iteration's batches are drawn from (seed, iteration)
+
+    def step(self, iteration, step):
+        results = self._run_iteration(iteration)
+        return {f"{name}/{term}": value for name, terms in results.items() for term, value in terms.items()}
+
+    def after_step(self):
+        if self.average is not None:
+            self.average.update()
+
+    def postfix(self, terms):
+        return {"dice": f"{terms['supervised/dice']:.3f}", "rec": f"{terms['supervised/reconstruction']:.3f}",
+                "adv": f"{terms['unsupervised/adversarial']:.3f}"}
+
+    def log_scalars(self, step, values):
+        self.engine.log_scalars(values, step)
+
+    def epoch_message(self, epoch, epochs, state, metrics, means, seconds, better):
+        return (f"epoch {epoch}: val Dice {metrics['dice']:.4f}{' (best)' if better else ''}, "
+                f"sup Dice loss {means.get('supervised/dice', float('nan')):.4f}, "
+                f"rec {means.get('supervised/reconstruction', float('nan')):.4f}, {seconds:.1f} s")
 
     # the loop ----------------------------------------------------------------------------
     def fit(self, max_iterations=None):
@@ -157,75 +222,37 @@ class Trainer:
         Returns a dict with the iteration reached, the best validation Dice and whether early
         stopping fired. The run can be resumed from its last checkpoint.
         """
-        t = self.config.train
-        per_epoch = self.iterations_per_epoch
-        total = t.epochs * per_epoch
-        if max_iterations is not None:
-            total = min(total, max_iterations)
-        history_path = self.run_dir / "history.csv"
-        while self.iteration < total and not self.stopped:
-            epoch = self.iteration // per_epoch
-            epoch_end = min((epoch + 1) * per_epoch, total)
-            sums = {}
-            count = 0
-            start = time.perf_counter()
-            bar = tqdm(total=epoch_end - self.iteration, desc=f"epoch {epoch + 1}/{t.epochs}", unit="it",
-                       disable=not self.progress, leave=False, dynamic_ncols=True)
-            while self.iteration < epoch_end:
-                results = self.train_iteration()
-                flat = {f"{step}/{name}": value for step, terms in results.items() for name, value in terms.items()}
-                for key, value in flat.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                count += 1
-                if t.log_every and self.iteration % t.log_every == 0:
-                    self.engine.log_scalars({f"train/{k}": v for k, v in flat.items()}, self.iteration)
-                bar.update(1)
-                bar.set_postfix(dice=f"{results['supervised']['dice']:.3f}",
-                                rec=f"{results['supervised']['reconstruction']:.3f}",
-                                adv=f"{results['unsupervised']['adversarial']:.3f}")
-                if t.checkpoint_every and self.iteration % t.checkpoint_every == 0 and self.iteration < epoch_end:
-                    self.engine.save_checkpoint(self.iteration, self.state())
-            bar.close()
-            if self.iteration == (epoch + 1) * per_epoch:
-                self._end_epoch(epoch, {k: v / max(count, 1) for k, v in sums.items()},
-                                time.perf_counter() - start, history_path)
-            self.engine.save_checkpoint(self.iteration, self.state())
+        self.loop.run(stop_at=max_iterations)
         return {"iteration": self.iteration, "best_dice": self.best_dice, "stopped_early": self.stopped}
 
-    def _end_epoch(self, epoch, means, seconds, history_path):
-        t = self.config.train
-        a = self.arrays
+    def save_checkpoint(self):
+        """Write a checkpoint of the current iteration."""
+        self.loop.save_checkpoint()
+
+    # validation --------------------------------------------------------------------------
+    def around_validation(self, state):
         # validation, the kept weights and the images are of the averaged weights when
         # train.weight_average is set; training goes on from the raw ones
-        with validation_weights(self._model_variables(), self.average,
-                                self.recalibrate_batchnorm if t.batchnorm_recalibration else None):
-            predicted = self.engine.predict_masks(a.validation_images, t.validation_batch_size)
-            dice = validation_dice(predicted, a.validation_masks)
-            improved = dice > self.best_dice
-            if improved:
-                self.best_dice = dice
-                self.engine.save_best(self.iteration)
-                self._save_best_model(epoch + 1, dice)
-            self._log_images()
-        val_loss = 1.0 - dice
-        self.stopped = self.stopper.update(val_loss)
-        row = {"epoch": epoch + 1, "iteration": self.iteration, "seconds": round(seconds, 3),
-               "val_dice": dice, "val_loss": val_loss, **means}
-        self.engine.log_scalars({"validation/dice": dice, "validation/loss": val_loss,
-                                 **{f"epoch/{k}": v for k, v in means.items()}}, self.iteration)
-        new = not history_path.exists()
-        with open(history_path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        message = (f"epoch {epoch + 1}: val Dice {dice:.4f}{' (best)' if improved else ''}, "
-                   f"sup Dice loss {means.get('supervised/dice', float('nan')):.4f}, "
-                   f"rec {means.get('supervised/reconstruction', float('nan')):.4f}, {seconds:.1f} s")
-        log.info(message)
-        if self.stopped:
-            log.info("early stopping after epoch %d (no improvement of %.3g for %d epochs)",
-                     epoch + 1, t.min_delta, t.patience)
+        t = self.config.train
+        return validation_weights(self._model_variables(), self.average,
+                                  self.recalibrate_batchnorm if t.batchnorm_recalibration else None)
+
+    def validate(self):
+        t, a = self.config.train, self.arrays
+        predicted = self.engine.predict_masks(a.validation_images, t.validation_batch_size)
+        dice = validation_dice(predicted, a.validation_masks)
+        self._log_images()
+        return {"dice": dice, "loss": 1.0 - dice}
+
+    def best_record(self, epoch, step, metrics):
+        return {"epoch": epoch, "iteration": step, "val_dice": float(metrics["dice"])}
+
+    def on_best(self, record):
+        """Write the best weights so far as ``model.keras`` too (atomically), so a run still
+        training, or stopped, can be used for prediction, evaluation, export and reports
+        (``sdnet_tf.inference.load_run`` says which epoch)."""
+        with atomic_path(self.run_dir / "model.keras") as tmp:
+            self.model.save(tmp)
 
     def _model_variables(self):
         return [v for net in self.model.networks().values() for v in net.variables]
@@ -252,15 +279,6 @@ class Trainer:
         layers = batchnorm_layers(model.anatomy_encoder, model.modality_encoder, model.segmentor)
         return recalibrate(forward, layers, (images(index) for index in indices))
 
-    def _save_best_model(self, epoch, dice):
-        """Write the best weights so far as ``model.keras`` and describe them in ``best.json``
-        (both atomically), so a run still training, or stopped, can be used for prediction,
-        evaluation, export and reports (``sdnet_tf.inference.load_run`` says which epoch)."""
-        with atomic_path(self.run_dir / "model.keras") as tmp:
-            self.model.save(tmp)
-        write_json(self.run_dir / "best.json", {"epoch": epoch, "iteration": self.iteration,
-                                                "val_dice": float(dice)})
-
     def _log_images(self):
         n = self.config.train.image_summaries
         if n <= 0:
@@ -280,7 +298,7 @@ class Trainer:
 
     def finish(self):
         """Load the best validation weights, save ``model.keras`` atomically, write a summary."""
-        restored = self.engine.restore_best()
+        restored = self.files.load_best(self.best_variables())
         with atomic_path(self.run_dir / "model.keras") as tmp:
             self.model.save(tmp)
         summary = {"iteration": self.iteration, "best_val_dice": self.best_dice,

@@ -30,7 +30,7 @@ from support.helpers import small_config  # noqa: E402
 from sdnet_tf.config import model_kwargs  # noqa: E402
 from sdnet_tf.data.synthetic import synthetic_arrays  # noqa: E402
 from sdnet_tf.models import SDNet  # noqa: E402
-from sdnet_tf.training.tf_engine import TFEngine  # noqa: E402
+from sdnet_tf.training.engines import sdnet_engine  # noqa: E402
 from sdnet_tf.training.trainer import Trainer  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def train(strategy, iterations, run_dir):
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = SDNet(**model_kwargs(config), seed=config.train.seed)
         model.build()
-    engine = TFEngine.from_config(model, config, strategy=strategy)
+    engine = sdnet_engine(model, config, strategy=strategy)
     trainer = Trainer(model, arrays, config, run_dir, engine=engine, progress=False)
     out = {f"initial/{k}": v for k, v in _variables(model).items()}
     out.update({f"path/{k}": np.array(v) for k, v in _variables(model, lambda v: v.path).items()})

@@ -38,7 +38,8 @@ from sdnet_tf.config import model_kwargs  # noqa: E402
 from sdnet_tf.data.synthetic import synthetic_arrays  # noqa: E402
 from sdnet_tf.models import SDNet  # noqa: E402
 from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler  # noqa: E402
-from sdnet_tf.training.trainer import _step_inputs, make_engine  # noqa: E402
+from sdnet_tf.training.engines import sdnet_engine  # noqa: E402
+from sdnet_tf.training.trainer import _step_inputs  # noqa: E402
 
 NOISE = np.random.default_rng(7).standard_normal((16, 4, 8)).astype(np.float32)  # (draws, B, nz)
 
@@ -98,7 +99,7 @@ def run(initial_weights):
             if not np.any(np.asarray(variable.value)):  # biases and BatchNorm offsets
                 variable.assign(rng.uniform(-0.05, 0.05, variable.shape).astype(np.float32))
         model.save_weights(initial_weights)
-    engine = make_engine(model, config, run_dir=None)
+    engine = sdnet_engine(model, config)
     batch, fakes = fixed_inputs(config)
     out = {f"initial/{k}": v for k, v in variables(model, engine).items()}
     out["predicted"] = engine.predict_masks(batch["discriminator_images"])

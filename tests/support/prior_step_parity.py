@@ -28,7 +28,8 @@ from support.helpers import TINY_NVAE  # noqa: E402
 from sdnet_tf.config import PriorConfig  # noqa: E402
 from sdnet_tf.data.masks import prior_one_hot  # noqa: E402
 from sdnet_tf.models.priors import assign_values, build_prior, variable_values  # noqa: E402
-from sdnet_tf.training.prior_trainer import prior_loss, step_engine  # noqa: E402
+from sdnet_tf.training.engines import step_engine  # noqa: E402
+from sdnet_tf.training.prior_trainer import prior_loss  # noqa: E402
 
 TINY = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_NVAE.items()}  # config values are lists
 

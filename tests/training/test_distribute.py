@@ -19,7 +19,6 @@ from sdnet_tf.config import ConfigError, model_kwargs
 from sdnet_tf.data.synthetic import synthetic_arrays
 from sdnet_tf.models import SDNet
 from sdnet_tf.training.distribute import check_global_batch
-from sdnet_tf.training.tf_engine import TFEngine
 from sdnet_tf.training.trainer import Trainer
 
 ITERATIONS = 2
@@ -150,15 +149,14 @@ def test_a_worker_resumes_from_the_chiefs_checkpoint(tmp_path):
     def trainer(out_dir, resume_dir):
         model = SDNet(**model_kwargs(config), seed=config.train.seed)
         model.build()
-        engine = TFEngine.from_config(model, config, run_dir=out_dir, resume_dir=resume_dir)
-        return Trainer(model, arrays, config, out_dir, engine=engine, progress=False)
+        return Trainer(model, arrays, config, out_dir, progress=False, resume_dir=resume_dir)
 
     chief = trainer(tmp_path / "run", tmp_path / "run")
     rng = np.random.default_rng(0)
     for variable in chief.model.variables:
         variable.assign(rng.standard_normal(variable.shape).astype(variable.dtype))
     chief.iteration = 5
-    chief.engine.save_checkpoint(5, chief.state())
+    chief.save_checkpoint()
 
     worker = trainer(tmp_path / "worker-temp", tmp_path / "run")
     assert worker.resume() == 5
@@ -198,11 +196,9 @@ def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
     assert "this task writes to" not in outputs[0][1]
 
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "best", "best.json", "checkpoints", "config.yaml", "data.json", "history.csv", "model.keras",
-        "summary.json",
-        "tensorboard", "train.log"]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index", "state-2.npz"]
+        "best.json", "best.npz", "checkpoints", "config.yaml", "data.json", "history.csv", "model.keras",
+        "scalars.jsonl", "summary.json", "tensorboard", "train.log"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-2.npz"]
     # one summary writer: a second process would have added an events file of its own
     assert len(list((run_dir / "tensorboard").iterdir())) == 1
     assert "task worker 1" not in (run_dir / "train.log").read_text()

@@ -144,15 +144,17 @@ def test_early_stopping_run_directory_best_weights_and_use_before_the_end(tmp_pa
     summary = trainer.finish()
     assert (run / "config.yaml").is_file()
     assert (run / "model.keras").is_file()
-    assert list((run / "checkpoints").glob("ckpt-3.index"))
-    assert list((run / "checkpoints").glob("state-3.npz"))
-    assert list((run / "best").glob("best-*.index"))
+    # the run files of every model kind and backend (run_files): one .npz per checkpoint
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ckpt-2.npz", "ckpt-3.npz"]
+    assert (run / "best.npz").is_file()
     history = (run / "history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,iteration,seconds,val_dice,val_loss")
+    assert history[0].startswith("epoch,step,seconds,val_dice,val_loss,train_supervised/dice")
     assert len(history) == 4
     best_row = max(history[1:], key=lambda row: float(row.split(",")[3]))
     assert summary["best_val_dice"] == pytest.approx(float(best_row.split(",")[3]))
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    scalars = [json.loads(line) for line in (run / "scalars.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in scalars if "validation/dice" in s] == [1, 2, 3]
     # model.keras holds the best epoch's weights: its validation Dice is the best one
     loaded = keras.models.load_model(run / "model.keras")
     predicted = np.asarray(loaded.segment(a.validation_images, training=False))
@@ -161,6 +163,35 @@ def test_early_stopping_run_directory_best_weights_and_use_before_the_end(tmp_pa
     with caplog.at_level(logging.WARNING, logger="sdnet_tf.inference"):
         load_run(run)
     assert "has not finished" not in caplog.text
+
+
+def test_a_run_of_tensorflow_checkpoints_from_an_earlier_version_resumes(tmp_path):
+    # earlier versions wrote tf.train checkpoints of the same variable names plus state-<i>.npz
+    import tensorflow as tf
+
+    config = small_config(iterations_per_epoch=2, epochs=2)
+    old = _trainer(tmp_path, config, "old")
+    old.fit(max_iterations=3)  # one validated epoch (best.json, model.keras) and one iteration more
+    directory = tmp_path / "old" / "checkpoints"
+    for path in directory.glob("ckpt-*.npz"):
+        path.unlink()
+    (tmp_path / "old" / "best.npz").unlink()
+    variables = old.variables()
+    tf.train.CheckpointManager(tf.train.Checkpoint(**{k: v.value for k, v in variables.items()}), str(directory),
+                               max_to_keep=2, checkpoint_name="ckpt").save(checkpoint_number=3)
+    np.savez(directory / "state-3.npz", iteration=np.int64(3), best_dice=np.float64(old.best_dice),
+             stopped=np.bool_(False), stopper_best=np.float64(old.stopper.best),
+             stopper_wait=np.int64(old.stopper.wait), **old.pool.state())
+
+    resumed = _trainer(tmp_path, config, "old")
+    assert resumed.resume() == 3 and resumed.best_dice == pytest.approx(old.best_dice)
+    for name, variable in resumed.variables().items():
+        np.testing.assert_array_equal(np.asarray(variable.value), np.asarray(variables[name].value), err_msg=name)
+    np.testing.assert_array_equal(resumed.pool.items, old.pool.items)
+    assert (tmp_path / "old" / "best.npz").is_file()  # the best weights, from model.keras
+    resumed.fit()
+    assert sorted(p.name for p in directory.glob("ckpt-*.npz")) == ["ckpt-4.npz"]
+    assert resumed.finish()["iteration"] == 4
 
 
 @pytest.mark.parametrize("jit_compile,precision",

@@ -45,7 +45,7 @@ CHILD = textwrap.dedent("""
     from sdnet_tf.config import ConfigError, model_kwargs
     from sdnet_tf.models import SDNet
     from sdnet_tf.training import jax_engine
-    from sdnet_tf.training.trainer import make_engine
+    from sdnet_tf.training.engines import sdnet_engine
 
     devices, weights, out_path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     placed = []  # (rows, devices, rows per device) of every input the engine placed
@@ -70,7 +70,7 @@ CHILD = textwrap.dedent("""
             model = SDNet(**model_kwargs(config), seed=config.train.seed)
             model.build()
             try:
-                make_engine(model, config, run_dir=None)
+                sdnet_engine(model, config)
             except ConfigError as error:
                 out["batch_error"] = np.array(str(error))
     else:

@@ -186,14 +186,14 @@ def test_sdnet_supervised_step_with_the_shape_loss_leaves_the_prior_unchanged():
     from support.helpers import small_config
     from sdnet_tf.models import SDNet
     from sdnet_tf.training.schedule import SDNET_SCHEDULE
-    from sdnet_tf.training.tf_engine import TFEngine
+    from sdnet_tf.training.engines import sdnet_engine
 
     config = small_config()
     model = SDNet(**{k: getattr(config.model, k) for k in ("input_size", "unet_filters", "unet_depth",
                                                             "segmentor_filters", "discriminator_filters")},
                   seed=1)
     model.build()
-    engine = TFEngine.from_config(model, config)
+    engine = sdnet_engine(model, config)
     prior = NVAE(**TINY_NVAE, seed=1).build_default()
     prior.trainable = False
     engine.use_shape_prior(prior, 3.0)
@@ -426,9 +426,10 @@ def test_unet_at_a_labelled_fraction_uses_sdnet_s_subjects_and_sdnet_s_evaluatio
     config.train.batchnorm_recalibration, config.train.weight_average = 2, 0.9
     train_unet(config, tmp_path / "unet", progress=False)
     # the kept weights are the averaged ones, checkpointed beside the raw weights
-    with np.load(tmp_path / "unet" / "checkpoints" / "ckpt-1.npz") as checkpoint:
-        averaged = [checkpoint[k] for k in sorted(checkpoint.files) if k.startswith("extra/")][:-1]
-        raw = [checkpoint[k] for k in sorted(checkpoint.files) if k.startswith("model/")]
+    (checkpoint_file,) = (tmp_path / "unet" / "checkpoints").glob("ckpt-*.npz")  # the one epoch's end
+    with np.load(checkpoint_file) as checkpoint:
+        averaged = [checkpoint[k] for k in sorted(checkpoint.files) if k.startswith("variables/extra/")][:-1]
+        raw = [checkpoint[k] for k in sorted(checkpoint.files) if k.startswith("variables/unet/")]
     with np.load(tmp_path / "unet" / "best.npz") as best:
         kept = [best[k] for k in sorted(best.files)]
     assert averaged and any(not np.allclose(a, r) for a, r in zip(kept, raw))
@@ -443,3 +444,80 @@ def test_unet_at_a_labelled_fraction_uses_sdnet_s_subjects_and_sdnet_s_evaluatio
     assert summary["cases"] == 2 * len(described["test_patients"])
     assert 0.0 <= summary["dice_mean_3d"]["mean"] <= 1.0
     assert (tmp_path / "eval" / "cases.csv").is_file()
+
+
+SHAPE_LOSS_ON_JAX = """
+import json
+import sys
+
+import numpy as np
+
+sys.path.insert(0, {tests!r})
+from support.helpers import TINY_NVAE, small_config
+from sdnet_tf.models import SDNet
+from sdnet_tf.models.nvae import NVAE
+from sdnet_tf.models.priors import assign_values
+from sdnet_tf.training.engines import sdnet_engine
+from sdnet_tf.training.run_files import network_variables
+from sdnet_tf.training.schedule import SDNET_SCHEDULE
+
+config = small_config(backend="jax")
+model = SDNet(**{{k: getattr(config.model, k) for k in ("input_size", "unet_filters", "unet_depth",
+                                                       "segmentor_filters", "discriminator_filters")}}, seed=1)
+model.build()
+prior = NVAE(**TINY_NVAE, seed=1).build_default()
+prior.trainable = False
+with np.load({weights!r}) as saved:
+    for name, variable in network_variables(model.networks()).items():
+        variable.assign(saved[name])
+    assign_values(prior, {{k[6:]: saved[k] for k in saved.files if k.startswith("prior/")}})
+    images, masks = saved["batch/images"], saved["batch/masks"]
+engine = sdnet_engine(model, config)
+engine.use_shape_prior(prior, 3.0)
+sizes = engine.shape_sizes(images, masks)
+terms = engine.run_step(next(s for s in SDNET_SCHEDULE if s.objective == "supervised"), images, masks)
+json.dump({{"sizes": sizes, "terms": terms}}, open({out!r}, "w"))
+"""
+
+
+# slow: a JAX subprocess compiling SDNet's supervised step with the prior (about a minute)
+@pytest.mark.slow
+def test_sdnet_shape_loss_on_jax_matches_tensorflow(tmp_path):
+    """The JAX engine's shape loss (omega's measurement and the supervised step) equals the
+    TensorFlow engine's from the same SDNet and prior weights."""
+    from support.helpers import TESTS, run_jax, small_config
+    from sdnet_tf.models import SDNet
+    from sdnet_tf.training.engines import sdnet_engine
+    from sdnet_tf.training.run_files import network_variables
+    from sdnet_tf.training.schedule import SDNET_SCHEDULE
+
+    config = small_config()
+    model = SDNet(**{k: getattr(config.model, k) for k in ("input_size", "unet_filters", "unet_depth",
+                                                            "segmentor_filters", "discriminator_filters")},
+                  seed=1)
+    model.build()
+    rng = np.random.default_rng(3)
+    for variable in model.trainable_variables:  # non-zero biases: the backends' LeakyReLU differ at exactly 0
+        variable.assign(variable.value + 0.01 * rng.standard_normal(variable.shape).astype("float32"))
+    prior = NVAE(**TINY_NVAE, seed=1).build_default()
+    prior.trainable = False
+    labels = np.stack([heart(shift=s) for s in range(4)])
+    masks = np.stack([labels == 2, labels == 3, labels == 1], -1).astype("float32")
+    images = np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype("float32")
+    np.savez(tmp_path / "weights.npz", **{k: np.asarray(v.value) for k, v in network_variables(model.networks()).items()},
+             **{f"prior/{k}": v for k, v in variable_values(prior).items()}, **{"batch/images": images,
+                                                                                "batch/masks": masks})
+    engine = sdnet_engine(model, config)
+    engine.use_shape_prior(prior, 3.0)
+    sizes = engine.shape_sizes(images, masks)
+    terms = engine.run_step(next(s for s in SDNET_SCHEDULE if s.objective == "supervised"), images, masks)
+    script = SHAPE_LOSS_ON_JAX.format(tests=str(TESTS), weights=str(tmp_path / "weights.npz"),
+                                      out=str(tmp_path / "jax.json"))
+    run_jax(tmp_path, ["-c", script])
+    jax_side = json.loads((tmp_path / "jax.json").read_text())
+    assert terms["shape"] > 0
+    for key, value in sizes.items():
+        assert jax_side["sizes"][key] == pytest.approx(value, rel=1e-4), key
+    # the terms that do not depend on z's noise, which each backend draws from its own generator
+    for key in ("dice", "shape", "kl"):
+        assert jax_side["terms"][key] == pytest.approx(terms[key], rel=1e-4, abs=1e-6), key

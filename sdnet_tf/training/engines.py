@@ -1,0 +1,65 @@
+"""The one place an engine is chosen: by ``train.backend``, which must be Keras' backend.
+
+Keras fixes its backend when it is first imported (``KERAS_BACKEND``), so an engine cannot
+switch it; a mismatch is refused rather than training on the other backend. SDNet's five-step schedule has ``TFEngine`` / ``JAXEngine``; the single-loss
+updates of the shape priors and the U-Net have ``StepEngine`` of ``prior_engine`` /
+``prior_jax_engine``. The engine modules are imported here only, so TensorFlow is never
+imported by a JAX run and JAX never by a TensorFlow run.
+"""
+
+from sdnet_tf.config import ConfigError
+from sdnet_tf.runtime import require_backend
+from sdnet_tf.training.schedule import SDNET_SCHEDULE
+
+
+
+
+def loss_weights(config):
+    """SDNet's loss weights from a ``Config``'s ``loss`` section."""
+    loss = config.loss
+    return {"kl": loss.kl, "dice": loss.dice, "adversarial": loss.adversarial,
+            "reconstruction": loss.reconstruction, "z_reconstruction": loss.z_reconstruction}
+
+
+def sdnet_engine(model, config, run_dir=None, strategy=None):
+    """The SDNet engine of ``config.train.backend`` for a built ``model``.
+
+    Args:
+        model: a built ``SDNet``.
+        config: the resolved ``Config``.
+        run_dir: where TensorBoard summaries go (TensorFlow only); None for none.
+        strategy: a ``tf.distribute.Strategy`` whose scope created ``model`` (TensorFlow only).
+
+    Raises:
+        ValueError: an unknown backend.
+        RuntimeError: Keras runs on another backend.
+        ConfigError: a strategy is given for JAX.
+    """
+    require_backend(config.train.backend)
+    if config.train.backend == "jax":
+        if strategy is not None:
+            raise ConfigError("a tf.distribute strategy needs the TensorFlow engine")
+        from sdnet_tf.training.jax_engine import JAXEngine
+
+        return JAXEngine(model, SDNET_SCHEDULE, loss_weights(config), config.train, dice_mode=config.loss.dice_mode)
+    from sdnet_tf.training.tf_engine import TFEngine
+
+    return TFEngine(model, SDNET_SCHEDULE, loss_weights(config), config.train, dice_mode=config.loss.dice_mode,
+                    run_dir=run_dir, strategy=strategy)
+
+
+def step_engine(config):
+    """The ``StepEngine`` class (priors, U-Net) of ``config.train.backend``.
+
+    Raises:
+        ConfigError: an unknown backend, or Keras runs on another one.
+    """
+    try:
+        require_backend(config.train.backend)
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(str(error)) from error
+    if config.train.backend == "jax":
+        from sdnet_tf.training.prior_jax_engine import StepEngine
+    else:
+        from sdnet_tf.training.prior_engine import StepEngine
+    return StepEngine
