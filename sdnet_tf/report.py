@@ -70,8 +70,10 @@ def learning_curves_figure(history_path):
     left.set_xlabel("epoch", fontsize=8)
     for name, label in (("supervised/dice", "Dice loss"), ("supervised/reconstruction", "L1 reconstruction"),
                         ("unsupervised/adversarial", "adversarial (G)"), ("discriminator/discriminator", "D")):
-        if name in rows[0]:
-            right.plot(epochs, column(name), label=label)
+        for column_name in (f"train_{name}", name):  # runs of earlier versions had no train_ prefix
+            if column_name in rows[0]:
+                right.plot(epochs, column(column_name), label=label)
+                break
     right.set_title("training losses (epoch means)", fontsize=9)
     right.set_xlabel("epoch", fontsize=8)
     right.legend(fontsize=7)
