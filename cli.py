@@ -90,7 +90,7 @@ def main(ctx, verbose):
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value.")
 def summary(config, overrides):
     """Print each network's parameter count."""
-    from sdnet_tf.summary import network_summary
+    from sdnet_tf.apps.summary import network_summary
 
     cfg = _load_config(config, overrides)
     click.echo(network_summary(cfg))
@@ -165,14 +165,14 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     cfg = _load_config(config, overrides)
     # Keras fixes its backend when it is first imported. In the sdnet-tf process nothing has
     # imported it yet (this module imports click and sdnet_tf.runtime only; config and data
-    # code are Keras-free), so setting KERAS_BACKEND here, before sdnet_tf.train imports
+    # code are Keras-free), so setting KERAS_BACKEND here, before sdnet_tf.apps.train imports
     # Keras, is enough and the process need not re-exec itself.
     try:
         select_backend(cfg.train.backend)
     except (ValueError, ImportError, RuntimeError) as error:
         raise UserError(str(error)) from error
     _load_tensorflow(cfg.train.backend)
-    from sdnet_tf.train import train_run
+    from sdnet_tf.apps.train import train_run
 
     if run_dir is None:
         from sdnet_tf.data.sources import default_run_dir
@@ -209,7 +209,7 @@ def shape_eval(runs, output, samples, temperatures, quiet):
     from sdnet_tf.runtime import select_backend
 
     select_backend("tensorflow")
-    from sdnet_tf.shape_eval import evaluate_runs
+    from sdnet_tf.apps.shape_eval import evaluate_runs
 
     def report(run, error):
         if error:
@@ -397,7 +397,7 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
     from sdnet_infer.qc import QualityControl
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.inference import KerasRuntime, load_run, run_orientation
-    from sdnet_tf.quality import run_calibration
+    from sdnet_tf.apps.quality import run_calibration
 
     try:
         check_output_location(output)  # before a first calibration, which takes a while
@@ -473,7 +473,7 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
     """
     from sdnet_infer.io import parse_label_map
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.evaluation import evaluate_folder, evaluate_run
+    from sdnet_tf.apps.evaluation import evaluate_folder, evaluate_run
 
     report = _progress_report("evaluate", quiet)
     try:
@@ -513,7 +513,7 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
 def figures(run_dir, output, images, only):
     """Draw the paper's figures for a trained run: anatomy, reconstructions, z traversal, swaps, arithmetic."""
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.figures import FIGURES, make_figures
+    from sdnet_tf.apps.figures import FIGURES, make_figures
 
     try:
         written = make_figures(run_dir, output, images=list(images) or None, which=list(only) or FIGURES)
@@ -529,7 +529,7 @@ def figures(run_dir, output, images, only):
 def latent(run_dir, output, data):
     """z capacity per dimension and a held-out classifier of scanner style (or pathology) from z."""
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.latent import analyse_run
+    from sdnet_tf.apps.latent import analyse_run
 
     try:
         results = analyse_run(run_dir, output, data=data)
@@ -549,7 +549,7 @@ def latent(run_dir, output, data):
 def report(run_dir, output, data, images, refresh):
     """One page (report.md and a self-contained report.html) with a run's metrics, figures and z analysis."""
     from sdnet_tf.data.arrays import DataError
-    from sdnet_tf.report import build_report
+    from sdnet_tf.apps.report import build_report
 
     try:
         md, page = build_report(run_dir, output, data=data, images=list(images) or None, refresh=refresh)

@@ -2,7 +2,7 @@
 
 The runtime's quality control (``sdnet_infer.qc``) needs thresholds and the training
 distribution of z; they are measured here with the exported ONNX models themselves, on the
-run's own data (``sdnet_tf.quality.calibrate_run``), before the sidecar is written.
+run's own data (``sdnet_tf.apps.quality.calibrate_run``), before the sidecar is written.
 """
 
 from sdnet_infer.io import DataError
@@ -29,7 +29,7 @@ def calibrate_export(run_dir, out_dir, meta, log=None, data=None):
         ``sdnet_infer.qc.calibrate``'s result, or ``sdnet_infer.qc.uncalibrated(reason)`` when
         the run's data cannot be read (the runtime then reports validity only and says why).
     """
-    from sdnet_tf.quality import calibrate_run
+    from sdnet_tf.apps.quality import calibrate_run
 
     if run_dir is None:
         return uncalibrated("exported without a run directory, so without its validation patients")

@@ -108,7 +108,7 @@ def test_run_kinds_and_wrong_kinds_are_one_clear_error(tmp_path):
     from sdnet_tf.config import Config, PriorConfig, SegmentationConfig
     from sdnet_tf.data.sources import data_folder
     from sdnet_tf.inference import load_prior, load_run, run_kind
-    from sdnet_tf.shape_eval import run_kind as shape_run_kind
+    from sdnet_tf.apps.shape_eval import run_kind as shape_run_kind
 
     for name, config in (("sdnet", Config()), ("unet", SegmentationConfig()), ("acnn", PriorConfig())):
         if name == "acnn":

@@ -14,13 +14,13 @@ from sdnet_infer.predict import predict_files
 from sdnet_tf.config import load_config
 from sdnet_tf.data.phantom import write_cohort, write_patient
 from sdnet_tf.data.preprocess import one_hot, preprocess_frame
-from sdnet_tf.evaluation import CASE_COLUMNS, SLICE_COLUMNS, evaluate_folder, evaluate_run
-from sdnet_tf.figures import STEPS, arithmetic_variants, decode, decompose, step_correlation, traversal
-from sdnet_tf.latent import analyse_run, capacity, style_classifier
+from sdnet_tf.apps.evaluation import CASE_COLUMNS, SLICE_COLUMNS, evaluate_folder, evaluate_run
+from sdnet_tf.apps.figures import STEPS, arithmetic_variants, decode, decompose, step_correlation, traversal
+from sdnet_tf.apps.latent import analyse_run, capacity, style_classifier
 from sdnet_tf.metrics.clinical import CLINICAL_INDICES
 from sdnet_tf.metrics.overlap import ACDC_COLUMNS
-from sdnet_tf.report import build_report
-from sdnet_tf.train import train_run
+from sdnet_tf.apps.report import build_report
+from sdnet_tf.apps.train import train_run
 
 SPACING = 5.0  # 32 pixels of 5 mm hold the whole phantom heart
 

@@ -161,8 +161,8 @@ def test_the_loop_finder_finds_a_loop():
 
 @pytest.mark.parametrize("module", _package("sdnet_tf.models"))
 def test_models_know_neither_files_nor_training(module):
-    reached = _reaching(module, ["sdnet_tf.training", "sdnet_tf.train", "sdnet_tf.data", "sdnet_tf.config",
-                                 "sdnet_tf.inference", "sdnet_tf.evaluation", "sdnet_tf.metrics",
+    reached = _reaching(module, ["sdnet_tf.training", "sdnet_tf.apps", "sdnet_tf.data", "sdnet_tf.config",
+                                 "sdnet_tf.inference", "sdnet_tf.metrics",
                                  "sdnet_infer", "cli"])
     assert not reached, reached
     files = set().union(*(_external(m) for m in _reach(module))) & FILE_MODULES
@@ -177,16 +177,24 @@ def test_models_know_neither_files_nor_training(module):
 
 @pytest.mark.parametrize("module", _package("sdnet_tf.data"))
 def test_data_code_knows_no_models_training_or_framework(module):
-    reached = _reaching(module, ["sdnet_tf.models", "sdnet_tf.training", "sdnet_tf.train", "sdnet_tf.inference",
+    reached = _reaching(module, ["sdnet_tf.models", "sdnet_tf.training", "sdnet_tf.apps", "sdnet_tf.inference",
                                  "sdnet_tf.layers", "sdnet_tf.losses"])
     assert not reached, reached
     frameworks = set().union(*(_external(m) for m in _reach(module))) & (FRAMEWORKS | {"keras"})
     assert not frameworks, frameworks
 
 
-@pytest.mark.parametrize("module", _package("sdnet_tf.metrics") + ["sdnet_tf.evaluation", "sdnet_tf.shape_eval"])
+@pytest.mark.parametrize("module", _package("sdnet_tf.metrics") + ["sdnet_tf.apps.evaluation",
+                                                                   "sdnet_tf.apps.shape_eval"])
 def test_scoring_knows_no_training(module):
-    reached = _reaching(module, ["sdnet_tf.training", "sdnet_tf.train"])
+    reached = _reaching(module, ["sdnet_tf.training", "sdnet_tf.apps.train"])
+    assert not reached, reached
+
+
+@pytest.mark.parametrize("module", [m for m in _package("sdnet_tf") if not m.startswith("sdnet_tf.apps")])
+def test_the_core_knows_no_application(module):
+    # applications (sdnet_tf.apps) use the core; nothing of the core reaches them
+    reached = _reaching(module, ["sdnet_tf.apps", "cli"])
     assert not reached, reached
 
 
@@ -207,7 +215,8 @@ def test_jax_only_in_the_jax_engines():
     "sdnet_tf.layers", "sdnet_tf.losses", "sdnet_tf.distributions", "sdnet_tf.training.objectives",
     "sdnet_tf.training.optimizers", "sdnet_tf.training.schedule", "sdnet_tf.training.trainer",
     "sdnet_tf.training.prior_objectives", "sdnet_tf.training.prior_trainer", "sdnet_tf.training.guard",
-    "sdnet_tf.shape_eval", "sdnet_tf.train"])
+    "sdnet_tf.training.loop", "sdnet_tf.training.run_files", "sdnet_tf.training.engines",
+    "sdnet_tf.apps.shape_eval", "sdnet_tf.apps.train"])
 def test_no_framework_in_models_layers_losses_and_loops(module):
     # the loops reach an engine only through a function-level import chosen by the backend
     assert not _external(module) & FRAMEWORKS, _external(module) & FRAMEWORKS

@@ -42,7 +42,7 @@ def foreground_first(masks):
 def score(run, rule):
     import sdnet_infer.predict as predict
     from sdnet_infer.preprocess import from_one_hot
-    from sdnet_tf.evaluation import evaluate_run
+    from sdnet_tf.apps.evaluation import evaluate_run
 
     predict.from_one_hot = foreground_first if rule == "foreground-first" else from_one_hot
     try:

@@ -280,7 +280,7 @@ class _FullDisk:
     (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), 1, ["acdc_metrics.csv", "no space left on device"]),
     (KeyboardInterrupt(), 130, ["acdc_metrics.csv", "interrupted while writing"])], ids=["full-disk", "interrupt"])
 def test_a_failed_write_is_one_line_and_leaves_no_partial_file(scored_folder, monkeypatch, error, code, words):
-    import sdnet_tf.evaluation as evaluation
+    import sdnet_tf.apps.evaluation as evaluation
 
     refs, preds, _, _ = scored_folder
     monkeypatch.setattr(_FullDisk, "error", error)

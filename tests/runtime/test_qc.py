@@ -19,7 +19,7 @@ from sdnet_infer.qc import (RULES, QualityControl, blood_pool_contrast, calibrat
 from sdnet_infer.validity import SEVEN_CHECKS
 from sdnet_tf.data.acdc import find_patients
 from sdnet_tf.data.nifti import save_volume
-from sdnet_tf.quality import CALIBRATION_FILE
+from sdnet_tf.apps.quality import CALIBRATION_FILE
 
 SPACING = 5.0  # 32 pixels of 5 mm: the tiny model sees the whole heart
 
@@ -341,7 +341,7 @@ def test_predict_without_the_runs_data_says_why_and_reports_validity(trained, vo
 
 def test_a_model_without_decoder_is_calibrated_for_validity_and_heart_area_only(trained):
     from sdnet_infer import SDNetRuntime
-    from sdnet_tf.quality import calibrate_run
+    from sdnet_tf.apps.quality import calibrate_run
 
     run, export, _ = trained
     runtime = SDNetRuntime(export)

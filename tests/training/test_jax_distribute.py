@@ -21,7 +21,7 @@ pytest.importorskip("jax")
 from cli import main  # noqa: E402
 from support.helpers import small_config  # noqa: E402
 from sdnet_tf.config import ConfigError  # noqa: E402
-from sdnet_tf.train import train_run  # noqa: E402
+from sdnet_tf.apps.train import train_run  # noqa: E402
 from support.helpers import ROOT, TESTS, assert_same_iteration, jax_env as _jax_env  # noqa: E402
 
 # Tolerances of two devices against one (float32 on the CPU): the same kernels on half

@@ -38,7 +38,7 @@ def test_importing_the_jax_engine_imports_no_tensorflow(tmp_path):
         import sys
         import sdnet_tf.training.jax_engine
         import sdnet_tf.training.trainer
-        import sdnet_tf.train
+        import sdnet_tf.apps.train
         import sdnet_tf.training.prior_jax_engine
         import sdnet_tf.training.prior_trainer
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "tensorboard"))
@@ -111,7 +111,7 @@ from support.helpers import small_config
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.data.synthetic import synthetic_arrays
 from sdnet_tf.inference import load_run
-from sdnet_tf.train import train_run
+from sdnet_tf.apps.train import train_run
 
 tmp = Path({tmp!r})
 config = small_config(iterations_per_epoch=2, epochs=2, checkpoint_every=1, image_summaries=0, backend="jax")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from sdnet_tf.config import PriorConfig, SegmentationConfig, load_config
-from sdnet_tf.train import train_run
+from sdnet_tf.apps.train import train_run
 from sdnet_tf.training.prior_trainer import train_prior, train_unet
 
 PHANTOM_THRESHOLD = 0.75

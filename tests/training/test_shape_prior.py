@@ -302,7 +302,7 @@ def test_prior_validation_with_recomputed_batchnorm_statistics(cohort, tmp_path)
 
 
 def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_path):
-    from sdnet_tf.shape_eval import evaluate_run, table
+    from sdnet_tf.apps.shape_eval import evaluate_run, table
 
     prior_run = tmp_path / "prior"
     train_prior(_prior_config(cohort, tmp_path), prior_run, progress=False)
@@ -328,7 +328,7 @@ def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_pa
     assert "| nvae |" in text and "| U-Net + shape loss |" in text
     assert "valid samples T=0.5 (FSD)" in text and "valid samples T=0.8 (FSD)" in text
     # what sdnet-tf shape-eval runs: every readable run, the table and curves, the failures named
-    from sdnet_tf.shape_eval import evaluate_runs
+    from sdnet_tf.apps.shape_eval import evaluate_runs
 
     reported = []
     results, failed = evaluate_runs([tmp_path / "unet", tmp_path / "missing"], tmp_path / "eval2",
@@ -374,7 +374,7 @@ def test_tiny_prior_learns_phantom_masks(cohort, tmp_path):
 def test_evaluation_of_a_run_still_training_matches_its_best_record(tmp_path, monkeypatch):
     """A new best epoch saved while a run is evaluated makes the evaluation start again, so
     the figures and the ``best`` record written with them are of the same weights."""
-    from sdnet_tf import shape_eval
+    from sdnet_tf.apps import shape_eval
     from sdnet_tf.atomic import write_json
 
     run = tmp_path / "nvae-run"
@@ -416,7 +416,7 @@ def test_unet_at_a_labelled_fraction_uses_sdnet_s_subjects_and_sdnet_s_evaluatio
     # the baseline of the label-fraction table: the same labelled subjects as SDNet at that
     # fraction, predicted and scored on the original grids by the same code as SDNet
     from sdnet_tf.data.acdc import find_patients, labelled_subset, patient_splits
-    from sdnet_tf.evaluation import evaluate_run as evaluate_sdnet_style
+    from sdnet_tf.apps.evaluation import evaluate_run as evaluate_sdnet_style
 
     config = SegmentationConfig()
     config.model.input_size, config.model.filters, config.model.depth = 32, 4, 2

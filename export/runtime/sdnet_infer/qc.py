@@ -27,7 +27,7 @@ threshold, and "ok" otherwise; ``reasons`` lists each check that failed with its
 threshold. A volume in which no slice holds LV or MYO is always for review.
 
 The thresholds are calibrated on the ED and ES frames of a trained run's validation patients
-(``calibrate``; the reading of a run's data is ``sdnet_tf.quality``), each from the values seen
+(``calibrate``; the reading of a run's data is ``sdnet_tf.apps.quality``), each from the values seen
 there (``RULES``):
 
 ================================  ===================================================

@@ -152,7 +152,7 @@ def sample_grid(samples, is_valid, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sdnet_tf.figures import overlay, save_figure
+    from sdnet_tf.apps.figures import overlay, save_figure
 
     rows, columns = len(samples), max(len(s) for s in samples.values())
     fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows), squeeze=False)
@@ -318,7 +318,7 @@ def plot_histories(histories, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sdnet_tf.figures import save_figure
+    from sdnet_tf.apps.figures import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, csv_path in histories.items():

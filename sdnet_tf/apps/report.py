@@ -160,9 +160,9 @@ def build_report(run_dir, out_dir, data=None, images=None, refresh=False):
     Evaluation (``evaluation/``), figures (``figures/``) and latent analysis (``latent/``) are
     computed when their results are missing or ``refresh`` is set, and reused otherwise.
     """
-    from sdnet_tf.evaluation import evaluate_run
-    from sdnet_tf.figures import make_figures, save_figure
-    from sdnet_tf.latent import analyse_run
+    from sdnet_tf.apps.evaluation import evaluate_run
+    from sdnet_tf.apps.figures import make_figures, save_figure
+    from sdnet_tf.apps.latent import analyse_run
 
     from sdnet_infer.io import prepare_output_dir
 

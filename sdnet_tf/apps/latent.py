@@ -115,7 +115,7 @@ def analyse_run(run_dir, out_dir, data=None, seed=0):
     from sdnet_infer.io import prepare_output_dir
     from sdnet_tf.data.acdc import patient_strata, preprocess_cohort
     from sdnet_tf.inference import run_cohort
-    from sdnet_tf.figures import save_figure
+    from sdnet_tf.apps.figures import save_figure
     from sdnet_tf.inference import load_run
     from sdnet_tf.data.sources import cache_dir
 
