@@ -9,13 +9,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    # sdnet_infer (the TensorFlow-free runtime, also installable alone from export/runtime)
-    # ships inside sdnet-tf too: training and prediction share its preprocessing and NIfTI code
-    packages=find_packages(include=["sdnet_tf", "sdnet_tf.*", "export"]) + ["sdnet_infer"],
-    package_dir={"sdnet_infer": "export/runtime/sdnet_infer"},
+    # sdnet_infer, the TensorFlow-free runtime, is its own distribution (sdnet-infer, in
+    # runtime/): training and prediction import its geometry, preprocessing and NIfTI code.
+    # Install both: pip install -e ./runtime -e .
+    packages=find_packages(include=["sdnet_tf", "sdnet_tf.*", "export"]),
     py_modules=["cli"],
     include_package_data=True,
     install_requires=[
+        "sdnet-infer==0.1.0",
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<3.16",
         "tensorflow-probability>=0.25,<0.26",
@@ -41,5 +42,5 @@ setup(
         # e.g. pip install "jax[cuda12]"
         "jax": ["jax>=0.10,<0.11"],
     },
-    entry_points={"console_scripts": ["sdnet-tf=cli:main", "sdnet-infer=sdnet_infer.cli:main"]},
+    entry_points={"console_scripts": ["sdnet-tf=cli:main"]},
 )

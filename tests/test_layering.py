@@ -20,7 +20,7 @@ from functools import cache
 import pytest
 from support.helpers import ROOT
 
-RUNTIME_ROOT = ROOT / "export" / "runtime"
+RUNTIME_ROOT = ROOT / "runtime"
 RUNTIME_ALLOWED = {"numpy", "scipy", "nibabel", "onnxruntime", "sdnet_infer", "__future__"}
 FRAMEWORKS = {"tensorflow", "tf_keras", "tensorflow_probability", "tf2onnx", "jax", "torch"}
 TF_ENGINES = {"sdnet_tf.training.tf_engine", "sdnet_tf.training.distribute", "sdnet_tf.training.prior_engine"}

@@ -208,7 +208,7 @@ def test_runtime_runs_where_tensorflow_cannot_be_imported(export_dir, phantom_pa
         assert not any(m.split(".")[0] in ("tensorflow", "keras", "tf2onnx") for m in sys.modules), "TF loaded"
         raise SystemExit(code)
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(ROOT / "export" / "runtime")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(ROOT / "runtime")]))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "on CPUExecutionProvider" in result.stderr or "on CUDAExecutionProvider" in result.stderr

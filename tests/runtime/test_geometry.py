@@ -312,7 +312,7 @@ def test_data_folder_above_training_is_found_and_named(tmp_path, caplog):
 
 def _cli_subprocess(*args):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "export" / "runtime"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "runtime"), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 

@@ -36,7 +36,7 @@ def jax_env(tmp_path):
                 return None
         sys.meta_path.insert(0, _Block())
     """))
-    path = [str(blocker), str(ROOT), str(ROOT / "export" / "runtime"), os.environ.get("PYTHONPATH", "")]
+    path = [str(blocker), str(ROOT), str(ROOT / "runtime"), os.environ.get("PYTHONPATH", "")]
     return dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", JAX_THREEFRY_PARTITIONABLE="0",
                 XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=os.pathsep.join(p for p in path if p))
 

@@ -27,7 +27,7 @@ LEARNING_RATE = small_config().train.learning_rate
 
 def _env(**extra):
     """The environment of a child process: this checkout's packages first, TensorFlow quiet."""
-    paths = [str(ROOT), str(ROOT / "export" / "runtime"), os.environ.get("PYTHONPATH", "")]
+    paths = [str(ROOT), str(ROOT / "runtime"), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "TF_CPP_MIN_LOG_LEVEL": "2",
             "KERAS_BACKEND": "tensorflow",
             **extra}

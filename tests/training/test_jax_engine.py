@@ -47,7 +47,7 @@ def test_importing_the_jax_engine_imports_no_tensorflow(tmp_path):
         assert keras.backend.backend() == "jax", keras.backend.backend()
     """)
     # without the blocker: nothing may even try to import TensorFlow here
-    env = dict(_jax_env(tmp_path), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "export" / "runtime")]))
+    env = dict(_jax_env(tmp_path), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "runtime")]))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
 

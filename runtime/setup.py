@@ -1,7 +1,8 @@
 """sdnet-infer: the TensorFlow-free onnxruntime runtime for exported SDNet models.
 
-Install it alone for deployment: ``pip install ./export/runtime`` (add ``[gpu]`` for
-onnxruntime-gpu). The full ``sdnet-tf`` distribution includes the same package.
+Install it alone for deployment: ``pip install ./runtime`` (add ``[gpu]`` for
+onnxruntime-gpu). ``sdnet-tf`` requires it: training and prediction import its geometry,
+preprocessing and NIfTI code (``pip install -e ./runtime -e .``).
 """
 
 from setuptools import setup
