@@ -38,6 +38,8 @@ class ModelConfig:
     # round (the original: a pixel whose largest anatomy channel is <= 0.5 becomes all zeros)
     # | argmax (one channel per pixel; layers.Binarise)
     binarisation: str = field(default="round", metadata={"choices": ("round", "argmax")})
+    # film (the original) | adain (Liu et al., M&Ms 2020; models.decoder.AdaINDecoder)
+    decoder: str = field(default="film", metadata={"choices": ("film", "adain")})
 
 
 @dataclass
@@ -53,6 +55,8 @@ class LossConfig:
     # (sdnet-tf prior train nvae|acnn); "" for none
     shape_prior: str = ""
     shape_omega: float = 0.0  # 0: estimated from data (ratio of the typical loss sizes)
+    focal: float = 0.0  # weight of the focal loss on labelled images (M&Ms 2020: 1); 0: none
+    focal_gamma: float = 2.0  # its focusing exponent (0: pixel cross-entropy)
 
 
 @dataclass

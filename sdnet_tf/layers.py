@@ -93,6 +93,47 @@ class FiLM(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class AdaIN(keras.layers.Layer):
+    """Adaptive instance normalisation: each sample's channels normalised over height and
+    width, then ``gamma * normalised + beta`` with per-sample, per-channel gamma and beta.
+
+    Args:
+        epsilon: added to the variance (1e-5, as PyTorch's instance norm).
+
+    Call arguments:
+        inputs: list ``[features (B, H, W, C), gamma (B, C), beta (B, C)]``.
+
+    Returns:
+        Tensor of shape (B, H, W, C).
+
+    Reference:
+        Huang and Belongie, "Arbitrary Style Transfer in Real-time with Adaptive Instance
+        Normalization", ICCV 2017; used for SDNet's decoder by Liu et al., M&Ms 2020.
+    """
+
+    def __init__(self, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, inputs):
+        features, gamma, beta = inputs
+        mean = ops.mean(features, axis=(1, 2), keepdims=True)
+        variance = ops.mean(ops.square(features - mean), axis=(1, 2), keepdims=True)
+        normalised = (features - mean) / ops.sqrt(variance + self.epsilon)
+        gamma = ops.expand_dims(ops.expand_dims(gamma, 1), 1)  # (B, 1, 1, C)
+        beta = ops.expand_dims(ops.expand_dims(beta, 1), 1)
+        return normalised * gamma + beta
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class GaussianSample(keras.layers.Layer):
     """Reparameterised sample ``z = mean + exp(0.5 * logvar) * eps``, ``eps ~ N(0, I)``.
 

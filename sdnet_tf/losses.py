@@ -58,6 +58,28 @@ def dice_loss(pred, target, mode="pooled", smooth=DICE_SMOOTH):
     return 1.0 - ops.mean(dice_coefficient(pred, target, mode=mode, smooth=smooth))
 
 
+def focal_loss(pred, target, gamma=2.0, eps=1e-7):
+    """Focal loss (Lin et al., ICCV 2017) of foreground probabilities against one-hot masks.
+
+    The background is ``1 - sum`` of the foreground channels, so each pixel is a categorical
+    distribution over background and the L foreground classes; the loss is the mean over
+    pixels and images of ``-(1 - p_t)^gamma * log(p_t)``, p_t being the probability of the
+    pixel's true class. ``gamma`` 0 is the pixel cross-entropy.
+
+    Args:
+        pred: (B, H, W, L) foreground probabilities (the segmentor's output).
+        target: (B, H, W, L) one-hot foreground masks (background: all zeros).
+        gamma: the focusing exponent.
+
+    Returns:
+        A scalar.
+    """
+    pred, target = _f32(pred), _f32(target)
+    p_t = ops.sum(pred * target, axis=-1) + (1.0 - ops.sum(pred, axis=-1)) * (1.0 - ops.sum(target, axis=-1))
+    p_t = ops.clip(p_t, eps, 1.0)
+    return ops.mean(-ops.power(1.0 - p_t, gamma) * ops.log(p_t))
+
+
 def l1_loss(pred, target):
     """Mean absolute error over all elements."""
     return ops.mean(ops.abs(_f32(pred) - _f32(target)))

@@ -109,3 +109,16 @@ def test_losses_are_float32_for_half_precision_inputs():
     pred, target = _masks()
     out = losses.dice_loss(pred.astype("float16"), target)
     assert str(out.dtype) == "float32" or "float32" in str(out.dtype)
+
+
+def test_focal_loss_golden_and_cross_entropy_at_gamma_0():
+    # two pixels: one MYO (channel 0) predicted 0.5 / 0.2 / 0.1 (background 0.2), one
+    # background predicted 0.1 / 0.1 / 0.2 (background 0.6)
+    pred = np.array([[[[0.5, 0.2, 0.1], [0.1, 0.1, 0.2]]]], np.float32)  # (1, 1, 2, 3)
+    target = np.array([[[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]], np.float32)
+    p_true = np.array([0.5, 0.6])
+    expected = np.mean(-((1 - p_true) ** 2) * np.log(p_true))
+    assert float(losses.focal_loss(pred, target, gamma=2.0)) == pytest.approx(expected, rel=1e-5)
+    assert float(losses.focal_loss(pred, target, gamma=0.0)) == pytest.approx(np.mean(-np.log(p_true)), rel=1e-5)
+    # a perfect prediction costs nothing
+    assert float(losses.focal_loss(target, target)) == pytest.approx(0.0, abs=1e-6)

@@ -2,12 +2,12 @@
 
 from sdnet_tf.models.acnn import ShapeAutoencoder
 from sdnet_tf.models.anatomy_encoder import AnatomyEncoder
-from sdnet_tf.models.decoder import FiLMDecoder
+from sdnet_tf.models.decoder import AdaINDecoder, FiLMDecoder
 from sdnet_tf.models.discriminator import MaskDiscriminator
 from sdnet_tf.models.modality_encoder import ModalityEncoder
 from sdnet_tf.models.nvae import NVAE
 from sdnet_tf.models.sdnet import NETWORKS, SDNet
 from sdnet_tf.models.segmentor import Segmentor
 
-__all__ = ["AnatomyEncoder", "ModalityEncoder", "FiLMDecoder", "Segmentor", "MaskDiscriminator", "SDNet",
+__all__ = ["AnatomyEncoder", "ModalityEncoder", "FiLMDecoder", "AdaINDecoder", "Segmentor", "MaskDiscriminator", "SDNet",
            "NVAE", "ShapeAutoencoder", "NETWORKS"]

@@ -5,7 +5,7 @@ import keras
 from sdnet_tf.layers import PACKAGE
 from sdnet_tf.models.anatomy_encoder import AnatomyEncoder
 from sdnet_tf.models.base import SymbolicBuildModel
-from sdnet_tf.models.decoder import FiLMDecoder
+from sdnet_tf.models.decoder import AdaINDecoder, FiLMDecoder
 from sdnet_tf.models.discriminator import MaskDiscriminator
 from sdnet_tf.models.modality_encoder import ModalityEncoder
 from sdnet_tf.models.segmentor import Segmentor
@@ -36,6 +36,8 @@ class SDNet(SymbolicBuildModel):
         spectral_weight: its weight (10).
         binarise: straight-through binarisation of the anatomy (True).
         binarisation: "round" (the original) or "argmax" (``layers.Binarise``).
+        decoder: "film" (the original's ``FiLMDecoder``) or "adain" (``AdaINDecoder``, as
+            Liu et al., M&Ms 2020).
         seed: seed of the modality encoder's sampling stream.
 
     Call arguments:
@@ -51,7 +53,7 @@ class SDNet(SymbolicBuildModel):
     def __init__(self, input_size=224, input_channels=1, anatomy_channels=8, nz=8, unet_filters=64,
                  unet_depth=4, num_classes=3, segmentor_filters=64, modality_filters=16,
                  discriminator_filters=64, spectral="penalty", spectral_weight=10.0, binarise=True,
-                 binarisation="round", seed=None, **kwargs):
+                 binarisation="round", decoder="film", seed=None, **kwargs):
         super().__init__(**kwargs)
         self.input_size = input_size
         self.input_channels = input_channels
@@ -67,6 +69,9 @@ class SDNet(SymbolicBuildModel):
         self.spectral_weight = spectral_weight
         self.binarise = binarise
         self.binarisation = binarisation
+        if decoder not in ("film", "adain"):
+            raise ValueError(f"decoder {decoder!r}: expected film or adain")
+        self.decoder_kind = decoder
         self.seed = seed
 
         self.anatomy_encoder = AnatomyEncoder(input_size, input_channels, anatomy_channels, unet_filters,
@@ -74,8 +79,8 @@ class SDNet(SymbolicBuildModel):
                                               name="anatomy_encoder")
         self.modality_encoder = ModalityEncoder(input_size, input_channels, anatomy_channels, nz,
                                                 filters=modality_filters, seed=seed, name="modality_encoder")
-        self.decoder = FiLMDecoder(input_size, anatomy_channels, nz, output_channels=input_channels,
-                                   name="decoder")
+        decoder_class = FiLMDecoder if decoder == "film" else AdaINDecoder
+        self.decoder = decoder_class(input_size, anatomy_channels, nz, output_channels=input_channels, name="decoder")
         self.segmentor = Segmentor(input_size, anatomy_channels, num_classes, segmentor_filters,
                                    name="segmentor")
         self.discriminator = MaskDiscriminator(input_size, num_classes, discriminator_filters,
@@ -132,5 +137,5 @@ class SDNet(SymbolicBuildModel):
                       segmentor_filters=self.segmentor_filters, modality_filters=self.modality_filters,
                       discriminator_filters=self.discriminator_filters, spectral=self.spectral,
                       spectral_weight=self.spectral_weight, binarise=self.binarise, binarisation=self.binarisation,
-                      seed=self.seed)
+                      decoder=self.decoder_kind, seed=self.seed)
         return config

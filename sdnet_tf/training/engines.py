@@ -9,7 +9,7 @@ imported by a JAX run and JAX never by a TensorFlow run.
 
 from sdnet_tf.config import ConfigError
 from sdnet_tf.runtime import require_backend
-from sdnet_tf.training.schedule import SDNET_SCHEDULE
+from sdnet_tf.training.schedule import sdnet_schedule
 
 
 
@@ -18,7 +18,8 @@ def loss_weights(config):
     """SDNet's loss weights from a ``Config``'s ``loss`` section."""
     loss = config.loss
     return {"kl": loss.kl, "dice": loss.dice, "adversarial": loss.adversarial,
-            "reconstruction": loss.reconstruction, "z_reconstruction": loss.z_reconstruction}
+            "reconstruction": loss.reconstruction, "z_reconstruction": loss.z_reconstruction,
+            "focal": loss.focal, "focal_gamma": loss.focal_gamma}
 
 
 def sdnet_engine(model, config, run_dir=None, strategy=None):
@@ -41,11 +42,12 @@ def sdnet_engine(model, config, run_dir=None, strategy=None):
             raise ConfigError("a tf.distribute strategy needs the TensorFlow engine")
         from sdnet_tf.training.jax_engine import JAXEngine
 
-        return JAXEngine(model, SDNET_SCHEDULE, loss_weights(config), config.train, dice_mode=config.loss.dice_mode)
+        return JAXEngine(model, sdnet_schedule(config.loss.adversarial), loss_weights(config), config.train,
+                         dice_mode=config.loss.dice_mode)
     from sdnet_tf.training.tf_engine import TFEngine
 
-    return TFEngine(model, SDNET_SCHEDULE, loss_weights(config), config.train, dice_mode=config.loss.dice_mode,
-                    run_dir=run_dir, strategy=strategy)
+    return TFEngine(model, sdnet_schedule(config.loss.adversarial), loss_weights(config), config.train,
+                    dice_mode=config.loss.dice_mode, run_dir=run_dir, strategy=strategy)
 
 
 def step_engine(config):

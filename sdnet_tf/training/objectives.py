@@ -20,8 +20,9 @@ SAMPLES_Z = ("supervised", "unsupervised", "z_reconstruction")
 
 
 def supervised(model, images, masks, weights, dice_mode="pooled", noise=None, prior=None, omega=0.0):
-    """Labelled step: ``dice * Dice + reconstruction * L1 + kl * KL``, plus
-    ``omega * shape`` when a frozen shape ``prior`` is given (see ``shape``)."""
+    """Labelled step: ``dice * Dice + reconstruction * L1 + kl * KL``, plus ``focal * focal
+    loss`` when ``weights["focal"]`` is set (M&Ms 2020; exponent ``weights["focal_gamma"]``)
+    and ``omega * shape`` when a frozen shape ``prior`` is given (see ``shape``)."""
     anatomy, z, mean, logvar = model.decompose(images, training=True, noise=noise)
     predicted = model.segmentor(anatomy, training=True)
     reconstruction = model.reconstruct(anatomy, z)
@@ -32,6 +33,9 @@ def supervised(model, images, masks, weights, dice_mode="pooled", noise=None, pr
     }
     total = weights["dice"] * terms["dice"] + weights["reconstruction"] * terms["reconstruction"] \
         + weights["kl"] * terms["kl"]
+    if weights.get("focal"):
+        terms["focal"] = losses.focal_loss(predicted, masks, weights.get("focal_gamma", 2.0))
+        total = total + weights["focal"] * terms["focal"]
     if prior is not None:
         terms["shape"] = shape(prior, masks, predicted)
         total = total + omega * terms["shape"]
@@ -55,17 +59,19 @@ def shape_sizes(model, images, masks, dice_weight, dice_mode, prior):
 
 
 def unsupervised(model, images, weights, noise=None):
-    """Unlabelled step: ``adversarial * LSGAN_G + reconstruction * L1 + kl * KL``."""
+    """Unlabelled step: ``adversarial * LSGAN_G + reconstruction * L1 + kl * KL``; with
+    ``adversarial`` 0 (M&Ms 2020) the segmentor and the discriminator are not run."""
     anatomy, z, mean, logvar = model.decompose(images, training=True, noise=noise)
-    predicted = model.segmentor(anatomy, training=True)
     reconstruction = model.reconstruct(anatomy, z)
     terms = {
-        "adversarial": losses.lsgan_generator_loss(model.discriminator(predicted)),
         "reconstruction": losses.l1_loss(reconstruction, images),
         "kl": losses.gaussian_kl(mean, logvar),
     }
-    total = weights["adversarial"] * terms["adversarial"] + weights["reconstruction"] * terms["reconstruction"] \
-        + weights["kl"] * terms["kl"]
+    total = weights["reconstruction"] * terms["reconstruction"] + weights["kl"] * terms["kl"]
+    if weights["adversarial"]:
+        predicted = model.segmentor(anatomy, training=True)
+        terms["adversarial"] = losses.lsgan_generator_loss(model.discriminator(predicted))
+        total = total + weights["adversarial"] * terms["adversarial"]
     return total, terms
 
 

@@ -46,6 +46,16 @@ SDNET_SCHEDULE = (
     Step("discriminator", "discriminator", "discriminator", ("discriminator",), "discriminator"),
 )
 
+
+
+def sdnet_schedule(adversarial=10.0):
+    """``SDNET_SCHEDULE``, without the discriminator step when the adversarial weight is 0
+    (no loss would read the discriminator, as in the AdaIN + focal variant of M&Ms 2020)."""
+    if adversarial:
+        return SDNET_SCHEDULE
+    return tuple(step for step in SDNET_SCHEDULE if step.objective != "discriminator")
+
+
 # Stream identifiers of the sampler's random generators: every draw is a pure function of
 # (seed, stream, counter), so a resumed run draws exactly what an uninterrupted one would.
 _STREAMS = {"labelled": 1, "unlabelled": 2, "disc_images": 3, "real_masks": 4, "augment": 5, "z": 6, "pool": 7}

@@ -21,7 +21,7 @@ from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibra
 from sdnet_tf.training.engines import sdnet_engine
 from sdnet_tf.training.loop import Loop, Task
 from sdnet_tf.training.run_files import RunFiles, network_variables, optimizer_variables
-from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler, EarlyStopping, FakePool
+from sdnet_tf.training.schedule import BatchSampler, EarlyStopping, FakePool
 
 log = logging.getLogger("sdnet_tf.train")
 
@@ -52,7 +52,7 @@ def _step_inputs(step, batch, fakes):
 class Trainer(Task):
     """Runs the SDNet schedule on ``SDNetArrays`` with an engine, in the one training loop.
 
-    One loop step is one iteration of the five updates (``schedule.SDNET_SCHEDULE``); an
+    One loop step is one iteration of the five updates (``schedule.sdnet_schedule``); an
     epoch is ``train.iterations_per_epoch`` iterations (default: one pass over the larger of
     the labelled and unlabelled sets); validation Dice picks the kept weights and feeds the
     early stopping.
@@ -81,7 +81,7 @@ class Trainer(Task):
         self.progress = progress
         t = config.train
         self.engine = engine if engine is not None else sdnet_engine(model, config, self.run_dir)
-        self.schedule = SDNET_SCHEDULE
+        self.schedule = self.engine.schedule  # without the discriminator step at adversarial weight 0
         self.sampler = BatchSampler(arrays, t.batch_size, t.seed, augment=config.data.augment,
                                     rotation_range=config.data.rotation_range, nz=config.model.nz)
         self.pool = FakePool(t.pool_size)
@@ -204,8 +204,8 @@ class Trainer(Task):
             self.average.update()
 
     def postfix(self, terms):
-        return {"dice": f"{terms['supervised/dice']:.3f}", "rec": f"{terms['supervised/reconstruction']:.3f}",
-                "adv": f"{terms['unsupervised/adversarial']:.3f}"}
+        shown = {"dice": "supervised/dice", "rec": "supervised/reconstruction", "adv": "unsupervised/adversarial"}
+        return {name: f"{terms[key]:.3f}" for name, key in shown.items() if key in terms}
 
     def log_scalars(self, step, values):
         self.engine.log_scalars(values, step)

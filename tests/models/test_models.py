@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from sdnet_tf.models import (AnatomyEncoder, FiLMDecoder, MaskDiscriminator, ModalityEncoder, SDNet,
-                             Segmentor)
+from sdnet_tf.models import (AdaINDecoder, AnatomyEncoder, FiLMDecoder, MaskDiscriminator, ModalityEncoder,
+                             SDNet, Segmentor)
 
 ORIGINAL_COUNTS = {
     "anatomy_encoder": (34_540_040, 34_526_344),
@@ -63,10 +63,10 @@ def test_config_round_trip_and_save_load(tmp_path, index):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("binarisation", ["round", "argmax"])
-def test_sdnet_save_load_identical_outputs(tmp_path, binarisation):
+@pytest.mark.parametrize("binarisation,decoder", [("round", "film"), ("argmax", "film"), ("round", "adain")])
+def test_sdnet_save_load_identical_outputs(tmp_path, binarisation, decoder):
     model = SDNet(input_size=32, unet_filters=4, segmentor_filters=8, discriminator_filters=4, seed=5,
-                  binarisation=binarisation)
+                  binarisation=binarisation, decoder=decoder)
     model.build()
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
     out = model(x, training=False, sample=False)
@@ -120,3 +120,54 @@ def test_argmax_binarisation_leaves_no_pixel_without_anatomy_and_no_parameter_ad
     rounded.build()
     argmax.build()
     assert rounded.count_params() == argmax.count_params()
+
+
+# ---------------------------------------------------------------- AdaIN decoder (M&Ms 2020)
+def test_adain_decoder_parameter_count_and_shape():
+    # convs 8->4->2->1 (3x3) and 1->1 (7x7): 292 + 74 + 19 + 50; MLP 8->256->256->14:
+    # 2,304 + 65,792 + 3,598
+    decoder = AdaINDecoder().build_default()
+    assert decoder.count_params() == 72_129
+    model = SDNet(decoder="adain")
+    model.build()
+    counts = {name: net.count_params() for name, net in model.networks().items()}
+    assert counts == {**{k: v[0] for k, v in ORIGINAL_COUNTS.items()}, "decoder": 72_129}
+    anatomy = (np.random.default_rng(0).uniform(size=(2, 224, 224, 8)) > 0.5).astype("float32")
+    z = np.random.default_rng(1).normal(size=(2, 8)).astype("float32")
+    image = np.asarray(decoder([anatomy, z]))
+    assert image.shape == (2, 224, 224, 1) and np.abs(image).max() <= 1.0
+
+
+def test_z_drives_every_adain_layer_of_the_reconstruction():
+    decoder = AdaINDecoder(input_size=32).build_default()
+    anatomy = (np.random.default_rng(0).uniform(size=(3, 32, 32, 8)) > 0.5).astype("float32")
+    z = np.random.default_rng(1).normal(size=(3, 8)).astype("float32")
+    base = np.asarray(decoder([anatomy, z]))
+    # another z changes the image, for every sample
+    other = np.asarray(decoder([anatomy, z[::-1]]))
+    assert np.abs(base - other).reshape(3, -1).max(axis=1)[[0, 2]].min() > 1e-3
+    # each block's scale and shift are read: perturbing one block's slice of the MLP's output
+    # (by its output bias) changes the image
+    last = decoder.mlp[-1]
+    kernel, bias = (np.asarray(v) for v in last.weights)
+    start = 0
+    for width in decoder.widths:
+        for offset in (0, width):  # gamma, then beta
+            shifted = bias.copy()
+            shifted[start + offset:start + offset + width] += 0.5
+            last.set_weights([kernel, shifted])
+            assert np.abs(np.asarray(decoder([anatomy, z])) - base).max() > 1e-4, (start, offset)
+        start += 2 * width
+    last.set_weights([kernel, bias])
+
+
+def test_adain_normalises_each_sample_and_channel_then_applies_gamma_and_beta():
+    from sdnet_tf.layers import AdaIN
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(2, 5, 6, 3)).astype("float32")
+    gamma = np.array([[1.0, 2.0, 0.5], [3.0, 1.0, 1.0]], "float32")
+    beta = np.array([[0.0, -1.0, 4.0], [1.0, 0.0, 2.0]], "float32")
+    out = np.asarray(AdaIN()([x, gamma, beta]))
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    std = np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, (x - mean) / std * gamma[:, None, None] + beta[:, None, None], atol=1e-5)

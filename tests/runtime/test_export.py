@@ -102,6 +102,29 @@ def test_argmax_binarisation_exports_with_parity(tmp_path):
     assert np.abs(runtime.segment(images) - np.asarray(loaded.segment(images, training=False))).max() <= 1e-4
 
 
+def test_the_adain_variant_exports_with_parity_and_its_decoder_reads_z(tmp_path):
+    # model.decoder=adain (M&Ms 2020): reflection padding and instance statistics convert to
+    # ONNX; segmentation and reconstruction match Keras, and z changes the reconstruction
+    config = small_config()
+    config.data.spacing = SPACING
+    config.model.decoder = "adain"
+    model = SDNet(**SMALL, decoder="adain", seed=3)
+    model.build()
+    (tmp_path / "run").mkdir()
+    model.save(tmp_path / "run" / "model.keras")
+    save_config(config, tmp_path / "run" / "config.yaml")
+    export_run(tmp_path / "run", tmp_path / "export")
+    images = np.random.default_rng(0).uniform(-1, 1, (5, 32, 32, 1)).astype(np.float32)
+    runtime = SDNetRuntime(tmp_path / "export")
+    loaded, _ = load_run(tmp_path / "run")
+    assert np.abs(runtime.segment(images) - np.asarray(loaded.segment(images, training=False))).max() <= 1e-4
+    anatomy, mean, _ = runtime.decompose(images)
+    z = np.random.default_rng(1).normal(size=mean.shape).astype(np.float32)
+    decoded = runtime.decode(anatomy, z)
+    assert np.abs(decoded - np.asarray(loaded.reconstruct(anatomy, z))).max() <= 1e-4
+    assert np.abs(runtime.decode(anatomy, z[::-1]) - decoded).max() > 1e-3
+
+
 @pytest.mark.parametrize("source", ["random", "phantom"])
 def test_parity_with_keras(run_dir, export_dir, phantom_patient, source):
     model, _ = load_run(run_dir)

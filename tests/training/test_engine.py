@@ -165,6 +165,8 @@ def test_early_stopping_run_directory_best_weights_and_use_before_the_end(tmp_pa
     assert "has not finished" not in caplog.text
 
 
+# slow: two tiny trainers and a validated epoch (about 30 s); the format it reads is frozen
+@pytest.mark.slow
 def test_a_run_of_tensorflow_checkpoints_from_an_earlier_version_resumes(tmp_path):
     # earlier versions wrote tf.train checkpoints of the same variable names plus state-<i>.npz
     import tensorflow as tf

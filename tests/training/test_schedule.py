@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sdnet_tf.data.synthetic import synthetic_arrays
-from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler, EarlyStopping, FakePool
+from sdnet_tf.training.schedule import SDNET_SCHEDULE, BatchSampler, EarlyStopping, FakePool, sdnet_schedule
 
 
 def test_schedule_is_the_original_order():
@@ -13,6 +13,27 @@ def test_schedule_is_the_original_order():
     assert SDNET_SCHEDULE[1].trains == ("modality_encoder", "decoder")
     assert SDNET_SCHEDULE[4].trains == ("discriminator",)
     assert {s.optimizer for s in SDNET_SCHEDULE} == {"supervised", "unsupervised", "z_regressor", "discriminator"}
+
+
+def test_without_an_adversarial_term_there_is_no_discriminator_step():
+    # the AdaIN + focal variant of M&Ms 2020: no loss reads the discriminator
+    assert sdnet_schedule(10.0) == SDNET_SCHEDULE
+    assert [s.name for s in sdnet_schedule(0.0)] == ["supervised", "z_rec_labelled", "unsupervised",
+                                                     "z_rec_unlabelled"]
+
+
+def test_the_unlabelled_step_without_an_adversarial_term_leaves_the_discriminator_out():
+    from support.helpers import SMALL
+    from sdnet_tf.models import SDNet
+    from sdnet_tf.training import objectives
+
+    model = SDNet(**SMALL, decoder="adain", seed=0)
+    model.build()
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
+    weights = {"kl": 0.01, "reconstruction": 1.0, "adversarial": 0.0}
+    total, terms = objectives.unsupervised(model, images, weights)
+    assert set(terms) == {"reconstruction", "kl"}
+    assert float(total) == pytest.approx(float(terms["reconstruction"]) + 0.01 * float(terms["kl"]), rel=1e-6)
 
 
 def test_pool_keeps_the_latest_50_and_samples_without_replacement():

@@ -301,6 +301,10 @@ def test_prior_validation_with_recomputed_batchnorm_statistics(cohort, tmp_path)
                for a, b in zip(batchnorm_layers(plain), layers))
 
 
+# slow: a prior and a U-Net trained and evaluated (about 30 s); omega's estimate and the shape
+# loss's step stay in the default suite (test_estimate_omega_is_the_ratio_of_mean_terms,
+# test_sdnet_supervised_step_with_the_shape_loss_leaves_the_prior_unchanged)
+@pytest.mark.slow
 def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_path):
     from sdnet_tf.apps.shape_eval import evaluate_run, table
 
