@@ -499,6 +499,10 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
                           if g["all"]["Dice"]["mean"] is not None)
     click.echo(f"{_volumes(summary['cases'])} scored: mean 3-D Dice {dice:.3f} ({per_class}); "
                f"tables and summary.json in {output}")
+    if "lv_volume_head" in summary:
+        error = summary["lv_volume_head"]["absolute_error_ml"]
+        click.echo(f"LV-volume head: mean absolute LV volume error {error['mean']:.1f} ml (sd {error['std']:.1f}) "
+                   "against the references (lv_volume_head.csv)")
     if summary["errors"]:
         click.echo(f"{_volumes(len(summary['errors']))} could not be scored (listed in summary.json)", err=True)
         sys.exit(1)

@@ -40,6 +40,8 @@ class ModelConfig:
     binarisation: str = field(default="round", metadata={"choices": ("round", "argmax")})
     # film (the original) | adain (Liu et al., M&Ms 2020; models.decoder.AdaINDecoder)
     decoder: str = field(default="film", metadata={"choices": ("film", "adain")})
+    # the multi-task LV-volume head on the anatomy factor (the paper's Section 5.2)
+    lv_volume_head: bool = False
 
 
 @dataclass
@@ -57,6 +59,9 @@ class LossConfig:
     shape_omega: float = 0.0  # 0: estimated from data (ratio of the typical loss sizes)
     focal: float = 0.0  # weight of the focal loss on labelled images (M&Ms 2020: 1); 0: none
     focal_gamma: float = 2.0  # its focusing exponent (0: pixel cross-entropy)
+    # weight of the LV-volume head's L1 error (in pixel counts over the image's pixel count)
+    # on labelled images; read only with model.lv_volume_head
+    lv_volume: float = 1.0
 
 
 @dataclass

@@ -230,3 +230,27 @@ def test_unwritable_output_is_one_line(trained_run, tmp_path, command):
     assert result.exit_code == 1 and "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if "Error" in line]
     assert len(errors) == 1 and str(out) in errors[0], result.output
+
+
+def test_the_lv_volume_head_trains_and_evaluate_reports_its_volume_error_in_ml(cohort, tmp_path):
+    # the multi-task head of the SDNet paper (Section 5.2): trained by the supervised step,
+    # scored by evaluate --run against each reference frame's LV volume
+    config = load_config(None, [
+        "data.dataset=acdc", f"data.path={cohort}", f"data.spacing={SPACING}", f"data.cache_dir={tmp_path / 'cache'}",
+        "model.input_size=32", "model.unet_filters=4", "model.unet_depth=2", "model.segmentor_filters=8",
+        "model.discriminator_filters=4", "model.lv_volume_head=true", "train.iterations_per_epoch=3",
+        "train.epochs=1", "train.image_summaries=0", "train.jit_compile=false"])
+    train_run(config, tmp_path / "run", progress=False)
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert "train_supervised/lv_volume" in history[0].split(",")
+    summary = evaluate_run(tmp_path / "run", tmp_path / "out")
+    rows = _rows(tmp_path / "out" / "lv_volume_head.csv")
+    assert len(rows) == summary["cases"] == len(summary["lv_volume_head"]["frames"])
+    for row in rows:
+        patient, phase = row["case"].rsplit("_", 1)
+        info = dict(line.split(": ") for line in (cohort / patient / "Info.cfg").read_text().splitlines() if line)
+        image = nib.load(cohort / patient / f"{patient}_frame{int(info[phase]):02d}_gt.nii.gz")
+        reference = np.sum(np.asarray(image.dataobj) == 3) * np.prod(image.header.get_zooms()[:3]) / 1000.0
+        assert float(row["reference_ml"]) == pytest.approx(reference, abs=1e-3)
+        assert float(row["error_ml"]) == pytest.approx(float(row["predicted_ml"]) - reference, abs=2e-3)
+    assert summary["lv_volume_head"]["absolute_error_ml"]["n"] == len(rows)

@@ -286,10 +286,28 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     return summary
 
 
+def _lv_volume_row(patient, index, counts, spacing, volume, orientation):
+    """The LV-volume head's volume of one frame against its reference, in ml: the head's
+    pixel counts of every slice at the model's ``spacing`` (mm), times the slice thickness."""
+    from sdnet_infer.labels import LV
+
+    reference = read_labels(patient.labels(index), volume.data.shape, like=volume.geometry, orientation=orientation)
+    voxel_ml = float(np.prod(reference.zooms[:3])) / 1000.0
+    reference_ml = float(np.sum(reference.data == LV)) * voxel_ml
+    predicted_ml = float(np.sum(np.concatenate(counts))) * spacing * spacing * float(volume.zooms[2]) / 1000.0
+    phase = "ED" if index == patient.ed else "ES"
+    return {"case": f"{patient.name}_{phase}", "predicted_ml": round(predicted_ml, 3),
+            "reference_ml": round(reference_ml, 3), "error_ml": round(predicted_ml - reference_ml, 3)}
+
+
 def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_size=16, report=None):
     """Predict the ED/ES frames of ``subset`` of a run's split, then ``evaluate_folder`` them.
 
     Predictions go to ``out_dir/predictions/patientNNN/`` and the tables into ``out_dir``.
+    A run with the LV-volume head (``model.lv_volume_head``) also gets the head's LV volume of
+    each frame against the reference's, in ml (``lv_volume_head.csv`` and
+    ``summary["lv_volume_head"]``: per frame, and the mean and spread of the error and of its
+    absolute value).
     ``split`` defaults to the run's own; ``subset`` is "test", "validation" or "training".
     """
     from sdnet_tf.inference import load_run, probabilities_fn, run_orientation, run_patients
@@ -302,19 +320,39 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     out_dir = Path(out_dir)
     pred_root = out_dir / "predictions"
     probabilities = probabilities_fn(model, batch_size)
+    head = getattr(model, "lv_regressor", None)
+    counts = []  # the LV-volume head's pixel counts of the slices of the frame being predicted
+    if head is not None:
+        segment = probabilities
+
+        def probabilities(slices):
+            out = segment(slices)
+            anatomy = model.anatomy_encoder(np.asarray(slices, np.float32), training=False)
+            counts.append(np.asarray(head(anatomy)).reshape(-1))
+            return out
+
     frames = [(p, index) for p in patients for index in (p.ed, p.es)]
+    volumes = []
     start = time.perf_counter()
     for number, (patient, index) in enumerate(frames, start=1):
         image_path = patient.frame(index)
         volume = read_volume(image_path, orientation=orientation)
+        counts.clear()
         labels = predict_volume(volume.data, volume.zooms[:2], probabilities, model.input_size, config.data.spacing,
                                 source=str(image_path))
         save_labels(labels, volume.image, pred_root / patient.name / output_name(image_path), volume.geometry)
+        if head is not None:
+            volumes.append(_lv_volume_row(patient, index, counts, config.data.spacing, volume, orientation))
         if report is not None:
             report(number, len(frames), image_path.name, None)
     log.info("predicted %d frames in %.1f s", len(frames), time.perf_counter() - start)
     summary = evaluate_folder(pred_root, folder, out_dir)
     summary["run"] = {"run_dir": str(run_dir), "data": str(folder), "split": split, "subset": subset,
                       "patients": sorted(wanted)}
+    if head is not None:
+        errors = [row["error_ml"] for row in volumes]
+        summary["lv_volume_head"] = {"frames": volumes, "error_ml": _stats(errors),
+                                     "absolute_error_ml": _stats([abs(e) for e in errors])}
+        _write_csv(out_dir / "lv_volume_head.csv", volumes, list(volumes[0]) if volumes else [])
     write_json(out_dir / "summary.json", summary)
     return summary

@@ -7,6 +7,7 @@ from sdnet_tf.models.anatomy_encoder import AnatomyEncoder
 from sdnet_tf.models.base import SymbolicBuildModel
 from sdnet_tf.models.decoder import AdaINDecoder, FiLMDecoder
 from sdnet_tf.models.discriminator import MaskDiscriminator
+from sdnet_tf.models.lv_regressor import LVVolumeRegressor
 from sdnet_tf.models.modality_encoder import ModalityEncoder
 from sdnet_tf.models.segmentor import Segmentor
 
@@ -38,6 +39,8 @@ class SDNet(SymbolicBuildModel):
         binarisation: "round" (the original) or "argmax" (``layers.Binarise``).
         decoder: "film" (the original's ``FiLMDecoder``) or "adain" (``AdaINDecoder``, as
             Liu et al., M&Ms 2020).
+        lv_volume_head: add the multi-task ``LVVolumeRegressor`` on the anatomy factor (the
+            paper's Section 5.2), a sixth network ``lv_regressor``.
         seed: seed of the modality encoder's sampling stream.
 
     Call arguments:
@@ -53,7 +56,7 @@ class SDNet(SymbolicBuildModel):
     def __init__(self, input_size=224, input_channels=1, anatomy_channels=8, nz=8, unet_filters=64,
                  unet_depth=4, num_classes=3, segmentor_filters=64, modality_filters=16,
                  discriminator_filters=64, spectral="penalty", spectral_weight=10.0, binarise=True,
-                 binarisation="round", decoder="film", seed=None, **kwargs):
+                 binarisation="round", decoder="film", lv_volume_head=False, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.input_size = input_size
         self.input_channels = input_channels
@@ -72,6 +75,7 @@ class SDNet(SymbolicBuildModel):
         if decoder not in ("film", "adain"):
             raise ValueError(f"decoder {decoder!r}: expected film or adain")
         self.decoder_kind = decoder
+        self.lv_volume_head = bool(lv_volume_head)
         self.seed = seed
 
         self.anatomy_encoder = AnatomyEncoder(input_size, input_channels, anatomy_channels, unet_filters,
@@ -86,10 +90,14 @@ class SDNet(SymbolicBuildModel):
         self.discriminator = MaskDiscriminator(input_size, num_classes, discriminator_filters,
                                                spectral=spectral, spectral_weight=spectral_weight,
                                                name="discriminator")
+        self.lv_regressor = None
+        if self.lv_volume_head:
+            self.lv_regressor = LVVolumeRegressor(input_size, anatomy_channels, name="lv_regressor")
 
     def networks(self):
-        """The five networks by name, in a fixed order."""
-        return {name: getattr(self, name) for name in NETWORKS}
+        """The five networks by name, in a fixed order (and ``lv_regressor`` last when there is one)."""
+        names = NETWORKS + (("lv_regressor",) if self.lv_volume_head else ())
+        return {name: getattr(self, name) for name in names}
 
     def decompose(self, images, training=None, sample=True, noise=None):
         """Images -> (anatomy, z, mean, logvar); ``noise`` is z's ``eps`` (None: drawn)."""
@@ -137,5 +145,5 @@ class SDNet(SymbolicBuildModel):
                       segmentor_filters=self.segmentor_filters, modality_filters=self.modality_filters,
                       discriminator_filters=self.discriminator_filters, spectral=self.spectral,
                       spectral_weight=self.spectral_weight, binarise=self.binarise, binarisation=self.binarisation,
-                      decoder=self.decoder_kind, seed=self.seed)
+                      decoder=self.decoder_kind, lv_volume_head=self.lv_volume_head, seed=self.seed)
         return config

@@ -19,7 +19,7 @@ def loss_weights(config):
     loss = config.loss
     return {"kl": loss.kl, "dice": loss.dice, "adversarial": loss.adversarial,
             "reconstruction": loss.reconstruction, "z_reconstruction": loss.z_reconstruction,
-            "focal": loss.focal, "focal_gamma": loss.focal_gamma}
+            "focal": loss.focal, "focal_gamma": loss.focal_gamma, "lv_volume": loss.lv_volume}
 
 
 def sdnet_engine(model, config, run_dir=None, strategy=None):
@@ -42,11 +42,11 @@ def sdnet_engine(model, config, run_dir=None, strategy=None):
             raise ConfigError("a tf.distribute strategy needs the TensorFlow engine")
         from sdnet_tf.training.jax_engine import JAXEngine
 
-        return JAXEngine(model, sdnet_schedule(config.loss.adversarial), loss_weights(config), config.train,
+        return JAXEngine(model, sdnet_schedule(config.loss.adversarial, config.model.lv_volume_head), loss_weights(config), config.train,
                          dice_mode=config.loss.dice_mode)
     from sdnet_tf.training.tf_engine import TFEngine
 
-    return TFEngine(model, sdnet_schedule(config.loss.adversarial), loss_weights(config), config.train,
+    return TFEngine(model, sdnet_schedule(config.loss.adversarial, config.model.lv_volume_head), loss_weights(config), config.train,
                     dice_mode=config.loss.dice_mode, run_dir=run_dir, strategy=strategy)
 
 

@@ -14,15 +14,17 @@ draw it.
 
 from keras import ops
 
+from sdnet_infer.labels import SDNET_CHANNELS
 from sdnet_tf import losses
 
 SAMPLES_Z = ("supervised", "unsupervised", "z_reconstruction")
 
 
 def supervised(model, images, masks, weights, dice_mode="pooled", noise=None, prior=None, omega=0.0):
-    """Labelled step: ``dice * Dice + reconstruction * L1 + kl * KL``, plus ``focal * focal
-    loss`` when ``weights["focal"]`` is set (M&Ms 2020; exponent ``weights["focal_gamma"]``)
-    and ``omega * shape`` when a frozen shape ``prior`` is given (see ``shape``)."""
+    """Labelled step: ``dice * Dice + reconstruction * L1 + kl * KL``, plus ``lv_volume *
+    lv_volume_loss`` when the model has the LV-volume head, ``focal * focal loss`` when
+    ``weights["focal"]`` is set (M&Ms 2020; exponent ``weights["focal_gamma"]``) and
+    ``omega * shape`` when a frozen shape ``prior`` is given (see ``shape``)."""
     anatomy, z, mean, logvar = model.decompose(images, training=True, noise=noise)
     predicted = model.segmentor(anatomy, training=True)
     reconstruction = model.reconstruct(anatomy, z)
@@ -33,6 +35,9 @@ def supervised(model, images, masks, weights, dice_mode="pooled", noise=None, pr
     }
     total = weights["dice"] * terms["dice"] + weights["reconstruction"] * terms["reconstruction"] \
         + weights["kl"] * terms["kl"]
+    if getattr(model, "lv_regressor", None) is not None:
+        terms["lv_volume"] = lv_volume_loss(model.lv_regressor(anatomy), masks)
+        total = total + weights.get("lv_volume", 1.0) * terms["lv_volume"]
     if weights.get("focal"):
         terms["focal"] = losses.focal_loss(predicted, masks, weights.get("focal_gamma", 2.0))
         total = total + weights["focal"] * terms["focal"]
@@ -40,6 +45,19 @@ def supervised(model, images, masks, weights, dice_mode="pooled", noise=None, pr
         terms["shape"] = shape(prior, masks, predicted)
         total = total + omega * terms["shape"]
     return total, terms
+
+
+def lv_pixel_count(masks):
+    """The LV-volume head's target: the LV pixels of each mask (B, 1), from SDNet's [MYO, LV, RV]."""
+    lv = SDNET_CHANNELS.index("LV")
+    return ops.sum(masks[..., lv], axis=(1, 2))[:, None]
+
+
+def lv_volume_loss(predicted_counts, masks):
+    """Mean absolute error of predicted LV pixel counts (B, 1), over the image's pixel count
+    (so a value of 0.01 is 1% of the image)."""
+    pixels = float(masks.shape[1] * masks.shape[2])
+    return losses.l1_loss(predicted_counts, lv_pixel_count(masks)) / pixels
 
 
 def shape(prior, masks, predicted):

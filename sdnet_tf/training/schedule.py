@@ -6,6 +6,7 @@ Only numpy here: the engines (``tf_engine``, and later a JAX one) turn a ``Step`
 update.
 """
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -48,12 +49,15 @@ SDNET_SCHEDULE = (
 
 
 
-def sdnet_schedule(adversarial=10.0):
+def sdnet_schedule(adversarial=10.0, lv_volume_head=False):
     """``SDNET_SCHEDULE``, without the discriminator step when the adversarial weight is 0
-    (no loss would read the discriminator, as in the AdaIN + focal variant of M&Ms 2020)."""
-    if adversarial:
-        return SDNET_SCHEDULE
-    return tuple(step for step in SDNET_SCHEDULE if step.objective != "discriminator")
+    (no loss would read the discriminator, as in the AdaIN + focal variant of M&Ms 2020),
+    and with the LV-volume head trained by the supervised step when there is one."""
+    steps = [step for step in SDNET_SCHEDULE if adversarial or step.objective != "discriminator"]
+    if lv_volume_head:
+        steps = [dataclasses.replace(step, trains=step.trains + ("lv_regressor",)) if step.objective == "supervised"
+                 else step for step in steps]
+    return tuple(steps)
 
 
 # Stream identifiers of the sampler's random generators: every draw is a pure function of

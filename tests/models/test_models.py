@@ -63,10 +63,11 @@ def test_config_round_trip_and_save_load(tmp_path, index):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("binarisation,decoder", [("round", "film"), ("argmax", "film"), ("round", "adain")])
-def test_sdnet_save_load_identical_outputs(tmp_path, binarisation, decoder):
+@pytest.mark.parametrize("binarisation,decoder,lv_volume_head", [
+    ("round", "film", False), ("argmax", "film", False), ("round", "adain", False), ("round", "film", True)])
+def test_sdnet_save_load_identical_outputs(tmp_path, binarisation, decoder, lv_volume_head):
     model = SDNet(input_size=32, unet_filters=4, segmentor_filters=8, discriminator_filters=4, seed=5,
-                  binarisation=binarisation, decoder=decoder)
+                  binarisation=binarisation, decoder=decoder, lv_volume_head=lv_volume_head)
     model.build()
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
     out = model(x, training=False, sample=False)
@@ -76,6 +77,10 @@ def test_sdnet_save_load_identical_outputs(tmp_path, binarisation, decoder):
     again = loaded(x, training=False, sample=False)
     for key in out:
         np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(again[key]), err_msg=key)
+    if lv_volume_head:
+        assert list(loaded.networks())[-1] == "lv_regressor"
+        np.testing.assert_array_equal(np.asarray(model.lv_regressor(out["anatomy"])),
+                                      np.asarray(loaded.lv_regressor(out["anatomy"])))
 
 
 def test_sdnet_outputs_and_binary_anatomy():
@@ -171,3 +176,33 @@ def test_adain_normalises_each_sample_and_channel_then_applies_gamma_and_beta():
     mean = x.mean(axis=(1, 2), keepdims=True)
     std = np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
     np.testing.assert_allclose(out, (x - mean) / std * gamma[:, None, None] + beta[:, None, None], atol=1e-5)
+
+
+# ---------------------------------------------------------------- LV-volume head (2019 paper, 5.2)
+def test_lv_volume_head_parameter_count_and_shape():
+    # conv 8->16 and 16->16 (3x3): 1,168 + 2,320; Dense 224*224*16 -> 16: 12,845,072; Dense 16 -> 1: 17
+    from sdnet_tf.models.lv_regressor import LVVolumeRegressor
+
+    head = LVVolumeRegressor().build_default()
+    assert head.count_params() == 12_848_577
+    anatomy = (np.random.default_rng(0).uniform(size=(2, 224, 224, 8)) > 0.5).astype("float32")
+    counts = np.asarray(head(anatomy))
+    assert counts.shape == (2, 1) and (counts >= 0).all()
+    model = SDNet(lv_volume_head=True)
+    model.build()
+    assert list(model.networks()) == ["anatomy_encoder", "modality_encoder", "decoder", "segmentor",
+                                      "discriminator", "lv_regressor"]
+    assert "lv_regressor" not in SDNet().networks()
+
+
+def test_lv_volume_target_is_the_lv_pixel_count_of_the_mask():
+    from sdnet_tf.training.objectives import lv_pixel_count, lv_volume_loss
+
+    masks = np.zeros((2, 8, 8, 3), "float32")  # SDNet's [MYO, LV, RV]
+    masks[0, 2:5, 2:5, 1] = 1.0  # 9 LV pixels
+    masks[0, 0, :, 0] = 1.0  # MYO and RV do not count
+    masks[1, :, :2, 2] = 1.0
+    masks[1, 6, 6, 1] = 1.0  # 1 LV pixel
+    np.testing.assert_array_equal(np.asarray(lv_pixel_count(masks)), [[9.0], [1.0]])
+    # L1 over the image's 64 pixels: (|12 - 9| + |1 - 1|) / 2 / 64
+    assert float(lv_volume_loss(np.array([[12.0], [1.0]], "float32"), masks)) == pytest.approx(1.5 / 64)

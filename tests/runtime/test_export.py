@@ -102,13 +102,20 @@ def test_argmax_binarisation_exports_with_parity(tmp_path):
     assert np.abs(runtime.segment(images) - np.asarray(loaded.segment(images, training=False))).max() <= 1e-4
 
 
-def test_the_adain_variant_exports_with_parity_and_its_decoder_reads_z(tmp_path):
+@pytest.mark.parametrize("decoder,lv_volume_head", [("adain", False), ("film", True)])
+def test_the_family_variants_export_with_parity_and_their_decoder_reads_z(tmp_path, decoder, lv_volume_head):
     # model.decoder=adain (M&Ms 2020): reflection padding and instance statistics convert to
-    # ONNX; segmentation and reconstruction match Keras, and z changes the reconstruction
+    # ONNX; model.lv_volume_head (2019, 5.2): the sixth network does not disturb the export.
+    # Segmentation and reconstruction match Keras, and z changes the reconstruction
+    # Fixed initial weights: instance normalisation divides by each channel's spatial spread,
+    # so where a random initialisation leaves a channel nearly constant it magnifies float32
+    # round-off (over 8 random initialisations the AdaIN reconstruction differed from Keras
+    # by 0 to 8.9e-5, and by 1.3e-4 once in earlier runs; segmentation is not affected)
+    keras.utils.set_random_seed(0)
     config = small_config()
     config.data.spacing = SPACING
-    config.model.decoder = "adain"
-    model = SDNet(**SMALL, decoder="adain", seed=3)
+    config.model.decoder, config.model.lv_volume_head = decoder, lv_volume_head
+    model = SDNet(**SMALL, decoder=decoder, lv_volume_head=lv_volume_head, seed=3)
     model.build()
     (tmp_path / "run").mkdir()
     model.save(tmp_path / "run" / "model.keras")

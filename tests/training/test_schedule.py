@@ -22,6 +22,12 @@ def test_without_an_adversarial_term_there_is_no_discriminator_step():
                                                      "z_rec_unlabelled"]
 
 
+def test_the_lv_volume_head_is_trained_by_the_supervised_step_only():
+    steps = {s.name: s.trains for s in sdnet_schedule(10.0, lv_volume_head=True)}
+    assert steps["supervised"][-1] == "lv_regressor"
+    assert all("lv_regressor" not in trains for name, trains in steps.items() if name != "supervised")
+
+
 def test_the_unlabelled_step_without_an_adversarial_term_leaves_the_discriminator_out():
     from support.helpers import SMALL
     from sdnet_tf.models import SDNet
