@@ -51,9 +51,14 @@ SDNET_SCHEDULE = (
 
 def sdnet_schedule(adversarial=10.0, lv_volume_head=False):
     """``SDNET_SCHEDULE``, without the discriminator step when the adversarial weight is 0
-    (no loss would read the discriminator, as in the AdaIN + focal variant of M&Ms 2020),
+    (no loss would read the discriminator, as in the AdaIN + focal variant of M&Ms 2020; the
+    unlabelled step then trains no segmentor either, which only the adversarial term reached),
     and with the LV-volume head trained by the supervised step when there is one."""
-    steps = [step for step in SDNET_SCHEDULE if adversarial or step.objective != "discriminator"]
+    steps = list(SDNET_SCHEDULE)
+    if not adversarial:  # nothing reads the discriminator, and the unlabelled step not the segmentor
+        steps = [dataclasses.replace(step, trains=tuple(n for n in step.trains if n != "segmentor"))
+                 if step.objective == "unsupervised" else step
+                 for step in steps if step.objective != "discriminator"]
     if lv_volume_head:
         steps = [dataclasses.replace(step, trains=step.trains + ("lv_regressor",)) if step.objective == "supervised"
                  else step for step in steps]

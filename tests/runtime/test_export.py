@@ -102,7 +102,8 @@ def test_argmax_binarisation_exports_with_parity(tmp_path):
     assert np.abs(runtime.segment(images) - np.asarray(loaded.segment(images, training=False))).max() <= 1e-4
 
 
-@pytest.mark.parametrize("decoder,lv_volume_head", [("adain", False), ("film", True)])
+@pytest.mark.parametrize("decoder,lv_volume_head", [
+    ("adain", False), pytest.param("film", True, marks=pytest.mark.slow)])
 def test_the_family_variants_export_with_parity_and_their_decoder_reads_z(tmp_path, decoder, lv_volume_head):
     # model.decoder=adain (M&Ms 2020): reflection padding and instance statistics convert to
     # ONNX; model.lv_volume_head (2019, 5.2): the sixth network does not disturb the export.

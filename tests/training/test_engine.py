@@ -196,8 +196,11 @@ def test_a_run_of_tensorflow_checkpoints_from_an_earlier_version_resumes(tmp_pat
     assert resumed.finish()["iteration"] == 4
 
 
+# XLA's compilation (about 15 s) makes the float32 case slow; XLA keeps its learning run in
+# benchmarks/train_step.py and the precisions their cases here
 @pytest.mark.parametrize("jit_compile,precision",
-                         [(True, "float32"), (False, "mixed_bfloat16"), (False, "mixed_float16")])
+                         [pytest.param(True, "float32", marks=pytest.mark.slow), (False, "mixed_bfloat16"),
+                          (False, "mixed_float16")])
 def test_xla_and_mixed_precision_switches_train(tmp_path, jit_compile, precision):
     keras.config.set_dtype_policy(precision)
     config = small_config(jit_compile=jit_compile, precision=precision)

@@ -20,9 +20,9 @@ ADAIN_THRESHOLD = 0.35
 
 def test_a_tiny_sdnet_learns_to_segment_synthetic_shapes(tmp_path):
     # configs/synthetic-quick.yaml at 32 x 32 (discs and rings in two intensity styles, 64 of
-    # 256 images labelled, the full schedule of five updates) for 250 iterations: measured a
-    # best validation Dice of 0.649 at iteration 200, from 0.09 after the first 25
-    config = load_config("synthetic-quick", ["model.input_size=32", "train.epochs=10",
+    # 256 images labelled, the full schedule of five updates) for 200 iterations: measured a
+    # best validation Dice of 0.611 at iteration 200, from 0.09 after the first 25
+    config = load_config("synthetic-quick", ["model.input_size=32", "train.epochs=8",
                                              "train.iterations_per_epoch=25", "train.image_summaries=0"])
     summary = train_run(config, tmp_path / "run", progress=False)
     first = float((tmp_path / "run" / "history.csv").read_text().splitlines()[1].split(",")[3])

@@ -20,6 +20,8 @@ def test_without_an_adversarial_term_there_is_no_discriminator_step():
     assert sdnet_schedule(10.0) == SDNET_SCHEDULE
     assert [s.name for s in sdnet_schedule(0.0)] == ["supervised", "z_rec_labelled", "unsupervised",
                                                      "z_rec_unlabelled"]
+    # the unlabelled step's loss no longer reaches the segmentor, so it does not train it
+    assert sdnet_schedule(0.0)[2].trains == ("anatomy_encoder", "modality_encoder", "decoder")
 
 
 def test_the_lv_volume_head_is_trained_by_the_supervised_step_only():
