@@ -42,12 +42,13 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_run(cohort, tmp_path_factory):
-    """A tiny SDNet (32 x 32 at 5 mm) trained for 6 iterations on a 6-patient phantom cohort."""
+    """A tiny SDNet (32 x 32 at 5 mm) with the LV-volume head, trained for 6 iterations on a
+    6-patient phantom cohort."""
     root = tmp_path_factory.mktemp("runs")
     config = load_config(None, [
         "data.dataset=acdc", f"data.path={cohort}", f"data.spacing={SPACING}", f"data.cache_dir={root / 'cache'}",
         "model.input_size=32", "model.unet_filters=4", "model.unet_depth=2", "model.segmentor_filters=8",
-        "model.discriminator_filters=4", "train.iterations_per_epoch=3", "train.epochs=2",
+        "model.discriminator_filters=4", "model.lv_volume_head=true", "train.iterations_per_epoch=3", "train.epochs=2",
         "train.image_summaries=0", "train.jit_compile=false"])
     run = root / "run"
     train_run(config, run, progress=False)
@@ -232,19 +233,13 @@ def test_unwritable_output_is_one_line(trained_run, tmp_path, command):
     assert len(errors) == 1 and str(out) in errors[0], result.output
 
 
-def test_the_lv_volume_head_trains_and_evaluate_reports_its_volume_error_in_ml(cohort, tmp_path):
+def test_the_lv_volume_head_trains_and_evaluate_reports_its_volume_error_in_ml(cohort, trained_run, evaluated):
     # the multi-task head of the SDNet paper (Section 5.2): trained by the supervised step,
     # scored by evaluate --run against each reference frame's LV volume
-    config = load_config(None, [
-        "data.dataset=acdc", f"data.path={cohort}", f"data.spacing={SPACING}", f"data.cache_dir={tmp_path / 'cache'}",
-        "model.input_size=32", "model.unet_filters=4", "model.unet_depth=2", "model.segmentor_filters=8",
-        "model.discriminator_filters=4", "model.lv_volume_head=true", "train.iterations_per_epoch=3",
-        "train.epochs=1", "train.image_summaries=0", "train.jit_compile=false"])
-    train_run(config, tmp_path / "run", progress=False)
-    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    out, summary = evaluated
+    history = (trained_run / "history.csv").read_text().splitlines()
     assert "train_supervised/lv_volume" in history[0].split(",")
-    summary = evaluate_run(tmp_path / "run", tmp_path / "out")
-    rows = _rows(tmp_path / "out" / "lv_volume_head.csv")
+    rows = _rows(out / "lv_volume_head.csv")
     assert len(rows) == summary["cases"] == len(summary["lv_volume_head"]["frames"])
     for row in rows:
         patient, phase = row["case"].rsplit("_", 1)
