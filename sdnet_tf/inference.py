@@ -2,12 +2,14 @@
 
 import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from sdnet_infer.io import DataError
 from sdnet_infer.labels import SDNET_CHANNEL_LABELS
+from sdnet_tf.data.arrays import read_npz
 
 log = logging.getLogger("sdnet_tf.inference")
 
@@ -63,8 +65,7 @@ def _load_unet_run(run_dir, config_path):
         raise DataError(f"{run_dir}: no best.npz yet (it is written at the first validation epoch)")
     config = load_config(str(config_path), kind=SegmentationConfig)
     unet = build_unet(config.model.input_size, config.model.filters, config.model.depth)
-    with np.load(weights) as data:
-        assign_values(unet, {k: data[k] for k in data.files}, source=str(weights))
+    assign_values(unet, read_npz(weights), source=str(weights))
     return UNetSegmenter(unet), config
 
 
@@ -104,7 +105,7 @@ def load_prior(path, freeze=True):
     try:
         with np.load(weights) as data:
             values = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{weights}: not a readable weights file ({type(error).__name__}); the file is damaged "
                         "or was not written by sdnet-tf") from error
     assign_values(model, values, source=str(weights))
@@ -145,7 +146,11 @@ def load_run(run_dir):
                             "and at each improvement; resume the run with 'sdnet-tf train ... --run-dir' "
                             "to get one)")
         config = load_config(str(config_path))
-        model = keras.saving.load_model(str(model_path), compile=False)
+        try:
+            model = keras.saving.load_model(str(model_path), compile=False)
+        except (ValueError, OSError, zipfile.BadZipFile) as error:
+            raise DataError(f"{model_path}: not a readable Keras model ({error}); resume the run to write it "
+                            "again") from error
     if not (run_dir / "summary.json").is_file():
         best = run_dir / "best.json"
         what = "its best validation epoch so far"

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 
 import pytest
@@ -125,3 +126,44 @@ def test_select_backend_refuses_with_the_reason(fresh_process, backend, environm
         fresh_process.setenv("KERAS_BACKEND", environment)
     with pytest.raises(error, match=re.escape(message)):
         select_backend(backend)
+
+
+# slow: five short trainings through the CLI (about 45 s); the loop's fallback and refusals are
+# in the default suite (tests/training/test_loop.py)
+@pytest.mark.slow
+def test_damaged_files_of_a_run_are_one_line_and_a_refused_resume_keeps_its_config(tmp_path):
+    run = tmp_path / "run"
+    small = ["--set", "train.iterations_per_epoch=2", "--set", "model.unet_depth=2", "--set", "model.input_size=32",
+             "--set", "data.synthetic_images=16", "--set", "data.synthetic_validation=4",
+             "--set", "train.image_summaries=0", "--set", "train.keep_checkpoints=2"]
+
+    def train(epochs, *extra):
+        return CliRunner().invoke(main, ["train", "synthetic", "-c", "synthetic-quick", "-o", str(run), "--quiet",
+                                         "--epochs", str(epochs), *small, *extra])
+
+    assert train(2).exit_code == 0
+    newest = run / "checkpoints" / "ckpt-4.npz"
+    # a truncated newest checkpoint: the run resumes from the one before it, with a warning
+    newest.write_bytes(newest.read_bytes()[:10])
+    result = train(3)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "summary.json").read_text())["iteration"] == 6
+    assert "resumed sdnet from" in (run / "train.log").read_text() and "ckpt-2.npz" in (run / "train.log").read_text()
+    # every checkpoint damaged: one line naming the folder, no traceback
+    for path in (run / "checkpoints").glob("ckpt-*.npz"):
+        path.write_bytes(b"damaged")
+    result = train(4)
+    assert result.exit_code == 1 and "no readable checkpoint" in result.output
+    assert "Traceback" not in result.output
+    # a resume refused for another model leaves config.yaml as it was
+    shutil.rmtree(run)
+    assert train(1).exit_code == 0
+    before = (run / "config.yaml").read_text()
+    refused = train(2, "--set", "model.decoder=adain")
+    assert refused.exit_code == 1 and "ckpt-2.npz" in refused.output and "expected" in refused.output
+    assert (run / "config.yaml").read_text() == before
+    # a damaged model.keras is one line for evaluate, predict and export alike
+    (run / "model.keras").write_bytes(b"damaged")
+    result = CliRunner().invoke(main, ["export", str(run), "-o", str(tmp_path / "export")])
+    assert result.exit_code != 0 and "not a readable Keras model" in result.output
+    assert "Traceback" not in result.output

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdnet_tf.atomic import atomic_path
-from sdnet_tf.data.arrays import DataError, SDNetArrays
+from sdnet_tf.data.arrays import DataError, SDNetArrays, read_npz
 from sdnet_tf.data.nifti import load_labels, load_volume, read_volume
 from sdnet_tf.data.preprocess import SIZE, TARGET_SPACING, one_hot, preprocess_frame
 
@@ -239,8 +239,7 @@ def preprocess_cohort(root, cache_dir=None, size=SIZE, progress=True, strict=Tru
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"acdc-{_fingerprint(patients, size, spacing)}.npz"
         if cache_path.is_file():
-            with np.load(cache_path) as data:
-                return _unpack(data), patients
+            return _unpack(read_npz(cache_path, "delete it to preprocess the cohort again")), patients
     packed = {}
     bar = tqdm(patients, desc="preprocessing", unit="patient", disable=not progress)
     for p in bar:

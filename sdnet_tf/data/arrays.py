@@ -2,8 +2,24 @@
 
 from dataclasses import dataclass
 
+import zipfile
+
 import numpy as np
 from sdnet_infer.io import DataError  # one error type for training, prediction and the runtime
+
+
+def read_npz(path, advice=""):
+    """Every array of an ``.npz`` file, as ``{name: numpy array}``.
+
+    Raises:
+        DataError: the file is missing, truncated or damaged (numpy raises ``zipfile.BadZipFile``,
+            ``OSError``, ``ValueError`` or ``EOFError`` for these), naming the file, with ``advice``.
+    """
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as error:
+        raise DataError(f"{path}: not a readable .npz file ({error}){'; ' + advice if advice else ''}") from error
 
 __all__ = ["DataError", "SDNetArrays"]
 

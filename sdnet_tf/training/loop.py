@@ -16,6 +16,8 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from sdnet_tf.data.arrays import DataError
+
 log = logging.getLogger("sdnet_tf.train")
 
 
@@ -125,10 +127,28 @@ class Loop:
 
     # state -------------------------------------------------------------------------------
     def resume(self):
-        """Restore the newest checkpoint, if any; returns the step reached."""
-        latest = self.files.latest()
+        """Restore the newest readable checkpoint, if any; returns the step reached.
+
+        A damaged newest checkpoint (a truncated or corrupted file) is skipped with a warning
+        for the one before it; a checkpoint of another model is an error (``DataError``).
+        """
+        candidates = self.files.checkpoints_newest_first()
+        latest = None
+        for path in candidates:
+            try:
+                loop, arrays = self.files.restore(path, self.task.variables())
+            except DataError as error:
+                if "not a readable .npz file" not in str(error):
+                    raise
+                log.warning("%s; trying the checkpoint before it", error)
+                continue
+            latest = path
+            break
+        else:
+            if candidates:
+                raise DataError(f"{self.files.resume_dir / 'checkpoints'}: no readable checkpoint "
+                                f"({len(candidates)} damaged); move the folder away to start again")
         if latest is not None:
-            loop, arrays = self.files.restore(latest, self.task.variables())
             self.state = {**new_state(), **loop}
             if self.task.stopper is not None and self.state["stopper"] is not None:
                 self.task.stopper.load_state(self.state["stopper"])

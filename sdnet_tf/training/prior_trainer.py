@@ -69,7 +69,7 @@ class StepTask(Task):
     def __init__(self, name, model, optimizer, engine, training, config, steps_per_epoch, make_inputs, validate,
                  score, extra=(), around_validation=None, after_step=None, epoch_row=None):
         self.name, self.model, self.optimizer, self.engine = name, model, optimizer, engine
-        self.training, self.train = training, config.train
+        self.training, self.config, self.train = training, config, config.train
         self.steps_per_epoch = steps_per_epoch
         self.make_inputs, self._validate, self.score = make_inputs, validate, score
         self.extra = list(extra)
@@ -117,7 +117,6 @@ def _prepare(config, run_dir, resume, progress):
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     sets, groups, description = mask_sets(config, progress)  # before the run directory: bad data leaves nothing
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
     write_json(run_dir / "data.json", description)
     return run_dir, sets, groups, engine_class
 
@@ -135,6 +134,7 @@ def _run(task, run_dir, train, steps_per_epoch, total_steps, progress):
     files = RunFiles(run_dir, train.keep_checkpoints)
     loop = Loop(task, files, steps_per_epoch, total_steps, log_every=train.log_every, progress=progress)
     loop.resume()
+    save_config(task.config, run_dir / "config.yaml")  # after a resume that did not refuse the run
     start = time.perf_counter()
     state = loop.run()
     return state, time.perf_counter() - start, files.best()

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sdnet_tf.atomic import atomic_path, write_json
-from sdnet_tf.data.arrays import DataError
+from sdnet_tf.data.arrays import DataError, read_npz
 
 _CHECKPOINT = re.compile(r"ckpt-(\d+)\.npz")
 
@@ -93,6 +93,11 @@ class RunFiles:
         found = self._numbered(self.resume_dir / "checkpoints")
         return found[max(found)] if found else None
 
+    def checkpoints_newest_first(self):
+        """Every checkpoint of ``resume_dir``, the newest first."""
+        found = self._numbered(self.resume_dir / "checkpoints")
+        return [found[k] for k in sorted(found, reverse=True)]
+
     def save_checkpoint(self, step, variables, loop, arrays=None):
         """Write ``checkpoints/ckpt-<step>.npz`` atomically and drop all but the newest ``keep``.
 
@@ -119,11 +124,7 @@ class RunFiles:
         Raises:
             DataError: the file is unreadable, or holds other variables than ``variables``.
         """
-        try:
-            with np.load(path) as data:
-                saved = {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError) as error:
-            raise DataError(f"{path}: not a readable checkpoint ({error})") from error
+        saved = read_npz(path)
         if "loop" not in saved:
             raise DataError(f"{path}: not a checkpoint of this version (no loop state)")
         _assign(variables, {k[len("variables/"):]: v for k, v in saved.items() if k.startswith("variables/")},
@@ -144,8 +145,7 @@ class RunFiles:
         path = self.run_dir / "best.npz"
         if not path.is_file():
             return False
-        with np.load(path) as data:
-            _assign(variables, {name: data[name] for name in data.files}, str(path))
+        _assign(variables, read_npz(path), str(path))
         return True
 
     def best(self):

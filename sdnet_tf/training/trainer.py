@@ -94,7 +94,6 @@ class Trainer(Task):
         self.files = RunFiles(self.run_dir, t.keep_checkpoints, resume_dir)
         self.loop = Loop(self, self.files, self.iterations_per_epoch, t.epochs * self.iterations_per_epoch,
                          log_every=t.log_every, checkpoint_every=t.checkpoint_every, progress=progress)
-        save_config(config, self.run_dir / "config.yaml")
 
     # the loop's counters -----------------------------------------------------------------
     @property
@@ -222,6 +221,9 @@ class Trainer(Task):
         Returns a dict with the iteration reached, the best validation Dice and whether early
         stopping fired. The run can be resumed from its last checkpoint.
         """
+        # written once the run has resumed (or starts): a resume refused for another model
+        # leaves the run's config.yaml as it was
+        save_config(self.config, self.run_dir / "config.yaml")
         self.loop.run(stop_at=max_iterations)
         return {"iteration": self.iteration, "best_dice": self.best_dice, "stopped_early": self.stopped}
 

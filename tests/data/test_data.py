@@ -291,3 +291,16 @@ def test_real_acdc_preprocessing_shapes_and_ranges():
             after = (masks == value).sum() * 1.37 ** 2
             if before > 500:
                 assert after == pytest.approx(before, rel=0.08)
+
+
+def test_a_damaged_preprocessing_cache_is_one_error_naming_it(tmp_path):
+    from sdnet_tf.data.acdc import preprocess_cohort
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.data.phantom import write_cohort
+
+    cohort = write_cohort(tmp_path / "cohort", patients=2, seed=0)
+    preprocess_cohort(cohort, tmp_path / "cache", size=32, progress=False, spacing=5.0)
+    (cached,) = (tmp_path / "cache").glob("acdc-*.npz")
+    cached.write_bytes(cached.read_bytes()[:10])
+    with pytest.raises(DataError, match="not a readable .npz file.*delete it to preprocess the cohort again"):
+        preprocess_cohort(cohort, tmp_path / "cache", size=32, progress=False, spacing=5.0)
