@@ -28,6 +28,9 @@ def test_summary_with_a_config_and_override():
     assert "64x64" in result.output and "nz=4" in result.output
 
 
+# slow: two CLI trainings (about 30 s); the loop's resume is in the default suite
+# (tests/training/test_loop.py, tests/training/test_engine.py) and the CLI's one-line errors too
+@pytest.mark.slow
 def test_train_synthetic_writes_a_run_and_resumes(tmp_path):
     run = tmp_path / "run"
 
