@@ -144,6 +144,10 @@ def test_adain_decoder_parameter_count_and_shape():
 
 
 def test_z_drives_every_adain_layer_of_the_reconstruction():
+    # fixed initial weights: a random initialisation can leave a sample's last ReLU all zero,
+    # where no z can reach the image (with seeds 0 to 4 the two samples whose z changes moved by
+    # 0.02 to 0.54)
+    keras.utils.set_random_seed(0)
     decoder = AdaINDecoder(input_size=32).build_default()
     anatomy = (np.random.default_rng(0).uniform(size=(3, 32, 32, 8)) > 0.5).astype("float32")
     z = np.random.default_rng(1).normal(size=(3, 8)).astype("float32")
