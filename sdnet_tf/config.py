@@ -5,6 +5,7 @@ Adam 1e-4 with beta1 0.5 and inverse-time decay 1e-4, batch 4, pool 50, patience
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,24 +45,29 @@ class ModelConfig:
     lv_volume_head: bool = False
 
 
+NON_NEGATIVE = {"minimum": 0.0}  # a loss weight: a negative one would reward the loss
+
+
 @dataclass
 class LossConfig:
-    kl: float = 0.01
-    dice: float = 10.0
-    adversarial: float = 10.0
-    reconstruction: float = 1.0
-    z_reconstruction: float = 1.0
+    kl: float = field(default=0.01, metadata=NON_NEGATIVE)
+    dice: float = field(default=10.0, metadata=NON_NEGATIVE)
+    adversarial: float = field(default=10.0, metadata=NON_NEGATIVE)
+    reconstruction: float = field(default=1.0, metadata=NON_NEGATIVE)
+    z_reconstruction: float = field(default=1.0, metadata=NON_NEGATIVE)
     # pooled (the original) | per_class | batch (losses.dice_coefficient)
     dice_mode: str = field(default="pooled", metadata={"choices": ("pooled", "per_class", "batch")})
     # shape loss on the segmentor's supervised step: a frozen prior's run directory
     # (sdnet-tf prior train nvae|acnn); "" for none
     shape_prior: str = ""
-    shape_omega: float = 0.0  # 0: estimated from data (ratio of the typical loss sizes)
-    focal: float = 0.0  # weight of the focal loss on labelled images (M&Ms 2020: 1); 0: none
-    focal_gamma: float = 2.0  # its focusing exponent (0: pixel cross-entropy)
+    # 0: estimated from data (ratio of the typical loss sizes)
+    shape_omega: float = field(default=0.0, metadata=NON_NEGATIVE)
+    # weight of the focal loss on labelled images (M&Ms 2020: 1); 0: none
+    focal: float = field(default=0.0, metadata=NON_NEGATIVE)
+    focal_gamma: float = field(default=2.0, metadata=NON_NEGATIVE)  # its focusing exponent (0: pixel cross-entropy)
     # weight of the LV-volume head's L1 error (in pixel counts over the image's pixel count)
     # on labelled images; read only with model.lv_volume_head
-    lv_volume: float = 1.0
+    lv_volume: float = field(default=1.0, metadata=NON_NEGATIVE)
 
 
 @dataclass
@@ -306,10 +312,19 @@ def _section_field(section_cls, name):
 
 def _check_choice(f, value, where):
     """``value``, or a ``ConfigError`` when the field lists its ``choices`` and the value is
-    not one of them."""
+    not one of them, or sets a ``minimum`` (loss weights: 0) and the value is below it or not
+    finite."""
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{where} {value!r}: expected one of {', '.join(choices)}")
+    minimum = f.metadata.get("minimum")
+    if minimum is not None and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return value  # not a number at all: the type check reports it
+        if not (math.isfinite(number) and number >= minimum):
+            raise ConfigError(f"{where} {value!r}: expected a finite number of at least {minimum:g}")
     return value
 
 

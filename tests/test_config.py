@@ -128,3 +128,10 @@ def test_run_kinds_and_wrong_kinds_are_one_clear_error(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DataError, match="is a file, not a folder"):
         data_folder(PriorConfig().data.__class__(path=str(tmp_path / "afile")))
+
+
+@pytest.mark.parametrize("override", ["loss.focal=-1", "loss.dice=-10", "loss.lv_volume=nan", "loss.kl=inf"])
+def test_a_negative_or_non_finite_loss_weight_is_refused(override):
+    with pytest.raises(ConfigError, match="expected a finite number of at least 0"):
+        load_config("sdnet-adain-acdc", [override])
+    assert load_config("sdnet-adain-acdc", ["loss.focal=0"]).loss.focal == 0.0
