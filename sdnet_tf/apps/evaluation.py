@@ -319,17 +319,18 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     wanted = set(splits[split][subset])
     out_dir = Path(out_dir)
     pred_root = out_dir / "predictions"
-    probabilities = probabilities_fn(model, batch_size)
     head = getattr(model, "lv_regressor", None)
     counts = []  # the LV-volume head's pixel counts of the slices of the frame being predicted
-    if head is not None:
-        segment = probabilities
-
-        def probabilities(slices):
-            out = segment(slices)
-            anatomy = model.anatomy_encoder(np.asarray(slices, np.float32), training=False)
-            counts.append(np.asarray(head(anatomy)).reshape(-1))
-            return out
+    if head is None:
+        probabilities = probabilities_fn(model, batch_size)
+    else:
+        def probabilities(slices):  # one anatomy pass gives both the masks and the head's counts
+            slices, parts = np.asarray(slices, np.float32), []
+            for i in range(0, len(slices), batch_size):
+                anatomy = model.anatomy_encoder(slices[i:i + batch_size], training=False)
+                parts.append(np.asarray(model.segmentor(anatomy, training=False)))
+                counts.append(np.asarray(head(anatomy)).reshape(-1))
+            return np.concatenate(parts) if parts else np.zeros(slices.shape[:3] + (model.num_classes,), np.float32)
 
     frames = [(p, index) for p in patients for index in (p.ed, p.es)]
     volumes = []

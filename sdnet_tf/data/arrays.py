@@ -8,18 +8,22 @@ import numpy as np
 from sdnet_infer.io import DataError  # one error type for training, prediction and the runtime
 
 
+class UnreadableFile(DataError):
+    """A file that exists but cannot be read (truncated or corrupted)."""
+
+
 def read_npz(path, advice=""):
     """Every array of an ``.npz`` file, as ``{name: numpy array}``.
 
     Raises:
-        DataError: the file is missing, truncated or damaged (numpy raises ``zipfile.BadZipFile``,
+        UnreadableFile: the file is missing, truncated or damaged (numpy raises ``zipfile.BadZipFile``,
             ``OSError``, ``ValueError`` or ``EOFError`` for these), naming the file, with ``advice``.
     """
     try:
         with np.load(path) as data:
             return {name: data[name] for name in data.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as error:
-        raise DataError(f"{path}: not a readable .npz file ({error}){'; ' + advice if advice else ''}") from error
+        raise UnreadableFile(f"{path}: not a readable .npz file ({error}){'; ' + advice if advice else ''}") from error
 
 __all__ = ["DataError", "SDNetArrays"]
 

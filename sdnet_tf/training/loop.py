@@ -16,7 +16,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from sdnet_tf.data.arrays import DataError
+from sdnet_tf.data.arrays import DataError, UnreadableFile
 
 log = logging.getLogger("sdnet_tf.train")
 
@@ -137,9 +137,7 @@ class Loop:
         for path in candidates:
             try:
                 loop, arrays = self.files.restore(path, self.task.variables())
-            except DataError as error:
-                if "not a readable .npz file" not in str(error):
-                    raise
+            except UnreadableFile as error:
                 log.warning("%s; trying the checkpoint before it", error)
                 continue
             latest = path

@@ -88,15 +88,14 @@ class RunFiles:
             return {}
         return {int(m.group(1)): p for p in directory.iterdir() if (m := _CHECKPOINT.fullmatch(p.name))}
 
-    def latest(self):
-        """The newest checkpoint of ``resume_dir``, or None."""
-        found = self._numbered(self.resume_dir / "checkpoints")
-        return found[max(found)] if found else None
-
     def checkpoints_newest_first(self):
         """Every checkpoint of ``resume_dir``, the newest first."""
         found = self._numbered(self.resume_dir / "checkpoints")
         return [found[k] for k in sorted(found, reverse=True)]
+
+    def latest(self):
+        """The newest checkpoint of ``resume_dir``, or None."""
+        return next(iter(self.checkpoints_newest_first()), None)
 
     def save_checkpoint(self, step, variables, loop, arrays=None):
         """Write ``checkpoints/ckpt-<step>.npz`` atomically and drop all but the newest ``keep``.

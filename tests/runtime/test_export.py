@@ -83,17 +83,24 @@ def test_sidecar_lists_models_hashes_and_preprocessing(export_dir):
         assert all(i["shape"][0] is None for i in entry["inputs"])  # dynamic batch
 
 
-def test_argmax_binarisation_exports_with_parity(tmp_path):
-    # model.binarisation=argmax: the one-hot anatomy converts to ONNX and matches Keras
+def _export_untrained(tmp_path, **model):
+    """An untrained tiny SDNet with ``model`` options saved as a run in tmp_path/run and exported
+    to tmp_path/export."""
     config = small_config()
     config.data.spacing = SPACING
-    config.model.binarisation = "argmax"
-    model = SDNet(**SMALL, binarisation="argmax", seed=3)
-    model.build()
+    for key, value in model.items():
+        setattr(config.model, key, value)
+    network = SDNet(**SMALL, **model, seed=3)
+    network.build()
     (tmp_path / "run").mkdir()
-    model.save(tmp_path / "run" / "model.keras")
+    network.save(tmp_path / "run" / "model.keras")
     save_config(config, tmp_path / "run" / "config.yaml")
     export_run(tmp_path / "run", tmp_path / "export")
+
+
+def test_argmax_binarisation_exports_with_parity(tmp_path):
+    # model.binarisation=argmax: the one-hot anatomy converts to ONNX and matches Keras
+    _export_untrained(tmp_path, binarisation="argmax")
     images = np.random.default_rng(0).uniform(-1, 1, (5, 32, 32, 1)).astype(np.float32)
     runtime = SDNetRuntime(tmp_path / "export")
     anatomy, _, _ = runtime.decompose(images)
@@ -113,15 +120,7 @@ def test_the_family_variants_export_with_parity_and_their_decoder_reads_z(tmp_pa
     # round-off (over 8 random initialisations the AdaIN reconstruction differed from Keras
     # by 0 to 8.9e-5, and by 1.3e-4 once in earlier runs; segmentation is not affected)
     keras.utils.set_random_seed(0)
-    config = small_config()
-    config.data.spacing = SPACING
-    config.model.decoder, config.model.lv_volume_head = decoder, lv_volume_head
-    model = SDNet(**SMALL, decoder=decoder, lv_volume_head=lv_volume_head, seed=3)
-    model.build()
-    (tmp_path / "run").mkdir()
-    model.save(tmp_path / "run" / "model.keras")
-    save_config(config, tmp_path / "run" / "config.yaml")
-    export_run(tmp_path / "run", tmp_path / "export")
+    _export_untrained(tmp_path, decoder=decoder, lv_volume_head=lv_volume_head)
     images = np.random.default_rng(0).uniform(-1, 1, (5, 32, 32, 1)).astype(np.float32)
     runtime = SDNetRuntime(tmp_path / "export")
     loaded, _ = load_run(tmp_path / "run")
