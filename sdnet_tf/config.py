@@ -23,6 +23,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    # sdnet (the 2019 journal model, models.SDNet) | sdnet2018 (the MICCAI 2018 precursor,
+    # models.SDNet2018: one myocardium channel, an image discriminator; it reads input_size,
+    # input_channels, nz, unet_filters, unet_depth and discriminator_filters, and needs
+    # num_classes 1)
+    kind: str = field(default="sdnet", metadata={"choices": ("sdnet", "sdnet2018")})
     input_size: int = 224
     input_channels: int = 1
     anatomy_channels: int = 8
@@ -56,7 +61,8 @@ class LossConfig:
     reconstruction: float = field(default=1.0, metadata=NON_NEGATIVE)
     z_reconstruction: float = field(default=1.0, metadata=NON_NEGATIVE)
     # pooled (the original) | per_class | batch (losses.dice_coefficient)
-    dice_mode: str = field(default="pooled", metadata={"choices": ("pooled", "per_class", "batch")})
+    # miccai2018: the precursor's own pooled Dice, (2 (I + 0.1)) / (total + 0.1)
+    dice_mode: str = field(default="pooled", metadata={"choices": ("pooled", "per_class", "batch", "miccai2018")})
     # shape loss on the segmentor's supervised step: a frozen prior's run directory
     # (sdnet-tf prior train nvae|acnn); "" for none
     shape_prior: str = ""
@@ -68,6 +74,14 @@ class LossConfig:
     # weight of the LV-volume head's L1 error (in pixel counts over the image's pixel count)
     # on labelled images; read only with model.lv_volume_head
     lv_volume: float = field(default=1.0, metadata=NON_NEGATIVE)
+    # the MICCAI 2018 precursor's other weights (read only with model.kind sdnet2018; dice,
+    # reconstruction and adversarial are shared): L1 of the image decoded from the true mask
+    # with the image's z, and the image discriminator's term on that image (labelled step);
+    # L1 reconstruction and the image discriminator's term on it (unlabelled step)
+    mask_reconstruction: float = field(default=10.0, metadata=NON_NEGATIVE)
+    mask_image_adversarial: float = field(default=1.0, metadata=NON_NEGATIVE)
+    unlabelled_reconstruction: float = field(default=5.0, metadata=NON_NEGATIVE)
+    image_adversarial: float = field(default=5.0, metadata=NON_NEGATIVE)
 
 
 @dataclass
@@ -406,6 +420,14 @@ def save_config(config, path):
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+SDNET2018_ARGUMENTS = ("input_size", "input_channels", "nz", "unet_filters", "unet_depth", "discriminator_filters")
+
+
 def model_kwargs(config):
-    """Constructor arguments of ``SDNet`` from a config."""
-    return dataclasses.asdict(config.model)
+    """Constructor arguments of the model of ``model.kind`` (``SDNet`` or ``SDNet2018``)."""
+    values = dataclasses.asdict(config.model)
+    kind = values.pop("kind")
+    if kind == "sdnet2018":
+        return {name: values[name] for name in SDNET2018_ARGUMENTS}
+    return values
+

@@ -28,16 +28,21 @@ def dice_coefficient(pred, target, mode="pooled", smooth=DICE_SMOOTH):
             2021) and averages the L values, so a structure absent from one slice (the RV
             below the base, every class above it) is not a separate all-or-nothing term; the
             value is repeated for each sample. Under tf.distribute the batch is each replica's.
+            "miccai2018" is "pooled" as the MICCAI 2018 precursor's code wrote it, the
+            smoothing added to the intersection before doubling: (2 (I + s)) / (total + s),
+            so an empty mask predicted empty scores 2.
         smooth: the additive smoothing term of numerator and denominator (0.1 in the original).
 
     Raises:
         ValueError: an unknown ``mode``.
     """
     pred, target = _f32(pred), _f32(target)
-    if mode == "pooled":
+    if mode in ("pooled", "miccai2018"):
         axes = (1, 2, 3)
         inter = ops.sum(pred * target, axis=axes)
         total = ops.sum(pred, axis=axes) + ops.sum(target, axis=axes)
+        if mode == "miccai2018":
+            return 2.0 * (inter + smooth) / (total + smooth)
         return (2.0 * inter + smooth) / (total + smooth)
     if mode == "per_class":
         axes = (1, 2)
@@ -50,7 +55,7 @@ def dice_coefficient(pred, target, mode="pooled", smooth=DICE_SMOOTH):
         total = ops.sum(pred, axis=axes) + ops.sum(target, axis=axes)
         value = ops.mean((2.0 * inter + smooth) / (total + smooth))
         return ops.zeros_like(pred[:, 0, 0, 0]) + value
-    raise ValueError(f"dice mode must be 'pooled', 'per_class' or 'batch', got {mode!r}")
+    raise ValueError(f"dice mode must be 'pooled', 'per_class', 'batch' or 'miccai2018', got {mode!r}")
 
 
 def dice_loss(pred, target, mode="pooled", smooth=DICE_SMOOTH):

@@ -1,15 +1,13 @@
 """Parameter counts of the SDNet networks."""
 
-from sdnet_tf.config import model_kwargs
+from sdnet_tf.apps.train import build_sdnet
 
 
 def parameter_counts(config):
     """Build SDNet for ``config`` and return {network: (total, trainable)}."""
     import numpy as np
 
-    from sdnet_tf.models import SDNet
-
-    model = SDNet(**model_kwargs(config))
+    model = build_sdnet(config)
     model.build()
     counts = {}
     for name, network in model.networks().items():
@@ -22,7 +20,9 @@ def network_summary(config):
     """A table of the networks and their parameter counts, as text."""
     counts = parameter_counts(config)
     m = config.model
-    lines = [f"SDNet at {m.input_size}x{m.input_size}, C={m.anatomy_channels}, nz={m.nz}, "
+    name = "SDNet (MICCAI 2018)" if m.kind == "sdnet2018" else "SDNet"
+    channels = 1 if m.kind == "sdnet2018" else m.anatomy_channels
+    lines = [f"{name} at {m.input_size}x{m.input_size}, C={channels}, nz={m.nz}, "
              f"U-Net filters {m.unet_filters}, classes {m.num_classes}",
              f"{'network':<18}{'parameters':>14}{'trainable':>14}"]
     for name, (total, trainable) in counts.items():

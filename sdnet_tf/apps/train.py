@@ -118,20 +118,41 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
     log.info("shape loss of %s, omega = %.6g", config.loss.shape_prior, omega)
 
 
+def build_sdnet(config, seed=None):
+    """The unbuilt model of ``model.kind`` for a ``Config``: ``SDNet`` (seeded with ``seed``) or
+    ``SDNet2018`` (deterministic z: no seed).
+
+    Raises:
+        ConfigError: ``sdnet2018`` with ``model.num_classes`` other than 1 (it segments the
+            myocardium only).
+    """
+    from sdnet_tf.models import SDNet, SDNet2018
+
+    if config.model.kind == "sdnet2018":
+        if config.model.num_classes != 1:
+            raise ConfigError(f"model.kind sdnet2018 segments the myocardium only: set model.num_classes 1, "
+                              f"not {config.model.num_classes}")
+        return SDNet2018(**model_kwargs(config))
+    return SDNet(**model_kwargs(config), seed=seed)
+
+
 def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
-    from sdnet_tf.models import SDNet
     from sdnet_tf.training.engines import sdnet_engine
-    from sdnet_tf.training.trainer import Trainer
+    from sdnet_tf.training.trainer import Trainer, Trainer2018
 
     # variables created in the strategy's scope are mirrored on every replica
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = SDNet(**model_kwargs(config), seed=config.train.seed)
+        model = build_sdnet(config, seed=config.train.seed)
         model.build()
     # the one engine choice (engines.sdnet_engine); TensorBoard events go to this task's directory
     engine = sdnet_engine(model, config, run_dir=out_dir, strategy=strategy)
     if config.loss.shape_prior:
+        if config.model.kind == "sdnet2018":
+            raise ConfigError("loss.shape_prior reads SDNet's three foreground channels; model.kind sdnet2018 "
+                              "segments the myocardium only: leave loss.shape_prior empty")
         _use_shape_prior(engine, config, arrays, out_dir)
-    trainer = Trainer(model, arrays, config, out_dir, engine=engine, progress=progress, resume_dir=run_dir)
+    task = Trainer2018 if config.model.kind == "sdnet2018" else Trainer
+    trainer = task(model, arrays, config, out_dir, engine=engine, progress=progress, resume_dir=run_dir)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
              counts["labelled"], counts["unlabelled"], counts["validation"], trainer.iterations_per_epoch)

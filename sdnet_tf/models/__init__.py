@@ -7,7 +7,8 @@ from sdnet_tf.models.discriminator import MaskDiscriminator
 from sdnet_tf.models.modality_encoder import ModalityEncoder
 from sdnet_tf.models.nvae import NVAE
 from sdnet_tf.models.sdnet import NETWORKS, SDNet
+from sdnet_tf.models.sdnet2018 import NETWORKS_2018, SDNet2018
 from sdnet_tf.models.segmentor import Segmentor
 
 __all__ = ["AnatomyEncoder", "ModalityEncoder", "FiLMDecoder", "AdaINDecoder", "Segmentor", "MaskDiscriminator", "SDNet",
-           "NVAE", "ShapeAutoencoder", "NETWORKS"]
+           "NVAE", "ShapeAutoencoder", "NETWORKS", "SDNet2018", "NETWORKS_2018"]

@@ -9,7 +9,7 @@ imported by a JAX run and JAX never by a TensorFlow run.
 
 from sdnet_tf.config import ConfigError
 from sdnet_tf.runtime import require_backend
-from sdnet_tf.training.schedule import sdnet_schedule
+from sdnet_tf.training.schedule import SDNET2018_SCHEDULE, sdnet_schedule
 
 
 
@@ -19,7 +19,17 @@ def loss_weights(config):
     loss = config.loss
     return {"kl": loss.kl, "dice": loss.dice, "adversarial": loss.adversarial,
             "reconstruction": loss.reconstruction, "z_reconstruction": loss.z_reconstruction,
-            "focal": loss.focal, "focal_gamma": loss.focal_gamma, "lv_volume": loss.lv_volume}
+            "focal": loss.focal, "focal_gamma": loss.focal_gamma, "lv_volume": loss.lv_volume,
+            "mask_reconstruction": loss.mask_reconstruction, "mask_image_adversarial": loss.mask_image_adversarial,
+            "unlabelled_reconstruction": loss.unlabelled_reconstruction, "image_adversarial": loss.image_adversarial}
+
+
+def schedule(config):
+    """The steps of one iteration for ``config``: the MICCAI 2018 precursor's three, or SDNet's
+    (``schedule.sdnet_schedule``)."""
+    if config.model.kind == "sdnet2018":
+        return SDNET2018_SCHEDULE
+    return sdnet_schedule(config.loss.adversarial, config.model.lv_volume_head)
 
 
 def sdnet_engine(model, config, run_dir=None, strategy=None):
@@ -42,11 +52,11 @@ def sdnet_engine(model, config, run_dir=None, strategy=None):
             raise ConfigError("a tf.distribute strategy needs the TensorFlow engine")
         from sdnet_tf.training.jax_engine import JAXEngine
 
-        return JAXEngine(model, sdnet_schedule(config.loss.adversarial, config.model.lv_volume_head), loss_weights(config), config.train,
+        return JAXEngine(model, schedule(config), loss_weights(config), config.train,
                          dice_mode=config.loss.dice_mode)
     from sdnet_tf.training.tf_engine import TFEngine
 
-    return TFEngine(model, sdnet_schedule(config.loss.adversarial, config.model.lv_volume_head), loss_weights(config), config.train,
+    return TFEngine(model, schedule(config), loss_weights(config), config.train,
                     dice_mode=config.loss.dice_mode, run_dir=run_dir, strategy=strategy)
 
 

@@ -182,7 +182,7 @@ class JAXEngine:
             mapping = (list(zip(trained, trained_values)) + list(zip(frozen, frozen_values))
                        + list(zip(non_trainable, state_values)))
             with keras.StatelessScope(state_mapping=mapping) as scope:
-                if step.objective == "supervised":
+                if step.objective in objectives.TAKES_DICE_MODE:
                     total, terms = objective(model, *inputs, weights, dice_mode=dice_mode, **shape)
                 elif step.objective == "discriminator":
                     total, terms = objective(model, *inputs)
@@ -240,6 +240,14 @@ class JAXEngine:
         out = {name: float(value) for name, value in terms.items()}
         out["total"] = float(total)
         return out
+
+    def infer(self, name, *inputs):
+        """``objectives.<name>(model, *inputs)`` compiled once, on numpy inputs; returns numpy."""
+        functions = self.__dict__.setdefault("_inference", {})
+        if name not in functions:
+            objective = getattr(objectives, name)
+            functions[name] = jax.jit(self._stateless(lambda *x: objective(self.model, *x)))
+        return np.asarray(functions[name](_values(self._variables), *map(self._place, inputs)), dtype=np.float32)
 
     def predict_masks(self, images, batch_size=16):
         """Foreground probabilities in inference mode, as a numpy array."""

@@ -18,6 +18,8 @@ from sdnet_infer.labels import SDNET_CHANNELS
 from sdnet_tf import losses
 
 SAMPLES_Z = ("supervised", "unsupervised", "z_reconstruction")
+# the objectives an engine passes ``dice_mode`` to
+TAKES_DICE_MODE = ("supervised", "supervised_2018")
 
 
 def supervised(model, images, masks, weights, dice_mode="pooled", noise=None, prior=None, omega=0.0):
@@ -114,6 +116,57 @@ def discriminator(model, real_masks, fake_masks):
     penalties = [ops.cast(p, "float32") for p in model.discriminator.losses]
     terms["spectral"] = ops.sum(ops.stack(penalties)) if penalties else ops.convert_to_tensor(0.0)
     return terms["discriminator"] + terms["spectral"], terms
+
+
+# The MICCAI 2018 precursor (``models.SDNet2018``) ---------------------------------------------
+# Its code's two generator trainers and its discriminator trainer (agis85/spatial_factorisation,
+# sdnet.py): every term is a mean over the batch, LSGAN terms over every patch score too.
+
+
+def supervised_2018(model, images, masks, weights, dice_mode="miccai2018"):
+    """Labelled step of the 2018 precursor: ``dice * Dice(mask) + mask_reconstruction *
+    L1(R(true mask, z)) + reconstruction * L1(R(mask, z)) + adversarial * LSGAN_G(D_M(mask)) +
+    mask_image_adversarial * LSGAN_G(D_X(R(true mask, z)))``, z the image's own."""
+    mask, z = model.decompose(images, training=True)
+    from_true = model.reconstruct(masks, z, training=True)
+    terms = {
+        "dice": losses.dice_loss(mask, masks, mode=dice_mode),
+        "mask_reconstruction": losses.l1_loss(from_true, images),
+        "reconstruction": losses.l1_loss(model.reconstruct(mask, z, training=True), images),
+        "adversarial": losses.lsgan_generator_loss(model.mask_discriminator(mask)),
+        "mask_image_adversarial": losses.lsgan_generator_loss(model.image_discriminator(from_true)),
+    }
+    return sum(weights[name] * value for name, value in terms.items()), terms
+
+
+def unsupervised_2018(model, images, weights):
+    """Unlabelled step of the 2018 precursor: ``adversarial * LSGAN_G(D_M(mask)) +
+    unlabelled_reconstruction * L1(R(mask, z)) + image_adversarial * LSGAN_G(D_X(R(mask, z)))``."""
+    mask, z = model.decompose(images, training=True)
+    reconstruction = model.reconstruct(mask, z, training=True)
+    terms = {
+        "adversarial": losses.lsgan_generator_loss(model.mask_discriminator(mask)),
+        "unlabelled_reconstruction": losses.l1_loss(reconstruction, images),
+        "image_adversarial": losses.lsgan_generator_loss(model.image_discriminator(reconstruction)),
+    }
+    return sum(weights[name] * value for name, value in terms.items()), terms
+
+
+def discriminators_2018(model, real_masks, fake_masks, real_images, fake_images, weights=None):
+    """Both discriminators of the 2018 precursor in one step, the sum of their LSGAN losses."""
+    terms = {
+        "mask_discriminator": losses.lsgan_discriminator_loss(model.mask_discriminator(real_masks),
+                                                             model.mask_discriminator(fake_masks)),
+        "image_discriminator": losses.lsgan_discriminator_loss(model.image_discriminator(real_images),
+                                                              model.image_discriminator(fake_images)),
+    }
+    return terms["mask_discriminator"] + terms["image_discriminator"], terms
+
+
+def fake_images_2018(model, images, masks):
+    """The image discriminator's fakes: ``masks`` decoded with the z of ``images``, inference mode."""
+    _, z = model.decompose(images, training=False)
+    return model.reconstruct(masks, z, training=False)
 
 
 def segment_inference(model, images):

@@ -47,6 +47,14 @@ SDNET_SCHEDULE = (
     Step("discriminator", "discriminator", "discriminator", ("discriminator",), "discriminator"),
 )
 
+# The MICCAI 2018 precursor's iteration: its code trains the unlabelled generator, then the
+# labelled one (each with its own Adam), then both discriminators together.
+SDNET2018_SCHEDULE = (
+    Step("unsupervised", "unsupervised_2018", "unsupervised", ("decomposer", "reconstructor"), "unlabelled"),
+    Step("supervised", "supervised_2018", "supervised", ("decomposer", "reconstructor"), "labelled"),
+    Step("discriminator", "discriminators_2018", "discriminator", ("mask_discriminator", "image_discriminator"),
+         "discriminator"),
+)
 
 
 def sdnet_schedule(adversarial=10.0, lv_volume_head=False):

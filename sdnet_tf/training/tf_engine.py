@@ -91,13 +91,13 @@ class TFEngine:
         optimizer = self.optimizers[step.optimizer]
         model, weights, dice_mode = self.model, self.loss_weights, self.dice_mode
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        sampler = model.modality_encoder.sampler
+        sampler = model.modality_encoder.sampler if step.objective in objectives.SAMPLES_Z else None
         distributed = self.strategy is not None
 
         def update(*inputs):
             """One replica's update on its slice of the batch (the whole batch on one device)."""
             replica = tf.distribute.get_replica_context()
-            kwargs = {"dice_mode": dice_mode} if step.objective == "supervised" else {}
+            kwargs = {"dice_mode": dice_mode} if step.objective in objectives.TAKES_DICE_MODE else {}
             if step.objective == "supervised" and self.shape_prior is not None:
                 kwargs.update(prior=self.shape_prior, omega=self.shape_omega)
             if distributed and step.objective in objectives.SAMPLES_Z:
@@ -160,6 +160,15 @@ class TFEngine:
         out = {name: float(value) for name, value in terms.items()}
         out["total"] = float(total)
         return out
+
+    def infer(self, name, *inputs):
+        """``objectives.<name>(model, *inputs)`` compiled once, on numpy inputs; returns numpy."""
+        functions = self.__dict__.setdefault("_inference", {})
+        if name not in functions:
+            objective = getattr(objectives, name)
+            functions[name] = tf.function(lambda *x: objective(self.model, *x), jit_compile=self.config.jit_compile,
+                                          reduce_retracing=True)
+        return np.asarray(functions[name](*inputs), dtype=np.float32)
 
     def predict_masks(self, images, batch_size=16):
         """Foreground probabilities in inference mode, as a numpy array."""

@@ -6,12 +6,14 @@ Backend-agnostic: everything that touches gradients is delegated to an engine, t
 the same on both backends, so a run begun on one resumes on the other.
 """
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
+from sdnet_infer.labels import SDNET_CHANNELS
 from sdnet_tf.atomic import atomic_path, write_json
 from sdnet_tf.config import save_config
 from sdnet_tf.data.arrays import DataError
@@ -264,7 +266,7 @@ class Trainer(Task):
         the segmentor with the current weights from ``train.batchnorm_recalibration`` batches of
         unaugmented training images (labelled and unlabelled), drawn as a function of (seed,
         iteration) so a resumed run draws the same ones (``batchnorm.recalibrate``)."""
-        t, a, model = self.config.train, self.arrays, self.model
+        t, a = self.config.train, self.arrays
         labelled = len(a.labelled_images)
         rng = np.random.default_rng([t.seed, self.iteration, 2])
         indices = recalibration_batches(np.arange(labelled + len(a.unlabelled_images)), t.batchnorm_recalibration,
@@ -274,12 +276,14 @@ class Trainer(Task):
             return np.concatenate([a.labelled_images[index[index < labelled]],
                                    a.unlabelled_images[index[index >= labelled] - labelled]])
 
-        def forward(x):
-            anatomy, _, _, _ = model.decompose(x, training=True, sample=False)
-            model.segmentor(anatomy, training=True)
+        return recalibrate(self._batchnorm_forward, self._batchnorm_layers(), (images(index) for index in indices))
 
-        layers = batchnorm_layers(model.anatomy_encoder, model.modality_encoder, model.segmentor)
-        return recalibrate(forward, layers, (images(index) for index in indices))
+    def _batchnorm_layers(self):
+        return batchnorm_layers(self.model.anatomy_encoder, self.model.modality_encoder, self.model.segmentor)
+
+    def _batchnorm_forward(self, x):
+        anatomy, _, _, _ = self.model.decompose(x, training=True, sample=False)
+        self.model.segmentor(anatomy, training=True)
 
     def _log_images(self):
         n = self.config.train.image_summaries
@@ -308,3 +312,54 @@ class Trainer(Task):
         write_json(self.run_dir / "summary.json", summary)
         self.engine.close()
         return summary
+
+
+class Trainer2018(Trainer):
+    """The MICCAI 2018 precursor (``models.SDNet2018``) in the same loop, run files and validation.
+
+    Its masks are the myocardium channel of SDNet's arrays. One iteration is its code's three
+    updates (``schedule.SDNET2018_SCHEDULE``): the unlabelled and the labelled generator steps,
+    then both discriminators. The discriminators' fakes come, as in that code, from one pool of
+    the latest ``train.pool_size`` items that holds fake masks and fake images together (the code
+    adds both to one pool, noting that it regularises the mask discriminator early on): the
+    segmentations of the iteration's discriminator images, then the iteration's true labelled
+    masks decoded with those images' z. The real masks are drawn from the labelled batch's
+    masks and masks of the whole training split; the real images are the discriminator images.
+    """
+
+    name = "sdnet2018"
+
+    def __init__(self, model, arrays, config, run_dir, engine=None, progress=True, resume_dir=None):
+        myo = SDNET_CHANNELS.index("MYO")
+        arrays = dataclasses.replace(arrays, **{name: getattr(arrays, name)[..., myo:myo + 1]
+                                                for name in ("labelled_masks", "real_masks", "validation_masks")})
+        super().__init__(model, arrays, config, run_dir, engine=engine, progress=progress, resume_dir=resume_dir)
+
+    def _run_iteration(self, iteration):
+        batch = self.sampler.batches(iteration)
+        size = self.config.train.batch_size
+        results = {}
+        for step in self.schedule:
+            if step.objective == "unsupervised_2018":
+                inputs = (batch["unlabelled_images"],)
+            elif step.objective == "supervised_2018":
+                inputs = (batch["labelled_images"], batch["labelled_masks"])
+            else:
+                rng = self.sampler.pool_rng(iteration)
+                images, masks = batch["discriminator_images"], batch["labelled_masks"]
+                self.pool.add(self.engine.predict_masks(images))
+                fake_masks = self.pool.sample(size, rng)
+                self.pool.add(self.engine.infer("fake_images_2018", images, masks))
+                fake_images = self.pool.sample(size, rng)
+                candidates = np.concatenate([masks, batch["real_masks"]])
+                real_masks = candidates[rng.choice(len(candidates), size=len(fake_masks), replace=False)]
+                inputs = (real_masks, fake_masks, images[: len(fake_images)], fake_images)
+            results[step.name] = self.engine.run_step(step, *inputs)
+        return results
+
+    def _batchnorm_layers(self):
+        return batchnorm_layers(self.model.decomposer, self.model.reconstructor)
+
+    def _batchnorm_forward(self, x):
+        mask, z = self.model.decompose(x, training=True)
+        self.model.reconstruct(mask, z, training=True)
