@@ -494,11 +494,18 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
             output = output or predictions
     except DataError as error:
         raise UserError(str(error)) from error
-    dice = summary["dice_mean_3d"]["mean"]
-    per_class = ", ".join(f"{c} {g['all']['Dice']['mean']:.3f}" for c, g in summary["per_class"].items()
-                          if g["all"]["Dice"]["mean"] is not None)
-    click.echo(f"{_volumes(summary['cases'])} scored: mean 3-D Dice {dice:.3f} ({per_class}); "
-               f"tables and summary.json in {output}")
+    if "structures" in summary:
+        # a model of fewer structures (the MICCAI 2018 precursor): its own figures only
+        figures = "; ".join(f"{c}: per-slice Dice {v['slice_dice']['mean']:.3f}, 3-D Dice {v['Dice']['mean']:.3f}, "
+                            f"HD95 {v['HD95']['mean']:.1f} mm" for c, v in summary["segmented"].items())
+        click.echo(f"{_volumes(summary['cases'])} scored; the model segments {', '.join(summary['structures'])} "
+                   f"only: {figures}; tables and summary.json in {output}")
+    else:
+        dice = summary["dice_mean_3d"]["mean"]
+        per_class = ", ".join(f"{c} {g['all']['Dice']['mean']:.3f}" for c, g in summary["per_class"].items()
+                              if g["all"]["Dice"]["mean"] is not None)
+        click.echo(f"{_volumes(summary['cases'])} scored: mean 3-D Dice {dice:.3f} ({per_class}); "
+                   f"tables and summary.json in {output}")
     if "lv_volume_head" in summary:
         error = summary["lv_volume_head"]["absolute_error_ml"]
         click.echo(f"LV-volume head: mean absolute LV volume error {error['mean']:.1f} ml (sd {error['std']:.1f}) "

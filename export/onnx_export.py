@@ -19,7 +19,6 @@ OPSETS = (13, 18)
 # image inputs channels-first, as onnxruntime's CPU kernels lay them out; NHWC inputs measured the
 # same within noise at 224 x 224 (benchmarks/RESULTS.md); anatomy maps stay NHWC
 DEFAULT_LAYOUT = "NCHW"
-LABEL_MAP = {str(value): name for value, name in LABEL_NAMES.items()}
 CHANNELS = list(SDNET_CHANNELS)  # the foreground probability channels, ACDC labels 2, 3, 1
 
 
@@ -37,20 +36,46 @@ def _functions(model, layout):
     def nhwc(x):
         return tf.transpose(x, [0, 2, 3, 1]) if nchw else x
 
+    # the first num_classes of SDNet's channels (the MICCAI 2018 precursor: MYO alone), then background
+    label_values = [*SDNET_CHANNEL_LABELS[:model.num_classes], BACKGROUND]
+
+    def outputs(probs, anatomy):
+        background = 1.0 - tf.reduce_sum(probs, axis=-1, keepdims=True)
+        index = tf.argmax(tf.concat([probs, background], axis=-1), axis=-1)
+        # ACDC labels of [channels..., background]; the constant is made inside the function,
+        # a captured tensor would become a graph input
+        values = tf.constant(label_values, tf.float32)
+        labels = tf.reduce_sum(tf.one_hot(index, len(label_values)) * values, axis=-1)
+        return {"probabilities": tf.identity(probs), "labels": tf.cast(labels, tf.uint8),
+                "anatomy": tf.identity(anatomy)}
+
+    if hasattr(model, "decomposer"):  # the MICCAI 2018 precursor: the mask is the segmentation
+        @tf.function(input_signature=[image])
+        def segment(x):
+            mask, _ = model.decomposer(nhwc(x), training=False)
+            return outputs(mask, model.reconstructor.binarise(mask))
+
+        @tf.function(input_signature=[image])
+        def anatomy_fn(x):
+            return {"anatomy": tf.identity(model.reconstructor.binarise(model.decomposer(nhwc(x), training=False)[0]))}
+
+        @tf.function(input_signature=[image])
+        def modality(x):
+            # z is deterministic: its value, and no log-variance
+            return {"mean": tf.identity(model.decomposer(nhwc(x), training=False)[1])}
+
+        @tf.function(input_signature=[anatomy, z])
+        def decoder(a, zz):
+            return {"image": tf.identity(model.reconstructor([a, zz], training=False))}
+
+        return {"segment": segment, "anatomy": anatomy_fn, "modality": modality, "decoder": decoder}
+
     @tf.function(input_signature=[image])
     def segment(x):
         # model.segment, with its binary anatomy factor as an output too: the quality control
         # decodes it, so the runtime need not run the U-Net twice
         anatomy = model.anatomy_encoder(nhwc(x), training=False)
-        probs = model.segmentor(anatomy, training=False)
-        background = 1.0 - tf.reduce_sum(probs, axis=-1, keepdims=True)
-        index = tf.argmax(tf.concat([probs, background], axis=-1), axis=-1)
-        # ACDC labels of [MYO, LV, RV, background]; the constant is made inside the function,
-        # a captured tensor would become a graph input
-        label_values = tf.constant([*SDNET_CHANNEL_LABELS, BACKGROUND], tf.float32)
-        labels = tf.reduce_sum(tf.one_hot(index, 4) * label_values, axis=-1)
-        return {"probabilities": tf.identity(probs), "labels": tf.cast(labels, tf.uint8),
-                "anatomy": tf.identity(anatomy)}
+        return outputs(model.segmentor(anatomy, training=False), anatomy)
 
     @tf.function(input_signature=[image])
     def anatomy_fn(x):
@@ -223,8 +248,8 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
             "geometry": "voxel size, slice axis and orientation by sdnet_infer.geometry; labels written back on "
                         "the input's grid with its affine and header",
         },
-        "labels": LABEL_MAP,
-        "probability_channels": CHANNELS,
+        "labels": {str(v): LABEL_NAMES[v] for v in (BACKGROUND, *SDNET_CHANNEL_LABELS[:model.num_classes])},
+        "probability_channels": CHANNELS[:model.num_classes],
         "model": {"input_size": model.input_size, "anatomy_channels": model.anatomy_channels, "nz": model.nz,
                   "num_classes": model.num_classes},
         "versions": versions(),
@@ -257,7 +282,7 @@ def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log
     from sdnet_tf.inference import load_run, run_orientation
 
     model, config = load_run(run_dir)
-    if not hasattr(model, "anatomy_encoder"):
+    if not (hasattr(model, "anatomy_encoder") or hasattr(model, "decomposer")):
         from sdnet_infer.io import DataError
 
         raise DataError(f"{run_dir}: a U-Net baseline run; export takes SDNet runs (the runtime serves SDNet's "

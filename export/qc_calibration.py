@@ -33,6 +33,9 @@ def calibrate_export(run_dir, out_dir, meta, log=None, data=None):
 
     if run_dir is None:
         return uncalibrated("exported without a run directory, so without its validation patients")
+    if len(meta["probability_channels"]) < 3:
+        return uncalibrated(f"the model segments {', '.join(meta['probability_channels'])} only; the anatomical "
+                            "checks need LV, MYO and RV")
     runtime = SDNetRuntime(out_dir, meta=meta)
     try:
         return calibrate_run(run_dir, runtime, data=data, log=log)

@@ -185,6 +185,15 @@ class Config(_Sections):
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
+    @classmethod
+    def from_dict(cls, values, source="<dict>"):
+        model = values.get("model") if isinstance(values, dict) else None
+        kind = model.get("kind") if isinstance(model, dict) else None
+        if kind in ("nvae", "acnn"):
+            raise ConfigError(f"{source}: a shape prior's config (model.kind {kind}), not SDNet's; train it with "
+                              f"sdnet-tf prior train {kind}")
+        return super().from_dict(values, source)
+
 
 @dataclass
 class PriorModelConfig:

@@ -34,8 +34,8 @@ class UNetSegmenter:
 
 
 def run_kind(run_dir):
-    """What a run directory holds, from its ``config.yaml``: "sdnet", "unet" (the baseline),
-    "nvae" or "acnn" (a shape prior).
+    """What a run directory holds, from its ``config.yaml``: "sdnet", "sdnet2018" (the MICCAI
+    2018 precursor), "unet" (the baseline), "nvae" or "acnn" (a shape prior).
 
     Raises:
         DataError: no such directory, or no ``config.yaml`` in it.
@@ -135,7 +135,7 @@ def load_run(run_dir):
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
     model_path, config_path = run_dir / "model.keras", run_dir / "config.yaml"
-    if kind not in ("sdnet", "unet"):
+    if kind not in ("sdnet", "sdnet2018", "unet"):
         raise DataError(f"{run_dir}: a shape-prior run ({kind}); this command takes an SDNet run (sdnet-tf train "
                         "acdc) or a U-Net run (sdnet-tf baseline train unet)")
     if kind == "unet":

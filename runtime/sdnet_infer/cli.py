@@ -65,9 +65,14 @@ def main(argv=None):
             onnxruntime.set_default_logger_severity(3)  # errors only
         runtime = SDNetRuntime(args.model, providers=args.provider, threads=args.threads,
                                batch_size=args.batch_size)
-        quality = None if args.no_qc else QualityControl(runtime, runtime.meta.get("qc"))
+        channels = runtime.meta.get("probability_channels", ["MYO", "LV", "RV"])
+        partial = len(channels) < 3  # a myocardium-only model: the anatomical checks need all three
+        quality = None if args.no_qc or partial else QualityControl(runtime, runtime.meta.get("qc"))
         if not args.quiet:
             _line(f"sdnet-infer: {args.model} ({runtime.precision}) on {runtime.provider}")
+            if partial and not args.no_qc:
+                _line(f"quality control: skipped, the model segments {', '.join(channels)} only and the "
+                      "anatomical checks need LV, MYO and RV")
             if quality is not None and quality.note:
                 _line(f"quality control: {quality.note}")
 

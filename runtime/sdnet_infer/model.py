@@ -219,15 +219,19 @@ class SDNetRuntime:
         return self._anatomy.take(images, lambda missing: self._run("anatomy", {"image": missing}, "image")["anatomy"])
 
     def decompose(self, images):
-        """Slices -> (binary anatomy (N, size, size, C), z mean (N, nz), z log-variance (N, nz)).
+        """Slices -> (binary anatomy (N, size, size, C), z mean (N, nz), z log-variance (N, nz) or None).
 
         The anatomy of slices that ``segment`` has just seen comes from that pass (the same
         U-Net and binarisation, so the same values); the others go through ``anatomy.onnx``.
         """
         images = self._to_layout(images)
         anatomy = self._anatomy_of(images)
-        moments = self._run("modality", {"anatomy": anatomy, "image": images}, "image")
-        return anatomy, moments["mean"], moments["logvar"]
+        # a model whose z depends on the image alone (the MICCAI 2018 precursor) takes no anatomy
+        # and has no log-variance (its z is deterministic): None then
+        wanted = {i.name for i in self._session("modality").get_inputs()}
+        feeds = {k: v for k, v in {"anatomy": anatomy, "image": images}.items() if k in wanted}
+        moments = self._run("modality", feeds, "image")
+        return anatomy, moments["mean"], moments.get("logvar")
 
     def decode(self, anatomy, z):
         """(anatomy (N, size, size, C), z (N, nz)) -> images (N, size, size, 1)."""

@@ -154,8 +154,9 @@ def one_hot(labels):
 
 
 def from_one_hot(masks):
-    """Foreground probabilities [MYO, LV, RV] -> ACDC labels by argmax with background."""
+    """Foreground probabilities [MYO, LV, RV], or their first k channels (a myocardium-only
+    model: [MYO]), -> ACDC labels by argmax with background."""
     background = 1.0 - masks.sum(-1, keepdims=True)
     full = np.concatenate([masks, background], axis=-1)
     index = full.argmax(-1)
-    return np.array([*SDNET_CHANNEL_LABELS, BACKGROUND], np.uint8)[index]
+    return np.array([*SDNET_CHANNEL_LABELS[:masks.shape[-1]], BACKGROUND], np.uint8)[index]

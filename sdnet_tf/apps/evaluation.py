@@ -38,6 +38,7 @@ import numpy as np
 from sdnet_infer.io import DataError, atomic_path, prepare_output_dir, read_labels, read_volume, save_labels, write_json
 from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
 from sdnet_infer.predict import nifti_files, output_name, predict_volume, stem
+from sdnet_infer.labels import SDNET_CHANNELS
 from sdnet_tf.metrics import clinical, overlap, surface, validity
 
 log = logging.getLogger("sdnet_tf.evaluation")
@@ -350,6 +351,15 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     summary = evaluate_folder(pred_root, folder, out_dir)
     summary["run"] = {"run_dir": str(run_dir), "data": str(folder), "split": split, "subset": subset,
                       "patients": sorted(wanted)}
+    if model.num_classes < len(SDNET_CHANNELS):
+        # a model of fewer structures (the MICCAI 2018 precursor: the myocardium): its own
+        # figures, the per-slice Dice first as that paper reports it; the other columns score
+        # structures it does not segment
+        structures = list(SDNET_CHANNELS[:model.num_classes])
+        summary["structures"] = structures
+        summary["segmented"] = {c: {"slice_dice": summary["paper_slice_dice"][f"SliceDice {c}"],
+                                    **{metric: summary["per_class"][c]["all"][metric] for metric in ("Dice", "HD95")}}
+                                for c in structures}
     if head is not None:
         errors = [row["error_ml"] for row in volumes]
         summary["lv_volume_head"] = {"frames": volumes, "error_ml": _stats(errors),

@@ -61,7 +61,7 @@ def run_kind(run_dir):
     from sdnet_tf.inference import run_kind as kind_of
 
     kind = kind_of(run_dir)
-    if kind == "sdnet":
+    if kind in ("sdnet", "sdnet2018"):
         raise DataError(f"{run_dir}: an SDNet run; shape-eval takes shape-prior and U-Net runs "
                         "(sdnet-tf evaluate --run scores SDNet)")
     return kind

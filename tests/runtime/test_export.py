@@ -132,6 +132,53 @@ def test_the_family_variants_export_with_parity_and_their_decoder_reads_z(tmp_pa
     assert np.abs(runtime.decode(anatomy, z[::-1]) - decoded).max() > 1e-3
 
 
+def test_the_miccai2018_precursor_exports_with_parity_and_predicts_the_myocardium(tmp_path, phantom_patient, capsys):
+    # model.kind sdnet2018: one probability channel (MYO, ACDC label 2), z from the image alone
+    # and deterministic (no log-variance), the decoder reading the binarised mask; predict writes
+    # labels 0 and 2 only and skips the quality control, which needs all three structures
+    from sdnet_infer.preprocess import from_one_hot
+    from sdnet_tf.apps.train import build_sdnet
+    from sdnet_tf.config import load_config
+
+    config = load_config("sdnet2018-acdc", ["model.input_size=32", "model.unet_filters=4",
+                                            "model.discriminator_filters=4", f"data.spacing={SPACING}"])
+    keras.utils.set_random_seed(5)
+    network = build_sdnet(config)
+    network.build()
+    (tmp_path / "run").mkdir()
+    network.save(tmp_path / "run" / "model.keras")
+    save_config(config, tmp_path / "run" / "config.yaml")
+    export_run(tmp_path / "run", tmp_path / "export")
+    meta = json.loads((tmp_path / "export" / "sdnet-export.json").read_text())
+    assert meta["probability_channels"] == ["MYO"] and meta["labels"] == {"0": "background", "2": "MYO"}
+    assert not meta["qc"]["calibrated"] and "MYO only" in meta["qc"]["reason"]
+    assert [i["name"] for i in meta["models"]["modality"]["inputs"]] == ["image"]
+    runtime = SDNetRuntime(tmp_path / "export")
+    loaded, _ = load_run(tmp_path / "run")
+    images = np.concatenate([_phantom_slices(phantom_patient),
+                             np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 1)).astype(np.float32)])
+    probabilities = runtime.segment(images)
+    assert probabilities.shape == (len(images), 32, 32, 1)
+    assert np.abs(probabilities - np.asarray(loaded.segment(images, training=False))).max() <= 1e-4
+    anatomy, z, logvar = runtime.decompose(images)
+    mask, expected_z = loaded.decompose(images, training=False)
+    assert logvar is None and np.abs(z - np.asarray(expected_z)).max() <= 1e-4
+    np.testing.assert_array_equal(anatomy, np.round(np.asarray(mask)))
+    decoded = runtime.decode(anatomy, z)
+    assert np.abs(decoded - np.asarray(loaded.reconstruct(anatomy, z, training=False))).max() <= 1e-4
+    labels = predict_volume(np.stack([s[..., 0] for s in images], axis=-1), (SPACING, SPACING), runtime.segment,
+                            size=32, target=SPACING)
+    assert set(np.unique(labels)) <= {0, 2}
+    np.testing.assert_array_equal(from_one_hot(probabilities), np.where(probabilities[..., 0] > 0.5, 2, 0))
+    from sdnet_infer.cli import main as infer_main
+
+    assert infer_main(["-i", str(phantom_patient / "patient002_frame01.nii.gz"), "-o", str(tmp_path / "out"),
+                       "-m", str(tmp_path / "export")]) == 0
+    assert "quality control: skipped, the model segments MYO only" in capsys.readouterr().err
+    written = np.asarray(nib.load(str(tmp_path / "out" / "patient002_frame01_pred.nii.gz")).dataobj)
+    assert set(np.unique(written)) <= {0, 2}
+
+
 @pytest.mark.parametrize("source", ["random", "phantom"])
 def test_parity_with_keras(run_dir, export_dir, phantom_patient, source):
     model, _ = load_run(run_dir)

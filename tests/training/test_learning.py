@@ -146,6 +146,17 @@ def test_a_tiny_miccai2018_sdnet_learns_to_segment_the_myocardium(phantom_cohort
     history = (tmp_path / "run" / "history.csv").read_text()
     assert "train_discriminator/image_discriminator" in history and "train_supervised/mask_reconstruction" in history
     assert best >= SDNET2018_THRESHOLD and best - first >= 0.15, (best, first, summary)
+    # evaluate --run scores the myocardium alone, with the paper's per-slice Dice first
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path / "run"), "-o", str(tmp_path / "test"),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "the model segments MYO only: MYO: per-slice Dice" in result.output
+    scored = json.loads((tmp_path / "test" / "summary.json").read_text())
+    assert scored["structures"] == ["MYO"] and scored["segmented"]["MYO"]["Dice"]["mean"] > 0.2, scored["segmented"]
 
 
 # slow: 200 iterations and an evaluation of the test patients (about a minute); the head's
