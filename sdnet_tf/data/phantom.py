@@ -17,9 +17,10 @@ modalities, in the MM-WHS layout and label values (``sdnet_tf.data.mmwhs``): an 
 tissue, Rician noise, a bias field and a gamma curve) and a CT-like one in Hounsfield units
 (contrast-enhanced blood bright, myocardium mid and brighter than muscle, epicardial fat and
 subcutaneous fat dark, air and lungs near -1000, a bright vertebra, correlated Gaussian noise,
-no bias field, finer pixels). The two differ in the order of their tissue intensities, not
-only in scale. A descending aorta (MM-WHS label 820, blood in both modalities) is drawn beside
-the heart: the reader maps it to background, as it maps every structure but MYO, LV and RV.
+no bias field, finer pixels on a cardiac field of view). The two differ in the order of their
+tissue intensities, not only in scale. A descending aorta, the pulmonary artery and the left
+atrium (MM-WHS labels 820, 850, 420; blood in both modalities) are drawn beside the ventricles:
+the reader maps them to background, as it maps every structure but MYO, LV and RV.
 """
 
 import logging
@@ -207,35 +208,49 @@ def write_cohort(out, patients=20, seed=0, progress=False):
 
 
 # ------------------------------------------------------------------ two modalities, MM-WHS layout
-MMWHS_MYO, MMWHS_LV, MMWHS_RV, MMWHS_AORTA = 205, 500, 600, 820  # MM-WHS label values (Zhuang, MedIA 2016)
+# MM-WHS label values (Zhuang, MedIA 2016); the reader keeps the first three
+MMWHS_MYO, MMWHS_LV, MMWHS_RV, MMWHS_LA, MMWHS_AORTA, MMWHS_PA = 205, 500, 600, 420, 820, 850
 # CT-like intensities in Hounsfield units; blood (contrast) is drawn per patient from CT_BLOOD
 CT_HU = {"air": -1000.0, "lung": -820.0, "fat": -90.0, "tissue": 45.0, "myo": 125.0, "bone": 650.0}
 CT_BLOOD = (280.0, 420.0)
 CT_NOISE = 18.0  # HU, before the slight correlation of CT noise texture
 CT_SPACING = (0.65, 0.85)  # mm, in-plane; MR keeps its scanner style's spacing
+CT_FOV = (190.0, 220.0)  # mm: a cardiac reconstruction window around the image centre, as cardiac CT is
 
 
-def aorta_mask(labels, params, position):
-    """(H, W) bool: a descending aorta of 9-11 mm radius posterior to the LV, opposite the RV,
-    fading out toward the apex; never over the heart."""
+# Blood-filled structures beside the ventricles, mapped to background by the MM-WHS reader: (label,
+# angle from the RV's direction (rad), radius (mm), gap to the heart (mm), most apical position)
+VESSELS = ((MMWHS_AORTA, -np.pi + 0.6, 10.0, 6.0, 0.7),  # descending aorta, opposite the RV
+           (MMWHS_PA, 0.9, 11.0, 2.0, 0.45),  # pulmonary artery, beside the RV at the base
+           (MMWHS_LA, -np.pi - 0.7, 15.0, 2.0, 0.3))  # left atrium, behind the LV at the base
+
+
+def vessel_masks(labels, params, position):
+    """{MM-WHS label: (H, W) bool} of the blood-filled structures of ``VESSELS`` in one slice
+    (those present at this ``position``, 0 base to 1 apex); never over the ventricles or each other."""
     h, w = labels.shape
     sp = params["spacing"]
-    if position > 0.7:
-        return np.zeros((h, w), bool)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     cy = h / 2 + params["centre"][0] / sp
     cx = w / 2 + params["centre"][1] / sp
-    radius = (9.0 + 2.0 * (params["weight"] - 55.0) / 45.0) / sp
     outer = np.sqrt((labels > 0).sum() / np.pi)  # the heart's radius, in pixels
-    theta = params["rv_angle"] - np.pi + 0.6
-    d = outer + radius + 6.0 / sp
-    ay, ax = cy + d * np.sin(theta), cx + d * np.cos(theta)
-    return (np.hypot(yy - ay, xx - ax) < radius) & (labels == 0)
+    taken = labels > 0
+    masks = {}
+    for value, angle, radius, gap, last in VESSELS:
+        if position > last:
+            continue
+        theta = params["rv_angle"] + angle
+        d = outer + (radius + gap) / sp
+        mask = (np.hypot(yy - (cy + d * np.sin(theta)), xx - (cx + d * np.cos(theta))) < radius / sp) & ~taken
+        masks[value] = mask
+        taken = taken | mask
+    return masks
 
 
-def render_ct(labels, aorta, params, rng):
+def render_ct(labels, vessels, params, rng):
     """CT-like intensities (Hounsfield units, float) of one slice with ``labels`` (ACDC values)
-    and the ``aorta`` mask, in a patient's contrast phase (``params["ct_blood"]``)."""
+    and the ``vessels`` mask (blood outside the ventricles), in a patient's contrast phase
+    (``params["ct_blood"]``)."""
     h, w = labels.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ny, nx = (yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2)
@@ -251,17 +266,18 @@ def render_ct(labels, aorta, params, rng):
     image[ndimage.binary_dilation(labels > 0, iterations=6)] = CT_HU["fat"]  # epicardial fat
     image[ndimage.binary_dilation(labels > 0, iterations=2)] = CT_HU["tissue"]  # pericardium
     image[labels == 2] = CT_HU["myo"]
-    image[(labels == 1) | (labels == 3) | aorta] = params["ct_blood"]
+    image[(labels == 1) | (labels == 3) | vessels] = params["ct_blood"]
     image = ndimage.gaussian_filter(image, 0.6)
     noise = ndimage.gaussian_filter(rng.normal(0.0, 1.0, image.shape), 0.8)
     return (image + CT_NOISE * noise / noise.std()).astype(np.float32)
 
 
-def _mmwhs_labels(labels, aorta):
+def _mmwhs_labels(labels, vessels):
     out = np.zeros(labels.shape, np.int16)
     for acdc, value in ((1, MMWHS_RV), (2, MMWHS_MYO), (3, MMWHS_LV)):
         out[labels == acdc] = value
-    out[aorta] = MMWHS_AORTA
+    for value, mask in vessels.items():
+        out[mask] = value
     return out
 
 
@@ -269,14 +285,20 @@ def multimodal_volumes(seed, number):
     """One patient's ED anatomy in both modalities: {"mr": (image int16 (H, W, S), MM-WHS labels
     int16, in-plane spacing mm), "ct": (image in HU int16, labels, spacing)} and the parameters.
 
-    The CT grid has finer pixels (``CT_SPACING``) over the same field of view, so the two hold
-    the same anatomy at different voxel sizes."""
+    The CT grid has finer pixels (``CT_SPACING``) and is the central ``CT_FOV`` window of the
+    same body (cardiac CT is reconstructed on a small field of view around the heart; the heart
+    then fills enough of the volume that the 95th intensity percentile of the normalisation
+    falls in the blood pool), so the two hold the same heart at different voxel sizes and
+    fields of view."""
     params = patient_parameters(seed, number)
     rng = np.random.default_rng([seed, number, 2])
     ct_spacing = float(rng.uniform(*CT_SPACING))
     scale = params["spacing"] / ct_spacing
     ct_params = dict(params, spacing=ct_spacing, shape=tuple(int(round(n * scale)) for n in params["shape"]),
                      ct_blood=float(rng.uniform(*CT_BLOOD)))
+    window = int(round(rng.uniform(*CT_FOV) / ct_spacing))
+    top, left = ((n - window) // 2 for n in ct_params["shape"])
+    crop = (slice(max(top, 0), top + window), slice(max(left, 0), left + window))
     out = {}
     for modality, p in (("mr", params), ("ct", ct_params)):
         h, w = p["shape"]
@@ -286,13 +308,16 @@ def multimodal_volumes(seed, number):
         for k in range(p["slices"]):
             position = k / max(1, p["slices"] - 1)
             lab = slice_labels(p, position, 0.0)
-            aorta = aorta_mask(lab, p, position)
+            vessels = vessel_masks(lab, p, position)
+            blood = np.any(list(vessels.values()), axis=0) if vessels else np.zeros(lab.shape, bool)
             if modality == "mr":
-                picture = render(np.where(aorta, 3, lab).astype(np.uint8), p, noise) * 1000.0
+                picture = render(np.where(blood, 3, lab).astype(np.uint8), p, noise) * 1000.0
             else:
-                picture = render_ct(lab, aorta, p, noise)
+                picture = render_ct(lab, blood, p, noise)
             image[..., k] = np.clip(np.rint(picture), -1024, 32767).astype(np.int16)
-            labels[..., k] = _mmwhs_labels(lab, aorta)
+            labels[..., k] = _mmwhs_labels(lab, vessels)
+        if modality == "ct":
+            image, labels = image[crop], labels[crop]
         out[modality] = (image, labels, p["spacing"])
     return out, params
 
