@@ -290,12 +290,11 @@ def make_figures(run_dir, out_dir, images=None, which=FIGURES, seed=0):
 
     ``images`` are ``PATH[:SLICE]`` specs; by default the middle ED slices of the first two
     held-out test patients of the run's cohort, or for a run trained on two modalities one
-    held-out MR and one held-out CT slice (``modality.held_out_pair``), whose swap figure is
+    held-out MR and one held-out CT slice (``inference.held_out_pair``), whose swap figure is
     then the modality swap.
     """
     from sdnet_infer.io import prepare_output_dir
-    from sdnet_tf.apps.modality import held_out_pair, is_multimodal_run
-    from sdnet_tf.inference import load_run
+    from sdnet_tf.inference import held_out_pair, is_multimodal_run, load_run
 
     unknown = set(which) - set(FIGURES)
     if unknown:

@@ -16,18 +16,12 @@ from sdnet_tf.config import load_config
 SPACING = 5.0
 # measured: best validation Dice 0.627 at iteration 100 (first epoch 0.140; held-out slices MR
 # 0.724, CT 0.631); the held-out modality from z 1.000 (36 slices), the shuffled-label control
-# 0.471 (mean of 100 permutations, standard deviation 0.235)
+# 0.471 (mean of 100 permutations, standard deviation 0.235). After 75 iterations z was not
+# there yet (0.944 held-out accuracy; Dice 0.535).
 DICE_THRESHOLD = 0.50
 DICE_GAIN = 0.25
 ACCURACY_THRESHOLD = 0.95
 SHUFFLED_BAND = (0.35, 0.65)  # 0.5 +- 0.15: held-out slices are balanced, half MR and half CT
-
-
-@pytest.fixture(scope="module")
-def multimodal_cohort_8(tmp_path_factory):
-    from sdnet_tf.data.phantom import write_multimodal_cohort
-
-    return write_multimodal_cohort(tmp_path_factory.mktemp("phantom-mm8"), patients=8, seed=0)
 
 
 @pytest.fixture(scope="module")
