@@ -13,7 +13,7 @@ tune_allocator()
 log = logging.getLogger("sdnet_tf")
 ONNX_OPSETS = (13, 18)  # export.onnx_export.OPSETS (not imported here: it would load nibabel at start-up)
 TENSORFLOW_COMMANDS = {"summary", "shape-eval", "preprocess", "predict", "evaluate", "figures", "latent", "report",
-                       "export"}
+                       "export", "modality-classifier"}
 
 
 class UserError(click.ClickException):
@@ -97,9 +97,12 @@ def summary(config, overrides):
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(["synthetic", "acdc", "nvae", "acnn", "unet"]), default="synthetic")
+@click.argument("dataset", type=click.Choice(["synthetic", "acdc", "mmwhs", "nvae", "acnn", "unet"]),
+                default="synthetic")
 @click.option("--data", default=None, metavar="DIR|phantom",
-              help="For acdc: an ACDC training folder, or 'phantom' for the built-in phantom cohort.")
+              help="For acdc: an ACDC training folder, or 'phantom' for the built-in phantom cohort; for mmwhs: "
+                   "a folder with mr_train/ and ct_train/ (MM-WHS layout), or 'phantom' for the two-modality "
+                   "phantom.")
 @click.option("--split", type=click.IntRange(0, 2), default=None, help="Which of the three 70/15/15 splits.")
 @click.option("-c", "--config", default=None, help="Config name in configs/ or a YAML path.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -133,7 +136,9 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
 
     DATASET "acdc" reads an ACDC-layout folder (--data DIR) or the built-in phantom cohort
     (--data phantom, generated into the cache on first use) with the original preprocessing;
-    "synthetic" is a set of seeded discs and rings (no download).
+    "mmwhs" reads MR and CT volumes in the MM-WHS layout (--data DIR) or the two-modality
+    phantom (--data phantom) and trains on both at once; "synthetic" is a set of seeded discs
+    and rings (no download).
 
     The shape priors and the U-Net baseline have their own commands, 'sdnet-tf prior train
     nvae|acnn' and 'sdnet-tf baseline train unet'; the older spellings 'train nvae|acnn|unet'
@@ -519,7 +524,8 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-i", "--image", "images", multiple=True, metavar="NIFTI[:SLICE]",
-              help="An image (repeatable; the middle slice unless one is named). Default: two held-out patients.")
+              help="An image (repeatable; the middle slice unless one is named). Default: two held-out patients "
+                   "(for a run trained on MR and CT, one held-out slice of each).")
 @click.option("--only", multiple=True, help="Draw only these figures (repeatable).")
 def figures(run_dir, output, images, only):
     """Draw the paper's figures for a trained run: anatomy, reconstructions, z traversal, swaps, arithmetic."""
@@ -549,6 +555,33 @@ def latent(run_dir, output, data):
     c = results["classifier"]
     click.echo(f"{results['capacity']['dimensions_used']} of {results['nz']} z dimensions used; {c['label']} "
                f"from z: {c['accuracy']:.3f} held-out accuracy (chance {c['chance']:.3f}); {output}/latent.json")
+
+
+@main.command("modality-classifier")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for modality_classifier.json and modality_classifier.csv.")
+@click.option("--data", default=None, help="The cohort folder, if it moved since training.")
+@click.option("--permutations", type=click.IntRange(1), default=100, show_default=True,
+              help="Shuffles of the training labels averaged by the control.")
+def modality_classifier_command(run_dir, output, data, permutations):
+    """Classify MR / CT from z for a run trained on two modalities (train mmwhs).
+
+    A logistic regression from each slice's z (the modality encoder's mean) to its modality,
+    fitted on the split's training cases and scored on its held-out ones, against the same
+    classifier fitted on shuffled labels (paper, Section 5.4).
+    """
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.apps.modality import classify_modality
+
+    try:
+        r = classify_modality(run_dir, output, data=data, permutations=permutations)
+    except DataError as error:
+        raise UserError(str(error)) from error
+    s = r["shuffled"]
+    click.echo(f"modality from z: {r['accuracy']:.3f} held-out accuracy on {r['test_images']} slices (shuffled "
+               f"labels: {s['accuracy_mean']:.3f} +- {s['accuracy_std']:.3f} over {s['permutations']} "
+               f"permutations; majority class {r['chance']:.3f}); {output}/modality_classifier.json")
 
 
 @main.command()

@@ -121,7 +121,7 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"
+    dataset: str = "synthetic"  # synthetic | acdc | mmwhs (MR and CT at once, sdnet_tf/data/mmwhs.py)
     path: str = ""
     split: int = 0
     labelled_fraction: float = 1.0

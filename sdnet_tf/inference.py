@@ -1,4 +1,5 @@
-"""Loading a trained run and running its networks for prediction (Keras only, any backend)."""
+"""Loading a trained run and running its networks for prediction (Keras only, any backend), and the
+slices of a run trained on two modalities with their modality (``modality_slices``)."""
 
 import json
 import logging
@@ -290,3 +291,85 @@ def run_patients(run_dir, subset, data=None, split=None):
     if not patients:
         raise DataError(f"{folder}: none of the {subset} patients of split {split} is there")
     return folder, splits, split, patients
+
+
+def _multimodal_meta(run_dir):
+    description = Path(run_dir) / "data.json"
+    if not description.is_file():
+        raise DataError(f"{run_dir}: no data.json; not a run trained with sdnet-tf train mmwhs")
+    return json.loads(description.read_text())
+
+
+def is_multimodal_run(run_dir):
+    """Whether ``run_dir`` was trained on two modalities (``data.dataset`` mmwhs)."""
+    description = Path(run_dir) / "data.json"
+    return description.is_file() and json.loads(description.read_text()).get("dataset") == "mmwhs"
+
+
+def modality_slices(run_dir, data=None, model=None, config=None):
+    """The preprocessed slices of a two-modality run's cohort, by side of its split.
+
+    Args:
+        run_dir: a run of ``sdnet-tf train mmwhs``.
+        data: the cohort folder, if it moved since training.
+        model, config: the loaded run (``inference.load_run``), when already at hand.
+
+    Returns:
+        ``(model, config, slices)``, ``slices`` a dict of arrays over every kept slice:
+        ``images`` (N, size, size, 1), ``labels`` (N, size, size) uint8 (ACDC values),
+        ``modality`` (N,) int (index into ``modalities``), ``side`` (N,) "train", "held_out"
+        or "none", ``case`` (N,) "mr_train_1001:k"; and ``modalities``.
+
+    Raises:
+        DataError: not a two-modality run, or its data folder is not there.
+    """
+    from sdnet_tf.data.mmwhs import MODALITIES, preprocess_mmwhs
+    from sdnet_tf.data.sources import cache_dir
+
+    meta = _multimodal_meta(run_dir)
+    if meta.get("dataset") != "mmwhs":
+        raise DataError(f"{run_dir}: trained on {meta.get('dataset')!r} data, not on two modalities; the modality "
+                        "classifier takes a run of sdnet-tf train mmwhs")
+    folder = Path(data).expanduser() if data else Path(meta["data"])
+    if not folder.is_dir():
+        raise DataError(f"{folder}: the run's data folder is not there; pass it with --data")
+    if model is None:
+        model, config = load_run(run_dir)
+    cohort, _ = preprocess_mmwhs(folder, cache_dir(config), model.input_size, progress=False,
+                                 spacing=config.data.spacing)
+    split = meta["splits"][int(meta.get("split", 0))]
+    training, held_out = set(split["training"]), set(split["validation"]) | set(split["test"])
+    parts = {"images": [], "labels": [], "modality": [], "side": [], "case": []}
+    for index, modality in enumerate(MODALITIES):
+        for number, arrays in sorted(cohort.get(modality, {}).items()):
+            count = len(arrays["images"])
+            side = "train" if number in training else "held_out" if number in held_out else "none"
+            parts["images"].append(arrays["images"])
+            parts["labels"].append(arrays["labels"])
+            parts["modality"].append(np.full(count, index, np.int64))
+            parts["side"] += [side] * count
+            parts["case"] += [f"{modality}_train_{number}:{k}" for k in range(count)]
+    slices = {key: np.concatenate(value) if key in ("images", "labels", "modality") else np.asarray(value)
+              for key, value in parts.items()}
+    slices["modalities"] = MODALITIES
+    return model, config, slices
+
+
+def held_out_pair(run_dir, model, config, data=None):
+    """One held-out slice of each modality of a two-modality run, for the figures: the middle
+    kept slice of the first held-out case of MR and of CT.
+
+    Returns ``(images (2, size, size, 1), names, labels (2, size, size))``.
+    """
+    _, _, slices = modality_slices(run_dir, data, model, config)
+    chosen, names = [], []
+    for index, name in enumerate(slices["modalities"]):
+        where = np.nonzero((slices["side"] == "held_out") & (slices["modality"] == index))[0]
+        if not len(where):
+            raise DataError(f"{run_dir}: no held-out {name.upper()} slice in its split")
+        first = slices["case"][where[0]].split(":")[0]
+        case = where[np.char.startswith(slices["case"][where].astype(str), first + ":")]
+        k = case[len(case) // 2]
+        chosen.append(k)
+        names.append(f"{name.upper()} {slices['case'][k].split('_train_')[1]}")
+    return slices["images"][chosen], names, slices["labels"][chosen]

@@ -36,3 +36,12 @@ def phantom_cohort_8(tmp_path_factory):
     from sdnet_tf.data.phantom import write_cohort
 
     return write_cohort(tmp_path_factory.mktemp("phantom8"), patients=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def multimodal_cohort_8(tmp_path_factory):
+    """The two-modality phantom (seed 0) with 8 patients in the MM-WHS layout (mr_train/,
+    ct_train/), written once per test session."""
+    from sdnet_tf.data.phantom import write_multimodal_cohort
+
+    return write_multimodal_cohort(tmp_path_factory.mktemp("phantom-mm8"), patients=8, seed=0)

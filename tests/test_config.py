@@ -135,3 +135,15 @@ def test_a_negative_or_non_finite_loss_weight_is_refused(override):
     with pytest.raises(ConfigError, match="expected a finite number of at least 0"):
         load_config("sdnet-adain-acdc", [override])
     assert load_config("sdnet-adain-acdc", ["loss.focal=0"]).loss.focal == 0.0
+
+
+@pytest.mark.parametrize("name", ["sdnet-mmwhs", "sdnet-multimodal-phantom"])
+def test_multimodal_configs_round_trip_and_are_sdnet_with_16_anatomy_channels(tmp_path, name):
+    config = load_config(name)
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+    assert config.data.dataset == "mmwhs" and config.model.anatomy_channels == 16
+    if name == "sdnet-mmwhs":  # the original SDNet but for C
+        original = load_config("sdnet-acdc")
+        original.model.anatomy_channels = 16
+        assert config.model == original.model and config.loss == original.loss and config.train == original.train

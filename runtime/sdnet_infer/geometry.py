@@ -22,7 +22,10 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
 2. **Slice axis.** The axis whose voxel size is at least ``SLICE_RATIO`` (1.5) times each of
    the other two (short-axis cine: 5-10 mm slices, 0.7-2 mm pixels). With no such axis, the
    axis the affine points closest to the head-foot direction; with no affine either, a
-   ``DataError`` (the slice axis would be a guess).
+   ``DataError`` (the slice axis would be a guess). With ``slicing="axial"`` (whole-heart MR
+   and CT volumes, MM-WHS) the axis closest to head-foot is taken whatever the voxel sizes,
+   so every volume is cut into axial slices; a header without an affine is then a
+   ``DataError``.
 3. **Orientation.** The array is flipped and transposed (``nibabel.orientations``) into the
    training orientation, by default ACDC's "LPS" (sform diag(-1, -1, 1): rows run to the
    patient's left, columns to posterior, slices superior), with the slice axis last. The
@@ -225,7 +228,18 @@ def _check_plausible(spacing, slice_axis, origin, header, source):
                         "the header's spatial units are probably wrong")
 
 
-def _slice_axis(spacing, affine, source, slice_world):
+SLICINGS = ("auto", "axial")
+
+
+def _slice_axis(spacing, affine, source, slice_world, slicing="auto"):
+    if slicing == "axial":
+        if affine is None:
+            raise DataError(f"{source}: cannot tell the axial slice axis: the header has no orientation "
+                            "(qform_code and sform_code 0)")
+        found = np.nonzero(io_orientation(affine)[:, 0] == slice_world)[0]
+        if not len(found):
+            raise DataError(f"{source}: cannot tell the axial slice axis: the affine is degenerate")
+        return int(found[0])
     order = np.argsort(spacing)[::-1]
     if spacing[order[0]] >= SLICE_RATIO * spacing[order[1]]:
         return int(order[0])
@@ -278,13 +292,15 @@ def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True)
     return ornt_transform(start, target)
 
 
-def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION):
+def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="auto"):
     """The ``VolumeGeometry`` of a NIfTI file (see the module docstring for the rule).
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
         image: the file loaded by nibabel, if already loaded (for its header class).
         orientation: the training orientation, an axis code such as "LPS".
+        slicing: "auto" (a clearly thicker axis, else the one nearest head-foot) or "axial"
+            (the axis nearest head-foot, always).
 
     Raises:
         DataError: naming the file, for a zero, negative, non-finite or implausible voxel
@@ -292,6 +308,8 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION):
     """
     source = str(path)
     orientation = check_orientation(orientation, source)
+    if slicing not in SLICINGS:
+        raise ValueError(f"slicing {slicing!r}: expected one of {', '.join(SLICINGS)}")
     header_class = type(image.header) if image is not None else nib.Nifti1Header
     try:
         header = raw_header(path, header_class)
@@ -305,7 +323,7 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION):
     if affine is not None and not np.all(np.isfinite(affine)):
         raise DataError(f"{source}: the {kind} contains non-finite values")
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
-    slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]))
+    slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]), slicing)
     _check_plausible(spacing, slice_axis, origin, header, source)
     transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim")
     for note in notes:

@@ -153,8 +153,11 @@ class Volume:
     image: object
 
 
-def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION, dtype=np.float32):
+def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION, dtype=np.float32, slicing="auto"):
     """Read a NIfTI volume into the training orientation (see ``sdnet_infer.geometry``).
+
+    ``slicing`` is the slice-axis rule of ``read_geometry``: "auto", or "axial" for whole-heart
+    volumes cut into axial slices.
 
     Raises ``DataError`` naming the file for a missing or unreadable file (a truncated
     ``.nii.gz`` included), a dimensionality not in ``ndim``, NaN or infinite values, and a
@@ -174,7 +177,7 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
     if data.ndim not in ndim:
         expected = " or ".join(f"{n}-D" for n in ndim)
         raise DataError(f"{path}: the {kind} is {data.ndim}-D with shape {data.shape}, expected {expected}")
-    geometry = read_geometry(path, img, orientation)
+    geometry = read_geometry(path, img, orientation, slicing)
     data = data.astype(dtype)
     if not np.isfinite(data).all():
         raise DataError(f"{path}: the {kind} contains NaN or infinite values")
@@ -207,7 +210,8 @@ def parse_label_map(text):
     return mapping
 
 
-def read_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION):
+def read_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION,
+                slicing="auto"):
     """Read a label volume into the training orientation and check it; returns a ``Volume``.
 
     Args:
@@ -215,12 +219,14 @@ def read_labels(path, image_shape=None, like=None, label_map=None, orientation=T
         image_shape: the training-oriented shape it must have.
         like: a ``VolumeGeometry`` whose grid (shape, voxel size, affine) it must share.
         label_map: {stored label: ACDC label} for labels in another convention (see
-            ``parse_label_map``); stored labels outside it (other than 0) are refused.
+            ``parse_label_map``; stored values may be any integers, e.g. MM-WHS' 205, 500,
+            600); stored labels outside it (other than 0) are refused.
+        slicing: the slice-axis rule of ``read_geometry`` (the image's).
 
     The ``Volume``'s data are uint8 labels (H, W, S) in ACDC's convention. Raises ``DataError``
     naming the file(s) on any mismatch.
     """
-    volume = read_volume(path, kind="label volume", orientation=orientation)
+    volume = read_volume(path, kind="label volume", orientation=orientation, slicing=slicing)
     data = volume.data
     if like is not None:
         check_same_grid(volume, like, path)
@@ -232,19 +238,20 @@ def read_labels(path, image_shape=None, like=None, label_map=None, orientation=T
     if bad:
         raise DataError(f"{path}: labels {sorted(float(v) for v in bad)[:5]} outside {{{', '.join(map(str, allowed))}}}"
                         + ("" if label_map is None else " (the label map's)"))
-    labels = data.astype(np.uint8)
-    if label_map is not None:
-        lookup = np.zeros(256, np.uint8)
+    if label_map is None:
+        labels = data.astype(np.uint8)
+    else:  # by value, not through uint8: stored labels may exceed 255
+        labels = np.zeros(data.shape, np.uint8)
         for stored, acdc in label_map.items():
-            lookup[stored] = acdc
-        labels = lookup[labels]
+            labels[data == stored] = acdc
     volume.data = labels
     return volume
 
 
-def load_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION):
+def load_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION,
+                slicing="auto"):
     """``read_labels`` as a tuple: ``(uint8 labels (H, W, S), zooms in mm, nibabel image)``."""
-    volume = read_labels(path, image_shape, like, label_map, orientation)
+    volume = read_labels(path, image_shape, like, label_map, orientation, slicing)
     return volume.data, volume.zooms, volume.image
 
 

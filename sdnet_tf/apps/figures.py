@@ -8,7 +8,9 @@ figure; ``make_figures`` picks the slices, draws them all and saves them atomica
 - the z traversal (Figure 8 of the paper): each dimension over 7 steps in [-3, 3], the others
   at the image's own posterior mean, with the per-pixel correlation between the dimension's value
   and the intensity, and the difference between the last and first step;
-- anatomy / modality swaps between two images (Figure 6);
+- anatomy / modality swaps between two images (Figure 6); for a run trained on MR and CT
+  (``sdnet-tf train mmwhs``) the two default images are a held-out MR and a held-out CT
+  slice, so the swap puts the anatomy of one modality with the z of the other (Section 5.3);
 - anatomy arithmetic (Figure 7): a channel moved, two channels swapped, the channels shuffled;
 - segmentation overlays of the prediction and, where known, the reference.
 """
@@ -169,8 +171,8 @@ def z_traversal_figure(model, image, name):
     return fig
 
 
-def swaps_figure(model, images, names):
-    """Figure 6: every (anatomy of A or B) x (z of A or B)."""
+def swaps_figure(model, images, names, title=None):
+    """Figure 6: every (anatomy of A or B) x (z of A or B), decoded with the z posterior means."""
     if len(images) < 2:
         raise DataError("the swap figure needs two images")
     anatomy, mean, _ = decompose(model, images[:2])
@@ -184,6 +186,8 @@ def swaps_figure(model, images, names):
         decoded = decode(model, np.repeat(anatomy[a:a + 1], 2, axis=0), mean[:2])
         for b in range(2):
             _show(axes[a + 1, b + 1], decoded[b])
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -285,10 +289,12 @@ def make_figures(run_dir, out_dir, images=None, which=FIGURES, seed=0):
     """Draw ``which`` figures of a trained run into ``out_dir``; returns {name: path}.
 
     ``images`` are ``PATH[:SLICE]`` specs; by default the middle ED slices of the first two
-    held-out test patients of the run's cohort.
+    held-out test patients of the run's cohort, or for a run trained on two modalities one
+    held-out MR and one held-out CT slice (``inference.held_out_pair``), whose swap figure is
+    then the modality swap.
     """
     from sdnet_infer.io import prepare_output_dir
-    from sdnet_tf.inference import load_run
+    from sdnet_tf.inference import held_out_pair, is_multimodal_run, load_run
 
     unknown = set(which) - set(FIGURES)
     if unknown:
@@ -296,8 +302,12 @@ def make_figures(run_dir, out_dir, images=None, which=FIGURES, seed=0):
     prepare_output_dir(out_dir)  # an unwritable folder fails before any work
     model, config = load_run(run_dir)
     size, spacing = model.input_size, config.data.spacing
+    swap_title = None
     if images:
         x, names, refs = slices_from_files(images, size, spacing)
+    elif is_multimodal_run(run_dir):
+        x, names, refs = held_out_pair(run_dir, model, config)
+        swap_title = "modality swap: the anatomy of each row decoded with the z of each column"
     else:
         x, names, refs = slices_from_run(run_dir, size, spacing)
     out_dir = Path(out_dir)
@@ -305,7 +315,7 @@ def make_figures(run_dir, out_dir, images=None, which=FIGURES, seed=0):
         "anatomy_channels": lambda: anatomy_channels_figure(model, x, names),
         "reconstructions": lambda: reconstructions_figure(model, x, names, seed),
         "z_traversal": lambda: z_traversal_figure(model, x[0], names[0]),
-        "swaps": lambda: swaps_figure(model, x, names),
+        "swaps": lambda: swaps_figure(model, x, names, swap_title),
         "anatomy_arithmetic": lambda: anatomy_arithmetic_figure(model, x[0], names[0]),
         "segmentation": lambda: segmentation_figure(model, x, names, refs),
     }

@@ -40,6 +40,9 @@ class SDNetArrays:
             training split, not only the labelled subset).
         validation_images: (V, H, W, 1).
         validation_masks: (V, H, W, L).
+        modalities: the modality names of a multimodal cohort (e.g. ("mr", "ct")); empty for one modality.
+        labelled_modalities, unlabelled_modalities, validation_modalities: (N,), (M,), (V,) int,
+            each image's index into ``modalities``; None for one modality.
     """
 
     labelled_images: np.ndarray
@@ -49,6 +52,10 @@ class SDNetArrays:
     validation_images: np.ndarray
     validation_masks: np.ndarray
     source: str = "arrays"
+    modalities: tuple = ()
+    labelled_modalities: np.ndarray = None
+    unlabelled_modalities: np.ndarray = None
+    validation_modalities: np.ndarray = None
 
     def check(self, input_size=None, num_classes=None):
         """Raise ``DataError`` when the arrays do not fit together or the model."""
@@ -67,6 +74,14 @@ class SDNetArrays:
         for images, masks in (("labelled_images", "labelled_masks"), ("validation_images", "validation_masks")):
             if len(getattr(self, images)) != len(getattr(self, masks)):
                 raise DataError(f"{self.source}: {images} and {masks} differ in length")
+        for images in ("labelled_images", "unlabelled_images", "validation_images"):
+            labels = getattr(self, images.replace("images", "modalities"))
+            if labels is None:
+                continue
+            known = set(range(len(self.modalities)))
+            if len(labels) != len(getattr(self, images)) or not set(np.unique(labels).tolist()) <= known:
+                raise DataError(f"{self.source}: {images.replace('images', 'modalities')} must give one modality "
+                                f"index in 0..{len(self.modalities) - 1} per image")
         if num_classes is not None:
             for name in ("labelled_masks", "real_masks", "validation_masks"):
                 if getattr(self, name).shape[-1] != num_classes:

@@ -10,6 +10,17 @@ noise and the in-plane spacing, so the modality factor has real variation to cap
 
 Everything is a pure function of (seed, patient number); a cohort of 20 patients is written
 in a few seconds.
+
+``write_multimodal_cohort`` renders the same anatomy (each patient's ED frame) in two
+modalities, in the MM-WHS layout and label values (``sdnet_tf.data.mmwhs``): an MR-like image
+(the bright-blood cine rendering above: fat bright, myocardium darker than the surrounding
+tissue, Rician noise, a bias field and a gamma curve) and a CT-like one in Hounsfield units
+(contrast-enhanced blood bright, myocardium mid and brighter than muscle, epicardial fat and
+subcutaneous fat dark, air and lungs near -1000, a bright vertebra, correlated Gaussian noise,
+no bias field, finer pixels on a cardiac field of view). The two differ in the order of their
+tissue intensities, not only in scale. A descending aorta, the pulmonary artery and the left
+atrium (MM-WHS labels 820, 850, 420; blood in both modalities) are drawn beside the ventricles:
+the reader maps them to background, as it maps every structure but MYO, LV and RV.
 """
 
 import logging
@@ -193,4 +204,151 @@ def write_cohort(out, patients=20, seed=0, progress=False):
     out.mkdir(parents=True, exist_ok=True)
     for number in tqdm(range(1, patients + 1), desc="phantom", unit="patient", disable=not progress):
         write_patient(out, seed, number)
+    return out
+
+
+# ------------------------------------------------------------------ two modalities, MM-WHS layout
+# MM-WHS label values (Zhuang, MedIA 2016); the reader keeps the first three
+MMWHS_MYO, MMWHS_LV, MMWHS_RV, MMWHS_LA, MMWHS_AORTA, MMWHS_PA = 205, 500, 600, 420, 820, 850
+# CT-like intensities in Hounsfield units; blood (contrast) is drawn per patient from CT_BLOOD
+CT_HU = {"air": -1000.0, "lung": -820.0, "fat": -90.0, "tissue": 45.0, "myo": 125.0, "bone": 650.0}
+CT_BLOOD = (280.0, 420.0)
+CT_NOISE = 18.0  # HU, before the slight correlation of CT noise texture
+CT_SPACING = (0.65, 0.85)  # mm, in-plane; MR keeps its scanner style's spacing
+CT_FOV = (190.0, 220.0)  # mm: a cardiac reconstruction window around the image centre, as cardiac CT is
+
+
+# Blood-filled structures beside the ventricles, mapped to background by the MM-WHS reader: (label,
+# angle from the RV's direction (rad), radius (mm), gap to the heart (mm), most apical position)
+VESSELS = ((MMWHS_AORTA, -np.pi + 0.6, 10.0, 6.0, 0.7),  # descending aorta, opposite the RV
+           (MMWHS_PA, 0.9, 11.0, 2.0, 0.45),  # pulmonary artery, beside the RV at the base
+           (MMWHS_LA, -np.pi - 0.7, 15.0, 2.0, 0.3))  # left atrium, behind the LV at the base
+
+
+def vessel_masks(labels, params, position):
+    """{MM-WHS label: (H, W) bool} of the blood-filled structures of ``VESSELS`` in one slice
+    (those present at this ``position``, 0 base to 1 apex); never over the ventricles or each other."""
+    h, w = labels.shape
+    sp = params["spacing"]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy = h / 2 + params["centre"][0] / sp
+    cx = w / 2 + params["centre"][1] / sp
+    outer = np.sqrt((labels > 0).sum() / np.pi)  # the heart's radius, in pixels
+    taken = labels > 0
+    masks = {}
+    for value, angle, radius, gap, last in VESSELS:
+        if position > last:
+            continue
+        theta = params["rv_angle"] + angle
+        d = outer + (radius + gap) / sp
+        mask = (np.hypot(yy - (cy + d * np.sin(theta)), xx - (cx + d * np.cos(theta))) < radius / sp) & ~taken
+        masks[value] = mask
+        taken = taken | mask
+    return masks
+
+
+def render_ct(labels, vessels, params, rng):
+    """CT-like intensities (Hounsfield units, float) of one slice with ``labels`` (ACDC values)
+    and the ``vessels`` mask (blood outside the ventricles), in a patient's contrast phase
+    (``params["ct_blood"]``)."""
+    h, w = labels.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ny, nx = (yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2)
+    image = np.full((h, w), CT_HU["air"], np.float32)
+    body = (ny / 0.85) ** 2 + (nx / 0.95) ** 2 < 1
+    image[body] = CT_HU["fat"]
+    inner = (ny / 0.78) ** 2 + (nx / 0.88) ** 2 < 1
+    image[inner] = CT_HU["tissue"]
+    for side in (-1, 1):
+        lung = ((ny + 0.05) / 0.55) ** 2 + ((nx - side * 0.55) / 0.27) ** 2 < 1
+        image[lung & inner] = CT_HU["lung"]
+    image[((ny - 0.62) / 0.09) ** 2 + (nx / 0.08) ** 2 < 1] = CT_HU["bone"]  # a vertebral body
+    image[ndimage.binary_dilation(labels > 0, iterations=6)] = CT_HU["fat"]  # epicardial fat
+    image[ndimage.binary_dilation(labels > 0, iterations=2)] = CT_HU["tissue"]  # pericardium
+    image[labels == 2] = CT_HU["myo"]
+    image[(labels == 1) | (labels == 3) | vessels] = params["ct_blood"]
+    image = ndimage.gaussian_filter(image, 0.6)
+    noise = ndimage.gaussian_filter(rng.normal(0.0, 1.0, image.shape), 0.8)
+    return (image + CT_NOISE * noise / noise.std()).astype(np.float32)
+
+
+def _mmwhs_labels(labels, vessels):
+    out = np.zeros(labels.shape, np.int16)
+    for acdc, value in ((1, MMWHS_RV), (2, MMWHS_MYO), (3, MMWHS_LV)):
+        out[labels == acdc] = value
+    for value, mask in vessels.items():
+        out[mask] = value
+    return out
+
+
+def multimodal_volumes(seed, number):
+    """One patient's ED anatomy in both modalities: {"mr": (image int16 (H, W, S), MM-WHS labels
+    int16, in-plane spacing mm), "ct": (image in HU int16, labels, spacing)} and the parameters.
+
+    The CT grid has finer pixels (``CT_SPACING``) and is the central ``CT_FOV`` window of the
+    same body (cardiac CT is reconstructed on a small field of view around the heart; the heart
+    then fills enough of the volume that the 95th intensity percentile of the normalisation
+    falls in the blood pool), so the two hold the same heart at different voxel sizes and
+    fields of view."""
+    params = patient_parameters(seed, number)
+    rng = np.random.default_rng([seed, number, 2])
+    ct_spacing = float(rng.uniform(*CT_SPACING))
+    scale = params["spacing"] / ct_spacing
+    ct_params = dict(params, spacing=ct_spacing, shape=tuple(int(round(n * scale)) for n in params["shape"]),
+                     ct_blood=float(rng.uniform(*CT_BLOOD)))
+    window = int(round(rng.uniform(*CT_FOV) / ct_spacing))
+    top, left = ((n - window) // 2 for n in ct_params["shape"])
+    crop = (slice(max(top, 0), top + window), slice(max(left, 0), left + window))
+    out = {}
+    for modality, p in (("mr", params), ("ct", ct_params)):
+        h, w = p["shape"]
+        image = np.zeros((h, w, p["slices"]), np.int16)
+        labels = np.zeros((h, w, p["slices"]), np.int16)
+        noise = np.random.default_rng([seed, number, 3 if modality == "mr" else 4])
+        for k in range(p["slices"]):
+            position = k / max(1, p["slices"] - 1)
+            lab = slice_labels(p, position, 0.0)
+            vessels = vessel_masks(lab, p, position)
+            blood = np.any(list(vessels.values()), axis=0) if vessels else np.zeros(lab.shape, bool)
+            if modality == "mr":
+                picture = render(np.where(blood, 3, lab).astype(np.uint8), p, noise) * 1000.0
+            else:
+                picture = render_ct(lab, blood, p, noise)
+            image[..., k] = np.clip(np.rint(picture), -1024, 32767).astype(np.int16)
+            labels[..., k] = _mmwhs_labels(lab, vessels)
+        if modality == "ct":
+            image, labels = image[crop], labels[crop]
+        out[modality] = (image, labels, p["spacing"])
+    return out, params
+
+
+def write_multimodal_patient(out, seed, number, first_case=1001):
+    """Write patient ``number`` as ``mr_train/mr_train_<case>_image.nii.gz`` / ``_label.nii.gz``
+    and the same for ``ct_train`` (case ``first_case + number - 1``); returns the case number.
+
+    MR files carry ACDC's header conventions (voxel size in pixdim only), CT files a sform with
+    the voxel size in it, as scanners write them."""
+    volumes, params = multimodal_volumes(seed, number)
+    case = first_case + number - 1
+    for modality, (image, labels, spacing) in volumes.items():
+        folder = Path(out) / f"{modality}_train"
+        folder.mkdir(parents=True, exist_ok=True)
+        zooms = (spacing, spacing, params["slice_thickness"])
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) if modality == "mr" else np.diag([-spacing, -spacing,
+                                                                                   params["slice_thickness"], 1.0])
+        stem = folder / f"{modality}_train_{case}"
+        save_volume(image, affine, zooms, f"{stem}_image.nii.gz", np.int16)
+        save_volume(labels, affine, zooms, f"{stem}_label.nii.gz", np.int16)
+    return case
+
+
+def write_multimodal_cohort(out, patients=20, seed=0, progress=False):
+    """Write ``patients`` two-modality phantom patients (cases 1001 ...) under ``out`` in the
+    MM-WHS layout (``mr_train/``, ``ct_train/``)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for number in tqdm(range(1, patients + 1), desc="phantom (MR and CT)", unit="patient", disable=not progress):
+        write_multimodal_patient(out, seed, number)
     return out

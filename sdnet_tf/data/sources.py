@@ -1,6 +1,7 @@
 """Where training data comes from: the cohort folder a config names (an ACDC training folder
-or the built-in phantom cohort, generated into the cache on first use), the preprocessed-array
-cache, SDNet's training arrays and the masks of the shape priors and the U-Net.
+or the built-in phantom cohort, generated into the cache on first use; for ``mmwhs``, an
+MM-WHS-layout MR and CT folder or the two-modality phantom), the preprocessed-array cache,
+SDNet's training arrays and the masks of the shape priors and the U-Net.
 
 Data code: numpy, nibabel and scipy only; configs are read, never written.
 """
@@ -17,6 +18,9 @@ log = logging.getLogger("sdnet_tf.train")
 
 PHANTOM_PATIENTS = 20
 PHANTOM_VERSION = 2  # bumped when the phantom's generator changes, so a cached cohort is not reused
+# the two-modality phantom (MM-WHS layout), versioned on its own: its folder name never matches
+# the single-modality cohort's, and a change to either generator bumps only its own version
+MULTIMODAL_PHANTOM_VERSION = 1
 
 
 def cache_dir(config):
@@ -33,6 +37,20 @@ def phantom_folder(config):
     if not (folder / "complete").is_file():
         log.info("writing the phantom cohort to %s", folder)
         write_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
+        (folder / "complete").write_text("ok\n")
+    return folder
+
+
+def multimodal_phantom_folder(config):
+    """The built-in two-modality phantom (MR-like and CT-like renderings of the same patients,
+    MM-WHS layout), generated into the cache on first use."""
+    from sdnet_tf.data.phantom import write_multimodal_cohort
+
+    folder = Path(config.data.cache_dir).expanduser() / (f"phantom-mmwhs-v{MULTIMODAL_PHANTOM_VERSION}"
+                                                        f"-{PHANTOM_PATIENTS}-seed{config.data.phantom_seed}")
+    if not (folder / "complete").is_file():
+        log.info("writing the two-modality phantom cohort to %s", folder)
+        write_multimodal_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
         (folder / "complete").write_text("ok\n")
     return folder
 
@@ -57,7 +75,18 @@ def load_arrays(config):
                                         size=m.input_size, spacing=d.spacing)
         # the orientation every volume was brought into (sdnet_infer.geometry); predict and export read it
         return arrays, {"dataset": "acdc", "data": str(folder), "orientation": TRAINING_ORIENTATION, **description}
-    raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc")
+    if d.dataset == "mmwhs":
+        from sdnet_tf.data.mmwhs import SLICING, load_mmwhs
+
+        if not d.path:
+            raise DataError("mmwhs needs a data folder: --data DIR (mr_train/ and ct_train/ folders in the MM-WHS "
+                            "layout) or --data phantom")
+        folder = multimodal_phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
+        arrays, description = load_mmwhs(folder, d.split, d.labelled_fraction, seed=config.train.seed,
+                                         cache_dir=cache_dir(config), size=m.input_size, spacing=d.spacing)
+        return arrays, {"dataset": "mmwhs", "data": str(folder), "orientation": TRAINING_ORIENTATION,
+                        "slicing": SLICING, **description}
+    raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc, mmwhs")
 
 
 def cohort_folder(data_config):
@@ -96,15 +125,15 @@ def mask_sets(config, progress=True):
 def default_run_dir(kind, config, config_name=None, data=None):
     """Where a training run goes when no ``-o`` is given, one rule for every command.
 
-    SDNet (``kind`` "acdc" or "synthetic"): ``runs/<data folder or kind>-<config name or
-    default>``, with ``-split<N>`` for ACDC; a shape prior or the U-Net (``kind`` "nvae",
+    SDNet (``kind`` "acdc", "mmwhs" or "synthetic"): ``runs/<data folder or kind>-<config
+    name or default>``, with ``-split<N>`` for ACDC and MM-WHS; a shape prior or the U-Net (``kind`` "nvae",
     "acnn", "unet"): ``runs/<kind>[-shape]-<data folder>-split<N>`` ("-shape" for a U-Net
     with a shape loss).
     """
-    if kind in ("acdc", "synthetic"):
+    if kind in ("acdc", "mmwhs", "synthetic"):
         source = Path(data).name if data else kind
         name = f"{source}-{Path(config_name).stem if config_name else 'default'}"
-        return Path("runs") / (f"{name}-split{config.data.split}" if kind == "acdc" else name)
+        return Path("runs") / (f"{name}-split{config.data.split}" if kind != "synthetic" else name)
     source = Path(config.data.path).name or "data"
     suffix = "-shape" if kind == "unet" and config.loss.shape_prior else ""
     return Path("runs") / f"{kind}{suffix}-{source}-split{config.data.split}"
