@@ -26,6 +26,20 @@ def test_original_parameter_counts():
             assert sum(int(np.prod(v.shape)) for v in network.trainable_variables) == trainable, name
 
 
+def test_sixteen_anatomy_channels_of_the_multimodal_experiments_change_exactly_the_c_dependent_layers():
+    # MM-WHS MR + CT (2019 paper, 5.3-5.4) use C = 16: from the C = 8 counts, the 1x1 head gains
+    # 64 x 8 + 8, the modality encoder's first 3x3 conv 8 x 9 x 16 inputs, the segmentor's first
+    # 3x3 conv 8 x 9 x 64, and the decoder, whose every layer is C wide, is recounted
+    model = SDNet(anatomy_channels=16)
+    model.build()
+    c, nz = 16, 8
+    block = 2 * (9 * c * c + c) + (nz * 2 * c + 2 * c) + (2 * c * 2 * c + 2 * c)
+    expected = {"anatomy_encoder": 34_540_040 + 64 * 8 + 8, "modality_encoder": 95_744 + 8 * 9 * 16,
+                "decoder": 4 * block + 9 * c + 1, "segmentor": 42_372 + 8 * 9 * 64, "discriminator": 11_346_881}
+    assert {name: net.count_params() for name, net in model.networks().items()} == expected
+    assert expected["decoder"] == 24_081 and sum(expected.values()) == 46_055_398
+
+
 def test_discriminator_ends_at_14x14x1024():
     d = MaskDiscriminator()
     d.build_default()

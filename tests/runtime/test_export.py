@@ -132,6 +132,21 @@ def test_the_family_variants_export_with_parity_and_their_decoder_reads_z(tmp_pa
     assert np.abs(runtime.decode(anatomy, z[::-1]) - decoded).max() > 1e-3
 
 
+def test_sixteen_anatomy_channels_export_with_parity(tmp_path):
+    # the multimodal experiments' C = 16 (configs/sdnet-mmwhs.yaml): segmentation, z and decoder
+    keras.utils.set_random_seed(0)
+    _export_untrained(tmp_path, anatomy_channels=16)
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 1)).astype(np.float32)
+    runtime = SDNetRuntime(tmp_path / "export")
+    loaded, _ = load_run(tmp_path / "run")
+    assert np.abs(runtime.segment(images) - np.asarray(loaded.segment(images, training=False))).max() <= 1e-4
+    anatomy, mean, _ = runtime.decompose(images)
+    assert anatomy.shape == (4, 32, 32, 16)
+    _, _, expected_mean, _ = loaded.decompose(images, training=False, sample=False)
+    assert np.abs(mean - np.asarray(expected_mean)).max() <= 1e-4
+    assert np.abs(runtime.decode(anatomy, mean) - np.asarray(loaded.reconstruct(anatomy, mean))).max() <= 1e-4
+
+
 def test_the_miccai2018_precursor_exports_with_parity_and_predicts_the_myocardium(tmp_path, phantom_patient, capsys):
     # model.kind sdnet2018: one probability channel (MYO, ACDC label 2), z from the image alone
     # and deterministic (no log-variance), the decoder reading the binarised mask; predict writes
