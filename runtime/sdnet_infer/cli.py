@@ -54,6 +54,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
     from sdnet_infer.io import DataError, describe_os_error
+    from sdnet_infer.labels import SDNET_CHANNELS
     from sdnet_infer.model import ExportError, SDNetRuntime
     from sdnet_infer.predict import predict_files, summarise
     from sdnet_infer.qc import QualityControl, describe
@@ -65,8 +66,8 @@ def main(argv=None):
             onnxruntime.set_default_logger_severity(3)  # errors only
         runtime = SDNetRuntime(args.model, providers=args.provider, threads=args.threads,
                                batch_size=args.batch_size)
-        channels = runtime.meta.get("probability_channels", ["MYO", "LV", "RV"])
-        partial = len(channels) < 3  # a myocardium-only model: the anatomical checks need all three
+        channels = runtime.meta.get("probability_channels", SDNET_CHANNELS)
+        partial = len(channels) < len(SDNET_CHANNELS)  # a myocardium-only model: the checks need all three
         quality = None if args.no_qc or partial else QualityControl(runtime, runtime.meta.get("qc"))
         if not args.quiet:
             _line(f"sdnet-infer: {args.model} ({runtime.precision}) on {runtime.provider}")
