@@ -35,3 +35,22 @@ class SymbolicBuildModel(keras.Model):
         """Build for the constructor's input size and return self."""
         self.build(self.default_input_shape())
         return self
+
+
+class NetworkGroup(SymbolicBuildModel):
+    """A model made of named networks (``networks()``) that each build at their own input
+    shapes (SDNet, its MICCAI 2018 precursor); its input is ``input_size`` square images of
+    ``input_channels``."""
+
+    def networks(self):
+        raise NotImplementedError
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        for network in self.networks().values():
+            network.build_default()
+        self.built = True
+
+    def default_input_shape(self):
+        return (None, self.input_size, self.input_size, self.input_channels)

@@ -4,7 +4,7 @@ import keras
 
 from sdnet_tf.layers import PACKAGE
 from sdnet_tf.models.anatomy_encoder import AnatomyEncoder
-from sdnet_tf.models.base import SymbolicBuildModel
+from sdnet_tf.models.base import NetworkGroup
 from sdnet_tf.models.decoder import AdaINDecoder, FiLMDecoder
 from sdnet_tf.models.discriminator import MaskDiscriminator
 from sdnet_tf.models.lv_regressor import LVVolumeRegressor
@@ -15,7 +15,7 @@ NETWORKS = ("anatomy_encoder", "modality_encoder", "decoder", "segmentor", "disc
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SDNet(SymbolicBuildModel):
+class SDNet(NetworkGroup):
     """Spatial Decomposition Network.
 
     An image x is factorised into a binary anatomy s = AnatomyEncoder(x) and a modality vector
@@ -126,16 +126,6 @@ class SDNet(SymbolicBuildModel):
             "masks": masks,
             "score": self.discriminator(masks),
         }
-
-    def build(self, input_shape=None):
-        if self.built:
-            return
-        for network in self.networks().values():
-            network.build_default()
-        self.built = True
-
-    def default_input_shape(self):
-        return (None, self.input_size, self.input_size, self.input_channels)
 
     def get_config(self):
         config = super().get_config()

@@ -26,7 +26,7 @@ from keras import layers
 
 from sdnet_tf.layers import PACKAGE, Binarise
 from sdnet_tf.models.anatomy_encoder import AnatomyEncoder
-from sdnet_tf.models.base import SymbolicBuildModel
+from sdnet_tf.models.base import NetworkGroup, SymbolicBuildModel
 
 NETWORKS_2018 = ("decomposer", "reconstructor", "mask_discriminator", "image_discriminator")
 
@@ -205,7 +205,7 @@ class PatchDiscriminator(SymbolicBuildModel):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SDNet2018(SymbolicBuildModel):
+class SDNet2018(NetworkGroup):
     """The MICCAI 2018 precursor: decomposer, reconstructor, mask and image discriminators.
 
     The anatomy factor is a single myocardium channel; it is the segmentation (no separate
@@ -272,16 +272,6 @@ class SDNet2018(SymbolicBuildModel):
         return {"masks": mask, "anatomy": self.reconstructor.binarise(mask), "z": z,
                 "reconstruction": self.reconstruct(mask, z, training=training),
                 "mask_score": self.mask_discriminator(mask), "image_score": self.image_discriminator(inputs)}
-
-    def build(self, input_shape=None):
-        if self.built:
-            return
-        for network in self.networks().values():
-            network.build_default()
-        self.built = True
-
-    def default_input_shape(self):
-        return (None, self.input_size, self.input_size, self.input_channels)
 
     def get_config(self):
         config = super().get_config()
