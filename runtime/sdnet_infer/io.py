@@ -211,7 +211,7 @@ def parse_label_map(text):
 
 
 def read_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION,
-                slicing="auto"):
+                slicing="auto", ndim=(3,)):
     """Read a label volume into the training orientation and check it; returns a ``Volume``.
 
     Args:
@@ -222,11 +222,13 @@ def read_labels(path, image_shape=None, like=None, label_map=None, orientation=T
             ``parse_label_map``; stored values may be any integers, e.g. MM-WHS' 205, 500,
             600); stored labels outside it (other than 0) are refused.
         slicing: the slice-axis rule of ``read_geometry`` (the image's).
+        ndim: the dimensionalities accepted: (3,) for a frame's labels, (4,) for labels over
+            time (M&Ms' ``_sa_gt``: H x W x slices x time, labelled at ED and ES).
 
-    The ``Volume``'s data are uint8 labels (H, W, S) in ACDC's convention. Raises ``DataError``
+    The ``Volume``'s data are uint8 labels (H, W, S[, T]) in ACDC's convention. Raises ``DataError``
     naming the file(s) on any mismatch.
     """
-    volume = read_volume(path, kind="label volume", orientation=orientation, slicing=slicing)
+    volume = read_volume(path, ndim=ndim, kind="label volume", orientation=orientation, slicing=slicing)
     data = volume.data
     if like is not None:
         check_same_grid(volume, like, path)
@@ -249,9 +251,9 @@ def read_labels(path, image_shape=None, like=None, label_map=None, orientation=T
 
 
 def load_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION,
-                slicing="auto"):
-    """``read_labels`` as a tuple: ``(uint8 labels (H, W, S), zooms in mm, nibabel image)``."""
-    volume = read_labels(path, image_shape, like, label_map, orientation, slicing)
+                slicing="auto", ndim=(3,)):
+    """``read_labels`` as a tuple: ``(uint8 labels (H, W, S[, T]), zooms in mm, nibabel image)``."""
+    volume = read_labels(path, image_shape, like, label_map, orientation, slicing, ndim)
     return volume.data, volume.zooms, volume.image
 
 
