@@ -119,14 +119,26 @@ class TrainConfig:
     distribute: str = "none"
 
 
+VENDOR_LIST = {"items": str}  # a list of vendor letters, e.g. [A, B]
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | acdc | mmwhs (MR and CT at once, sdnet_tf/data/mmwhs.py)
+    # synthetic | acdc | mmwhs (MR and CT at once, sdnet_tf/data/mmwhs.py) | mnms (M&Ms 2020,
+    # several vendors, sdnet_tf/data/mnms.py)
+    dataset: str = "synthetic"
     path: str = ""
     split: int = 0
     labelled_fraction: float = 1.0
     augment: bool = True
     rotation_range: float = 90.0
+    # mnms: the challenge's CSV ("" : the one CSV in the data folder); the vendors whose training
+    # patients are labelled ([]: every vendor not named below), whose training patients give
+    # only unlabelled frames, and which are held out entirely for testing
+    mnms_csv: str = ""
+    train_vendors: list = field(default_factory=list, metadata=VENDOR_LIST)
+    unlabelled_vendors: list = field(default_factory=list, metadata=VENDOR_LIST)
+    test_vendors: list = field(default_factory=list, metadata=VENDOR_LIST)
     synthetic_images: int = 256
     synthetic_validation: int = 64
     spacing: float = DEFAULT_SPACING_MM  # in-plane mm per pixel after resampling (ACDC preprocessing)
@@ -325,7 +337,8 @@ def _build_section(section_cls, values, source):
     for name, value in values.items():
         f = fields[name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kwargs[name] = _check_choice(f, _coerce(value, type(default), f"{source}.{name}"), f"{source}.{name}")
+        kwargs[name] = _check_choice(f, _coerce(value, type(default), f"{source}.{name}", f.metadata.get("items")),
+                                     f"{source}.{name}")
     return section_cls(**kwargs)
 
 
@@ -351,7 +364,7 @@ def _check_choice(f, value, where):
     return value
 
 
-def _coerce(value, kind, where):
+def _coerce(value, kind, where, items=None):
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -369,6 +382,10 @@ def _coerce(value, kind, where):
             except ValueError:
                 pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if kind is list and items is str:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{where}: expected a list of names, e.g. [A, B], got {value!r}")
     if kind is list:
         if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                     for v in value):

@@ -43,6 +43,10 @@ class SDNetArrays:
         modalities: the modality names of a multimodal cohort (e.g. ("mr", "ct")); empty for one modality.
         labelled_modalities, unlabelled_modalities, validation_modalities: (N,), (M,), (V,) int,
             each image's index into ``modalities``; None for one modality.
+        vendors: the scanner vendors of a multi-vendor cohort (M&Ms: e.g. ("A", "B", "C", "D"));
+            empty when the cohort does not record them.
+        labelled_vendors, unlabelled_vendors, validation_vendors: (N,), (M,), (V,) int, each
+            image's index into ``vendors``; None without vendors.
     """
 
     labelled_images: np.ndarray
@@ -56,6 +60,10 @@ class SDNetArrays:
     labelled_modalities: np.ndarray = None
     unlabelled_modalities: np.ndarray = None
     validation_modalities: np.ndarray = None
+    vendors: tuple = ()
+    labelled_vendors: np.ndarray = None
+    unlabelled_vendors: np.ndarray = None
+    validation_vendors: np.ndarray = None
 
     def check(self, input_size=None, num_classes=None):
         """Raise ``DataError`` when the arrays do not fit together or the model."""
@@ -74,14 +82,16 @@ class SDNetArrays:
         for images, masks in (("labelled_images", "labelled_masks"), ("validation_images", "validation_masks")):
             if len(getattr(self, images)) != len(getattr(self, masks)):
                 raise DataError(f"{self.source}: {images} and {masks} differ in length")
-        for images in ("labelled_images", "unlabelled_images", "validation_images"):
-            labels = getattr(self, images.replace("images", "modalities"))
-            if labels is None:
-                continue
-            known = set(range(len(self.modalities)))
-            if len(labels) != len(getattr(self, images)) or not set(np.unique(labels).tolist()) <= known:
-                raise DataError(f"{self.source}: {images.replace('images', 'modalities')} must give one modality "
-                                f"index in 0..{len(self.modalities) - 1} per image")
+        for kind, names in (("modality", self.modalities), ("vendor", self.vendors)):
+            for images in ("labelled_images", "unlabelled_images", "validation_images"):
+                field_name = images.replace("images", "modalities" if kind == "modality" else "vendors")
+                labels = getattr(self, field_name)
+                if labels is None:
+                    continue
+                known = set(range(len(names)))
+                if len(labels) != len(getattr(self, images)) or not set(np.unique(labels).tolist()) <= known:
+                    raise DataError(f"{self.source}: {field_name} must give one {kind} index in "
+                                    f"0..{len(names) - 1} per image")
         if num_classes is not None:
             for name in ("labelled_masks", "real_masks", "validation_masks"):
                 if getattr(self, name).shape[-1] != num_classes:

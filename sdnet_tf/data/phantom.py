@@ -21,6 +21,11 @@ no bias field, finer pixels on a cardiac field of view). The two differ in the o
 tissue intensities, not only in scale. A descending aorta, the pulmonary artery and the left
 atrium (MM-WHS labels 820, 850, 420; blood in both modalities) are drawn beside the ventricles:
 the reader maps them to background, as it maps every structure but MYO, LV and RV.
+
+``write_mnms_cohort`` writes the cine phantom in the M&Ms layout (``sdnet_tf.data.mnms``): 4-D
+``<code>_sa.nii.gz`` and ``<code>_sa_gt.nii.gz`` (M&Ms labels 1 LV, 2 MYO, 3 RV at ED and ES only),
+vendors A-D in turn, each rendered in its own scanner style (the three above and a fourth,
+``VENDOR_D_STYLE``), and the challenge's CSV with ED and ES as 0-based time indices.
 """
 
 import logging
@@ -52,6 +57,12 @@ STYLES = (
     {"blood": 0.95, "myo": 0.45, "tissue": 0.35, "lung": 0.02, "fat": 0.60, "gamma": 1.4, "noise": 0.02,
      "spacing": (0.9, 1.3)},
 )
+# a fourth style, for the M&Ms-layout cohort's vendor D only (the ACDC-layout cohort draws from
+# STYLES, so adding it changes none of its patients): low blood-to-myocardium contrast, bright
+# fat, strong noise
+VENDOR_D_STYLE = {"blood": 0.65, "myo": 0.25, "tissue": 0.50, "lung": 0.08, "fat": 0.90, "gamma": 0.85, "noise": 0.06,
+                  "spacing": (1.2, 1.6)}
+MNMS_STYLES = STYLES + (VENDOR_D_STYLE,)  # vendor A, B, C, D: style 0, 1, 2, 3
 
 
 def _patient_rng(seed, number):
@@ -130,7 +141,7 @@ def slice_labels(params, position, phase):
 
 def render(labels, params, rng):
     """Intensities of one slice in the patient's scanner style (float, 0 to about 1)."""
-    s = STYLES[params["style"]]
+    s = MNMS_STYLES[params["style"]]
     h, w = labels.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ny, nx = (yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2)
@@ -157,8 +168,11 @@ def render(labels, params, rng):
 
 def patient_volumes(seed, number):
     """(cine (H, W, S, T) int16, labels per frame {index: (H, W, S)}, params, ED, ES)."""
-    params = patient_parameters(seed, number)
-    rng = _patient_rng(seed + 7919, number)
+    return _volumes(patient_parameters(seed, number), _patient_rng(seed + 7919, number))
+
+
+def _volumes(params, rng):
+    """``patient_volumes`` for given parameters and noise generator."""
     frames = params["frames"]
     ed, es = 1, max(2, int(round(0.35 * frames)) + 1)
     s = params["slices"]
@@ -351,4 +365,88 @@ def write_multimodal_cohort(out, patients=20, seed=0, progress=False):
     out.mkdir(parents=True, exist_ok=True)
     for number in tqdm(range(1, patients + 1), desc="phantom (MR and CT)", unit="patient", disable=not progress):
         write_multimodal_patient(out, seed, number)
+    return out
+
+
+# ------------------------------------------------------------------ several vendors, M&Ms layout
+MNMS_VENDORS = ("A", "B", "C", "D")
+MNMS_CSV = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"  # the open dataset's name
+MNMS_COLUMNS = ("", "External code", "VendorName", "Vendor", "Centre", "ED", "ES", "Pathology")
+MNMS_FOLDERS = {"A": "Training/Labeled", "B": "Training/Labeled", "C": "Validation", "D": "Testing"}
+# ACDC label -> M&Ms label (M&Ms: 1 LV, 2 MYO, 3 RV)
+_TO_MNMS = np.array([0, 3, 2, 1], np.uint8)
+
+
+def mnms_patient_parameters(seed, number):
+    """``patient_parameters`` with the scanner style of vendor ``MNMS_VENDORS[(number - 1) % 4]``
+    (style index = vendor index in ``MNMS_STYLES``) and an in-plane spacing from that style's
+    range, the field of view kept."""
+    params = patient_parameters(seed, number)
+    vendor = (number - 1) % len(MNMS_VENDORS)
+    spacing = float(np.random.default_rng([seed, number, 5]).uniform(*MNMS_STYLES[vendor]["spacing"]))
+    shape = tuple(int(round(n * params["spacing"] / spacing)) for n in params["shape"])
+    return dict(params, style=vendor, spacing=spacing, shape=shape, vendor=MNMS_VENDORS[vendor])
+
+
+def mnms_patient_volumes(seed, number):
+    """One M&Ms-layout phantom patient: (cine (H, W, S, T) int16, gt (H, W, S, T) uint8 in M&Ms
+    labels at ED and ES only, params, ED, ES as 0-based time indices).
+
+    The cycle is rotated so that ED falls at time index ``number % 3`` (0, 1 or 2), as a
+    cine's recording need not start at ED; the CSV gives both indices."""
+    params = mnms_patient_parameters(seed, number)
+    cine, labels, params, ed, es = _volumes(params, _patient_rng(seed + 7919, number))
+    frames = cine.shape[-1]
+    shift = number % 3
+    order = [(t - shift) % frames for t in range(frames)]  # time index t shows phantom frame order[t] + 1
+    cine = cine[..., order]
+    gt = np.zeros(cine.shape, np.uint8)
+    ed_index, es_index = (ed - 1 + shift) % frames, (es - 1 + shift) % frames
+    gt[..., ed_index] = _TO_MNMS[labels[ed]]
+    gt[..., es_index] = _TO_MNMS[labels[es]]
+    return cine, gt, params, ed_index, es_index
+
+
+def mnms_code(number):
+    """The phantom's 'External code' of patient ``number``."""
+    return f"PH{number:04d}"
+
+
+def write_mnms_patient(out, seed, number):
+    """Write patient ``number`` as ``<folder>/<code>/<code>_sa.nii.gz`` and ``<code>_sa_gt.nii.gz``
+    (4-D, a sform with the voxel size in it, as scanners write), the folder by vendor
+    (``MNMS_FOLDERS``); returns its CSV row (a dict over ``MNMS_COLUMNS``)."""
+    cine, gt, params, ed, es = mnms_patient_volumes(seed, number)
+    code = mnms_code(number)
+    folder = Path(out) / MNMS_FOLDERS[params["vendor"]] / code
+    folder.mkdir(parents=True, exist_ok=True)
+    sp, thickness = params["spacing"], params["slice_thickness"]
+    affine = np.diag([-sp, -sp, thickness, 1.0])
+    zooms = (sp, sp, thickness, 1.0)
+    save_volume(cine, affine, zooms, folder / f"{code}_sa.nii.gz", np.int16)
+    save_volume(gt, affine, zooms, folder / f"{code}_sa_gt.nii.gz", np.uint8)
+    vendor = params["vendor"]
+    return {"": number - 1, "External code": code, "VendorName": f"phantom style {params['style']}",
+            "Vendor": vendor, "Centre": MNMS_VENDORS.index(vendor) + 1, "ED": ed, "ES": es,
+            "Pathology": params["group"]}
+
+
+def write_mnms_cohort(out, patients=20, seed=0, progress=False):
+    """Write ``patients`` phantom patients in the M&Ms layout under ``out``, vendors A, B, C, D in
+    turn (four scanner styles, ``MNMS_STYLES``), with the challenge's CSV (``MNMS_CSV``; ED and ES
+    0-based)."""
+    import csv
+    import io
+
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [write_mnms_patient(out, seed, number)
+            for number in tqdm(range(1, patients + 1), desc="phantom (M&Ms)", unit="patient", disable=not progress)]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, MNMS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / MNMS_CSV, text.getvalue())
     return out
