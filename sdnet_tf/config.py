@@ -132,6 +132,11 @@ class DataConfig:
     labelled_fraction: float = 1.0
     augment: bool = True
     rotation_range: float = 90.0
+    # Resolution augmentation (Liu et al., M&Ms 2020): each training image and mask rescaled to
+    # a pixel side drawn uniformly in resolution_range (mm), from data.spacing, then centre
+    # cropped or padded back (data/augment.py rescale_batch); read with augment true only
+    resolution_augmentation: bool = False
+    resolution_range: list = field(default_factory=lambda: [0.977, 1.641])
     # mnms: the challenge's CSV ("" : the one CSV in the data folder); the vendors whose training
     # patients are labelled ([]: every vendor not named below), whose training patients give
     # only unlabelled frames, and which are held out entirely for testing

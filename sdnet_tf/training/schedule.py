@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdnet_tf.data.augment import rotate_batch
+from sdnet_tf.data.augment import rescale_batch, rotate_batch
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ def sdnet_schedule(adversarial=10.0, lv_volume_head=False):
 
 # Stream identifiers of the sampler's random generators: every draw is a pure function of
 # (seed, stream, counter), so a resumed run draws exactly what an uninterrupted one would.
-_STREAMS = {"labelled": 1, "unlabelled": 2, "disc_images": 3, "real_masks": 4, "augment": 5, "z": 6, "pool": 7}
+_STREAMS = {"labelled": 1, "unlabelled": 2, "disc_images": 3, "real_masks": 4, "augment": 5, "z": 6, "pool": 7,
+            "resolution": 8}
 
 
 def _rng(seed, stream, *counters):
@@ -147,18 +148,35 @@ class BatchSampler:
         arrays: an ``SDNetArrays`` with the training arrays.
         batch_size: images per batch (4 in the original).
         seed: the run's seed.
-        augment: apply the rotation augmentation.
+        augment: apply the augmentations (rotation, and the resolution augmentation when
+            ``resolution_range`` is given).
         rotation_range: rotations are uniform in [-rotation_range, rotation_range] degrees.
         nz: size of z, for the prior samples of the z-reconstruction steps.
+        resolution_range: (lo, hi) in mm, or None for no resolution augmentation: each image
+            of every training batch (and its mask) is first resampled to a pixel side drawn
+            uniformly in [lo, hi] from ``spacing`` (``augment.rescale_batch``), then rotated.
+        spacing: the pixel side of the arrays in mm (``data.spacing``).
+
+    The draws of each augmentation come from their own stream, so turning the resolution
+    augmentation on leaves the rotation angles (and every batch's images) as they were.
     """
 
-    def __init__(self, arrays, batch_size, seed, augment=True, rotation_range=90.0, nz=8):
+    def __init__(self, arrays, batch_size, seed, augment=True, rotation_range=90.0, nz=8, resolution_range=None,
+                 spacing=None):
         self.arrays = arrays
         self.batch_size = batch_size
         self.seed = seed
         self.augment = augment
         self.rotation_range = rotation_range
         self.nz = nz
+        if resolution_range is not None:
+            lo, hi = (float(v) for v in resolution_range)
+            if not 0 < lo <= hi or spacing is None or not spacing > 0:
+                raise ValueError(f"resolution range {resolution_range} mm must be 0 < lo <= hi, with the arrays' "
+                                 f"pixel spacing (got {spacing})")
+            resolution_range = (lo, hi)
+        self.resolution_range = resolution_range
+        self.spacing = spacing
         self._disc_images = None
 
     def iterations_per_epoch(self):
@@ -169,7 +187,15 @@ class BatchSampler:
         index = _cycled_indices(len(data), self.seed, stream, iteration, self.batch_size)
         return data[index], (extra[index] if extra is not None else None)
 
-    def _rotate(self, iteration, which, images, masks=None):
+    def pixel_sizes(self, iteration, which, count):
+        """The (count,) pixel sides in mm the resolution augmentation draws for batch ``which``
+        (0 labelled, 1 unlabelled, 2 discriminator images, 3 real masks) of ``iteration``."""
+        return _rng(self.seed, "resolution", iteration, which).uniform(*self.resolution_range, size=count)
+
+    def _augment(self, iteration, which, images, masks=None):
+        if self.augment and self.resolution_range is not None:
+            images, masks = rescale_batch(images, masks, self.pixel_sizes(iteration, which, len(images)),
+                                          self.spacing)
         if not self.augment or self.rotation_range == 0:
             return images, masks
         angles = _rng(self.seed, "augment", iteration, which).uniform(
@@ -180,13 +206,13 @@ class BatchSampler:
         """All inputs of one iteration as a dict of float32 arrays."""
         a = self.arrays
         images, masks = self._take(a.labelled_images, "labelled", iteration, a.labelled_masks)
-        images, masks = self._rotate(iteration, 0, images, masks)
+        images, masks = self._augment(iteration, 0, images, masks)
         unlabelled, _ = self._take(a.unlabelled_images, "unlabelled", iteration)
-        unlabelled, _ = self._rotate(iteration, 1, unlabelled)
+        unlabelled, _ = self._augment(iteration, 1, unlabelled)
         disc_images, _ = self._take(self.discriminator_images(), "disc_images", iteration)
-        disc_images, _ = self._rotate(iteration, 2, disc_images)
+        disc_images, _ = self._augment(iteration, 2, disc_images)
         real_masks, _ = self._take(a.real_masks, "real_masks", iteration)
-        _, real_masks = self._rotate(iteration, 3, real_masks[..., :1], real_masks)
+        _, real_masks = self._augment(iteration, 3, real_masks[..., :1], real_masks)
         z = _rng(self.seed, "z", iteration)
         return {
             "labelled_images": images,

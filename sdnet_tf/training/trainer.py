@@ -84,8 +84,10 @@ class Trainer(Task):
         t = config.train
         self.engine = engine if engine is not None else sdnet_engine(model, config, self.run_dir)
         self.schedule = self.engine.schedule  # without the discriminator step at adversarial weight 0
-        self.sampler = BatchSampler(arrays, t.batch_size, t.seed, augment=config.data.augment,
-                                    rotation_range=config.data.rotation_range, nz=config.model.nz)
+        d = config.data
+        self.sampler = BatchSampler(arrays, t.batch_size, t.seed, augment=d.augment, rotation_range=d.rotation_range,
+                                    nz=config.model.nz, spacing=d.spacing,
+                                    resolution_range=d.resolution_range if d.resolution_augmentation else None)
         self.pool = FakePool(t.pool_size)
         self.average = None
         if t.weight_average:
