@@ -97,11 +97,12 @@ def summary(config, overrides):
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(["synthetic", "acdc", "mmwhs", "nvae", "acnn", "unet"]),
+@click.argument("dataset", type=click.Choice(["synthetic", "acdc", "mmwhs", "mnms", "nvae", "acnn", "unet"]),
                 default="synthetic")
 @click.option("--data", default=None, metavar="DIR|phantom",
               help="For acdc: an ACDC training folder, or 'phantom' for the built-in phantom cohort; for mmwhs: "
                    "a folder with mr_train/ and ct_train/ (MM-WHS layout), or 'phantom' for the two-modality "
+                   "phantom; for mnms: a folder in the M&Ms layout with its CSV, or 'phantom' for the four-vendor "
                    "phantom.")
 @click.option("--split", type=click.IntRange(0, 2), default=None, help="Which of the three 70/15/15 splits.")
 @click.option("-c", "--config", default=None, help="Config name in configs/ or a YAML path.")
@@ -137,8 +138,10 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     DATASET "acdc" reads an ACDC-layout folder (--data DIR) or the built-in phantom cohort
     (--data phantom, generated into the cache on first use) with the original preprocessing;
     "mmwhs" reads MR and CT volumes in the MM-WHS layout (--data DIR) or the two-modality
-    phantom (--data phantom) and trains on both at once; "synthetic" is a set of seeded discs
-    and rings (no download).
+    phantom (--data phantom) and trains on both at once; "mnms" reads an M&Ms-layout folder
+    (--data DIR) or the four-vendor phantom (--data phantom), the vendors' roles set by
+    data.train_vendors, data.unlabelled_vendors and data.test_vendors; "synthetic" is a set of
+    seeded discs and rings (no download).
 
     The shape priors and the U-Net baseline have their own commands, 'sdnet-tf prior train
     nvae|acnn' and 'sdnet-tf baseline train unet'; the older spellings 'train nvae|acnn|unet'

@@ -147,3 +147,29 @@ def test_multimodal_configs_round_trip_and_are_sdnet_with_16_anatomy_channels(tm
         original = load_config("sdnet-acdc")
         original.model.anatomy_channels = 16
         assert config.model == original.model and config.loss == original.loss and config.train == original.train
+
+
+@pytest.mark.parametrize("name", ["sdnet-mnms", "sdnet-mnms-phantom-quick"])
+def test_mnms_configs_round_trip_with_liu_et_al_s_vendors_and_resolution_augmentation(tmp_path, name):
+    config = load_config(name)
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+    d = config.data
+    assert d.dataset == "mnms" and d.resolution_augmentation and d.augment
+    assert (d.train_vendors, d.unlabelled_vendors, d.test_vendors) == (["A", "B"], ["C"], ["D"])
+    # the zoom factors spacing / side are the same at either spacing: 1.37 / 1.641 .. 1.37 / 0.977
+    assert [round(d.spacing / side, 2) for side in d.resolution_range] == [1.40, 0.83]
+    if name == "sdnet-mnms":  # the original SDNet
+        original = load_config("sdnet-acdc")
+        assert config.model == original.model and config.loss == original.loss and config.train == original.train
+        assert d.resolution_range == [0.977, 1.641]  # sqrt of the paper's 0.954-2.692 mm^2 pixel areas
+
+
+def test_vendor_lists_take_names_only():
+    config = load_config(None, ["data.test_vendors=[D]", "data.train_vendors=[A, B]"])
+    assert config.data.test_vendors == ["D"] and config.data.train_vendors == ["A", "B"]
+    assert Config().data.train_vendors == [] and not Config().data.resolution_augmentation
+    with pytest.raises(ConfigError, match=r"data.test_vendors: expected a list of names, e.g. \[A, B\], got 4"):
+        load_config(None, ["data.test_vendors=4"])
+    with pytest.raises(ConfigError, match="expected a list of names"):
+        load_config(None, ["data.train_vendors=[1, 2]"])

@@ -1,6 +1,7 @@
 """Where training data comes from: the cohort folder a config names (an ACDC training folder
 or the built-in phantom cohort, generated into the cache on first use; for ``mmwhs``, an
-MM-WHS-layout MR and CT folder or the two-modality phantom), the preprocessed-array cache,
+MM-WHS-layout MR and CT folder or the two-modality phantom; for ``mnms``, an M&Ms-layout
+folder or the four-vendor phantom), the preprocessed-array cache,
 SDNet's training arrays and the masks of the shape priors and the U-Net.
 
 Data code: numpy, nibabel and scipy only; configs are read, never written.
@@ -21,6 +22,7 @@ PHANTOM_VERSION = 2  # bumped when the phantom's generator changes, so a cached 
 # the two-modality phantom (MM-WHS layout), versioned on its own: its folder name never matches
 # the single-modality cohort's, and a change to either generator bumps only its own version
 MULTIMODAL_PHANTOM_VERSION = 1
+MNMS_PHANTOM_VERSION = 1  # the four-vendor phantom (M&Ms layout), versioned on its own as well
 
 
 def cache_dir(config):
@@ -51,6 +53,20 @@ def multimodal_phantom_folder(config):
     if not (folder / "complete").is_file():
         log.info("writing the two-modality phantom cohort to %s", folder)
         write_multimodal_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
+        (folder / "complete").write_text("ok\n")
+    return folder
+
+
+def mnms_phantom_folder(config):
+    """The built-in four-vendor phantom (vendors A-D in four scanner styles, M&Ms layout with
+    its CSV), generated into the cache on first use."""
+    from sdnet_tf.data.phantom import write_mnms_cohort
+
+    folder = Path(config.data.cache_dir).expanduser() / (f"phantom-mnms-v{MNMS_PHANTOM_VERSION}"
+                                                        f"-{PHANTOM_PATIENTS}-seed{config.data.phantom_seed}")
+    if not (folder / "complete").is_file():
+        log.info("writing the four-vendor phantom cohort to %s", folder)
+        write_mnms_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
         (folder / "complete").write_text("ok\n")
     return folder
 
@@ -86,7 +102,19 @@ def load_arrays(config):
                                          cache_dir=cache_dir(config), size=m.input_size, spacing=d.spacing)
         return arrays, {"dataset": "mmwhs", "data": str(folder), "orientation": TRAINING_ORIENTATION,
                         "slicing": SLICING, **description}
-    raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc, mmwhs")
+    if d.dataset == "mnms":
+        from sdnet_tf.data.mnms import load_mnms
+
+        if not d.path:
+            raise DataError("mnms needs a data folder: --data DIR (the M&Ms layout: Training/, Validation/, Testing/ "
+                            "and the challenge's CSV) or --data phantom")
+        folder = mnms_phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
+        arrays, description = load_mnms(folder, d.split, d.labelled_fraction, seed=config.train.seed,
+                                        cache_dir=cache_dir(config), size=m.input_size, spacing=d.spacing,
+                                        csv_path=d.mnms_csv, train_vendors=d.train_vendors,
+                                        unlabelled_vendors=d.unlabelled_vendors, test_vendors=d.test_vendors)
+        return arrays, {"dataset": "mnms", "data": str(folder), "orientation": TRAINING_ORIENTATION, **description}
+    raise DataError(f"unknown dataset {d.dataset!r}; available: synthetic, acdc, mmwhs, mnms")
 
 
 def cohort_folder(data_config):
@@ -125,12 +153,12 @@ def mask_sets(config, progress=True):
 def default_run_dir(kind, config, config_name=None, data=None):
     """Where a training run goes when no ``-o`` is given, one rule for every command.
 
-    SDNet (``kind`` "acdc", "mmwhs" or "synthetic"): ``runs/<data folder or kind>-<config
-    name or default>``, with ``-split<N>`` for ACDC and MM-WHS; a shape prior or the U-Net (``kind`` "nvae",
+    SDNet (``kind`` "acdc", "mmwhs", "mnms" or "synthetic"): ``runs/<data folder or kind>-<config
+    name or default>``, with ``-split<N>`` for ACDC, MM-WHS and M&Ms; a shape prior or the U-Net (``kind`` "nvae",
     "acnn", "unet"): ``runs/<kind>[-shape]-<data folder>-split<N>`` ("-shape" for a U-Net
     with a shape loss).
     """
-    if kind in ("acdc", "mmwhs", "synthetic"):
+    if kind in ("acdc", "mmwhs", "mnms", "synthetic"):
         source = Path(data).name if data else kind
         name = f"{source}-{Path(config_name).stem if config_name else 'default'}"
         return Path("runs") / (f"{name}-split{config.data.split}" if kind != "synthetic" else name)
