@@ -136,7 +136,7 @@ class DataConfig:
     # a pixel side drawn uniformly in resolution_range (mm), from data.spacing, then centre
     # cropped or padded back (data/augment.py rescale_batch); read with augment true only
     resolution_augmentation: bool = False
-    resolution_range: list = field(default_factory=lambda: [0.977, 1.641])
+    resolution_range: list = field(default_factory=lambda: [0.977, 1.641], metadata={"interval": True})
     # mnms: the challenge's CSV ("" : the one CSV in the data folder); the vendors whose training
     # patients are labelled ([]: every vendor not named below), whose training patients give
     # only unlabelled frames, and which are held out entirely for testing
@@ -353,11 +353,14 @@ def _section_field(section_cls, name):
 
 def _check_choice(f, value, where):
     """``value``, or a ``ConfigError`` when the field lists its ``choices`` and the value is
-    not one of them, or sets a ``minimum`` (loss weights: 0) and the value is below it or not
-    finite."""
+    not one of them, sets a ``minimum`` (loss weights: 0) and the value is below it or not
+    finite, or is an ``interval`` and the value is not [lo, hi] with 0 < lo <= hi."""
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{where} {value!r}: expected one of {', '.join(choices)}")
+    numbers = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
+    if f.metadata.get("interval") and numbers and not (len(value) == 2 and 0 < value[0] <= value[1] < math.inf):
+        raise ConfigError(f"{where} {value!r}: expected [lo, hi] with 0 < lo <= hi")
     minimum = f.metadata.get("minimum")
     if minimum is not None and not isinstance(value, bool):
         try:

@@ -173,3 +173,6 @@ def test_vendor_lists_take_names_only():
         load_config(None, ["data.test_vendors=4"])
     with pytest.raises(ConfigError, match="expected a list of names"):
         load_config(None, ["data.train_vendors=[1, 2]"])
+    for bad in ("[1.6, 1.0]", "[0, 1.0]", "[1.0]"):
+        with pytest.raises(ConfigError, match=r"data.resolution_range.*expected \[lo, hi\] with 0 < lo <= hi"):
+            load_config(None, [f"data.resolution_range={bad}"])

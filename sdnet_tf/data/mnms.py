@@ -113,7 +113,7 @@ class CsvRow:
 
 def _is_mnms_csv(path):
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError):
         return False
@@ -153,7 +153,7 @@ def read_csv(path):
     """
     path = Path(path)
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot read the CSV ({error})") from error

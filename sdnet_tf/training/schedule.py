@@ -158,7 +158,7 @@ class BatchSampler:
         spacing: the pixel side of the arrays in mm (``data.spacing``).
 
     The draws of each augmentation come from their own stream, so turning the resolution
-    augmentation on leaves the rotation angles (and every batch's images) as they were.
+    augmentation on leaves the rotation angles, and the images each batch takes, as they were.
     """
 
     def __init__(self, arrays, batch_size, seed, augment=True, rotation_range=90.0, nz=8, resolution_range=None,
