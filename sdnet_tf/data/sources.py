@@ -30,17 +30,38 @@ def cache_dir(config):
     return Path(config.data.cache_dir).expanduser() / "preprocessed"
 
 
+def _cached_cohort(config, name, writer, what):
+    """``cache_dir/name``, written by ``writer(folder, patients, seed, progress=True)`` on first
+    use: into a temporary folder renamed into place when complete, so a process that stops
+    half-way leaves nothing that looks finished, and two processes writing at once (test
+    workers) both end with the one complete cohort."""
+    import os
+    import shutil
+
+    folder = Path(config.data.cache_dir).expanduser() / name
+    if (folder / "complete").is_file():
+        return folder
+    log.info("writing the %s to %s", what, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    writer(staging, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
+    (staging / "complete").write_text("ok\n")
+    if folder.is_dir() and not (folder / "complete").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # a cohort an earlier version left unfinished
+    try:
+        os.rename(staging, folder)
+    except OSError:  # another process finished first: its cohort is the same
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def phantom_folder(config):
-    """The built-in phantom cohort, generated into the cache on first use."""
+    """The built-in phantom cohort (ACDC layout), generated into the cache on first use."""
     from sdnet_tf.data.phantom import write_cohort
 
-    folder = Path(config.data.cache_dir).expanduser() / (f"phantom-v{PHANTOM_VERSION}-{PHANTOM_PATIENTS}"
-                                                        f"-seed{config.data.phantom_seed}")
-    if not (folder / "complete").is_file():
-        log.info("writing the phantom cohort to %s", folder)
-        write_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
-        (folder / "complete").write_text("ok\n")
-    return folder
+    return _cached_cohort(config, f"phantom-v{PHANTOM_VERSION}-{PHANTOM_PATIENTS}-seed{config.data.phantom_seed}",
+                          write_cohort, "phantom cohort")
 
 
 def multimodal_phantom_folder(config):
@@ -48,13 +69,8 @@ def multimodal_phantom_folder(config):
     MM-WHS layout), generated into the cache on first use."""
     from sdnet_tf.data.phantom import write_multimodal_cohort
 
-    folder = Path(config.data.cache_dir).expanduser() / (f"phantom-mmwhs-v{MULTIMODAL_PHANTOM_VERSION}"
-                                                        f"-{PHANTOM_PATIENTS}-seed{config.data.phantom_seed}")
-    if not (folder / "complete").is_file():
-        log.info("writing the two-modality phantom cohort to %s", folder)
-        write_multimodal_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
-        (folder / "complete").write_text("ok\n")
-    return folder
+    return _cached_cohort(config, f"phantom-mmwhs-v{MULTIMODAL_PHANTOM_VERSION}-{PHANTOM_PATIENTS}"
+                          f"-seed{config.data.phantom_seed}", write_multimodal_cohort, "two-modality phantom cohort")
 
 
 def mnms_phantom_folder(config):
@@ -62,13 +78,8 @@ def mnms_phantom_folder(config):
     its CSV), generated into the cache on first use."""
     from sdnet_tf.data.phantom import write_mnms_cohort
 
-    folder = Path(config.data.cache_dir).expanduser() / (f"phantom-mnms-v{MNMS_PHANTOM_VERSION}"
-                                                        f"-{PHANTOM_PATIENTS}-seed{config.data.phantom_seed}")
-    if not (folder / "complete").is_file():
-        log.info("writing the four-vendor phantom cohort to %s", folder)
-        write_mnms_cohort(folder, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
-        (folder / "complete").write_text("ok\n")
-    return folder
+    return _cached_cohort(config, f"phantom-mnms-v{MNMS_PHANTOM_VERSION}-{PHANTOM_PATIENTS}"
+                          f"-seed{config.data.phantom_seed}", write_mnms_cohort, "four-vendor phantom cohort")
 
 
 def load_arrays(config):

@@ -304,3 +304,27 @@ def test_a_damaged_preprocessing_cache_is_one_error_naming_it(tmp_path):
     cached.write_bytes(cached.read_bytes()[:10])
     with pytest.raises(DataError, match="not a readable .npz file.*delete it to preprocess the cohort again"):
         preprocess_cohort(cohort, tmp_path / "cache", size=32, progress=False, spacing=5.0)
+
+
+def test_a_cached_cohort_appears_only_when_complete_and_is_written_once(tmp_path):
+    from types import SimpleNamespace
+
+    from sdnet_tf.data.sources import _cached_cohort
+
+    config = SimpleNamespace(data=SimpleNamespace(cache_dir=str(tmp_path), phantom_seed=0))
+    calls = []
+
+    def writer(folder, patients, seed, progress=False):
+        calls.append(folder)
+        assert folder != tmp_path / "cohort"  # written aside, renamed into place when complete
+        assert not (tmp_path / "cohort" / "complete").exists()
+        folder.mkdir(parents=True)
+        (folder / "patient001").write_text("x")
+
+    (tmp_path / "cohort").mkdir()  # what a writer stopped half-way left: no "complete" marker
+    (tmp_path / "cohort" / "half").write_text("x")
+    folder = _cached_cohort(config, "cohort", writer, "test cohort")
+    assert folder == tmp_path / "cohort" and len(calls) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["complete", "patient001"]
+    assert _cached_cohort(config, "cohort", writer, "test cohort") == folder and len(calls) == 1
+    assert not list(tmp_path.glob(".cohort.*"))
