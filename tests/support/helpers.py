@@ -117,3 +117,14 @@ def assert_same_iteration(expected, got):
         np.testing.assert_allclose(got[name], expected[name], err_msg=name,
                                    rtol=OPTIMIZER_RTOL if optimizer else MODEL_RTOL,
                                    atol=OPTIMIZER_ATOL if optimizer else MODEL_ATOL)
+
+
+LEARNING_SPACING = 5.0  # mm per pixel of the learning checks' 32 x 32 phantom images
+
+
+def best_and_first(run, key="val_dice_mean"):
+    """The best and the first epoch's value of ``key`` in a run's ``history.csv``."""
+    import csv
+
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    return max(float(r[key]) for r in rows), float(rows[0][key])
