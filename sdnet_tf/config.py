@@ -21,6 +21,10 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used."""
 
 
+NON_NEGATIVE = {"minimum": 0.0}  # a loss weight: a negative one would reward the loss
+AT_LEAST_ONE = {"minimum": 1}  # a size or a count
+
+
 @dataclass
 class ModelConfig:
     # sdnet (the 2019 journal model, models.SDNet) | sdnet2018 (the MICCAI 2018 precursor,
@@ -28,12 +32,12 @@ class ModelConfig:
     # input_channels, nz, unet_filters, unet_depth and discriminator_filters, and needs
     # num_classes 1)
     kind: str = field(default="sdnet", metadata={"choices": ("sdnet", "sdnet2018")})
-    input_size: int = 224
+    input_size: int = field(default=224, metadata=AT_LEAST_ONE)
     input_channels: int = 1
     anatomy_channels: int = 8
     nz: int = 8
     unet_filters: int = 64
-    unet_depth: int = 4
+    unet_depth: int = field(default=4, metadata=AT_LEAST_ONE)
     num_classes: int = 3
     segmentor_filters: int = 64
     modality_filters: int = 16
@@ -50,7 +54,6 @@ class ModelConfig:
     lv_volume_head: bool = False
 
 
-NON_NEGATIVE = {"minimum": 0.0}  # a loss weight: a negative one would reward the loss
 
 
 @dataclass
@@ -86,13 +89,13 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 4
+    batch_size: int = field(default=4, metadata=AT_LEAST_ONE)
     learning_rate: float = 1e-4
     beta_1: float = 0.5
     beta_2: float = 0.999
     epsilon: float = 1e-7
     decay: float = 1e-4
-    epochs: int = 500
+    epochs: int = field(default=500, metadata=AT_LEAST_ONE)
     iterations_per_epoch: int = 0  # 0: ceil(max(#labelled, #unlabelled) / batch_size), as the original
     patience: int = 100
     min_delta: float = 0.01
@@ -105,7 +108,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     image_summaries: int = 4  # images written to TensorBoard each epoch (0: none)
     log_every: int = 10  # iterations between lines of scalars.jsonl (and TensorBoard scalars on TensorFlow)
-    validation_batch_size: int = 16
+    validation_batch_size: int = field(default=16, metadata=AT_LEAST_ONE)
     # before each validation, recompute every BatchNorm's moving statistics from this many
     # batches (of validation_batch_size unaugmented training images) with the current weights
     # ("precise BN", sdnet_tf/training/batchnorm.py); 0 keeps the moving averages, as the original
@@ -233,7 +236,7 @@ class PriorModelConfig:
 
 @dataclass
 class PriorTrainConfig:
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=AT_LEAST_ONE)
     epochs: int = 100
     steps_per_epoch: int = 0  # 0: one pass over the training masks
     max_steps: int = 0  # 0: epochs * steps_per_epoch; else stop after this many steps in total
@@ -305,7 +308,7 @@ class SegmentationLossConfig:
 
 @dataclass
 class SegmentationTrainConfig:
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=AT_LEAST_ONE)
     epochs: int = 50
     steps_per_epoch: int = 0
     max_steps: int = 0

@@ -176,3 +176,18 @@ def test_vendor_lists_take_names_only():
     for bad in ("[1.6, 1.0]", "[0, 1.0]", "[1.0]"):
         with pytest.raises(ConfigError, match=r"data.resolution_range.*expected \[lo, hi\] with 0 < lo <= hi"):
             load_config(None, [f"data.resolution_range={bad}"])
+
+
+def test_sizes_and_counts_below_one_and_sizes_the_networks_cannot_take_are_one_line_errors(tmp_path):
+    from sdnet_tf.apps.train import build_sdnet, train_run
+
+    for key in ("train.batch_size=0", "train.epochs=0", "model.input_size=0", "train.validation_batch_size=-4"):
+        with pytest.raises(ConfigError, match="at least 1"):
+            load_config(None, [key])
+    with pytest.raises(ConfigError, match="input_size 100 is not divisible by 2\\*\\*depth = 16"):
+        build_sdnet(load_config(None, ["model.input_size=100"]))
+    with pytest.raises(ConfigError, match="not divisible"):
+        build_sdnet(load_config("sdnet2018-acdc", ["model.input_size=100"]))
+    with pytest.raises(ConfigError, match="not divisible"):  # before any data are read or written
+        train_run(load_config(None, ["model.input_size=100", "data.path=/nonexistent"]), tmp_path / "run")
+    assert not (tmp_path / "run" / "data.json").exists()

@@ -48,6 +48,7 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     check_output_location(run_dir)  # a run directory that cannot be made fails before any work
+    build_sdnet(config)  # sizes the networks cannot take fail before the data are read (no weights made)
     description = None
     if arrays is None:
         # before the run directory exists: bad data leaves no half-made run behind
@@ -124,7 +125,8 @@ def build_sdnet(config, seed=None):
 
     Raises:
         ConfigError: ``sdnet2018`` with ``model.num_classes`` other than 1 (it segments the
-            myocardium only).
+            myocardium only), or sizes the networks cannot take (``model.input_size`` not
+            divisible by 2**``model.unet_depth``).
     """
     from sdnet_tf.models import SDNet, SDNet2018
 
@@ -132,8 +134,13 @@ def build_sdnet(config, seed=None):
         if config.model.num_classes != 1:
             raise ConfigError(f"model.kind sdnet2018 segments the myocardium only: set model.num_classes 1, "
                               f"not {config.model.num_classes}")
-        return SDNet2018(**model_kwargs(config))
-    return SDNet(**model_kwargs(config), seed=seed)
+        build, kwargs = SDNet2018, model_kwargs(config)
+    else:
+        build, kwargs = SDNet, dict(model_kwargs(config), seed=seed)
+    try:
+        return build(**kwargs)
+    except ValueError as error:  # sizes the networks cannot take (an input size not divisible by 2**depth)
+        raise ConfigError(f"model: {error}") from error
 
 
 def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
