@@ -167,6 +167,10 @@ class Loop:
         A checkpoint is written whenever the loop returns."""
         total = self.total_steps if stop_at is None else min(self.total_steps, stop_at)
         state, task = self.state, self.task
+        if state["step"] and state["step"] >= total and not state["stopped"]:
+            # a resumed run asked for no more than it has done (e.g. --epochs below the epochs done)
+            log.info("%s: %d steps (epoch %d) done already, at or past the %d asked for; nothing to train",
+                     task.name, state["step"], state["step"] // self.steps_per_epoch, total)
         while state["step"] < total and not state["stopped"]:
             epoch = state["step"] // self.steps_per_epoch
             epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)

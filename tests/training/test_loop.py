@@ -61,6 +61,16 @@ def test_a_resumed_loop_ends_where_an_uninterrupted_one_does(tmp_path):
     assert steps[:3] == [1, 2, 2] and max(steps) == 6
 
 
+def test_a_resumed_run_asked_for_fewer_steps_than_done_says_so_and_trains_nothing(tmp_path, caplog):
+    _loop(tmp_path / "run").run()
+    shorter = Loop(Counting(), RunFiles(tmp_path / "run", keep=3), steps_per_epoch=2, total_steps=4, progress=False)
+    assert shorter.resume() == 6
+    with caplog.at_level("INFO", logger="sdnet_tf.train"):
+        shorter.run()
+    assert "6 steps (epoch 3) done already, at or past the 4 asked for; nothing to train" in caplog.text
+    assert shorter.state["step"] == 6 and float(np.asarray(shorter.task.weight.value)[0]) == 15.0
+
+
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
     first = _loop(tmp_path / "run")
     first.run(stop_at=4)  # checkpoints at steps 2 and 4
