@@ -608,7 +608,8 @@ def report(run_dir, output, data, images, refresh):
 @main.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Export folder: segment/anatomy/modality/decoder.onnx and sdnet-export.json.")
+              help="Export folder: segment/anatomy/modality/decoder.onnx, their float32 weights in "
+                   "<name>.onnx.data beside each, and sdnet-export.json (copy the whole folder).")
 @click.option("--opset", type=click.IntRange(*ONNX_OPSETS), default=17, show_default=True,
               help=f"ONNX opset, {ONNX_OPSETS[0]} to {ONNX_OPSETS[1]} (tf2onnx's newest); the one written is recorded.")
 @click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default="NCHW", show_default=True,
