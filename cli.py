@@ -404,6 +404,7 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
     from sdnet_infer.predict import predict_files, summarise
     from sdnet_infer.qc import QualityControl
     from sdnet_tf.data.arrays import DataError
+    from sdnet_infer.labels import SDNET_CHANNELS
     from sdnet_tf.inference import KerasRuntime, load_run, run_orientation
     from sdnet_tf.apps.quality import run_calibration
 
@@ -414,7 +415,10 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
         model, cfg = load_run(run_dir)
         network = KerasRuntime(model, cfg.data.spacing, run_orientation(run_dir), batch_size)
         quality = None
-        if qc:
+        if qc and model.num_classes < len(SDNET_CHANNELS):  # the precursor: MYO only
+            click.echo(f"quality control: skipped, the model segments {', '.join(SDNET_CHANNELS[:model.num_classes])} "
+                       "only and the anatomical checks need LV, MYO and RV")
+        elif qc:
             calibration, note = run_calibration(run_dir, network, data=data, log=click.echo)
             quality = QualityControl(network, calibration, note=note)
             if quality.note:

@@ -212,10 +212,13 @@ class KerasRuntime:
 
     def segment(self, images):
         """SDNet's Segmentor(Binarise(U-Net(x))), keeping the binary anatomy factor for ``decompose``
-        of the same slices (the quality control), as ``sdnet_infer.SDNetRuntime`` does."""
+        of the same slices (the quality control), as ``sdnet_infer.SDNetRuntime`` does; the
+        MICCAI 2018 precursor's soft myocardium mask (N, size, size, 1)."""
         images = np.asarray(images, np.float32)
         if not len(images):
             return np.zeros(images.shape[:3] + (self.model.num_classes,), np.float32)
+        if is_precursor(self.model):
+            return np.concatenate(self._batches(lambda x: np.asarray(self.model.segment(x, training=False)), images))
         anatomy = np.concatenate(self._batches(
             lambda x: np.asarray(self.model.anatomy_encoder(x, training=False)), images))
         self._anatomy.keep(images, anatomy)
@@ -223,6 +226,10 @@ class KerasRuntime:
 
     def decompose(self, images):
         images = np.asarray(images, np.float32)
+        if is_precursor(self.model):  # the binarised mask and the deterministic z (no log-variance)
+            parts = self._batches(lambda x: self.model.decompose(x, training=False), images)
+            mask, z = (np.concatenate([np.asarray(p[k]) for p in parts]) for k in (0, 1))
+            return np.round(mask), z, None
         anatomy = self._anatomy.take(images, lambda x: np.concatenate(self._batches(
             lambda y: np.asarray(self.model.anatomy_encoder(y, training=False)), x)))
         parts = self._batches(lambda a, x: self.model.modality_encoder([a, x], training=False, sample=False),
@@ -234,6 +241,26 @@ class KerasRuntime:
         anatomy, z, b = np.asarray(anatomy, np.float32), np.asarray(z, np.float32), self.batch_size
         return np.concatenate([np.asarray(self.model.reconstruct(anatomy[i:i + b], z[i:i + b]))
                                for i in range(0, len(z), b)])
+
+
+def is_precursor(model):
+    """Whether ``model`` is the MICCAI 2018 precursor (``SDNet2018``: one myocardium channel,
+    z from the image alone)."""
+    return hasattr(model, "decomposer")
+
+
+def refuse_precursor(run_dir, what):
+    """Refuse, in one line and before any work, a MICCAI 2018 precursor run for a command that
+    reads SDNet's anatomy channels and modality encoder (figures, latent analysis, report,
+    modality classifier).
+
+    Raises:
+        DataError: naming the run, when it is a precursor run (``run_kind`` "sdnet2018").
+    """
+    if run_kind(run_dir) == "sdnet2018":
+        raise DataError(f"{run_dir}: a MICCAI 2018 precursor run (model.kind sdnet2018); {what} takes SDNet runs "
+                        "(it reads their anatomy channels and modality encoder); evaluate, predict and export "
+                        "take this one")
 
 
 def run_orientation(run_dir):

@@ -294,11 +294,12 @@ def make_figures(run_dir, out_dir, images=None, which=FIGURES, seed=0):
     then the modality swap.
     """
     from sdnet_infer.io import prepare_output_dir
-    from sdnet_tf.inference import held_out_pair, is_multimodal_run, load_run
+    from sdnet_tf.inference import held_out_pair, is_multimodal_run, load_run, refuse_precursor
 
     unknown = set(which) - set(FIGURES)
     if unknown:
         raise DataError(f"unknown figures {sorted(unknown)}; available: {', '.join(FIGURES)}")
+    refuse_precursor(run_dir, "figures")
     prepare_output_dir(out_dir)  # an unwritable folder fails before any work
     model, config = load_run(run_dir)
     size, spacing = model.input_size, config.data.spacing

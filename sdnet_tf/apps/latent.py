@@ -116,9 +116,10 @@ def analyse_run(run_dir, out_dir, data=None, seed=0):
     from sdnet_tf.data.acdc import patient_strata, preprocess_cohort
     from sdnet_tf.inference import run_cohort
     from sdnet_tf.apps.figures import save_figure
-    from sdnet_tf.inference import load_run
+    from sdnet_tf.inference import load_run, refuse_precursor
     from sdnet_tf.data.sources import cache_dir
 
+    refuse_precursor(run_dir, "latent")
     prepare_output_dir(out_dir)
     model, config = load_run(run_dir)
     folder, splits, split = run_cohort(run_dir, data)

@@ -92,8 +92,9 @@ def classify_modality(run_dir, out_dir, data=None, seed=0, permutations=PERMUTAT
     """
     from sdnet_infer.io import prepare_output_dir
     from sdnet_tf.apps.latent import z_posteriors
-    from sdnet_tf.inference import modality_slices
+    from sdnet_tf.inference import modality_slices, refuse_precursor
 
+    refuse_precursor(run_dir, "modality-classifier")
     prepare_output_dir(out_dir)
     model, _, slices = modality_slices(run_dir, data)
     names = np.asarray(slices["modalities"])[slices["modality"]]  # "mr" / "ct" per slice

@@ -163,12 +163,14 @@ def build_report(run_dir, out_dir, data=None, images=None, refresh=False):
     from sdnet_tf.apps.evaluation import evaluate_run
     from sdnet_tf.apps.figures import make_figures, save_figure
     from sdnet_tf.apps.latent import analyse_run
+    from sdnet_tf.inference import refuse_precursor
 
     from sdnet_infer.io import prepare_output_dir
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"{run_dir}: not an sdnet-tf run directory (no config.yaml)")
+    refuse_precursor(run_dir, "report")
     prepare_output_dir(out_dir)  # an unwritable folder fails before the evaluation runs
     blocks = [("h1", f"SDNet run {run_dir.name}")] + _run_blocks(run_dir)
     if (run_dir / "history.csv").is_file():

@@ -192,6 +192,23 @@ def test_the_miccai2018_precursor_exports_with_parity_and_predicts_the_myocardiu
     assert "quality control: skipped, the model segments MYO only" in capsys.readouterr().err
     written = np.asarray(nib.load(str(tmp_path / "out" / "patient002_frame01_pred.nii.gz")).dataobj)
     assert set(np.unique(written)) <= {0, 2}
+    # sdnet-tf predict with the run: the same labels, quality control skipped in one line
+    result = CliRunner().invoke(main, ["predict", "-i", str(phantom_patient / "patient002_frame01.nii.gz"),
+                                       "-o", str(tmp_path / "keras"), "--run", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "quality control: skipped, the model segments MYO only" in result.output
+    keras_labels = np.asarray(nib.load(str(tmp_path / "keras" / "patient002_frame01_pred.nii.gz")).dataobj)
+    assert (keras_labels == written).mean() > 0.999
+    # the commands that read SDNet's anatomy channels and modality encoder refuse it in one line
+    for command in (["figures", str(tmp_path / "run"), "-o", str(tmp_path / "f")],
+                    ["latent", str(tmp_path / "run"), "-o", str(tmp_path / "l")],
+                    ["report", str(tmp_path / "run"), "-o", str(tmp_path / "r")],
+                    ["modality-classifier", str(tmp_path / "run"), "-o", str(tmp_path / "m")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code != 0 and isinstance(result.exception, (SystemExit, type(None))), \
+            (command, result.output)
+        assert "a MICCAI 2018 precursor run (model.kind sdnet2018)" in result.output, (command, result.output)
+        assert not (tmp_path / command[-1]).exists(), command
 
 
 @pytest.mark.parametrize("source", ["random", "phantom"])
