@@ -317,7 +317,8 @@ def _gated_reduction(run_dir, model, config, precision, layout, orientation, dat
 
     def reduce(fp32_path, out_path, work_dir):
         frames = reduced.ValidationFrames(run_dir, fp32_path, layout, model.input_size, float(config.data.spacing),
-                                          data=data, orientation=orientation, log=log)
+                                          data=data, orientation=orientation, log=log,
+                                          structures=SDNET_CHANNELS[:model.num_classes])
         return {"validation_patients": frames.patients,
                 **reduced.reduce_precision(precision, fp32_path, out_path, frames, arrays, layout, work_dir,
                                            max_drop=max_drop, calibration=count, log=log)}

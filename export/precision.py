@@ -145,19 +145,21 @@ def convert_fp16(fp32_path, out_path):
     onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True), str(out_path))
 
 
-def _mean_dice(a, b):
-    """Mean 3-D Dice of LV, RV and MYO of two label volumes; a structure absent from both counts 1."""
-    from sdnet_infer.labels import LV, MYO, RV
+def _mean_dice(a, b, structures=("LV", "RV", "MYO")):
+    """Mean 3-D Dice of ``structures`` (LV, RV and MYO; a myocardium-only model's MYO) of two
+    label volumes; a structure absent from both counts 1."""
+    from sdnet_infer.labels import STRUCTURES
     from sdnet_tf.metrics.overlap import dice
 
-    return float(np.mean([dice(a == label, b == label, empty=1.0) for label in (LV, RV, MYO)]))
+    return float(np.mean([dice(a == STRUCTURES[name], b == STRUCTURES[name], empty=1.0) for name in structures]))
 
 
 class ValidationFrames:
     """The ED and ES frames of a run's validation patients, read once, with their references and
     the float32 model's labels; ``score(probabilities)`` measures another model on them."""
 
-    def __init__(self, run_dir, fp32_path, layout, size, spacing, data=None, orientation="LPS", log=None):
+    def __init__(self, run_dir, fp32_path, layout, size, spacing, data=None, orientation="LPS", log=None,
+                 structures=("LV", "RV", "MYO")):
         from sdnet_infer.io import read_volume
         from sdnet_infer.predict import predict_volume
         from sdnet_tf.inference import run_patients
@@ -171,10 +173,11 @@ class ValidationFrames:
                 self.references.append(np.rint(read_volume(patient.labels(index), kind="labels",
                                                            orientation=orientation).data).astype(np.uint8))
         self.patients = sorted(p.number for p in patients)
+        self.structures = tuple(structures)  # the ones the model segments: the Dice is their mean
         self._predict = predict_volume
         start = time.perf_counter()
         self.fp32_labels = self.labels(probabilities_fn(fp32_path, layout))
-        self.fp32_dice = [_mean_dice(a, r) for a, r in zip(self.fp32_labels, self.references)]
+        self.fp32_dice = [_mean_dice(a, r, self.structures) for a, r in zip(self.fp32_labels, self.references)]
         if log:
             log(f"accuracy gate: {len(self.frames)} validation frames of {len(patients)} patients, float32 3-D Dice "
                 f"{np.mean(self.fp32_dice):.4f} ({time.perf_counter() - start:.1f} s)")
@@ -185,8 +188,8 @@ class ValidationFrames:
     def score(self, probabilities):
         """{dice_vs_reference, dice_vs_fp32, fp32_dice_vs_reference, dice_drop} means over frames."""
         labels = self.labels(probabilities)
-        vs_ref = [_mean_dice(a, r) for a, r in zip(labels, self.references)]
-        vs_fp32 = [_mean_dice(a, b) for a, b in zip(labels, self.fp32_labels)]
+        vs_ref = [_mean_dice(a, r, self.structures) for a, r in zip(labels, self.references)]
+        vs_fp32 = [_mean_dice(a, b, self.structures) for a, b in zip(labels, self.fp32_labels)]
         fp32 = float(np.mean(self.fp32_dice))
         return {"frames": len(labels), "fp32_dice_vs_reference": round(fp32, 5),
                 "dice_vs_reference": round(float(np.mean(vs_ref)), 5),

@@ -157,3 +157,17 @@ def test_reduced_precision_needs_the_runs_validation_patients(phantom_run, tmp_p
     assert result.exit_code == 1
     assert "no data.json" in result.output and "checked on the run's validation patients" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_gate_scores_only_the_structures_the_model_segments():
+    # the MICCAI 2018 precursor segments MYO only: LV and RV (always 0 in its labels) must not
+    # pull its gate's Dice down to a third
+    from export.precision import _mean_dice
+
+    reference = np.zeros((8, 8, 2), np.uint8)
+    reference[2:6, 2:6] = 2  # MYO
+    reference[3:5, 3:5] = 3  # LV inside
+    reference[0, :, 0] = 1  # RV
+    myocardium_only = np.where(reference == 2, 2, 0).astype(np.uint8)
+    assert _mean_dice(myocardium_only, reference, ("MYO",)) == 1.0
+    assert _mean_dice(myocardium_only, reference) == pytest.approx(1 / 3)
