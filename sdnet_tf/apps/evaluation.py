@@ -218,7 +218,28 @@ def _format(value):
     return value
 
 
-def evaluate_folder(predictions, references, out_dir=None, report=None, label_map=None):
+def only_structures(rows, slice_rows, structures):
+    """Rows of a model that segments only ``structures`` (the MICCAI 2018 precursor: MYO): the
+    other structures' columns blanked (NaN, empty in the CSVs and left out of every mean), the
+    pooled per-slice Dice made the mean of the segmented structures', and the validity columns
+    (checks that need LV, MYO and RV) blanked. Changes the dicts in place."""
+    others = [c for c in CLASSES if c not in structures]
+    nan = float("nan")
+    for row in rows:
+        for key in list(row):
+            if any(key.endswith(f" {c}") or key.startswith(f"Err {c}") for c in others) or key.startswith("Valid"):
+                row[key] = nan
+        row["SliceDice"] = float(np.mean([row[f"SliceDice {c}"] for c in structures]))
+    for s in slice_rows:
+        for c in others:
+            s[f"SliceDice {c}"] = nan
+        s["SliceDice"] = float(np.mean([s[f"SliceDice {c}"] for c in structures]))
+        for key in ("Valid7 pred", "ValidP pred", "Valid7 ref"):
+            s[key] = nan
+        s["Failed checks pred"] = ""
+
+
+def evaluate_folder(predictions, references, out_dir=None, report=None, label_map=None, structures=None):
     """Score every ``<case>_pred`` under ``predictions`` against ``<case>_gt`` under ``references``.
 
     Both files of a case are read by ``sdnet_infer.geometry`` and must lie on the same grid:
@@ -228,7 +249,9 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     others are scored, in the training orientation with the voxel size in mm.
     ``label_map`` ({stored: ACDC label}, see ``sdnet_infer.io.parse_label_map``) converts
     references in another label convention (M&Ms: 1 LV, 2 MYO, 3 RV). ``report(index,
-    total, name, error)`` is called after each case. Writes the tables and ``summary.json``
+    total, name, error)`` is called after each case. ``structures`` (e.g. ["MYO"]) scores a
+    model that segments only those (``only_structures``; no clinical indices, which need the
+    LV). Writes the tables and ``summary.json``
     into ``out_dir`` (default: the predictions folder) and returns the summary.
 
     Raises:
@@ -264,6 +287,9 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
             errors.append(error)
         if report is not None:
             report(index, len(preds), case, error)
+    if structures is not None:
+        only_structures(rows, slice_rows, structures)
+        volumes = {}  # the clinical indices are the LV's and RV's
     clinical_rows = []
     for patient, phases in sorted(volumes.items()):
         if {"ED", "ES"} <= set(phases):
@@ -276,6 +302,8 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
         raise DataError(f"{predictions}: no case could be scored:\n  " + "\n  ".join(errors))
     summary = summarise(rows, slice_rows, clinical_rows)
     summary["errors"] = errors
+    if structures is not None:
+        summary["structures"] = list(structures)
     for s in slice_rows:
         s.pop("_scored")
     _write_csv(out_dir / "acdc_metrics.csv", rows, overlap.ACDC_COLUMNS)
@@ -348,15 +376,14 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
         if report is not None:
             report(number, len(frames), image_path.name, None)
     log.info("predicted %d frames in %.1f s", len(frames), time.perf_counter() - start)
-    summary = evaluate_folder(pred_root, folder, out_dir)
+    partial = model.num_classes < len(SDNET_CHANNELS)  # the precursor: the myocardium alone
+    structures = list(SDNET_CHANNELS[:model.num_classes]) if partial else None
+    summary = evaluate_folder(pred_root, folder, out_dir, structures=structures)
     summary["run"] = {"run_dir": str(run_dir), "data": str(folder), "split": split, "subset": subset,
                       "patients": sorted(wanted)}
-    if model.num_classes < len(SDNET_CHANNELS):
-        # a model of fewer structures (the MICCAI 2018 precursor: the myocardium): its own
-        # figures, the per-slice Dice first as that paper reports it; the other columns score
-        # structures it does not segment
-        structures = list(SDNET_CHANNELS[:model.num_classes])
-        summary["structures"] = structures
+    if partial:
+        # the MICCAI 2018 precursor: its own figures, the per-slice Dice first as that paper
+        # reports it (the other structures' columns are blank)
         summary["segmented"] = {c: {"slice_dice": summary["paper_slice_dice"][f"SliceDice {c}"],
                                     **{metric: summary["per_class"][c]["all"][metric] for metric in ("Dice", "HD95")}}
                                 for c in structures}

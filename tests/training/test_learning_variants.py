@@ -58,6 +58,10 @@ def test_a_tiny_miccai2018_sdnet_learns_to_segment_the_myocardium(phantom_cohort
     assert "the model segments MYO only: MYO: per-slice Dice" in result.output
     scored = json.loads((tmp_path / "test" / "summary.json").read_text())
     assert scored["structures"] == ["MYO"] and scored["segmented"]["MYO"]["Dice"]["mean"] > 0.2, scored["segmented"]
+    # the other structures are blank, not zeros: no mean, no validity, no clinical indices
+    assert scored["dice_mean_3d"]["mean"] == scored["segmented"]["MYO"]["Dice"]["mean"]
+    assert scored["per_class"]["LV"]["all"]["Dice"]["mean"] is None and "clinical" not in scored
+    assert scored["validity_percent"]["Valid7 pred"] is None
 
 
 # 200 iterations and an evaluation of the test patients (about a minute alone on 2 cores)
