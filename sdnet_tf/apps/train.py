@@ -52,7 +52,7 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     description = None
     if arrays is None:
         # before the run directory exists: bad data leaves no half-made run behind
-        arrays, description = load_arrays(config)
+        arrays, description = load_arrays(config, progress=progress)
     strategy, chief, out_dir = None, True, run_dir
     if not jax:
         from sdnet_tf.training.distribute import is_chief, make_strategy, task

@@ -30,7 +30,7 @@ def cache_dir(config):
     return Path(config.data.cache_dir).expanduser() / "preprocessed"
 
 
-def _cached_cohort(config, name, writer, what):
+def _cached_cohort(config, name, writer, what, progress=True):
     """``cache_dir/name``, written by ``writer(folder, patients, seed, progress=True)`` on first
     use: into a temporary folder renamed into place when complete, so a process that stops
     half-way leaves nothing that looks finished, and two processes writing at once (test
@@ -45,7 +45,7 @@ def _cached_cohort(config, name, writer, what):
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.with_name(f".{folder.name}.{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    writer(staging, PHANTOM_PATIENTS, config.data.phantom_seed, progress=True)
+    writer(staging, PHANTOM_PATIENTS, config.data.phantom_seed, progress=progress)
     (staging / "complete").write_text("ok\n")
     if folder.is_dir() and not (folder / "complete").is_file():
         shutil.rmtree(folder, ignore_errors=True)  # a cohort an earlier version left unfinished
@@ -56,34 +56,38 @@ def _cached_cohort(config, name, writer, what):
     return folder
 
 
-def phantom_folder(config):
+def phantom_folder(config, progress=True):
     """The built-in phantom cohort (ACDC layout), generated into the cache on first use."""
     from sdnet_tf.data.phantom import write_cohort
 
     return _cached_cohort(config, f"phantom-v{PHANTOM_VERSION}-{PHANTOM_PATIENTS}-seed{config.data.phantom_seed}",
-                          write_cohort, "phantom cohort")
+                          write_cohort, "phantom cohort", progress)
 
 
-def multimodal_phantom_folder(config):
+def multimodal_phantom_folder(config, progress=True):
     """The built-in two-modality phantom (MR-like and CT-like renderings of the same patients,
     MM-WHS layout), generated into the cache on first use."""
     from sdnet_tf.data.phantom import write_multimodal_cohort
 
     return _cached_cohort(config, f"phantom-mmwhs-v{MULTIMODAL_PHANTOM_VERSION}-{PHANTOM_PATIENTS}"
-                          f"-seed{config.data.phantom_seed}", write_multimodal_cohort, "two-modality phantom cohort")
+                          f"-seed{config.data.phantom_seed}", write_multimodal_cohort, "two-modality phantom cohort",
+                          progress)
 
 
-def mnms_phantom_folder(config):
+def mnms_phantom_folder(config, progress=True):
     """The built-in four-vendor phantom (vendors A-D in four scanner styles, M&Ms layout with
     its CSV), generated into the cache on first use."""
     from sdnet_tf.data.phantom import write_mnms_cohort
 
     return _cached_cohort(config, f"phantom-mnms-v{MNMS_PHANTOM_VERSION}-{PHANTOM_PATIENTS}"
-                          f"-seed{config.data.phantom_seed}", write_mnms_cohort, "four-vendor phantom cohort")
+                          f"-seed{config.data.phantom_seed}", write_mnms_cohort, "four-vendor phantom cohort",
+                          progress)
 
 
-def load_arrays(config):
-    """The training arrays for ``config.data``, and a description of them (a dict)."""
+def load_arrays(config, progress=True):
+    """The training arrays for ``config.data``, and a description of them (a dict); cohort
+    folders are recorded as absolute paths (a run read from another directory finds them), and
+    ``progress`` shows the bars of the phantom's writing and the preprocessing."""
     d, m = config.data, config.model
     if d.dataset == "synthetic":
         from sdnet_tf.data.synthetic import synthetic_arrays
@@ -96,9 +100,10 @@ def load_arrays(config):
 
         if not d.path:
             raise DataError("acdc needs a data folder: --data DIR (an ACDC training folder) or --data phantom")
-        folder = phantom_folder(config) if d.path == "phantom" else training_folder(Path(d.path).expanduser())
+        folder = (phantom_folder(config, progress) if d.path == "phantom"
+                  else training_folder(Path(d.path).expanduser().resolve()))
         arrays, description = load_acdc(folder, d.split, d.labelled_fraction, seed=config.train.seed,
-                                        cache_dir=cache_dir(config),
+                                        cache_dir=cache_dir(config), progress=progress,
                                         size=m.input_size, spacing=d.spacing)
         # the orientation every volume was brought into (sdnet_infer.geometry); predict and export read it
         return arrays, {"dataset": "acdc", "data": str(folder), "orientation": TRAINING_ORIENTATION, **description}
@@ -108,9 +113,10 @@ def load_arrays(config):
         if not d.path:
             raise DataError("mmwhs needs a data folder: --data DIR (mr_train/ and ct_train/ folders in the MM-WHS "
                             "layout) or --data phantom")
-        folder = multimodal_phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
+        folder = (multimodal_phantom_folder(config, progress) if d.path == "phantom"
+                  else Path(d.path).expanduser().resolve())
         arrays, description = load_mmwhs(folder, d.split, d.labelled_fraction, seed=config.train.seed,
-                                         cache_dir=cache_dir(config), size=m.input_size, spacing=d.spacing)
+                                         cache_dir=cache_dir(config), progress=progress, size=m.input_size, spacing=d.spacing)
         return arrays, {"dataset": "mmwhs", "data": str(folder), "orientation": TRAINING_ORIENTATION,
                         "slicing": SLICING, **description}
     if d.dataset == "mnms":
@@ -119,9 +125,10 @@ def load_arrays(config):
         if not d.path:
             raise DataError("mnms needs a data folder: --data DIR (the M&Ms layout: Training/, Validation/, Testing/ "
                             "and the challenge's CSV) or --data phantom")
-        folder = mnms_phantom_folder(config) if d.path == "phantom" else Path(d.path).expanduser()
+        folder = (mnms_phantom_folder(config, progress) if d.path == "phantom"
+                  else Path(d.path).expanduser().resolve())
         arrays, description = load_mnms(folder, d.split, d.labelled_fraction, seed=config.train.seed,
-                                        cache_dir=cache_dir(config), size=m.input_size, spacing=d.spacing,
+                                        cache_dir=cache_dir(config), progress=progress, size=m.input_size, spacing=d.spacing,
                                         csv_path=d.mnms_csv, train_vendors=d.train_vendors,
                                         unlabelled_vendors=d.unlabelled_vendors, test_vendors=d.test_vendors)
         return arrays, {"dataset": "mnms", "data": str(folder), "orientation": TRAINING_ORIENTATION, **description}
