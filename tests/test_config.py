@@ -191,3 +191,11 @@ def test_sizes_and_counts_below_one_and_sizes_the_networks_cannot_take_are_one_l
     with pytest.raises(ConfigError, match="not divisible"):  # before any data are read or written
         train_run(load_config(None, ["model.input_size=100", "data.path=/nonexistent"]), tmp_path / "run")
     assert not (tmp_path / "run" / "data.json").exists()
+
+
+def test_resolution_augmentation_without_augmentation_is_refused(tmp_path):
+    from sdnet_tf.apps.train import train_run
+
+    config = load_config(None, ["data.resolution_augmentation=true", "data.augment=false", "data.dataset=synthetic"])
+    with pytest.raises(ConfigError, match="needs data.augment true"):
+        train_run(config, tmp_path / "run")

@@ -49,6 +49,13 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     check_output_location(run_dir)  # a run directory that cannot be made fails before any work
     build_sdnet(config)  # sizes the networks cannot take fail before the data are read (no weights made)
+    d = config.data
+    if d.resolution_augmentation and not d.augment:
+        raise ConfigError("data.resolution_augmentation needs data.augment true (it is one of the augmentations)")
+    if d.resolution_augmentation and not d.resolution_range[0] <= d.spacing <= d.resolution_range[1]:
+        log.warning("data.spacing %g mm lies outside data.resolution_range %s mm: resolution augmentation will "
+                    "always %s the images", d.spacing, d.resolution_range,
+                    "magnify" if d.spacing > d.resolution_range[1] else "shrink")
     description = None
     if arrays is None:
         # before the run directory exists: bad data leaves no half-made run behind
@@ -119,6 +126,33 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
     log.info("shape loss of %s, omega = %.6g", config.loss.shape_prior, omega)
 
 
+# what the MICCAI 2018 precursor does not read: SDNet's other networks and options, and the
+# losses of its modality encoder, segmentor and shape prior
+SDNET_ONLY_LOSSES = ("kl", "z_reconstruction", "focal", "shape_prior", "shape_omega")
+
+
+def _refuse_sdnet_only_settings(config):
+    """A ``ConfigError`` naming every setting a precursor config changes from its default that
+    the precursor would not read (``model.lv_volume_head``, ``model.decoder``,
+    ``model.anatomy_channels``, ``loss.focal``, ``loss.shape_prior``, ...), rather than a run
+    that silently ignores them."""
+    import dataclasses
+
+    from sdnet_tf.config import SDNET2018_ARGUMENTS, LossConfig, ModelConfig
+
+    ignored = []
+    for f in dataclasses.fields(ModelConfig):
+        if f.name not in SDNET2018_ARGUMENTS + ("kind", "num_classes") and \
+                getattr(config.model, f.name) != (f.default if f.default is not dataclasses.MISSING else f.default_factory()):
+            ignored.append(f"model.{f.name}")
+    for f in dataclasses.fields(LossConfig):
+        if f.name in SDNET_ONLY_LOSSES and getattr(config.loss, f.name) != f.default:
+            ignored.append(f"loss.{f.name}")
+    if ignored:
+        raise ConfigError(f"model.kind sdnet2018 does not read {', '.join(ignored)} (settings of the 2019 SDNet): "
+                          "leave them at their defaults")
+
+
 def build_sdnet(config, seed=None):
     """The unbuilt model of ``model.kind`` for a ``Config``: ``SDNet`` (seeded with ``seed``) or
     ``SDNet2018`` (deterministic z: no seed).
@@ -134,6 +168,7 @@ def build_sdnet(config, seed=None):
         if config.model.num_classes != 1:
             raise ConfigError(f"model.kind sdnet2018 segments the myocardium only: set model.num_classes 1, "
                               f"not {config.model.num_classes}")
+        _refuse_sdnet_only_settings(config)
         build, kwargs = SDNet2018, model_kwargs(config)
     else:
         build, kwargs = SDNet, dict(model_kwargs(config), seed=seed)
@@ -153,10 +188,7 @@ def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, a
         model.build()
     # the one engine choice (engines.sdnet_engine); TensorBoard events go to this task's directory
     engine = sdnet_engine(model, config, run_dir=out_dir, strategy=strategy)
-    if config.loss.shape_prior:
-        if config.model.kind == "sdnet2018":
-            raise ConfigError("loss.shape_prior reads SDNet's three foreground channels; model.kind sdnet2018 "
-                              "segments the myocardium only: leave loss.shape_prior empty")
+    if config.loss.shape_prior:  # not for the precursor: build_sdnet refused it
         _use_shape_prior(engine, config, arrays, out_dir)
     task = Trainer2018 if config.model.kind == "sdnet2018" else Trainer
     trainer = task(model, arrays, config, out_dir, engine=engine, progress=progress, resume_dir=run_dir)

@@ -124,6 +124,13 @@ def test_config_round_trip_and_the_myocardium_only_check(tmp_path):
         build_sdnet(load_config("sdnet2018-acdc", ["model.num_classes=3"]))
     with pytest.raises(ConfigError, match="sdnet, sdnet2018"):
         load_config("sdnet2018-acdc", ["model.kind=sdnet2017"])
+    # settings of the 2019 model it would not read are refused, not ignored
+    for override, name in (("model.lv_volume_head=true", "model.lv_volume_head"), ("model.decoder=adain", "model.decoder"),
+                           ("model.anatomy_channels=16", "model.anatomy_channels"), ("loss.focal=1", "loss.focal"),
+                           ("loss.shape_prior=/some/prior", "loss.shape_prior")):
+        with pytest.raises(ConfigError, match=f"does not read {name}"):
+            build_sdnet(load_config("sdnet2018-acdc", [override]))
+    build_sdnet(load_config("sdnet2018-acdc-cpu"))  # the CPU protocol's config sets nothing it ignores
 
 
 def test_the_precursors_dice_adds_the_smoothing_before_doubling():
