@@ -238,7 +238,8 @@ def read_labels(path, image_shape=None, like=None, label_map=None, orientation=T
     allowed = LABELS if label_map is None else (0, *label_map)
     bad = [v for v in values if v not in allowed]
     if bad:
-        raise DataError(f"{path}: labels {sorted(float(v) for v in bad)[:5]} outside {{{', '.join(map(str, allowed))}}}"
+        shown = ", ".join(f"{v:g}" for v in sorted(float(v) for v in bad)[:5])  # 421, not 421.0; 205.4 stays
+        raise DataError(f"{path}: labels {shown} outside {{{', '.join(map(str, allowed))}}}"
                         + ("" if label_map is None else " (the label map's)"))
     if label_map is None:
         labels = data.astype(np.uint8)
