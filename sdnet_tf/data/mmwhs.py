@@ -8,7 +8,7 @@ modality::
     ROOT/ct_train/ct_train_1001_image.nii.gz   ROOT/ct_train/ct_train_1001_label.nii.gz
 
 (``.nii`` files too). Label values: 205 myocardium, 500 LV blood pool, 600 RV blood pool; the
-others (420 left atrium, 550 right atrium, 820 ascending aorta, 850 pulmonary artery) become
+others (420 and 421 left atrium, 550 right atrium, 820 ascending aorta, 850 pulmonary artery) become
 background, as SDNet's masks hold [MYO, LV, RV] only (``LABEL_MAP``, to ACDC's values).
 
 Every volume goes through the project's one NIfTI reader (voxel size and orientation from
@@ -54,7 +54,9 @@ MODALITIES = ("mr", "ct")  # a slice's modality label is its index here
 CACHE_VERSION = 1
 SLICING = "axial"
 # MM-WHS label values -> ACDC's (the project's label table): MYO, LV, RV kept, the rest background
-LABEL_MAP = {205: MYO, 500: LV, 600: RV, 420: 0, 550: 0, 820: 0, 850: 0}
+# 421: a left-atrium value some of MM-WHS' MR label files carry beside 420 (public readers map
+# it with 420)
+LABEL_MAP = {205: MYO, 500: LV, 600: RV, 420: 0, 421: 0, 550: 0, 820: 0, 850: 0}
 LAYOUT = ("mr_train/mr_train_<N>_image.nii.gz with mr_train/mr_train_<N>_label.nii.gz, and "
           "ct_train/ct_train_<N>_image.nii.gz with ct_train/ct_train_<N>_label.nii.gz (.nii or .nii.gz)")
 _IMAGE = re.compile(r"(mr|ct)_train_(\d+)_image\.nii(\.gz)?")

@@ -34,7 +34,7 @@ def whole_heart(shape=(24, 10, 12)):
             labels[(np.hypot(yy - 12.0, (xx - 1.5) * 2.0) < 4) & (r >= 6), k] = 600
             labels[(yy < 3) & (xx > 6), k] = 550
         else:
-            labels[r < 4, k] = 420 if k < 3 else 820
+            labels[r < 4, k] = (420 if k < 2 else 421) if k < 3 else 820  # 421: MR files' other left-atrium value
     rng = np.random.default_rng(0)
     image = np.where(labels == 205, 300, np.where(labels > 0, 900, 100)) + rng.integers(0, 40, shape)
     image[..., :] += np.arange(s) * 3  # every slice differs
@@ -75,7 +75,7 @@ def test_label_values_become_myo_lv_rv_and_slices_without_them_are_dropped(tmp_p
     images, masks = read_case(case, size=24, spacing=1.0)
     assert images.shape == (6, 24, 24) and masks.shape == (6, 24, 24)  # slices 3-8 only
     expected = np.zeros(labels.shape, np.uint8)
-    for value, acdc in ((205, MYO), (500, LV), (600, RV)):  # 420, 550, 820 stay background
+    for value, acdc in ((205, MYO), (500, LV), (600, RV)):  # 420, 421, 550, 820 stay background
         expected[labels == value] = acdc
     resampled = np.repeat(expected, 2, axis=1)  # 2 mm columns to 1 mm (nearest neighbour)
     assert np.array_equal(masks, np.moveaxis(crop_or_pad(resampled, 24, mode="constant")[0], -1, 0)[3:9])
