@@ -257,7 +257,7 @@ def refuse_precursor(run_dir, what):
     Raises:
         DataError: naming the run, when it is a precursor run (``run_kind`` "sdnet2018").
     """
-    if run_kind(run_dir) == "sdnet2018":
+    if (Path(run_dir) / "config.yaml").is_file() and run_kind(run_dir) == "sdnet2018":  # else the command's own checks
         raise DataError(f"{run_dir}: a MICCAI 2018 precursor run (model.kind sdnet2018); {what} takes SDNet runs "
                         "(it reads their anatomy channels and modality encoder); evaluate, predict and export "
                         "take this one")
