@@ -402,7 +402,7 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
     """
     from sdnet_infer.io import check_output_location
     from sdnet_infer.predict import predict_files, summarise
-    from sdnet_infer.qc import QualityControl
+    from sdnet_infer.qc import QualityControl, partial_model_skip
     from sdnet_tf.data.arrays import DataError
     from sdnet_infer.labels import SDNET_CHANNELS
     from sdnet_tf.inference import KerasRuntime, load_run, run_orientation
@@ -415,9 +415,9 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
         model, cfg = load_run(run_dir)
         network = KerasRuntime(model, cfg.data.spacing, run_orientation(run_dir), batch_size)
         quality = None
-        if qc and model.num_classes < len(SDNET_CHANNELS):  # the precursor: MYO only
-            click.echo(f"quality control: skipped, the model segments {', '.join(SDNET_CHANNELS[:model.num_classes])} "
-                       "only and the anatomical checks need LV, MYO and RV")
+        skipped = partial_model_skip(SDNET_CHANNELS[:model.num_classes])  # the precursor: MYO only
+        if qc and skipped:
+            click.echo(skipped)
         elif qc:
             calibration, note = run_calibration(run_dir, network, data=data, log=click.echo)
             quality = QualityControl(network, calibration, note=note)

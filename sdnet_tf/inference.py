@@ -263,6 +263,18 @@ def refuse_precursor(run_dir, what):
                         "take this one")
 
 
+def _run_data_folder(meta, data=None):
+    """The cohort folder of a run's ``data.json`` record, or ``data`` when it moved.
+
+    Raises:
+        DataError: the folder is not there.
+    """
+    folder = Path(data).expanduser() if data else Path(meta["data"])
+    if not folder.is_dir():
+        raise DataError(f"{folder}: the run's data folder is not there; pass it with --data")
+    return folder
+
+
 def run_orientation(run_dir):
     """The orientation a run's volumes were brought into (its ``data.json``); ACDC's "LPS" for runs
     trained before it was recorded, or on synthetic arrays."""
@@ -292,9 +304,7 @@ def run_cohort(run_dir, data=None):
     if meta.get("dataset") != "acdc":
         raise DataError(f"{run_dir}: trained on {meta.get('dataset')!r} data; only ACDC-layout cohorts "
                         "(a folder or the phantom) can be evaluated by split")
-    folder = Path(data).expanduser() if data else Path(meta["data"])
-    if not folder.is_dir():
-        raise DataError(f"{folder}: the run's data folder is not there; pass it with --data")
+    folder = _run_data_folder(meta, data)
     return folder, meta["splits"], int(meta.get("split", 0))
 
 
@@ -357,9 +367,7 @@ def modality_slices(run_dir, data=None, model=None, config=None):
     if meta.get("dataset") != "mmwhs":
         raise DataError(f"{run_dir}: trained on {meta.get('dataset')!r} data, not on two modalities; the modality "
                         "classifier takes a run of sdnet-tf train mmwhs")
-    folder = Path(data).expanduser() if data else Path(meta["data"])
-    if not folder.is_dir():
-        raise DataError(f"{folder}: the run's data folder is not there; pass it with --data")
+    folder = _run_data_folder(meta, data)
     if model is None:
         model, config = load_run(run_dir)
     cohort, _ = preprocess_mmwhs(folder, cache_dir(config), model.input_size, progress=False,

@@ -57,7 +57,7 @@ def main(argv=None):
     from sdnet_infer.labels import SDNET_CHANNELS
     from sdnet_infer.model import ExportError, SDNetRuntime
     from sdnet_infer.predict import predict_files, summarise
-    from sdnet_infer.qc import QualityControl, describe
+    from sdnet_infer.qc import QualityControl, describe, partial_model_skip
 
     try:
         if not args.verbose:
@@ -66,14 +66,12 @@ def main(argv=None):
             onnxruntime.set_default_logger_severity(3)  # errors only
         runtime = SDNetRuntime(args.model, providers=args.provider, threads=args.threads,
                                batch_size=args.batch_size)
-        channels = runtime.meta.get("probability_channels", SDNET_CHANNELS)
-        partial = len(channels) < len(SDNET_CHANNELS)  # a myocardium-only model: the checks need all three
-        quality = None if args.no_qc or partial else QualityControl(runtime, runtime.meta.get("qc"))
+        skipped = partial_model_skip(runtime.meta.get("probability_channels", SDNET_CHANNELS))
+        quality = None if args.no_qc or skipped else QualityControl(runtime, runtime.meta.get("qc"))
         if not args.quiet:
             _line(f"sdnet-infer: {args.model} ({runtime.precision}) on {runtime.provider}")
-            if partial and not args.no_qc:
-                _line(f"quality control: skipped, the model segments {', '.join(channels)} only and the "
-                      "anatomical checks need LV, MYO and RV")
+            if skipped and not args.no_qc:
+                _line(skipped)
             if quality is not None and quality.note:
                 _line(f"quality control: {quality.note}")
 

@@ -276,6 +276,18 @@ def calibrate(volumes, latent=None, patients=None):
             "latent": latent}
 
 
+def partial_model_skip(channels):
+    """The line saying why a model of fewer structures than SDNet's three (``channels``, e.g.
+    ["MYO"] for the MICCAI 2018 precursor) gets no quality control, or None for a full model:
+    the anatomical checks need LV, MYO and RV."""
+    from sdnet_infer.labels import SDNET_CHANNELS
+
+    if len(channels) >= len(SDNET_CHANNELS):
+        return None
+    return (f"quality control: skipped, the model segments {', '.join(channels)} only and the anatomical "
+            "checks need LV, MYO and RV")
+
+
 def uncalibrated(reason):
     """The ``qc`` entry of an export that could not be calibrated, saying why."""
     return {"calibrated": False, "reason": str(reason)}

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from sdnet_tf.atomic import atomic_path
-from sdnet_tf.data.arrays import DataError, SDNetArrays, read_npz
+from sdnet_tf.data.arrays import DataError, SDNetArrays, read_npz, save_npz, unpack_npz
 from sdnet_tf.data.nifti import load_labels, load_volume, read_volume
 from sdnet_tf.data.preprocess import SIZE, TARGET_SPACING, one_hot, preprocess_frame
 
@@ -239,7 +238,7 @@ def preprocess_cohort(root, cache_dir=None, size=SIZE, progress=True, strict=Tru
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"acdc-{_fingerprint(patients, size, spacing)}.npz"
         if cache_path.is_file():
-            return _unpack(read_npz(cache_path, "delete it to preprocess the cohort again")), patients
+            return unpack_npz(read_npz(cache_path, "delete it to preprocess the cohort again"), int), patients
     packed = {}
     bar = tqdm(patients, desc="preprocessing", unit="patient", disable=not progress)
     for p in bar:
@@ -255,17 +254,9 @@ def preprocess_cohort(root, cache_dir=None, size=SIZE, progress=True, strict=Tru
             if cine:
                 packed[f"{p.number}/cine"] = np.concatenate(cine)[..., None]
     if cache_path is not None:
-        with atomic_path(cache_path) as tmp:
-            np.savez(tmp, **packed)
-    return _unpack(packed), patients
+        save_npz(cache_path, packed)
+    return unpack_npz(packed, int), patients
 
-
-def _unpack(data):
-    out = {}
-    for key in data.keys():
-        number, kind = key.split("/")
-        out.setdefault(int(number), {})[kind] = np.asarray(data[key])
-    return out
 
 
 def split_plan(cohort, splits, split=0, labelled_fraction=1.0, seed=1, max_unlabelled=MAX_UNLABELLED):

@@ -25,6 +25,28 @@ def read_npz(path, advice=""):
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as error:
         raise UnreadableFile(f"{path}: not a readable .npz file ({error}){'; ' + advice if advice else ''}") from error
 
+def save_npz(path, arrays):
+    """Write ``{name: array}`` as an ``.npz`` file atomically (a preprocessed cohort's cache)."""
+    from sdnet_tf.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def unpack_npz(data, *keys):
+    """A cache's flat ``"a/b/kind"`` names as nested dicts ``{keys[0](a): {keys[1](b): {kind:
+    array}}}``, each leading part converted by its ``keys`` function (``int`` for patient
+    numbers, ``str`` for modalities and codes)."""
+    out = {}
+    for name in data.keys():
+        *parts, kind = name.split("/")
+        node = out
+        for convert, part in zip(keys, parts):
+            node = node.setdefault(convert(part), {})
+        node[kind] = np.asarray(data[name])
+    return out
+
+
 __all__ = ["DataError", "SDNetArrays"]
 
 

@@ -42,9 +42,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdnet_infer.labels import LV, MYO, RV
-from sdnet_tf.atomic import atomic_path
 from sdnet_tf.data.acdc import MAX_UNLABELLED, cohort_arrays, make_splits
-from sdnet_tf.data.arrays import DataError, SDNetArrays, read_npz
+from sdnet_tf.data.arrays import DataError, SDNetArrays, read_npz, save_npz, unpack_npz
 from sdnet_tf.data.nifti import load_labels, read_volume
 from sdnet_tf.data.preprocess import SIZE, TARGET_SPACING, preprocess_frame
 
@@ -158,24 +157,16 @@ def preprocess_mmwhs(root, cache_dir=None, size=SIZE, progress=True, spacing=TAR
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"mmwhs-{_fingerprint(cases, size, spacing)}.npz"
         if cache_path.is_file():
-            return _unpack(read_npz(cache_path, "delete it to preprocess the cohort again")), cases
+            return unpack_npz(read_npz(cache_path, "delete it to preprocess the cohort again"), str, int), cases
     packed = {}
     for case in tqdm(cases, desc="preprocessing", unit="volume", disable=not progress):
         images, labels = read_case(case, size, spacing)
         packed[f"{case.modality}/{case.number}/images"] = images[..., None]
         packed[f"{case.modality}/{case.number}/labels"] = labels
     if cache_path is not None:
-        with atomic_path(cache_path) as tmp:
-            np.savez(tmp, **packed)
-    return _unpack(packed), cases
+        save_npz(cache_path, packed)
+    return unpack_npz(packed, str, int), cases
 
-
-def _unpack(data):
-    out = {}
-    for key in data.keys():
-        modality, number, kind = key.split("/")
-        out.setdefault(modality, {}).setdefault(int(number), {})[kind] = np.asarray(data[key])
-    return out
 
 
 def mmwhs_splits(cases, seed=0):

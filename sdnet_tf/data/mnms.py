@@ -62,9 +62,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdnet_infer.labels import LABELS
-from sdnet_tf.atomic import atomic_path
 from sdnet_tf.data.acdc import MAX_UNLABELLED
-from sdnet_tf.data.arrays import DataError, SDNetArrays, read_npz
+from sdnet_tf.data.arrays import DataError, SDNetArrays, read_npz, save_npz, unpack_npz
 from sdnet_tf.data.nifti import load_labels, parse_label_map, read_volume
 from sdnet_tf.data.preprocess import SIZE, TARGET_SPACING, one_hot, preprocess_frame
 
@@ -339,23 +338,15 @@ def preprocess_mnms(root, cache_dir=None, size=SIZE, progress=True, spacing=TARG
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"mnms-{_fingerprint(patients, size, spacing, unlabelled_frames)}.npz"
         if cache_path.is_file():
-            return _unpack(read_npz(cache_path, "delete it to preprocess the cohort again")), patients
+            return unpack_npz(read_npz(cache_path, "delete it to preprocess the cohort again"), str), patients
     packed = {}
     for patient in tqdm(patients, desc="preprocessing", unit="patient", disable=not progress):
         for kind, value in read_patient(patient, size, spacing, unlabelled_frames).items():
             packed[f"{patient.code}/{kind}"] = value
     if cache_path is not None:
-        with atomic_path(cache_path) as tmp:
-            np.savez(tmp, **packed)
-    return _unpack(packed), patients
+        save_npz(cache_path, packed)
+    return unpack_npz(packed, str), patients
 
-
-def _unpack(data):
-    out = {}
-    for key in data.keys():
-        code, kind = key.rsplit("/", 1)
-        out.setdefault(code, {})[kind] = np.asarray(data[key])
-    return out
 
 
 # ------------------------------------------------------------------------------ splits and roles
