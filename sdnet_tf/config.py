@@ -30,8 +30,12 @@ class ModelConfig:
     # sdnet (the 2019 journal model, models.SDNet) | sdnet2018 (the MICCAI 2018 precursor,
     # models.SDNet2018: one myocardium channel, an image discriminator; it reads input_size,
     # input_channels, nz, unet_filters, unet_depth and discriminator_filters, and needs
-    # num_classes 1)
-    kind: str = field(default="sdnet", metadata={"choices": ("sdnet", "sdnet2018")})
+    # num_classes 1) | unet_gan (the papers' U-Net and GAN baselines, models.UNetGAN: SDNet's
+    # U-Net with a softmax head and SDNet's mask discriminator; it reads input_size,
+    # input_channels, num_classes, unet_filters, unet_depth, discriminator_filters, spectral
+    # and spectral_weight, and trains with loss.dice, loss.dice_mode, loss.focal and
+    # loss.adversarial, 0 for the plain U-Net)
+    kind: str = field(default="sdnet", metadata={"choices": ("sdnet", "sdnet2018", "unet_gan")})
     input_size: int = field(default=224, metadata=AT_LEAST_ONE)
     input_channels: int = 1
     anatomy_channels: int = 8
@@ -120,6 +124,12 @@ class TrainConfig:
     # TensorFlow backend; none | data_parallel (every JAX device) with the JAX backend;
     # batch_size is then the global batch, split evenly across the replicas
     distribute: str = "none"
+    # self-training (model.kind unet_gan only; sdnet_tf/apps/self_training.py): after the first
+    # training, this many rounds of retraining, each from the previous round's kept weights, on
+    # the labelled images plus the unlabelled ones labelled by the previous round's model (a
+    # pixel takes the class whose probability exceeds self_training_threshold, else background)
+    self_training_rounds: int = field(default=0, metadata={"minimum": 0})
+    self_training_threshold: float = field(default=0.5, metadata={"minimum": 0})
 
 
 VENDOR_LIST = {"items": str}  # a list of vendor letters, e.g. [A, B]
@@ -458,13 +468,17 @@ def save_config(config, path):
 
 
 SDNET2018_ARGUMENTS = ("input_size", "input_channels", "nz", "unet_filters", "unet_depth", "discriminator_filters")
+UNET_GAN_ARGUMENTS = ("input_size", "input_channels", "num_classes", "unet_filters", "unet_depth",
+                      "discriminator_filters", "spectral", "spectral_weight")
 
 
 def model_kwargs(config):
-    """Constructor arguments of the model of ``model.kind`` (``SDNet`` or ``SDNet2018``)."""
+    """Constructor arguments of the model of ``model.kind`` (``SDNet``, ``SDNet2018`` or ``UNetGAN``)."""
     values = dataclasses.asdict(config.model)
     kind = values.pop("kind")
     if kind == "sdnet2018":
         return {name: values[name] for name in SDNET2018_ARGUMENTS}
+    if kind == "unet_gan":
+        return {name: values[name] for name in UNET_GAN_ARGUMENTS}
     return values
 

@@ -36,7 +36,8 @@ class UNetSegmenter:
 
 def run_kind(run_dir):
     """What a run directory holds, from its ``config.yaml``: "sdnet", "sdnet2018" (the MICCAI
-    2018 precursor), "unet" (the baseline), "nvae" or "acnn" (a shape prior).
+    2018 precursor), "unet" (the baseline of ``baseline train unet``), "unet_gan" (the U-Net
+    and GAN baselines in SDNet's pipeline), "nvae" or "acnn" (a shape prior).
 
     Raises:
         DataError: no such directory, or no ``config.yaml`` in it.
@@ -136,7 +137,7 @@ def load_run(run_dir):
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
     model_path, config_path = run_dir / "model.keras", run_dir / "config.yaml"
-    if kind not in ("sdnet", "sdnet2018", "unet"):
+    if kind not in ("sdnet", "sdnet2018", "unet", "unet_gan"):
         raise DataError(f"{run_dir}: a shape-prior run ({kind}); this command takes an SDNet run (sdnet-tf train "
                         "acdc) or a U-Net run (sdnet-tf baseline train unet)")
     if kind == "unet":
@@ -250,17 +251,24 @@ def is_precursor(model):
 
 
 def refuse_precursor(run_dir, what):
-    """Refuse, in one line and before any work, a MICCAI 2018 precursor run for a command that
-    reads SDNet's anatomy channels and modality encoder (figures, latent analysis, report,
-    modality classifier).
+    """Refuse, in one line and before any work, a MICCAI 2018 precursor run or a U-Net baseline
+    run for a command that reads SDNet's anatomy channels and modality encoder (figures, latent
+    analysis, report, modality classifier).
 
     Raises:
-        DataError: naming the run, when it is a precursor run (``run_kind`` "sdnet2018").
+        DataError: naming the run, when it is a precursor run (``run_kind`` "sdnet2018") or a
+            U-Net baseline's ("unet", "unet_gan").
     """
-    if (Path(run_dir) / "config.yaml").is_file() and run_kind(run_dir) == "sdnet2018":  # else the command's own checks
+    if not (Path(run_dir) / "config.yaml").is_file():
+        return  # the command's own checks
+    kind = run_kind(run_dir)
+    if kind == "sdnet2018":
         raise DataError(f"{run_dir}: a MICCAI 2018 precursor run (model.kind sdnet2018); {what} takes SDNet runs "
                         "(it reads their anatomy channels and modality encoder); evaluate, predict and export "
                         "take this one")
+    if kind in ("unet", "unet_gan"):
+        raise DataError(f"{run_dir}: a U-Net baseline run (no anatomy factor, no modality encoder); {what} takes "
+                        "SDNet runs; evaluate and predict take this one")
 
 
 def _run_data_folder(meta, data=None):

@@ -17,8 +17,14 @@ from sdnet_tf.training.logs import log_to_file, stop_logging
 log = logging.getLogger("sdnet_tf.train")
 
 
-def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, arrays=None):
-    """Train SDNet as ``config`` says; returns the run summary.
+def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, arrays=None, initial_weights=None):
+    """Train SDNet (or the model of ``model.kind``) as ``config`` says; returns the run summary.
+
+    ``initial_weights``: a run directory of the same model whose kept weights (``best.npz``)
+    the networks start from, instead of their initialisation (a checkpoint of ``run_dir``,
+    when there is one, still wins); the self-training rounds use it. With
+    ``train.self_training_rounds`` the run is the self-training baseline
+    (``self_training.train_self_training``).
 
     With ``resume`` a run directory holding checkpoints is continued from the last one;
     without it such a directory is refused rather than overwritten.
@@ -60,6 +66,10 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     if arrays is None:
         # before the run directory exists: bad data leaves no half-made run behind
         arrays, description = load_arrays(config, progress=progress)
+    if config.train.self_training_rounds:
+        from sdnet_tf.apps.self_training import train_self_training
+
+        return train_self_training(config, run_dir, resume, max_iterations, progress, arrays, description)
     strategy, chief, out_dir = None, True, run_dir
     if not jax:
         from sdnet_tf.training.distribute import is_chief, make_strategy, task
@@ -77,14 +87,15 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
         log.info("task %s %d: the chief writes %s; this task writes to %s, removed at the end",
                  *task(strategy), run_dir, out_dir)
     try:
-        return _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress and chief, arrays)
+        return _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress and chief, arrays,
+                      initial_weights)
     finally:
         stop_logging(handler)
         if not chief:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
+def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays, initial_weights=None):
     keras.utils.set_random_seed(config.train.seed)
     if config.train.precision != "float32":
         keras.config.set_dtype_policy(config.train.precision)
@@ -97,7 +108,7 @@ def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress,
                  parallel.device_mesh.devices.size)
         distribution = parallel.scope()
     with distribution:
-        return _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays)
+        return _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays, initial_weights)
 
 
 def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
@@ -129,41 +140,55 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
 # what the MICCAI 2018 precursor does not read: SDNet's other networks and options, and the
 # losses of its modality encoder, segmentor and shape prior
 SDNET_ONLY_LOSSES = ("kl", "z_reconstruction", "focal", "shape_prior", "shape_omega")
+# the only losses the U-Net baselines read
+UNET_GAN_LOSSES = ("dice", "dice_mode", "adversarial", "focal", "focal_gamma")
 
 
 def _refuse_sdnet_only_settings(config):
-    """A ``ConfigError`` naming every setting a precursor config changes from its default that
-    the precursor would not read (``model.lv_volume_head``, ``model.decoder``,
-    ``model.anatomy_channels``, ``loss.focal``, ``loss.shape_prior``, ...), rather than a run
-    that silently ignores them."""
+    """A ``ConfigError`` naming every setting a precursor or U-Net-baseline config changes from
+    its default that its model would not read (``model.lv_volume_head``, ``model.decoder``,
+    ``model.anatomy_channels``, ``loss.focal`` for the precursor, ``loss.reconstruction`` for a
+    U-Net, ...), rather than a run that silently ignores them."""
     import dataclasses
 
-    from sdnet_tf.config import SDNET2018_ARGUMENTS, LossConfig, ModelConfig
+    from sdnet_tf.config import SDNET2018_ARGUMENTS, UNET_GAN_ARGUMENTS, LossConfig, ModelConfig
 
-    ignored = []
-    for f in dataclasses.fields(ModelConfig):
-        if f.name not in SDNET2018_ARGUMENTS + ("kind", "num_classes") and \
-                getattr(config.model, f.name) != (f.default if f.default is not dataclasses.MISSING else f.default_factory()):
-            ignored.append(f"model.{f.name}")
-    for f in dataclasses.fields(LossConfig):
-        if f.name in SDNET_ONLY_LOSSES and getattr(config.loss, f.name) != f.default:
-            ignored.append(f"loss.{f.name}")
+    kind = config.model.kind
+    reads = SDNET2018_ARGUMENTS + ("num_classes",) if kind == "sdnet2018" else UNET_GAN_ARGUMENTS
+
+    def ignored_loss(name):
+        return name in SDNET_ONLY_LOSSES if kind == "sdnet2018" else name not in UNET_GAN_LOSSES
+
+    def default(f):
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+    ignored = [f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+               if f.name not in reads + ("kind",) and getattr(config.model, f.name) != default(f)]
+    ignored += [f"loss.{f.name}" for f in dataclasses.fields(LossConfig)
+                if ignored_loss(f.name) and getattr(config.loss, f.name) != default(f)]
     if ignored:
-        raise ConfigError(f"model.kind sdnet2018 does not read {', '.join(ignored)} (settings of the 2019 SDNet): "
-                          "leave them at their defaults")
+        what = "settings of the 2019 SDNet" if kind == "sdnet2018" else "settings of SDNet's other networks"
+        raise ConfigError(f"model.kind {kind} does not read {', '.join(ignored)} ({what}): leave them at their "
+                          "defaults")
 
 
 def build_sdnet(config, seed=None):
-    """The unbuilt model of ``model.kind`` for a ``Config``: ``SDNet`` (seeded with ``seed``) or
-    ``SDNet2018`` (deterministic z: no seed).
+    """The unbuilt model of ``model.kind`` for a ``Config``: ``SDNet`` (seeded with ``seed``),
+    ``SDNet2018`` (deterministic z: no seed) or ``UNetGAN`` (the U-Net and GAN baselines).
 
     Raises:
         ConfigError: ``sdnet2018`` with ``model.num_classes`` other than 1 (it segments the
             myocardium only), or sizes the networks cannot take (``model.input_size`` not
             divisible by 2**``model.unet_depth``).
     """
-    from sdnet_tf.models import SDNet, SDNet2018
+    from sdnet_tf.models import SDNet, SDNet2018, UNetGAN
 
+    if config.model.kind == "unet_gan":
+        _refuse_sdnet_only_settings(config)
+        return UNetGAN(**model_kwargs(config))
+    if config.train.self_training_rounds:
+        raise ConfigError("train.self_training_rounds is the self-training baseline of model.kind unet_gan; "
+                          f"model.kind {config.model.kind} does not read it")
     if config.model.kind == "sdnet2018":
         if config.model.num_classes != 1:
             raise ConfigError(f"model.kind sdnet2018 segments the myocardium only: set model.num_classes 1, "
@@ -178,9 +203,9 @@ def build_sdnet(config, seed=None):
         raise ConfigError(f"model: {error}") from error
 
 
-def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays):
+def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays, initial_weights=None):
     from sdnet_tf.training.engines import sdnet_engine
-    from sdnet_tf.training.trainer import Trainer, Trainer2018
+    from sdnet_tf.training.trainer import Trainer, Trainer2018, TrainerUNet
 
     # variables created in the strategy's scope are mirrored on every replica
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -190,11 +215,19 @@ def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, a
     engine = sdnet_engine(model, config, run_dir=out_dir, strategy=strategy)
     if config.loss.shape_prior:  # not for the precursor: build_sdnet refused it
         _use_shape_prior(engine, config, arrays, out_dir)
-    task = Trainer2018 if config.model.kind == "sdnet2018" else Trainer
+    task = {"sdnet2018": Trainer2018, "unet_gan": TrainerUNet}.get(config.model.kind, Trainer)
     trainer = task(model, arrays, config, out_dir, engine=engine, progress=progress, resume_dir=run_dir)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
              counts["labelled"], counts["unlabelled"], counts["validation"], trainer.iterations_per_epoch)
+    if initial_weights is not None:
+        from sdnet_tf.training.run_files import RunFiles
+
+        if not RunFiles(initial_weights).load_best(trainer.best_variables()):
+            raise FileNotFoundError(f"{initial_weights}: no best.npz to start from")
+        if trainer.average is not None:
+            trainer.average.restart()
+        log.info("networks start from the kept weights of %s", initial_weights)
     if resume:
         trainer.resume()
     trainer.fit(max_iterations=max_iterations)

@@ -2,6 +2,7 @@
 
 from sdnet_tf.models.acnn import ShapeAutoencoder
 from sdnet_tf.models.anatomy_encoder import AnatomyEncoder
+from sdnet_tf.models.baselines import NETWORKS_UNET_GAN, UNetGAN
 from sdnet_tf.models.decoder import AdaINDecoder, FiLMDecoder
 from sdnet_tf.models.discriminator import MaskDiscriminator
 from sdnet_tf.models.modality_encoder import ModalityEncoder
@@ -11,4 +12,5 @@ from sdnet_tf.models.sdnet2018 import NETWORKS_2018, SDNet2018
 from sdnet_tf.models.segmentor import Segmentor
 
 __all__ = ["AnatomyEncoder", "ModalityEncoder", "FiLMDecoder", "AdaINDecoder", "Segmentor", "MaskDiscriminator", "SDNet",
-           "NVAE", "ShapeAutoencoder", "NETWORKS", "SDNet2018", "NETWORKS_2018"]
+           "NVAE", "ShapeAutoencoder", "NETWORKS", "SDNet2018", "NETWORKS_2018",
+           "UNetGAN", "NETWORKS_UNET_GAN"]

@@ -50,6 +50,12 @@ class WeightAverage:
         for i, variable in enumerate(self.variables()):
             variable.assign(state[f"weight_average_{i:04d}"])
 
+    def restart(self):
+        """Start the average again from the current weights (after weights are loaded)."""
+        for average, target in zip(self.averages, self.targets):
+            average.assign(target.value)
+        self.updates.assign(0)
+
     def update(self):
         """Fold the current weights into the averages."""
         t = int(np.asarray(self.updates.value))

@@ -9,7 +9,7 @@ imported by a JAX run and JAX never by a TensorFlow run.
 
 from sdnet_tf.config import ConfigError
 from sdnet_tf.runtime import require_backend
-from sdnet_tf.training.schedule import SDNET2018_SCHEDULE, sdnet_schedule
+from sdnet_tf.training.schedule import SDNET2018_SCHEDULE, sdnet_schedule, unet_gan_schedule
 
 
 
@@ -25,10 +25,12 @@ def loss_weights(config):
 
 
 def schedule(config):
-    """The steps of one iteration for ``config``: the MICCAI 2018 precursor's three, or SDNet's
-    (``schedule.sdnet_schedule``)."""
+    """The steps of one iteration for ``config``: the MICCAI 2018 precursor's three, the U-Net
+    baselines' (``schedule.unet_gan_schedule``), or SDNet's (``schedule.sdnet_schedule``)."""
     if config.model.kind == "sdnet2018":
         return SDNET2018_SCHEDULE
+    if config.model.kind == "unet_gan":
+        return unet_gan_schedule(config.loss.adversarial)
     return sdnet_schedule(config.loss.adversarial, config.model.lv_volume_head)
 
 

@@ -19,7 +19,7 @@ from sdnet_tf import losses
 
 SAMPLES_Z = ("supervised", "unsupervised", "z_reconstruction")
 # the objectives an engine passes ``dice_mode`` to
-TAKES_DICE_MODE = ("supervised", "supervised_2018")
+TAKES_DICE_MODE = ("supervised", "supervised_2018", "supervised_unet")
 
 
 def supervised(model, images, masks, weights, dice_mode="pooled", noise=None, prior=None, omega=0.0):
@@ -167,6 +167,29 @@ def fake_images_2018(model, images, masks):
     """The image discriminator's fakes: ``masks`` decoded with the z of ``images``, inference mode."""
     _, z = model.decompose(images, training=False)
     return model.reconstruct(masks, z, training=False)
+
+
+# The U-Net and GAN baselines (``models.UNetGAN``) ------------------------------------------
+# SDNet's supervised and adversarial terms, on the U-Net's own segmentations.
+
+
+def supervised_unet(model, images, masks, weights, dice_mode="pooled"):
+    """Labelled step of the U-Net baselines: ``dice * Dice``, plus ``focal * focal loss`` when
+    ``weights["focal"]`` is set; SDNet's supervised step without its reconstruction and KL."""
+    predicted = model.segment(images, training=True)
+    terms = {"dice": losses.dice_loss(predicted, masks, mode=dice_mode)}
+    total = weights["dice"] * terms["dice"]
+    if weights.get("focal"):
+        terms["focal"] = losses.focal_loss(predicted, masks, weights.get("focal_gamma", 2.0))
+        total = total + weights["focal"] * terms["focal"]
+    return total, terms
+
+
+def unsupervised_unet(model, images, weights):
+    """Unlabelled step of the GAN baseline: ``adversarial * LSGAN_G(D(U-Net(x)))``, the
+    adversarial term of SDNet's unlabelled step on the U-Net's segmentations."""
+    terms = {"adversarial": losses.lsgan_generator_loss(model.discriminator(model.segment(images, training=True)))}
+    return weights["adversarial"] * terms["adversarial"], terms
 
 
 def segment_inference(model, images):

@@ -57,6 +57,21 @@ SDNET2018_SCHEDULE = (
 )
 
 
+# The U-Net baselines' iteration (``models.UNetGAN``): SDNet's supervised, unlabelled and
+# discriminator steps without the z-reconstructions; without the last two at adversarial 0.
+UNET_GAN_SCHEDULE = (
+    Step("supervised", "supervised_unet", "supervised", ("unet",), "labelled"),
+    Step("unsupervised", "unsupervised_unet", "unsupervised", ("unet",), "unlabelled"),
+    Step("discriminator", "discriminator", "discriminator", ("discriminator",), "discriminator"),
+)
+
+
+def unet_gan_schedule(adversarial=10.0):
+    """``UNET_GAN_SCHEDULE``; the supervised step alone when the adversarial weight is 0 (the
+    plain U-Net: nothing would read the discriminator)."""
+    return UNET_GAN_SCHEDULE if adversarial else UNET_GAN_SCHEDULE[:1]
+
+
 def sdnet_schedule(adversarial=10.0, lv_volume_head=False):
     """``SDNET_SCHEDULE``, without the discriminator step when the adversarial weight is 0
     (no loss would read the discriminator, as in the AdaIN + focal variant of M&Ms 2020; the

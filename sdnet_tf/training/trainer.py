@@ -40,9 +40,9 @@ def _mask_rgb(masks):
 
 
 def _step_inputs(step, batch, fakes):
-    if step.objective == "supervised":
+    if step.objective in ("supervised", "supervised_unet"):
         return batch["labelled_images"], batch["labelled_masks"]
-    if step.objective == "unsupervised":
+    if step.objective in ("unsupervised", "unsupervised_unet"):
         return (batch["unlabelled_images"],)
     if step.objective == "z_reconstruction":
         return batch[f"{step.batch}_images"], batch[f"z_{step.batch}"]
@@ -365,3 +365,35 @@ class Trainer2018(Trainer):
     def _batchnorm_forward(self, x):
         mask, z = self.model.decompose(x, training=True)
         self.model.reconstruct(mask, z, training=True)
+
+
+class TrainerUNet(Trainer):
+    """The U-Net baselines (``models.UNetGAN``) in SDNet's loop, batches, fake-mask pool and
+    validation: one iteration is the supervised Dice step on the labelled batch, then, with
+    ``loss.adversarial`` > 0 (the GAN baseline), the adversarial step on the unlabelled batch
+    and the discriminator step on the pool's fakes, as SDNet's (``schedule.unet_gan_schedule``).
+    BatchNorm recalibration and the image summaries are of the U-Net."""
+
+    name = "unet_gan"
+
+    def _batchnorm_layers(self):
+        return batchnorm_layers(self.model.unet)
+
+    def _batchnorm_forward(self, x):
+        self.model.unet(x, training=True)
+
+    def epoch_message(self, epoch, epochs, state, metrics, means, seconds, better):
+        adversarial = means.get("unsupervised/adversarial")
+        return (f"epoch {epoch}: val Dice {metrics['dice']:.4f}{' (best)' if better else ''}, "
+                f"sup Dice loss {means.get('supervised/dice', float('nan')):.4f}"
+                + (f", adv {adversarial:.4f}" if adversarial is not None else "") + f", {seconds:.1f} s")
+
+    def _log_images(self):
+        n = self.config.train.image_summaries
+        if n <= 0:
+            return
+        a = self.arrays
+        images = a.validation_images[:n]
+        self.engine.log_images({"input": (images + 1.0) / 2.0,
+                                "predicted_masks": _mask_rgb(self.engine.predict_masks(images)),
+                                "true_masks": _mask_rgb(a.validation_masks[:n])}, self.iteration)
