@@ -150,6 +150,14 @@ class DataConfig:
     # cropped or padded back (data/augment.py rescale_batch); read with augment true only
     resolution_augmentation: bool = False
     resolution_range: list = field(default_factory=lambda: [0.977, 1.641], metadata={"interval": True})
+    # Factor-based augmentation (Liu et al., M&Ms 2020; apps/factor_augmentation.py): a pre-trained
+    # SDNet run directory ("": off) whose encoders split every training image into anatomy and
+    # modality factors and whose decoder renders factor_augmentation_count new images, each an
+    # image's anatomy with the modality (z mean) of an image of another vendor, generated once
+    # and cached in the run directory; 0: as many as there are training images (labelled +
+    # unlabelled). The pairs are drawn with train.seed
+    factor_augmentation: str = ""
+    factor_augmentation_count: int = field(default=0, metadata={"minimum": 0})
     # mnms: the challenge's CSV ("" : the one CSV in the data folder); the vendors whose training
     # patients are labelled ([]: every vendor not named below), whose training patients give
     # only unlabelled frames, and which are held out entirely for testing

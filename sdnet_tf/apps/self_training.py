@@ -88,11 +88,13 @@ def _publish(run_dir, rounds):
     return best
 
 
-def train_self_training(config, run_dir, resume=True, max_iterations=None, progress=True, arrays=None,
+def train_self_training(train_run, config, run_dir, resume=True, max_iterations=None, progress=True, arrays=None,
                         description=None):
     """Train the self-training baseline as ``config`` says; returns the run summary.
 
     Args:
+        train_run: the function that trains one round (``apps.train.train_run``, handed in so
+            this module does not import it: ``train_run`` calls this function).
         config: a resolved ``Config`` with ``model.kind`` unet_gan and
             ``train.self_training_rounds`` >= 1.
         run_dir: the run directory; each round trains in ``run_dir/round-<r>``.
@@ -105,7 +107,6 @@ def train_self_training(config, run_dir, resume=True, max_iterations=None, progr
     Raises:
         FileExistsError: ``resume`` is False and the run directory holds rounds already.
     """
-    from sdnet_tf.apps.train import train_run
     from sdnet_tf.inference import load_run, probabilities_fn
 
     run_dir = Path(run_dir)

@@ -36,6 +36,11 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     only the chief writes ``run_dir``. The others write their checkpoints and logs to a
     temporary directory, removed at the end, and resume from the chief's checkpoints, so
     ``run_dir`` must be readable by every worker.
+
+    With ``data.factor_augmentation`` (a pre-trained SDNet run) the training arrays are first
+    enlarged with images that run decodes from anatomy and modality factors of different
+    vendors (``apps.factor_augmentation``), kept in ``factor_augmentation.npz`` and described
+    in ``factor_augmentation.json``.
     """
     run_dir = Path(run_dir)
     jax = config.train.backend == "jax"
@@ -62,6 +67,11 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
         log.warning("data.spacing %g mm lies outside data.resolution_range %s mm: resolution augmentation will "
                     "always %s the images", d.spacing, d.resolution_range,
                     "magnify" if d.spacing > d.resolution_range[1] else "shrink")
+    source_run = None
+    if d.factor_augmentation:  # its files only: no weights are loaded before the strategy exists
+        from sdnet_tf.apps.factor_augmentation import check_source_run
+
+        source_run, _ = check_source_run(d.factor_augmentation, config, run_dir)
     description = None
     if arrays is None:
         # before the run directory exists: bad data leaves no half-made run behind
@@ -69,7 +79,7 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     if config.train.self_training_rounds:
         from sdnet_tf.apps.self_training import train_self_training
 
-        return train_self_training(config, run_dir, resume, max_iterations, progress, arrays, description)
+        return train_self_training(train_run, config, run_dir, resume, max_iterations, progress, arrays, description)
     strategy, chief, out_dir = None, True, run_dir
     if not jax:
         from sdnet_tf.training.distribute import is_chief, make_strategy, task
@@ -87,12 +97,28 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
         log.info("task %s %d: the chief writes %s; this task writes to %s, removed at the end",
                  *task(strategy), run_dir, out_dir)
     try:
+        if source_run is not None:
+            arrays = _factor_augmentation(config, source_run, arrays, out_dir)
         return _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress and chief, arrays,
                       initial_weights)
     finally:
         stop_logging(handler)
         if not chief:
             shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _factor_augmentation(config, source_run, arrays, out_dir):
+    """``arrays`` with the factor-based augmentation's images (generated, or read from the
+    run's cache), logged in one line and described in ``factor_augmentation.json``."""
+    from sdnet_tf.apps.factor_augmentation import CACHE_NAME, DESCRIPTION_NAME, factor_augment
+
+    arrays, description = factor_augment(arrays, source_run, config, count=config.data.factor_augmentation_count,
+                                         seed=config.train.seed, cache=Path(out_dir) / CACHE_NAME,
+                                         batch_size=config.train.validation_batch_size)
+    log.info("factor augmentation with %s: %d labelled and %d unlabelled images added (%s)", source_run,
+             description["labelled"], description["unlabelled"], description["pairing"])
+    write_json(Path(out_dir) / DESCRIPTION_NAME, description)
+    return arrays
 
 
 def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays, initial_weights=None):

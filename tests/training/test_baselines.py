@@ -46,19 +46,19 @@ def test_segment_gives_the_foreground_channels_of_the_softmax():
 
 
 def test_the_schedule_drops_the_adversarial_steps_at_weight_0_and_refuses_sdnet_settings():
-    config = load_config("unet-gan-acdc-cpu")
+    config = load_config("gan-acdc-cpu")
     assert schedule(config) == UNET_GAN_SCHEDULE
-    plain = load_config("unet-gan-acdc-cpu", ["loss.adversarial=0"])
+    plain = load_config("gan-acdc-cpu", ["loss.adversarial=0"])
     assert [step.name for step in schedule(plain)] == ["supervised"]
     with pytest.raises(ConfigError, match=r"does not read model\.segmentor_filters, loss\.reconstruction"):
-        build_sdnet(load_config("unet-gan-acdc-cpu", ["model.segmentor_filters=8", "loss.reconstruction=2"]))
+        build_sdnet(load_config("gan-acdc-cpu", ["model.segmentor_filters=8", "loss.reconstruction=2"]))
     with pytest.raises(ConfigError, match="self_training_rounds is the self-training baseline"):
         build_sdnet(load_config("sdnet-acdc-cpu", ["train.self_training_rounds=1"]))
 
 
 @pytest.fixture(scope="module")
 def trainer_unet(tmp_path_factory):
-    config = load_config("unet-gan-phantom-quick", TINY + ["train.iterations_per_epoch=2", "train.epochs=1",
+    config = load_config("gan-phantom-quick", TINY + ["train.iterations_per_epoch=2", "train.epochs=1",
                                                            "data.dataset=synthetic"])
     keras.utils.set_random_seed(1)
     model = build_sdnet(config)
@@ -111,12 +111,12 @@ def test_pseudo_labelled_images_join_the_labelled_ones_with_their_vendor():
 
 
 def test_a_tiny_gan_baseline_learns_and_is_scored_by_evaluate(phantom_cohort_8, tmp_path):
-    # configs/unet-gan-phantom-quick.yaml at 32 x 32 on the 8-patient phantom, 200 iterations;
+    # configs/gan-phantom-quick.yaml at 32 x 32 on the 8-patient phantom, 200 iterations;
     # measured best validation Dice 0.833 (first epoch 0.19), 3-D Dice of evaluate --run above 0.4
     overrides = TINY + ["train.epochs=8", "train.iterations_per_epoch=25", "train.learning_rate=3e-3",
                         f"data.path={phantom_cohort_8}", f"data.spacing={LEARNING_SPACING}",
                         f"data.cache_dir={tmp_path / 'cache'}"]
-    summary = train_run(load_config("unet-gan-phantom-quick", overrides), tmp_path / "run", progress=False)
+    summary = train_run(load_config("gan-phantom-quick", overrides), tmp_path / "run", progress=False)
     best, first = best_and_first(tmp_path / "run", "val_dice")
     history = (tmp_path / "run" / "history.csv").read_text()
     assert "train_unsupervised/adversarial" in history and "train_discriminator/discriminator" in history
@@ -138,7 +138,7 @@ def test_self_training_rounds_start_from_the_previous_round_and_resume(phantom_c
     overrides = TINY + ["loss.adversarial=0", "train.self_training_rounds=2", "train.epochs=1",
                         "train.iterations_per_epoch=3", f"data.path={phantom_cohort_8}",
                         f"data.spacing={LEARNING_SPACING}", f"data.cache_dir={tmp_path / 'cache'}"]
-    config = load_config("unet-gan-phantom-quick", overrides)
+    config = load_config("gan-phantom-quick", overrides)
     run = tmp_path / "run"
     summary = train_run(config, run, progress=False)
     rounds = json.loads((run / "self_training.json").read_text())["rounds"]
