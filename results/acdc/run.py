@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""The SDNet paper's label-fraction table at the CPU protocol, against the U-Net baseline.
+"""The SDNet paper's label-fraction table at the CPU protocol, against the U-Net, GAN and self-training baselines.
 
     python results/acdc/run.py /path/to/ACDC/training [--runs runs/acdc-cpu] [--only NAME ...]
     python results/acdc/run.py /path/to/ACDC/training --ablation batch-dice
 
 For each planned run (SDNet with configs/sdnet-acdc-cpu.yaml and the U-Net with
-configs/unet-acdc-cpu.yaml, at the same labelled subjects) it trains with the public command
+configs/unet-acdc-cpu.yaml, at the same labelled subjects; the GAN and self-training
+baselines, configs/gan-acdc-cpu.yaml and configs/self-training-acdc-cpu.yaml, at split 0 with
+1.5% and 100% labels) it trains with the public command
 (resuming a run directory that holds checkpoints), scores the split's 15 test patients with
 ``sdnet-tf evaluate --run`` (per-slice Dice as the paper, ACDC 3-D Dice, HD95, anatomically
 valid slices), and writes ``results/acdc/runs/<name>.json`` with the run's validation
@@ -31,8 +33,16 @@ ROOT = HERE.parent.parent
 # and 2 at one subject and all labels; per split, each model kind
 PLAN = [(0, 1.0), (0, 0.015), (0, 0.06), (0, 0.25), (1, 0.015), (2, 0.015), (1, 1.0), (2, 1.0)]
 KINDS = ("unet", "sdnet")
+# the SDNet papers' other baselines (configs gan-acdc-cpu and self-training-acdc-cpu: the U-Net
+# in SDNet's own pipeline), at split 0 with one subject and with all labels, before splits 1 and 2
+BASELINES = ("gan", "self-training")
+BASELINE_PLAN = [(0, 0.015), (0, 1.0)]
+JOBS = ([(kind, split, fraction) for split, fraction in PLAN[:4] for kind in KINDS]
+        + [(kind, split, fraction) for split, fraction in BASELINE_PLAN for kind in BASELINES]
+        + [(kind, split, fraction) for split, fraction in PLAN[4:] for kind in KINDS])
 PAPER = {1.0: 84, 0.25: 81, 0.06: 78, 0.015: 73}  # SDNet, ACDC, per-slice Dice (%), 3-fold
-NAMES = {"sdnet": "SDNet", "unet": "U-Net"}
+NAMES = {"sdnet": "SDNet", "unet": "U-Net", "gan": "GAN", "self-training": "self-training"}
+CONFIGS = {"sdnet": "sdnet-acdc-cpu", "gan": "gan-acdc-cpu", "self-training": "self-training-acdc-cpu"}
 # what costs SDNet against the U-Net: each ablation is SDNet at split 0 and 100% labels with
 # these overrides of configs/sdnet-acdc-cpu.yaml, written to ablations/sdnet-split0-100pct-NAME.json
 ABLATIONS = {
@@ -52,8 +62,8 @@ def run_name(kind, split, fraction):
 
 
 def commands(kind, split, fraction, data, run_dir, extra=()):
-    if kind == "sdnet":
-        train = ["sdnet-tf", "train", "acdc", "-c", "sdnet-acdc-cpu", "--data", str(data), "--split", str(split),
+    if kind in CONFIGS:
+        train = ["sdnet-tf", "train", "acdc", "-c", CONFIGS[kind], "--data", str(data), "--split", str(split),
                  "--labelled-fraction", str(fraction), "-o", str(run_dir), "--quiet", *extra]
     else:
         train = ["sdnet-tf", "baseline", "train", "unet", "-c", "unet-acdc-cpu", "--data", str(data), "--split", str(split),
@@ -73,9 +83,16 @@ def run(command, log):
 
 
 def history(run_dir, kind):
+    """Validation Dice per epoch; a self-training run's rounds one after another."""
+    rounds = sorted(run_dir.glob("round-*"), key=lambda p: int(p.name.split("-")[1]))
+    if rounds:
+        curve = []
+        for round_dir in rounds:
+            curve += [dict(r, epoch=r["epoch"] + len(curve)) for r in history(round_dir, kind)]
+        return curve
     path = run_dir / "history.csv"
     rows = list(csv.DictReader(open(path))) if path.is_file() else []
-    key = "val_dice" if kind == "sdnet" else "val_dice_mean"
+    key = "val_dice_mean" if kind == "unet" else "val_dice"
     return [{"epoch": int(r["epoch"]), "val_dice": float(r[key]), "seconds": float(r["seconds"])} for r in rows]
 
 
@@ -113,25 +130,26 @@ def largest_drop(curve, after=3):
 
 
 def write_table(results):
-    lines = ["# SDNet and the U-Net baseline on ACDC at the CPU protocol", "",
+    lines = ["# SDNet and its baselines on ACDC at the CPU protocol", "",
              "Scored on each split's 15 test patients (ED and ES). Made by `results/acdc/run.py`; "
-             "configs `sdnet-acdc-cpu` and `unet-acdc-cpu`.", "",
+             "configs `sdnet-acdc-cpu`, `unet-acdc-cpu`, `gan-acdc-cpu` and `self-training-acdc-cpu`.", "",
              "## Per-slice Dice, the paper's measure (%, mean over MYO, LV, RV)", "",
-             "| split | labelled | labelled subjects | SDNet (paper, 3-fold, full size) | SDNet (ours) | U-Net (ours) |",
-             "|---|---|---|---|---|---|"]
+             "| split | labelled | labelled subjects | SDNet (paper, 3-fold, full size) | SDNet (ours) | U-Net (ours) | "
+             "GAN (ours) | self-training (ours) |",
+             "|---|---|---|---|---|---|---|---|"]
     by = {(r["model"], r["split"], r["labelled_fraction"]): r for r in results}
     keys = sorted({(r["split"], r["labelled_fraction"]) for r in results}, key=lambda k: (k[0], -k[1]))
     for split, fraction in keys:
-        s, u = by.get(("sdnet", split, fraction)), by.get(("unet", split, fraction))
-        subjects = len((s or u)["labelled_patients"])
+        runs = [by.get((kind, split, fraction)) for kind in ("sdnet", "unet", *BASELINES)]
+        subjects = len(next(r for r in runs if r)["labelled_patients"])
         lines.append(f"| {split} | {fraction * 100:g}% | {subjects} | {PAPER.get(fraction, '—')} | "
-                     f"{fmt(s and s['slice_dice']['mean'], 100, 1)} | {fmt(u and u['slice_dice']['mean'], 100, 1)} |")
+                     + " | ".join(fmt(r and r["slice_dice"]["mean"], 100, 1) for r in runs) + " |")
     lines += ["", "## ACDC 3-D Dice, HD95 and anatomically valid slices", "",
               "| split | labelled | model | 3-D Dice mean | LV | RV | MYO | HD95 LV / RV / MYO (mm) | valid slices | "
               "largest validation drop after epoch 3 |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for split, fraction in keys:
-        for kind in KINDS:
+        for kind in KINDS + BASELINES:
             r = by.get((kind, split, fraction))
             if r is None:
                 continue
@@ -156,8 +174,7 @@ def write_readme_section(table_lines, results):
     if README_START not in text or README_END not in text:
         return
     done = {(r["model"], r["split"], r["labelled_fraction"]) for r in results}
-    missing = [run_name(kind, split, fraction) for split, fraction in PLAN for kind in KINDS
-               if (kind, split, fraction) not in done]
+    missing = [run_name(kind, split, fraction) for kind, split, fraction in JOBS if (kind, split, fraction) not in done]
     drops = {r["name"]: largest_drop(r["validation"]) for r in results}
     body = [line.replace("## ", "#### ", 1) if line.startswith("## ") else line for line in table_lines]
     body += ["", f"Largest fall of validation Dice between consecutive epochs after epoch 3, over all runs: "
@@ -183,7 +200,7 @@ def plot(results):
             curve = r["validation"]
             note = f" (epochs {r['epochs_done']} of {r['epochs_planned']}, running)" if r.get("partial") else ""
             ax.plot([c["epoch"] for c in curve], [c["val_dice"] for c in curve],
-                    "-" if r["model"] == "sdnet" else "--",
+                    {"sdnet": "-", "unet": "--", "gan": ":", "self-training": "-."}[r["model"]],
                     label=f"{NAMES[r['model']]} {r['labelled_fraction'] * 100:g}%{note}")
         ax.set(title=f"split {split}: validation Dice per epoch", xlabel="epoch (100 iterations)",
                ylabel="validation Dice", ylim=(0, 1))
@@ -211,23 +228,22 @@ def main():
         return ablation(args.ablation, args.data, args.runs)
     out = HERE / "runs"
     out.mkdir(exist_ok=True)
-    for split, fraction in PLAN:
-        for kind in KINDS:
-            name = run_name(kind, split, fraction)
-            if (out / f"{name}.json").is_file() or (args.only is not None and name not in args.only):
-                continue
-            run_dir = args.runs / name
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            cmds = commands(kind, split, fraction, args.data, run_dir)
-            start = time.perf_counter()
-            run(cmds[0], args.runs / f"{name}.log")
-            seconds = time.perf_counter() - start
-            run(cmds[1], args.runs / f"{name}.log")
-            result = collect(kind, split, fraction, run_dir, seconds, cmds)
-            write_json(out / f"{name}.json", result)
-            print(f"{name}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
-                  f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
-            rebuild()
+    for kind, split, fraction in JOBS:
+        name = run_name(kind, split, fraction)
+        if (out / f"{name}.json").is_file() or (args.only is not None and name not in args.only):
+            continue
+        run_dir = args.runs / name
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        cmds = commands(kind, split, fraction, args.data, run_dir)
+        start = time.perf_counter()
+        run(cmds[0], args.runs / f"{name}.log")
+        seconds = time.perf_counter() - start
+        run(cmds[1], args.runs / f"{name}.log")
+        result = collect(kind, split, fraction, run_dir, seconds, cmds)
+        write_json(out / f"{name}.json", result)
+        print(f"{name}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
+              f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
+        rebuild()
     rebuild()
 
 
