@@ -392,8 +392,9 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
     Each volume's voxel size, slice axis and orientation are read from its header (README,
     "Input geometry"); it is brought into the run's training orientation, preprocessed as in
     training, segmented slice by slice, un-cropped, resampled and re-oriented back, and written
-    as uint8 (0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. A file that
-    fails is reported and the others go on.
+    as uint8 (0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. A run trained
+    on M&Ms writes M&Ms' values (1 LV, 2 MYO, 3 RV) instead, and says so. A file that fails is
+    reported and the others go on.
 
     Every volume is quality-controlled (README, "Quality control"): per slice its anatomical
     validity and SDNet's out-of-distribution scores, per volume a status, ok or review, in
@@ -405,7 +406,8 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
     from sdnet_infer.qc import QualityControl, partial_model_skip
     from sdnet_tf.data.arrays import DataError
     from sdnet_infer.labels import SDNET_CHANNELS
-    from sdnet_tf.inference import KerasRuntime, load_run, run_orientation
+    from sdnet_infer.labels import CONVENTION_NAMES
+    from sdnet_tf.inference import KerasRuntime, load_run, run_label_convention, run_orientation
     from sdnet_tf.apps.quality import run_calibration
 
     try:
@@ -414,6 +416,9 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
             raise DataError(f"{data}: --data is not a folder (the run's cohort, for the quality-control calibration)")
         model, cfg = load_run(run_dir)
         network = KerasRuntime(model, cfg.data.spacing, run_orientation(run_dir), batch_size)
+        convention = run_label_convention(run_dir)
+        if convention != "acdc":
+            click.echo(f"labels written in {CONVENTION_NAMES[convention]} convention, the run's training data's")
         quality = None
         skipped = partial_model_skip(SDNET_CHANNELS[:model.num_classes])  # the precursor: MYO only
         if qc and skipped:
@@ -427,7 +432,7 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
         records = predict_files(source, output, network.segment, network.size, network.spacing,
                                 lambda index, total, record: draw(index, total, None, record["error"]),
                                 orientation=network.orientation, quality=quality,
-                                model={"run": str(run_dir)})
+                                model={"run": str(run_dir)}, labels=convention)
     except DataError as error:
         raise UserError(str(error)) from error
     qc_file = "" if quality is None else f", quality control in {output / 'qc.json'}"

@@ -285,6 +285,22 @@ def run_orientation(run_dir):
     return check_orientation(meta.get("orientation", TRAINING_ORIENTATION), str(description))
 
 
+def run_description(run_dir):
+    """A run's ``data.json`` as a dict ({} when it has none: a run on synthetic arrays, or older)."""
+    description = Path(run_dir) / "data.json"
+    try:
+        return json.loads(description.read_text()) if description.is_file() else {}
+    except ValueError as error:
+        raise DataError(f"{description}: not readable JSON ({error})") from error
+
+
+def run_label_convention(run_dir):
+    """The label values a run's predictions are written in (``sdnet_infer.labels.LABEL_CONVENTIONS``):
+    "mnms" (1 LV, 2 MYO, 3 RV) for a run trained on M&Ms data (its ``data.json``'s dataset), else
+    "acdc" (1 RV, 2 MYO, 3 LV)."""
+    return "mnms" if run_description(run_dir).get("dataset") == "mnms" else "acdc"
+
+
 def run_cohort(run_dir, data=None):
     """(cohort folder, splits, the run's split) of a trained run, from its ``data.json``.
 

@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from sdnet_infer.labels import LABELS
+from sdnet_infer.io import labels_in_convention
 from sdnet_tf.data.acdc import MAX_UNLABELLED
 from sdnet_tf.data.arrays import DataError, SDNetArrays, read_npz, save_npz, unpack_npz
 from sdnet_tf.data.nifti import load_labels, parse_label_map, read_volume
@@ -82,19 +82,13 @@ _IMAGE = re.compile(r"(.+)_sa\.nii(\.gz)?")
 
 
 def to_mnms_labels(labels):
-    """ACDC label values (0 background, 1 RV, 2 MYO, 3 LV) -> M&Ms' (1 LV, 2 MYO, 3 RV), any shape.
+    """ACDC label values (0 background, 1 RV, 2 MYO, 3 LV) -> M&Ms' (1 LV, 2 MYO, 3 RV), any shape
+    (``sdnet_infer.io.labels_in_convention(labels, "mnms")``).
 
     Raises:
         DataError: a value that is not an ACDC label.
     """
-    labels = np.asarray(labels)
-    bad = sorted(set(np.unique(labels).tolist()) - set(LABELS))
-    if bad:
-        raise DataError(f"labels {bad[:5]} are not ACDC labels {LABELS}; cannot write them in M&Ms' convention")
-    table = np.zeros(max(LABELS) + 1, np.uint8)
-    for acdc, stored in INVERSE_LABEL_MAP.items():
-        table[acdc] = stored
-    return table[labels.astype(np.intp)]
+    return labels_in_convention(labels, "mnms")
 
 
 # ------------------------------------------------------------------------------ the CSV
