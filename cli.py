@@ -487,6 +487,11 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
     summary.json (mean and standard deviation per class and phase). A prediction whose shape,
     voxel size or affine differs from its reference's is refused (both files named), the other
     cases are scored, and the exit code is 1.
+
+    A run trained on M&Ms (sdnet-tf train mnms) is scored on its test patients of the vendors
+    it saw and every patient of its held-out vendors (the ED and ES frames of their 4-D files),
+    with a table per vendor (vendors.csv, summary.json's per_vendor); its predictions are
+    written in M&Ms' labels (1 LV, 2 MYO, 3 RV).
     """
     from sdnet_infer.io import parse_label_map
     from sdnet_tf.data.arrays import DataError
@@ -523,12 +528,21 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
                               if g["all"]["Dice"]["mean"] is not None)
         click.echo(f"{_volumes(summary['cases'])} scored: mean 3-D Dice {dice:.3f} ({per_class}); "
                    f"tables and summary.json in {output}")
+    if "per_vendor" in summary:  # a run trained on M&Ms: its vendors' test and held-out patients
+        from sdnet_tf.apps.mnms_cases import vendor_table
+
+        click.echo(vendor_table(summary["per_vendor"]))
+        click.echo(f"(3-D Dice per structure and mean over them, HD95 mean over them; per vendor in "
+                   f"{output / 'vendors.csv'}; predictions in M&Ms' labels, 1 LV, 2 MYO, 3 RV)")
     if "lv_volume_head" in summary:
         error = summary["lv_volume_head"]["absolute_error_ml"]
         click.echo(f"LV-volume head: mean absolute LV volume error {error['mean']:.1f} ml (sd {error['std']:.1f}) "
                    "against the references (lv_volume_head.csv)")
     if summary["errors"]:
-        click.echo(f"{_volumes(len(summary['errors']))} could not be scored (listed in summary.json)", err=True)
+        count = len(summary["errors"])
+        what = (f"{count} patient{'' if count == 1 else 's'} or frame{'' if count == 1 else 's'}"
+                if "per_vendor" in summary else _volumes(count))  # M&Ms: a patient fails as a whole
+        click.echo(f"{what} could not be scored (listed in summary.json)", err=True)
         sys.exit(1)
 
 
