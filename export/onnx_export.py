@@ -161,20 +161,23 @@ def _save(proto, out_dir, name, external):
 
 
 def sidecar_labels(num_classes, convention="acdc"):
-    """The sidecar's label entries: ``labels`` ({written value as a string: structure name}, for the
-    model's ``num_classes`` foreground channels and background) and ``label_convention``
-    (``sdnet_infer.labels.LABEL_CONVENTIONS``: "acdc", or "mnms" for a model trained on M&Ms,
-    whose files ``sdnet-infer`` writes as 1 LV, 2 MYO, 3 RV).
+    """The sidecar's label entries, for the model's ``num_classes`` foreground channels and background.
+
+    ``labels`` ({value as a string: structure name}) describes the values of ``segment.onnx``'s
+    ``labels`` output, ACDC's whatever the training data; ``label_convention``
+    (``sdnet_infer.labels.LABEL_CONVENTIONS``: "acdc", or "mnms" for a model trained on M&Ms) is
+    the values ``sdnet-infer`` writes to files, and ``written_labels`` the same table in those
+    values (for "mnms": 1 LV, 2 MYO, 3 RV).
 
     Raises:
         DataError: an unknown convention.
     """
     from sdnet_infer.io import check_label_convention
 
-    table = {BACKGROUND: BACKGROUND, **LABEL_CONVENTIONS[check_label_convention(convention)]}
     values = (BACKGROUND, *SDNET_CHANNEL_LABELS[:num_classes])
-    return {"labels": {str(table[v]): LABEL_NAMES[v] for v in sorted(values, key=table.get)},
-            "label_convention": convention}
+    written = {BACKGROUND: BACKGROUND, **LABEL_CONVENTIONS[check_label_convention(convention)]}
+    return {"labels": {str(v): LABEL_NAMES[v] for v in sorted(values)}, "label_convention": convention,
+            "written_labels": {str(written[v]): LABEL_NAMES[v] for v in sorted(values, key=written.get)}}
 
 
 def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, source=None, log=None,
@@ -184,7 +187,7 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
     ``orientation`` (an axis code, ACDC's "LPS" by default) is the orientation the model was
     trained in; the sidecar records it and the runtime brings every input into it.
     ``label_convention`` ("acdc", or "mnms" for a model trained on M&Ms) is the label values
-    the runtime writes (``sidecar_labels``).
+    the runtime writes to files (``sidecar_labels``).
 
     Float32 models keep their weights in ONNX external data (``<name>.onnx.data``, hashed in
     the sidecar like the graph). With ``precision`` "int8" or "fp16", ``reduce(fp32_path,

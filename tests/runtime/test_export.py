@@ -351,8 +351,11 @@ def test_an_mnms_run_exports_infers_and_predicts_in_mnms_labels(run_dir, export_
     from sdnet_infer.cli import main as infer_main
     from sdnet_tf.data.mnms import to_mnms_labels
 
-    assert onnx_export.sidecar_labels(3, "mnms") == {"labels": {"0": "background", "1": "LV", "2": "MYO", "3": "RV"},
-                                                     "label_convention": "mnms"}
+    acdc_table = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}  # segment.onnx's labels output
+    assert onnx_export.sidecar_labels(3, "mnms") == {
+        "labels": acdc_table, "label_convention": "mnms",
+        "written_labels": {"0": "background", "1": "LV", "2": "MYO", "3": "RV"}}
+    assert onnx_export.sidecar_labels(1, "mnms")["written_labels"] == {"0": "background", "2": "MYO"}
     mnms_run = tmp_path / "mnms-run"
     shutil.copytree(run_dir, mnms_run)
     (mnms_run / "data.json").write_text(json.dumps({"dataset": "mnms", "orientation": "LPS"}))
