@@ -366,7 +366,7 @@ def run_cohort(run_dir, data=None):
         splits[split] = {name: meta[f"{name}_patients"] for name in ("training", "validation", "test")}
         meta = {**meta, "dataset": "acdc", "splits": splits}
     if meta.get("dataset") != "acdc":
-        also = "; evaluate --run and predict take M&Ms runs" if meta.get("dataset") == "mnms" else ""
+        also = "; evaluate --run scores M&Ms runs, per vendor" if meta.get("dataset") == "mnms" else ""
         raise DataError(f"{run_dir}: trained on {meta.get('dataset')!r} data; only ACDC-layout cohorts "
                         f"(a folder or the phantom) can be read by split here{also}")
     folder = _run_data_folder(meta, data)
