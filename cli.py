@@ -392,8 +392,9 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
     Each volume's voxel size, slice axis and orientation are read from its header (README,
     "Input geometry"); it is brought into the run's training orientation, preprocessed as in
     training, segmented slice by slice, un-cropped, resampled and re-oriented back, and written
-    as uint8 (0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. A file that
-    fails is reported and the others go on.
+    as uint8 (0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. A run trained
+    on M&Ms writes M&Ms' values (1 LV, 2 MYO, 3 RV) instead, and says so. A file that fails is
+    reported and the others go on.
 
     Every volume is quality-controlled (README, "Quality control"): per slice its anatomical
     validity and SDNet's out-of-distribution scores, per volume a status, ok or review, in
@@ -405,7 +406,8 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
     from sdnet_infer.qc import QualityControl, partial_model_skip
     from sdnet_tf.data.arrays import DataError
     from sdnet_infer.labels import SDNET_CHANNELS
-    from sdnet_tf.inference import KerasRuntime, load_run, run_orientation
+    from sdnet_infer.labels import CONVENTION_NAMES
+    from sdnet_tf.inference import KerasRuntime, load_run, run_label_convention, run_orientation
     from sdnet_tf.apps.quality import run_calibration
 
     try:
@@ -414,6 +416,9 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
             raise DataError(f"{data}: --data is not a folder (the run's cohort, for the quality-control calibration)")
         model, cfg = load_run(run_dir)
         network = KerasRuntime(model, cfg.data.spacing, run_orientation(run_dir), batch_size)
+        convention = run_label_convention(run_dir)
+        if convention != "acdc":
+            click.echo(f"labels written in {CONVENTION_NAMES[convention]} convention, the run's training data's")
         quality = None
         skipped = partial_model_skip(SDNET_CHANNELS[:model.num_classes])  # the precursor: MYO only
         if qc and skipped:
@@ -427,7 +432,7 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
         records = predict_files(source, output, network.segment, network.size, network.spacing,
                                 lambda index, total, record: draw(index, total, None, record["error"]),
                                 orientation=network.orientation, quality=quality,
-                                model={"run": str(run_dir)})
+                                model={"run": str(run_dir)}, labels=convention)
     except DataError as error:
         raise UserError(str(error)) from error
     qc_file = "" if quality is None else f", quality control in {output / 'qc.json'}"
@@ -482,6 +487,11 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
     summary.json (mean and standard deviation per class and phase). A prediction whose shape,
     voxel size or affine differs from its reference's is refused (both files named), the other
     cases are scored, and the exit code is 1.
+
+    A run trained on M&Ms (sdnet-tf train mnms) is scored on its test patients of the vendors
+    it saw and every patient of its held-out vendors (the ED and ES frames of their 4-D files),
+    with a table per vendor (vendors.csv, summary.json's per_vendor); its predictions are
+    written in M&Ms' labels (1 LV, 2 MYO, 3 RV).
     """
     from sdnet_infer.io import parse_label_map
     from sdnet_tf.data.arrays import DataError
@@ -518,12 +528,21 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
                               if g["all"]["Dice"]["mean"] is not None)
         click.echo(f"{_volumes(summary['cases'])} scored: mean 3-D Dice {dice:.3f} ({per_class}); "
                    f"tables and summary.json in {output}")
+    if "per_vendor" in summary:  # a run trained on M&Ms: its vendors' test and held-out patients
+        from sdnet_tf.apps.mnms_cases import vendor_table
+
+        click.echo(vendor_table(summary["per_vendor"]))
+        click.echo(f"(3-D Dice per structure and mean over them, HD95 mean over them; per vendor in "
+                   f"{output / 'vendors.csv'}; predictions in M&Ms' labels, 1 LV, 2 MYO, 3 RV)")
     if "lv_volume_head" in summary:
         error = summary["lv_volume_head"]["absolute_error_ml"]
         click.echo(f"LV-volume head: mean absolute LV volume error {error['mean']:.1f} ml (sd {error['std']:.1f}) "
                    "against the references (lv_volume_head.csv)")
     if summary["errors"]:
-        click.echo(f"{_volumes(len(summary['errors']))} could not be scored (listed in summary.json)", err=True)
+        count = len(summary["errors"])
+        what = (f"{count} patient{'' if count == 1 else 's'} or frame{'' if count == 1 else 's'}"
+                if "per_vendor" in summary else _volumes(count))  # M&Ms: a patient fails as a whole
+        click.echo(f"{what} could not be scored (listed in summary.json)", err=True)
         sys.exit(1)
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION
-from sdnet_infer.labels import BACKGROUND, LABEL_NAMES, SDNET_CHANNEL_LABELS, SDNET_CHANNELS
+from sdnet_infer.labels import BACKGROUND, LABEL_CONVENTIONS, LABEL_NAMES, SDNET_CHANNEL_LABELS, SDNET_CHANNELS
 from sdnet_infer.model import FORMAT, SIDECAR, sha256  # the runtime reads what this writes
 
 DEFAULT_OPSET = 17
@@ -160,12 +160,34 @@ def _save(proto, out_dir, name, external):
     return {"file": path.name, "sha256": sha256(path), "data": {"file": data.name, "sha256": sha256(data)}}
 
 
+def sidecar_labels(num_classes, convention="acdc"):
+    """The sidecar's label entries, for the model's ``num_classes`` foreground channels and background.
+
+    ``labels`` ({value as a string: structure name}) describes the values of ``segment.onnx``'s
+    ``labels`` output, ACDC's whatever the training data; ``label_convention``
+    (``sdnet_infer.labels.LABEL_CONVENTIONS``: "acdc", or "mnms" for a model trained on M&Ms) is
+    the values ``sdnet-infer`` writes to files, and ``written_labels`` the same table in those
+    values (for "mnms": 1 LV, 2 MYO, 3 RV).
+
+    Raises:
+        DataError: an unknown convention.
+    """
+    from sdnet_infer.io import check_label_convention
+
+    values = (BACKGROUND, *SDNET_CHANNEL_LABELS[:num_classes])
+    written = {BACKGROUND: BACKGROUND, **LABEL_CONVENTIONS[check_label_convention(convention)]}
+    return {"labels": {str(v): LABEL_NAMES[v] for v in sorted(values)}, "label_convention": convention,
+            "written_labels": {str(written[v]): LABEL_NAMES[v] for v in sorted(values, key=written.get)}}
+
+
 def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, source=None, log=None,
-                 orientation=TRAINING_ORIENTATION, precision="fp32", reduce=None, data=None):
+                 orientation=TRAINING_ORIENTATION, precision="fp32", reduce=None, data=None, label_convention="acdc"):
     """Write ``segment/anatomy/modality/decoder.onnx`` and ``sdnet-export.json`` into ``out_dir``.
 
     ``orientation`` (an axis code, ACDC's "LPS" by default) is the orientation the model was
     trained in; the sidecar records it and the runtime brings every input into it.
+    ``label_convention`` ("acdc", or "mnms" for a model trained on M&Ms) is the label values
+    the runtime writes to files (``sidecar_labels``).
 
     Float32 models keep their weights in ONNX external data (``<name>.onnx.data``, hashed in
     the sidecar like the graph). With ``precision`` "int8" or "fp16", ``reduce(fp32_path,
@@ -248,7 +270,7 @@ def export_model(model, config, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAY
             "geometry": "voxel size, slice axis and orientation by sdnet_infer.geometry; labels written back on "
                         "the input's grid with its affine and header",
         },
-        "labels": {str(v): LABEL_NAMES[v] for v in (BACKGROUND, *SDNET_CHANNEL_LABELS[:model.num_classes])},
+        **sidecar_labels(model.num_classes, label_convention),
         "probability_channels": CHANNELS[:model.num_classes],
         "model": {"input_size": model.input_size, "anatomy_channels": model.anatomy_channels, "nz": model.nz,
                   "num_classes": model.num_classes},
@@ -279,7 +301,7 @@ def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log
         export.precision.AccuracyGateError: the reduced model failed the gate; the message has
             the figures.
     """
-    from sdnet_tf.inference import load_run, run_orientation
+    from sdnet_tf.inference import load_run, run_label_convention, run_orientation
 
     model, config = load_run(run_dir)
     if not (hasattr(model, "anatomy_encoder") or hasattr(model, "decomposer")):
@@ -293,7 +315,8 @@ def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log
         reduce = _gated_reduction(run_dir, model, config, precision, layout, orientation, data, log,
                                   max_dice_drop, calibration_slices)
     return export_model(model, config, out_dir, opset=opset, layout=layout, source=run_dir, log=log,
-                        orientation=orientation, precision=precision, reduce=reduce, data=data)
+                        orientation=orientation, precision=precision, reduce=reduce, data=data,
+                        label_convention=run_label_convention(run_dir))
 
 
 def _gated_reduction(run_dir, model, config, precision, layout, orientation, data, log, max_dice_drop,

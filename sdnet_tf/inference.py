@@ -293,6 +293,70 @@ def run_orientation(run_dir):
     return check_orientation(meta.get("orientation", TRAINING_ORIENTATION), str(description))
 
 
+def run_description(run_dir):
+    """A run's ``data.json`` as a dict ({} when it has none: a run on synthetic arrays, or older)."""
+    description = Path(run_dir) / "data.json"
+    try:
+        return json.loads(description.read_text()) if description.is_file() else {}
+    except ValueError as error:
+        raise DataError(f"{description}: not readable JSON ({error})") from error
+
+
+def run_label_convention(run_dir):
+    """The label values a run's predictions are written in (``sdnet_infer.labels.LABEL_CONVENTIONS``):
+    "mnms" (1 LV, 2 MYO, 3 RV) for a run trained on M&Ms data (its ``data.json``'s dataset), else
+    "acdc" (1 RV, 2 MYO, 3 LV)."""
+    return "mnms" if run_description(run_dir).get("dataset") == "mnms" else "acdc"
+
+
+MNMS_SUBSETS = {"test": ("test_patients", "held_out_patients"), "validation": ("validation_patients",),
+                "training": ("labelled_patients",)}
+
+
+def run_mnms_patients(run_dir, subset="test", data=None, split=None, csv_path=""):
+    """The patients of a run trained on an M&Ms-layout cohort (``sdnet-tf train mnms``), for scoring.
+
+    ``subset`` "test" is the run's test patients of the vendors it saw (labelled and
+    unlabelled) and every labelled patient of its held-out vendors (``data.json``'s
+    ``test_patients`` and ``held_out_patients``); "validation" its validation patients;
+    "training" the patients whose labels it trained on. ``data`` replaces the recorded cohort
+    folder (and then the CSV is looked for in it: ``csv_path``, the run's ``data.mnms_csv``, or
+    the one M&Ms CSV there). Each patient is found and checked on its own
+    (``mnms.locate_patients``).
+
+    Returns:
+        ``(folder, description, codes, patients, errors)``: the cohort folder, the run's
+        ``data.json``, the subset's External codes (sorted), ``{code: mnms.Patient}`` of those
+        found, and ``{code: one line}`` of those that are not usable.
+
+    Raises:
+        DataError: no ``data.json`` or not an M&Ms run; an unknown subset; a ``split`` other
+            than the run's own (an M&Ms run is scored on the split its vendors' roles were
+            drawn for); the data folder gone (naming it, pointing to ``--data``); no CSV.
+    """
+    from sdnet_tf.data.mnms import locate_patients
+
+    meta = run_description(run_dir)
+    if meta.get("dataset") != "mnms":
+        raise DataError(f"{run_dir}: not a run trained on an M&Ms-layout cohort (data.json's dataset is "
+                        f"{meta.get('dataset')!r})")
+    if subset not in MNMS_SUBSETS:
+        raise DataError(f"unknown subset {subset!r}; expected one of {sorted(MNMS_SUBSETS)}")
+    run_split = int(meta.get("split", 0))
+    if split is not None and int(split) != run_split:
+        raise DataError(f"{run_dir}: an M&Ms run is scored on its own split ({run_split}), where its test and "
+                        f"held-out patients were drawn; --split {split} is for ACDC runs")
+    folder = _run_data_folder(meta, data)
+    recorded = meta.get("csv")
+    if not data and recorded and Path(recorded).is_file():
+        csv_path = recorded
+    codes = sorted({code for key in MNMS_SUBSETS[subset] for code in meta.get(key, [])})
+    if not codes:
+        raise DataError(f"{Path(run_dir) / 'data.json'}: no {subset} patients recorded")
+    patients, errors = locate_patients(folder, codes, csv_path)
+    return folder, meta, codes, patients, errors
+
+
 def run_cohort(run_dir, data=None):
     """(cohort folder, splits, the run's split) of a trained run, from its ``data.json``.
 
@@ -310,8 +374,9 @@ def run_cohort(run_dir, data=None):
         splits[split] = {name: meta[f"{name}_patients"] for name in ("training", "validation", "test")}
         meta = {**meta, "dataset": "acdc", "splits": splits}
     if meta.get("dataset") != "acdc":
+        also = "; evaluate --run scores M&Ms runs, per vendor" if meta.get("dataset") == "mnms" else ""
         raise DataError(f"{run_dir}: trained on {meta.get('dataset')!r} data; only ACDC-layout cohorts "
-                        "(a folder or the phantom) can be evaluated by split")
+                        f"(a folder or the phantom) can be read by split here{also}")
     folder = _run_data_folder(meta, data)
     return folder, meta["splits"], int(meta.get("split", 0))
 

@@ -45,3 +45,13 @@ def multimodal_cohort_8(tmp_path_factory):
     from sdnet_tf.data.phantom import write_multimodal_cohort
 
     return write_multimodal_cohort(tmp_path_factory.mktemp("phantom-mm8"), patients=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def mnms_cohort_12(tmp_path_factory):
+    """12 phantom patients (seed 0) in the M&Ms layout, vendors A-D in turn (PH0001 A, PH0002 B,
+    ...): 3 per vendor, so each vendor has a validation and a test patient; written once per
+    test session."""
+    from sdnet_tf.data.phantom import write_mnms_cohort
+
+    return write_mnms_cohort(tmp_path_factory.mktemp("mnms12"), patients=12, seed=0)

@@ -32,7 +32,8 @@ def main(argv=None):
                     "Each image's voxel size, slice axis and orientation are read from its header (README, "
                     "'Input geometry'), it is brought into the model's training orientation, preprocessed as in "
                     "training, segmented slice by slice and written back on its own grid as <name>_pred.nii.gz "
-                    "(uint8; 0 background, 1 RV, 2 MYO, 3 LV) with the input's affine and header. Every volume is "
+                    "(uint8; 0 background, 1 RV, 2 MYO, 3 LV, or M&Ms' 1 LV, 2 MYO, 3 RV for a model trained on M&Ms, "
+                    "as its sidecar's label_convention says) with the input's affine and header. Every volume is "
                     "quality-controlled (anatomical validity and out-of-distribution scores per slice, a status ok or "
                     "review; qc.json, README 'Quality control'). In a folder, *_gt and *_4d files are skipped; a file "
                     "that fails is reported and the others go on.")
@@ -54,7 +55,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
     from sdnet_infer.io import DataError, describe_os_error
-    from sdnet_infer.labels import SDNET_CHANNELS
+    from sdnet_infer.labels import CONVENTION_NAMES, SDNET_CHANNELS
     from sdnet_infer.model import ExportError, SDNetRuntime
     from sdnet_infer.predict import predict_files, summarise
     from sdnet_infer.qc import QualityControl, describe, partial_model_skip
@@ -70,6 +71,9 @@ def main(argv=None):
         quality = None if args.no_qc or skipped else QualityControl(runtime, runtime.meta.get("qc"))
         if not args.quiet:
             _line(f"sdnet-infer: {args.model} ({runtime.precision}) on {runtime.provider}")
+            if runtime.label_convention != "acdc":
+                _line(f"labels written in {CONVENTION_NAMES[runtime.label_convention]} convention, the model's "
+                      "training data's")
             if skipped and not args.no_qc:
                 _line(skipped)
             if quality is not None and quality.note:
@@ -88,7 +92,8 @@ def main(argv=None):
         start = time.perf_counter()
         records = predict_files(args.input, args.output, runtime.segment, runtime.size, runtime.spacing, report,
                                 orientation=runtime.orientation, quality=quality,
-                                model={"export": str(args.model), "precision": runtime.precision})
+                                model={"export": str(args.model), "precision": runtime.precision},
+                                labels=runtime.label_convention)
     except (DataError, ExportError) as error:
         _line(f"Error: {error}")
         return 2

@@ -22,11 +22,11 @@ import numpy as np
 from nibabel import imageglobals
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry, read_geometry
-from sdnet_infer.labels import LABELS  # background, RV, MYO, LV
+from sdnet_infer.labels import LABEL_CONVENTIONS, LABELS  # background, RV, MYO, LV
 
-__all__ = ["LABELS", "DataError", "Volume", "atomic_path", "check_output_location", "describe_os_error",
-           "load_labels", "load_volume", "parse_label_map", "prepare_output_dir", "read_labels", "read_volume",
-           "save_labels", "save_volume", "write_json", "write_text"]
+__all__ = ["LABELS", "DataError", "Volume", "atomic_path", "check_label_convention", "check_output_location",
+           "describe_os_error", "labels_in_convention", "load_labels", "load_volume", "parse_label_map",
+           "prepare_output_dir", "read_labels", "read_volume", "save_labels", "save_volume", "write_json", "write_text"]
 
 
 @contextlib.contextmanager
@@ -195,7 +195,8 @@ def parse_label_map(text):
     """``"mnms"`` or ``"1:3,2:2,3:1"`` -> {stored label: ACDC label}; ``None`` -> ``None``."""
     if text is None:
         return None
-    named = {"acdc": {1: 1, 2: 2, 3: 3}, "mnms": {1: 3, 2: 2, 3: 1}}  # M&Ms: 1 LV, 2 MYO, 3 RV
+    # M&Ms: 1 LV, 2 MYO, 3 RV; each convention's table inverted (written label -> ACDC label)
+    named = {name: {stored: acdc for acdc, stored in table.items()} for name, table in LABEL_CONVENTIONS.items()}
     if str(text).lower() in named:
         return named[str(text).lower()]
     mapping = {}
@@ -208,6 +209,37 @@ def parse_label_map(text):
     if not set(mapping.values()) <= set(LABELS):
         raise DataError(f"label map {text!r}: targets must be ACDC labels {LABELS}")
     return mapping
+
+
+def check_label_convention(convention, source="label convention"):
+    """``convention`` if it is a key of ``sdnet_infer.labels.LABEL_CONVENTIONS`` ("acdc", "mnms").
+
+    Raises:
+        DataError: naming ``source``, for any other value.
+    """
+    if convention not in LABEL_CONVENTIONS:
+        raise DataError(f"{source}: unknown label convention {convention!r}; expected one of "
+                        f"{', '.join(sorted(LABEL_CONVENTIONS))}")
+    return convention
+
+
+def labels_in_convention(labels, convention="acdc"):
+    """ACDC label values (0 background, 1 RV, 2 MYO, 3 LV), any shape -> uint8 labels of the
+    same shape in ``convention`` ("acdc": unchanged; "mnms": 1 LV, 2 MYO, 3 RV).
+
+    Raises:
+        DataError: an unknown convention, or a value that is not an ACDC label.
+    """
+    table = LABEL_CONVENTIONS[check_label_convention(convention)]
+    labels = np.asarray(labels)
+    bad = sorted(set(np.unique(labels).tolist()) - set(LABELS))
+    if bad:
+        raise DataError(f"labels {bad[:5]} are not ACDC labels {LABELS}; cannot write them in the "
+                        f"{convention} convention")
+    lookup = np.zeros(max(LABELS) + 1, np.uint8)
+    for acdc, written in table.items():
+        lookup[acdc] = written
+    return lookup[labels.astype(np.intp)]
 
 
 def read_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION,

@@ -8,6 +8,10 @@ challenge tables list LV, RV, MYO in that order. SDNet's segmentor and anatomy-d
 hold the foreground only, in the original code's order [MYO, LV, RV]; the shape priors and the
 U-Net baseline hold all four labels, channel k for label k. Images are resampled in-plane to
 1.37 mm per pixel (Chartsias et al., MedIA 2019, Section 4.1).
+
+Labels are held in ACDC's values everywhere inside the project; a file may be written in
+another convention (``LABEL_CONVENTIONS``): M&Ms (Campello et al., STACOM 2020) labels 1 LV,
+2 MYO, 3 RV, so a model trained on M&Ms data writes its predictions in those values.
 """
 
 BACKGROUND, RV, MYO, LV = 0, 1, 2, 3
@@ -22,3 +26,7 @@ SDNET_CHANNEL_LABELS = tuple(STRUCTURES[name] for name in SDNET_CHANNELS)  # (2,
 FULL_CHANNELS = tuple(LABEL_NAMES[value] for value in LABELS)  # priors and U-Net: channel k = label k
 
 DEFAULT_SPACING_MM = 1.37  # in-plane mm per pixel after resampling (the original preprocessing)
+
+# {convention: {ACDC label: the label written in that convention}}; background is 0 in every one
+LABEL_CONVENTIONS = {"acdc": {RV: 1, MYO: 2, LV: 3}, "mnms": {LV: 1, MYO: 2, RV: 3}}
+CONVENTION_NAMES = {"acdc": "ACDC's (1 RV, 2 MYO, 3 LV)", "mnms": "M&Ms' (1 LV, 2 MYO, 3 RV)"}

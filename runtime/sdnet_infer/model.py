@@ -1,7 +1,9 @@
 """An exported SDNet folder served by onnxruntime: segmentation, decomposition, decoding.
 
 The folder holds four ONNX models and ``sdnet-export.json``, a sidecar that lists each file's
-SHA-256, its inputs and outputs, the preprocessing parameters and the label map. Every file's
+SHA-256, its inputs and outputs, the preprocessing parameters, the label map and the label
+convention of the files written (``label_convention``: "acdc", or "mnms" for a model trained on
+M&Ms data). Every file's
 hash is checked before any of them is loaded; a mismatch is refused.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION, check_orientation
+from sdnet_infer.labels import LABEL_CONVENTIONS
 
 SIDECAR = "sdnet-export.json"
 FORMAT = "sdnet-onnx"
@@ -168,6 +171,13 @@ class SDNetRuntime:
         self.orientation = check_orientation(pre.get("orientation", TRAINING_ORIENTATION), str(self.folder / SIDECAR))
         self.layout = self.meta.get("layout", "NHWC")
         self.precision = self.meta.get("precision", "fp32")  # of segment.onnx; the others are float32
+        # the label values written (sdnet_infer.labels.LABEL_CONVENTIONS): "mnms" for a model trained on
+        # M&Ms data; exports older than the entry were all written in ACDC's
+        convention = self.meta.get("label_convention", "acdc")
+        if convention not in LABEL_CONVENTIONS:
+            raise ExportError(f"{self.folder / SIDECAR}: label_convention {convention!r} is not one this runtime "
+                              f"writes ({', '.join(sorted(LABEL_CONVENTIONS))}); a newer sdnet-infer may read it")
+        self.label_convention = convention
 
     @property
     def provider(self):

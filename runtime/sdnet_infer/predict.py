@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION
-from sdnet_infer.io import DataError, prepare_output_dir, read_volume, save_labels, write_json
+from sdnet_infer.io import (DataError, check_label_convention, labels_in_convention, prepare_output_dir, read_volume,
+                            save_labels, write_json)
 from sdnet_infer.preprocess import SIZE, TARGET_SPACING, from_one_hot, preprocess_frame, restore_labels
 from sdnet_infer.qc import QC_FILE
 
@@ -133,7 +134,7 @@ def _resolved(path):
 
 
 def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None,
-                  orientation=TRAINING_ORIENTATION, quality=None, model=None):
+                  orientation=TRAINING_ORIENTATION, quality=None, model=None, labels="acdc"):
     """Predict every image under ``source`` into ``out_dir``; a failing input is recorded and skipped.
 
     Each image is read by ``sdnet_infer.geometry`` (voxel size in mm, slice axis, brought
@@ -151,12 +152,18 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     ``model`` (a dict, e.g. the export folder and its precision) is recorded in each record and
     in ``qc.json``, so every output can be traced to the model that made it.
 
+    ``labels`` is the label convention of the written files (``sdnet_infer.labels.LABEL_CONVENTIONS``):
+    "acdc" (1 RV, 2 MYO, 3 LV) or "mnms" (1 LV, 2 MYO, 3 RV, for a model trained on M&Ms); each
+    record's ``labels`` names it and its ``voxels`` counts are by written value. The quality
+    control sees ACDC values either way.
+
     Raises:
-        DataError: ``source`` holds no image.
+        DataError: ``source`` holds no image, or ``labels`` is no known convention.
         OSError: naming the path, when ``out_dir`` or a file in it cannot be written (a full
             disk included); the batch stops, as every later write would fail too.
     """
     out_dir = Path(out_dir)
+    check_label_convention(labels)
     pairs = find_inputs(source)
     prepare_output_dir(out_dir)
     inputs = {_resolved(p) for p, _ in pairs}
@@ -166,7 +173,7 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     records = []
     for index, (path, relative) in enumerate(pairs, start=1):
         target_path = out_dir / relative
-        record = {"input": str(path), "output": str(target_path), "error": None}
+        record = {"input": str(path), "output": str(target_path), "error": None, "labels": labels}
         if model is not None:
             record["model"] = model
         start = time.perf_counter()
@@ -176,22 +183,23 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
             if _resolved(target_path) in inputs:
                 raise DataError(f"{path}: the output {target_path} would overwrite an input; choose another folder")
             volume = read_volume(path, ndim=(3, 4), orientation=orientation)
-            labels, slices = predict_volume(volume.data, volume.zooms[:2], probabilities, size, target,
-                                            source=str(path), keep_slices=True)
+            acdc, slices = predict_volume(volume.data, volume.zooms[:2], probabilities, size, target,
+                                          source=str(path), keep_slices=True)
+            written = labels_in_convention(acdc, labels)
             # shape, voxel size, orientation and slice axis all of the stored axes, as the header has them
             record.update(shape=list(volume.image.shape), spacing=[round(z, 6) for z in volume.geometry.spacing],
                           orientation="".join(volume.geometry.axcodes or ()) or None,
                           slice_axis=volume.geometry.slice_axis,
-                          voxels={str(v): int((labels == v).sum()) for v in (1, 2, 3)},
+                          voxels={str(v): int((written == v).sum()) for v in (1, 2, 3)},
                           warnings=list(volume.geometry.warnings))
         except DataError as error:
             record["error"] = str(error)
         except Exception as error:  # a model or library failure on one file must not stop the batch
             record["error"] = f"{path}: {type(error).__name__}: {error}"
         if record["error"] is None:
-            save_labels(labels, volume.image, target_path, volume.geometry)  # OSError: stop, see above
+            save_labels(written, volume.image, target_path, volume.geometry)  # OSError: stop, see above
             if quality is not None:
-                quality.add(record, quality.assess_or_flag(slices, labels, volume.zooms[:2], source=str(path),
+                quality.add(record, quality.assess_or_flag(slices, acdc, volume.zooms[:2], source=str(path),
                                                           image=volume.data))
         record["seconds"] = round(time.perf_counter() - start, 3)
         records.append(record)

@@ -3,7 +3,10 @@
 ``evaluate_folder`` scores a folder of predictions (``<case>_pred.nii.gz``, as ``predict``
 writes them) against references (``<case>_gt.nii.gz``, e.g. an ACDC training folder).
 ``evaluate_run`` first predicts the ED/ES frames of one split of a trained run's cohort, then
-scores them. Everything is computed on the original NIfTI grid (brought into the training
+scores them; for a run trained on an M&Ms-layout cohort it calls ``evaluate_mnms_run``, which
+predicts the ED/ES frames of the run's test patients of the vendors it saw and of every patient
+of its held-out vendors from their 4-D files (``sdnet_tf.apps.mnms_cases``), scores them alike
+and adds a summary per vendor (``per_vendor`` in ``summary.json``, ``vendors.csv``). Everything is computed on the original NIfTI grid (brought into the training
 orientation, which only flips and transposes it) with the voxel size in mm that
 ``sdnet_infer.geometry`` reads from the header; a prediction and a reference on different
 grids are refused, never compared voxel by voxel.
@@ -16,6 +19,7 @@ Outputs, next to the predictions:
   fraction of anatomically valid slices of the prediction and of the reference.
 - ``slices.csv``: one row per slice: per-slice Dice and the validity checks that failed.
 - ``clinical.csv``: per patient with ED and ES, the clinical indices of prediction and reference.
+- ``vendors.csv`` (M&Ms runs): per vendor, its role, patients, mean Dice and HD95 per structure.
 - ``summary.json``: mean and standard deviation per class and phase, the paper's figure
   (per-slice Dice averaged per patient, ED and ES slices together, then over patients),
   validity percentages and clinical agreement (correlation, bias, limits of agreement).
@@ -39,6 +43,8 @@ from sdnet_infer.io import DataError, atomic_path, prepare_output_dir, read_labe
 from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
 from sdnet_infer.predict import nifti_files, output_name, predict_volume, stem
 from sdnet_infer.labels import SDNET_CHANNELS
+from sdnet_tf.apps.mnms_cases import (PHASES, STRUCTURES, VENDOR_COLUMNS, predict_patient, prediction_path,
+                                      read_reference, vendor_rows)
 from sdnet_tf.metrics import clinical, overlap, surface, validity
 
 log = logging.getLogger("sdnet_tf.evaluation")
@@ -239,6 +245,81 @@ def only_structures(rows, slice_rows, structures):
         s["Failed checks pred"] = ""
 
 
+def score_cases(cases, out_dir, report=None, structures=None, columns=CASE_COLUMNS, errors=(), source="",
+                extra_summary=None):
+    """Score cases and write the tables and ``summary.json`` (the module docstring's files).
+
+    Args:
+        cases: ``[(case name, load)]``, in order; ``load()`` returns a dict with ``pred`` and
+            ``ref`` (H, W, S) uint8 in ACDC's values on one grid in the training orientation,
+            ``zooms`` (their voxel size in mm), ``patient`` and ``phase`` ("ED", "ES" or ""), and
+            any other columns of the case's row (e.g. ``Vendor``); it raises ``DataError`` for
+            a case that cannot be scored, which is recorded in ``summary["errors"]``.
+        out_dir: the folder of the tables (made ready by the caller).
+        report: ``report(index, total, name, error)`` after each case, or None.
+        structures: e.g. ["MYO"], for a model that segments only those (``only_structures``).
+        columns: the columns of ``cases.csv``.
+        errors: lines of cases refused before scoring, kept first in ``summary["errors"]``.
+        source: what the cases come from, for the message when none could be scored.
+        extra_summary: ``extra_summary(rows, slice_rows)`` -> a dict merged into the summary
+            (slice rows with ``_scored``: whether the slice counts for validity), or None.
+
+    Returns:
+        The summary (``summarise``, with ``errors`` and ``structures`` when given).
+
+    Raises:
+        DataError: no case could be scored (every error listed).
+        OSError: naming the path, when ``out_dir`` cannot be written.
+    """
+    out_dir = Path(out_dir)
+    rows, slice_rows, errors, volumes = [], [], list(errors), {}
+    for index, (case, load) in enumerate(cases, start=1):
+        error = None
+        try:
+            loaded = dict(load())
+            pred, ref, zooms = loaded.pop("pred"), loaded.pop("ref"), loaded.pop("zooms")
+            patient, phase = loaded.pop("patient"), loaded.pop("phase")
+            row, slices = score_case(case, pred, ref, zooms)
+            row.update(Patient=patient, Phase=phase, **loaded)
+            rows.append(row)
+            slice_rows.extend(slices)
+            if phase:
+                volumes.setdefault(patient, {})[phase] = (pred, ref, zooms)
+        except DataError as exc:
+            error = str(exc)
+            errors.append(error)
+        if report is not None:
+            report(index, len(cases), case, error)
+    if structures is not None:
+        only_structures(rows, slice_rows, structures)
+        volumes = {}  # the clinical indices are the LV's and RV's
+    clinical_rows = []
+    for patient, phases in sorted(volumes.items()):
+        if {"ED", "ES"} <= set(phases):
+            (ed_p, ed_r, zooms), (es_p, es_r, _) = phases["ED"], phases["ES"]
+            pred_idx = clinical.clinical_indices(ed_p, es_p, zooms)
+            ref_idx = clinical.clinical_indices(ed_r, es_r, zooms)
+            clinical_rows.append({"Patient": patient, **{f"{k} pred": pred_idx[k] for k in clinical.CLINICAL_INDICES},
+                                  **{f"{k} ref": ref_idx[k] for k in clinical.CLINICAL_INDICES}})
+    if not rows:
+        raise DataError(f"{source}: no case could be scored:\n  " + "\n  ".join(errors))
+    summary = summarise(rows, slice_rows, clinical_rows)
+    summary["errors"] = errors
+    if structures is not None:
+        summary["structures"] = list(structures)
+    if extra_summary is not None:
+        summary.update(_clean(extra_summary(rows, slice_rows)))
+    for s in slice_rows:
+        s.pop("_scored")
+    _write_csv(out_dir / "acdc_metrics.csv", rows, overlap.ACDC_COLUMNS)
+    _write_csv(out_dir / "cases.csv", rows, list(columns))
+    _write_csv(out_dir / "slices.csv", slice_rows, SLICE_COLUMNS)
+    if clinical_rows:
+        _write_csv(out_dir / "clinical.csv", clinical_rows, list(clinical_rows[0]))
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
 def evaluate_folder(predictions, references, out_dir=None, report=None, label_map=None, structures=None):
     """Score every ``<case>_pred`` under ``predictions`` against ``<case>_gt`` under ``references``.
 
@@ -266,67 +347,85 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     preds, refs = _files(predictions, PRED_SUFFIX), _files(references, REF_SUFFIX)
     if not preds:
         raise DataError(f"{predictions}: no *{PRED_SUFFIX}.nii.gz predictions found")
-    rows, slice_rows, errors, volumes = [], [], [], {}
-    for index, (case, pred_path) in enumerate(sorted(preds.items()), start=1):
-        error = None
-        try:
-            if case not in refs:
-                raise DataError(f"{pred_path}: no reference {case}{REF_SUFFIX}.nii.gz under {references}")
-            reference = read_labels(refs[case], label_map=label_map)
-            pred = read_labels(pred_path, like=reference.geometry).data  # the same grid, or refused
-            ref, zooms = reference.data, reference.zooms
-            patient, phase = _phase(case, refs[case])
-            row, slices = score_case(case, pred, ref, zooms)
-            row.update(Patient=patient, Phase=phase)
-            rows.append(row)
-            slice_rows.extend(slices)
-            if phase:
-                volumes.setdefault(patient, {})[phase] = (pred, ref, zooms)
-        except DataError as exc:
-            error = str(exc)
-            errors.append(error)
-        if report is not None:
-            report(index, len(preds), case, error)
-    if structures is not None:
-        only_structures(rows, slice_rows, structures)
-        volumes = {}  # the clinical indices are the LV's and RV's
-    clinical_rows = []
-    for patient, phases in sorted(volumes.items()):
-        if {"ED", "ES"} <= set(phases):
-            (ed_p, ed_r, zooms), (es_p, es_r, _) = phases["ED"], phases["ES"]
-            pred_idx = clinical.clinical_indices(ed_p, es_p, zooms)
-            ref_idx = clinical.clinical_indices(ed_r, es_r, zooms)
-            clinical_rows.append({"Patient": patient, **{f"{k} pred": pred_idx[k] for k in clinical.CLINICAL_INDICES},
-                                  **{f"{k} ref": ref_idx[k] for k in clinical.CLINICAL_INDICES}})
-    if not rows:
-        raise DataError(f"{predictions}: no case could be scored:\n  " + "\n  ".join(errors))
-    summary = summarise(rows, slice_rows, clinical_rows)
-    summary["errors"] = errors
-    if structures is not None:
-        summary["structures"] = list(structures)
-    for s in slice_rows:
-        s.pop("_scored")
-    _write_csv(out_dir / "acdc_metrics.csv", rows, overlap.ACDC_COLUMNS)
-    _write_csv(out_dir / "cases.csv", rows, CASE_COLUMNS)
-    _write_csv(out_dir / "slices.csv", slice_rows, SLICE_COLUMNS)
-    if clinical_rows:
-        _write_csv(out_dir / "clinical.csv", clinical_rows, list(clinical_rows[0]))
-    write_json(out_dir / "summary.json", summary)
-    return summary
+
+    def load(case, pred_path):
+        if case not in refs:
+            raise DataError(f"{pred_path}: no reference {case}{REF_SUFFIX}.nii.gz under {references}")
+        reference = read_labels(refs[case], label_map=label_map)
+        pred = read_labels(pred_path, like=reference.geometry).data  # the same grid, or refused
+        patient, phase = _phase(case, refs[case])
+        return {"pred": pred, "ref": reference.data, "zooms": reference.zooms, "patient": patient, "phase": phase}
+
+    cases = [(case, lambda case=case, path=path: load(case, path)) for case, path in sorted(preds.items())]
+    return score_cases(cases, out_dir, report=report, structures=structures, source=str(predictions))
 
 
-def _lv_volume_row(patient, index, counts, spacing, volume, orientation):
-    """The LV-volume head's volume of one frame against its reference, in ml: the head's
-    pixel counts of every slice at the model's ``spacing`` (mm), times the slice thickness."""
+def lv_volume_record(case, counts, spacing, zooms, reference):
+    """The LV-volume head's volume of one frame against its reference, in ml.
+
+    Args:
+        case: the row's name.
+        counts: the head's LV pixel counts of the frame's slices (arrays, concatenated).
+        spacing: the model's in-plane mm per pixel (``config.data.spacing``).
+        zooms: the frame's voxel size in mm (the slice thickness is ``zooms[2]``).
+        reference: (H, W, S) ACDC labels of the frame, on the grid of ``zooms``.
+
+    Returns:
+        ``{"case", "predicted_ml", "reference_ml", "error_ml"}`` (predicted minus reference).
+    """
     from sdnet_infer.labels import LV
 
-    reference = read_labels(patient.labels(index), volume.data.shape, like=volume.geometry, orientation=orientation)
-    voxel_ml = float(np.prod(reference.zooms[:3])) / 1000.0
-    reference_ml = float(np.sum(reference.data == LV)) * voxel_ml
-    predicted_ml = float(np.sum(np.concatenate(counts))) * spacing * spacing * float(volume.zooms[2]) / 1000.0
-    phase = "ED" if index == patient.ed else "ES"
-    return {"case": f"{patient.name}_{phase}", "predicted_ml": round(predicted_ml, 3),
+    voxel_ml = float(np.prod(zooms[:3])) / 1000.0
+    reference_ml = float(np.sum(reference == LV)) * voxel_ml
+    predicted_ml = float(np.sum(np.concatenate(counts))) * spacing * spacing * float(zooms[2]) / 1000.0
+    return {"case": case, "predicted_ml": round(predicted_ml, 3),
             "reference_ml": round(reference_ml, 3), "error_ml": round(predicted_ml - reference_ml, 3)}
+
+
+def lv_volume_summary(records, out_dir):
+    """``summary["lv_volume_head"]`` of ``lv_volume_record``s (per frame, and the mean and spread
+    of the error and of its absolute value), also written to ``out_dir/lv_volume_head.csv``."""
+    errors = [row["error_ml"] for row in records]
+    _write_csv(Path(out_dir) / "lv_volume_head.csv", records, list(records[0]) if records else [])
+    return {"frames": records, "error_ml": _stats(errors), "absolute_error_ml": _stats([abs(e) for e in errors])}
+
+
+def run_probabilities(model, batch_size=16):
+    """``(probabilities, counts)``: a function from preprocessed slices (N, H, W, 1) to foreground
+    probabilities (N, H, W, C) for a loaded run's model, and, for a model with the LV-volume head,
+    a list the head's LV pixel counts of each call are appended to (one anatomy pass gives both;
+    clear it before each frame), else None."""
+    from sdnet_tf.inference import probabilities_fn
+
+    head = getattr(model, "lv_regressor", None)
+    if head is None:
+        return probabilities_fn(model, batch_size), None
+    counts = []
+
+    def probabilities(slices):
+        slices, parts = np.asarray(slices, np.float32), []
+        for i in range(0, len(slices), batch_size):
+            anatomy = model.anatomy_encoder(slices[i:i + batch_size], training=False)
+            parts.append(np.asarray(model.segmentor(anatomy, training=False)))
+            counts.append(np.asarray(head(anatomy)).reshape(-1))
+        return np.concatenate(parts) if parts else np.zeros(slices.shape[:3] + (model.num_classes,), np.float32)
+
+    return probabilities, counts
+
+
+def segmented_structures(model):
+    """The structures a model segments when fewer than SDNet's three (the MICCAI 2018 precursor:
+    ["MYO"]), else None."""
+    partial = model.num_classes < len(SDNET_CHANNELS)
+    return list(SDNET_CHANNELS[:model.num_classes]) if partial else None
+
+
+def add_segmented(summary, structures):
+    """The MICCAI 2018 precursor's own figures, ``summary["segmented"]``: the per-slice Dice first,
+    as that paper reports it (the other structures' columns are blank)."""
+    summary["segmented"] = {c: {"slice_dice": summary["paper_slice_dice"][f"SliceDice {c}"],
+                                **{metric: summary["per_class"][c]["all"][metric] for metric in ("Dice", "HD95")}}
+                            for c in structures}
 
 
 def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_size=16, report=None):
@@ -338,9 +437,16 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     ``summary["lv_volume_head"]``: per frame, and the mean and spread of the error and of its
     absolute value).
     ``split`` defaults to the run's own; ``subset`` is "test", "validation" or "training".
-    """
-    from sdnet_tf.inference import load_run, probabilities_fn, run_orientation, run_patients
 
+    A run trained on an M&Ms-layout cohort (``sdnet-tf train mnms``) is scored by
+    ``evaluate_mnms_run`` instead (the same arguments; its test
+    and held-out vendors' patients, and a per-vendor summary).
+    """
+    from sdnet_tf.inference import load_run, run_description, run_orientation, run_patients
+
+    if Path(run_dir).is_dir() and run_description(run_dir).get("dataset") == "mnms":
+        return evaluate_mnms_run(run_dir, out_dir, data=data, split=split, subset=subset, batch_size=batch_size,
+                                 report=report)
     out_dir = prepare_output_dir(out_dir)
     model, config = load_run(run_dir)
     orientation = run_orientation(run_dir)
@@ -348,49 +454,208 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     wanted = set(splits[split][subset])
     out_dir = Path(out_dir)
     pred_root = out_dir / "predictions"
-    head = getattr(model, "lv_regressor", None)
-    counts = []  # the LV-volume head's pixel counts of the slices of the frame being predicted
-    if head is None:
-        probabilities = probabilities_fn(model, batch_size)
-    else:
-        def probabilities(slices):  # one anatomy pass gives both the masks and the head's counts
-            slices, parts = np.asarray(slices, np.float32), []
-            for i in range(0, len(slices), batch_size):
-                anatomy = model.anatomy_encoder(slices[i:i + batch_size], training=False)
-                parts.append(np.asarray(model.segmentor(anatomy, training=False)))
-                counts.append(np.asarray(head(anatomy)).reshape(-1))
-            return np.concatenate(parts) if parts else np.zeros(slices.shape[:3] + (model.num_classes,), np.float32)
-
+    probabilities, counts = run_probabilities(model, batch_size)
     frames = [(p, index) for p in patients for index in (p.ed, p.es)]
     volumes = []
     start = time.perf_counter()
     for number, (patient, index) in enumerate(frames, start=1):
         image_path = patient.frame(index)
         volume = read_volume(image_path, orientation=orientation)
-        counts.clear()
+        if counts is not None:
+            counts.clear()
         labels = predict_volume(volume.data, volume.zooms[:2], probabilities, model.input_size, config.data.spacing,
                                 source=str(image_path))
         save_labels(labels, volume.image, pred_root / patient.name / output_name(image_path), volume.geometry)
-        if head is not None:
-            volumes.append(_lv_volume_row(patient, index, counts, config.data.spacing, volume, orientation))
+        if counts is not None:
+            reference = read_labels(patient.labels(index), volume.data.shape, like=volume.geometry,
+                                    orientation=orientation)
+            phase = "ED" if index == patient.ed else "ES"
+            volumes.append(lv_volume_record(f"{patient.name}_{phase}", counts, config.data.spacing, reference.zooms,
+                                            reference.data))
         if report is not None:
             report(number, len(frames), image_path.name, None)
     log.info("predicted %d frames in %.1f s", len(frames), time.perf_counter() - start)
-    partial = model.num_classes < len(SDNET_CHANNELS)  # the precursor: the myocardium alone
-    structures = list(SDNET_CHANNELS[:model.num_classes]) if partial else None
+    structures = segmented_structures(model)  # the precursor: the myocardium alone
     summary = evaluate_folder(pred_root, folder, out_dir, structures=structures)
     summary["run"] = {"run_dir": str(run_dir), "data": str(folder), "split": split, "subset": subset,
                       "patients": sorted(wanted)}
-    if partial:
-        # the MICCAI 2018 precursor: its own figures, the per-slice Dice first as that paper
-        # reports it (the other structures' columns are blank)
-        summary["segmented"] = {c: {"slice_dice": summary["paper_slice_dice"][f"SliceDice {c}"],
-                                    **{metric: summary["per_class"][c]["all"][metric] for metric in ("Dice", "HD95")}}
-                                for c in structures}
-    if head is not None:
-        errors = [row["error_ml"] for row in volumes]
-        summary["lv_volume_head"] = {"frames": volumes, "error_ml": _stats(errors),
-                                     "absolute_error_ml": _stats([abs(e) for e in errors])}
-        _write_csv(out_dir / "lv_volume_head.csv", volumes, list(volumes[0]) if volumes else [])
+    if structures is not None:
+        add_segmented(summary, structures)
+    if counts is not None:
+        summary["lv_volume_head"] = lv_volume_summary(volumes, out_dir)
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------ M&Ms runs, per vendor
+MNMS_CASE_COLUMNS = CASE_COLUMNS[:2] + ["Vendor"] + CASE_COLUMNS[2:]
+
+
+def vendor_summary(rows, slice_rows, roles, vendors=None):
+    """The per-vendor figures of scored M&Ms cases.
+
+    Args:
+        rows: ``score_case`` rows with ``Patient`` and ``Vendor``.
+        slice_rows: their slice rows (``_scored`` kept).
+        roles: ``{vendor: "labelled" | "unlabelled" | "test" | "unused"}`` (the run's ``data.json``).
+        vendors: the vendors listed, in order (default: those of ``roles`` and of the rows).
+
+    Returns:
+        ``{vendor: {"role", "patients", "cases", "Dice": {LV, MYO, RV, mean}, "HD95": {LV, MYO,
+        RV, mean}, "SliceDice", "validity_percent"}}``: the ``Dice`` (3-D) and ``HD95`` (mm)
+        entries are ``{"mean", "std", "n"}`` over the vendor's cases ("mean": of each case's mean
+        over the structures it has), ``SliceDice`` the paper's per-slice Dice (per patient,
+        then over patients), ``validity_percent`` as the summary's; a vendor without a
+        scored case has ``patients`` 0 and no figures.
+    """
+    vendors = list(vendors) if vendors is not None else sorted(set(roles) | {r["Vendor"] for r in rows})
+    out = {}
+    for vendor in vendors:
+        mine = [r for r in rows if r["Vendor"] == vendor]
+        entry = {"role": roles.get(vendor, "unknown"), "patients": len({r["Patient"] for r in mine}),
+                 "cases": len(mine)}
+        if mine:
+            names = {r["Name"] for r in mine}
+            summary = summarise(mine, [s for s in slice_rows if s["Name"] in names], [])
+            per_class = summary["per_class"]
+            hd95 = [np.nanmean(values) if np.isfinite(values).any() else np.nan
+                    for values in (np.asarray([r[f"HD95 {c}"] for c in CLASSES], np.float64) for r in mine)]
+            entry.update(
+                Dice={**{c: per_class[c]["all"]["Dice"] for c in STRUCTURES}, "mean": summary["dice_mean_3d"]},
+                HD95={**{c: per_class[c]["all"]["HD95"] for c in STRUCTURES}, "mean": _stats(hd95)},
+                SliceDice=summary["paper_slice_dice"]["SliceDice"], validity_percent=summary["validity_percent"])
+        out[vendor] = entry
+    return out
+
+
+def score_mnms_predictions(pred_root, patients, out_dir, roles, vendors=None, orientation="LPS", errors=(),
+                           structures=None, report=None):
+    """Score the written predictions of M&Ms patients against their references, per vendor.
+
+    Args:
+        pred_root: the folder of ``prediction_path(pred_root, code)`` files (4-D, in M&Ms'
+            label values, on the image's grid; ED and ES are scored).
+        patients: ``sdnet_tf.data.mnms.Patient``s with labels.
+        out_dir: where the tables go (``score_cases``; ``cases.csv`` with a ``Vendor`` column, and
+            ``vendors.csv``).
+        roles: ``{vendor: role}`` (the run's ``data.json``'s ``vendor_roles``).
+        vendors: the vendors of ``summary["per_vendor"]``, in order (default: ``roles``' and the
+            patients').
+        orientation: the training orientation both files are read into.
+        errors: lines of patients refused before scoring.
+        structures: the structures of a model that segments fewer than three, or None.
+        report: ``report(index, total, name, error)`` after each case (two per patient), or None.
+
+    Returns:
+        The summary, with ``per_vendor`` (``vendor_summary``); written to ``out_dir/summary.json``.
+
+    Raises:
+        DataError: no case could be scored (a prediction missing, or off its reference's grid,
+            is that case's error).
+    """
+    from sdnet_tf.data.mnms import LABEL_MAP
+
+    loaded = {}
+
+    def load(patient, phase):
+        if patient.code not in loaded:  # both phases of a patient from one reading of its two files
+            loaded.clear()
+            reference, times = read_reference(patient, orientation)
+            pred = read_labels(prediction_path(pred_root, patient.code), like=reference.geometry, label_map=LABEL_MAP,
+                               orientation=orientation, ndim=(4,))  # the written file, on the reference's grid
+            loaded[patient.code] = (reference, pred, times)
+        reference, pred, times = loaded[patient.code]
+        index = times[phase]
+        return {"pred": pred.data[..., index], "ref": reference.data[..., index], "zooms": reference.zooms[:3],
+                "patient": patient.code, "phase": phase, "Vendor": patient.vendor}
+
+    cases = [(f"{p.code}_{phase}", lambda p=p, phase=phase: load(p, phase))
+             for p in sorted(patients, key=lambda p: p.code) for phase in PHASES]
+    if vendors is None:
+        vendors = sorted(set(roles) | {p.vendor for p in patients})
+
+    def by_vendor(rows, slice_rows):
+        return {"per_vendor": vendor_summary(rows, slice_rows, roles, vendors)}
+
+    summary = score_cases(cases, out_dir, report=report, structures=structures, columns=MNMS_CASE_COLUMNS,
+                          errors=errors, source=str(pred_root), extra_summary=by_vendor)
+    _write_csv(Path(out_dir) / "vendors.csv", vendor_rows(summary["per_vendor"]), VENDOR_COLUMNS)
+    return summary
+
+
+def evaluate_mnms_run(run_dir, out_dir, data=None, split=None, subset="test", batch_size=16, report=None):
+    """Segment and score the test and held-out patients of an M&Ms run, per vendor.
+
+    Each patient's ED and ES frames are segmented from its 4-D image and written in M&Ms' label
+    values (``mnms_cases.predict_patient``, to ``out_dir/predictions/<code>/<code>_sa_pred.nii.gz``),
+    then scored from the written files (``score_mnms_predictions``). A patient that cannot be
+    read (not in the folder, no CSV row, labels off the image's grid, an ED or ES outside the
+    file's time points, no labels at ED or ES) is recorded in ``summary["errors"]`` and the
+    others are scored. The run's validation patients are not test cases.
+
+    Args:
+        run_dir: a run of ``sdnet-tf train mnms`` (any model ``inference.load_run`` takes).
+        out_dir: where ``predictions/`` and the tables go.
+        data: the cohort folder, when it moved since training (the run's ``data.json`` names it).
+        split: the run's own split or None (``inference.run_mnms_patients``).
+        subset: "test" (the run's test and held-out patients), "validation" or "training".
+        batch_size: slices per network call.
+        report: ``report(index, total, name, error)`` after each patient's prediction, or None.
+
+    Returns:
+        The summary (``score_cases``'s, plus ``per_vendor`` (``vendor_summary``), and
+        ``run``: the run, cohort folder, CSV, split, subset, patients and label convention of
+        the written predictions), also in ``out_dir/summary.json``.
+
+    Raises:
+        DataError: as ``inference.run_mnms_patients`` (no ``data.json``, the data folder gone,
+            no CSV, ...), as ``inference.load_run``, or no patient could be scored (every
+            error listed).
+        OSError: naming the path, when ``out_dir`` cannot be written.
+    """
+    from sdnet_tf.inference import load_run, run_mnms_patients, run_orientation
+
+    out_dir = prepare_output_dir(out_dir)
+    model, config = load_run(run_dir)
+    orientation = run_orientation(run_dir)
+    folder, meta, codes, patients, located = run_mnms_patients(run_dir, subset, data, split,
+                                                               getattr(config.data, "mnms_csv", ""))
+    roles = dict(meta.get("vendor_roles", {}))
+    pred_root = out_dir / "predictions"
+    probabilities, counts = run_probabilities(model, batch_size)
+    errors, predicted, volumes = [], [], []
+    start = time.perf_counter()
+    for number, code in enumerate(codes, start=1):
+        patient, error = patients.get(code), located.get(code)
+        try:
+            if error is not None:  # not found, no CSV row, ...
+                raise DataError(error)
+            frames, reference, times = predict_patient(patient, probabilities, model.input_size, config.data.spacing,
+                                                       orientation, prediction_path(pred_root, code), counts)
+            predicted.append(patient)
+            if counts is not None:
+                for phase, (_, frame_counts) in frames.items():
+                    volumes.append(lv_volume_record(f"{code}_{phase}", frame_counts, config.data.spacing,
+                                                    reference.zooms, reference.data[..., times[phase]]))
+        except DataError as exc:
+            error = str(exc)
+            errors.append(error)
+        if report is not None:
+            report(number, len(codes), code, error)
+    log.info("predicted the ED and ES frames of %d patients in %.1f s", len(predicted), time.perf_counter() - start)
+
+    if not predicted:
+        raise DataError(f"{run_dir}: no {subset} patient could be predicted:\n  " + "\n  ".join(errors))
+    summary = score_mnms_predictions(pred_root, predicted, out_dir, roles, meta.get("vendors"), orientation,
+                                     errors=errors, structures=segmented_structures(model))
+    summary["run"] = {"run_dir": str(run_dir), "data": str(folder), "dataset": "mnms",
+                      "csv": str(next(iter(patients.values())).csv) if patients else None,
+                      "split": int(meta.get("split", 0)), "subset": subset, "patients": codes,
+                      "labels": "mnms", "predictions": "predictions/<code>/<code>_sa_pred.nii.gz: 4-D, ED and ES "
+                                                       "labelled (1 LV, 2 MYO, 3 RV), other time points 0"}
+    if "structures" in summary:
+        add_segmented(summary, summary["structures"])
+    if counts is not None:
+        summary["lv_volume_head"] = lv_volume_summary(volumes, out_dir)
     write_json(out_dir / "summary.json", summary)
     return summary

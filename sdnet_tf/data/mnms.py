@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from sdnet_infer.labels import LABELS
+from sdnet_infer.io import labels_in_convention
 from sdnet_tf.data.acdc import MAX_UNLABELLED
 from sdnet_tf.data.arrays import DataError, SDNetArrays, read_npz, save_npz, unpack_npz
 from sdnet_tf.data.nifti import load_labels, parse_label_map, read_volume
@@ -82,19 +82,13 @@ _IMAGE = re.compile(r"(.+)_sa\.nii(\.gz)?")
 
 
 def to_mnms_labels(labels):
-    """ACDC label values (0 background, 1 RV, 2 MYO, 3 LV) -> M&Ms' (1 LV, 2 MYO, 3 RV), any shape.
+    """ACDC label values (0 background, 1 RV, 2 MYO, 3 LV) -> M&Ms' (1 LV, 2 MYO, 3 RV), any shape
+    (``sdnet_infer.io.labels_in_convention(labels, "mnms")``).
 
     Raises:
         DataError: a value that is not an ACDC label.
     """
-    labels = np.asarray(labels)
-    bad = sorted(set(np.unique(labels).tolist()) - set(LABELS))
-    if bad:
-        raise DataError(f"labels {bad[:5]} are not ACDC labels {LABELS}; cannot write them in M&Ms' convention")
-    table = np.zeros(max(LABELS) + 1, np.uint8)
-    for acdc, stored in INVERSE_LABEL_MAP.items():
-        table[acdc] = stored
-    return table[labels.astype(np.intp)]
+    return labels_in_convention(labels, "mnms")
 
 
 # ------------------------------------------------------------------------------ the CSV
@@ -212,6 +206,42 @@ def _gt_path(image, code):
     return image.with_name(f"{code}_sa_gt{suffix}")
 
 
+def _images(root):
+    """``[(code, image path)]`` of every ``<code>_sa.nii[.gz]`` below ``root``'s challenge folders, sorted.
+
+    Raises:
+        DataError: ``root`` is not a folder, or holds no such image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder (expected the M&Ms layout: {LAYOUT})")
+    images = []
+    for top in CHALLENGE_FOLDERS:
+        if (root / top).is_dir():
+            images += [p for p in sorted((root / top).rglob("*_sa.nii*")) if _IMAGE.fullmatch(p.name)]
+    if not images:
+        raise DataError(f"{root}: no M&Ms images; expected {LAYOUT}")
+    return [(_IMAGE.fullmatch(image.name).group(1), image) for image in images]
+
+
+def _patient(root, code, image, rows, csv_path):
+    """The ``Patient`` of one image, its CSV row and labels checked (see ``find_patients``)."""
+    if code not in rows:
+        raise DataError(f"{image}: no row for {code} in {csv_path}")
+    row = rows[code]
+    folder = image.parent.parent.relative_to(root).as_posix()
+    gt = _gt_path(image, code)
+    if not gt.is_file():
+        if not any(part.lower() in UNLABELLED_FOLDERS for part in image.relative_to(root).parts):
+            raise DataError(f"{gt}: no such file; the labels of {image.name} (only patients below "
+                            "Training/Unlabeled go without)")
+        gt = None
+    elif row.ed == row.es:
+        raise DataError(f"{csv_path}: {code} has ED = ES = {row.ed}, but {gt} holds its labels; "
+                        "ED and ES must be two time points")
+    return Patient(code, image, gt, row.vendor, row.ed, row.es, csv_path, folder, row.centre)
+
+
 def find_patients(root, csv_path=""):
     """The patients of an M&Ms-layout folder, sorted by code, with their CSV rows.
 
@@ -223,37 +253,59 @@ def find_patients(root, csv_path=""):
             and the CSV's own errors (``find_csv``, ``read_csv``).
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such data folder (expected the M&Ms layout: {LAYOUT})")
-    images = []
-    for top in CHALLENGE_FOLDERS:
-        if (root / top).is_dir():
-            images += [p for p in sorted((root / top).rglob("*_sa.nii*")) if _IMAGE.fullmatch(p.name)]
-    if not images:
-        raise DataError(f"{root}: no M&Ms images; expected {LAYOUT}")
+    images = _images(root)
     csv_path = find_csv(root, csv_path)
     rows = read_csv(csv_path)
     patients, seen = [], {}
-    for image in images:
-        code = _IMAGE.fullmatch(image.name).group(1)
+    for code, image in images:
         if code in seen:
             raise DataError(f"{image}: patient {code} is also at {seen[code]}")
         seen[code] = image
-        if code not in rows:
-            raise DataError(f"{image}: no row for {code} in {csv_path}")
-        row = rows[code]
-        folder = image.parent.parent.relative_to(root).as_posix()
-        gt = _gt_path(image, code)
-        if not gt.is_file():
-            if not any(part.lower() in UNLABELLED_FOLDERS for part in image.relative_to(root).parts):
-                raise DataError(f"{gt}: no such file; the labels of {image.name} (only patients below "
-                                "Training/Unlabeled go without)")
-            gt = None
-        elif row.ed == row.es:
-            raise DataError(f"{csv_path}: {code} has ED = ES = {row.ed}, but {gt} holds its labels; "
-                            "ED and ES must be two time points")
-        patients.append(Patient(code, image, gt, row.vendor, row.ed, row.es, csv_path, folder, row.centre))
+        patients.append(_patient(root, code, image, rows, csv_path))
     return sorted(patients, key=lambda p: p.code)
+
+
+def locate_patients(root, codes, csv_path=""):
+    """Some patients of an M&Ms-layout folder, each checked on its own (a trained run's test
+    patients, for scoring): a problem with one of them is that patient's error, and the rest
+    of the cohort is not checked at all.
+
+    Args:
+        root: the M&Ms-layout folder.
+        codes: the wanted External codes.
+        csv_path: ``data.mnms_csv`` ("" : the one M&Ms CSV in ``root``).
+
+    Returns:
+        ``({code: Patient}, {code: one line naming the file})``: every code is in exactly one:
+        the error of a code with no image below the challenge folders, two images, no CSV
+        row, no ``_sa_gt`` file (outside ``Training/Unlabeled``) or ED equal to ES.
+
+    Raises:
+        DataError: what makes every patient unreadable: ``root`` missing or without M&Ms
+            images, no CSV (or several), a CSV that cannot be read.
+    """
+    root = Path(root)
+    images = _images(root)
+    csv_path = find_csv(root, csv_path)
+    rows = read_csv(csv_path)
+    wanted = set(codes)
+    found = {}
+    for code, image in images:
+        if code in wanted:
+            found.setdefault(code, []).append(image)
+    patients, errors = {}, {}
+    for code in sorted(wanted):
+        if code not in found:
+            errors[code] = (f"{root}: no {code}_sa.nii.gz (or .nii) below {', '.join(CHALLENGE_FOLDERS)}; "
+                            f"patient {code} is not there")
+        elif len(found[code]) > 1:
+            errors[code] = f"{found[code][1]}: patient {code} is also at {found[code][0]}"
+        else:
+            try:
+                patients[code] = _patient(root, code, found[code][0], rows, csv_path)
+            except DataError as error:
+                errors[code] = str(error)
+    return patients, errors
 
 
 def _unlabelled_times(count, exclude, frames=UNLABELLED_FRAMES):

@@ -343,6 +343,48 @@ def test_infer_and_predict_write_identical_labels(run_dir, export_dir, phantom_p
     assert np.allclose(a.affine, src.affine) and a.header.get_zooms() == src.header.get_zooms()
 
 
+def test_an_mnms_run_exports_infers_and_predicts_in_mnms_labels(run_dir, export_dir, phantom_patient, tmp_path,
+                                                                 monkeypatch):
+    """A run trained on M&Ms (its data.json's dataset) writes 1 LV, 2 MYO, 3 RV through predict
+    --run and, its export's sidecar carrying label_convention, through sdnet-infer."""
+    import export.onnx_export as onnx_export
+    from sdnet_infer.cli import main as infer_main
+    from sdnet_tf.data.mnms import to_mnms_labels
+
+    acdc_table = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}  # segment.onnx's labels output
+    assert onnx_export.sidecar_labels(3, "mnms") == {
+        "labels": acdc_table, "label_convention": "mnms",
+        "written_labels": {"0": "background", "1": "LV", "2": "MYO", "3": "RV"}}
+    assert onnx_export.sidecar_labels(1, "mnms")["written_labels"] == {"0": "background", "2": "MYO"}
+    mnms_run = tmp_path / "mnms-run"
+    shutil.copytree(run_dir, mnms_run)
+    (mnms_run / "data.json").write_text(json.dumps({"dataset": "mnms", "orientation": "LPS"}))
+    seen = {}
+    monkeypatch.setattr(onnx_export, "export_model", lambda *args, **kwargs: seen.update(kwargs))
+    export_run(mnms_run, tmp_path / "unused")
+    assert seen["label_convention"] == "mnms"
+    mnms_export = tmp_path / "mnms-export"
+    shutil.copytree(export_dir, mnms_export)
+    meta = json.loads((mnms_export / "sdnet-export.json").read_text())
+    assert meta["label_convention"] == "acdc"
+    (mnms_export / "sdnet-export.json").write_text(json.dumps({**meta, **onnx_export.sidecar_labels(3, "mnms")}))
+    image = phantom_patient / "patient002_frame01.nii.gz"
+    for name, folder in (("acdc", export_dir), ("mnms", mnms_export)):
+        assert infer_main(["-i", str(image), "-o", str(tmp_path / name), "-m", str(folder), "-q", "--no-qc"]) == 0
+    result = CliRunner().invoke(main, ["predict", "-i", str(image), "-o", str(tmp_path / "keras"),
+                                       "--run", str(mnms_run), "--quiet", "--no-qc"])
+    assert result.exit_code == 0 and "M&Ms' (1 LV, 2 MYO, 3 RV)" in result.output, result.output
+    acdc, mnms, keras_mnms = (np.asarray(nib.load(str(tmp_path / name / "patient002_frame01_pred.nii.gz")).dataobj)
+                              for name in ("acdc", "mnms", "keras"))
+    assert len(np.unique(acdc)) > 1 and np.array_equal(mnms, to_mnms_labels(acdc))  # the untrained model: LV
+    assert np.array_equal(keras_mnms, mnms)
+    assert json.loads((tmp_path / "mnms" / "predictions.json").read_text())[0]["labels"] == "mnms"
+    meta["label_convention"] = "mmwhs"
+    (mnms_export / "sdnet-export.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="label_convention 'mmwhs'"):
+        SDNetRuntime(mnms_export)
+
+
 def test_keras_and_onnx_volume_predictions_agree_on_a_cine(run_dir, export_dir, phantom_patient):
     model, _ = load_run(run_dir)
     runtime = SDNetRuntime(export_dir)

@@ -14,14 +14,6 @@ from sdnet_tf.config import load_config
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def mnms_cohort_12(tmp_path_factory):
-    """12 phantom patients in the M&Ms layout: 3 per vendor, so each vendor has a validation and a test patient."""
-    from sdnet_tf.data.phantom import write_mnms_cohort
-
-    return write_mnms_cohort(tmp_path_factory.mktemp("mnms12"), patients=12, seed=0)
-
-
 def test_a_tiny_sdnet_trains_on_two_vendors_and_never_sees_the_held_out_one(mnms_cohort_12, tmp_path):
     overrides = ["model.input_size=32", "model.unet_filters=8", "model.segmentor_filters=8",
                  "model.discriminator_filters=4", "train.epochs=2", "train.iterations_per_epoch=10",
