@@ -470,9 +470,37 @@ def load_config(name_or_path=None, overrides=(), kind=None):
     return config.override(overrides) if overrides else config
 
 
+def config_changes(before, after, prefix=""):
+    """``["section.key: old -> new", ...]`` for every value that differs between two config
+    dicts (``to_dict()`` or a loaded ``config.yaml``); keys only one side has count too."""
+    changes = []
+    for key in sorted(set(before) | set(after), key=str):
+        old, new = before.get(key, "(unset)"), after.get(key, "(unset)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
+
+
 def save_config(config, path):
-    """Write the resolved config as YAML, atomically."""
-    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML, atomically. When ``path`` holds another config (a run
+    resumed with other settings), the changed values are logged first, as a warning of the
+    ``sdnet_tf.train`` log (the run's ``train.log``): a resumed run takes the new settings."""
+    import logging
+
+    path = Path(path)
+    values = config.to_dict()
+    if path.is_file():
+        try:
+            before = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            before = None
+        changes = config_changes(before, values) if isinstance(before, dict) else []
+        if changes:
+            logging.getLogger("sdnet_tf.train").warning("%s: the run goes on with %d changed setting(s): %s", path.parent,
+                                                        len(changes), "; ".join(changes))
+    write_text(path, yaml.safe_dump(values, sort_keys=False))
 
 
 SDNET2018_ARGUMENTS = ("input_size", "input_channels", "nz", "unet_filters", "unet_depth", "discriminator_filters")

@@ -199,3 +199,19 @@ def test_resolution_augmentation_without_augmentation_is_refused(tmp_path):
     config = load_config(None, ["data.resolution_augmentation=true", "data.augment=false", "data.dataset=synthetic"])
     with pytest.raises(ConfigError, match="needs data.augment true"):
         train_run(config, tmp_path / "run")
+
+
+def test_a_run_resumed_with_other_settings_says_which(tmp_path, caplog):
+    import logging
+
+    from sdnet_tf.config import save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(load_config("sdnet-acdc-cpu"), path)
+    with caplog.at_level(logging.WARNING, logger="sdnet_tf.train"):
+        save_config(load_config("sdnet-acdc-cpu"), path)  # the same settings: nothing said
+        assert not caplog.records
+        save_config(load_config("sdnet-acdc-cpu", ["train.epochs=60", "loss.dice_mode=batch"]), path)
+    [record] = caplog.records
+    assert "2 changed setting(s): loss.dice_mode: 'per_class' -> 'batch'; train.epochs: 30 -> 60" in record.getMessage()
+    assert load_config(str(path)).train.epochs == 60

@@ -243,6 +243,9 @@ def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, a
         _use_shape_prior(engine, config, arrays, out_dir)
     task = {"sdnet2018": Trainer2018, "unet_gan": TrainerUNet}.get(config.model.kind, Trainer)
     trainer = task(model, arrays, config, out_dir, engine=engine, progress=progress, resume_dir=run_dir)
+    t = config.train
+    log.info("model %s on the %s engine (%s, precision %s)", config.model.kind, t.backend,
+             "XLA" if t.backend == "jax" or t.jit_compile else "no XLA", t.precision)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
              counts["labelled"], counts["unlabelled"], counts["validation"], trainer.iterations_per_epoch)

@@ -104,10 +104,22 @@ class CsvRow:
     centre: str = ""
 
 
+def _csv_rows(path):
+    """The rows of a CSV whose cells are separated by commas, semicolons (a spreadsheet saved
+    in a locale with decimal commas) or tabs, as its header line shows (``csv.Sniffer``)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        text = handle.read()
+    first = text.split("\n", 1)[0]
+    try:
+        dialect = csv.Sniffer().sniff(first, delimiters=",;\t")
+    except csv.Error:  # one column, or no separator the sniffer can tell: commas
+        dialect = csv.excel
+    return list(csv.reader(text.splitlines(), dialect))
+
+
 def _is_mnms_csv(path):
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), [])
+        header = next(iter(_csv_rows(path)), [])
     except (OSError, UnicodeDecodeError):
         return False
     return all(column in [h.strip() for h in header] for column in REQUIRED_COLUMNS)
@@ -138,7 +150,8 @@ def find_csv(root, configured=""):
 
 
 def read_csv(path):
-    """``{External code: CsvRow}`` of the challenge's CSV (a first unnamed index column is ignored).
+    """``{External code: CsvRow}`` of the challenge's CSV (a first unnamed index column is ignored;
+    cells separated by commas, semicolons or tabs).
 
     Raises:
         DataError: naming the file (and line): a missing column, an empty code or vendor, an ED
@@ -146,8 +159,7 @@ def read_csv(path):
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+        rows = _csv_rows(path)
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot read the CSV ({error})") from error
     if not rows:

@@ -270,3 +270,17 @@ def test_the_four_vendor_phantom_reads_back_with_its_vendors_and_labels(tmp_path
     (tmp_path / "phantom-mnms-v1-20-seed0").mkdir()
     (tmp_path / "phantom-mnms-v1-20-seed0" / "complete").write_text("ok\n")  # complete: nothing is generated
     assert mnms_phantom_folder(config).name == "phantom-mnms-v1-20-seed0"
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_csv_saved_with_semicolons_or_tabs_reads_as_the_comma_one(tmp_path, delimiter):
+    from sdnet_tf.data.mnms import find_csv, read_csv
+
+    write_csv(tmp_path, [("AA1B2C", "A", 1, 3), ("BB2C3D", "B", 0, 9)])
+    expected = read_csv(tmp_path / CSV_NAME)
+    text = (tmp_path / CSV_NAME).read_text()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / CSV_NAME).write_text(text.replace(",", delimiter))
+    assert find_csv(other) == other / CSV_NAME
+    assert read_csv(other / CSV_NAME) == expected and expected["BB2C3D"].es == 9
