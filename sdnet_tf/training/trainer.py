@@ -291,18 +291,17 @@ class Trainer(Task):
         n = self.config.train.image_summaries
         if n <= 0:
             return
-        a = self.arrays
-        images = a.validation_images[:n]
+        images = self.arrays.validation_images[:n]
+        self.engine.log_images({"input": (images + 1.0) / 2.0, **self._summary_images(images),
+                                "true_masks": _mask_rgb(self.arrays.validation_masks[:n])}, self.iteration)
+
+    def _summary_images(self, images):
+        """The model's own image summaries of validation ``images``: name -> (n, H, W, 1 or 3) in [0, 1]."""
         out = self.engine.inspect(images)
         anatomy = out["anatomy"]  # (n, H, W, C) -> channels side by side
-        tiled = np.concatenate([anatomy[..., c:c + 1] for c in range(anatomy.shape[-1])], axis=2)
-        self.engine.log_images({
-            "input": (images + 1.0) / 2.0,
-            "reconstruction": np.clip((out["reconstruction"] + 1.0) / 2.0, 0.0, 1.0),
-            "anatomy_channels": tiled,
-            "predicted_masks": _mask_rgb(out["masks"]),
-            "true_masks": _mask_rgb(a.validation_masks[:n]),
-        }, self.iteration)
+        return {"reconstruction": np.clip((out["reconstruction"] + 1.0) / 2.0, 0.0, 1.0),
+                "anatomy_channels": np.concatenate([anatomy[..., c:c + 1] for c in range(anatomy.shape[-1])], axis=2),
+                "predicted_masks": _mask_rgb(out["masks"])}
 
     def finish(self):
         """Load the best validation weights, save ``model.keras`` atomically, write a summary."""
@@ -388,12 +387,5 @@ class TrainerUNet(Trainer):
                 f"sup Dice loss {means.get('supervised/dice', float('nan')):.4f}"
                 + (f", adv {adversarial:.4f}" if adversarial is not None else "") + f", {seconds:.1f} s")
 
-    def _log_images(self):
-        n = self.config.train.image_summaries
-        if n <= 0:
-            return
-        a = self.arrays
-        images = a.validation_images[:n]
-        self.engine.log_images({"input": (images + 1.0) / 2.0,
-                                "predicted_masks": _mask_rgb(self.engine.predict_masks(images)),
-                                "true_masks": _mask_rgb(a.validation_masks[:n])}, self.iteration)
+    def _summary_images(self, images):
+        return {"predicted_masks": _mask_rgb(self.engine.predict_masks(images))}

@@ -128,3 +128,16 @@ def best_and_first(run, key="val_dice_mean"):
 
     rows = list(csv.DictReader((run / "history.csv").open()))
     return max(float(r[key]) for r in rows), float(rows[0][key])
+
+
+def assert_step_updates_only_its_networks(trainer, step, inputs):
+    """Run one update of ``step`` on ``inputs`` and check that exactly the networks it names
+    (``step.trains``) changed, and that its loss terms are finite."""
+    import numpy as np
+
+    before = {name: [np.array(v) for v in net.trainable_variables] for name, net in trainer.model.networks().items()}
+    terms = trainer.engine.run_step(step, *inputs)
+    assert all(np.isfinite(v) for v in terms.values()), terms
+    for name, net in trainer.model.networks().items():
+        changed = any(not np.array_equal(b, np.asarray(v)) for b, v in zip(before[name], net.trainable_variables))
+        assert changed == (name in step.trains), (step.name, name)

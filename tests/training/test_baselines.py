@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from support.helpers import LEARNING_SPACING, best_and_first
+from support.helpers import LEARNING_SPACING, assert_step_updates_only_its_networks, best_and_first
 from sdnet_tf.apps.self_training import pseudo_masks, with_pseudo_labels
 from sdnet_tf.apps.train import build_sdnet, train_run
 from sdnet_tf.config import ConfigError, load_config
@@ -73,18 +73,13 @@ def trainer_unet(tmp_path_factory):
 def test_each_step_updates_exactly_the_networks_it_names(trainer_unet, step):
     trainer = trainer_unet
     batch = trainer.sampler.batches(5)
-    before = {name: [np.array(v) for v in net.trainable_variables] for name, net in trainer.model.networks().items()}
     if step.objective == "discriminator":
         inputs = (batch["real_masks"], trainer.engine.predict_masks(batch["discriminator_images"]))
     elif step.objective == "supervised_unet":
         inputs = (batch["labelled_images"], batch["labelled_masks"])
     else:
         inputs = (batch["unlabelled_images"],)
-    terms = trainer.engine.run_step(step, *inputs)
-    assert all(np.isfinite(v) for v in terms.values()), terms
-    for name, net in trainer.model.networks().items():
-        changed = any(not np.array_equal(b, np.asarray(v)) for b, v in zip(before[name], net.trainable_variables))
-        assert changed == (name in step.trains), (step.name, name)
+    assert_step_updates_only_its_networks(trainer, step, inputs)
 
 
 def test_pseudo_masks_take_the_likeliest_class_above_the_threshold():
@@ -155,3 +150,15 @@ def test_self_training_rounds_start_from_the_previous_round_and_resume(phantom_c
     again = train_run(config, run, progress=False)
     assert [r["val_dice"] for r in again["rounds"]][:2] == scores[:2]
     assert "resumed" in (run / "round-2" / "train.log").read_text()
+
+
+def test_image_summaries_of_a_u_net_are_its_masks(trainer_unet, monkeypatch):
+    import dataclasses
+
+    logged = {}
+    monkeypatch.setattr(trainer_unet.engine, "log_images", lambda images, step: logged.update(images))
+    monkeypatch.setattr(trainer_unet, "config", dataclasses.replace(
+        trainer_unet.config, train=dataclasses.replace(trainer_unet.config.train, image_summaries=2)))
+    trainer_unet._log_images()
+    assert sorted(logged) == ["input", "predicted_masks", "true_masks"]
+    assert logged["predicted_masks"].shape == (2, 32, 32, 3)

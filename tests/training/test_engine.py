@@ -213,3 +213,18 @@ def test_xla_and_mixed_precision_switches_train(tmp_path, jit_compile, precision
     assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(trainer.model)))
     expected = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[precision]
     assert trainer.model.anatomy_encoder.compute_dtype == expected
+
+
+def test_image_summaries_show_the_input_the_factors_and_both_masks(warm_trainer, monkeypatch):
+    import dataclasses
+
+    logged = {}
+    monkeypatch.setattr(warm_trainer.engine, "log_images", lambda images, step: logged.update(images))
+    monkeypatch.setattr(warm_trainer, "config", dataclasses.replace(
+        warm_trainer.config, train=dataclasses.replace(warm_trainer.config.train, image_summaries=2)))
+    warm_trainer._log_images()
+    assert sorted(logged) == ["anatomy_channels", "input", "predicted_masks", "reconstruction", "true_masks"]
+    n, h, w = 2, *warm_trainer.arrays.validation_images.shape[1:3]
+    assert logged["anatomy_channels"].shape == (n, h, w * warm_trainer.model.anatomy_channels, 1)
+    assert logged["predicted_masks"].shape == logged["true_masks"].shape == (n, h, w, 3)
+    assert all(0.0 <= v.min() and v.max() <= 1.0 for v in logged.values())
