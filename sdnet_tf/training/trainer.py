@@ -143,10 +143,9 @@ class Trainer(Task):
         """
         if self.files.latest() is None and (self.files.resume_dir / "checkpoints" / "checkpoint").is_file():
             self._resume_tensorflow_checkpoint()
-        else:
-            self.loop.resume()
-        if self.iteration:
             log.info("resumed %s at iteration %d", self.run_dir, self.iteration)
+        else:
+            self.loop.resume()  # which logs the checkpoint it read
         return self.iteration
 
     def _resume_tensorflow_checkpoint(self):
