@@ -128,8 +128,8 @@ def write_table(results):
              "over LV, MYO and RV of the ED and ES frames of each vendor's test patients (A, B, C) and of every "
              "patient of D, as mean ± standard deviation over the seeds (their number in brackets). Made by "
              "`results/mnms-phantom/run.py`.", "",
-             "| model | " + " | ".join(f"{v} ({roles.get(v, ('?', '?'))[0]}, {roles.get(v, ('?', '?'))[1]} patients)"
-                                      for v in VENDORS) + " |",
+             "| model | " + " | ".join(f"{v} ({roles.get(v, ('?', '?'))[0]}, {roles.get(v, ('?', '?'))[1]} test "
+                                      f"patient{'s' if roles.get(v, ('?', 2))[1] != 1 else ''})" for v in VENDORS) + " |",
              "|---|" + "---|" * len(VENDORS)]
     for model, (_, _, label) in MODELS.items():
         lines.append(f"| {label} | " + " | ".join(cell([dice(model, s, v) for s in seeds]) for v in VENDORS) + " |")
