@@ -122,6 +122,7 @@ class Loop:
         self.epochs = -(-self.total_steps // self.steps_per_epoch)
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
+        self._stepped = False  # whether this process has run a step yet (the first one compiles)
         self.progress = progress
         self.state = new_state()
 
@@ -179,7 +180,15 @@ class Loop:
             bar = tqdm(total=stop - state["step"], desc=f"{task.name} epoch {epoch + 1}/{self.epochs}",
                        unit="step", disable=not self.progress, leave=False, dynamic_ncols=True)
             for inputs in task.batches(epoch, state["step"], stop):
+                first = not self._stepped
+                if first:  # the first step of a process traces (and with XLA compiles) every update
+                    bar.set_postfix_str("first step: tracing and compiling")
+                    started = time.perf_counter()
                 terms = task.step(inputs, state["step"])
+                if first:
+                    self._stepped = True
+                    log.info("%s: first step in %.1f s (tracing and compiling the updates)", task.name,
+                             time.perf_counter() - started)
                 state["step"] += 1
                 state["skipped"] += int(terms.get("skipped", 0))
                 task.after_step()

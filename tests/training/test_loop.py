@@ -91,3 +91,12 @@ def test_no_readable_checkpoint_and_another_model_are_errors(tmp_path):
         path.write_bytes(b"damaged")
     with pytest.raises(DataError, match="no readable checkpoint \\(2 damaged\\)"):
         _loop(tmp_path / "run").resume()
+
+
+def test_the_first_step_says_it_compiles_and_how_long_it_took(tmp_path, caplog):
+    loop = _loop(tmp_path / "run")
+    with caplog.at_level("INFO", logger="sdnet_tf.train"):
+        loop.run(stop_at=3)
+        loop.run()  # the same process: its updates are compiled already
+    lines = [r.getMessage() for r in caplog.records if "first step" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("counting: first step in ") and "tracing and compiling" in lines[0]
