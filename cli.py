@@ -205,14 +205,15 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
               help="A sampling temperature (repeatable; default 1.0, 0.8, 0.7 and 0.5).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def shape_eval(runs, output, samples, temperatures, quiet):
-    """Evaluate shape-prior and U-Net RUNS on their split's held-out test patients.
+    """Evaluate shape-prior, U-Net and T-L network RUNS on their split's held-out test patients.
 
     Priors: reconstruction Dice per class, anatomically valid reconstructions and samples
     (temperatures 1.0, 0.8, 0.7 and 0.5 by default) with a grid of samples per temperature,
     Frechet shape distance, pathology from codes (10-fold CV).
-    U-Nets: Dice per class and anatomically valid slices. Writes one JSON per run and a
-    Markdown table of them all (table.md) and their learning curves (learning_curves.png); a
-    run that cannot be read is reported and the others are still evaluated.
+    U-Nets and T-L networks: Dice per class and anatomically valid slices. Writes one JSON
+    per run and a Markdown table of them all (table.md) and their learning curves
+    (learning_curves.png); a run that cannot be read is reported and the others are still
+    evaluated.
     """
     from sdnet_tf.runtime import select_backend
 
@@ -233,7 +234,7 @@ def shape_eval(runs, output, samples, temperatures, quiet):
         raise UserError(f"{len(failed)} of {len(runs)} runs could not be evaluated")
 
 
-SHAPE_JOBS = {"nvae": "nvae-acdc", "acnn": "acnn-acdc", "unet": "unet-acdc"}
+SHAPE_JOBS = {"nvae": "nvae-acdc", "acnn": "acnn-acdc", "unet": "unet-acdc", "tl": "tl-acdc"}
 
 
 def _shape_train_options(function):
@@ -243,7 +244,7 @@ def _shape_train_options(function):
                      help="An ACDC training folder whose masks (and images, for the U-Net) are used, or 'phantom'."),
         click.option("--split", type=click.IntRange(0, 2), default=None, help="Which of the three 70/15/15 splits."),
         click.option("-c", "--config", default=None, help="Config name in configs/ or a YAML path "
-                     "(default: nvae-acdc, acnn-acdc or unet-acdc)."),
+                     "(default: nvae-acdc, acnn-acdc, unet-acdc or tl-acdc)."),
         click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="Override a config value, e.g. --set train.epochs=5 (repeatable)."),
         click.option("-o", "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -281,35 +282,39 @@ def prior_train(kind, data, split, config, overrides, run_dir, epochs, seed, xla
 
 @main.group()
 def baseline():
-    """Baselines SDNet is compared with: the plain 2-D U-Net."""
+    """Baselines SDNet is compared with: the plain 2-D U-Net, and ACNN's T-L network."""
 
 
 @baseline.command("train")
-@click.argument("kind", type=click.Choice(["unet"]))
+@click.argument("kind", type=click.Choice(["unet", "tl"]))
 @_shape_train_options
 @click.option("--shape-prior", default=None, metavar="RUN",
-              help="A frozen prior's run directory (prior train nvae|acnn) whose shape loss is added to the "
-                   "cross-entropy (ACU-Net).")
+              help="unet: a frozen prior's run directory (prior train nvae|acnn) whose shape loss is added to the "
+                   "cross-entropy (ACU-Net); tl: the frozen ACNN autoencoder's run (prior train acnn), required.")
 def baseline_train(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
                    quiet, shape_prior):
-    """Train the U-Net baseline (SDNet's U-Net with a 4-class softmax and cross-entropy) on
-    --data DIR|phantom and print its best validation epoch; with --shape-prior, ACU-Net."""
+    """Train a baseline on --data DIR|phantom and print its best validation epoch.
+
+    KIND "unet": SDNet's U-Net with a 4-class softmax and cross-entropy; with --shape-prior,
+    ACU-Net. KIND "tl": ACNN's T-L network, an image encoder trained to predict the frozen ACNN
+    autoencoder's code of the ground-truth mask (--shape-prior RUN), segmenting through the
+    autoencoder's decoder."""
     _train_shape(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
                  shape_prior, quiet)
 
 
 def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
                  shape_prior, quiet):
-    from sdnet_tf.config import ConfigError, PriorConfig, SegmentationConfig
+    from sdnet_tf.config import ConfigError, PriorConfig, SegmentationConfig, TLConfig
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.runtime import select_backend
 
     overrides = _with_shortcuts(overrides, {
         "data.path": data, "data.split": split, "train.epochs": epochs, "train.seed": seed, "train.max_steps": max_steps,
         "loss.shape_prior": shape_prior, "train.backend": backend, "train.jit_compile": xla})
-    if job != "unet":
+    if job in ("nvae", "acnn"):
         overrides.insert(0, f"model.kind={job}")
-    kind = SegmentationConfig if job == "unet" else PriorConfig
+    kind = {"unet": SegmentationConfig, "tl": TLConfig}.get(job, PriorConfig)
     cfg = _load_config(config or SHAPE_JOBS[job], overrides, kind=kind)
     if run_dir is None:
         from sdnet_tf.data.sources import default_run_dir
@@ -321,11 +326,13 @@ def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla
         raise UserError(str(error)) from error
     _load_tensorflow(cfg.train.backend)
     from sdnet_tf.training.guard import NonFiniteError
-    from sdnet_tf.training.prior_trainer import train_prior, train_unet
+    from sdnet_tf.training.prior_trainer import train_prior, train_tl, train_unet
 
     try:
         if job == "unet":
             result = train_unet(cfg, run_dir, resume=resume, progress=not quiet)
+        elif job == "tl":
+            result = train_tl(cfg, run_dir, resume=resume, progress=not quiet)
         else:
             result = train_prior(cfg, run_dir, resume=resume, progress=not quiet)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError, NonFiniteError) as error:

@@ -301,12 +301,14 @@ def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log
         export.precision.AccuracyGateError: the reduced model failed the gate; the message has
             the figures.
     """
-    from sdnet_tf.inference import load_run, run_label_convention, run_orientation
+    from sdnet_infer.io import DataError
+    from sdnet_tf.inference import load_run, run_kind, run_label_convention, run_orientation
 
+    if (Path(run_dir) / "config.yaml").is_file() and run_kind(run_dir) == "tl":
+        raise DataError(f"{run_dir}: a T-L network run; export takes SDNet runs (the runtime serves SDNet's "
+                        "segmentation, decomposition and decoder); evaluate and predict take this one")
     model, config = load_run(run_dir)
     if not (hasattr(model, "anatomy_encoder") or hasattr(model, "decomposer")):
-        from sdnet_infer.io import DataError
-
         raise DataError(f"{run_dir}: a U-Net baseline run; export takes SDNet runs (the runtime serves SDNet's "
                         "segmentation, decomposition and decoder)")
     orientation = run_orientation(run_dir)

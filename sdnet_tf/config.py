@@ -230,6 +230,9 @@ class Config(_Sections):
         if kind in ("nvae", "acnn"):
             raise ConfigError(f"{source}: a shape prior's config (model.kind {kind}), not SDNet's; train it with "
                               f"sdnet-tf prior train {kind}")
+        if kind == "tl":
+            raise ConfigError(f"{source}: a T-L network's config (model.kind tl), not SDNet's; train it with "
+                              "sdnet-tf baseline train tl")
         return super().from_dict(values, source)
 
 
@@ -354,6 +357,34 @@ class SegmentationConfig(_Sections):
     data: PriorDataConfig = field(default_factory=PriorDataConfig)
 
 
+@dataclass
+class TLModelConfig:
+    kind: str = field(default="tl", metadata={"choices": ("tl",)})
+    # the images' and the decoded masks' size: the prior's input_size, which it must equal
+    input_size: int = field(default=128, metadata=AT_LEAST_ONE)
+    filters: int = 0  # the predictor's first-level channels; 0: the autoencoder's (its mirror)
+    levels: int = 0  # the predictor's stride-2 levels; 0: the autoencoder's
+
+
+@dataclass
+class TLLossConfig:
+    # the frozen ACNN shape autoencoder's run directory (sdnet-tf prior train acnn); required
+    shape_prior: str = ""
+    code: float = field(default=1.0, metadata=NON_NEGATIVE)  # squared Euclidean distance of the codes
+    # pixel-averaged cross-entropy of the decoded mask; 0, as Oktay et al.'s T-L network
+    cross_entropy: float = field(default=0.0, metadata=NON_NEGATIVE)
+
+
+@dataclass
+class TLConfig(_Sections):
+    """``sdnet-tf baseline train tl``: ACNN's T-L network, an image encoder regressing a frozen
+    ACNN autoencoder's code, segmenting through the autoencoder's decoder."""
+    model: TLModelConfig = field(default_factory=TLModelConfig)
+    loss: TLLossConfig = field(default_factory=TLLossConfig)
+    train: SegmentationTrainConfig = field(default_factory=SegmentationTrainConfig)
+    data: PriorDataConfig = field(default_factory=PriorDataConfig)
+
+
 def _build_section(section_cls, values, source):
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
     unknown = set(values) - set(fields)
@@ -441,20 +472,24 @@ def resolve_config_path(name_or_path):
 
 def config_kind(name_or_path):
     """The config class a shipped file holds, by its name: ``nvae-*``, ``acnn-*`` and
-    ``prior-*`` are ``PriorConfig``, ``unet-*`` ``SegmentationConfig``, the rest SDNet's."""
+    ``prior-*`` are ``PriorConfig``, ``unet-*`` ``SegmentationConfig``, ``tl-*`` ``TLConfig``,
+    the rest SDNet's."""
     stem = Path(str(name_or_path)).stem
     if stem.startswith(("nvae-", "acnn-", "prior-")):
         return PriorConfig
     if stem.startswith("unet-"):
         return SegmentationConfig
+    if stem.startswith("tl-"):
+        return TLConfig
     return Config
 
 
 def load_config(name_or_path=None, overrides=(), kind=None):
     """Load a config by name or path (defaults when None) and apply overrides.
 
-    ``kind`` is the config class (``Config``, SDNet's, by default; ``PriorConfig`` and
-    ``SegmentationConfig`` for the shape priors and the U-Net baseline).
+    ``kind`` is the config class (``Config``, SDNet's, by default; ``PriorConfig``,
+    ``SegmentationConfig`` and ``TLConfig`` for the shape priors, the U-Net baseline and the
+    T-L network).
     """
     kind = kind or Config
     if name_or_path is None:

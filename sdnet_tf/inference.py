@@ -19,7 +19,7 @@ class UNetSegmenter:
     """The U-Net baseline behind SDNet's inference interface, so the same prediction and
     evaluation code scores both: ``segment(images)`` (N, H, W, 1) -> foreground probabilities
     (N, H, W, 3) in SDNet's channel order [MYO, LV, RV] (the U-Net's softmax is over
-    background, RV, MYO, LV)."""
+    background, RV, MYO, LV). Any network whose call is such a softmax fits (``TLSegmenter``)."""
 
     num_classes = 3
     _FOREGROUND = list(SDNET_CHANNEL_LABELS)  # MYO, LV, RV of (background, RV, MYO, LV): channel k is label k
@@ -34,10 +34,22 @@ class UNetSegmenter:
         return ops.take(self.unet(images, training=training), self._FOREGROUND, axis=-1)
 
 
+class TLSegmenter(UNetSegmenter):
+    """ACNN's T-L network (``models.tl.TLNetwork``) behind SDNet's inference interface:
+    ``segment(images)`` (N, H, W, 1) -> the foreground probabilities (N, H, W, 3), in SDNet's
+    channel order [MYO, LV, RV], of the frozen autoencoder's decoding of the predicted codes;
+    ``network`` is the ``TLNetwork``."""
+
+    def __init__(self, network):
+        super().__init__(network)
+        self.network = network
+
+
 def run_kind(run_dir):
     """What a run directory holds, from its ``config.yaml``: "sdnet", "sdnet2018" (the MICCAI
     2018 precursor), "unet" (the baseline of ``baseline train unet``), "unet_gan" (the U-Net
-    and GAN baselines in SDNet's pipeline), "nvae" or "acnn" (a shape prior).
+    and GAN baselines in SDNet's pipeline), "tl" (ACNN's T-L network, ``baseline train tl``),
+    "nvae" or "acnn" (a shape prior).
 
     Raises:
         DataError: no such directory, or no ``config.yaml`` in it.
@@ -69,6 +81,41 @@ def _load_unet_run(run_dir, config_path):
     unet = build_unet(config.model.input_size, config.model.filters, config.model.depth)
     assign_values(unet, read_npz(weights), source=str(weights))
     return UNetSegmenter(unet), config
+
+
+def _load_tl_run(run_dir, config_path):
+    """``(TLSegmenter, TLConfig)`` of a T-L network run: the predictor and the autoencoder from
+    its ``best.npz``, the autoencoder's architecture from its ``prior.yaml`` (the run does not
+    need the prior's run directory)."""
+    from sdnet_tf.config import PriorConfig, TLConfig, load_config
+    from sdnet_tf.models.priors import assign_values, build_tl
+
+    weights, prior_path = run_dir / "best.npz", run_dir / "prior.yaml"
+    for needed, why in ((weights, "it is written at the first validation epoch"),
+                        (prior_path, "it is written when the run starts")):
+        if not needed.is_file():
+            raise DataError(f"{run_dir}: no {needed.name} yet ({why})")
+    config = load_config(str(config_path), kind=TLConfig)
+    network = build_tl(config.model, load_config(str(prior_path), kind=PriorConfig).model)
+    assign_values(network, read_npz(weights), source=str(weights))
+    return TLSegmenter(network), config
+
+
+def load_segmenter(run_dir):
+    """``(kind, segmenter, config)`` of a U-Net baseline run ("unet": ``UNetSegmenter``,
+    ``SegmentationConfig``) or a T-L network run ("tl": ``TLSegmenter``, ``TLConfig``); the
+    segmenter's ``unet`` is the network whose call is the softmax over (background, RV, MYO,
+    LV).
+
+    Raises:
+        DataError: not a run directory, a run of another kind, or no kept weights yet.
+    """
+    run_dir = Path(run_dir)
+    kind = run_kind(run_dir)
+    if kind not in ("unet", "tl"):
+        raise DataError(f"{run_dir}: a {kind} run, not a U-Net or T-L network run")
+    load = _load_tl_run if kind == "tl" else _load_unet_run
+    return (kind, *load(run_dir, run_dir / "config.yaml"))
 
 
 def batched(fn, array, batch_size=32):
@@ -123,8 +170,9 @@ def load_run(run_dir):
     at every validation epoch that improves on the best, so a run still training (or stopped
     before its end, which writes ``summary.json``) can be used too; a warning then names the
     epoch the weights come from (``best.json``). A U-Net baseline run (``sdnet-tf train
-    unet``) is loaded from its ``best.npz`` as a ``UNetSegmenter``, so it is predicted and
-    scored exactly as SDNet is.
+    unet``) is loaded from its ``best.npz`` as a ``UNetSegmenter``, and a T-L network run
+    (``sdnet-tf baseline train tl``) from its ``best.npz`` and ``prior.yaml`` as a
+    ``TLSegmenter``, so they are predicted and scored exactly as SDNet is.
 
     Raises:
         DataError: no run directory, no ``config.yaml``, or no kept weights yet.
@@ -137,11 +185,13 @@ def load_run(run_dir):
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
     model_path, config_path = run_dir / "model.keras", run_dir / "config.yaml"
-    if kind not in ("sdnet", "sdnet2018", "unet", "unet_gan"):
+    if kind not in ("sdnet", "sdnet2018", "unet", "unet_gan", "tl"):
         raise DataError(f"{run_dir}: a shape-prior run ({kind}); this command takes an SDNet run (sdnet-tf train "
-                        "acdc) or a U-Net run (sdnet-tf baseline train unet)")
+                        "acdc), a U-Net run (sdnet-tf baseline train unet) or a T-L run (sdnet-tf baseline train tl)")
     if kind == "unet":
         model, config = _load_unet_run(run_dir, config_path)
+    elif kind == "tl":
+        model, config = _load_tl_run(run_dir, config_path)
     else:
         if not model_path.is_file():
             raise DataError(f"{run_dir}: no model.keras yet (it is written at the first validation epoch "
@@ -181,7 +231,7 @@ class KerasRuntime:
     control (``sdnet_infer.qc``) run the Keras model as they run the exported one.
 
     Args:
-        model: an ``SDNet`` or a ``UNetSegmenter`` (``load_run``).
+        model: an ``SDNet``, a ``UNetSegmenter`` or a ``TLSegmenter`` (``load_run``).
         spacing: the in-plane mm per pixel of the model's input (``config.data.spacing``).
         orientation: the training orientation (``run_orientation``).
         batch_size: slices per network call.
@@ -251,13 +301,13 @@ def is_precursor(model):
 
 
 def refuse_precursor(run_dir, what):
-    """Refuse, in one line and before any work, a MICCAI 2018 precursor run or a U-Net baseline
-    run for a command that reads SDNet's anatomy channels and modality encoder (figures, latent
-    analysis, report, modality classifier).
+    """Refuse, in one line and before any work, a MICCAI 2018 precursor run, a U-Net baseline
+    run or a T-L network run for a command that reads SDNet's anatomy channels and modality
+    encoder (figures, latent analysis, report, modality classifier).
 
     Raises:
-        DataError: naming the run, when it is a precursor run (``run_kind`` "sdnet2018") or a
-            U-Net baseline's ("unet", "unet_gan").
+        DataError: naming the run, when it is a precursor run (``run_kind`` "sdnet2018"), a
+            U-Net baseline's ("unet", "unet_gan") or a T-L network's ("tl").
     """
     if not (Path(run_dir) / "config.yaml").is_file():
         return  # the command's own checks
@@ -269,6 +319,10 @@ def refuse_precursor(run_dir, what):
     if kind in ("unet", "unet_gan"):
         raise DataError(f"{run_dir}: a U-Net baseline run (no anatomy factor, no modality encoder); {what} takes "
                         "SDNet runs; evaluate and predict take this one")
+    if kind == "tl":
+        raise DataError(f"{run_dir}: a T-L network run (an image encoder and a shape autoencoder's decoder; no "
+                        f"anatomy factor, no modality encoder); {what} takes SDNet runs; evaluate, predict and "
+                        "shape-eval take this one")
 
 
 def _run_data_folder(meta, data=None):

@@ -185,9 +185,26 @@ def shape_code_loss(prior, target_masks, predicted_masks):
     predictions = prior.codes(predicted_masks, training=False)
     total = 0.0
     for t, p in zip(targets, predictions):
-        diff = _f32(p) - ops.stop_gradient(_f32(t))
-        total = total + ops.mean(ops.sum(ops.reshape(diff * diff, (ops.shape(diff)[0], -1)), axis=1))
+        total = total + code_distance(p, t)
     return total
+
+
+def code_distance(predicted, target):
+    """Squared Euclidean distance between codes, ``mean_batch || predicted - target ||^2``.
+
+    Summed over each sample's code elements, averaged over the batch; the target carries no
+    gradient. The T-L network's loss (Oktay et al. 2018, after Girdhar et al. 2016) and each
+    term of ``shape_code_loss``.
+
+    Args:
+        predicted: codes (B, ...).
+        target: codes of the same shape.
+
+    Returns:
+        A scalar, in squared code units.
+    """
+    diff = _f32(predicted) - ops.stop_gradient(_f32(target))
+    return ops.mean(ops.sum(ops.reshape(diff * diff, (ops.shape(diff)[0], -1)), axis=1))
 
 
 def kl_balance(kl, alpha):

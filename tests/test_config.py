@@ -28,7 +28,7 @@ def test_shipped_configs_load(name):
     kind = config_kind(name)
     assert isinstance(load_config(name, kind=kind), kind)
     if kind is not Config:
-        with pytest.raises(ConfigError, match="unknown|a shape prior's config"):
+        with pytest.raises(ConfigError, match="unknown|a shape prior's config|a T-L network's config"):
             load_config(name)  # a prior's or U-Net's file is not an SDNet config
 
 
@@ -100,17 +100,34 @@ def test_default_run_directories_follow_one_rule():
     unet = load_config(None, ["data.path=/data/ACDC/training", "data.split=2", "loss.shape_prior=p"],
                        kind=SegmentationConfig)
     assert default_run_dir("unet", unet) == Path("runs/unet-shape-training-split2")
+    tl = load_config("tl-acdc", ["data.path=/data/ACDC/training", "loss.shape_prior=p"], kind=config_kind("tl-acdc"))
+    assert default_run_dir("tl", tl) == Path("runs/tl-training-split0")
+
+
+def test_tl_config_is_its_own_kind_with_the_paper_s_loss():
+    # tl-* files are T-L network configs (not unet-*, which are the U-Net's); Oktay et al.'s
+    # T-L network regresses the code alone, so the decoded mask's cross-entropy is off
+    from sdnet_tf.config import TLConfig
+
+    assert config_kind("tl-acdc") is TLConfig
+    config = load_config("tl-acdc", kind=TLConfig)
+    assert config.model.kind == "tl" and (config.loss.code, config.loss.cross_entropy) == (1.0, 0.0)
+    assert (config.model.filters, config.model.levels) == (0, 0)  # the autoencoder's: its encoder's mirror
+    assert TLConfig().loss == config.loss
+    with pytest.raises(ConfigError, match="a T-L network's config .* sdnet-tf baseline train tl"):
+        load_config("tl-acdc")
 
 
 def test_run_kinds_and_wrong_kinds_are_one_clear_error(tmp_path):
     # predict / evaluate / export refuse a prior run, shape-eval an SDNet run, by name
     from sdnet_infer.io import DataError
-    from sdnet_tf.config import Config, PriorConfig, SegmentationConfig
+    from sdnet_tf.config import Config, PriorConfig, SegmentationConfig, TLConfig
     from sdnet_tf.data.sources import data_folder
     from sdnet_tf.inference import load_prior, load_run, run_kind
     from sdnet_tf.apps.shape_eval import run_kind as shape_run_kind
 
-    for name, config in (("sdnet", Config()), ("unet", SegmentationConfig()), ("acnn", PriorConfig())):
+    for name, config in (("sdnet", Config()), ("unet", SegmentationConfig()), ("acnn", PriorConfig()),
+                         ("tl", TLConfig())):
         if name == "acnn":
             config.model.kind = "acnn"
         (tmp_path / name).mkdir()
@@ -118,8 +135,11 @@ def test_run_kinds_and_wrong_kinds_are_one_clear_error(tmp_path):
         assert run_kind(tmp_path / name) == name
     with pytest.raises(DataError, match=r"acnn: a shape-prior run \(acnn\); this command takes an SDNet run"):
         load_run(tmp_path / "acnn")
-    with pytest.raises(DataError, match="an SDNet run; shape-eval takes shape-prior and U-Net runs"):
+    with pytest.raises(DataError, match="an SDNet run; shape-eval takes shape-prior, U-Net and T-L runs"):
         shape_run_kind(tmp_path / "sdnet")
+    assert shape_run_kind(tmp_path / "tl") == "tl"
+    with pytest.raises(DataError, match="tl: no best.npz yet"):
+        load_run(tmp_path / "tl")
     with pytest.raises(DataError, match="no such run directory"):
         run_kind(tmp_path / "missing")
     (tmp_path / "acnn" / "best.npz").write_bytes(b"not a numpy file")

@@ -77,6 +77,7 @@ def check_source_run(source, config, run_dir=None):
     refused = {"sdnet2018": "a MICCAI 2018 precursor run (model.kind sdnet2018), whose z comes from the image "
                             "alone and whose anatomy is one myocardium mask",
                "unet": "a U-Net baseline run, which has no anatomy or modality factor",
+               "tl": "a T-L network run, which has no anatomy or modality factor",
                "nvae": "a shape-prior run (nvae)", "acnn": "a shape-prior run (acnn)"}
     if kind != "sdnet":
         what = refused.get(kind, f"a {kind} run")

@@ -14,7 +14,8 @@ For a prior (NVAE or shape autoencoder) run directory:
   slice's codes pooled (``pool_codes``), averaged over the frame's slices, ED and ES
   concatenated; random forest, stratified 10-fold cross-validation over all patients.
 
-For a U-Net run directory: test Dice per class (per slice and per frame) and the share of
+For a U-Net or a T-L network run directory (the T-L network segments through the frozen ACNN
+autoencoder's decoder): test Dice per class (per slice and per frame) and the share of
 anatomically valid predicted slices.
 
 Results go to ``<output>/<run name>.json``; ``table`` renders several of them as Markdown.
@@ -28,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from sdnet_tf.atomic import write_json
-from sdnet_tf.config import SegmentationConfig, load_config
 from sdnet_tf.data.masks import prior_one_hot
 from sdnet_tf.metrics.overlap import CLASSES, dice
 from sdnet_tf.metrics.shape import (frechet_shape_distance, pathology_cv, pool_codes, reconstruction_dice,
@@ -52,7 +52,7 @@ def frame_dice(pred, ref, patients, phases):
 
 
 def run_kind(run_dir):
-    """"nvae", "acnn" or "unet", from a run directory's config (``inference.run_kind``).
+    """"nvae", "acnn", "unet" or "tl", from a run directory's config (``inference.run_kind``).
 
     Raises:
         DataError: not a run directory, or an SDNet run (``sdnet-tf evaluate --run`` scores those).
@@ -62,7 +62,7 @@ def run_kind(run_dir):
 
     kind = kind_of(run_dir)
     if kind in ("sdnet", "sdnet2018"):
-        raise DataError(f"{run_dir}: an SDNet run; shape-eval takes shape-prior and U-Net runs "
+        raise DataError(f"{run_dir}: an SDNet run; shape-eval takes shape-prior, U-Net and T-L runs "
                         "(sdnet-tf evaluate --run scores SDNet)")
     return kind
 
@@ -174,26 +174,27 @@ def _parameter_count(model):
                    and "seed_generator" not in v.path))
 
 
+SEGMENTATION_KINDS = ("unet", "tl")  # the runs of the segmentation table
+
+
 def evaluate_unet(run_dir, progress=True):
-    """Test Dice (per slice and per frame) and valid-slice share of a U-Net run."""
+    """Test Dice (per slice and per frame) and valid-slice share of a U-Net or a T-L network
+    run (``kind`` "unet" or "tl" in the result); a T-L network's masks are its frozen
+    autoencoder's decodings of the codes it predicts."""
     from keras import ops
 
-    from sdnet_tf.models.priors import assign_values
     from sdnet_tf.data.sources import mask_sets
-    from sdnet_tf.inference import batched
-    from sdnet_tf.models.unet import build_unet
+    from sdnet_tf.inference import batched, load_segmenter
 
     start = time.perf_counter()
-    config = load_config(Path(run_dir) / "config.yaml", kind=SegmentationConfig)
-    model = build_unet(config.model.input_size, config.model.filters, config.model.depth)
-    with np.load(Path(run_dir) / "best.npz") as data:
-        assign_values(model, {k: data[k] for k in data.files}, str(run_dir))
+    kind, segmenter, config = load_segmenter(run_dir)
+    model = segmenter.unet  # the network whose call is the softmax over (background, RV, MYO, LV)
     sets, _, description = mask_sets(config, progress)
     test = sets["test"]
     predicted = batched(lambda x: ops.argmax(model(x, training=False), axis=-1), test.images)
     spacing = (config.data.spacing, config.data.spacing)
     validity = valid_fraction(predicted, spacing)
-    return {"run": str(run_dir), "kind": "unet", "shape_prior": config.loss.shape_prior,
+    return {"run": str(run_dir), "kind": kind, "shape_prior": config.loss.shape_prior,
             "split": config.data.split, "test_patients": description["test_patients"], "test_slices": len(test),
             "dice_slices": reconstruction_dice(predicted, test.labels),
             "dice_frames": frame_dice(predicted, test.labels, test.patients, test.phases),
@@ -224,7 +225,7 @@ def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3, tempe
     kind = run_kind(run_dir)
     for _ in range(attempts):
         before = _best_fingerprint(run_dir)
-        result = evaluate_unet(run_dir, progress) if kind == "unet" else evaluate_prior(
+        result = evaluate_unet(run_dir, progress) if kind in SEGMENTATION_KINDS else evaluate_prior(
             run_dir, samples, temperatures, progress=progress, figure=Path(output) / f"{run_dir.name}-samples.png")
         if _best_fingerprint(run_dir) == before:
             break
@@ -274,9 +275,10 @@ def _f(value, digits=3):
 
 
 def table(results):
-    """Markdown tables of prior and U-Net results (dicts of ``evaluate_run``)."""
+    """Markdown tables of prior results and of segmentation (U-Net, T-L network) results (dicts
+    of ``evaluate_run``)."""
     lines = []
-    priors = [r for r in results if r["kind"] != "unet"]
+    priors = [r for r in results if r["kind"] not in SEGMENTATION_KINDS]
     if priors:
         shown = sorted({t for r in priors for t in r.get("samples", {})}, key=float, reverse=True)  # NVAE only
         lines += ["| prior | recon Dice RV | MYO | LV | mean | valid recon | "
@@ -294,23 +296,27 @@ def table(results):
             lines.append(f"| {r['kind']} | {_f(d['RV'])} | {_f(d['MYO'])} | {_f(d['LV'])} | {_f(d['mean'])} | "
                          f"{_f(100 * r['valid_reconstructions'], 1)}% | " + " | ".join(cells)
                          + f" | {_f(r['frechet_shape_distance_training_vs_test'], 1)} | {patho} |")
-    unets = [r for r in results if r["kind"] == "unet"]
-    if unets:
+    segmenters = [r for r in results if r["kind"] in SEGMENTATION_KINDS]
+    if segmenters:
         if lines:
             lines.append("")
         lines += ["| segmentation | Dice RV | MYO | LV | mean (per slice) | mean (per frame) | valid slices |",
                   "|---|---|---|---|---|---|---|"]
-        for r in unets:
+        for r in segmenters:
             d = r["dice_slices"]
-            name = "U-Net + shape loss" if r["shape_prior"] else "U-Net"
+            if r["kind"] == "tl":
+                name = "T-L network (through the ACNN decoder)"
+            else:
+                name = "U-Net + shape loss" if r["shape_prior"] else "U-Net"
             lines.append(f"| {name} | {_f(d['RV'])} | {_f(d['MYO'])} | {_f(d['LV'])} | {_f(d['mean'])} | "
                          f"{_f(r['dice_frames']['mean'])} | {_f(100 * r['valid_slices'], 1)}% |")
     return "\n".join(lines) + "\n"
 
 
 def plot_histories(histories, path):
-    """Learning curves of prior and U-Net runs (their ``history.csv``) in one PNG: training
-    loss terms and validation Dice per epoch."""
+    """Learning curves of prior, U-Net and T-L runs (their ``history.csv``) in one PNG: a
+    training loss term (the priors' reconstruction, the U-Net's cross-entropy, the T-L
+    network's code distance) and validation Dice per epoch."""
     import csv
 
     import matplotlib
@@ -325,7 +331,7 @@ def plot_histories(histories, path):
         with open(csv_path, newline="") as handle:
             rows = list(csv.DictReader(handle))
         epochs = [int(r["epoch"]) for r in rows]
-        key = "train_reconstruction" if "train_reconstruction" in rows[0] else "train_cross_entropy"
+        key = next(k for k in ("train_reconstruction", "train_code", "train_cross_entropy") if k in rows[0])
         axes[0].plot(epochs, [float(r[key]) for r in rows], marker="o", label=f"{name}: {key[6:]}")
         axes[1].plot(epochs, [float(r["val_dice_mean"]) for r in rows], marker="o", label=name)
     axes[0].set(xlabel="epoch", ylabel="training loss term (epoch mean)", yscale="log")

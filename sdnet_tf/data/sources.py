@@ -172,9 +172,9 @@ def default_run_dir(kind, config, config_name=None, data=None):
     """Where a training run goes when no ``-o`` is given, one rule for every command.
 
     SDNet (``kind`` "acdc", "mmwhs", "mnms" or "synthetic"): ``runs/<data folder or kind>-<config
-    name or default>``, with ``-split<N>`` for ACDC, MM-WHS and M&Ms; a shape prior or the U-Net (``kind`` "nvae",
-    "acnn", "unet"): ``runs/<kind>[-shape]-<data folder>-split<N>`` ("-shape" for a U-Net
-    with a shape loss).
+    name or default>``, with ``-split<N>`` for ACDC, MM-WHS and M&Ms; a shape prior, the U-Net or
+    the T-L network (``kind`` "nvae", "acnn", "unet", "tl"): ``runs/<kind>[-shape]-<data
+    folder>-split<N>`` ("-shape" for a U-Net with a shape loss).
     """
     if kind in ("acdc", "mmwhs", "mnms", "synthetic"):
         source = Path(data).name if data else kind

@@ -10,7 +10,8 @@ from sdnet_tf.models.nvae import NVAE
 from sdnet_tf.models.sdnet import NETWORKS, SDNet
 from sdnet_tf.models.sdnet2018 import NETWORKS_2018, SDNet2018
 from sdnet_tf.models.segmentor import Segmentor
+from sdnet_tf.models.tl import CodePredictor, TLNetwork
 
 __all__ = ["AnatomyEncoder", "ModalityEncoder", "FiLMDecoder", "AdaINDecoder", "Segmentor", "MaskDiscriminator", "SDNet",
            "NVAE", "ShapeAutoencoder", "NETWORKS", "SDNet2018", "NETWORKS_2018",
-           "UNetGAN", "NETWORKS_UNET_GAN"]
+           "UNetGAN", "NETWORKS_UNET_GAN", "CodePredictor", "TLNetwork"]

@@ -42,6 +42,19 @@ def swap_labels(masks, probability, seed_generator):
     return ops.where(ops.expand_dims(swap, -1), replacement, masks)
 
 
+def conv_bn(channels, name, strides=1):
+    """A 3x3 convolution without bias and its BatchNorm, ``[conv, norm]`` (see ``run_conv_bn``)."""
+    return [layers.Conv2D(channels, 3, strides=strides, padding="same", use_bias=False, name=name),
+            layers.BatchNormalization(name=f"{name}_bn")]
+
+
+def run_conv_bn(block, x, training):
+    """Apply the (layer, BatchNorm) pairs of ``block``, each followed by ReLU."""
+    for layer, norm in zip(block[::2], block[1::2]):
+        x = ops.relu(norm(layer(x), training=training))
+    return x
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ShapeAutoencoder(SymbolicBuildModel):
     """ACNN's convolutional shape autoencoder on one-hot masks (channels [background, RV, MYO, LV]).
@@ -102,9 +115,9 @@ class ShapeAutoencoder(SymbolicBuildModel):
         self.channels = [min(filters * 2 ** level, 8 * filters) for level in range(levels + 1)]
         self.bottom_size = input_size // factor
 
-        self.stem = self._conv_bn(self.channels[0], "enc_stem")
-        self.enc_blocks = [self._conv_bn(self.channels[level], f"enc{level}_down", strides=2)
-                           + self._conv_bn(self.channels[level], f"enc{level}_conv")
+        self.stem = conv_bn(self.channels[0], "enc_stem")
+        self.enc_blocks = [conv_bn(self.channels[level], f"enc{level}_down", strides=2)
+                           + conv_bn(self.channels[level], f"enc{level}_conv")
                            for level in range(1, levels + 1)]
         self.flatten = layers.Flatten(name="flatten")
         self.code = layers.Dense(code_size, name="code")  # linear: no activation
@@ -116,20 +129,8 @@ class ShapeAutoencoder(SymbolicBuildModel):
             up = layers.Conv2DTranspose(self.channels[level], 3, strides=2, padding="same", use_bias=False,
                                         name=f"dec{level}_up")
             self.dec_blocks.append([up, layers.BatchNormalization(name=f"dec{level}_up_bn")]
-                                   + self._conv_bn(self.channels[level], f"dec{level}_conv"))
+                                   + conv_bn(self.channels[level], f"dec{level}_conv"))
         self.head = layers.Conv2D(num_classes, 3, padding="same", name="logits")
-
-    @staticmethod
-    def _conv_bn(channels, name, strides=1):
-        return [layers.Conv2D(channels, 3, strides=strides, padding="same", use_bias=False, name=name),
-                layers.BatchNormalization(name=f"{name}_bn")]
-
-    @staticmethod
-    def _run(block, x, training):
-        """Apply (layer, BatchNorm) pairs, each followed by ReLU."""
-        for layer, norm in zip(block[::2], block[1::2]):
-            x = ops.relu(norm(layer(x), training=training))
-        return x
 
     def encode(self, masks, training=False):
         """Linear codes of masks.
@@ -141,16 +142,16 @@ class ShapeAutoencoder(SymbolicBuildModel):
         Returns:
             Codes (B, code_size).
         """
-        x = self._run(self.stem, masks, training)  # (B, H, W, filters)
+        x = run_conv_bn(self.stem, masks, training)  # (B, H, W, filters)
         for block in self.enc_blocks:
-            x = self._run(block, x, training)  # (B, H / 2, W / 2, channels)
+            x = run_conv_bn(block, x, training)  # (B, H / 2, W / 2, channels)
         return self.code(self.flatten(x))
 
     def decode(self, codes, training=False):
         """Logits (B, H, W, num_classes) of the masks of codes (B, code_size)."""
         x = self.reshape(self.expand(codes))  # (B, bottom, bottom, deepest channels)
         for block in self.dec_blocks:
-            x = self._run(block, x, training)  # (B, 2H, 2W, channels / 2)
+            x = run_conv_bn(block, x, training)  # (B, 2H, 2W, channels / 2)
         return self.head(x)
 
     def codes(self, masks, training=False):

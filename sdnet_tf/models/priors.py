@@ -1,4 +1,5 @@
-"""Building the shape priors (NVAE, shape autoencoder) from their model config, and their
+"""Building the shape priors (NVAE, shape autoencoder) and the T-L network from their model
+config, and their
 variables as numbered arrays (the form ``best.npz`` and the checkpoints keep them in; reading
 and writing those files is ``sdnet_tf.inference.load_prior``'s and the trainers' job)."""
 
@@ -25,6 +26,18 @@ def build_prior(model_config, seed=None):
     else:
         raise ValueError(f"prior kind {kind!r}: expected one of {', '.join(PRIOR_KINDS)}")
     return model.build_default()
+
+
+def build_tl(model_config, prior_model_config, seed=None):
+    """A built ``TLNetwork`` from a ``TLModelConfig`` and its ACNN prior's ``PriorModelConfig``:
+    the autoencoder as the prior's, the predictor's filters and levels the config's or, at 0,
+    the autoencoder's. The autoencoder's weights are the caller's to assign."""
+    from sdnet_tf.models.tl import TLNetwork
+
+    p, m = prior_model_config, model_config
+    return TLNetwork(input_size=p.input_size, code_size=p.code_size, autoencoder_filters=p.filters,
+                     autoencoder_levels=p.levels, filters=m.filters or p.filters, levels=m.levels or p.levels,
+                     seed=seed).build_default()
 
 
 def variable_values(model):

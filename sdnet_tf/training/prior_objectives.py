@@ -1,4 +1,4 @@
-"""The losses of the shape priors and of the U-Net baseline, with ``keras.ops`` only.
+"""The losses of the shape priors, the U-Net baseline and the T-L network, with ``keras.ops`` only.
 
 Each function takes the model and a batch and returns ``(total, terms)``: the scalar to
 minimise and a dict of scalars to log.
@@ -97,3 +97,33 @@ def shape_term(prior, masks, predicted):
     """The shape loss of prior-ordered masks and predictions, cropped to the prior's size."""
     size = prior.input_size
     return losses.shape_code_loss(prior, losses.centre_crop(masks, size), losses.centre_crop(predicted, size))
+
+
+def tl_code(model, images, masks, code=1.0, cross_entropy=0.0, training=True):
+    """The T-L network's loss: ``code * ||p(x) - f(y)||^2 + cross_entropy * CE(y, softmax(g(p(x))))``.
+
+    ``p`` is the predictor, ``f`` and ``g`` the frozen autoencoder's encoder and decoder (in
+    inference mode), the squared distance summed over the code and averaged over the batch
+    (``losses.code_distance``), the cross-entropy averaged over pixels and the batch. Oktay
+    et al. (2018) train the predictor with the code distance alone, as Girdhar et al.'s second
+    stage, so ``cross_entropy`` is 0 by default and its term is then not computed.
+
+    Args:
+        model: a ``TLNetwork``.
+        images: (B, H, W, 1).
+        masks: one-hot (B, H, W, 4) in the autoencoder's channels (background, RV, MYO, LV).
+        code: weight of the code distance.
+        cross_entropy: weight of the decoded mask's cross-entropy.
+        training: the predictor's BatchNorm mode (False for validation).
+
+    Returns:
+        ``(total, terms)`` with ``code`` and, with a cross-entropy weight, ``cross_entropy``.
+    """
+    predicted = model.predict_codes(images, training=training)  # (B, code_size)
+    terms = {"code": losses.code_distance(predicted, model.target_codes(masks))}
+    total = code * terms["code"]
+    if cross_entropy:
+        decoded = ops.softmax(model.decode(predicted), axis=-1)  # (B, H, W, 4)
+        terms["cross_entropy"] = losses.mean_cross_entropy(masks, decoded)
+        total = total + cross_entropy * terms["cross_entropy"]
+    return total, terms

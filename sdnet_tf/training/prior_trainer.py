@@ -1,7 +1,9 @@
-"""Training loops of the shape priors (``sdnet-tf prior train nvae|acnn``) and of the U-Net baseline
-(``sdnet-tf baseline train unet``, optionally with a frozen prior's shape loss).
+"""Training loops of the shape priors (``sdnet-tf prior train nvae|acnn``), of the U-Net baseline
+(``sdnet-tf baseline train unet``, optionally with a frozen prior's shape loss) and of ACNN's
+T-L network (``sdnet-tf baseline train tl``, an image encoder regressing a frozen ACNN
+autoencoder's code).
 
-Both run in the one training loop (``loop.Loop``) as a ``StepTask``, with SDNet's run files
+All run in the one training loop (``loop.Loop``) as a ``StepTask``, with SDNet's run files
 (``run_files``: checkpoints at each epoch end, ``best.npz`` + ``best.json``, ``history.csv``,
 ``scalars.jsonl``). The gradient mechanics live in ``prior_engine`` (TensorFlow) and
 ``prior_jax_engine`` (JAX), chosen by ``engines.step_engine``; this module is backend-free,
@@ -25,7 +27,7 @@ from sdnet_tf.data.masks import epoch_batches, prior_one_hot, rotate_labels
 from sdnet_tf.data.sources import mask_sets
 from sdnet_tf.metrics.shape import reconstruction_dice, valid_fraction
 from sdnet_tf.inference import batched, load_prior
-from sdnet_tf.models.priors import build_prior
+from sdnet_tf.models.priors import assign_values, build_prior, build_tl, variable_values
 from sdnet_tf.models.unet import build_unet
 from sdnet_tf.training import prior_objectives
 
@@ -47,10 +49,10 @@ def valid_share(labels, spacing):
 
 
 class StepTask(Task):
-    """A model trained by one ``StepEngine`` (a prior, the U-Net) as a task of the loop.
+    """A model trained by one ``StepEngine`` (a prior, the U-Net, the T-L network) as a task of the loop.
 
     Args:
-        name: the kind ("nvae", "acnn", "unet").
+        name: the kind ("nvae", "acnn", "unet", "tl").
         model: the network.
         optimizer: its (built) optimiser.
         engine: the ``StepEngine``.
@@ -339,6 +341,18 @@ def check_prior_fits(prior_config, config):
                         f"masks, larger than the network's {config.model.input_size}")
 
 
+def image_batch(config, subset, index, rng):
+    """``(images, one-hot masks)`` of the slices ``index`` of ``subset``, both rotated by the
+    same random angle per slice when ``data.augment`` and ``data.rotation_range`` say so."""
+    images, labels = subset.images[index], subset.labels[index]
+    if config.data.augment and config.data.rotation_range:
+        from sdnet_tf.data.augment import rotate_batch
+
+        angles = rng.uniform(-config.data.rotation_range, config.data.rotation_range, len(index))
+        return rotate_batch(images, prior_one_hot(labels), angles)
+    return images, prior_one_hot(labels)
+
+
 def train_unet(config, run_dir, resume=True, progress=True):
     """Train the U-Net baseline as ``config`` (a ``SegmentationConfig``) says, with the shape
     loss of ``loss.shape_prior`` when set; returns the run summary."""
@@ -377,14 +391,7 @@ def train_unet(config, run_dir, resume=True, progress=True):
             log.info("shape loss weight omega = %.6g", omega)
 
         def make_inputs(subset, index, rng, step):
-            images, labels = subset.images[index], subset.labels[index]
-            if config.data.augment and config.data.rotation_range:
-                from sdnet_tf.data.augment import rotate_batch
-
-                angles = rng.uniform(-config.data.rotation_range, config.data.rotation_range, len(index))
-                images, masks = rotate_batch(images, prior_one_hot(labels), angles)
-                return images, masks
-            return images, prior_one_hot(labels)
+            return image_batch(config, subset, index, rng)
 
         predict = engine.compiled(lambda x: ops.argmax(model(x, training=False), axis=-1))
 
@@ -406,6 +413,117 @@ def train_unet(config, run_dir, resume=True, progress=True):
         summary = {"model": "unet", "shape_prior": config.loss.shape_prior, "omega": omega if prior else 0.0,
                    "epochs": state["epoch"], "steps": state["step"], "planned_steps": total_steps,
                    "skipped_steps": state["skipped"], "seconds_this_session": round(seconds, 1), "best": best}
+        write_json(run_dir / "summary.json", summary)
+        return summary
+    finally:
+        stop_logging(handler)
+
+
+# ------------------------------------------------------------------------------ T-L network
+def load_code_prior(path):
+    """The frozen ACNN autoencoder of the T-L network: ``(model, PriorConfig)`` of ``path``.
+
+    Raises:
+        DataError: ``path`` is empty, not a run directory, or a run of another kind (an NVAE
+            prior, a U-Net, SDNet), each naming it.
+        FileNotFoundError: the run has no ``best.npz`` yet (``load_prior``).
+    """
+    from sdnet_tf.inference import run_kind
+
+    if not path:
+        raise DataError("the T-L network needs a trained ACNN shape autoencoder: --shape-prior RUN "
+                        "(loss.shape_prior), a run of sdnet-tf prior train acnn")
+    try:
+        kind = run_kind(path)
+    except DataError as error:
+        raise DataError(f"shape prior {error}") from error
+    if kind != "acnn":
+        what = "an NVAE prior" if kind == "nvae" else f"a {kind} run"
+        raise DataError(f"shape prior {path}: {what}; the T-L network predicts the code of an ACNN shape "
+                        "autoencoder (sdnet-tf prior train acnn)")
+    return load_prior(path)
+
+
+def check_tl_prior(prior_config, config, source):
+    """The T-L network decodes with the prior's decoder, so its images must be the prior's
+    masks: the same spacing (``check_prior_fits``) and the same size."""
+    check_prior_fits(prior_config, config)
+    if prior_config.model.input_size != config.model.input_size:
+        raise DataError(f"shape prior {source} decodes {prior_config.model.input_size} x "
+                        f"{prior_config.model.input_size} masks; the T-L network's images must be the same size, "
+                        f"not {config.model.input_size} (set model.input_size={prior_config.model.input_size})")
+
+
+def train_tl(config, run_dir, resume=True, progress=True):
+    """Train ACNN's T-L network as ``config`` (a ``TLConfig``) says; returns the run summary.
+
+    The predictor learns to regress the frozen autoencoder's code of each slice's ground-truth
+    mask (``prior_objectives.tl_code``); validation decodes the predicted codes of the
+    validation images with the autoencoder's decoder and scores the masks (Dice per class,
+    share of anatomically valid slices) and the code distance. ``best.npz`` and the
+    checkpoints hold the autoencoder's weights beside the predictor's, and ``prior.yaml``
+    the prior's config, so the run is read without the prior's run directory.
+
+    Raises:
+        DataError: no prior given, a prior that is not an ACNN run, or one trained at another
+            spacing or size (``load_code_prior``, ``check_tl_prior``).
+    """
+    from keras import ops
+
+    source = config.loss.shape_prior
+    prior, prior_config = load_code_prior(source)
+    check_tl_prior(prior_config, config, source)
+    run_dir, sets, _, StepEngine = _prepare(config, run_dir, resume, progress)
+    handler = log_to_file(run_dir)
+    try:
+        train = config.train
+        keras.utils.set_random_seed(train.seed)
+        model = build_tl(config.model, prior_config.model, seed=train.seed)
+        assign_values(model.autoencoder, variable_values(prior), source=str(source))
+        del prior
+        save_config(prior_config, run_dir / "prior.yaml")
+        predictor = model.predictor
+        parameters = int(sum(int(np.prod(v.shape)) for v in predictor.trainable_variables))
+        log.info("T-L network: predictor of %d trainable parameters (filters %d, levels %d) regressing the %d-d "
+                 "code of the frozen autoencoder %s", parameters, predictor.filters, predictor.levels,
+                 model.code_size, source)
+        steps_per_epoch, total_steps, _ = _schedule(train, len(sets["training"]))
+        optimizer = keras.optimizers.Adam(train.learning_rate)
+        spacing = config.data.spacing
+        weights = config.loss
+
+        def loss_fn(images, masks):
+            return prior_objectives.tl_code(model, images, masks, weights.code, weights.cross_entropy)
+
+        engine = StepEngine(predictor.trainable_variables, loss_fn, optimizer, 0.0, train.jit_compile,
+                            train.nonfinite, train.max_nonfinite, state=predictor.non_trainable_variables,
+                            frozen=model.autoencoder.variables)
+        predict = engine.compiled(lambda x: ops.argmax(model(x, training=False), axis=-1))
+        distance = engine.compiled(
+            lambda x, y: prior_objectives.tl_code(model, x, y, 1.0, 0.0, training=False)[1]["code"])
+
+        def validate(subset):
+            predicted = batched(predict, subset.images)
+            scores = reconstruction_dice(predicted, subset.labels)
+            sums = [float(distance(subset.images[i:i + 32], prior_one_hot(subset.labels[i:i + 32])))
+                    * len(subset.images[i:i + 32]) for i in range(0, len(subset), 32)]
+            return {**{f"dice_{k}": v for k, v in scores.items()}, "valid_slices": valid_share(predicted, spacing),
+                    "code_distance": sum(sums) / len(subset)}
+
+        average = WeightAverage(predictor.trainable_variables, train.weight_average) if train.weight_average else None
+        around_validation = _validation_weights(predictor, lambda x: predictor(x, training=True),
+                                                 sets["training"].images, train, average)
+        task = StepTask("tl", model, optimizer, engine, sets["training"], config, steps_per_epoch,
+                        lambda subset, index, rng, step: image_batch(config, subset, index, rng),
+                        lambda: validate(sets["validation"]), ("dice_mean", "max"),
+                        extra=average.variables() if average is not None else (),
+                        around_validation=around_validation,
+                        after_step=average.update if average is not None else None)
+        state, seconds, best = _run(task, run_dir, train, steps_per_epoch, total_steps, progress)
+        summary = {"model": "tl", "shape_prior": source, "epochs": state["epoch"], "steps": state["step"],
+                   "planned_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                   "skipped_steps": state["skipped"], "seconds_this_session": round(seconds, 1),
+                   "trainable_parameters": parameters, "best": best}
         write_json(run_dir / "summary.json", summary)
         return summary
     finally:
