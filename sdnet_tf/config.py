@@ -127,9 +127,10 @@ class TrainConfig:
     # self-training (model.kind unet_gan only; sdnet_tf/apps/self_training.py): after the first
     # training, this many rounds of retraining, each from the previous round's kept weights, on
     # the labelled images plus the unlabelled ones labelled by the previous round's model (a
-    # pixel takes the class whose probability exceeds self_training_threshold, else background)
+    # pixel takes the class whose probability exceeds self_training_threshold, in [0, 1), else
+    # background)
     self_training_rounds: int = field(default=0, metadata={"minimum": 0})
-    self_training_threshold: float = field(default=0.5, metadata={"minimum": 0})
+    self_training_threshold: float = field(default=0.5, metadata={"minimum": 0, "below": 1})
 
 
 VENDOR_LIST = {"items": str}  # a list of vendor letters, e.g. [A, B]
@@ -406,19 +407,22 @@ def _section_field(section_cls, name):
 def _check_choice(f, value, where):
     """``value``, or a ``ConfigError`` when the field lists its ``choices`` and the value is
     not one of them, sets a ``minimum`` (loss weights: 0) and the value is below it or not
-    finite, or is an ``interval`` and the value is not [lo, hi] with 0 < lo <= hi."""
+    finite, with ``below`` too and the value is not under it (a probability threshold), or is
+    an ``interval`` and the value is not [lo, hi] with 0 < lo <= hi."""
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{where} {value!r}: expected one of {', '.join(choices)}")
     numbers = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
     if f.metadata.get("interval") and numbers and not (len(value) == 2 and 0 < value[0] <= value[1] < math.inf):
         raise ConfigError(f"{where} {value!r}: expected [lo, hi] with 0 < lo <= hi")
-    minimum = f.metadata.get("minimum")
+    minimum, below = f.metadata.get("minimum"), f.metadata.get("below")
     if minimum is not None and not isinstance(value, bool):
         try:
             number = float(value)
         except (TypeError, ValueError):
             return value  # not a number at all: the type check reports it
+        if below is not None and not (math.isfinite(number) and minimum <= number < below):
+            raise ConfigError(f"{where} {value!r}: expected a number in [{minimum:g}, {below:g})")
         if not (math.isfinite(number) and number >= minimum):
             raise ConfigError(f"{where} {value!r}: expected a finite number of at least {minimum:g}")
     return value

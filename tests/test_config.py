@@ -157,6 +157,14 @@ def test_a_negative_or_non_finite_loss_weight_is_refused(override):
     assert load_config("sdnet-adain-acdc", ["loss.focal=0"]).loss.focal == 0.0
 
 
+@pytest.mark.parametrize("value", ["1", "2", "-0.5", "nan"])
+def test_a_self_training_threshold_outside_0_1_is_refused(value):
+    # a probability never exceeds 1: a threshold of 1 or more would pseudo-label every pixel background
+    with pytest.raises(ConfigError, match=r"train.self_training_threshold .*expected a number in \[0, 1\)"):
+        load_config("self-training-acdc-cpu", [f"train.self_training_threshold={value}"])
+    assert load_config("self-training-acdc-cpu", ["train.self_training_threshold=0.9"]).train.self_training_threshold == 0.9
+
+
 @pytest.mark.parametrize("name", ["sdnet-mmwhs", "sdnet-multimodal-phantom"])
 def test_multimodal_configs_round_trip_and_are_sdnet_with_16_anatomy_channels(tmp_path, name):
     config = load_config(name)
