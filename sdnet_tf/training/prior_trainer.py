@@ -331,14 +331,25 @@ def resolve_omega(path, configured, terms_of, batches, key="cross_entropy", what
     return omega
 
 
-def check_prior_fits(prior_config, config):
-    """A prior must read the U-Net's (or SDNet's) masks: same spacing, no larger size."""
+def check_prior_fits(prior_config, config, source=None):
+    """A prior must read the U-Net's (or SDNet's) masks: same spacing, no larger size.
+
+    Args:
+        prior_config: the prior's ``PriorConfig``.
+        config: the config of the network given the prior.
+        source: the prior's run directory, named in the error (default ``loss.shape_prior``).
+
+    Raises:
+        DataError: naming the prior, another spacing (mm per pixel) or a larger size (pixels).
+    """
+    source = source if source is not None else config.loss.shape_prior
     if abs(prior_config.data.spacing - config.data.spacing) > 1e-6:
-        raise DataError(f"the shape prior was trained at {prior_config.data.spacing} mm per pixel, the network at "
-                        f"{config.data.spacing}: they must match")
+        raise DataError(f"shape prior {source}: trained at {prior_config.data.spacing:g} mm per pixel, the network "
+                        f"at {config.data.spacing:g} (data.spacing): they must match")
     if prior_config.model.input_size > config.model.input_size:
-        raise DataError(f"the shape prior reads {prior_config.model.input_size} x {prior_config.model.input_size} "
-                        f"masks, larger than the network's {config.model.input_size}")
+        raise DataError(f"shape prior {source}: reads {prior_config.model.input_size} x "
+                        f"{prior_config.model.input_size} masks, larger than the network's {config.model.input_size} "
+                        "(model.input_size)")
 
 
 def image_batch(config, subset, index, rng):
@@ -446,12 +457,12 @@ def load_code_prior(path):
 
 def check_tl_prior(prior_config, config, source):
     """The T-L network decodes with the prior's decoder, so its images must be the prior's
-    masks: the same spacing (``check_prior_fits``) and the same size."""
-    check_prior_fits(prior_config, config)
+    masks: the same size and the same spacing (``check_prior_fits``)."""
     if prior_config.model.input_size != config.model.input_size:
         raise DataError(f"shape prior {source} decodes {prior_config.model.input_size} x "
                         f"{prior_config.model.input_size} masks; the T-L network's images must be the same size, "
                         f"not {config.model.input_size} (set model.input_size={prior_config.model.input_size})")
+    check_prior_fits(prior_config, config, source)
 
 
 def train_tl(config, run_dir, resume=True, progress=True):
