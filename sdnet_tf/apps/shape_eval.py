@@ -281,10 +281,9 @@ def table(results):
     priors = [r for r in results if r["kind"] not in SEGMENTATION_KINDS]
     if priors:
         shown = sorted({t for r in priors for t in r.get("samples", {})}, key=float, reverse=True)  # NVAE only
-        lines += ["| prior | recon Dice RV | MYO | LV | mean | valid recon | "
-                  + " | ".join(f"valid samples T={t} (FSD)" for t in shown)
-                  + " | FSD real: train vs test | pathology CV (chance) |",
-                  "|---|---|---|---|---|---|" + "---|" * len(shown) + "---|---|"]
+        header = (["prior", "recon Dice RV", "MYO", "LV", "mean", "valid recon"]
+                  + [f"valid samples T={t} (FSD)" for t in shown] + ["FSD real: train vs test", "pathology CV (chance)"])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in priors:
             d = r["reconstruction_dice_slices"]
             p = r["pathology"]
@@ -293,9 +292,10 @@ def table(results):
                 s = r.get("samples", {}).get(t)
                 cells.append(f"{_f(100 * s['valid'], 1)}% ({_f(s['frechet_shape_distance'], 1)})" if s else "—")
             patho = f"{_f(p['mean'])} ± {_f(p['std'])} ({_f(p['chance'])})" if "mean" in p else "—"
-            lines.append(f"| {r['kind']} | {_f(d['RV'])} | {_f(d['MYO'])} | {_f(d['LV'])} | {_f(d['mean'])} | "
-                         f"{_f(100 * r['valid_reconstructions'], 1)}% | " + " | ".join(cells)
-                         + f" | {_f(r['frechet_shape_distance_training_vs_test'], 1)} | {patho} |")
+            row = ([r["kind"], _f(d["RV"]), _f(d["MYO"]), _f(d["LV"]), _f(d["mean"]),
+                    f"{_f(100 * r['valid_reconstructions'], 1)}%"] + cells
+                   + [_f(r["frechet_shape_distance_training_vs_test"], 1), patho])
+            lines.append("| " + " | ".join(row) + " |")
     segmenters = [r for r in results if r["kind"] in SEGMENTATION_KINDS]
     if segmenters:
         if lines:

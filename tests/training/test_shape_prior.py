@@ -210,6 +210,21 @@ def test_sdnet_supervised_step_with_the_shape_loss_leaves_the_prior_unchanged():
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_the_prior_table_has_as_many_cells_as_columns_with_or_without_nvae_samples():
+    # an ACNN alone has no sampling temperatures: its table had a nameless empty column
+    from sdnet_tf.apps.shape_eval import table
+
+    dice = {"RV": 0.8, "MYO": 0.7, "LV": 0.9, "mean": 0.8}
+    acnn = {"kind": "acnn", "reconstruction_dice_slices": dice, "pathology": {}, "valid_reconstructions": 1.0,
+            "frechet_shape_distance_training_vs_test": 20.9}
+    nvae = dict(acnn, kind="nvae", samples={"1.0": {"valid": 0.5, "frechet_shape_distance": 3.0}})
+    for results in ([acnn], [nvae, acnn]):
+        lines = table(results).strip().splitlines()
+        assert len({line.count("|") for line in lines}) == 1, lines
+        assert "|  |" not in lines[0], lines[0]
+    assert "valid samples T=1.0 (FSD)" in table([nvae, acnn])
+
+
 def test_estimate_omega_is_the_ratio_of_mean_terms():
     batches = [(1,), (2,)]
     sizes = {1: {"cross_entropy": 1.0, "shape": 0.01}, 2: {"cross_entropy": 3.0, "shape": 0.03}}
