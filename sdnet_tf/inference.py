@@ -52,11 +52,13 @@ def run_kind(run_dir):
     "nvae" or "acnn" (a shape prior).
 
     Raises:
-        DataError: no such directory, or no ``config.yaml`` in it.
+        DataError: no such directory (or a file), or no ``config.yaml`` in it.
     """
     import yaml
 
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"{run_dir}: a file, not a run directory")
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run directory")
     path = run_dir / "config.yaml"

@@ -135,8 +135,12 @@ def test_run_kinds_and_wrong_kinds_are_one_clear_error(tmp_path):
         assert run_kind(tmp_path / name) == name
     with pytest.raises(DataError, match=r"acnn: a shape-prior run \(acnn\); this command takes an SDNet run"):
         load_run(tmp_path / "acnn")
-    with pytest.raises(DataError, match="an SDNet run; shape-eval takes shape-prior, U-Net and T-L runs"):
+    with pytest.raises(DataError, match=r"an SDNet run; shape-eval takes shape-prior, U-Net \(baseline train unet\)"):
         shape_run_kind(tmp_path / "sdnet")
+    (tmp_path / "gan").mkdir()
+    save_config(load_config("gan-phantom-quick"), tmp_path / "gan" / "config.yaml")
+    with pytest.raises(DataError, match=r"gan: a U-Net or GAN baseline run of sdnet-tf train .*evaluate --run scores"):
+        shape_run_kind(tmp_path / "gan")
     assert shape_run_kind(tmp_path / "tl") == "tl"
     with pytest.raises(DataError, match="tl: no best.npz yet"):
         load_run(tmp_path / "tl")
@@ -146,6 +150,8 @@ def test_run_kinds_and_wrong_kinds_are_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="best.npz: not a readable weights file"):
         load_prior(tmp_path / "acnn")
     (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="afile: a file, not a run directory"):
+        run_kind(tmp_path / "afile")
     with pytest.raises(DataError, match="is a file, not a folder"):
         data_folder(PriorConfig().data.__class__(path=str(tmp_path / "afile")))
 

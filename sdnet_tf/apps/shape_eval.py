@@ -55,15 +55,18 @@ def run_kind(run_dir):
     """"nvae", "acnn", "unet" or "tl", from a run directory's config (``inference.run_kind``).
 
     Raises:
-        DataError: not a run directory, or an SDNet run (``sdnet-tf evaluate --run`` scores those).
+        DataError: not a run directory, an SDNet run or a U-Net / GAN baseline of
+            ``sdnet-tf train`` (``sdnet-tf evaluate --run`` scores those).
     """
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.inference import run_kind as kind_of
 
     kind = kind_of(run_dir)
-    if kind in ("sdnet", "sdnet2018"):
-        raise DataError(f"{run_dir}: an SDNet run; shape-eval takes shape-prior, U-Net and T-L runs "
-                        "(sdnet-tf evaluate --run scores SDNet)")
+    if kind in ("sdnet", "sdnet2018", "unet_gan"):
+        what = ("a U-Net or GAN baseline run of sdnet-tf train (model.kind unet_gan)" if kind == "unet_gan"
+                else "an SDNet run")
+        raise DataError(f"{run_dir}: {what}; shape-eval takes shape-prior, U-Net (baseline train unet) and T-L runs "
+                        "(sdnet-tf evaluate --run scores this one)")
     return kind
 
 
