@@ -333,7 +333,13 @@ def _run_data_folder(meta, data=None):
     Raises:
         DataError: the folder is not there.
     """
-    folder = Path(data).expanduser() if data else Path(meta["data"])
+    if data:
+        folder = Path(data).expanduser()
+        if not folder.is_dir():
+            what = "a file, not a folder" if folder.exists() else "no such folder"
+            raise DataError(f"{folder} (--data): {what}; give the folder of the run's cohort")
+        return folder
+    folder = Path(meta["data"])
     if not folder.is_dir():
         raise DataError(f"{folder}: the run's data folder is not there; pass it with --data")
     return folder
