@@ -126,7 +126,9 @@ def summary(config, overrides):
                    "the U-Net train on either, and resume on either.")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue from the run directory's last checkpoint, or refuse a non-empty one.")
-@click.option("--max-iterations", type=int, default=None, help="Stop after this many iterations in total.")
+@click.option("--max-iterations", type=int, default=None,
+              help="Stop after this many iterations in total (of all self-training rounds); the same command "
+                   "without it resumes.")
 @click.option("--shape-prior", default=None, metavar="RUN",
               help="A frozen prior's run directory (prior train nvae|acnn) whose shape loss is added to the "
                    "supervised segmentation loss.")
@@ -143,9 +145,13 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     data.train_vendors, data.unlabelled_vendors and data.test_vendors; "synthetic" is a set of
     seeded discs and rings (no download).
 
-    The shape priors and the U-Net baseline have their own commands, 'sdnet-tf prior train
-    nvae|acnn' and 'sdnet-tf baseline train unet'; the older spellings 'train nvae|acnn|unet'
-    still work and print a deprecation note.
+    The config's model.kind picks the model: sdnet (the default), sdnet2018 (the MICCAI 2018
+    precursor) or unet_gan (the U-Net and GAN baselines, and self-training with
+    train.self_training_rounds; e.g. -c gan-phantom-quick).
+
+    The shape priors, the step-trainer U-Net and the T-L network have their own commands,
+    'sdnet-tf prior train nvae|acnn' and 'sdnet-tf baseline train unet|tl'; the older
+    spellings 'train nvae|acnn|unet' still work and print a deprecation note.
 
     With --distribute multi-worker, run the same command on every host, each with its own
     TF_CONFIG; only the chief (worker 0) writes the run directory.

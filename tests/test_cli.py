@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -67,6 +68,17 @@ def test_train_help_lists_the_switches():
     for option in ("--config", "--set", "--run-dir", "--xla", "--precision", "--backend", "--resume",
                    "--labelled-fraction"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "prior train", "baseline train"])
+def test_the_readme_shows_each_training_command_s_help_as_it_is(command):
+    # README's copy of 'sdnet-tf train --help' had lost the mnms dataset and its --data text
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = readme.split(f"$ sdnet-tf {command} --help\n", 1)[1]
+    shown = re.split(r"\n(?:```|\$ sdnet-tf )", shown, maxsplit=1)[0].rstrip("\n")
+    result = CliRunner().invoke(main, [*command.split(), "--help"], prog_name="sdnet-tf", terminal_width=78)
+    assert result.exit_code == 0, result.output
+    assert shown == result.output.rstrip("\n")
 
 
 @pytest.mark.parametrize("command,old", [(["prior", "train", "nvae"], ["train", "nvae"]),
