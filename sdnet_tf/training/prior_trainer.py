@@ -77,6 +77,7 @@ class StepTask(Task):
         self.extra = list(extra)
         self._around, self._after, self._row = around_validation, after_step, epoch_row
         self._rng = None
+        self._resumed_rng = None  # the epoch's random state of a checkpoint written inside an epoch
 
     def best_variables(self):
         return network_variables({self.name: self.model})
@@ -86,12 +87,28 @@ class StepTask(Task):
                 **{f"extra/{i:04d}": v for i, v in enumerate(self.extra)}}
 
     def batches(self, epoch, start, stop):
-        if start != epoch * self.steps_per_epoch:
-            raise DataError(f"{self.name}: cannot resume in the middle of epoch {epoch + 1} (step {start})")
-        # an epoch's batches and augmentation are drawn from (seed, epoch)
+        # an epoch's batches and augmentation are drawn from (seed, epoch); a run stopped inside
+        # an epoch (train.max_steps) resumes with the epoch's random state of its checkpoint,
+        # so it draws what an uninterrupted run would have
+        first = epoch * self.steps_per_epoch
         self._rng = np.random.default_rng([self.train.seed, epoch])
-        return epoch_batches(len(self.training), self.train.batch_size, self._rng, self.steps_per_epoch)[
-            :stop - start]
+        batches = epoch_batches(len(self.training), self.train.batch_size, self._rng, self.steps_per_epoch)
+        if start != first:
+            if self._resumed_rng is None:  # a checkpoint of an earlier version, which did not keep it
+                raise DataError(f"{self.name}: cannot resume in the middle of epoch {epoch + 1} (step {start}): "
+                                "its checkpoint holds no random state; start again in a new run directory")
+            self._rng.bit_generator.state = self._resumed_rng
+        self._resumed_rng = None
+        return batches[start - first:stop - first]
+
+    def state_arrays(self):
+        if self._rng is None:
+            return {}
+        return {"epoch_rng": np.frombuffer(json.dumps(self._rng.bit_generator.state).encode(), np.uint8)}
+
+    def load_state_arrays(self, arrays):
+        rng = arrays.get("epoch_rng")
+        self._resumed_rng = None if rng is None else json.loads(bytes(rng).decode())
 
     def step(self, index, step):
         return self.engine.step(*self.make_inputs(self.training, index, self._rng, step),

@@ -289,6 +289,25 @@ def test_train_prior_resumes_and_its_best_weights_reload(cohort, tmp_path, kind)
         train_prior(config, run, resume=False, progress=False)
 
 
+def test_a_u_net_stopped_inside_an_epoch_by_max_steps_goes_on_as_an_uninterrupted_run(cohort, tmp_path):
+    # --max-steps 2 of a 4-step epoch left a checkpoint at step 2 that no later run could resume
+    # ("cannot resume in the middle of epoch 1"); the epoch's random state is now checkpointed
+    config = SegmentationConfig()
+    config.model.input_size, config.model.filters, config.model.depth = 32, 4, 2
+    config.train.batch_size, config.train.epochs, config.train.steps_per_epoch = 4, 1, 4
+    config.data.path, config.data.spacing, config.data.cache_dir = str(cohort), SPACING, str(tmp_path / "cache")
+    train_unet(config, tmp_path / "whole", progress=False)
+    config.train.max_steps = 2
+    assert train_unet(config, tmp_path / "stopped", progress=False)["steps"] == 2
+    config.train.max_steps = 0
+    assert train_unet(config, tmp_path / "stopped", progress=False)["steps"] == 4
+    assert "resumed unet" in (tmp_path / "stopped" / "train.log").read_text()
+    with np.load(tmp_path / "whole" / "checkpoints" / "ckpt-4.npz") as a, \
+            np.load(tmp_path / "stopped" / "checkpoints" / "ckpt-4.npz") as b:
+        names = [k for k in a.files if k.startswith("variables/")]
+        assert names and all(np.array_equal(a[k], b[k]) for k in names)
+
+
 def test_prior_validation_with_recomputed_batchnorm_statistics(cohort, tmp_path):
     # train.batchnorm_recalibration = 2: the kept weights carry the statistics of 2 batches of
     # training masks drawn by (seed, step), reconstructed in training mode, not the moving averages
