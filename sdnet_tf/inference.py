@@ -169,9 +169,10 @@ def load_run(run_dir):
     """``(model, config)`` of a run directory: the kept weights and ``config.yaml``.
 
     For SDNet, ``model.keras`` holds the best validation weights so far: training rewrites it
-    at every validation epoch that improves on the best, so a run still training (or stopped
-    before its end, which writes ``summary.json``) can be used too; a warning then names the
-    epoch the weights come from (``best.json``). A U-Net baseline run (``sdnet-tf train
+    at every validation epoch that improves on the best, so a run still training (no
+    ``summary.json``) or stopped before its end (by ``--max-iterations``: its summary says
+    ``complete`` false) can be used too; a warning then names the epoch the weights come from
+    (``best.json``). A U-Net baseline run (``sdnet-tf train
     unet``) is loaded from its ``best.npz`` as a ``UNetSegmenter``, and a T-L network run
     (``sdnet-tf baseline train tl``) from its ``best.npz`` and ``prior.yaml`` as a
     ``TLSegmenter``, so they are predicted and scored exactly as SDNet is.
@@ -205,15 +206,31 @@ def load_run(run_dir):
         except (ValueError, OSError, zipfile.BadZipFile) as error:
             raise DataError(f"{model_path}: not a readable Keras model ({error}); resume the run to write it "
                             "again") from error
-    if not (run_dir / "summary.json").is_file():
+    why = _unfinished(run_dir)
+    if why:
         best = run_dir / "best.json"
         what = "its best validation epoch so far"
         if best.is_file():
             record = json.loads(best.read_text())
             score = record.get("val_dice", record.get("dice_mean"))
             what += f", epoch {record['epoch']}" + (f" (validation Dice {score:.4f})" if score is not None else "")
-        log.warning("%s has not finished training (no summary.json): using %s", run_dir, what)
+        log.warning("%s has not finished training (%s): using %s", run_dir, why, what)
     return model, config
+
+
+def _unfinished(run_dir):
+    """Why a run has not finished training ("no summary.json", or its summary says it was stopped
+    before its schedule's end by max_iterations), or None when it has (or cannot say)."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return "no summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(summary, dict) and summary.get("complete") is False:
+        return f"stopped after {summary.get('iteration')} iterations by --max-iterations, before its schedule's end"
+    return None
 
 
 def probabilities_fn(model, batch_size=16):
