@@ -143,7 +143,7 @@ def test_evaluate_reports_a_missing_reference_and_scores_the_others(tmp_path):
     assert len(clinical) == 1 and float(clinical[0]["LV_EF pred"]) == float(clinical[0]["LV_EF ref"]) > 0
 
 
-def test_a_data_folder_given_that_is_not_there_is_named_as_the_option(tmp_path):
+def test_a_data_folder_given_that_is_not_there_is_named_and_a_failed_evaluation_leaves_no_folder(tmp_path):
     # --data was given: "pass it with --data" would send the user round in a circle
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.inference import run_cohort
@@ -159,6 +159,12 @@ def test_a_data_folder_given_that_is_not_there_is_named_as_the_option(tmp_path):
     with pytest.raises(DataError, match=r"afile \(--data\): a file, not a folder"):
         run_cohort(tmp_path / "run", tmp_path / "afile")
     assert run_cohort(tmp_path / "run", tmp_path)[0] == tmp_path
+    # a run that cannot be evaluated leaves no empty output folder behind (ACDC and M&Ms runs)
+    for dataset in ("acdc", "mnms"):
+        (tmp_path / "run" / "data.json").write_text(json.dumps({"dataset": dataset, "data": str(tmp_path)}))
+        with pytest.raises(DataError, match="no config.yaml"):
+            evaluate_run(tmp_path / "run", tmp_path / f"out-{dataset}")
+        assert not (tmp_path / f"out-{dataset}").exists()
 
 
 def test_step_correlation_and_traversal_layout(trained_run):
