@@ -326,7 +326,8 @@ def refuse_precursor(run_dir, what):
 
     Raises:
         DataError: naming the run, when it is a precursor run (``run_kind`` "sdnet2018"), a
-            U-Net baseline's ("unet", "unet_gan") or a T-L network's ("tl").
+            U-Net baseline's ("unet", "unet_gan"), a T-L network's ("tl") or a shape prior's
+            ("nvae", "acnn").
     """
     if not (Path(run_dir) / "config.yaml").is_file():
         return  # the command's own checks
@@ -342,6 +343,8 @@ def refuse_precursor(run_dir, what):
         raise DataError(f"{run_dir}: a T-L network run (an image encoder and a shape autoencoder's decoder; no "
                         f"anatomy factor, no modality encoder); {what} takes SDNet runs; evaluate, predict and "
                         "shape-eval take this one")
+    if kind in ("nvae", "acnn"):
+        raise DataError(f"{run_dir}: a shape-prior run ({kind}); {what} takes SDNet runs; shape-eval takes this one")
 
 
 def _run_data_folder(meta, data=None):
