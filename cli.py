@@ -126,7 +126,7 @@ def summary(config, overrides):
                    "the U-Net train on either, and resume on either.")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue from the run directory's last checkpoint, or refuse a non-empty one.")
-@click.option("--max-iterations", type=int, default=None,
+@click.option("--max-iterations", type=click.IntRange(min=1), default=None,
               help="Stop after this many iterations in total (of all self-training rounds); the same command "
                    "without it resumes.")
 @click.option("--shape-prior", default=None, metavar="RUN",
@@ -263,7 +263,7 @@ def _shape_train_options(function):
                      help="Keras backend and training engine (default: train.backend); a run resumes on either."),
         click.option("--resume/--restart", default=True, show_default=True,
                      help="Continue from the run directory's last checkpoint, or refuse a non-empty one."),
-        click.option("--max-steps", type=int, default=None,
+        click.option("--max-steps", type=click.IntRange(min=1), default=None,
                      help="Stop after this many steps in total (train.max_steps; the priors' learning-rate decay "
                           "ends there too); the same command with more or none goes on."),
         click.option("--quiet", is_flag=True, help="No progress bars."),

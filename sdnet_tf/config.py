@@ -100,7 +100,8 @@ class TrainConfig:
     epsilon: float = 1e-7
     decay: float = 1e-4
     epochs: int = field(default=500, metadata=AT_LEAST_ONE)
-    iterations_per_epoch: int = 0  # 0: ceil(max(#labelled, #unlabelled) / batch_size), as the original
+    # 0: ceil(max(#labelled, #unlabelled) / batch_size), as the original
+    iterations_per_epoch: int = field(default=0, metadata={"minimum": 0})
     patience: int = 100
     min_delta: float = 0.01
     pool_size: int = 50
@@ -259,9 +260,10 @@ class PriorModelConfig:
 @dataclass
 class PriorTrainConfig:
     batch_size: int = field(default=8, metadata=AT_LEAST_ONE)
-    epochs: int = 100
-    steps_per_epoch: int = 0  # 0: one pass over the training masks
-    max_steps: int = 0  # 0: epochs * steps_per_epoch; else stop after this many steps in total
+    epochs: int = field(default=100, metadata=AT_LEAST_ONE)
+    steps_per_epoch: int = field(default=0, metadata={"minimum": 0})  # 0: one pass over the training masks
+    # 0: epochs * steps_per_epoch; else stop after this many steps in total
+    max_steps: int = field(default=0, metadata={"minimum": 0})
     learning_rate: float = 1e-2
     min_learning_rate: float = 1e-4  # cosine decay to this over the whole run
     warmup_epochs: float = 0.0  # linear learning-rate warm-up (official NVAE: 5 epochs); 0: none
@@ -331,9 +333,9 @@ class SegmentationLossConfig:
 @dataclass
 class SegmentationTrainConfig:
     batch_size: int = field(default=8, metadata=AT_LEAST_ONE)
-    epochs: int = 50
-    steps_per_epoch: int = 0
-    max_steps: int = 0
+    epochs: int = field(default=50, metadata=AT_LEAST_ONE)
+    steps_per_epoch: int = field(default=0, metadata={"minimum": 0})
+    max_steps: int = field(default=0, metadata={"minimum": 0})
     learning_rate: float = 1e-3
     seed: int = 1
     backend: str = "tensorflow"  # tensorflow | jax

@@ -163,6 +163,20 @@ def test_a_negative_or_non_finite_loss_weight_is_refused(override):
     assert load_config("sdnet-adain-acdc", ["loss.focal=0"]).loss.focal == 0.0
 
 
+@pytest.mark.parametrize("config,override", [("phantom-quick", "train.iterations_per_epoch=-5"),
+                                             ("prior-phantom", "train.steps_per_epoch=-2"),
+                                             ("prior-phantom", "train.max_steps=-3"),
+                                             ("prior-phantom", "train.epochs=0"),
+                                             ("tl-acdc", "train.max_steps=-1"), ("unet-acdc", "train.epochs=0")])
+def test_negative_step_counts_and_no_epochs_are_refused(config, override):
+    # they were taken, and a run of 0 steps printed "best validation epoch None () after 0 steps"
+    from sdnet_tf.config import PriorConfig, SegmentationConfig, TLConfig
+
+    kind = {"prior-phantom": PriorConfig, "tl-acdc": TLConfig, "unet-acdc": SegmentationConfig}.get(config, Config)
+    with pytest.raises(ConfigError, match="expected a finite number of at least"):
+        load_config(config, [override], kind=kind)
+
+
 @pytest.mark.parametrize("value", ["1", "2", "-0.5", "nan"])
 def test_a_self_training_threshold_outside_0_1_is_refused(value):
     # a probability never exceeds 1: a threshold of 1 or more would pseudo-label every pixel background
