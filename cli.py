@@ -126,7 +126,9 @@ def summary(config, overrides):
                    "the U-Net train on either, and resume on either.")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue from the run directory's last checkpoint, or refuse a non-empty one.")
-@click.option("--max-iterations", type=int, default=None, help="Stop after this many iterations in total.")
+@click.option("--max-iterations", type=click.IntRange(min=1), default=None,
+              help="Stop after this many iterations in total (of all self-training rounds); the same command "
+                   "without it resumes.")
 @click.option("--shape-prior", default=None, metavar="RUN",
               help="A frozen prior's run directory (prior train nvae|acnn) whose shape loss is added to the "
                    "supervised segmentation loss.")
@@ -143,9 +145,13 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
     data.train_vendors, data.unlabelled_vendors and data.test_vendors; "synthetic" is a set of
     seeded discs and rings (no download).
 
-    The shape priors and the U-Net baseline have their own commands, 'sdnet-tf prior train
-    nvae|acnn' and 'sdnet-tf baseline train unet'; the older spellings 'train nvae|acnn|unet'
-    still work and print a deprecation note.
+    The config's model.kind picks the model: sdnet (the default), sdnet2018 (the MICCAI 2018
+    precursor) or unet_gan (the U-Net and GAN baselines, and self-training with
+    train.self_training_rounds; e.g. -c gan-phantom-quick).
+
+    The shape priors, the step-trainer U-Net and the T-L network have their own commands,
+    'sdnet-tf prior train nvae|acnn' and 'sdnet-tf baseline train unet|tl'; the older
+    spellings 'train nvae|acnn|unet' still work and print a deprecation note.
 
     With --distribute multi-worker, run the same command on every host, each with its own
     TF_CONFIG; only the chief (worker 0) writes the run directory.
@@ -241,7 +247,8 @@ def _shape_train_options(function):
     """The options shared by ``prior train`` and ``baseline train``."""
     options = [
         click.option("--data", default=None, metavar="DIR|phantom",
-                     help="An ACDC training folder whose masks (and images, for the U-Net) are used, or 'phantom'."),
+                     help="An ACDC training folder whose masks (and images, for the U-Net and the T-L network) "
+                          "are used, or 'phantom'."),
         click.option("--split", type=click.IntRange(0, 2), default=None, help="Which of the three 70/15/15 splits."),
         click.option("-c", "--config", default=None, help="Config name in configs/ or a YAML path "
                      "(default: nvae-acdc, acnn-acdc, unet-acdc or tl-acdc)."),
@@ -256,7 +263,9 @@ def _shape_train_options(function):
                      help="Keras backend and training engine (default: train.backend); a run resumes on either."),
         click.option("--resume/--restart", default=True, show_default=True,
                      help="Continue from the run directory's last checkpoint, or refuse a non-empty one."),
-        click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total."),
+        click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                     help="Stop after this many steps in total (train.max_steps; the priors' learning-rate decay "
+                          "ends there too); the same command with more or none goes on."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -275,7 +284,8 @@ def prior():
 def prior_train(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps, quiet):
     """Train a KIND shape prior on the masks of --data DIR|phantom and print its best
     validation epoch. The frozen prior gives SDNet and the U-Net their shape loss
-    (--shape-prior RUN)."""
+    (--shape-prior RUN); an ACNN prior is also the T-L network's autoencoder
+    (baseline train tl --shape-prior RUN)."""
     _train_shape(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
                  None, quiet)
 

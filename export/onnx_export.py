@@ -304,9 +304,13 @@ def export_run(run_dir, out_dir, opset=DEFAULT_OPSET, layout=DEFAULT_LAYOUT, log
     from sdnet_infer.io import DataError
     from sdnet_tf.inference import load_run, run_kind, run_label_convention, run_orientation
 
-    if (Path(run_dir) / "config.yaml").is_file() and run_kind(run_dir) == "tl":
+    kind = run_kind(run_dir) if (Path(run_dir) / "config.yaml").is_file() else None
+    if kind == "tl":
         raise DataError(f"{run_dir}: a T-L network run; export takes SDNet runs (the runtime serves SDNet's "
                         "segmentation, decomposition and decoder); evaluate and predict take this one")
+    if kind in ("nvae", "acnn"):
+        raise DataError(f"{run_dir}: a shape-prior run ({kind}); export takes SDNet runs (the runtime serves "
+                        "SDNet's segmentation, decomposition and decoder); shape-eval takes this one")
     model, config = load_run(run_dir)
     if not (hasattr(model, "anatomy_encoder") or hasattr(model, "decomposer")):
         raise DataError(f"{run_dir}: a U-Net baseline run; export takes SDNet runs (the runtime serves SDNet's "

@@ -100,7 +100,8 @@ class TrainConfig:
     epsilon: float = 1e-7
     decay: float = 1e-4
     epochs: int = field(default=500, metadata=AT_LEAST_ONE)
-    iterations_per_epoch: int = 0  # 0: ceil(max(#labelled, #unlabelled) / batch_size), as the original
+    # 0: ceil(max(#labelled, #unlabelled) / batch_size), as the original
+    iterations_per_epoch: int = field(default=0, metadata={"minimum": 0})
     patience: int = 100
     min_delta: float = 0.01
     pool_size: int = 50
@@ -127,9 +128,10 @@ class TrainConfig:
     # self-training (model.kind unet_gan only; sdnet_tf/apps/self_training.py): after the first
     # training, this many rounds of retraining, each from the previous round's kept weights, on
     # the labelled images plus the unlabelled ones labelled by the previous round's model (a
-    # pixel takes the class whose probability exceeds self_training_threshold, else background)
+    # pixel takes the class whose probability exceeds self_training_threshold, in [0, 1), else
+    # background)
     self_training_rounds: int = field(default=0, metadata={"minimum": 0})
-    self_training_threshold: float = field(default=0.5, metadata={"minimum": 0})
+    self_training_threshold: float = field(default=0.5, metadata={"minimum": 0, "below": 1})
 
 
 VENDOR_LIST = {"items": str}  # a list of vendor letters, e.g. [A, B]
@@ -258,9 +260,10 @@ class PriorModelConfig:
 @dataclass
 class PriorTrainConfig:
     batch_size: int = field(default=8, metadata=AT_LEAST_ONE)
-    epochs: int = 100
-    steps_per_epoch: int = 0  # 0: one pass over the training masks
-    max_steps: int = 0  # 0: epochs * steps_per_epoch; else stop after this many steps in total
+    epochs: int = field(default=100, metadata=AT_LEAST_ONE)
+    steps_per_epoch: int = field(default=0, metadata={"minimum": 0})  # 0: one pass over the training masks
+    # 0: epochs * steps_per_epoch; else stop after this many steps in total
+    max_steps: int = field(default=0, metadata={"minimum": 0})
     learning_rate: float = 1e-2
     min_learning_rate: float = 1e-4  # cosine decay to this over the whole run
     warmup_epochs: float = 0.0  # linear learning-rate warm-up (official NVAE: 5 epochs); 0: none
@@ -330,9 +333,9 @@ class SegmentationLossConfig:
 @dataclass
 class SegmentationTrainConfig:
     batch_size: int = field(default=8, metadata=AT_LEAST_ONE)
-    epochs: int = 50
-    steps_per_epoch: int = 0
-    max_steps: int = 0
+    epochs: int = field(default=50, metadata=AT_LEAST_ONE)
+    steps_per_epoch: int = field(default=0, metadata={"minimum": 0})
+    max_steps: int = field(default=0, metadata={"minimum": 0})
     learning_rate: float = 1e-3
     seed: int = 1
     backend: str = "tensorflow"  # tensorflow | jax
@@ -406,19 +409,22 @@ def _section_field(section_cls, name):
 def _check_choice(f, value, where):
     """``value``, or a ``ConfigError`` when the field lists its ``choices`` and the value is
     not one of them, sets a ``minimum`` (loss weights: 0) and the value is below it or not
-    finite, or is an ``interval`` and the value is not [lo, hi] with 0 < lo <= hi."""
+    finite, with ``below`` too and the value is not under it (a probability threshold), or is
+    an ``interval`` and the value is not [lo, hi] with 0 < lo <= hi."""
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{where} {value!r}: expected one of {', '.join(choices)}")
     numbers = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
     if f.metadata.get("interval") and numbers and not (len(value) == 2 and 0 < value[0] <= value[1] < math.inf):
         raise ConfigError(f"{where} {value!r}: expected [lo, hi] with 0 < lo <= hi")
-    minimum = f.metadata.get("minimum")
+    minimum, below = f.metadata.get("minimum"), f.metadata.get("below")
     if minimum is not None and not isinstance(value, bool):
         try:
             number = float(value)
         except (TypeError, ValueError):
             return value  # not a number at all: the type check reports it
+        if below is not None and not (math.isfinite(number) and minimum <= number < below):
+            raise ConfigError(f"{where} {value!r}: expected a number in [{minimum:g}, {below:g})")
         if not (math.isfinite(number) and number >= minimum):
             raise ConfigError(f"{where} {value!r}: expected a finite number of at least {minimum:g}")
     return value

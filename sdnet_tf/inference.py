@@ -52,11 +52,13 @@ def run_kind(run_dir):
     "nvae" or "acnn" (a shape prior).
 
     Raises:
-        DataError: no such directory, or no ``config.yaml`` in it.
+        DataError: no such directory (or a file), or no ``config.yaml`` in it.
     """
     import yaml
 
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"{run_dir}: a file, not a run directory")
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run directory")
     path = run_dir / "config.yaml"
@@ -167,9 +169,10 @@ def load_run(run_dir):
     """``(model, config)`` of a run directory: the kept weights and ``config.yaml``.
 
     For SDNet, ``model.keras`` holds the best validation weights so far: training rewrites it
-    at every validation epoch that improves on the best, so a run still training (or stopped
-    before its end, which writes ``summary.json``) can be used too; a warning then names the
-    epoch the weights come from (``best.json``). A U-Net baseline run (``sdnet-tf train
+    at every validation epoch that improves on the best, so a run still training (no
+    ``summary.json``) or stopped before its end (by ``--max-iterations``: its summary says
+    ``complete`` false) can be used too; a warning then names the epoch the weights come from
+    (``best.json``). A U-Net baseline run (``sdnet-tf train
     unet``) is loaded from its ``best.npz`` as a ``UNetSegmenter``, and a T-L network run
     (``sdnet-tf baseline train tl``) from its ``best.npz`` and ``prior.yaml`` as a
     ``TLSegmenter``, so they are predicted and scored exactly as SDNet is.
@@ -203,15 +206,31 @@ def load_run(run_dir):
         except (ValueError, OSError, zipfile.BadZipFile) as error:
             raise DataError(f"{model_path}: not a readable Keras model ({error}); resume the run to write it "
                             "again") from error
-    if not (run_dir / "summary.json").is_file():
+    why = _unfinished(run_dir)
+    if why:
         best = run_dir / "best.json"
         what = "its best validation epoch so far"
         if best.is_file():
             record = json.loads(best.read_text())
             score = record.get("val_dice", record.get("dice_mean"))
             what += f", epoch {record['epoch']}" + (f" (validation Dice {score:.4f})" if score is not None else "")
-        log.warning("%s has not finished training (no summary.json): using %s", run_dir, what)
+        log.warning("%s has not finished training (%s): using %s", run_dir, why, what)
     return model, config
+
+
+def _unfinished(run_dir):
+    """Why a run has not finished training ("no summary.json", or its summary says it was stopped
+    before its schedule's end by max_iterations), or None when it has (or cannot say)."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return "no summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(summary, dict) and summary.get("complete") is False:
+        return f"stopped after {summary.get('iteration')} iterations by --max-iterations, before its schedule's end"
+    return None
 
 
 def probabilities_fn(model, batch_size=16):
@@ -307,7 +326,8 @@ def refuse_precursor(run_dir, what):
 
     Raises:
         DataError: naming the run, when it is a precursor run (``run_kind`` "sdnet2018"), a
-            U-Net baseline's ("unet", "unet_gan") or a T-L network's ("tl").
+            U-Net baseline's ("unet", "unet_gan"), a T-L network's ("tl") or a shape prior's
+            ("nvae", "acnn").
     """
     if not (Path(run_dir) / "config.yaml").is_file():
         return  # the command's own checks
@@ -323,6 +343,8 @@ def refuse_precursor(run_dir, what):
         raise DataError(f"{run_dir}: a T-L network run (an image encoder and a shape autoencoder's decoder; no "
                         f"anatomy factor, no modality encoder); {what} takes SDNet runs; evaluate, predict and "
                         "shape-eval take this one")
+    if kind in ("nvae", "acnn"):
+        raise DataError(f"{run_dir}: a shape-prior run ({kind}); {what} takes SDNet runs; shape-eval takes this one")
 
 
 def _run_data_folder(meta, data=None):
@@ -331,7 +353,13 @@ def _run_data_folder(meta, data=None):
     Raises:
         DataError: the folder is not there.
     """
-    folder = Path(data).expanduser() if data else Path(meta["data"])
+    if data:
+        folder = Path(data).expanduser()
+        if not folder.is_dir():
+            what = "a file, not a folder" if folder.exists() else "no such folder"
+            raise DataError(f"{folder} (--data): {what}; give the folder of the run's cohort")
+        return folder
+    folder = Path(meta["data"])
     if not folder.is_dir():
         raise DataError(f"{folder}: the run's data folder is not there; pass it with --data")
     return folder

@@ -135,8 +135,12 @@ def test_run_kinds_and_wrong_kinds_are_one_clear_error(tmp_path):
         assert run_kind(tmp_path / name) == name
     with pytest.raises(DataError, match=r"acnn: a shape-prior run \(acnn\); this command takes an SDNet run"):
         load_run(tmp_path / "acnn")
-    with pytest.raises(DataError, match="an SDNet run; shape-eval takes shape-prior, U-Net and T-L runs"):
+    with pytest.raises(DataError, match=r"an SDNet run; shape-eval takes shape-prior, U-Net \(baseline train unet\)"):
         shape_run_kind(tmp_path / "sdnet")
+    (tmp_path / "gan").mkdir()
+    save_config(load_config("gan-phantom-quick"), tmp_path / "gan" / "config.yaml")
+    with pytest.raises(DataError, match=r"gan: a U-Net or GAN baseline run of sdnet-tf train .*evaluate --run scores"):
+        shape_run_kind(tmp_path / "gan")
     assert shape_run_kind(tmp_path / "tl") == "tl"
     with pytest.raises(DataError, match="tl: no best.npz yet"):
         load_run(tmp_path / "tl")
@@ -146,6 +150,8 @@ def test_run_kinds_and_wrong_kinds_are_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="best.npz: not a readable weights file"):
         load_prior(tmp_path / "acnn")
     (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="afile: a file, not a run directory"):
+        run_kind(tmp_path / "afile")
     with pytest.raises(DataError, match="is a file, not a folder"):
         data_folder(PriorConfig().data.__class__(path=str(tmp_path / "afile")))
 
@@ -155,6 +161,28 @@ def test_a_negative_or_non_finite_loss_weight_is_refused(override):
     with pytest.raises(ConfigError, match="expected a finite number of at least 0"):
         load_config("sdnet-adain-acdc", [override])
     assert load_config("sdnet-adain-acdc", ["loss.focal=0"]).loss.focal == 0.0
+
+
+@pytest.mark.parametrize("config,override", [("phantom-quick", "train.iterations_per_epoch=-5"),
+                                             ("prior-phantom", "train.steps_per_epoch=-2"),
+                                             ("prior-phantom", "train.max_steps=-3"),
+                                             ("prior-phantom", "train.epochs=0"),
+                                             ("tl-acdc", "train.max_steps=-1"), ("unet-acdc", "train.epochs=0")])
+def test_negative_step_counts_and_no_epochs_are_refused(config, override):
+    # they were taken, and a run of 0 steps printed "best validation epoch None () after 0 steps"
+    from sdnet_tf.config import PriorConfig, SegmentationConfig, TLConfig
+
+    kind = {"prior-phantom": PriorConfig, "tl-acdc": TLConfig, "unet-acdc": SegmentationConfig}.get(config, Config)
+    with pytest.raises(ConfigError, match="expected a finite number of at least"):
+        load_config(config, [override], kind=kind)
+
+
+@pytest.mark.parametrize("value", ["1", "2", "-0.5", "nan"])
+def test_a_self_training_threshold_outside_0_1_is_refused(value):
+    # a probability never exceeds 1: a threshold of 1 or more would pseudo-label every pixel background
+    with pytest.raises(ConfigError, match=r"train.self_training_threshold .*expected a number in \[0, 1\)"):
+        load_config("self-training-acdc-cpu", [f"train.self_training_threshold={value}"])
+    assert load_config("self-training-acdc-cpu", ["train.self_training_threshold=0.9"]).train.self_training_threshold == 0.9
 
 
 @pytest.mark.parametrize("name", ["sdnet-mmwhs", "sdnet-multimodal-phantom"])

@@ -143,6 +143,30 @@ def test_evaluate_reports_a_missing_reference_and_scores_the_others(tmp_path):
     assert len(clinical) == 1 and float(clinical[0]["LV_EF pred"]) == float(clinical[0]["LV_EF ref"]) > 0
 
 
+def test_a_data_folder_given_that_is_not_there_is_named_and_a_failed_evaluation_leaves_no_folder(tmp_path):
+    # --data was given: "pass it with --data" would send the user round in a circle
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.inference import run_cohort
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "data.json").write_text(json.dumps({"dataset": "acdc", "data": str(tmp_path / "gone"),
+                                                            "splits": [{}, {}, {}], "split": 0}))
+    with pytest.raises(DataError, match="gone: the run's data folder is not there; pass it with --data"):
+        run_cohort(tmp_path / "run")
+    with pytest.raises(DataError, match=r"elsewhere \(--data\): no such folder; give the folder of the run's"):
+        run_cohort(tmp_path / "run", tmp_path / "elsewhere")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match=r"afile \(--data\): a file, not a folder"):
+        run_cohort(tmp_path / "run", tmp_path / "afile")
+    assert run_cohort(tmp_path / "run", tmp_path)[0] == tmp_path
+    # a run that cannot be evaluated leaves no empty output folder behind (ACDC and M&Ms runs)
+    for dataset in ("acdc", "mnms"):
+        (tmp_path / "run" / "data.json").write_text(json.dumps({"dataset": dataset, "data": str(tmp_path)}))
+        with pytest.raises(DataError, match="no config.yaml"):
+            evaluate_run(tmp_path / "run", tmp_path / f"out-{dataset}")
+        assert not (tmp_path / f"out-{dataset}").exists()
+
+
 def test_step_correlation_and_traversal_layout(trained_run):
     linear = STEPS[:, None, None] * np.arange(1, 5, dtype=float).reshape(1, 2, 2)  # intensity grows with z
     assert np.allclose(step_correlation(linear), 1.0)

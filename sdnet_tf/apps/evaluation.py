@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdnet_infer.io import DataError, atomic_path, prepare_output_dir, read_labels, read_volume, save_labels, write_json
+from sdnet_infer.io import (DataError, atomic_path, check_output_location, prepare_output_dir, read_labels,
+                           read_volume, save_labels, write_json)
 from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
 from sdnet_infer.predict import nifti_files, output_name, predict_volume, stem
 from sdnet_infer.labels import SDNET_CHANNELS
@@ -447,10 +448,11 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
     if Path(run_dir).is_dir() and run_description(run_dir).get("dataset") == "mnms":
         return evaluate_mnms_run(run_dir, out_dir, data=data, split=split, subset=subset, batch_size=batch_size,
                                  report=report)
-    out_dir = prepare_output_dir(out_dir)
+    check_output_location(out_dir)  # an unwritable output fails before any work, a bad run before it is made
     model, config = load_run(run_dir)
     orientation = run_orientation(run_dir)
     folder, splits, split, patients = run_patients(run_dir, subset, data, split)
+    out_dir = prepare_output_dir(out_dir)
     wanted = set(splits[split][subset])
     out_dir = Path(out_dir)
     pred_root = out_dir / "predictions"
@@ -615,11 +617,12 @@ def evaluate_mnms_run(run_dir, out_dir, data=None, split=None, subset="test", ba
     """
     from sdnet_tf.inference import load_run, run_mnms_patients, run_orientation
 
-    out_dir = prepare_output_dir(out_dir)
+    check_output_location(out_dir)  # an unwritable output fails before any work, a bad run before it is made
     model, config = load_run(run_dir)
     orientation = run_orientation(run_dir)
     folder, meta, codes, patients, located = run_mnms_patients(run_dir, subset, data, split,
                                                                getattr(config.data, "mnms_csv", ""))
+    out_dir = prepare_output_dir(out_dir)
     roles = dict(meta.get("vendor_roles", {}))
     pred_root = out_dir / "predictions"
     probabilities, counts = run_probabilities(model, batch_size)

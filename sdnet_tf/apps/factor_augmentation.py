@@ -77,11 +77,14 @@ def check_source_run(source, config, run_dir=None):
     refused = {"sdnet2018": "a MICCAI 2018 precursor run (model.kind sdnet2018), whose z comes from the image "
                             "alone and whose anatomy is one myocardium mask",
                "unet": "a U-Net baseline run, which has no anatomy or modality factor",
+               "unet_gan": "a U-Net or GAN baseline run (model.kind unet_gan), which has no anatomy or modality "
+                           "factor",
                "tl": "a T-L network run, which has no anatomy or modality factor",
                "nvae": "a shape-prior run (nvae)", "acnn": "a shape-prior run (acnn)"}
     if kind != "sdnet":
         what = refused.get(kind, f"a {kind} run")
-        raise DataError(f"{where} {path}: {what}; factor-based augmentation needs an SDNet run (sdnet-tf train)")
+        raise DataError(f"{where} {path}: {what}; factor-based augmentation needs a 2019 SDNet run (sdnet-tf "
+                        "train, model.kind sdnet)")
     try:
         source_config = load_config(str(path / "config.yaml"))
     except ConfigError as error:

@@ -293,14 +293,14 @@ def make_figures(run_dir, out_dir, images=None, which=FIGURES, seed=0):
     held-out MR and one held-out CT slice (``inference.held_out_pair``), whose swap figure is
     then the modality swap.
     """
-    from sdnet_infer.io import prepare_output_dir
+    from sdnet_infer.io import check_output_location, prepare_output_dir
     from sdnet_tf.inference import held_out_pair, is_multimodal_run, load_run, refuse_precursor
 
     unknown = set(which) - set(FIGURES)
     if unknown:
         raise DataError(f"unknown figures {sorted(unknown)}; available: {', '.join(FIGURES)}")
     refuse_precursor(run_dir, "figures")
-    prepare_output_dir(out_dir)  # an unwritable folder fails before any work
+    check_output_location(out_dir)  # an unwritable folder fails before any work
     model, config = load_run(run_dir)
     size, spacing = model.input_size, config.data.spacing
     swap_title = None
@@ -311,7 +311,7 @@ def make_figures(run_dir, out_dir, images=None, which=FIGURES, seed=0):
         swap_title = "modality swap: the anatomy of each row decoded with the z of each column"
     else:
         x, names, refs = slices_from_run(run_dir, size, spacing)
-    out_dir = Path(out_dir)
+    out_dir = prepare_output_dir(out_dir)  # made once the images are read: a refused run leaves no folder
     drawers = {
         "anatomy_channels": lambda: anatomy_channels_figure(model, x, names),
         "reconstructions": lambda: reconstructions_figure(model, x, names, seed),

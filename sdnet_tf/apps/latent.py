@@ -112,7 +112,7 @@ def analyse_run(run_dir, out_dir, data=None, seed=0):
     Images are every preprocessed ED/ES slice of the cohort's patients (from the preprocessing
     cache when it is there). Returns the results dict.
     """
-    from sdnet_infer.io import prepare_output_dir
+    from sdnet_infer.io import check_output_location, prepare_output_dir
     from sdnet_tf.data.acdc import patient_strata, preprocess_cohort
     from sdnet_tf.inference import run_cohort
     from sdnet_tf.apps.figures import save_figure
@@ -120,9 +120,10 @@ def analyse_run(run_dir, out_dir, data=None, seed=0):
     from sdnet_tf.data.sources import cache_dir
 
     refuse_precursor(run_dir, "latent")
-    prepare_output_dir(out_dir)
+    check_output_location(out_dir)  # an unwritable folder fails before any work
     model, config = load_run(run_dir)
     folder, splits, split = run_cohort(run_dir, data)
+    prepare_output_dir(out_dir)  # made once the cohort is found: a refused run leaves no folder
     cohort, patients = preprocess_cohort(folder, cache_dir(config), model.input_size, progress=False,
                                          spacing=config.data.spacing)
     strata = patient_strata(patients)

@@ -90,13 +90,14 @@ def classify_modality(run_dir, out_dir, data=None, seed=0, permutations=PERMUTAT
     Returns the results dict (``modality_classifier``'s, with ``held_out_dice`` per modality,
     ``nz`` and the run). Raises ``DataError`` as ``modality_slices``.
     """
-    from sdnet_infer.io import prepare_output_dir
+    from sdnet_infer.io import check_output_location, prepare_output_dir
     from sdnet_tf.apps.latent import z_posteriors
     from sdnet_tf.inference import modality_slices, refuse_precursor
 
     refuse_precursor(run_dir, "modality-classifier")
-    prepare_output_dir(out_dir)
+    check_output_location(out_dir)  # an unwritable folder fails before any work
     model, _, slices = modality_slices(run_dir, data)
+    prepare_output_dir(out_dir)  # made once the slices are read: a refused run leaves no folder
     names = np.asarray(slices["modalities"])[slices["modality"]]  # "mr" / "ct" per slice
     z, _ = z_posteriors(model, slices["images"])
     train, test = slices["side"] == "train", slices["side"] == "held_out"

@@ -64,12 +64,9 @@ def calibrate_run(run_dir, model, data=None, log=None):
             gone, or none of the split's validation (or, for z, training) patients there.
     """
     from sdnet_tf.data.acdc import find_patients
-    from sdnet_tf.inference import run_cohort
 
     start = time.perf_counter()
-    if not (Path(run_dir) / "data.json").is_file():
-        raise DataError(f"{run_dir}: no data.json, so no record of the cohort and split it was trained on")
-    folder, splits, split = run_cohort(run_dir, data)
+    folder, splits, split = _cohort(run_dir, data)
     found = {p.number: p for p in find_patients(folder)}
     training = [found[n] for n in splits[split]["training"] if n in found]
     validation = [found[n] for n in splits[split]["validation"] if n in found]
@@ -97,6 +94,19 @@ def calibrate_run(run_dir, model, data=None, log=None):
     return calibration
 
 
+def _cohort(run_dir, data=None):
+    """(cohort folder, splits, split) of a run trained on an ACDC-layout cohort (``run_cohort``).
+
+    Raises:
+        DataError: no ``data.json``, a run trained on other data (M&Ms, MM-WHS), the cohort gone.
+    """
+    from sdnet_tf.inference import run_cohort
+
+    if not (Path(run_dir) / "data.json").is_file():
+        raise DataError(f"{run_dir}: no data.json, so no record of the cohort and split it was trained on")
+    return run_cohort(run_dir, data)
+
+
 def _weights(run_dir):
     return next((run_dir / name for name in WEIGHT_FILES if (run_dir / name).is_file()), None)
 
@@ -122,9 +132,10 @@ def run_calibration(run_dir, model, data=None, log=None):
         cached = None
     if isinstance(cached, dict) and cached.get("key") == key:
         return cached["qc"], None
-    if log:
-        log(f"calibrating the quality control on the data of {run_dir} (once; kept in {path})")
     try:
+        _cohort(run_dir, data)  # a run whose data cannot be read says why before announcing a calibration
+        if log:
+            log(f"calibrating the quality control on the data of {run_dir} (once; kept in {path})")
         calibration = calibrate_run(run_dir, model, data, log)
     except DataError as error:
         return None, f"no out-of-distribution scores: the quality control cannot be calibrated ({error})"

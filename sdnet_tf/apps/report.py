@@ -163,7 +163,7 @@ def build_report(run_dir, out_dir, data=None, images=None, refresh=False):
     from sdnet_tf.apps.evaluation import evaluate_run
     from sdnet_tf.apps.figures import make_figures, save_figure
     from sdnet_tf.apps.latent import analyse_run
-    from sdnet_tf.inference import refuse_precursor
+    from sdnet_tf.inference import refuse_precursor, run_cohort, run_description
 
     from sdnet_infer.io import prepare_output_dir
 
@@ -171,6 +171,12 @@ def build_report(run_dir, out_dir, data=None, images=None, refresh=False):
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"{run_dir}: not an sdnet-tf run directory (no config.yaml)")
     refuse_precursor(run_dir, "report")
+    # the evaluation and the latent analysis read ACDC-layout cohorts by split: any other run
+    # (M&Ms, MM-WHS) or a cohort that is gone is refused before a file is written
+    if run_description(run_dir).get("dataset") == "mnms":
+        raise DataError(f"{run_dir}: trained on M&Ms data; report takes runs of ACDC-layout cohorts; evaluate --run "
+                        "scores this one per vendor, and figures draws it with -i IMAGE.nii.gz (3-D frames)")
+    run_cohort(run_dir, data)
     prepare_output_dir(out_dir)  # an unwritable folder fails before the evaluation runs
     blocks = [("h1", f"SDNet run {run_dir.name}")] + _run_blocks(run_dir)
     if (run_dir / "history.csv").is_file():

@@ -16,7 +16,9 @@ configured number of rounds. Here:
 - validation is the run's validation patients, never pseudo-labelled.
 
 Each round is a complete run directory ``round-<r>/`` inside the run directory, so a killed
-run resumes inside the round it was in, and finished rounds are never trained again. After
+run (or one stopped by ``max_iterations``, which counts the iterations of all rounds) resumes
+inside the round it was in, and finished rounds are never trained again. The run directory's
+``train.log`` holds every round's lines and the pseudo-labelling between them. After
 each round the run directory's ``model.keras``, ``best.json`` and ``self_training.json`` are
 those of the round with the best validation Dice so far, so ``evaluate`` and ``predict`` take
 the run while it trains, as any other (``export`` serves SDNet runs only).
@@ -32,6 +34,7 @@ import numpy as np
 
 from sdnet_tf.atomic import atomic_path, write_json
 from sdnet_tf.config import save_config
+from sdnet_tf.training.logs import log_to_file, stop_logging
 
 log = logging.getLogger("sdnet_tf.train")
 
@@ -75,6 +78,21 @@ def _round_score(round_dir):
     return best.get("val_dice")
 
 
+def _round_summary(round_dir):
+    """A round's ``summary.json`` as a dict, or None while the round has none (not begun, or killed)."""
+    try:
+        return json.loads((round_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _finished(summary):
+    """Whether a round's summary says it ran its schedule to the end or stopped early; a round
+    stopped by ``max_iterations`` writes a summary too (``complete`` false) and is resumed.
+    Summaries written before ``complete`` was recorded count as finished."""
+    return summary is not None and summary.get("complete", True)
+
+
 def _publish(run_dir, rounds):
     """Copy the best round so far (by validation Dice) to the run directory, atomically."""
     scored = [(score, r) for r, score in enumerate(rounds) if score is not None]
@@ -100,7 +118,8 @@ def train_self_training(train_run, config, run_dir, resume=True, max_iterations=
         run_dir: the run directory; each round trains in ``run_dir/round-<r>``.
         resume: continue a round from its last checkpoint (finished rounds are always kept);
             without it a run directory holding rounds is refused.
-        max_iterations: a cap on each round's iterations (tests), None for the schedule's.
+        max_iterations: stop after this many iterations in all, counting every round's (a
+            round stopped there resumes on the next call), None for the schedule's.
         progress: show progress bars.
         arrays, description: the training arrays and their description (``load_arrays``).
 
@@ -119,31 +138,46 @@ def train_self_training(train_run, config, run_dir, resume=True, max_iterations=
     save_config(config, run_dir / "config.yaml")
     if description is not None:
         write_json(run_dir / "data.json", description)
-    scores, record = [], []
-    for r in range(rounds + 1):
-        round_dir = run_dir / f"round-{r}"
-        pseudo = len(arrays.unlabelled_images) if r else 0
-        if (round_dir / "summary.json").is_file():
-            log.info("self-training round %d: finished earlier, kept", r)
-        else:
-            round_arrays, initial = arrays, None
-            if r:
-                initial = run_dir / f"round-{r - 1}"
-                model, _ = load_run(initial)
-                masks = pseudo_masks(probabilities_fn(model)(arrays.unlabelled_images), threshold)
-                round_arrays = with_pseudo_labels(arrays, masks)
-                log.info("self-training round %d of %d: %d unlabelled images labelled by round %d (%.1f%% "
-                         "foreground pixels)", r, rounds, pseudo, r - 1, 100 * float(np.mean(masks.sum(axis=-1))))
-            train_run(round_config, round_dir, resume=True, max_iterations=max_iterations, progress=progress,
-                      arrays=round_arrays, initial_weights=initial)
-        scores.append(_round_score(round_dir))
-        record.append({"round": r, "pseudo_labelled": pseudo, "val_dice": scores[-1]})
-        best = _publish(run_dir, scores)
-        write_json(run_dir / "self_training.json", {"threshold": threshold, "rounds": record, "kept_round": best})
-    iterations = sum(json.loads((run_dir / f"round-{r}" / "summary.json").read_text())["iteration"]
-                     for r in range(rounds + 1))
-    summary = {"rounds": record, "kept_round": best,
-               "best_val_dice": scores[best] if best is not None else float("-inf"), "weights": f"round-{best}",
-               "iteration": iterations, "stopped_early": False}
-    write_json(run_dir / "summary.json", summary)
+    handler = log_to_file(run_dir)  # every round's lines, and the pseudo-labelling between rounds
+    try:
+        scores, record, best, done, complete = [], [], None, 0, True
+        for r in range(rounds + 1):
+            round_dir = run_dir / f"round-{r}"
+            pseudo = len(arrays.unlabelled_images) if r else 0
+            summary = _round_summary(round_dir)
+            if _finished(summary):
+                log.info("self-training round %d: finished earlier, kept", r)
+            else:
+                cap = None if max_iterations is None else max_iterations - done
+                if cap is not None and cap <= 0:
+                    complete = False
+                    break
+                round_arrays, initial = arrays, None
+                if r:
+                    initial = run_dir / f"round-{r - 1}"
+                    model, _ = load_run(initial)
+                    masks = pseudo_masks(probabilities_fn(model)(arrays.unlabelled_images), threshold)
+                    round_arrays = with_pseudo_labels(arrays, masks)
+                    log.info("self-training round %d of %d: %d unlabelled images labelled by round %d (%.1f%% "
+                             "foreground pixels)", r, rounds, pseudo, r - 1, 100 * float(np.mean(masks.sum(axis=-1))))
+                summary = train_run(round_config, round_dir, resume=True, max_iterations=cap, progress=progress,
+                                    arrays=round_arrays, initial_weights=initial)
+            done += summary["iteration"]
+            scores.append(_round_score(round_dir))
+            record.append({"round": r, "pseudo_labelled": pseudo, "val_dice": scores[-1]})
+            best = _publish(run_dir, scores)
+            write_json(run_dir / "self_training.json", {"threshold": threshold, "rounds": record, "kept_round": best})
+            if not _finished(summary):
+                complete = False
+                break
+        if not complete:
+            log.info("self-training stopped after %d iterations in all (max_iterations), round %d of %d not "
+                     "finished; running the command again resumes it", done, r, rounds)
+        summary = {"rounds": record, "kept_round": best,
+                   "best_val_dice": scores[best] if best is not None else float("-inf"),
+                   "weights": f"round-{best}" if best is not None else None,
+                   "iteration": done, "stopped_early": False, "complete": complete}
+        write_json(run_dir / "summary.json", summary)
+    finally:
+        stop_logging(handler)
     return summary

@@ -55,15 +55,18 @@ def run_kind(run_dir):
     """"nvae", "acnn", "unet" or "tl", from a run directory's config (``inference.run_kind``).
 
     Raises:
-        DataError: not a run directory, or an SDNet run (``sdnet-tf evaluate --run`` scores those).
+        DataError: not a run directory, an SDNet run or a U-Net / GAN baseline of
+            ``sdnet-tf train`` (``sdnet-tf evaluate --run`` scores those).
     """
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.inference import run_kind as kind_of
 
     kind = kind_of(run_dir)
-    if kind in ("sdnet", "sdnet2018"):
-        raise DataError(f"{run_dir}: an SDNet run; shape-eval takes shape-prior, U-Net and T-L runs "
-                        "(sdnet-tf evaluate --run scores SDNet)")
+    if kind in ("sdnet", "sdnet2018", "unet_gan"):
+        what = ("a U-Net or GAN baseline run of sdnet-tf train (model.kind unet_gan)" if kind == "unet_gan"
+                else "an SDNet run")
+        raise DataError(f"{run_dir}: {what}; shape-eval takes shape-prior, U-Net (baseline train unet) and T-L runs "
+                        "(sdnet-tf evaluate --run scores this one)")
     return kind
 
 
@@ -281,10 +284,9 @@ def table(results):
     priors = [r for r in results if r["kind"] not in SEGMENTATION_KINDS]
     if priors:
         shown = sorted({t for r in priors for t in r.get("samples", {})}, key=float, reverse=True)  # NVAE only
-        lines += ["| prior | recon Dice RV | MYO | LV | mean | valid recon | "
-                  + " | ".join(f"valid samples T={t} (FSD)" for t in shown)
-                  + " | FSD real: train vs test | pathology CV (chance) |",
-                  "|---|---|---|---|---|---|" + "---|" * len(shown) + "---|---|"]
+        header = (["prior", "recon Dice RV", "MYO", "LV", "mean", "valid recon"]
+                  + [f"valid samples T={t} (FSD)" for t in shown] + ["FSD real: train vs test", "pathology CV (chance)"])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in priors:
             d = r["reconstruction_dice_slices"]
             p = r["pathology"]
@@ -293,9 +295,10 @@ def table(results):
                 s = r.get("samples", {}).get(t)
                 cells.append(f"{_f(100 * s['valid'], 1)}% ({_f(s['frechet_shape_distance'], 1)})" if s else "—")
             patho = f"{_f(p['mean'])} ± {_f(p['std'])} ({_f(p['chance'])})" if "mean" in p else "—"
-            lines.append(f"| {r['kind']} | {_f(d['RV'])} | {_f(d['MYO'])} | {_f(d['LV'])} | {_f(d['mean'])} | "
-                         f"{_f(100 * r['valid_reconstructions'], 1)}% | " + " | ".join(cells)
-                         + f" | {_f(r['frechet_shape_distance_training_vs_test'], 1)} | {patho} |")
+            row = ([r["kind"], _f(d["RV"]), _f(d["MYO"]), _f(d["LV"]), _f(d["mean"]),
+                    f"{_f(100 * r['valid_reconstructions'], 1)}%"] + cells
+                   + [_f(r["frechet_shape_distance_training_vs_test"], 1), patho])
+            lines.append("| " + " | ".join(row) + " |")
     segmenters = [r for r in results if r["kind"] in SEGMENTATION_KINDS]
     if segmenters:
         if lines:

@@ -77,6 +77,7 @@ class StepTask(Task):
         self.extra = list(extra)
         self._around, self._after, self._row = around_validation, after_step, epoch_row
         self._rng = None
+        self._resumed_rng = None  # the epoch's random state of a checkpoint written inside an epoch
 
     def best_variables(self):
         return network_variables({self.name: self.model})
@@ -86,12 +87,28 @@ class StepTask(Task):
                 **{f"extra/{i:04d}": v for i, v in enumerate(self.extra)}}
 
     def batches(self, epoch, start, stop):
-        if start != epoch * self.steps_per_epoch:
-            raise DataError(f"{self.name}: cannot resume in the middle of epoch {epoch + 1} (step {start})")
-        # an epoch's batches and augmentation are drawn from (seed, epoch)
+        # an epoch's batches and augmentation are drawn from (seed, epoch); a run stopped inside
+        # an epoch (train.max_steps) resumes with the epoch's random state of its checkpoint,
+        # so it draws what an uninterrupted run would have
+        first = epoch * self.steps_per_epoch
         self._rng = np.random.default_rng([self.train.seed, epoch])
-        return epoch_batches(len(self.training), self.train.batch_size, self._rng, self.steps_per_epoch)[
-            :stop - start]
+        batches = epoch_batches(len(self.training), self.train.batch_size, self._rng, self.steps_per_epoch)
+        if start != first:
+            if self._resumed_rng is None:  # a checkpoint of an earlier version, which did not keep it
+                raise DataError(f"{self.name}: cannot resume in the middle of epoch {epoch + 1} (step {start}): "
+                                "its checkpoint holds no random state; start again in a new run directory")
+            self._rng.bit_generator.state = self._resumed_rng
+        self._resumed_rng = None
+        return batches[start - first:stop - first]
+
+    def state_arrays(self):
+        if self._rng is None:
+            return {}
+        return {"epoch_rng": np.frombuffer(json.dumps(self._rng.bit_generator.state).encode(), np.uint8)}
+
+    def load_state_arrays(self, arrays):
+        rng = arrays.get("epoch_rng")
+        self._resumed_rng = None if rng is None else json.loads(bytes(rng).decode())
 
     def step(self, index, step):
         return self.engine.step(*self.make_inputs(self.training, index, self._rng, step),
@@ -331,14 +348,25 @@ def resolve_omega(path, configured, terms_of, batches, key="cross_entropy", what
     return omega
 
 
-def check_prior_fits(prior_config, config):
-    """A prior must read the U-Net's (or SDNet's) masks: same spacing, no larger size."""
+def check_prior_fits(prior_config, config, source=None):
+    """A prior must read the U-Net's (or SDNet's) masks: same spacing, no larger size.
+
+    Args:
+        prior_config: the prior's ``PriorConfig``.
+        config: the config of the network given the prior.
+        source: the prior's run directory, named in the error (default ``loss.shape_prior``).
+
+    Raises:
+        DataError: naming the prior, another spacing (mm per pixel) or a larger size (pixels).
+    """
+    source = source if source is not None else config.loss.shape_prior
     if abs(prior_config.data.spacing - config.data.spacing) > 1e-6:
-        raise DataError(f"the shape prior was trained at {prior_config.data.spacing} mm per pixel, the network at "
-                        f"{config.data.spacing}: they must match")
+        raise DataError(f"shape prior {source}: trained at {prior_config.data.spacing:g} mm per pixel, the network "
+                        f"at {config.data.spacing:g} (data.spacing): they must match")
     if prior_config.model.input_size > config.model.input_size:
-        raise DataError(f"the shape prior reads {prior_config.model.input_size} x {prior_config.model.input_size} "
-                        f"masks, larger than the network's {config.model.input_size}")
+        raise DataError(f"shape prior {source}: reads {prior_config.model.input_size} x "
+                        f"{prior_config.model.input_size} masks, larger than the network's {config.model.input_size} "
+                        "(model.input_size)")
 
 
 def image_batch(config, subset, index, rng):
@@ -446,12 +474,12 @@ def load_code_prior(path):
 
 def check_tl_prior(prior_config, config, source):
     """The T-L network decodes with the prior's decoder, so its images must be the prior's
-    masks: the same spacing (``check_prior_fits``) and the same size."""
-    check_prior_fits(prior_config, config)
+    masks: the same size and the same spacing (``check_prior_fits``)."""
     if prior_config.model.input_size != config.model.input_size:
         raise DataError(f"shape prior {source} decodes {prior_config.model.input_size} x "
                         f"{prior_config.model.input_size} masks; the T-L network's images must be the same size, "
                         f"not {config.model.input_size} (set model.input_size={prior_config.model.input_size})")
+    check_prior_fits(prior_config, config, source)
 
 
 def train_tl(config, run_dir, resume=True, progress=True):

@@ -307,8 +307,11 @@ class Trainer(Task):
         restored = self.files.load_best(self.best_variables())
         with atomic_path(self.run_dir / "model.keras") as tmp:
             self.model.save(tmp)
+        # complete: the schedule ran to its end or early stopping ended it; false for a run
+        # stopped by max_iterations (--max-iterations), which the same command resumes
         summary = {"iteration": self.iteration, "best_val_dice": self.best_dice,
-                   "stopped_early": self.stopped, "weights": "best" if restored else "last"}
+                   "stopped_early": self.stopped, "weights": "best" if restored else "last",
+                   "complete": bool(self.stopped or self.iteration >= self.loop.total_steps)}
         write_json(self.run_dir / "summary.json", summary)
         self.engine.close()
         return summary

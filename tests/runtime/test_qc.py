@@ -335,6 +335,7 @@ def test_predict_without_the_runs_data_says_why_and_reports_validity(trained, vo
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("quality control:")]
     assert len(notes) == 1 and "gone: the run's data folder is not there" in notes[0], result.output
+    assert "calibrating" not in result.output, result.output  # no calibration announced that cannot happen
     qc = json.loads((tmp_path / "out" / "qc.json").read_text())
     assert not qc["calibrated"] and qc["volumes"][0]["status"] == "ok" and not (moved / CALIBRATION_FILE).exists()
 

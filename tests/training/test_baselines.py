@@ -140,12 +140,19 @@ def test_self_training_rounds_start_from_the_previous_round_and_resume(phantom_c
                         f"data.spacing={LEARNING_SPACING}", f"data.cache_dir={tmp_path / 'cache'}"]
     config = load_config("gan-phantom-quick", overrides)
     run = tmp_path / "run"
+    # max_iterations counts every round's iterations; a round it stops is resumed, not kept
+    stopped = train_run(config, run, max_iterations=4, progress=False)
+    assert stopped["iteration"] == 4 and not stopped["complete"] and not (run / "round-2").exists()
+    assert json.loads((run / "round-1" / "summary.json").read_text())["complete"] is False
     summary = train_run(config, run, progress=False)
+    assert "resumed unet_gan" in (run / "round-1" / "train.log").read_text()
+    # the run's own log has every round and the pseudo-labelling between them
+    assert "self-training round 1 of 1" in (run / "train.log").read_text()
     rounds = json.loads((run / "self_training.json").read_text())["rounds"]
     labelled = json.loads((run / "data.json").read_text())["labelled"]
     assert [r["pseudo_labelled"] > 0 for r in rounds] == [False, True]
     scores = [r["val_dice"] for r in rounds]
-    assert summary["kept_round"] == int(np.argmax(scores)) and summary["iteration"] == 6
+    assert summary["kept_round"] == int(np.argmax(scores)) and summary["iteration"] == 6 and summary["complete"]
     assert (run / "model.keras").is_file() and labelled > 0
     # round 1 read round 0's kept weights before its first step
     log = (run / "round-1" / "train.log").read_text()

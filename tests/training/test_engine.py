@@ -163,6 +163,12 @@ def test_early_stopping_run_directory_best_weights_and_use_before_the_end(tmp_pa
     with caplog.at_level(logging.WARNING, logger="sdnet_tf.inference"):
         load_run(run)
     assert "has not finished" not in caplog.text
+    assert summary["complete"]  # early stopping ended it
+    # a run stopped by --max-iterations before its schedule's end says so too
+    (run / "summary.json").write_text(json.dumps({**summary, "complete": False}))
+    with caplog.at_level(logging.WARNING, logger="sdnet_tf.inference"):
+        load_run(run)
+    assert "has not finished training (stopped after 3 iterations by --max-iterations" in caplog.text
 
 
 # slow: two tiny trainers and a validated epoch (about 30 s); the format it reads is frozen

@@ -152,6 +152,10 @@ def test_unfit_and_non_sdnet_runs_are_refused_naming_the_run(arrays, source, con
     unet.mkdir()
     (unet / "config.yaml").write_text(yaml.safe_dump({"model": {"input_size": 32, "filters": 8, "depth": 2}}))
     cases.append((unet, "U-Net baseline run"))
+    gan = tmp_path / "gan"
+    gan.mkdir()
+    (gan / "config.yaml").write_text(yaml.safe_dump({"model": {"kind": "unet_gan", "input_size": 32}}))
+    cases.append((gan, r"a U-Net or GAN baseline run \(model.kind unet_gan\).*needs a 2019 SDNet run"))
     for run, message in cases:
         with pytest.raises(DataError, match=message) as error:
             factor_augment(arrays, run, config)

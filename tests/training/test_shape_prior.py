@@ -210,6 +210,21 @@ def test_sdnet_supervised_step_with_the_shape_loss_leaves_the_prior_unchanged():
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_the_prior_table_has_as_many_cells_as_columns_with_or_without_nvae_samples():
+    # an ACNN alone has no sampling temperatures: its table had a nameless empty column
+    from sdnet_tf.apps.shape_eval import table
+
+    dice = {"RV": 0.8, "MYO": 0.7, "LV": 0.9, "mean": 0.8}
+    acnn = {"kind": "acnn", "reconstruction_dice_slices": dice, "pathology": {}, "valid_reconstructions": 1.0,
+            "frechet_shape_distance_training_vs_test": 20.9}
+    nvae = dict(acnn, kind="nvae", samples={"1.0": {"valid": 0.5, "frechet_shape_distance": 3.0}})
+    for results in ([acnn], [nvae, acnn]):
+        lines = table(results).strip().splitlines()
+        assert len({line.count("|") for line in lines}) == 1, lines
+        assert "|  |" not in lines[0], lines[0]
+    assert "valid samples T=1.0 (FSD)" in table([nvae, acnn])
+
+
 def test_estimate_omega_is_the_ratio_of_mean_terms():
     batches = [(1,), (2,)]
     sizes = {1: {"cross_entropy": 1.0, "shape": 0.01}, 2: {"cross_entropy": 3.0, "shape": 0.03}}
@@ -272,6 +287,25 @@ def test_train_prior_resumes_and_its_best_weights_reload(cohort, tmp_path, kind)
                                                                                        nan_ok=True)
     with pytest.raises(FileExistsError):
         train_prior(config, run, resume=False, progress=False)
+
+
+def test_a_u_net_stopped_inside_an_epoch_by_max_steps_goes_on_as_an_uninterrupted_run(cohort, tmp_path):
+    # --max-steps 2 of a 4-step epoch left a checkpoint at step 2 that no later run could resume
+    # ("cannot resume in the middle of epoch 1"); the epoch's random state is now checkpointed
+    config = SegmentationConfig()
+    config.model.input_size, config.model.filters, config.model.depth = 32, 4, 2
+    config.train.batch_size, config.train.epochs, config.train.steps_per_epoch = 4, 1, 4
+    config.data.path, config.data.spacing, config.data.cache_dir = str(cohort), SPACING, str(tmp_path / "cache")
+    train_unet(config, tmp_path / "whole", progress=False)
+    config.train.max_steps = 2
+    assert train_unet(config, tmp_path / "stopped", progress=False)["steps"] == 2
+    config.train.max_steps = 0
+    assert train_unet(config, tmp_path / "stopped", progress=False)["steps"] == 4
+    assert "resumed unet" in (tmp_path / "stopped" / "train.log").read_text()
+    with np.load(tmp_path / "whole" / "checkpoints" / "ckpt-4.npz") as a, \
+            np.load(tmp_path / "stopped" / "checkpoints" / "ckpt-4.npz") as b:
+        names = [k for k in a.files if k.startswith("variables/")]
+        assert names and all(np.array_equal(a[k], b[k]) for k in names)
 
 
 def test_prior_validation_with_recomputed_batchnorm_statistics(cohort, tmp_path):

@@ -177,8 +177,29 @@ def test_the_prior_must_be_an_acnn_run_of_the_images_size(prior_run, phantom_coh
         "--shape-prior", str(nvae))
     output = refused("--shape-prior", str(prior_run), "--set", "model.input_size=64")
     assert f"shape prior {prior_run} decodes 32 x 32 masks" in output and "model.input_size=32" in output
-    assert "mm per pixel" in refused("--shape-prior", str(prior_run), "--set", "data.spacing=3.0")
+    assert f"shape prior {prior_run}: trained at {LEARNING_SPACING:g} mm per pixel" in refused(
+        "--shape-prior", str(prior_run), "--set", "data.spacing=3.0")
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_prior_that_does_not_fit_is_named_and_a_t_l_prior_of_another_size_says_so_first():
+    from sdnet_tf.config import Config
+    from sdnet_tf.data.arrays import DataError
+    from sdnet_tf.training.prior_trainer import check_prior_fits, check_tl_prior
+
+    prior = PriorConfig()
+    prior.model.kind, prior.model.input_size, prior.data.spacing = "acnn", 64, 3.0
+    tl = TLConfig()
+    tl.model.input_size, tl.data.spacing = 32, 3.0
+    with pytest.raises(DataError, match="shape prior runs/acnn decodes 64 x 64 masks.*model.input_size=64"):
+        check_tl_prior(prior, tl, "runs/acnn")
+    sdnet = Config()
+    sdnet.loss.shape_prior, sdnet.model.input_size, sdnet.data.spacing = "runs/acnn", 32, 3.0
+    with pytest.raises(DataError, match="shape prior runs/acnn: reads 64 x 64 masks, larger than the network's 32"):
+        check_prior_fits(prior, sdnet)
+    sdnet.model.input_size, sdnet.data.spacing = 128, 1.37
+    with pytest.raises(DataError, match="shape prior runs/acnn: trained at 3 mm per pixel, the network at 1.37"):
+        check_prior_fits(prior, sdnet)
 
 
 JAX_RESUME = """
