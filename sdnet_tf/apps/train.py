@@ -209,10 +209,17 @@ def build_sdnet(config, seed=None):
     """
     from sdnet_tf.models import SDNet, SDNet2018, UNetGAN
 
+    t = config.train
+    if t.self_training_threshold != 0.5 and not t.self_training_rounds:
+        raise ConfigError("train.self_training_threshold is read only with train.self_training_rounds of 1 or more "
+                          "(the self-training baseline): set both, or leave the threshold at 0.5")
+    if t.self_training_rounds and config.data.factor_augmentation:
+        raise ConfigError("train.self_training_rounds with data.factor_augmentation is not supported: each round "
+                          "would decode new images from its own pseudo-labelled arrays; use one or the other")
     if config.model.kind == "unet_gan":
         _refuse_sdnet_only_settings(config)
         return UNetGAN(**model_kwargs(config))
-    if config.train.self_training_rounds:
+    if t.self_training_rounds:
         raise ConfigError("train.self_training_rounds is the self-training baseline of model.kind unet_gan; "
                           f"model.kind {config.model.kind} does not read it")
     if config.model.kind == "sdnet2018":

@@ -89,6 +89,12 @@ def load_arrays(config, progress=True):
     folders are recorded as absolute paths (a run read from another directory finds them), and
     ``progress`` shows the bars of the phantom's writing and the preprocessing."""
     d, m = config.data, config.model
+    if d.dataset != "mnms":
+        set_here = [f"data.{k}" for k in ("train_vendors", "unlabelled_vendors", "test_vendors", "mnms_csv")
+                    if getattr(d, k)]
+        if set_here:
+            raise DataError(f"{', '.join(set_here)} set, but data.dataset is {d.dataset!r}: the vendors' roles and "
+                            "the CSV are read for M&Ms only (sdnet-tf train mnms)")
     if d.dataset == "synthetic":
         from sdnet_tf.data.synthetic import synthetic_arrays
 

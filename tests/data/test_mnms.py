@@ -284,3 +284,13 @@ def test_a_csv_saved_with_semicolons_or_tabs_reads_as_the_comma_one(tmp_path, de
     (other / CSV_NAME).write_text(text.replace(",", delimiter))
     assert find_csv(other) == other / CSV_NAME
     assert read_csv(other / CSV_NAME) == expected and expected["BB2C3D"].es == 9
+
+
+def test_vendor_roles_on_another_dataset_are_refused_not_ignored():
+    from sdnet_tf.config import load_config
+    from sdnet_tf.data.sources import load_arrays
+
+    config = load_config("sdnet-mnms-phantom-quick", ["data.dataset=acdc"])
+    with pytest.raises(DataError, match=r"data.train_vendors, data.unlabelled_vendors, data.test_vendors set, but "
+                                        r"data.dataset is 'acdc'"):
+        load_arrays(config, progress=False)

@@ -55,6 +55,10 @@ def test_the_schedule_drops_the_adversarial_steps_at_weight_0_and_refuses_sdnet_
         build_sdnet(load_config("gan-acdc-cpu", ["model.segmentor_filters=8", "loss.reconstruction=2"]))
     with pytest.raises(ConfigError, match="self_training_rounds is the self-training baseline"):
         build_sdnet(load_config("sdnet-acdc-cpu", ["train.self_training_rounds=1"]))
+    with pytest.raises(ConfigError, match="self_training_threshold is read only with train.self_training_rounds"):
+        build_sdnet(load_config("gan-acdc-cpu", ["train.self_training_threshold=0.7"]))
+    with pytest.raises(ConfigError, match="self_training_rounds with data.factor_augmentation is not supported"):
+        build_sdnet(load_config("self-training-acdc-cpu", ["data.factor_augmentation=runs/x"]))
 
 
 @pytest.fixture(scope="module")
