@@ -192,9 +192,11 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
         from sdnet_tf.data.sources import default_run_dir
 
         run_dir = default_run_dir(dataset, cfg, config, data)
+    from sdnet_tf.training.guard import NonFiniteError
+
     try:
         result = train_run(cfg, run_dir, resume=resume, max_iterations=max_iterations, progress=not quiet)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as error:
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError, NonFiniteError) as error:
         raise UserError(str(error)) from error
     best = result["best_val_dice"]
     shown = f"best validation Dice {best:.4f}" if best > float("-inf") else "no validation epoch yet"

@@ -82,7 +82,10 @@ def focal_loss(pred, target, gamma=2.0, eps=1e-7):
     pred, target = _f32(pred), _f32(target)
     p_t = ops.sum(pred * target, axis=-1) + (1.0 - ops.sum(pred, axis=-1)) * (1.0 - ops.sum(target, axis=-1))
     p_t = ops.clip(p_t, eps, 1.0)
-    return ops.mean(-ops.power(1.0 - p_t, gamma) * ops.log(p_t))
+    if not gamma:  # the cross-entropy: x ** 0 has the gradient 0 * x ** -1, NaN where p_t is 1
+        return ops.mean(-ops.log(p_t))
+    # (1 - p_t) kept at eps or more for the same reason when gamma < 1
+    return ops.mean(-ops.power(ops.maximum(1.0 - p_t, eps), gamma) * ops.log(p_t))
 
 
 def l1_loss(pred, target):

@@ -122,3 +122,31 @@ def test_focal_loss_golden_and_cross_entropy_at_gamma_0():
     assert float(losses.focal_loss(pred, target, gamma=0.0)) == pytest.approx(np.mean(-np.log(p_true)), rel=1e-5)
     # a perfect prediction costs nothing
     assert float(losses.focal_loss(target, target)) == pytest.approx(0.0, abs=1e-6)
+
+
+def _gradient(loss, variable):
+    """d loss / d variable as numpy, on the backend Keras runs (TensorFlow or JAX)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        value = variable.value
+        variable_loss = jax.grad(lambda v: (variable.assign(v), loss())[1])
+        return np.asarray(variable_loss(value))
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        value = loss()
+    return tape.gradient(value, variable.value).numpy()
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_focal_loss_gradient_is_finite_where_a_pixel_is_certain(gamma):
+    # a pixel predicted exactly right (p_t = 1): 0 ** gamma's gradient was NaN at gamma 0
+    import keras
+
+    pred = keras.Variable(np.array([[[[1.0, 0.0, 0.0], [0.3, 0.3, 0.2]]]], np.float32))
+    target = np.array([[[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]], np.float32)
+    grad = _gradient(lambda: losses.focal_loss(pred.value, target, gamma=gamma), pred)
+    assert np.isfinite(grad).all(), grad

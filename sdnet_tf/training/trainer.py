@@ -21,6 +21,7 @@ from sdnet_tf.losses import dice_coefficient
 from sdnet_tf.training.averaging import WeightAverage, validation_weights
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
 from sdnet_tf.training.engines import sdnet_engine
+from sdnet_tf.training.guard import NonFiniteError
 from sdnet_tf.training.loop import Loop, Task
 from sdnet_tf.training.run_files import RunFiles, network_variables, optimizer_variables
 from sdnet_tf.training.schedule import BatchSampler, EarlyStopping, FakePool
@@ -199,7 +200,13 @@ class Trainer(Task):
 
     def step(self, iteration, step):
         results = self._run_iteration(iteration)
-        return {f"{name}/{term}": value for name, terms in results.items() for term, value in terms.items()}
+        terms = {f"{name}/{term}": value for name, terms in results.items() for term, value in terms.items()}
+        bad = [f"{name} = {value}" for name, value in terms.items() if not math.isfinite(value)]
+        if bad:  # the weights are spoilt: stop before a checkpoint keeps them
+            raise NonFiniteError(f"{self.run_dir}: a non-finite loss at iteration {iteration + 1} ({', '.join(bad[:3])}); "
+                                 "training stopped, the last checkpoint (before it) is kept: lower "
+                                 "train.learning_rate, or check the data and the loss settings")
+        return terms
 
     def after_step(self):
         if self.average is not None:

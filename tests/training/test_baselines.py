@@ -178,3 +178,11 @@ def test_image_summaries_of_a_u_net_are_its_masks(trainer_unet, monkeypatch):
     trainer_unet._log_images()
     assert sorted(logged) == ["input", "predicted_masks", "true_masks"]
     assert logged["predicted_masks"].shape == (2, 32, 32, 3)
+
+
+def test_a_non_finite_loss_stops_training_naming_the_run(trainer_unet, monkeypatch):
+    from sdnet_tf.training.guard import NonFiniteError
+
+    monkeypatch.setattr(trainer_unet, "_run_iteration", lambda i: {"supervised": {"dice": float("nan"), "total": 1.0}})
+    with pytest.raises(NonFiniteError, match=r"a non-finite loss at iteration 8 \(supervised/dice = nan\)"):
+        trainer_unet.step(7, 7)
