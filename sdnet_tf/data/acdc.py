@@ -136,8 +136,17 @@ def find_patients(root, strict=True):
             continue
         patients.append(patient)
     if not patients:
-        raise DataError(f"{root}: no patientNNN folders found (expected the ACDC training layout)")
+        raise DataError(f"{root}: no patientNNN folders found (expected the ACDC training layout){_layout_hint(root)}")
     return patients
+
+
+def _layout_hint(root):
+    """A pointer to the command of another layout the folder holds, or ""."""
+    if next(root.rglob("*_sa.nii*"), None) is not None:
+        return "; it holds M&Ms-layout files (<code>_sa.nii.gz): sdnet-tf train mnms --data " + str(root)
+    if (root / "mr_train").is_dir() or (root / "ct_train").is_dir():
+        return "; it holds an MM-WHS layout (mr_train/, ct_train/): sdnet-tf train mmwhs --data " + str(root)
+    return ""
 
 
 def make_splits(numbers, seed=0, fractions=(0.7, 0.15, 0.15), strata=None):

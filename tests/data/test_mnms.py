@@ -294,3 +294,11 @@ def test_vendor_roles_on_another_dataset_are_refused_not_ignored():
     with pytest.raises(DataError, match=r"data.train_vendors, data.unlabelled_vendors, data.test_vendors set, but "
                                         r"data.dataset is 'acdc'"):
         load_arrays(config, progress=False)
+
+
+def test_an_m_and_ms_folder_given_to_the_acdc_reader_points_to_train_mnms(tmp_path):
+    from sdnet_tf.data.acdc import find_patients
+
+    write_patient(tmp_path, "AA1B2C")
+    with pytest.raises(DataError, match=r"no patientNNN folders found .*M&Ms-layout files .*sdnet-tf train mnms"):
+        find_patients(tmp_path)
