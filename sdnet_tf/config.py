@@ -5,6 +5,7 @@ Adam 1e-4 with beta1 0.5 and inverse-time decay 1e-4, batch 4, pool 50, patience
 """
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,8 +529,6 @@ def save_config(config, path):
     """Write the resolved config as YAML, atomically. When ``path`` holds another config (a run
     resumed with other settings), the changed values are logged first, as a warning of the
     ``sdnet_tf.train`` log (the run's ``train.log``): a resumed run takes the new settings."""
-    import logging
-
     path = Path(path)
     values = config.to_dict()
     if path.is_file():

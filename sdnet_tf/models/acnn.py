@@ -55,6 +55,30 @@ def run_conv_bn(block, x, training):
     return x
 
 
+def encoder_channels(filters, levels):
+    """Channels of the ACNN encoder: ``[0]`` at full size, ``[l]`` after l stride-2 levels."""
+    return [min(filters * 2 ** level, 8 * filters) for level in range(levels + 1)]
+
+
+def encoder_layers(channels, stem_name, level_name):
+    """The ACNN encoder's conv + BatchNorm layers for ``channels`` (``encoder_channels``):
+    ``(stem, blocks)``, each level a stride-2 conv and a plain conv; ``level_name`` is a format
+    string of the level (the layers' names are those of the weights files)."""
+    stem = conv_bn(channels[0], stem_name)
+    blocks = [conv_bn(channels[level], f"{level_name.format(level)}_down", strides=2)
+              + conv_bn(channels[level], f"{level_name.format(level)}_conv")
+              for level in range(1, len(channels))]
+    return stem, blocks
+
+
+def run_encoder(stem, blocks, x, training):
+    """(B, H, W, C) -> (B, H / 2**levels, W / 2**levels, channels[-1]) through ``encoder_layers``."""
+    x = run_conv_bn(stem, x, training)
+    for block in blocks:
+        x = run_conv_bn(block, x, training)  # (B, H / 2, W / 2, channels)
+    return x
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ShapeAutoencoder(SymbolicBuildModel):
     """ACNN's convolutional shape autoencoder on one-hot masks (channels [background, RV, MYO, LV]).
@@ -112,13 +136,10 @@ class ShapeAutoencoder(SymbolicBuildModel):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
         # channels[0] at full size, channels[l] after l stride-2 levels
-        self.channels = [min(filters * 2 ** level, 8 * filters) for level in range(levels + 1)]
+        self.channels = encoder_channels(filters, levels)
         self.bottom_size = input_size // factor
 
-        self.stem = conv_bn(self.channels[0], "enc_stem")
-        self.enc_blocks = [conv_bn(self.channels[level], f"enc{level}_down", strides=2)
-                           + conv_bn(self.channels[level], f"enc{level}_conv")
-                           for level in range(1, levels + 1)]
+        self.stem, self.enc_blocks = encoder_layers(self.channels, "enc_stem", "enc{}")
         self.flatten = layers.Flatten(name="flatten")
         self.code = layers.Dense(code_size, name="code")  # linear: no activation
 
@@ -142,10 +163,7 @@ class ShapeAutoencoder(SymbolicBuildModel):
         Returns:
             Codes (B, code_size).
         """
-        x = run_conv_bn(self.stem, masks, training)  # (B, H, W, filters)
-        for block in self.enc_blocks:
-            x = run_conv_bn(block, x, training)  # (B, H / 2, W / 2, channels)
-        return self.code(self.flatten(x))
+        return self.code(self.flatten(run_encoder(self.stem, self.enc_blocks, masks, training)))
 
     def decode(self, codes, training=False):
         """Logits (B, H, W, num_classes) of the masks of codes (B, code_size)."""

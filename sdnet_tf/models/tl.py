@@ -15,7 +15,7 @@ import keras
 from keras import layers, ops
 
 from sdnet_tf.layers import PACKAGE
-from sdnet_tf.models.acnn import ShapeAutoencoder, conv_bn, run_conv_bn
+from sdnet_tf.models.acnn import ShapeAutoencoder, encoder_channels, encoder_layers, run_encoder
 from sdnet_tf.models.base import NetworkGroup, SymbolicBuildModel
 
 
@@ -73,19 +73,13 @@ class CodePredictor(SymbolicBuildModel):
         self.code_size = code_size
         self.filters = filters
         self.levels = levels
-        self.channels = [min(filters * 2 ** level, 8 * filters) for level in range(levels + 1)]
-        self.stem = conv_bn(self.channels[0], "stem")
-        self.blocks = [conv_bn(self.channels[level], f"level{level}_down", strides=2)
-                       + conv_bn(self.channels[level], f"level{level}_conv")
-                       for level in range(1, levels + 1)]
+        self.channels = encoder_channels(filters, levels)
+        self.stem, self.blocks = encoder_layers(self.channels, "stem", "level{}")
         self.flatten = layers.Flatten(name="flatten")
         self.code = layers.Dense(code_size, name="code")  # linear, as the AE's code
 
     def call(self, inputs, training=None):
-        x = run_conv_bn(self.stem, inputs, training)  # (B, S, S, filters)
-        for block in self.blocks:
-            x = run_conv_bn(block, x, training)  # (B, S / 2, S / 2, channels)
-        return self.code(self.flatten(x))  # (B, code_size)
+        return self.code(self.flatten(run_encoder(self.stem, self.blocks, inputs, training)))  # (B, code_size)
 
     def default_input_shape(self):
         return (None, self.input_size, self.input_size, self.input_channels)

@@ -141,3 +141,15 @@ def assert_step_updates_only_its_networks(trainer, step, inputs):
     for name, net in trainer.model.networks().items():
         changed = any(not np.array_equal(b, np.asarray(v)) for b, v in zip(before[name], net.trainable_variables))
         assert changed == (name in step.trains), (step.name, name)
+
+
+def logged_image_summaries(trainer, monkeypatch, count=2):
+    """The image summaries ``trainer._log_images`` hands its engine with ``count`` images: name -> array."""
+    import dataclasses
+
+    logged = {}
+    monkeypatch.setattr(trainer.engine, "log_images", lambda images, step: logged.update(images))
+    monkeypatch.setattr(trainer, "config", dataclasses.replace(
+        trainer.config, train=dataclasses.replace(trainer.config.train, image_summaries=count)))
+    trainer._log_images()
+    return logged

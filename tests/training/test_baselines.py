@@ -169,13 +169,9 @@ def test_self_training_rounds_start_from_the_previous_round_and_resume(phantom_c
 
 
 def test_image_summaries_of_a_u_net_are_its_masks(trainer_unet, monkeypatch):
-    import dataclasses
+    from support.helpers import logged_image_summaries
 
-    logged = {}
-    monkeypatch.setattr(trainer_unet.engine, "log_images", lambda images, step: logged.update(images))
-    monkeypatch.setattr(trainer_unet, "config", dataclasses.replace(
-        trainer_unet.config, train=dataclasses.replace(trainer_unet.config.train, image_summaries=2)))
-    trainer_unet._log_images()
+    logged = logged_image_summaries(trainer_unet, monkeypatch)
     assert sorted(logged) == ["input", "predicted_masks", "true_masks"]
     assert logged["predicted_masks"].shape == (2, 32, 32, 3)
 

@@ -222,13 +222,9 @@ def test_xla_and_mixed_precision_switches_train(tmp_path, jit_compile, precision
 
 
 def test_image_summaries_show_the_input_the_factors_and_both_masks(warm_trainer, monkeypatch):
-    import dataclasses
+    from support.helpers import logged_image_summaries
 
-    logged = {}
-    monkeypatch.setattr(warm_trainer.engine, "log_images", lambda images, step: logged.update(images))
-    monkeypatch.setattr(warm_trainer, "config", dataclasses.replace(
-        warm_trainer.config, train=dataclasses.replace(warm_trainer.config.train, image_summaries=2)))
-    warm_trainer._log_images()
+    logged = logged_image_summaries(warm_trainer, monkeypatch)
     assert sorted(logged) == ["anatomy_channels", "input", "predicted_masks", "reconstruction", "true_masks"]
     n, h, w = 2, *warm_trainer.arrays.validation_images.shape[1:3]
     assert logged["anatomy_channels"].shape == (n, h, w * warm_trainer.model.anatomy_channels, 1)
