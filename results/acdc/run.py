@@ -22,7 +22,9 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sdnet_tf.atomic import write_json, write_text
@@ -61,13 +63,14 @@ def run_name(kind, split, fraction):
     return f"{kind}-split{split}-{fraction * 100:g}pct"
 
 
-def commands(kind, split, fraction, data, run_dir, extra=()):
+def commands(kind, split, fraction, data, run_dir, extra=(), backend="tensorflow"):
+    engine = [] if backend == "tensorflow" else ["--backend", backend]
     if kind in CONFIGS:
         train = ["sdnet-tf", "train", "acdc", "-c", CONFIGS[kind], "--data", str(data), "--split", str(split),
-                 "--labelled-fraction", str(fraction), "-o", str(run_dir), "--quiet", *extra]
+                 "--labelled-fraction", str(fraction), "-o", str(run_dir), "--quiet", *engine, *extra]
     else:
         train = ["sdnet-tf", "baseline", "train", "unet", "-c", "unet-acdc-cpu", "--data", str(data), "--split", str(split),
-                 "--set", f"data.labelled_fraction={fraction}", "-o", str(run_dir), "--quiet"]
+                 "--set", f"data.labelled_fraction={fraction}", "-o", str(run_dir), "--quiet", *engine]
     evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(run_dir / "test"), "--quiet"]
     return train, evaluate
 
@@ -123,6 +126,10 @@ def fmt(value, scale=1.0, digits=3):
     return "—" if value is None else f"{value * scale:.{digits}f}"
 
 
+def engine_mark(result):
+    return " †" if result and result.get("backend") == "jax" else ""
+
+
 def largest_drop(curve, after=3):
     values = [r["val_dice"] for r in curve]
     drops = [values[i - 1] - values[i] for i in range(max(1, after), len(values))]
@@ -143,7 +150,7 @@ def write_table(results):
         runs = [by.get((kind, split, fraction)) for kind in ("sdnet", "unet", *BASELINES)]
         subjects = len(next(r for r in runs if r)["labelled_patients"])
         lines.append(f"| {split} | {fraction * 100:g}% | {subjects} | {PAPER.get(fraction, '—')} | "
-                     + " | ".join(fmt(r and r["slice_dice"]["mean"], 100, 1) for r in runs) + " |")
+                     + " | ".join(fmt(r and r["slice_dice"]["mean"], 100, 1) + engine_mark(r) for r in runs) + " |")
     lines += ["", "## ACDC 3-D Dice, HD95 and anatomically valid slices", "",
               "| split | labelled | model | 3-D Dice mean | LV | RV | MYO | HD95 LV / RV / MYO (mm) | valid slices | "
               "largest validation drop after epoch 3 |",
@@ -154,10 +161,15 @@ def write_table(results):
             if r is None:
                 continue
             d, h = r["dice_3d"], r["hd95_mm"]
-            lines.append(f"| {split} | {fraction * 100:g}% | {NAMES[kind]} | {fmt(d['mean'])} | {fmt(d['LV'])} | "
+            lines.append(f"| {split} | {fraction * 100:g}% | {NAMES[kind]}{engine_mark(r)} | {fmt(d['mean'])} | {fmt(d['LV'])} | "
                          f"{fmt(d['RV'])} | {fmt(d['MYO'])} | {fmt(h['LV'], digits=1)} / {fmt(h['RV'], digits=1)} / "
                          f"{fmt(h['MYO'], digits=1)} | {fmt(r['valid_slices_percent'], digits=1)}% | "
                          f"{fmt(largest_drop(r['validation']))} |")
+    devices = sorted({r["device"] for r in results if r.get("backend") == "jax"})
+    if devices:
+        lines += ["", f"† trained with the JAX engine (`--backend jax`) on {', '.join(devices)}; the others with "
+                      "TensorFlow on this project's 2-core CPU. Same configs and data; the engines' parity is "
+                      "tested, their random streams differ."]
     write_text(HERE / "table.md", "\n".join(lines) + "\n")
     write_readme_section(lines[4:], results)
 
@@ -221,6 +233,11 @@ def main():
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
                         help="train and score one ablation of SDNet at split 0, 100%% labels, into "
                              "results/acdc/ablations/ (not the table)")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
+                        help="the training engine of new runs (jax: e.g. on a GPU machine without TensorFlow; "
+                             "each JSON records the engine and device)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="train N planned runs at once (one device shared; default 1)")
     args = parser.parse_args()
     if args.partial:
         return score_partial(args.partial, args.runs)
@@ -228,23 +245,54 @@ def main():
         return ablation(args.ablation, args.data, args.runs)
     out = HERE / "runs"
     out.mkdir(exist_ok=True)
-    for kind, split, fraction in JOBS:
-        name = run_name(kind, split, fraction)
-        if (out / f"{name}.json").is_file() or (args.only is not None and name not in args.only):
-            continue
-        run_dir = args.runs / name
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        cmds = commands(kind, split, fraction, args.data, run_dir)
-        start = time.perf_counter()
-        run(cmds[0], args.runs / f"{name}.log")
-        seconds = time.perf_counter() - start
-        run(cmds[1], args.runs / f"{name}.log")
-        result = collect(kind, split, fraction, run_dir, seconds, cmds)
-        write_json(out / f"{name}.json", result)
-        print(f"{name}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
-              f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
-        rebuild()
+    todo = [job for job in JOBS if not (out / f"{run_name(*job)}.json").is_file()
+            and (args.only is None or run_name(*job) in args.only)]
+    device = device_name(args.backend)
+    failed = []
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = {run_name(*job): pool.submit(train_and_score, *job, args.data, args.runs, out, args.backend, device)
+                   for job in todo}
+        for name, future in futures.items():
+            try:
+                future.result()
+            except (Exception, SystemExit) as error:  # the others carry on
+                print(f"{name}: {error}", flush=True)
+                failed.append(name)
     rebuild()
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+def device_name(backend):
+    """What trained the runs, for each JSON: the CPU, or JAX's first device (e.g. an H200)."""
+    if backend == "jax":
+        probe = "import jax; d = jax.devices()[0]; print(f'{d.platform} {d.device_kind}')"
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() or "jax"
+    import platform
+
+    return f"cpu {platform.processor() or platform.machine()}"
+
+
+_REBUILD = threading.Lock()
+
+
+def train_and_score(kind, split, fraction, data, runs, out, backend="tensorflow", device=None):
+    """One planned run: train (resuming), evaluate, write ``out/<name>.json``, rebuild the table."""
+    name = run_name(kind, split, fraction)
+    run_dir = runs / name
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmds = commands(kind, split, fraction, data, run_dir, backend=backend)
+    start = time.perf_counter()
+    run(cmds[0], runs / f"{name}.log")
+    seconds = time.perf_counter() - start
+    run(cmds[1], runs / f"{name}.log")
+    result = collect(kind, split, fraction, run_dir, seconds, cmds)
+    result.update(backend=backend, device=device)
+    write_json(out / f"{name}.json", result)
+    print(f"{name}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
+          f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
+    with _REBUILD:
+        rebuild()
 
 
 def ablation(which, data, runs):
