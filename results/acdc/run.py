@@ -165,11 +165,12 @@ def write_table(results):
                          f"{fmt(d['RV'])} | {fmt(d['MYO'])} | {fmt(h['LV'], digits=1)} / {fmt(h['RV'], digits=1)} / "
                          f"{fmt(h['MYO'], digits=1)} | {fmt(r['valid_slices_percent'], digits=1)}% | "
                          f"{fmt(largest_drop(r['validation']))} |")
-    devices = sorted({r["device"] for r in results if r.get("backend") == "jax"})
+    devices = sorted({"{1} ({0})".format(*r["device"].split(" ", 1)).replace("(gpu)", "GPU")
+                      for r in results if r.get("backend") == "jax"})
     if devices:
         lines += ["", f"† trained with the JAX engine (`--backend jax`) on {', '.join(devices)}; the others with "
-                      "TensorFlow on this project's 2-core CPU. Same configs and data; the engines' parity is "
-                      "tested, their random streams differ."]
+                      "TensorFlow on this project's 2-core CPU. Same configs, data and number of iterations; the "
+                      "engines' parity is tested, their random streams differ."]
     write_text(HERE / "table.md", "\n".join(lines) + "\n")
     write_readme_section(lines[4:], results)
 
