@@ -9,8 +9,11 @@ training is (Polyak and Juditsky 1992; the ``ExponentialMovingAverage`` of Tenso
 ``num_updates``); training itself goes on from the raw weights.
 
 ``WeightAverage`` keeps one ``keras.Variable`` per averaged weight (so it checkpoints with
-every engine), updates it eagerly with ``keras.ops`` after each step, and ``swapped`` puts
-the averages into the model for validation, restoring every variable afterwards.
+every engine), updates it with ``keras.ops`` after each step, and ``swapped`` puts the
+averages into the model for validation, restoring every variable afterwards. The trainers
+pass their engine's compiled update (``engines.average_update``), so an update is one
+compiled call over all the weights instead of five eager operations per weight
+(``benchmarks/RESULTS.md`` has the time saved); the arithmetic is the same either way.
 """
 
 import contextlib
@@ -27,9 +30,14 @@ class WeightAverage:
     Args:
         variables: the trainable variables to average (e.g. ``model.trainable_variables``).
         decay: the decay per update, in (0, 1); 0.99 averages over about 100 updates.
+        compiled: ``compiled(averages, targets)`` returns the update as one compiled
+            call ``update(keep, take)`` (``engines.average_update``); None updates eagerly.
+
+    Raises:
+        ValueError: ``decay`` outside (0, 1).
     """
 
-    def __init__(self, variables, decay):
+    def __init__(self, variables, decay, compiled=None):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"weight average decay {decay} must be in (0, 1)")
         self.targets = list(variables)
@@ -37,6 +45,8 @@ class WeightAverage:
         self.averages = [keras.Variable(np.asarray(v.value), trainable=False, name=f"average_{i:04d}")
                          for i, v in enumerate(self.targets)]
         self.updates = keras.Variable(0, dtype="int64", trainable=False, name="average_updates")
+        self._update = (compiled(self.averages, self.targets) if compiled is not None
+                        else lambda keep, take: fold_into(self.averages, self.targets, keep, take))
 
     def variables(self):
         """The variables to checkpoint (averages, then the update count)."""
@@ -60,9 +70,9 @@ class WeightAverage:
         """Fold the current weights into the averages."""
         t = int(np.asarray(self.updates.value))
         decay = min(self.decay, (1.0 + t) / (10.0 + t))
-        for average, target in zip(self.averages, self.targets):
-            average.assign(ops.add(ops.multiply(average.value, decay),
-                                   ops.multiply(ops.cast(target.value, average.dtype), 1.0 - decay)))
+        # the two factors rounded to float32 once, as Python numbers would be; as arrays, a
+        # compiled update is traced once for all values
+        self._update(np.float32(decay), np.float32(1.0 - decay))
         self.updates.assign(t + 1)
 
     @contextlib.contextmanager
@@ -77,6 +87,19 @@ class WeightAverage:
         finally:
             for variable, value in zip(model_variables, saved):
                 variable.assign(value)
+
+
+def fold(averages, targets, keep, take):
+    """``average * keep + target * take`` for each pair of arrays (the target cast to the
+    average's dtype): the update as a pure function, for engines that compile one."""
+    return [ops.add(ops.multiply(a, keep), ops.multiply(ops.cast(t, a.dtype), take)) for a, t in zip(averages, targets)]
+
+
+def fold_into(averages, targets, keep, take):
+    """``fold`` of the variables' values, assigned to ``averages`` (eagerly, or inside a
+    ``tf.function``)."""
+    for average, value in zip(averages, fold([a.value for a in averages], [t.value for t in targets], keep, take)):
+        average.assign(value)
 
 
 @contextlib.contextmanager

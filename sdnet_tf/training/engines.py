@@ -9,6 +9,7 @@ imported by a JAX run and JAX never by a TensorFlow run.
 
 from sdnet_tf.config import ConfigError
 from sdnet_tf.runtime import require_backend
+from sdnet_tf.training import averaging
 from sdnet_tf.training.schedule import SDNET2018_SCHEDULE, sdnet_schedule, unet_gan_schedule
 
 
@@ -60,6 +61,35 @@ def sdnet_engine(model, config, run_dir=None, strategy=None):
 
     return TFEngine(model, schedule(config), loss_weights(config), config.train,
                     dice_mode=config.loss.dice_mode, run_dir=run_dir, strategy=strategy)
+
+
+def average_update(backend, averages, targets):
+    """The weight average's update as one compiled call ``update(keep, take)``:
+    ``averages[i] = averages[i] * keep + targets[i] * take`` (``averaging.fold``), for
+    ``WeightAverage(..., compiled=functools.partial(average_update, backend))``.
+
+    TensorFlow runs ``averaging.fold_into`` in a ``tf.function`` (the assignments inside the
+    graph); JAX jit-compiles the pure ``averaging.fold`` and assigns its results.
+
+    Raises:
+        ValueError: an unknown backend.
+        RuntimeError: Keras runs on another backend.
+    """
+    require_backend(backend)
+    if backend == "jax":
+        import jax
+
+        compiled = jax.jit(averaging.fold)
+
+        def update(keep, take):
+            values = compiled([a.value for a in averages], [t.value for t in targets], keep, take)
+            for average, value in zip(averages, values):
+                average.assign(value)
+
+        return update
+    import tensorflow as tf
+
+    return tf.function(lambda keep, take: averaging.fold_into(averages, targets, keep, take))
 
 
 def step_engine(config):

@@ -7,10 +7,12 @@ the same on both backends, so a run begun on one resumes on the other.
 """
 
 import dataclasses
+import functools
 import logging
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from sdnet_infer.labels import SDNET_CHANNELS
@@ -20,7 +22,7 @@ from sdnet_tf.data.arrays import DataError
 from sdnet_tf.losses import dice_coefficient
 from sdnet_tf.training.averaging import WeightAverage, validation_weights
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
-from sdnet_tf.training.engines import sdnet_engine
+from sdnet_tf.training.engines import average_update, sdnet_engine
 from sdnet_tf.training.guard import NonFiniteError
 from sdnet_tf.training.loop import Loop, Task
 from sdnet_tf.training.run_files import RunFiles, network_variables, optimizer_variables
@@ -93,7 +95,7 @@ class Trainer(Task):
         self.average = None
         if t.weight_average:
             self.average = WeightAverage([v for net in model.networks().values() for v in net.trainable_variables],
-                                         t.weight_average)
+                                         t.weight_average, compiled=functools.partial(average_update, keras.backend.backend()))
         self.stopper = EarlyStopping(t.patience, t.min_delta)
         self.iterations_per_epoch = t.iterations_per_epoch or self.sampler.iterations_per_epoch()
         self.files = RunFiles(self.run_dir, t.keep_checkpoints, resume_dir)

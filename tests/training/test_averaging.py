@@ -6,6 +6,7 @@ import pytest
 
 from support.helpers import small_trainer
 from sdnet_tf.training.averaging import WeightAverage
+from sdnet_tf.training.engines import average_update
 
 
 def test_average_follows_the_documented_decay_and_swaps_back():
@@ -30,6 +31,31 @@ def test_average_follows_the_documented_decay_and_swaps_back():
     np.testing.assert_array_equal(np.asarray(copy.averages[0]), np.asarray(average.averages[0]))
     with pytest.raises(ValueError, match="decay"):
         WeightAverage([w], decay=1.0)
+
+
+def compiled_against_eager(backend, updates=12):
+    """Largest difference between the compiled and the eager weight average after
+    ``updates`` updates of two weights that move between updates, while the decay changes
+    with each update."""
+    import functools
+
+    rng = np.random.default_rng(0)
+    weights = [keras.Variable(rng.normal(size=(3, 4)).astype("float32")), keras.Variable(rng.normal(size=5).astype("float32"))]
+    eager = WeightAverage(weights, decay=0.9)
+    compiled = WeightAverage(weights, decay=0.9, compiled=functools.partial(average_update, backend))
+    for _ in range(updates):  # the decay changes with every update up to 0.9
+        for w in weights:
+            w.assign(np.asarray(w) + rng.normal(scale=0.1, size=w.shape).astype("float32"))
+        eager.update()
+        compiled.update()
+    assert int(np.asarray(compiled.updates)) == updates
+    return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(eager.averages, compiled.averages))
+
+
+def test_compiled_update_is_the_eager_update_exactly_on_tensorflow():
+    # the trainers' update (engines.average_update: one tf.function) rounds exactly as the
+    # eager operations do; the JAX engine's is checked in test_jax_engine.py
+    assert compiled_against_eager("tensorflow") == 0.0
 
 
 def test_validation_and_kept_weights_are_the_average(tmp_path):

@@ -52,6 +52,20 @@ def test_importing_the_jax_engine_imports_no_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+def test_compiled_weight_average_matches_the_eager_one_on_jax(tmp_path):
+    # jax.jit fuses multiply and add, so the last bit may differ from the eager operations
+    script = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, "tests/training")
+        sys.path.insert(0, "tests")
+        from test_averaging import compiled_against_eager
+        difference = compiled_against_eager("jax")
+        assert difference < 1e-6, difference
+        print(difference)
+    """)
+    _run_jax(tmp_path, ["-c", script], timeout=300)
+
+
 @pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
