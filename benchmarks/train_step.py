@@ -72,7 +72,8 @@ def run_once(args):
     images = 2 * config.train.batch_size  # labelled + unlabelled images per iteration
     return {
         "config": args.config, "overrides": args.overrides, "input_size": size, "batch": f"{config.train.batch_size}+{config.train.batch_size}",
-        "framework": "tensorflow " + __import__("tensorflow").__version__, "xla": config.train.jit_compile,
+        "framework": "tensorflow " + __import__("tensorflow").__version__, "xla": trainer.engine.jit_compile,
+        "jit_compile_setting": config.train.jit_compile,
         "allocator": args.allocator, "allocator_tuning_applied": applied,
         "iterations": args.iterations, "median_s_per_iteration": round(median, 4),
         "images_per_s": round(images / median, 3), "all_s": [round(t, 4) for t in times],

@@ -107,7 +107,10 @@ class TrainConfig:
     min_delta: float = 0.01
     pool_size: int = 50
     seed: int = 1
-    jit_compile: bool = True  # TF engine's XLA switch: 1.2x faster at 224 x 224 on CPU; JAX always uses XLA
+    # the TensorFlow engine's XLA switch: true, false or auto (engines.choose_xla: XLA on a GPU,
+    # and on a CPU from 192 x 192 up, where it measured faster; benchmarks/RESULTS.md). The JAX
+    # engine always compiles with XLA
+    jit_compile: object = field(default="auto", metadata={"bool_or_auto": True})
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     backend: str = "tensorflow"  # tensorflow | jax: the Keras backend and the engine that trains
     checkpoint_every: int = 0  # iterations between checkpoints; 0: at the end of each epoch only
@@ -397,6 +400,11 @@ def _build_section(section_cls, values, source):
     kwargs = {}
     for name, value in values.items():
         f = fields[name]
+        if f.metadata.get("bool_or_auto"):
+            if not (isinstance(value, bool) or value == "auto"):
+                raise ConfigError(f"{source}.{name}: expected true, false or auto, got {value!r}")
+            kwargs[name] = value
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kwargs[name] = _check_choice(f, _coerce(value, type(default), f"{source}.{name}", f.metadata.get("items")),
                                      f"{source}.{name}")

@@ -58,12 +58,19 @@ def test_original_config_file_matches_defaults():
     ("optim.lr=3", "unknown section"),
     ("train.epochs=many", "expected an integer"),
     ("epochs=3", "section.key=value"),
-    ("train.jit_compile=1", "true or false"),
+    ("train.jit_compile=1", "true, false or auto"),
+    ("train.jit_compile=sometimes", "true, false or auto"),
     ("train.decay=fast", "expected a number"),
 ])
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_xla_switch_is_true_false_or_auto():
+    assert Config().train.jit_compile == "auto"
+    for value, expected in (("true", True), ("false", False), ("auto", "auto")):
+        assert load_config(None, [f"train.jit_compile={value}"]).train.jit_compile == expected
 
 
 def test_bad_file_names_the_file(tmp_path):

@@ -252,7 +252,9 @@ def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, a
     trainer = task(model, arrays, config, out_dir, engine=engine, progress=progress, resume_dir=run_dir)
     t = config.train
     log.info("model %s on the %s engine (%s, precision %s)", config.model.kind, t.backend,
-             "XLA" if t.backend == "jax" or t.jit_compile else "no XLA", t.precision)
+             ("XLA" if getattr(engine, "jit_compile", True) else "no XLA")
+             + (" chosen for this size and device: train.jit_compile auto" if t.jit_compile == "auto" and t.backend != "jax" else ""),
+             t.precision)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
              counts["labelled"], counts["unlabelled"], counts["validation"], trainer.iterations_per_epoch)

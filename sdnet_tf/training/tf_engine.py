@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import distribute, objectives
+from sdnet_tf.training.engines import choose_xla
 from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
 
@@ -59,8 +60,10 @@ class TFEngine:
         distribute.check_global_batch(train_config.batch_size, strategy)
         # as Keras' own fit does, no XLA under tf.distribute: the replicas' all-reduces run
         # between the compiled parts
-        self.jit_compile = train_config.jit_compile and strategy is None
-        if train_config.jit_compile and strategy is not None:
+        self.xla = choose_xla(train_config.jit_compile, getattr(model, "input_size", None),
+                              bool(tf.config.list_physical_devices("GPU")))
+        self.jit_compile = self.xla and strategy is None
+        if self.xla and strategy is not None:
             log.info("XLA is off for the training updates under %s", type(strategy).__name__)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self.optimizers = {name: make_optimizer(train_config) for name in OPTIMIZERS}
@@ -79,7 +82,7 @@ class TFEngine:
         self._updates = shared_updates(self.schedule, self._compile_update)
         # inference runs on this process's first replica: its variables equal every other's
         self._segment = tf.function(lambda x: objectives.segment_inference(self.model, x),
-                                    jit_compile=train_config.jit_compile, reduce_retracing=True)
+                                    jit_compile=self.xla, reduce_retracing=True)
         self._inspect = tf.function(lambda x: self.model(x, training=False, sample=False))
         self.run_dir = Path(run_dir) if run_dir else None
         self._writer = None
@@ -166,7 +169,7 @@ class TFEngine:
         functions = self.__dict__.setdefault("_inference", {})
         if name not in functions:
             objective = getattr(objectives, name)
-            functions[name] = tf.function(lambda *x: objective(self.model, *x), jit_compile=self.config.jit_compile,
+            functions[name] = tf.function(lambda *x: objective(self.model, *x), jit_compile=self.xla,
                                           reduce_retracing=True)
         return np.asarray(functions[name](*inputs), dtype=np.float32)
 

@@ -202,6 +202,21 @@ def test_a_run_of_tensorflow_checkpoints_from_an_earlier_version_resumes(tmp_pat
     assert resumed.finish()["iteration"] == 4
 
 
+def test_auto_xla_follows_the_measured_rule(tmp_path):
+    from sdnet_tf.training.engines import XLA_MIN_SIZE_ON_CPU, choose_xla
+
+    # the rule (benchmarks/RESULTS.md): a CPU from 192 x 192 up, any GPU; true and false win
+    assert XLA_MIN_SIZE_ON_CPU == 192
+    assert [choose_xla("auto", size, gpu=False) for size in (32, 64, 128, 191, 192, 224)] == [
+        False, False, False, False, True, True]
+    assert choose_xla("auto", 64, gpu=True) and choose_xla("auto", None, gpu=True)
+    assert not choose_xla("auto", None, gpu=False)
+    assert choose_xla(True, 32, gpu=False) and not choose_xla(False, 224, gpu=True)
+    # the TensorFlow engine applies it: a 32 x 32 model on this CPU trains without XLA
+    trainer = _trainer(tmp_path, small_config(jit_compile="auto"))
+    assert trainer.engine.jit_compile is False
+
+
 # XLA's compilation (about 15 s) makes the float32 case slow; XLA keeps its learning run in
 # benchmarks/train_step.py and the precisions their cases here
 @pytest.mark.parametrize("jit_compile,precision",
