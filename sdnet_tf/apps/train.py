@@ -253,7 +253,7 @@ def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, a
     t = config.train
     log.info("model %s on the %s engine (%s, precision %s)", config.model.kind, t.backend,
              ("XLA" if getattr(engine, "jit_compile", True) else "no XLA")
-             + (" chosen for this size and device: train.jit_compile auto" if t.jit_compile == "auto" and t.backend != "jax" else ""),
+             + (" by train.jit_compile auto for this size and device" if t.jit_compile == "auto" and t.backend != "jax" else ""),
              t.precision)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
