@@ -13,8 +13,11 @@ recomputed statistics went 0.64 -> 0.67.
 average of their batch statistics over ``batches`` forward passes in training mode (Wu and
 Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Section 3), by setting each layer's
 momentum to (k - 1) / k for the k-th batch: the running average is then the exact mean over
-the batches. It runs eagerly with ``keras`` only, so it works on every backend; it changes no
-trainable weight and no random state.
+the batches. It uses ``keras`` only, so it works on every backend; it changes no trainable
+weight and no random state. The forward pass runs eagerly, or as one compiled call per batch
+(``compiled=True``: the SDNet trainers, with ``engines.stateful_compiler``), with the layers'
+momentum at 0 so each pass leaves its batch's statistics, averaged here in float32 with the
+same (k - 1) / k weights and roundings as the layers' own update.
 """
 
 import keras
@@ -31,7 +34,7 @@ def batchnorm_layers(*networks):
     return found
 
 
-def recalibrate(forward, layers, batches):
+def recalibrate(forward, layers, batches, compiled=False):
     """Set the moving statistics of ``layers`` to the mean of their batch statistics.
 
     Args:
@@ -39,6 +42,9 @@ def recalibrate(forward, layers, batches):
             training mode (so each layer normalises with, and records, its batch statistics).
         layers: the BatchNorm layers to recompute (``batchnorm_layers``).
         batches: an iterable of input batches (numpy arrays).
+        compiled: ``forward`` is compiled (``engines.stateful_compiler``) and was, or will
+            first be, traced here, where the layers' momentum is 0: each call then leaves the
+            batch's statistics in the layers and the running mean is kept in numpy.
 
     Returns:
         The number of batches used. With none, the statistics are left unchanged.
@@ -46,15 +52,31 @@ def recalibrate(forward, layers, batches):
     momenta = [layer.momentum for layer in layers]
     count = 0
     try:
+        if not compiled:
+            for batch in batches:
+                count += 1
+                for layer in layers:
+                    layer.momentum = (count - 1) / count
+                forward(batch)
+            return count
+        for layer in layers:
+            layer.momentum = 0.0
+        running = [(np.asarray(layer.moving_mean.value), np.asarray(layer.moving_variance.value)) for layer in layers]
         for batch in batches:
             count += 1
-            for layer in layers:
-                layer.momentum = (count - 1) / count
             forward(batch)
+            # the layers' own update, moving * momentum + batch * (1 - momentum), in float32
+            keep, take = np.float32((count - 1) / count), np.float32(1.0 - (count - 1) / count)
+            running = [(mean * keep + np.asarray(layer.moving_mean.value) * take,
+                        variance * keep + np.asarray(layer.moving_variance.value) * take)
+                       for (mean, variance), layer in zip(running, layers)]
+        for layer, (mean, variance) in zip(layers, running):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+        return count
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
-    return count
 
 
 def recalibration_batches(images, batches, batch_size, rng):

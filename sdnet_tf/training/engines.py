@@ -113,6 +113,47 @@ def average_update(backend, averages, targets):
     return tf.function(lambda keep, take: averaging.fold_into(averages, targets, keep, take))
 
 
+def stateful_compiler(backend):
+    """How ``backend`` compiles a function that updates variables as it runs (BatchNorm
+    recalibration's forward pass in training mode) into one call per input:
+    ``compile(fn, variables, updated)`` returns ``call(*arrays)``, which runs ``fn`` and leaves
+    every variable of ``updated`` as running ``fn`` eagerly would. ``variables`` are all the
+    variables ``fn`` reads (JAX passes their values into the compiled function).
+
+    TensorFlow: a ``tf.function`` (the assignments are in the graph). JAX: ``jax.jit`` of
+    ``fn`` under a ``keras.StatelessScope``, the new values of ``updated`` assigned after.
+
+    Raises:
+        ValueError: an unknown backend.
+        RuntimeError: Keras runs on another backend.
+    """
+    require_backend(backend)
+    if backend == "jax":
+        import jax
+        import keras
+
+        def compile_jax(fn, variables, updated):
+            variables, updated = list(variables), list(updated)
+
+            def pure(values, *args):
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                    fn(*args)
+                return [scope.get_current_value(v) for v in updated]
+
+            jitted = jax.jit(pure)
+
+            def call(*args):
+                for variable, value in zip(updated, jitted([v.value for v in variables], *args)):
+                    variable.assign(value)
+
+            return call
+
+        return compile_jax
+    import tensorflow as tf
+
+    return lambda fn, variables, updated: tf.function(fn, reduce_retracing=True)
+
+
 def step_engine(config):
     """The ``StepEngine`` class (priors, U-Net) of ``config.train.backend``.
 

@@ -22,7 +22,7 @@ from sdnet_tf.data.arrays import DataError
 from sdnet_tf.losses import dice_coefficient
 from sdnet_tf.training.averaging import WeightAverage, validation_weights
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
-from sdnet_tf.training.engines import average_update, sdnet_engine
+from sdnet_tf.training.engines import average_update, sdnet_engine, stateful_compiler
 from sdnet_tf.training.guard import NonFiniteError
 from sdnet_tf.training.loop import Loop, Task
 from sdnet_tf.training.run_files import RunFiles, network_variables, optimizer_variables
@@ -93,6 +93,7 @@ class Trainer(Task):
                                     resolution_range=d.resolution_range if d.resolution_augmentation else None)
         self.pool = FakePool(t.pool_size)
         self.average = None
+        self._recalibration_forward = None  # recalibrate_batchnorm compiles it at its first use
         if t.weight_average:
             self.average = WeightAverage([v for net in model.networks().values() for v in net.trainable_variables],
                                          t.weight_average, compiled=functools.partial(average_update, keras.backend.backend()))
@@ -286,10 +287,16 @@ class Trainer(Task):
             return np.concatenate([a.labelled_images[index[index < labelled]],
                                    a.unlabelled_images[index[index >= labelled] - labelled]])
 
-        return recalibrate(self._batchnorm_forward, self._batchnorm_layers(), (images(index) for index in indices))
+        layers = batchnorm_layers(*self._batchnorm_networks())
+        if self._recalibration_forward is None:  # compiled once, traced at its first call
+            variables = [v for net in self._batchnorm_networks() for v in net.variables]
+            moving = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+            self._recalibration_forward = stateful_compiler(keras.backend.backend())(
+                self._batchnorm_forward, variables, moving)
+        return recalibrate(self._recalibration_forward, layers, (images(index) for index in indices), compiled=True)
 
-    def _batchnorm_layers(self):
-        return batchnorm_layers(self.model.anatomy_encoder, self.model.modality_encoder, self.model.segmentor)
+    def _batchnorm_networks(self):
+        return self.model.anatomy_encoder, self.model.modality_encoder, self.model.segmentor
 
     def _batchnorm_forward(self, x):
         anatomy, _, _, _ = self.model.decompose(x, training=True, sample=False)
@@ -369,8 +376,8 @@ class Trainer2018(Trainer):
             results[step.name] = self.engine.run_step(step, *inputs)
         return results
 
-    def _batchnorm_layers(self):
-        return batchnorm_layers(self.model.decomposer, self.model.reconstructor)
+    def _batchnorm_networks(self):
+        return self.model.decomposer, self.model.reconstructor
 
     def _batchnorm_forward(self, x):
         mask, z = self.model.decompose(x, training=True)
@@ -386,8 +393,8 @@ class TrainerUNet(Trainer):
 
     name = "unet_gan"
 
-    def _batchnorm_layers(self):
-        return batchnorm_layers(self.model.unet)
+    def _batchnorm_networks(self):
+        return (self.model.unet,)
 
     def _batchnorm_forward(self, x):
         self.model.unet(x, training=True)

@@ -73,3 +73,33 @@ def test_validation_uses_the_recalibrated_statistics(tmp_path):
         np.testing.assert_allclose(np.asarray(layer_value), before, rtol=1e-5, atol=1e-6)
     dice = validation_dice(trainer.engine.predict_masks(arrays.validation_images), arrays.validation_masks)
     assert trainer.best_dice == pytest.approx(dice, abs=1e-6)
+
+
+def compiled_against_eager_recalibration(run_dir, **train):
+    """Largest difference between the trainer's recalibration (its forward pass compiled,
+    ``engines.stateful_compiler``) and the same batches run eagerly, from the same weights."""
+    trainer = small_trainer(run_dir, iterations_per_epoch=2, epochs=1, batchnorm_recalibration=3,
+                            validation_batch_size=4, **train)
+    trainer.fit()  # the weights and statistics move away from their initial values
+    layers = batchnorm_layers(*trainer._batchnorm_networks())
+    statistics = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+    start = [np.array(v) for v in statistics]
+    assert trainer.recalibrate_batchnorm() == 3
+    compiled = [np.array(v) for v in statistics]
+    for variable, value in zip(statistics, start):
+        variable.assign(value)
+    rng = np.random.default_rng([trainer.config.train.seed, trainer.iteration, 2])
+    a = trainer.arrays
+    labelled = len(a.labelled_images)
+    indices = recalibration_batches(np.arange(labelled + len(a.unlabelled_images)), 3, 4, rng)
+    batches = [np.concatenate([a.labelled_images[i[i < labelled]], a.unlabelled_images[i[i >= labelled] - labelled]])
+               for i in indices]
+    assert recalibrate(trainer._batchnorm_forward, layers, batches) == 3
+    assert [layer.momentum for layer in layers] == [0.99] * len(layers)  # restored
+    return max(float(np.max(np.abs(np.asarray(v) - c))) for v, c in zip(statistics, compiled))
+
+
+def test_compiled_recalibration_matches_the_eager_one(tmp_path):
+    # the same batches and the same float32 running mean; only the forward pass's kernels
+    # (graph against eager) may round differently. JAX: test_jax_engine.py
+    assert compiled_against_eager_recalibration(tmp_path / "run") < 1e-5

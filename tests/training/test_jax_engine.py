@@ -66,6 +66,20 @@ def test_compiled_weight_average_matches_the_eager_one_on_jax(tmp_path):
     _run_jax(tmp_path, ["-c", script], timeout=300)
 
 
+def test_compiled_recalibration_matches_the_eager_one_on_jax(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, "tests/training")
+        sys.path.insert(0, "tests")
+        from pathlib import Path
+        from test_batchnorm import compiled_against_eager_recalibration
+        difference = compiled_against_eager_recalibration(Path({str(tmp_path / "run")!r}), backend="jax")
+        assert difference < 1e-5, difference
+        print(difference)
+    """)
+    _run_jax(tmp_path, ["-c", script], timeout=600)
+
+
 @pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
