@@ -4,6 +4,7 @@ Imports no TensorFlow or JAX, so every benchmark can use it whatever backend it 
 """
 
 import json
+import statistics
 import time
 
 from sdnet_tf.atomic import write_text
@@ -27,6 +28,49 @@ def time_calls(call, warmup, iterations):
 def time_iterations(trainer, warmup, iterations):
     """(seconds of the ``warmup`` iterations together, seconds of each timed iteration)."""
     return time_calls(lambda i: trainer.train_iteration(), warmup, iterations)
+
+
+def profile_iterations(trainer, warmup, iterations):
+    """Where one iteration's time goes: (median seconds per iteration, {part: median seconds
+    per iteration}) over ``iterations`` iterations after ``warmup`` untimed ones.
+
+    The parts are each step of the schedule (``engine.run_step``, which returns the loss
+    terms as Python floats and so waits for the step), the fake masks of the discriminator's
+    pool (``engine.predict_masks``), the weight average's update (``trainer.after_step``) and
+    "host" (the rest: drawing and augmenting the batches, the pool, Python).
+    """
+    engine = trainer.engine
+    spent = {}
+
+    def timed(name_of, function):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                key = name_of(*args)
+                spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
+        return call
+
+    run_step, predict_masks, after_step = engine.run_step, engine.predict_masks, trainer.after_step
+    engine.run_step = timed(lambda step, *_: step.name, run_step)
+    engine.predict_masks = timed(lambda *_: "fake masks", predict_masks)
+    trainer.after_step = timed(lambda *_: "weight average", after_step)
+    try:
+        for _ in range(warmup):
+            trainer.train_iteration()
+        rows, totals = [], []
+        for _ in range(iterations):
+            spent.clear()
+            start = time.perf_counter()
+            trainer.train_iteration()
+            total = time.perf_counter() - start
+            rows.append(dict(spent, host=total - sum(spent.values())))
+            totals.append(total)
+    finally:
+        engine.run_step, engine.predict_masks, trainer.after_step = run_step, predict_masks, after_step
+    parts = {key: statistics.median(row.get(key, 0.0) for row in rows) for key in rows[0]}
+    return statistics.median(totals), parts
 
 
 def report(result, out=None):

@@ -3,6 +3,7 @@
     python benchmarks/train_step.py --config sdnet-acdc [--xla | --no-xla] [--iterations 3]
     python benchmarks/train_step.py --compare --config sdnet-acdc
     python benchmarks/train_step.py --compare --config sdnet-acdc-cpu --set model.input_size=64
+    python benchmarks/train_step.py --profile --config sdnet-acdc-cpu    # where one iteration's time goes
 
 ``--set SECTION.KEY=VALUE`` (repeatable) overrides the config as ``sdnet-tf train --set`` does;
 the PyTorch variants take the overridden sizes and filters too.
@@ -13,7 +14,8 @@ and XLA, with glibc's default allocator or the package's in-process allocator tu
 same iteration in PyTorch eager mode from ``torch_reference.py`` when torch is installed,
 with and without the allocator environment variables) in its own fresh process, one after
 the other in the same invocation, and prints every result with its speed-up over the plain
-tf.function variant.
+tf.function variant. ``--profile`` times each part of the iteration instead: the five
+steps, the fake masks, the weight average and the host's share (``common.profile_iterations``).
 """
 
 import argparse
@@ -52,7 +54,7 @@ def run_once(args):
     from sdnet_tf.models import SDNet
     from sdnet_tf.training.trainer import Trainer
 
-    from common import time_iterations
+    from common import profile_iterations, time_iterations
 
     overrides = ["train.image_summaries=0", *args.overrides]
     if args.xla is not None:
@@ -67,6 +69,14 @@ def run_once(args):
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, arrays, config, run_dir, progress=False)
+        if args.profile:
+            median, parts = profile_iterations(trainer, args.warmup, args.iterations)
+            return {"config": args.config, "overrides": args.overrides, "input_size": size,
+                    "xla": trainer.engine.jit_compile, "iterations": args.iterations,
+                    "median_s_per_iteration": round(median, 4),
+                    "median_s_per_part": {k: round(v, 4) for k, v in parts.items()},
+                    "share_of_iteration": {k: round(v / median, 3) for k, v in parts.items()},
+                    "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags()}
         warmup, times = time_iterations(trainer, args.warmup, args.iterations)
     median = statistics.median(times)
     images = 2 * config.train.batch_size  # labelled + unlabelled images per iteration
@@ -79,6 +89,17 @@ def run_once(args):
         "images_per_s": round(images / median, 3), "all_s": [round(t, 4) for t in times],
         "warmup_s": round(warmup, 2), "cpu_count": os.cpu_count(),
     }
+
+
+def cpu_flags():
+    """The vector and matrix instruction sets this CPU reports (Linux), for the record."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+    return [f for f in wanted if f in flags]
 
 
 def compare(args):
@@ -125,6 +146,8 @@ def main():
     parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
                         help="apply the package's allocator tuning (the CLI's default) or not")
     parser.add_argument("--compare", action="store_true", help="run every variant side by side")
+    parser.add_argument("--profile", action="store_true",
+                        help="time each part of the iteration (steps, fake masks, weight average, host)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), as sdnet-tf train --set")
     args = parser.parse_args()
