@@ -107,7 +107,7 @@ class TrainConfig:
     min_delta: float = 0.01
     pool_size: int = 50
     seed: int = 1
-    # the TensorFlow engine's XLA switch: true, false or auto (engines.choose_xla: XLA on a GPU,
+    # the TensorFlow engine's XLA switch: true, false or auto (speed.choose_xla: XLA on a GPU,
     # and on a CPU from 192 x 192 up, where it measured faster; benchmarks/RESULTS.md). The JAX
     # engine always compiles with XLA
     jit_compile: object = field(default="auto", metadata={"bool_or_auto": True})

@@ -9,7 +9,6 @@ imported by a JAX run and JAX never by a TensorFlow run.
 
 from sdnet_tf.config import ConfigError
 from sdnet_tf.runtime import require_backend
-from sdnet_tf.training import averaging
 from sdnet_tf.training.schedule import SDNET2018_SCHEDULE, sdnet_schedule, unet_gan_schedule
 
 
@@ -63,34 +62,12 @@ def sdnet_engine(model, config, run_dir=None, strategy=None):
                     dice_mode=config.loss.dice_mode, run_dir=run_dir, strategy=strategy)
 
 
-# from this input size up XLA made the TensorFlow engine's iteration faster on a CPU (224: 1.24x
-# over tf.function); at 64 and 128 it was slower (0.59x, 0.68x) and cost 30-45 s of compiling
-# (benchmarks/train_step.py --compare, benchmarks/RESULTS.md)
-XLA_MIN_SIZE_ON_CPU = 192
-
-
-def choose_xla(jit_compile, input_size, gpu):
-    """Whether the TensorFlow engine compiles with XLA: ``train.jit_compile`` when it is true
-    or false; for ``"auto"``, XLA on a GPU (TensorFlow's fast path there; not measured in this
-    project), and on a CPU for inputs of at least ``XLA_MIN_SIZE_ON_CPU`` pixels a side.
-
-    Args:
-        jit_compile: ``True``, ``False`` or ``"auto"``.
-        input_size: the model's input height and width in pixels (None: unknown, as small).
-        gpu: whether TensorFlow sees a GPU.
-    """
-    if jit_compile != "auto":
-        return bool(jit_compile)
-    return bool(gpu) or (input_size or 0) >= XLA_MIN_SIZE_ON_CPU
-
-
 def average_update(backend, averages, targets):
     """The weight average's update as one compiled call ``update(keep, take)``:
     ``averages[i] = averages[i] * keep + targets[i] * take`` (``averaging.fold``), for
-    ``WeightAverage(..., compiled=functools.partial(average_update, backend))``.
-
-    TensorFlow runs ``averaging.fold_into`` in a ``tf.function`` (the assignments inside the
-    graph); JAX jit-compiles the pure ``averaging.fold`` and assigns its results.
+    ``WeightAverage(..., compiled=functools.partial(average_update, backend))``: the engine
+    module's ``average_update`` (TensorFlow: ``averaging.fold_into`` in a ``tf.function``; JAX:
+    ``jax.jit`` of the pure ``averaging.fold``, its results assigned).
 
     Raises:
         ValueError: an unknown backend.
@@ -98,30 +75,19 @@ def average_update(backend, averages, targets):
     """
     require_backend(backend)
     if backend == "jax":
-        import jax
-
-        compiled = jax.jit(averaging.fold)
-
-        def update(keep, take):
-            values = compiled([a.value for a in averages], [t.value for t in targets], keep, take)
-            for average, value in zip(averages, values):
-                average.assign(value)
-
-        return update
-    import tensorflow as tf
-
-    return tf.function(lambda keep, take: averaging.fold_into(averages, targets, keep, take))
+        from sdnet_tf.training import jax_engine as engine
+    else:
+        from sdnet_tf.training import tf_engine as engine
+    return engine.average_update(averages, targets)
 
 
 def stateful_compiler(backend):
     """How ``backend`` compiles a function that updates variables as it runs (BatchNorm
     recalibration's forward pass in training mode) into one call per input:
     ``compile(fn, variables, updated)`` returns ``call(*arrays)``, which runs ``fn`` and leaves
-    every variable of ``updated`` as running ``fn`` eagerly would. ``variables`` are all the
-    variables ``fn`` reads (JAX passes their values into the compiled function).
-
-    TensorFlow: a ``tf.function`` (the assignments are in the graph). JAX: ``jax.jit`` of
-    ``fn`` under a ``keras.StatelessScope``, the new values of ``updated`` assigned after.
+    every variable of ``updated`` as running ``fn`` eagerly would; ``variables`` are all the
+    variables ``fn`` reads. The engine module's ``compile_stateful`` (TensorFlow: a
+    ``tf.function``; JAX: ``jax.jit`` under a ``keras.StatelessScope``).
 
     Raises:
         ValueError: an unknown backend.
@@ -129,29 +95,10 @@ def stateful_compiler(backend):
     """
     require_backend(backend)
     if backend == "jax":
-        import jax
-        import keras
-
-        def compile_jax(fn, variables, updated):
-            variables, updated = list(variables), list(updated)
-
-            def pure(values, *args):
-                with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
-                    fn(*args)
-                return [scope.get_current_value(v) for v in updated]
-
-            jitted = jax.jit(pure)
-
-            def call(*args):
-                for variable, value in zip(updated, jitted([v.value for v in variables], *args)):
-                    variable.assign(value)
-
-            return call
-
-        return compile_jax
-    import tensorflow as tf
-
-    return lambda fn, variables, updated: tf.function(fn, reduce_retracing=True)
+        from sdnet_tf.training import jax_engine as engine
+    else:
+        from sdnet_tf.training import tf_engine as engine
+    return engine.compile_stateful
 
 
 def step_engine(config):

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from sdnet_tf.config import ConfigError
-from sdnet_tf.training import objectives
+from sdnet_tf.training import averaging, objectives
 from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
 
@@ -288,3 +288,36 @@ class JAXEngine:
 
     def close(self):
         """Nothing is held open: every scalar line is written and closed when logged."""
+
+
+def average_update(averages, targets):
+    """The weight average's update as one call ``update(keep, take)``: ``jax.jit`` of the pure
+    ``averaging.fold``, its results assigned (``engines.average_update``)."""
+    compiled = jax.jit(averaging.fold)
+
+    def update(keep, take):
+        values = compiled([a.value for a in averages], [t.value for t in targets], keep, take)
+        for average, value in zip(averages, values):
+            average.assign(value)
+
+    return update
+
+
+def compile_stateful(fn, variables, updated):
+    """``fn`` jit-compiled under a ``keras.StatelessScope`` over ``variables``' values; each call
+    assigns the new values of ``updated`` afterwards, so they end as eager execution leaves
+    them (``engines.stateful_compiler``)."""
+    variables, updated = list(variables), list(updated)
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+            fn(*args)
+        return [scope.get_current_value(v) for v in updated]
+
+    jitted = jax.jit(pure)
+
+    def call(*args):
+        for variable, value in zip(updated, jitted([v.value for v in variables], *args)):
+            variable.assign(value)
+
+    return call

@@ -203,7 +203,7 @@ def test_a_run_of_tensorflow_checkpoints_from_an_earlier_version_resumes(tmp_pat
 
 
 def test_auto_xla_follows_the_measured_rule(tmp_path):
-    from sdnet_tf.training.engines import XLA_MIN_SIZE_ON_CPU, choose_xla
+    from sdnet_tf.training.speed import XLA_MIN_SIZE_ON_CPU, choose_xla
 
     # the rule (benchmarks/RESULTS.md): a CPU from 192 x 192 up, any GPU; true and false win
     assert XLA_MIN_SIZE_ON_CPU == 192

@@ -1,0 +1,24 @@
+"""Speed settings chosen for the user, by what the benchmarks measured (``benchmarks/RESULTS.md``).
+
+Framework-free, so the engines and the command line can both ask it.
+"""
+
+# from this input size up XLA made the TensorFlow engine's iteration faster on a CPU (224: 1.24x
+# over tf.function); at 64 and 128 it was slower (0.59x, 0.68x) and cost 30-45 s of compiling
+# (benchmarks/train_step.py --compare, benchmarks/RESULTS.md)
+XLA_MIN_SIZE_ON_CPU = 192
+
+
+def choose_xla(jit_compile, input_size, gpu):
+    """Whether the TensorFlow engine compiles with XLA: ``train.jit_compile`` when it is true
+    or false; for ``"auto"``, XLA on a GPU (TensorFlow's fast path there; not measured in this
+    project), and on a CPU for inputs of at least ``XLA_MIN_SIZE_ON_CPU`` pixels a side.
+
+    Args:
+        jit_compile: ``True``, ``False`` or ``"auto"``.
+        input_size: the model's input height and width in pixels (None: unknown, as small).
+        gpu: whether TensorFlow sees a GPU.
+    """
+    if jit_compile != "auto":
+        return bool(jit_compile)
+    return bool(gpu) or (input_size or 0) >= XLA_MIN_SIZE_ON_CPU
