@@ -148,13 +148,19 @@ def main():
     parser.add_argument("--compare", action="store_true", help="run every variant side by side")
     parser.add_argument("--profile", action="store_true",
                         help="time each part of the iteration (steps, fake masks, weight average, host)")
+    parser.add_argument("--out", default=None, help="also write the result (one run or --profile) here as JSON")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), as sdnet-tf train --set")
     args = parser.parse_args()
     if args.compare:
         compare(args)
     else:
-        print(json.dumps(run_once(args)))
+        result = run_once(args)
+        print(json.dumps(result))
+        if args.out:
+            from sdnet_tf.atomic import write_text
+
+            write_text(args.out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Before each validation the trainers recompute the BatchNorm statistics of the an
 encoder, the modality encoder and the segmentor from ``train.batchnorm_recalibration``
 forward passes in training mode (50 batches of 16 at the CPU protocol). The forward pass ran
 eagerly; the trainers now compile it once (``engines.stateful_compiler``). This prints the
-median seconds per batch of both, measured in the same process on the same batches, their
+mean seconds per batch of both, measured in the same process on the same batches, their
 ratio, and the largest difference between the statistics they leave.
 """
 
@@ -118,11 +118,11 @@ def measure_recalibration(model, backend, batch_size, count):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
     parser.add_argument("--config", default="sdnet-acdc-cpu", help="config name in configs/ or a YAML path")
     parser.add_argument("--updates", type=int, default=20, help="timed updates (median reported)")
-    parser.add_argument("--batches", type=int, default=10, help="recalibration batches timed")
+    parser.add_argument("--batches", type=int, default=10, help="recalibration batches timed (mean reported)")
     parser.add_argument("--compare", action="store_true", help="both backends, each in a fresh process")
     args = parser.parse_args()
     if not args.compare:

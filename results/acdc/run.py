@@ -3,6 +3,7 @@
 
     python results/acdc/run.py /path/to/ACDC/training [--runs runs/acdc-cpu] [--only NAME ...]
     python results/acdc/run.py /path/to/ACDC/training --ablation batch-dice
+    python results/acdc/run.py /path/to/ACDC/training --backend jax --parallel 4   # e.g. a GPU machine without TensorFlow
 
 For each planned run (SDNet with configs/sdnet-acdc-cpu.yaml and the U-Net with
 configs/unet-acdc-cpu.yaml, at the same labelled subjects; the GAN and self-training
@@ -223,6 +224,13 @@ def plot(results):
     fig.savefig(HERE / "learning_curves.png", dpi=100)
 
 
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a whole number of at least 1")
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="the ACDC training folder")
@@ -237,13 +245,17 @@ def main():
     parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
                         help="the training engine of new runs (jax: e.g. on a GPU machine without TensorFlow; "
                              "each JSON records the engine and device)")
-    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+    parser.add_argument("--parallel", type=positive, default=1, metavar="N",
                         help="train N planned runs at once (one device shared; default 1)")
     args = parser.parse_args()
     if args.partial:
         return score_partial(args.partial, args.runs)
     if args.ablation:
-        return ablation(args.ablation, args.data, args.runs)
+        return ablation(args.ablation, args.data, args.runs, args.backend)
+    unknown = sorted(set(args.only or ()) - {run_name(*job) for job in JOBS})
+    if unknown:
+        parser.error(f"--only {' '.join(unknown)}: not a planned run; planned: "
+                     + ", ".join(run_name(*job) for job in JOBS))
     out = HERE / "runs"
     out.mkdir(exist_ok=True)
     todo = [job for job in JOBS if not (out / f"{run_name(*job)}.json").is_file()
@@ -296,14 +308,14 @@ def train_and_score(kind, split, fraction, data, runs, out, backend="tensorflow"
         rebuild()
 
 
-def ablation(which, data, runs):
+def ablation(which, data, runs, backend="tensorflow"):
     """SDNet at split 0 and 100% labels with the overrides ``ABLATIONS[which]``: trained
     (resumed when its run directory holds checkpoints), scored, and written to
     ``ablations/sdnet-split0-100pct-WHICH.json`` beside the protocol run's figures."""
     name = f"{run_name('sdnet', 0, 1.0)}-{which}"
     run_dir = runs / "ablations" / name
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    cmds = commands("sdnet", 0, 1.0, data, run_dir, ABLATIONS[which])
+    cmds = commands("sdnet", 0, 1.0, data, run_dir, ABLATIONS[which], backend=backend)
     protocol = runs / run_name("sdnet", 0, 1.0)
     if which == "60-epochs" and not run_dir.exists() and (protocol / "summary.json").is_file():
         # the learning rate decays per step, whatever the planned length, so the first 30
@@ -314,7 +326,7 @@ def ablation(which, data, runs):
     seconds = time.perf_counter() - start
     run(cmds[1], runs / "ablations" / f"{name}.log")
     result = collect("sdnet", 0, 1.0, run_dir, seconds, cmds)
-    result.update(name=name, ablation=which, overrides=ABLATIONS[which])
+    result.update(name=name, ablation=which, overrides=ABLATIONS[which], backend=backend, device=device_name(backend))
     target = HERE / "ablations" / f"{name}.json"
     target.parent.mkdir(exist_ok=True)
     write_json(target, result)
