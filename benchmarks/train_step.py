@@ -32,7 +32,7 @@ VARIANTS = [
     ("tf.function", "tf", False, "default"),
     ("tf.function + allocator", "tf", False, "tuned"),
     ("XLA", "tf", True, "default"),
-    ("XLA + allocator (sdnet-tf default)", "tf", True, "tuned"),
+    ("XLA + allocator", "tf", True, "tuned"),
     ("PyTorch eager", "torch", False, "default"),
     ("PyTorch eager + allocator env vars", "torch", False, "env"),
 ]

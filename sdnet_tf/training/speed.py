@@ -4,8 +4,8 @@ Framework-free, so the engines and the command line can both ask it.
 """
 
 # from this input size up XLA made the TensorFlow engine's iteration faster on a CPU (224: 1.24x
-# over tf.function); at 64 and 128 it was slower (0.59x, 0.68x) and cost 30-45 s of compiling
-# (benchmarks/train_step.py --compare, benchmarks/RESULTS.md)
+# over tf.function); on the AVX-512 machine it was slower at 64 and 128 (0.66x, 0.64x) and
+# its first iteration about 35 s longer (benchmarks/train_step.py --compare, benchmarks/RESULTS.md)
 XLA_MIN_SIZE_ON_CPU = 192
 
 
