@@ -7,8 +7,8 @@ validation (``train.batchnorm_recalibration``).
 
 The trainers fold every trainable weight of SDNet into its average after each iteration.
 Eagerly that is five operations per weight (170 weights at the CPU protocol's size); the
-trainers run it as one compiled call instead (``engines.average_update``: a ``tf.function``
-with the assignments inside on TensorFlow, ``jax.jit`` of the pure update on JAX). This
+trainers run it as one compiled call instead (``engines.stateful_compiler``: a ``tf.function``
+with the assignments inside on TensorFlow, ``jax.jit`` under a ``keras.StatelessScope`` on JAX). This
 prints, for one backend, the median milliseconds per update of both forms measured in the
 same process, their ratio, and the largest difference between the two averages after the
 same updates (0 on TensorFlow; on JAX XLA fuses multiply and add, so the last bit may
@@ -23,7 +23,6 @@ ratio, and the largest difference between the statistics they leave.
 """
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -46,14 +45,14 @@ def measure(backend, config_name, updates, batches):
     from sdnet_tf.config import load_config
     from sdnet_tf.models.sdnet import SDNet
     from sdnet_tf.training.averaging import WeightAverage
-    from sdnet_tf.training.engines import average_update
+    from sdnet_tf.training.engines import stateful_compiler
 
     config = load_config(config_name, [f"train.backend={backend}"])
     model = SDNet(**model_kwargs(config), seed=1)
     model.build()
     weights = [v for net in model.networks().values() for v in net.trainable_variables]
     eager = WeightAverage(weights, 0.995)
-    compiled = WeightAverage(weights, 0.995, compiled=functools.partial(average_update, backend))
+    compiled = WeightAverage(weights, 0.995, compiler=stateful_compiler(backend))
     rng = np.random.default_rng(0)
     times = {"eager": [], "compiled": []}
     for i in range(3 + updates):  # 3 untimed updates first (tracing, compiling)

@@ -11,7 +11,7 @@ training is (Polyak and Juditsky 1992; the ``ExponentialMovingAverage`` of Tenso
 ``WeightAverage`` keeps one ``keras.Variable`` per averaged weight (so it checkpoints with
 every engine), updates it with ``keras.ops`` after each step, and ``swapped`` puts the
 averages into the model for validation, restoring every variable afterwards. The trainers
-pass their engine's compiled update (``engines.average_update``), so an update is one
+pass their engine's compiler (``engines.stateful_compiler``), so an update is one
 compiled call over all the weights instead of five eager operations per weight
 (``benchmarks/RESULTS.md`` has the time saved); the arithmetic is the same either way.
 """
@@ -30,14 +30,14 @@ class WeightAverage:
     Args:
         variables: the trainable variables to average (e.g. ``model.trainable_variables``).
         decay: the decay per update, in (0, 1); 0.99 averages over about 100 updates.
-        compiled: ``compiled(averages, targets)`` returns the update as one compiled
-            call ``update(keep, take)`` (``engines.average_update``); None updates eagerly.
+        compiler: ``compiler(fn, variables, updated)`` compiles the update into one call
+            (``engines.stateful_compiler(backend)``); None updates eagerly.
 
     Raises:
         ValueError: ``decay`` outside (0, 1).
     """
 
-    def __init__(self, variables, decay, compiled=None):
+    def __init__(self, variables, decay, compiler=None):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"weight average decay {decay} must be in (0, 1)")
         self.targets = list(variables)
@@ -45,8 +45,9 @@ class WeightAverage:
         self.averages = [keras.Variable(np.asarray(v.value), trainable=False, name=f"average_{i:04d}")
                          for i, v in enumerate(self.targets)]
         self.updates = keras.Variable(0, dtype="int64", trainable=False, name="average_updates")
-        self._update = (compiled(self.averages, self.targets) if compiled is not None
-                        else lambda keep, take: fold_into(self.averages, self.targets, keep, take))
+        self._update = lambda keep, take: fold_into(self.averages, self.targets, keep, take)
+        if compiler is not None:
+            self._update = compiler(self._update, self.averages + self.targets, self.averages)
 
     def variables(self):
         """The variables to checkpoint (averages, then the update count)."""
@@ -89,17 +90,11 @@ class WeightAverage:
                 variable.assign(value)
 
 
-def fold(averages, targets, keep, take):
-    """``average * keep + target * take`` for each pair of arrays (the target cast to the
-    average's dtype): the update as a pure function, for engines that compile one."""
-    return [ops.add(ops.multiply(a, keep), ops.multiply(ops.cast(t, a.dtype), take)) for a, t in zip(averages, targets)]
-
-
 def fold_into(averages, targets, keep, take):
-    """``fold`` of the variables' values, assigned to ``averages`` (eagerly, or inside a
-    ``tf.function``)."""
-    for average, value in zip(averages, fold([a.value for a in averages], [t.value for t in targets], keep, take)):
-        average.assign(value)
+    """``average = average * keep + target * take`` for each pair of variables (the target
+    cast to the average's dtype), eagerly or inside a compiled function."""
+    for average, target in zip(averages, targets):
+        average.assign(ops.add(ops.multiply(average.value, keep), ops.multiply(ops.cast(target.value, average.dtype), take)))
 
 
 @contextlib.contextmanager

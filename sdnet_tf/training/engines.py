@@ -62,28 +62,9 @@ def sdnet_engine(model, config, run_dir=None, strategy=None):
                     dice_mode=config.loss.dice_mode, run_dir=run_dir, strategy=strategy)
 
 
-def average_update(backend, averages, targets):
-    """The weight average's update as one compiled call ``update(keep, take)``:
-    ``averages[i] = averages[i] * keep + targets[i] * take`` (``averaging.fold``), for
-    ``WeightAverage(..., compiled=functools.partial(average_update, backend))``: the engine
-    module's ``average_update`` (TensorFlow: ``averaging.fold_into`` in a ``tf.function``; JAX:
-    ``jax.jit`` of the pure ``averaging.fold``, its results assigned).
-
-    Raises:
-        ValueError: an unknown backend.
-        RuntimeError: Keras runs on another backend.
-    """
-    require_backend(backend)
-    if backend == "jax":
-        from sdnet_tf.training import jax_engine as engine
-    else:
-        from sdnet_tf.training import tf_engine as engine
-    return engine.average_update(averages, targets)
-
-
 def stateful_compiler(backend):
-    """How ``backend`` compiles a function that updates variables as it runs (BatchNorm
-    recalibration's forward pass in training mode) into one call per input:
+    """How ``backend`` compiles a function that updates variables as it runs (the weight
+    average's update, BatchNorm recalibration's forward pass in training mode) into one call:
     ``compile(fn, variables, updated)`` returns ``call(*arrays)``, which runs ``fn`` and leaves
     every variable of ``updated`` as running ``fn`` eagerly would; ``variables`` are all the
     variables ``fn`` reads. The engine module's ``compile_stateful`` (TensorFlow: a

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from sdnet_tf.config import ConfigError
-from sdnet_tf.training import averaging, objectives
+from sdnet_tf.training import objectives
 from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
 
@@ -288,19 +288,6 @@ class JAXEngine:
 
     def close(self):
         """Nothing is held open: every scalar line is written and closed when logged."""
-
-
-def average_update(averages, targets):
-    """The weight average's update as one call ``update(keep, take)``: ``jax.jit`` of the pure
-    ``averaging.fold``, its results assigned (``engines.average_update``)."""
-    compiled = jax.jit(averaging.fold)
-
-    def update(keep, take):
-        values = compiled([a.value for a in averages], [t.value for t in targets], keep, take)
-        for average, value in zip(averages, values):
-            average.assign(value)
-
-    return update
 
 
 def compile_stateful(fn, variables, updated):

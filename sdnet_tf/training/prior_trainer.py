@@ -11,7 +11,6 @@ and a run can be resumed on the other backend.
 """
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from sdnet_tf.training import prior_objectives
 
 from sdnet_tf.training.averaging import WeightAverage, validation_weights
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
-from sdnet_tf.training.engines import average_update, step_engine
+from sdnet_tf.training.engines import stateful_compiler, step_engine
 from sdnet_tf.training.logs import log_to_file, stop_logging
 from sdnet_tf.training.loop import Loop, Task
 from sdnet_tf.training.run_files import RunFiles, network_variables, optimizer_variables
@@ -430,7 +429,7 @@ def train_unet(config, run_dir, resume=True, progress=True):
             return {**{f"dice_{k}": v for k, v in scores.items()}, "valid_slices": valid_share(predicted, spacing)}
 
         average = WeightAverage(model.trainable_variables, train.weight_average,
-                                compiled=functools.partial(average_update, keras.backend.backend())) if train.weight_average else None
+                                compiler=stateful_compiler(keras.backend.backend())) if train.weight_average else None
         around_validation = _validation_weights(model, lambda x: model(x, training=True), sets["training"].images,
                                                  train, average)
 
@@ -541,7 +540,7 @@ def train_tl(config, run_dir, resume=True, progress=True):
                     "code_distance": sum(sums) / len(subset)}
 
         average = WeightAverage(predictor.trainable_variables, train.weight_average,
-                                compiled=functools.partial(average_update, keras.backend.backend())) if train.weight_average else None
+                                compiler=stateful_compiler(keras.backend.backend())) if train.weight_average else None
         around_validation = _validation_weights(predictor, lambda x: predictor(x, training=True),
                                                  sets["training"].images, train, average)
         task = StepTask("tl", model, optimizer, engine, sets["training"], config, steps_per_epoch,

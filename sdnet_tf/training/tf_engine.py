@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from sdnet_tf.data.arrays import DataError
-from sdnet_tf.training import averaging, distribute, objectives
+from sdnet_tf.training import distribute, objectives
 from sdnet_tf.training.speed import choose_xla
 from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
@@ -234,12 +234,6 @@ class TFEngine:
             self._writer.flush()
             self._writer.close()
             self._writer = None
-
-
-def average_update(averages, targets):
-    """The weight average's update as one ``tf.function`` ``update(keep, take)`` with the
-    assignments inside the graph (``engines.average_update``)."""
-    return tf.function(lambda keep, take: averaging.fold_into(averages, targets, keep, take))
 
 
 def compile_stateful(fn, variables, updated):

@@ -7,7 +7,6 @@ the same on both backends, so a run begun on one resumes on the other.
 """
 
 import dataclasses
-import functools
 import logging
 import math
 from pathlib import Path
@@ -22,7 +21,7 @@ from sdnet_tf.data.arrays import DataError
 from sdnet_tf.losses import dice_coefficient
 from sdnet_tf.training.averaging import WeightAverage, validation_weights
 from sdnet_tf.training.batchnorm import batchnorm_layers, recalibrate, recalibration_batches
-from sdnet_tf.training.engines import average_update, sdnet_engine, stateful_compiler
+from sdnet_tf.training.engines import sdnet_engine, stateful_compiler
 from sdnet_tf.training.guard import NonFiniteError
 from sdnet_tf.training.loop import Loop, Task
 from sdnet_tf.training.run_files import RunFiles, network_variables, optimizer_variables
@@ -93,10 +92,10 @@ class Trainer(Task):
                                     resolution_range=d.resolution_range if d.resolution_augmentation else None)
         self.pool = FakePool(t.pool_size)
         self.average = None
-        self._recalibration_forward = None  # recalibrate_batchnorm compiles it at its first use
+        self._recalibration = None  # (BatchNorm layers, compiled forward pass): set at the first recalibration
         if t.weight_average:
             self.average = WeightAverage([v for net in model.networks().values() for v in net.trainable_variables],
-                                         t.weight_average, compiled=functools.partial(average_update, keras.backend.backend()))
+                                         t.weight_average, compiler=stateful_compiler(keras.backend.backend()))
         self.stopper = EarlyStopping(t.patience, t.min_delta)
         self.iterations_per_epoch = t.iterations_per_epoch or self.sampler.iterations_per_epoch()
         self.files = RunFiles(self.run_dir, t.keep_checkpoints, resume_dir)
@@ -287,13 +286,15 @@ class Trainer(Task):
             return np.concatenate([a.labelled_images[index[index < labelled]],
                                    a.unlabelled_images[index[index >= labelled] - labelled]])
 
-        layers = batchnorm_layers(*self._batchnorm_networks())
-        if self._recalibration_forward is None:  # compiled once, traced at its first call
-            variables = [v for net in self._batchnorm_networks() for v in net.variables]
+        if self._recalibration is None:  # the layers, and the forward pass compiled once (traced at its first call)
+            networks = self._batchnorm_networks()
+            layers = batchnorm_layers(*networks)
             moving = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
-            self._recalibration_forward = stateful_compiler(keras.backend.backend())(
-                self._batchnorm_forward, variables, moving)
-        return recalibrate(self._recalibration_forward, layers, (images(index) for index in indices), compiled=True)
+            forward = stateful_compiler(keras.backend.backend())(
+                self._batchnorm_forward, [v for net in networks for v in net.variables], moving)
+            self._recalibration = layers, forward
+        layers, forward = self._recalibration
+        return recalibrate(forward, layers, (images(index) for index in indices), compiled=True)
 
     def _batchnorm_networks(self):
         return self.model.anatomy_encoder, self.model.modality_encoder, self.model.segmentor

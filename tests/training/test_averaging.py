@@ -6,7 +6,7 @@ import pytest
 
 from support.helpers import small_trainer
 from sdnet_tf.training.averaging import WeightAverage
-from sdnet_tf.training.engines import average_update
+from sdnet_tf.training.engines import stateful_compiler
 
 
 def test_average_follows_the_documented_decay_and_swaps_back():
@@ -37,12 +37,11 @@ def compiled_against_eager(backend, updates=12):
     """Largest difference between the compiled and the eager weight average after
     ``updates`` updates of two weights that move between updates, while the decay changes
     with each update."""
-    import functools
 
     rng = np.random.default_rng(0)
     weights = [keras.Variable(rng.normal(size=(3, 4)).astype("float32")), keras.Variable(rng.normal(size=5).astype("float32"))]
     eager = WeightAverage(weights, decay=0.9)
-    compiled = WeightAverage(weights, decay=0.9, compiled=functools.partial(average_update, backend))
+    compiled = WeightAverage(weights, decay=0.9, compiler=stateful_compiler(backend))
     for _ in range(updates):  # the decay changes with every update up to 0.9
         for w in weights:
             w.assign(np.asarray(w) + rng.normal(scale=0.1, size=w.shape).astype("float32"))
@@ -53,7 +52,7 @@ def compiled_against_eager(backend, updates=12):
 
 
 def test_compiled_update_is_the_eager_update_exactly_on_tensorflow():
-    # the trainers' update (engines.average_update: one tf.function) rounds exactly as the
+    # the trainers' update (engines.stateful_compiler: one tf.function) rounds exactly as the
     # eager operations do; the JAX engine's is checked in test_jax_engine.py
     assert compiled_against_eager("tensorflow") == 0.0
 
