@@ -13,6 +13,7 @@ import errno
 import gzip
 import json
 import os
+import secrets
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,9 @@ def atomic_path(path):
     The temporary name keeps the full suffix (``.nii.gz``, ``.keras``, ``.npz``), which the
     writing libraries use to pick the format. On any failure (a full disk, an interrupt) the
     temporary file is removed; an ``OSError`` is raised again naming ``path`` itself, and an
-    interrupt as ``KeyboardInterrupt`` naming it.
+    interrupt as ``KeyboardInterrupt`` naming it. The temporary name is unique to the writer
+    (process id and a random part), so processes writing the same file at once (parallel runs
+    filling one preprocessing cache) each rename a complete file and the last one wins.
     """
     path = Path(path)
     try:
@@ -108,7 +111,7 @@ def atomic_path(path):
     except OSError as error:
         raise _naming(error, path.parent) from None
     stem, dot, suffix = path.name.partition(".")
-    tmp = path.with_name(f"{stem}.tmp{dot}{suffix}")
+    tmp = path.with_name(f"{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{dot}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,0 +1,27 @@
+"""Atomic writes (sdnet_infer.io.atomic_path) when two writers target one file at once."""
+
+import numpy as np
+
+from sdnet_infer.io import atomic_path
+
+
+def test_two_writers_of_one_file_both_succeed_and_the_last_rename_wins(tmp_path):
+    # parallel training runs fill one preprocessing cache: with a shared temporary name the
+    # first rename took the other's file away and the second writer failed (ENOENT)
+    target = tmp_path / "acdc-cache.npz"
+    with atomic_path(target) as first:
+        with atomic_path(target) as second:
+            assert first != second and first.parent == second.parent == tmp_path
+            np.savez(second, x=np.arange(3))
+        np.savez(first, x=np.arange(5))
+    with np.load(target) as data:
+        assert data["x"].tolist() == [0, 1, 2, 3, 4]
+    assert [p.name for p in tmp_path.iterdir()] == ["acdc-cache.npz"]
+
+
+def test_the_temporary_name_keeps_the_full_suffix(tmp_path):
+    # numpy, nibabel and keras pick the format from the suffix (np.savez appends .npz otherwise)
+    with atomic_path(tmp_path / "case.nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.name.startswith("case.tmp-")
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "case.nii.gz").read_bytes() == b"x"
