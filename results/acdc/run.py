@@ -292,6 +292,9 @@ _REBUILD = threading.Lock()
 def train_and_score(kind, split, fraction, data, runs, out, backend="tensorflow", device=None):
     """One planned run: train (resuming), evaluate, write ``out/<name>.json``, rebuild the table."""
     name = run_name(kind, split, fraction)
+    if (out / f"{name}.json").is_file():  # finished since the plan was made (e.g. on another machine)
+        print(f"{name}: already in {out / (name + '.json')}; skipped", flush=True)
+        return
     run_dir = runs / name
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmds = commands(kind, split, fraction, data, run_dir, backend=backend)
