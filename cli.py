@@ -8,7 +8,10 @@ import click
 
 from sdnet_tf.runtime import tune_allocator
 
-tune_allocator()
+try:
+    tune_allocator(when_auto=False)  # SDNET_TF_ALLOCATOR=tuned: from start-up; auto: by the engine
+except ValueError as error:  # an unknown setting: one line, before anything else runs
+    sys.exit(f"Error: {error}")
 
 log = logging.getLogger("sdnet_tf")
 ONNX_OPSETS = (13, 18)  # export.onnx_export.OPSETS (not imported here: it would load nibabel at start-up)

@@ -40,12 +40,11 @@ ENV_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736
 
 
 def run_once(args):
-    if args.allocator == "tuned":
-        from sdnet_tf.runtime import tune_allocator
+    from sdnet_tf.runtime import tune_allocator
 
-        applied = tune_allocator()
-    else:
-        applied = False
+    # tuned: from the start; default: never; auto: as sdnet-tf does (the engine tunes it with XLA)
+    os.environ["SDNET_TF_ALLOCATOR"] = args.allocator
+    applied = tune_allocator(when_auto=False)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -84,7 +83,7 @@ def run_once(args):
         "config": args.config, "overrides": args.overrides, "input_size": size, "batch": f"{config.train.batch_size}+{config.train.batch_size}",
         "framework": "tensorflow " + __import__("tensorflow").__version__, "xla": trainer.engine.jit_compile,
         "jit_compile_setting": config.train.jit_compile,
-        "allocator": args.allocator, "allocator_tuning_applied": applied,
+        "allocator": args.allocator, "allocator_tuning_applied": applied or getattr(trainer.engine, "allocator_tuned", False),
         "iterations": args.iterations, "median_s_per_iteration": round(median, 4),
         "images_per_s": round(images / median, 3), "all_s": [round(t, 4) for t in times],
         "warmup_s": round(warmup, 2), "cpu_count": os.cpu_count(),
@@ -143,8 +142,9 @@ def main():
                         help="compile the steps with XLA (default: the config's train.jit_compile)")
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (tracing, compiling)")
-    parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
-                        help="apply the package's allocator tuning (the CLI's default) or not")
+    parser.add_argument("--allocator", choices=["auto", "tuned", "default"], default="auto",
+                        help="the allocator tuning as SDNET_TF_ALLOCATOR: auto (the CLI's default: with XLA), "
+                             "tuned (always) or default (never)")
     parser.add_argument("--compare", action="store_true", help="run every variant side by side")
     parser.add_argument("--profile", action="store_true",
                         help="time each part of the iteration (steps, fake masks, weight average, host)")

@@ -4,11 +4,14 @@ Keras reads its backend from ``KERAS_BACKEND`` once, when it is first imported, 
 process can hold only one; ``select_backend`` sets it for a run (see its docstring).
 
 glibc's allocator returns large freed blocks to the kernel and maps big allocations with
-mmap, so every training step pays for page faults on fresh memory; on a 2-core machine that
-churn cost 10-25% of a training iteration (see benchmarks/RESULTS.md). ``tune_allocator``
+mmap, so every training step can pay for page faults on fresh memory. ``tune_allocator``
 keeps freed memory in the process, the in-process equivalent of
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736``. Set ``SDNET_TF_ALLOCATOR=default``
-to leave the allocator alone.
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736``. Whether that helps depends on the
+iteration (benchmarks/RESULTS.md): with XLA at 224 x 224 it made an iteration 9% faster, while
+with plain ``tf.function`` at 64 and 128 it made it 4-15% slower (medians of three
+invocations on an AVX-512 machine). So by default (``SDNET_TF_ALLOCATOR=auto``) the TensorFlow
+engine tunes it when it compiles the training updates with XLA, and nothing else does;
+``SDNET_TF_ALLOCATOR=tuned`` tunes it for every command from start-up and ``default`` never.
 """
 
 import ctypes
@@ -22,9 +25,31 @@ _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 64 * 1024 ** 3
 
 
-def tune_allocator():
-    """Apply the allocator settings; returns True when they were applied."""
-    if os.environ.get("SDNET_TF_ALLOCATOR", "tuned") == "default":
+ALLOCATOR_SETTINGS = ("auto", "tuned", "default")
+
+
+def allocator_setting():
+    """``SDNET_TF_ALLOCATOR`` (``auto`` when unset).
+
+    Raises:
+        ValueError: a value other than ``auto``, ``tuned`` or ``default``, naming the variable.
+    """
+    value = os.environ.get("SDNET_TF_ALLOCATOR", "auto").strip().lower() or "auto"
+    if value not in ALLOCATOR_SETTINGS:
+        raise ValueError(f"SDNET_TF_ALLOCATOR={value!r}: use one of {', '.join(ALLOCATOR_SETTINGS)}")
+    return value
+
+
+def tune_allocator(when_auto=True):
+    """Apply the allocator settings as ``SDNET_TF_ALLOCATOR`` says: always for ``tuned``,
+    never for ``default``, and for ``auto`` when ``when_auto`` (the TensorFlow engine passes
+    whether it compiles with XLA). Returns True when they were applied.
+
+    Raises:
+        ValueError: an unknown ``SDNET_TF_ALLOCATOR`` (``allocator_setting``).
+    """
+    setting = allocator_setting()
+    if setting == "default" or (setting == "auto" and not when_auto):
         return False
     name = ctypes.util.find_library("c")
     if not name:

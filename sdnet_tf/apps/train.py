@@ -251,10 +251,10 @@ def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, a
     task = {"sdnet2018": Trainer2018, "unet_gan": TrainerUNet}.get(config.model.kind, Trainer)
     trainer = task(model, arrays, config, out_dir, engine=engine, progress=progress, resume_dir=run_dir)
     t = config.train
-    log.info("model %s on the %s engine (%s, precision %s)", config.model.kind, t.backend,
+    log.info("model %s on the %s engine (%s, precision %s%s)", config.model.kind, t.backend,
              ("XLA" if getattr(engine, "jit_compile", True) else "no XLA")
              + (" by train.jit_compile auto for this size and device" if t.jit_compile == "auto" and t.backend != "jax" else ""),
-             t.precision)
+             t.precision, ", glibc allocator tuned" if getattr(engine, "allocator_tuned", False) else "")
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
              counts["labelled"], counts["unlabelled"], counts["validation"], trainer.iterations_per_epoch)

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import distribute, objectives
+from sdnet_tf.runtime import tune_allocator
 from sdnet_tf.training.speed import choose_xla
 from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
@@ -63,6 +64,9 @@ class TFEngine:
         self.xla = choose_xla(train_config.jit_compile, getattr(model, "input_size", None),
                               bool(tf.config.list_physical_devices("GPU")))
         self.jit_compile = self.xla and strategy is None
+        # SDNET_TF_ALLOCATOR=auto: the allocator tuning helped the XLA iteration and slowed the
+        # plain tf.function one (sdnet_tf/runtime.py, benchmarks/RESULTS.md)
+        self.allocator_tuned = tune_allocator(when_auto=self.jit_compile)
         if self.xla and strategy is not None:
             log.info("XLA is off for the training updates under %s", type(strategy).__name__)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():

@@ -1,5 +1,6 @@
 """TensorFlow engine: each step updates exactly its variables; exact resume; checkpoints."""
 
+import os
 import shutil
 
 import keras
@@ -215,6 +216,21 @@ def test_auto_xla_follows_the_measured_rule(tmp_path):
     # the TensorFlow engine applies it: a 32 x 32 model on this CPU trains without XLA
     trainer = _trainer(tmp_path, small_config(jit_compile="auto"))
     assert trainer.engine.jit_compile is False
+    # and without XLA, the allocator tuning is left off (SDNET_TF_ALLOCATOR=auto)
+    assert trainer.engine.allocator_tuned is (os.environ.get("SDNET_TF_ALLOCATOR") == "tuned")
+
+
+def test_the_allocator_tuning_follows_its_setting(monkeypatch):
+    from sdnet_tf.runtime import tune_allocator
+
+    # (applied when the engine does not compile with XLA, applied when it does)
+    for value, expected in (("", (False, True)), ("auto", (False, True)), ("tuned", (True, True)),
+                            ("default", (False, False))):
+        monkeypatch.setenv("SDNET_TF_ALLOCATOR", value)
+        assert (tune_allocator(when_auto=False), tune_allocator(when_auto=True)) == expected, value
+    monkeypatch.setenv("SDNET_TF_ALLOCATOR", "fast")
+    with pytest.raises(ValueError, match="SDNET_TF_ALLOCATOR='fast': use one of auto, tuned, default"):
+        tune_allocator()
 
 
 # XLA's compilation (about 15 s) makes the float32 case slow; XLA keeps its learning run in
