@@ -111,6 +111,11 @@ class TrainConfig:
     # and on a CPU from 192 x 192 up, where it measured faster; benchmarks/RESULTS.md). The JAX
     # engine always compiles with XLA
     jit_compile: object = field(default="auto", metadata={"bool_or_auto": True})
+    # TensorFlow's graph rewriting (Grappler) of the compiled updates: true, false or auto
+    # (speed.choose_graph_rewriting: off without XLA, where turning it off made the first
+    # iteration about 4 s shorter and the iteration 3-6% faster; benchmarks/RESULTS.md).
+    # Process-wide in TensorFlow: false turns it off, true leaves TensorFlow's setting alone
+    graph_rewriting: object = field(default="auto", metadata={"bool_or_auto": True})
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     backend: str = "tensorflow"  # tensorflow | jax: the Keras backend and the engine that trains
     checkpoint_every: int = 0  # iterations between checkpoints; 0: at the end of each epoch only

@@ -254,7 +254,8 @@ def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, a
     log.info("model %s on the %s engine (%s, precision %s%s)", config.model.kind, t.backend,
              ("XLA" if getattr(engine, "jit_compile", True) else "no XLA")
              + (" by train.jit_compile auto for this size and device" if t.jit_compile == "auto" and t.backend != "jax" else ""),
-             t.precision, ", glibc allocator tuned" if getattr(engine, "allocator_tuned", False) else "")
+             t.precision, (", glibc allocator tuned" if getattr(engine, "allocator_tuned", False) else "")
+             + (", no Grappler graph rewriting" if getattr(engine, "graph_rewriting", True) is False else ""))
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
              counts["labelled"], counts["unlabelled"], counts["validation"], trainer.iterations_per_epoch)

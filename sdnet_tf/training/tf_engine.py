@@ -27,7 +27,7 @@ import tensorflow as tf
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import distribute, objectives
 from sdnet_tf.runtime import tune_allocator
-from sdnet_tf.training.speed import choose_xla
+from sdnet_tf.training.speed import choose_graph_rewriting, choose_xla
 from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
 
@@ -67,6 +67,9 @@ class TFEngine:
         # SDNET_TF_ALLOCATOR=auto: the allocator tuning helped the XLA iteration and slowed the
         # plain tf.function one (sdnet_tf/runtime.py, benchmarks/RESULTS.md)
         self.allocator_tuned = tune_allocator(when_auto=self.jit_compile)
+        self.graph_rewriting = choose_graph_rewriting(getattr(train_config, "graph_rewriting", "auto"), self.jit_compile)
+        if not self.graph_rewriting:  # read when each tf.function is first traced, below
+            tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
         if self.xla and strategy is not None:
             log.info("XLA is off for the training updates under %s", type(strategy).__name__)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():

@@ -6,6 +6,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from support.helpers import small_config
 from sdnet_tf.config import model_kwargs
@@ -216,8 +217,19 @@ def test_auto_xla_follows_the_measured_rule(tmp_path):
     # the TensorFlow engine applies it: a 32 x 32 model on this CPU trains without XLA
     trainer = _trainer(tmp_path, small_config(jit_compile="auto"))
     assert trainer.engine.jit_compile is False
-    # and without XLA, the allocator tuning is left off (SDNET_TF_ALLOCATOR=auto)
+    # and without XLA, the allocator tuning is left off (SDNET_TF_ALLOCATOR=auto) and so is
+    # Grappler's graph rewriting (train.graph_rewriting auto)
     assert trainer.engine.allocator_tuned is (os.environ.get("SDNET_TF_ALLOCATOR") == "tuned")
+    assert trainer.engine.graph_rewriting is False
+    assert tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer") is True
+
+
+def test_auto_graph_rewriting_follows_the_measured_rule():
+    from sdnet_tf.training.speed import choose_graph_rewriting
+
+    # off without XLA (measured faster there), TensorFlow's own default with XLA; true and false win
+    assert [choose_graph_rewriting("auto", xla) for xla in (False, True)] == [False, True]
+    assert choose_graph_rewriting(True, False) and not choose_graph_rewriting(False, True)
 
 
 def test_the_allocator_tuning_follows_its_setting(monkeypatch):
