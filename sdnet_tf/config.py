@@ -113,7 +113,7 @@ class TrainConfig:
     jit_compile: object = field(default="auto", metadata={"bool_or_auto": True})
     # TensorFlow's graph rewriting (Grappler) of the compiled updates: true, false or auto
     # (speed.choose_graph_rewriting: off without XLA, where turning it off made the first
-    # iteration about 4 s shorter and the iteration 3-6% faster; benchmarks/RESULTS.md).
+    # iteration 4-5 s shorter at no cost per iteration; benchmarks/RESULTS.md).
     # Process-wide in TensorFlow: false turns it off, true leaves TensorFlow's setting alone
     graph_rewriting: object = field(default="auto", metadata={"bool_or_auto": True})
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16

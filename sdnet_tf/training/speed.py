@@ -28,8 +28,8 @@ def choose_graph_rewriting(graph_rewriting, xla):
     """Whether TensorFlow's Grappler rewrites the training updates' graphs: ``train.graph_rewriting``
     when true or false; for ``"auto"``, only when they are compiled with XLA (TensorFlow's own
     default there). Without XLA, on the AVX-512 CPU, turning it off made the first iteration
-    15.4 -> 11.5 s at 64 and 16.4 -> 12.3 s at 128, and the iteration 1.03x and 1.06x faster
-    (medians of three invocations; benchmarks/RESULTS.md).
+    4-5 s shorter at 64 and 128 and the iteration 0.97x and 1.05x as fast (medians of six
+    invocations; benchmarks/RESULTS.md).
 
     Args:
         graph_rewriting: ``True``, ``False`` or ``"auto"``.
