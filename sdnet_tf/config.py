@@ -111,10 +111,11 @@ class TrainConfig:
     # and on a CPU from 192 x 192 up, where it measured faster; benchmarks/RESULTS.md). The JAX
     # engine always compiles with XLA
     jit_compile: object = field(default="auto", metadata={"bool_or_auto": True})
-    # TensorFlow's graph rewriting (Grappler) of the compiled updates: true, false or auto
-    # (speed.choose_graph_rewriting: off without XLA, where turning it off made the first
-    # iteration 4-5 s shorter at no cost per iteration; benchmarks/RESULTS.md).
-    # Process-wide in TensorFlow: false turns it off, true leaves TensorFlow's setting alone
+    # TensorFlow's graph rewriting (Grappler): true, false or auto (speed.choose_graph_rewriting:
+    # off only on a CPU without XLA from 128 x 128 up, where turning it off made the first
+    # iteration 4 s shorter and the iteration 1.05x as fast; benchmarks/RESULTS.md). TensorFlow
+    # holds it per process: false turns it off for everything the process runs afterwards
+    # (validation and inference too); true leaves TensorFlow's setting alone
     graph_rewriting: object = field(default="auto", metadata={"bool_or_auto": True})
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     backend: str = "tensorflow"  # tensorflow | jax: the Keras backend and the engine that trains

@@ -6,12 +6,14 @@ process can hold only one; ``select_backend`` sets it for a run (see its docstri
 glibc's allocator returns large freed blocks to the kernel and maps big allocations with
 mmap, so every training step can pay for page faults on fresh memory. ``tune_allocator``
 keeps freed memory in the process, the in-process equivalent of
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736``. Whether that helps depends on the
-iteration (benchmarks/RESULTS.md): with XLA at 224 x 224 it made an iteration 9% faster, while
-with plain ``tf.function`` at 64 and 128 it made it 4-15% slower (medians of three
-invocations on an AVX-512 machine). So by default (``SDNET_TF_ALLOCATOR=auto``) the TensorFlow
-engine tunes it when it compiles the training updates with XLA, and nothing else does;
-``SDNET_TF_ALLOCATOR=tuned`` tunes it for every command from start-up and ``default`` never.
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` (the trim threshold capped at 2 GiB, the
+largest value ``mallopt`` takes). Whether that helps depends on the iteration
+(benchmarks/RESULTS.md): with XLA at 224 x 224 it made an iteration 9% faster; with XLA at 128
+it made it 12% slower, and with plain ``tf.function`` at 64 and 128 15% and 4% slower (medians
+of three invocations on an AVX-512 machine). So by default (``SDNET_TF_ALLOCATOR=auto``) the
+TensorFlow engine tunes it only where it measured faster (``speed.choose_allocator_tuning``:
+XLA on a CPU from 192 x 192 up), and nothing else does; ``SDNET_TF_ALLOCATOR=tuned`` tunes it
+for every command from start-up and ``default`` never.
 """
 
 import ctypes

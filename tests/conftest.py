@@ -11,8 +11,9 @@ import pytest  # noqa: E402
 if keras.backend.backend() == "tensorflow":
     # The tests' networks are tiny, so their time goes into building graphs, not running
     # them: Grappler's graph rewriting on each tf.function's first call made up about a third
-    # of a tiny SDNet's first iteration (15 s -> 10 s without it). Production runs keep it;
-    # the tests check the mathematics, which Grappler must not change.
+    # of a tiny SDNet's first iteration (15 s -> 10 s without it). Training runs turn it off
+    # themselves only where it measured slower (train.graph_rewriting auto, speed.py); the
+    # tests check the mathematics, which Grappler must not change.
     import tensorflow as tf  # noqa: E402
 
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

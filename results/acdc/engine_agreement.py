@@ -106,11 +106,14 @@ def main():
     for backend in ("tensorflow", "jax"):
         # oneDNN's fused CPU kernels round differently from JAX's; off, the comparison is of
         # the engines' mathematics rather than of two kernel libraries' roundings
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
+        # and both on the CPU, also on a machine with a GPU
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0",
+                   JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
         subprocess.run([sys.executable, __file__, "--worker", str(tmp / "initial.weights.h5"), str(tmp / f"{backend}.npz"),
                         str(args.iterations), str(args.decay)], env=env, check=True)
-        loop = subprocess.run([sys.executable, __file__, "--loop-worker"], env=env, check=True,
-                              capture_output=True, text=True)
+        loop = subprocess.run([sys.executable, __file__, "--loop-worker"], env=env, capture_output=True, text=True)
+        if loop.returncode:
+            sys.exit(f"the {backend} loop check failed:\n{loop.stderr[-3000:]}")
         outputs[backend] = json.loads(loop.stdout.strip().splitlines()[-1])
     tf_vars, jax_vars = np.load(tmp / "tensorflow.npz"), np.load(tmp / "jax.npz")
     print(f"1. TensorFlow against JAX after each iteration (decay {args.decay} per step): the largest difference "

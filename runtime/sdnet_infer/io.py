@@ -95,15 +95,19 @@ def check_output_location(path):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, shared=False):
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
     The temporary name keeps the full suffix (``.nii.gz``, ``.keras``, ``.npz``), which the
     writing libraries use to pick the format. On any failure (a full disk, an interrupt) the
     temporary file is removed; an ``OSError`` is raised again naming ``path`` itself, and an
-    interrupt as ``KeyboardInterrupt`` naming it. The temporary name is unique to the writer
-    (process id and a random part), so processes writing the same file at once (parallel runs
-    filling one preprocessing cache) each rename a complete file and the last one wins.
+    interrupt as ``KeyboardInterrupt`` naming it.
+
+    The temporary name is ``<stem>.tmp.<suffix>``, so a process killed mid-write leaves one file
+    that the next write of ``path`` replaces. With ``shared=True`` (a file that several
+    processes may write at once, such as a preprocessing cache shared by parallel runs) it is
+    unique to the writer (process id and a random part) instead: each writer renames a complete
+    file and the last one wins; a write killed there leaves its temporary file behind.
     """
     path = Path(path)
     try:
@@ -111,7 +115,8 @@ def atomic_path(path):
     except OSError as error:
         raise _naming(error, path.parent) from None
     stem, dot, suffix = path.name.partition(".")
-    tmp = path.with_name(f"{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{dot}{suffix}")
+    tmp = path.with_name(f"{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{dot}{suffix}" if shared
+                         else f"{stem}.tmp{dot}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -26,10 +26,11 @@ def read_npz(path, advice=""):
         raise UnreadableFile(f"{path}: not a readable .npz file ({error}){'; ' + advice if advice else ''}") from error
 
 def save_npz(path, arrays):
-    """Write ``{name: array}`` as an ``.npz`` file atomically (a preprocessed cohort's cache)."""
+    """Write ``{name: array}`` as an ``.npz`` file atomically (a preprocessed cohort's cache,
+    which parallel runs may write at once: ``atomic_path(shared=True)``)."""
     from sdnet_tf.atomic import atomic_path
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, shared=True) as tmp:
         np.savez(tmp, **arrays)
 
 

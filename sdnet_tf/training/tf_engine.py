@@ -27,7 +27,7 @@ import tensorflow as tf
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import distribute, objectives
 from sdnet_tf.runtime import tune_allocator
-from sdnet_tf.training.speed import choose_graph_rewriting, choose_xla
+from sdnet_tf.training.speed import choose_allocator_tuning, choose_graph_rewriting, choose_xla
 from sdnet_tf.training.optimizers import make_optimizer
 from sdnet_tf.training.schedule import OPTIMIZERS, shared_updates
 
@@ -61,14 +61,18 @@ class TFEngine:
         distribute.check_global_batch(train_config.batch_size, strategy)
         # as Keras' own fit does, no XLA under tf.distribute: the replicas' all-reduces run
         # between the compiled parts
-        self.xla = choose_xla(train_config.jit_compile, getattr(model, "input_size", None),
-                              bool(tf.config.list_physical_devices("GPU")))
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        size = getattr(model, "input_size", None)
+        self.xla = choose_xla(train_config.jit_compile, size, gpu)
         self.jit_compile = self.xla and strategy is None
-        # SDNET_TF_ALLOCATOR=auto: the allocator tuning helped the XLA iteration and slowed the
-        # plain tf.function one (sdnet_tf/runtime.py, benchmarks/RESULTS.md)
-        self.allocator_tuned = tune_allocator(when_auto=self.jit_compile)
-        self.graph_rewriting = choose_graph_rewriting(getattr(train_config, "graph_rewriting", "auto"), self.jit_compile)
-        if not self.graph_rewriting:  # read when each tf.function is first traced, below
+        # SDNET_TF_ALLOCATOR=auto and train.graph_rewriting auto: where each was measured faster
+        # (sdnet_tf/training/speed.py, benchmarks/RESULTS.md)
+        self.allocator_tuned = tune_allocator(when_auto=choose_allocator_tuning(self.jit_compile, size, gpu))
+        self.graph_rewriting = choose_graph_rewriting(getattr(train_config, "graph_rewriting", "auto"),
+                                                      self.jit_compile, size, gpu)
+        if not self.graph_rewriting:
+            # process-wide: every TensorFlow function this process runs from now on (the
+            # updates, validation, inference) is executed without Grappler's rewriting
             tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
         if self.xla and strategy is not None:
             log.info("XLA is off for the training updates under %s", type(strategy).__name__)

@@ -9,8 +9,8 @@ def test_two_writers_of_one_file_both_succeed_and_the_last_rename_wins(tmp_path)
     # parallel training runs fill one preprocessing cache: with a shared temporary name the
     # first rename took the other's file away and the second writer failed (ENOENT)
     target = tmp_path / "acdc-cache.npz"
-    with atomic_path(target) as first:
-        with atomic_path(target) as second:
+    with atomic_path(target, shared=True) as first:
+        with atomic_path(target, shared=True) as second:
             assert first != second and first.parent == second.parent == tmp_path
             np.savez(second, x=np.arange(3))
         np.savez(first, x=np.arange(5))
@@ -19,9 +19,14 @@ def test_two_writers_of_one_file_both_succeed_and_the_last_rename_wins(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["acdc-cache.npz"]
 
 
-def test_the_temporary_name_keeps_the_full_suffix(tmp_path):
-    # numpy, nibabel and keras pick the format from the suffix (np.savez appends .npz otherwise)
+def test_the_temporary_name_keeps_the_full_suffix_and_is_fixed_unless_shared(tmp_path):
+    # numpy, nibabel and keras pick the format from the suffix (np.savez appends .npz otherwise);
+    # a fixed name means a write killed midway leaves one file, replaced by the next write
     with atomic_path(tmp_path / "case.nii.gz") as tmp:
-        assert tmp.name.endswith(".nii.gz") and tmp.name.startswith("case.tmp-")
+        assert tmp.name == "case.tmp.nii.gz"
         tmp.write_bytes(b"x")
     assert (tmp_path / "case.nii.gz").read_bytes() == b"x"
+    with atomic_path(tmp_path / "case.nii.gz", shared=True) as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.name.startswith("case.tmp-")
+        tmp.write_bytes(b"y")
+    assert (tmp_path / "case.nii.gz").read_bytes() == b"y"

@@ -6,7 +6,6 @@ import shutil
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from support.helpers import small_config
 from sdnet_tf.config import model_kwargs
@@ -217,19 +216,26 @@ def test_auto_xla_follows_the_measured_rule(tmp_path):
     # the TensorFlow engine applies it: a 32 x 32 model on this CPU trains without XLA
     trainer = _trainer(tmp_path, small_config(jit_compile="auto"))
     assert trainer.engine.jit_compile is False
-    # and without XLA, the allocator tuning is left off (SDNET_TF_ALLOCATOR=auto) and so is
-    # Grappler's graph rewriting (train.graph_rewriting auto)
+    # and at 32 x 32 on a CPU neither the allocator tuning (SDNET_TF_ALLOCATOR=auto) nor the
+    # switching off of Grappler (train.graph_rewriting auto) applies
     assert trainer.engine.allocator_tuned is (os.environ.get("SDNET_TF_ALLOCATOR") == "tuned")
-    assert trainer.engine.graph_rewriting is False
-    assert tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer") is True
+    assert trainer.engine.graph_rewriting is True
 
 
-def test_auto_graph_rewriting_follows_the_measured_rule():
-    from sdnet_tf.training.speed import choose_graph_rewriting
+def test_auto_graph_rewriting_and_allocator_tuning_follow_the_measured_rules():
+    from sdnet_tf.training.speed import choose_allocator_tuning, choose_graph_rewriting
 
-    # off without XLA (measured faster there), TensorFlow's own default with XLA; true and false win
-    assert [choose_graph_rewriting("auto", xla) for xla in (False, True)] == [False, True]
-    assert choose_graph_rewriting(True, False) and not choose_graph_rewriting(False, True)
+    # Grappler off only on a CPU without XLA from 128 x 128 up (measured there); kept with XLA
+    # and on a GPU (not measured); true and false win
+    assert [choose_graph_rewriting("auto", False, size, gpu=False) for size in (64, 127, 128, 224)] == [
+        True, True, False, False]
+    assert choose_graph_rewriting("auto", True, 128, gpu=False) and choose_graph_rewriting("auto", False, 128, gpu=True)
+    assert choose_graph_rewriting(True, False, 128, False) and not choose_graph_rewriting(False, True, 64, True)
+    # the allocator tuning only with XLA on a CPU from 192 x 192 up (measured faster at 224,
+    # slower with XLA at 128 and without XLA at 64 and 128)
+    assert [choose_allocator_tuning(True, size, gpu=False) for size in (128, 191, 192, 224)] == [
+        False, False, True, True]
+    assert not choose_allocator_tuning(False, 224, gpu=False) and not choose_allocator_tuning(True, 224, gpu=True)
 
 
 def test_the_allocator_tuning_follows_its_setting(monkeypatch):
