@@ -84,6 +84,7 @@ def run_once(args):
         "framework": "tensorflow " + __import__("tensorflow").__version__, "xla": trainer.engine.jit_compile,
         "jit_compile_setting": config.train.jit_compile,
         "allocator": args.allocator, "allocator_tuning_applied": applied or getattr(trainer.engine, "allocator_tuned", False),
+        "graph_rewriting": getattr(trainer.engine, "graph_rewriting", None),
         "iterations": args.iterations, "median_s_per_iteration": round(median, 4),
         "images_per_s": round(images / median, 3), "all_s": [round(t, 4) for t in times],
         "warmup_s": round(warmup, 2), "cpu_count": os.cpu_count(),

@@ -213,3 +213,13 @@ def test_damaged_files_of_a_run_are_one_line_and_a_refused_resume_keeps_its_conf
     result = CliRunner().invoke(main, ["export", str(run), "-o", str(tmp_path / "export")])
     assert result.exit_code != 0 and "not a readable Keras model" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_unknown_allocator_setting_is_one_line_and_exit_1():
+    import subprocess
+
+    env = dict(os.environ, SDNET_TF_ALLOCATOR="fast")
+    done = subprocess.run([sys.executable, "-c", "import cli"], cwd=Path(__file__).resolve().parent.parent,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: SDNET_TF_ALLOCATOR='fast': use one of auto, tuned, default"
