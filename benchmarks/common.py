@@ -5,6 +5,7 @@ Imports no TensorFlow or JAX, so every benchmark can use it whatever backend it 
 
 import json
 import statistics
+import subprocess
 import time
 
 from sdnet_tf.atomic import write_text
@@ -79,3 +80,12 @@ def report(result, out=None):
     print(text)
     if out:
         write_text(out, text + "\n")
+
+
+def run_json(command, env=None):
+    """Run a benchmark ``command`` in its own process and return the JSON object on the last
+    line of its output; a failing command ends this one with the end of its error output."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(map(str, command[:2]))} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -12,9 +12,10 @@ saves on the first iteration. Each invocation runs rewriting on first, then off.
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from common import run_json
 
 
 def main():
@@ -29,13 +30,9 @@ def main():
     runs = {True: [], False: []}
     for invocation in range(args.repeat):
         for rewriting in (True, False):
-            out = subprocess.run([sys.executable, str(script), "--config", args.config, "--no-xla",
-                                  "--iterations", str(args.iterations), "--warmup", "1",
-                                  "--set", f"train.graph_rewriting={'true' if rewriting else 'false'}"],
-                                 capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"train_step.py failed (graph rewriting {rewriting}):\n{out.stderr[-3000:]}")
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result = run_json([sys.executable, str(script), "--config", args.config, "--no-xla",
+                               "--iterations", str(args.iterations), "--warmup", "1",
+                               "--set", f"train.graph_rewriting={'true' if rewriting else 'false'}"])
             runs[rewriting].append(result)
             print(f"invocation {invocation + 1}, graph rewriting {'on ' if rewriting else 'off'}: "
                   f"{result['median_s_per_iteration']:.4f} s/it, first iteration {result['warmup_s']:.2f} s", flush=True)

@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -103,6 +102,7 @@ def cpu_flags():
 
 
 def compare(args):
+    from common import run_json
     from sdnet_tf.config import load_config
 
     config = load_config(args.config, args.overrides)
@@ -125,8 +125,7 @@ def compare(args):
             cmd = [sys.executable, __file__, "--config", args.config, "--iterations", str(args.iterations),
                    "--warmup", str(args.warmup), "--allocator", "default" if allocator == "env" else allocator,
                    "--xla" if xla else "--no-xla", *sets]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result = run_json(cmd, env)
         result["variant"] = name
         results.append(result)
         print(f"{name:<38}{result['median_s_per_iteration']:>9.3f} s/it", file=sys.stderr, flush=True)

@@ -40,23 +40,12 @@ def iterations(initial, out, count, decay):
     import numpy as np
 
     import engine_iteration as fixed
-    from sdnet_tf.config import model_kwargs
-    from sdnet_tf.models import SDNet
-    from sdnet_tf.training.engines import sdnet_engine
     from sdnet_tf.training.schedule import SDNET_SCHEDULE
     from sdnet_tf.training.trainer import _step_inputs
-    from support.helpers import small_config
 
     keras.random.normal = fixed.table_normal
-    if not Path(initial).exists():
-        fixed.run(initial)  # writes the initial weights (small random biases, as the parity test)
-    config = small_config(backend=keras.backend.backend(), epsilon=1e-3, decay=decay)
-    keras.utils.set_random_seed(config.train.seed)
-    model = SDNet(**model_kwargs(config), seed=config.train.seed)
-    model.build()
-    model.load_weights(initial)
-    engine = sdnet_engine(model, config)
-    batch, fakes = fixed.fixed_inputs(config)
+    # the parity test's model, weights (written at the first call) and inputs, with the decay
+    model, engine, batch, fakes = fixed.prepared(initial, decay=decay)
     saved = {}
     for k in range(count):
         for step in SDNET_SCHEDULE:

@@ -24,7 +24,6 @@ def choose_xla(jit_compile, input_size, gpu):
     return bool(gpu) or (input_size or 0) >= XLA_MIN_SIZE_ON_CPU
 
 
-
 # Grappler's graph rewriting (TensorFlow) without XLA on the AVX-512 CPU, Grappler on against
 # off, three invocations (benchmarks/grappler_compare.py): off made the first iteration 5.1 s
 # shorter at 64 and 4.3 s at 128, and the iteration 0.92x as fast at 64 and 1.05x at 128

@@ -59,11 +59,11 @@ class TFEngine:
         self.dice_mode = dice_mode
         self.strategy = strategy
         distribute.check_global_batch(train_config.batch_size, strategy)
-        # as Keras' own fit does, no XLA under tf.distribute: the replicas' all-reduces run
-        # between the compiled parts
         gpu = bool(tf.config.list_physical_devices("GPU"))
         size = getattr(model, "input_size", None)
         self.xla = choose_xla(train_config.jit_compile, size, gpu)
+        # as Keras' own fit does, no XLA under tf.distribute: the replicas' all-reduces run
+        # between the compiled parts
         self.jit_compile = self.xla and strategy is None
         # SDNET_TF_ALLOCATOR=auto and train.graph_rewriting auto: where each was measured faster
         # (sdnet_tf/training/speed.py, benchmarks/RESULTS.md)

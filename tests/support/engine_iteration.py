@@ -78,15 +78,12 @@ def variables(model, engine):
     return out
 
 
-def run(initial_weights):
-    """Load ``initial_weights`` (or save the fresh model's there) and run one iteration.
-
-    Call with ``keras.random.normal`` replaced by ``table_normal``. Returns a dict of numpy
-    arrays: ``initial/...`` and ``final/...`` variables, ``predicted`` (the initial model's
-    masks of the discriminator images), ``terms/<step>/<term>`` loss values and
-    ``seed_state`` (the sampling layer's seed-generator state at the end).
-    """
-    config = small_config(backend=keras.backend.backend(), epsilon=1e-3)
+def prepared(initial_weights, **train):
+    """The tiny SDNet on Keras' backend with ``initial_weights`` (saved there from the fresh
+    model, with small random biases, when the file does not exist), its engine and the fixed
+    inputs: ``(model, engine, batch, fakes)``. ``train`` overrides the config's train section
+    (``epsilon`` is 1e-3, see the module docstring)."""
+    config = small_config(backend=keras.backend.backend(), **{"epsilon": 1e-3, **train})
     keras.utils.set_random_seed(config.train.seed)
     model = SDNet(**model_kwargs(config), seed=config.train.seed)
     model.build()
@@ -99,8 +96,18 @@ def run(initial_weights):
             if not np.any(np.asarray(variable.value)):  # biases and BatchNorm offsets
                 variable.assign(rng.uniform(-0.05, 0.05, variable.shape).astype(np.float32))
         model.save_weights(initial_weights)
-    engine = sdnet_engine(model, config)
-    batch, fakes = fixed_inputs(config)
+    return (model, sdnet_engine(model, config), *fixed_inputs(config))
+
+
+def run(initial_weights):
+    """Load ``initial_weights`` (or save the fresh model's there) and run one iteration.
+
+    Call with ``keras.random.normal`` replaced by ``table_normal``. Returns a dict of numpy
+    arrays: ``initial/...`` and ``final/...`` variables, ``predicted`` (the initial model's
+    masks of the discriminator images), ``terms/<step>/<term>`` loss values and
+    ``seed_state`` (the sampling layer's seed-generator state at the end).
+    """
+    model, engine, batch, fakes = prepared(initial_weights)
     out = {f"initial/{k}": v for k, v in variables(model, engine).items()}
     out["predicted"] = engine.predict_masks(batch["discriminator_images"])
     for step in SDNET_SCHEDULE:
