@@ -132,7 +132,12 @@ def compare(args):
     base = results[0]["median_s_per_iteration"]
     for result in results:
         result["speedup_vs_plain"] = round(base / result["median_s_per_iteration"], 3)
-    print(json.dumps({"config": args.config, "overrides": args.overrides, "variants": results}, indent=2))
+    report = {"config": args.config, "overrides": args.overrides, "variants": results}
+    print(json.dumps(report, indent=2))
+    if args.out:
+        from sdnet_tf.atomic import write_text
+
+        write_text(args.out, json.dumps(report, indent=2) + "\n")
 
 
 def main():
@@ -148,7 +153,7 @@ def main():
     parser.add_argument("--compare", action="store_true", help="run every variant side by side")
     parser.add_argument("--profile", action="store_true",
                         help="time each part of the iteration (steps, fake masks, weight average, host)")
-    parser.add_argument("--out", default=None, help="also write the result (one run or --profile) here as JSON")
+    parser.add_argument("--out", default=None, help="also write the result (one run, --profile or --compare) here as JSON")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), as sdnet-tf train --set")
     args = parser.parse_args()

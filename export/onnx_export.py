@@ -5,6 +5,8 @@ tf2onnx. The export always goes through TensorFlow, whatever backend trained the
 """
 
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,8 +147,8 @@ def _save(proto, out_dir, name, external):
             onnx.save_model(proto, str(tmp))
         data.unlink(missing_ok=True)  # a float32 export's weights left from an earlier export here
         return {"file": path.name, "sha256": sha256(path)}
-    staging = out_dir / f".{name}.staging"
-    staging.mkdir(exist_ok=True)
+    # a folder of its own per export, so two exports into one folder at once do not clash
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging.", dir=out_dir))
     try:
         onnx.save_model(proto, str(staging / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=1024)
@@ -154,9 +156,7 @@ def _save(proto, out_dir, name, external):
         os.replace(staging / path.name, path)
         os.chmod(data, path.stat().st_mode & 0o777)  # onnx writes the weights owner-only; match the graph
     finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
     return {"file": path.name, "sha256": sha256(path), "data": {"file": data.name, "sha256": sha256(data)}}
 
 

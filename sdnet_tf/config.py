@@ -407,6 +407,8 @@ def _build_section(section_cls, values, source):
     for name, value in values.items():
         f = fields[name]
         if f.metadata.get("bool_or_auto"):
+            if isinstance(value, str) and value.lower() == "auto":
+                value = "auto"  # AUTO and Auto too, as SDNET_TF_ALLOCATOR
             if not (isinstance(value, bool) or value == "auto"):
                 raise ConfigError(f"{source}.{name}: expected true, false or auto, got {value!r}")
             kwargs[name] = value

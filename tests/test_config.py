@@ -69,8 +69,9 @@ def test_bad_overrides_name_the_problem(override, message):
 
 def test_xla_switch_is_true_false_or_auto():
     assert Config().train.jit_compile == "auto"
-    for value, expected in (("true", True), ("false", False), ("auto", "auto")):
+    for value, expected in (("true", True), ("false", False), ("auto", "auto"), ("AUTO", "auto"), ("Auto", "auto")):
         assert load_config(None, [f"train.jit_compile={value}"]).train.jit_compile == expected
+        assert load_config(None, [f"train.graph_rewriting={value}"]).train.graph_rewriting == expected
 
 
 def test_bad_file_names_the_file(tmp_path):

@@ -10,6 +10,7 @@ nothing behind.
 
 import contextlib
 import errno
+import glob
 import gzip
 import json
 import os
@@ -106,8 +107,10 @@ def atomic_path(path, shared=False):
     The temporary name is ``<stem>.tmp.<suffix>``, so a process killed mid-write leaves one file
     that the next write of ``path`` replaces. With ``shared=True`` (a file that several
     processes may write at once, such as a preprocessing cache shared by parallel runs) it is
-    unique to the writer (process id and a random part) instead: each writer renames a complete
-    file and the last one wins; a write killed there leaves its temporary file behind.
+    unique to the writer (host, process id and a random part) instead: each writer renames a
+    complete file and the last one wins. A shared write killed midway leaves its temporary file
+    behind; the next shared write of ``path`` on the same host removes those whose process has
+    ended.
     """
     path = Path(path)
     try:
@@ -115,8 +118,12 @@ def atomic_path(path, shared=False):
     except OSError as error:
         raise _naming(error, path.parent) from None
     stem, dot, suffix = path.name.partition(".")
-    tmp = path.with_name(f"{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{dot}{suffix}" if shared
-                         else f"{stem}.tmp{dot}{suffix}")
+    if shared:
+        host = _host_tag()
+        _remove_orphans(path, stem, host, dot + suffix)
+        tmp = path.with_name(f"{stem}.tmp-{host}-{os.getpid()}-{secrets.token_hex(4)}{dot}{suffix}")
+    else:
+        tmp = path.with_name(f"{stem}.tmp{dot}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -132,6 +139,33 @@ def atomic_path(path, shared=False):
                 shutil.rmtree(tmp)
             elif tmp.exists() or tmp.is_symlink():
                 tmp.unlink()
+
+
+def _host_tag():
+    """This host's name as a file-name part (letters, digits and underscores)."""
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+
+
+def _remove_orphans(path, stem, host, suffix):
+    """Remove the temporary files of shared writes of ``path`` left by ended processes of this
+    host (a process of another host sharing the folder is left alone: its id means nothing here)."""
+    import re
+
+    pattern = re.compile(rf"{re.escape(stem)}\.tmp-{re.escape(host)}-(\d+)-[0-9a-f]{{8}}{re.escape(suffix)}")
+    for candidate in path.parent.glob(f"{glob.escape(stem)}.tmp-{glob.escape(host)}-*"):
+        match = pattern.fullmatch(candidate.name)
+        if not match or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:  # ended: nobody will rename it
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+        except (PermissionError, OverflowError, OSError):  # alive under another user, or not a process id
+            pass
 
 
 def write_text(path, text):

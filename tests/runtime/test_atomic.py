@@ -30,3 +30,24 @@ def test_the_temporary_name_keeps_the_full_suffix_and_is_fixed_unless_shared(tmp
         assert tmp.name.endswith(".nii.gz") and tmp.name.startswith("case.tmp-")
         tmp.write_bytes(b"y")
     assert (tmp_path / "case.nii.gz").read_bytes() == b"y"
+
+
+def test_a_shared_write_removes_temporary_files_of_ended_processes_only(tmp_path):
+    import subprocess
+    import sys
+
+    from sdnet_infer.io import _host_tag
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    host = _host_tag()
+    orphan = tmp_path / f"cache.tmp-{host}-{ended}-0123abcd.npz"  # a write killed midway
+    alive = tmp_path / f"cache.tmp-{host}-1-0123abcd.npz"  # process 1 runs: it may still rename
+    elsewhere = tmp_path / f"cache.tmp-otherhost-{ended}-0123abcd.npz"  # another host's writer
+    other = tmp_path / f"other.tmp-{host}-{ended}-0123abcd.npz"  # another file's
+    for leftover in (orphan, alive, elsewhere, other):
+        leftover.write_bytes(b"partial")
+    with atomic_path(tmp_path / "cache.npz", shared=True) as tmp:
+        np.savez(tmp, x=np.arange(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["cache.npz", alive.name, elsewhere.name, other.name])

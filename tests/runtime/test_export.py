@@ -508,3 +508,27 @@ def test_a_batch_size_below_one_is_a_usage_error_not_a_failed_image(value, tmp_p
         infer_main(["-i", "x.nii.gz", "-o", str(tmp_path / "o"), "--model", "nowhere", "--batch-size", value])
     assert caught.value.code == 2 and "argument --batch-size: " in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_two_exports_into_one_folder_at_once_do_not_clash(tmp_path):
+    """Each external-data export stages in a folder of its own (it once shared ``.NAME.staging``,
+    so one export's clean-up removed the other's files mid-write)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.onnx_export import _save
+
+    def proto(value):
+        weight = numpy_helper.from_array(np.full((64, 64), value, np.float32), "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight])
+        return helper.make_model(graph)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda v: _save(proto(float(v)), tmp_path, "segment", True), range(8)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segment.onnx", "segment.onnx.data"]  # no staging left
+    saved = numpy_helper.to_array(onnx.load(str(tmp_path / "segment.onnx")).graph.initializer[0])
+    assert np.unique(saved).size == 1 and saved.flat[0] in range(8)  # one export's weights, whole
