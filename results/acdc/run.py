@@ -4,6 +4,7 @@
     python results/acdc/run.py /path/to/ACDC/training [--runs runs/acdc-cpu] [--only NAME ...]
     python results/acdc/run.py /path/to/ACDC/training --ablation batch-dice
     python results/acdc/run.py /path/to/ACDC/training --backend jax --parallel 4   # e.g. a GPU machine without TensorFlow
+    python results/acdc/run.py /path/to/ACDC/training --replicate sdnet-split2-1.5pct --backend jax   # again, elsewhere
 
 For each planned run (SDNet with configs/sdnet-acdc-cpu.yaml and the U-Net with
 configs/unet-acdc-cpu.yaml, at the same labelled subjects; the GAN and self-training
@@ -242,6 +243,10 @@ def main():
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
                         help="train and score one ablation of SDNet at split 0, 100%% labels, into "
                              "results/acdc/ablations/ (not the table)")
+    parser.add_argument("--replicate", metavar="NAME", default=None,
+                        help="train and score planned run NAME again with --backend on this machine, into "
+                             "results/acdc/replicates/NAME-BACKEND-DEVICE.json (not the table): e.g. a run "
+                             "first trained on a GPU, repeated on the CPU")
     parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
                         help="the training engine of new runs (jax: e.g. on a GPU machine without TensorFlow; "
                              "each JSON records the engine and device)")
@@ -252,10 +257,14 @@ def main():
         return score_partial(args.partial, args.runs)
     if args.ablation:
         return ablation(args.ablation, args.data, args.runs, args.backend)
-    unknown = sorted(set(args.only or ()) - {run_name(*job) for job in JOBS})
+    unknown = sorted(set(args.only or ()) | ({args.replicate} if args.replicate else set())
+                     - {run_name(*job) for job in JOBS})
     if unknown:
-        parser.error(f"--only {' '.join(unknown)}: not a planned run; planned: "
-                     + ", ".join(run_name(*job) for job in JOBS))
+        parser.error(f"{'--replicate' if args.replicate else '--only'} {' '.join(unknown)}: not a planned run; "
+                     "planned: " + ", ".join(run_name(*job) for job in JOBS))
+    if args.replicate:
+        return replicate(next(job for job in JOBS if run_name(*job) == args.replicate), args.data, args.runs,
+                         args.backend)
     out = HERE / "runs"
     out.mkdir(exist_ok=True)
     todo = [job for job in JOBS if not (out / f"{run_name(*job)}.json").is_file()
@@ -335,6 +344,33 @@ def ablation(which, data, runs, backend="tensorflow"):
     write_json(target, result)
     print(f"{name}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
           f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
+
+
+def replicate(job, data, runs, backend):
+    """Planned run ``job`` trained and scored again with ``backend`` on this machine, into
+    ``replicates/<name>-<backend>-<platform>.json`` beside the table's run: the same config,
+    data and seed, another engine or device (e.g. whether what a GPU run did happens on the CPU)."""
+    name = run_name(*job)
+    device = device_name(backend)
+    tag = f"{name}-{backend}-{device.split()[0]}"
+    out = HERE / "replicates"
+    if (out / f"{tag}.json").is_file():
+        print(f"{tag}: already in {out / (tag + '.json')}; skipped", flush=True)
+        return
+    run_dir = runs / "replicates" / tag
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmds = commands(*job, data, run_dir, backend=backend)
+    start = time.perf_counter()
+    run(cmds[0], runs / "replicates" / f"{tag}.log")
+    seconds = time.perf_counter() - start
+    run(cmds[1], runs / "replicates" / f"{tag}.log")
+    result = collect(*job, run_dir, seconds, cmds)
+    result.update(name=tag, replicate_of=name, backend=backend, device=device)
+    out.mkdir(exist_ok=True)
+    write_json(out / f"{tag}.json", result)
+    print(f"{tag}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
+          f"valid slices {result['valid_slices_percent']:.1f}%, largest validation drop after epoch 3 "
+          f"{largest_drop(result['validation']):.3f}", flush=True)
 
 
 def score_partial(name, runs):
