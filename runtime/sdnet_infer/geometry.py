@@ -15,6 +15,10 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    converted to mm by ``xyzt_units`` (metre x 1000, micron x 0.001; mm or unknown (0) as mm,
    as the NIfTI standard says).
    A zero, negative or non-finite size of a spatial axis is a ``DataError`` naming the file.
+   So is a sheared affine (two columns further than ``SHEAR_TOLERANCE`` from perpendicular:
+   a CT gantry tilt, say), whose voxels are not boxes of the three sizes: every size and
+   orientation read from it would be an approximation. A qform with ``pixdim[0]`` (qfac)
+   other than -1 or 1 is read with qfac 1, as ``nifti1.h`` prescribes.
    So is a size no MR or CT image has (in-plane outside ``PIXEL_RANGE_MM``, 0.05-20 mm, or
    slices thicker than ``MAX_SLICE_MM``, 100 mm): wrong units, most likely (a header in
    metres with ``xyzt_units`` 0 reads as 0.0016 mm pixels); the message names the header
@@ -77,6 +81,9 @@ UNIT_TOLERANCE = 1e-3  # affine column norms within this of 1 carry no voxel siz
 SPACING_RTOL = 1e-3  # affine norms and pixdim agree within this
 SPACING_DIGITS = 7  # significant digits kept of a voxel size taken from the affine (float32 carries 7; 5e-7 relative)
 SLICE_RATIO = 1.5
+# largest |cosine| between two affine columns still read as perpendicular: 1e-3 is 0.06 degrees,
+# a tenth of a pixel's shift across 100 pixels; float32 noise of a rotated affine is about 1e-7
+SHEAR_TOLERANCE = 1e-3
 # Voxel sizes an MR or CT image can have, in mm: pixels from 0.05 (micro-MRI) to 20, slices up to 100.
 # Outside them the units are almost surely wrong (a metre header marked mm or unknown gives 0.0016 mm).
 PIXEL_RANGE_MM = (0.05, 20.0)
@@ -114,7 +121,8 @@ class VolumeGeometry:
         transform: nibabel orientation transform (3, 2) from the stored axes to training ones.
         orientation: the training orientation code.
         warnings: messages about the header (already logged).
-        affine: the image's affine as nibabel gives it (4, 4), for grid comparisons.
+        affine: the image's affine as nibabel gives it (4, 4), in the file's units, for grid comparisons.
+        units_to_mm: the factor from the file's spatial units (``xyzt_units``) to mm.
     """
 
     source: str
@@ -127,6 +135,14 @@ class VolumeGeometry:
     orientation: str = TRAINING_ORIENTATION
     warnings: tuple = ()
     affine: np.ndarray = field(default=None, repr=False)
+    units_to_mm: float = 1.0
+
+    @property
+    def affine_mm(self):
+        """``affine`` (4, 4) with its linear part and translation in mm."""
+        scaled = np.array(self.affine, np.float64)
+        scaled[:3, :] *= self.units_to_mm
+        return scaled
 
     @property
     def is_identity(self):
@@ -175,8 +191,26 @@ def _chosen_affine(header):
     if int(header["sform_code"]) > 0:
         return header.get_sform(), "sform"
     if int(header["qform_code"]) > 0:
+        if float(header["pixdim"][0]) not in (-1.0, 1.0):  # nifti1.h: qfac other than -1 or 1 is read as 1
+            header = header.copy()
+            header["pixdim"][0] = 1.0
         return header.get_qform(), "qform"
     return None, None
+
+
+def _check_perpendicular(affine, kind, source):
+    """Refuse a sheared affine: voxel sizes and axis directions would be approximations."""
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.all(norms > 0):
+        return  # a zero column: _voxel_size names it
+    cosines = affine[:3, :3] / norms
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        cosine = abs(float(cosines[:, i] @ cosines[:, j]))
+        if cosine > SHEAR_TOLERANCE:
+            angle = float(np.degrees(np.arccos(min(cosine, 1.0))))
+            raise DataError(f"{source}: the {kind} is sheared (axes {i} and {j} meet at {angle:.3g} degrees, not "
+                            "90): its voxels are not boxes, so no voxel size or orientation fits them; resample "
+                            "the image onto a perpendicular grid first")
 
 
 def _fmt(values):
@@ -304,7 +338,8 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
 
     Raises:
         DataError: naming the file, for a zero, negative, non-finite or implausible voxel
-            size, unknown units, a slice axis that cannot be told, or an affine that contradicts the sizes.
+            size, unknown units, a sheared affine, a slice axis that cannot be told, or an affine
+            that contradicts the sizes.
     """
     source = str(path)
     orientation = check_orientation(orientation, source)
@@ -322,6 +357,8 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     affine, kind = _chosen_affine(header)
     if affine is not None and not np.all(np.isfinite(affine)):
         raise DataError(f"{source}: the {kind} contains non-finite values")
+    if affine is not None:
+        _check_perpendicular(affine, kind, source)
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
     slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]), slicing)
     _check_plausible(spacing, slice_axis, origin, header, source)
@@ -331,5 +368,8 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     shape = tuple(int(s) for s in header["dim"][1:4])
     axcodes = tuple(aff2axcodes(affine)) if affine is not None else None
     stored = image.affine if image is not None else (affine if affine is not None else np.diag([*spacing, 1.0]))
+    units_to_mm = UNIT_SCALE[int(header["xyzt_units"]) & 0x07]
+    if image is None and affine is None:
+        stored = np.diag([*(s / units_to_mm for s in spacing), 1.0])  # in the file's units, as an affine is
     return VolumeGeometry(source, shape, spacing, origin, slice_axis, axcodes, transform, orientation, tuple(notes),
-                          np.asarray(stored, np.float64))
+                          np.asarray(stored, np.float64), units_to_mm)

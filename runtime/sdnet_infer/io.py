@@ -23,11 +23,11 @@ import nibabel as nib
 import numpy as np
 from nibabel import imageglobals
 
-from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry, read_geometry
+from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry, raw_header, read_geometry
 from sdnet_infer.labels import LABEL_CONVENTIONS, LABELS  # background, RV, MYO, LV
 
 __all__ = ["LABELS", "DataError", "Volume", "atomic_path", "check_label_convention", "check_output_location",
-           "describe_os_error", "labels_in_convention", "load_labels", "load_volume", "parse_label_map",
+           "describe_os_error", "labels_in_convention", "load_labels", "load_volume", "missing_reason", "parse_label_map",
            "prepare_output_dir", "read_labels", "read_volume", "save_labels", "save_volume", "write_json", "write_text"]
 
 
@@ -202,13 +202,14 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
     volumes cut into axial slices.
 
     Raises ``DataError`` naming the file for a missing or unreadable file (a truncated
-    ``.nii.gz`` included), a dimensionality not in ``ndim``, NaN or infinite values, and a
+    ``.nii.gz`` included), a dimensionality not in ``ndim``, complex, RGB or vector values,
+    NaN or infinite values, and a
     geometry that cannot be interpreted (zero or non-finite voxel size, unknown units, an
     undecidable slice axis, an affine contradicting the voxel sizes).
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {missing_reason(path)}")
     try:
         with _nibabel_silenced():  # its header fixes name no file; read_geometry refuses what they hide
             img = nib.load(str(path))
@@ -219,12 +220,33 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
     if data.ndim not in ndim:
         expected = " or ".join(f"{n}-D" for n in ndim)
         raise DataError(f"{path}: the {kind} is {data.ndim}-D with shape {data.shape}, expected {expected}")
+    if np.iscomplexobj(data):
+        raise DataError(f"{path}: the {kind} has complex values ({data.dtype}); give the magnitude image")
+    if data.dtype.fields is not None or data.dtype.kind not in "biuf":
+        raise DataError(f"{path}: the {kind} holds {data.dtype} values (RGB colour or vector data); "
+                        "give a grey-level image")
     geometry = read_geometry(path, img, orientation, slicing)
     data = data.astype(dtype)
     if not np.isfinite(data).all():
         raise DataError(f"{path}: the {kind} contains NaN or infinite values")
     zooms = geometry.training_spacing + tuple(float(z) for z in img.header.get_zooms()[3:data.ndim])
     return Volume(geometry.to_training(data), zooms, geometry, img)
+
+
+def missing_reason(path):
+    """Why ``path`` is not a readable file, in a few words: "no such file", "a folder, not a
+    file", "a broken symbolic link to TARGET" or "a symbolic link loop"."""
+    path = Path(path)
+    if path.is_dir():
+        return "a folder, not a file"
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return "a symbolic link loop"
+            return f"a broken symbolic link to {os.readlink(path)}"
+    return "no such file"
 
 
 def load_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION):
@@ -332,34 +354,87 @@ def load_labels(path, image_shape=None, like=None, label_map=None, orientation=T
     return volume.data, volume.zooms, volume.image
 
 
+GRID_TOLERANCE_VOXELS = 0.1  # two grids are one when no voxel corner is further apart than this (in voxels)
+
+
 def check_same_grid(volume, like, path, other=None):
-    """Refuse ``volume`` (at ``path``) unless it shares ``like``'s stored grid: shape, voxel size, affine."""
+    """Refuse ``volume`` (at ``path``) unless it shares ``like``'s stored grid: shape, voxel size,
+    and position in space. Positions are compared in mm, whatever units each header uses: the
+    corners of the volume, placed by each file's affine, must lie within
+    ``GRID_TOLERANCE_VOXELS`` (a tenth) of the smallest voxel size of each other.
+
+    Args:
+        volume: a ``Volume`` (or anything with a ``geometry``); like: a ``VolumeGeometry``.
+        path: ``volume``'s file, for the message; other: ``like``'s name (default its source).
+
+    Raises:
+        DataError: naming both files and what differs.
+    """
     other = other or like.source
     g = volume.geometry
     if g.shape != like.shape:
         raise DataError(f"{path}: shape {g.shape} does not match {other}'s {like.shape}")
     if not np.allclose(g.spacing, like.spacing, rtol=1e-3):
         raise DataError(f"{path}: voxel size {g.spacing} mm does not match {other}'s {like.spacing} mm")
-    if not np.allclose(g.affine, like.affine, atol=1e-3):
-        raise DataError(f"{path}: affine does not match {other}'s; the two are not on the same grid")
+    corners = np.array([[i, j, k, 1.0] for i in (0, g.shape[0] - 1) for j in (0, g.shape[1] - 1)
+                        for k in (0, g.shape[2] - 1)]).T
+    apart = np.linalg.norm((g.affine_mm @ corners - like.affine_mm @ corners)[:3], axis=0).max()
+    if apart > GRID_TOLERANCE_VOXELS * min(g.spacing):
+        raise DataError(f"{path}: its affine places the volume up to {apart:.3g} mm away from {other}'s; "
+                        "the two are not on the same grid")
+
+
+NIFTI_INTENT_LABEL = 1002
 
 
 def save_labels(labels, reference, path, geometry=None):
-    """Write uint8 labels with ``reference``'s affine and header, atomically, in its format
+    """Write uint8 labels with ``reference``'s geometry and header, atomically, in its format
     (NIfTI-1 or NIfTI-2).
 
     ``labels`` are on the reference's stored grid, or in the training orientation when the
-    reference's ``geometry`` is given (they are put back first).
+    reference's ``geometry`` is given (they are put back first). The header is the reference
+    file's as stored (its sform, qform, codes and ``pixdim`` byte for byte, not nibabel's fixed
+    copy, which turns a zero or negative ``pixdim`` into a positive one); only what describes
+    the values changes: uint8 without scaling, display range ``cal_min``/``cal_max`` 0 to the
+    largest label, intent NIFTI_INTENT_LABEL, and no description or auxiliary file.
     """
     if geometry is not None:
         labels = geometry.from_training(np.asarray(labels))
-    header = reference.header.copy()
+    labels = np.asarray(labels, dtype=np.uint8)
+    header_class = type(reference.header)
+    image_class = nib.Nifti2Image if isinstance(reference.header, nib.Nifti2Header) else nib.Nifti1Image
+    stored = _stored_header(reference, header_class)
+    if stored is None:  # an image made in memory: its header and affine as nibabel holds them
+        out = image_class(labels, reference.affine, reference.header.copy())
+    else:
+        with _nibabel_silenced():  # its constructor's pixdim fixes, undone below
+            out = image_class(labels, None, stored.copy())  # no affine: the stored sform and qform stay
+        out.header["pixdim"] = stored["pixdim"]
+    header = out.header
     header.set_data_dtype(np.uint8)
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image  # as the input
-    out = image_class(np.asarray(labels, dtype=np.uint8), reference.affine, header)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0.0, float(max(LABELS))
+    header["intent_code"] = NIFTI_INTENT_LABEL
+    for name in ("intent_p1", "intent_p2", "intent_p3"):
+        header[name] = 0.0
+    for name in ("intent_name", "descrip", "aux_file"):
+        header[name] = b""
     with atomic_path(path) as tmp:
         nib.save(out, str(tmp))
     return Path(path)
+
+
+def _stored_header(image, header_class):
+    """``image``'s header as its file stores it (``geometry.raw_header``), or None for an image
+    without a file."""
+    filename = image.get_filename() if hasattr(image, "get_filename") else None
+    if not filename or not Path(filename).is_file():
+        return None
+    try:
+        stored = raw_header(filename, header_class)
+    except Exception:  # unreadable now: nibabel's copy will do
+        return None
+    return stored if int(stored["sizeof_hdr"]) == header_class.sizeof_hdr else None  # not a single-file NIfTI
 
 
 def save_volume(data, affine, zooms, path, dtype=np.float32):

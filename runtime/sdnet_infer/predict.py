@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION
-from sdnet_infer.io import (DataError, check_label_convention, labels_in_convention, prepare_output_dir, read_volume,
-                            save_labels, write_json)
+from sdnet_infer.io import (DataError, check_label_convention, labels_in_convention, missing_reason, prepare_output_dir,
+                            read_volume, save_labels, write_json)
 from sdnet_infer.preprocess import SIZE, TARGET_SPACING, from_one_hot, preprocess_frame, restore_labels
 from sdnet_infer.qc import QC_FILE
 
@@ -56,10 +56,10 @@ def predict_volume(volume, spacing, probabilities, size=SIZE, target=TARGET_SPAC
 
 
 def stem(path):
-    """A NIfTI file's name without ``.nii.gz`` or ``.nii``."""
+    """A NIfTI file's name without ``.nii.gz`` or ``.nii`` (in any case: ``.NII.GZ`` too)."""
     name = Path(path).name
     for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
+        if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
 
@@ -69,7 +69,7 @@ def output_name(path):
 
 
 def nifti_files(folder):
-    """The ``.nii`` and ``.nii.gz`` files under ``folder``, sorted, following symlinked folders
+    """The ``.nii`` and ``.nii.gz`` files (in any case) under ``folder``, sorted, following symlinked folders
     (a cohort made of links to patient folders is read as ``train`` reads it); a folder reached
     twice (a link loop, or two links to one folder) is walked once."""
     found, seen = [], set()
@@ -80,7 +80,7 @@ def nifti_files(folder):
             continue
         seen.add(real)
         dirs.sort()
-        found.extend(Path(root) / f for f in files if f.endswith((".nii.gz", ".nii")))
+        found.extend(Path(root) / f for f in files if f.lower().endswith((".nii.gz", ".nii")))
     return sorted(found)
 
 
@@ -96,7 +96,8 @@ def find_inputs(source):
     if source.is_file():
         return [(source, Path(output_name(source)))]
     if not source.is_dir():
-        raise DataError(f"{source}: no such file or folder")
+        reason = missing_reason(source)
+        raise DataError(f"{source}: {'no such file or folder' if reason == 'no such file' else reason}")
     found = []
     for path in nifti_files(source):
         name = stem(path)
@@ -196,6 +197,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
             record["error"] = str(error)
         except Exception as error:  # a model or library failure on one file must not stop the batch
             record["error"] = f"{path}: {type(error).__name__}: {error}"
+        if record["error"] is not None:
+            record["output"] = None  # nothing was written
         if record["error"] is None:
             save_labels(written, volume.image, target_path, volume.geometry)  # OSError: stop, see above
             if quality is not None:

@@ -216,7 +216,7 @@ def test_evaluate_refuses_a_prediction_on_another_grid_and_scores_the_others(sco
     assert summary["cases"] == 1 and summary["dice_mean_3d"]["mean"] == 1.0
     errors = sorted(summary["errors"])
     assert len(errors) == 3
-    assert "b_pred.nii.gz: affine does not match" in errors[0] and "b_gt.nii.gz" in errors[0]
+    assert "b_pred.nii.gz: its affine places the volume up to" in errors[0] and "b_gt.nii.gz" in errors[0]
     assert "c_pred.nii.gz: voxel size" in errors[1] and "c_gt.nii.gz" in errors[1]
     assert "d_pred.nii.gz: shape" in errors[2] and "d_gt.nii.gz" in errors[2]
 
