@@ -1,6 +1,8 @@
 """The ``sdnet-tf`` command line: each command parses its options and calls one library function."""
 
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +29,31 @@ class Interrupted(click.ClickException):
     """Ctrl-C or SIGINT; any file being written was removed. Exit code 130, as a shell reports it."""
 
     exit_code = 130
+
+
+class Folder(click.Path):
+    """A folder argument or option (an output, or evaluate's inputs). A path that is a file, or
+    a symbolic link loop, is one line, ``Error: PATH: <problem>``, exit code 1, as the commands'
+    other errors about their inputs and outputs (click's own check prints its usage block and
+    exits with 2). A folder that is not there is the command's to create or report."""
+
+    def __init__(self):
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        option = max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
+        try:
+            os.stat(value)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise UserError(f"{value}: a symbolic link loop ({option} takes a folder)") from error
+        else:
+            if not os.path.isdir(value):
+                raise UserError(f"{value}: a file, not a folder ({option} takes a folder)")
+        return super().convert(value, param, ctx)
+
+
+FOLDER = Folder()
 
 
 class Commands(click.Group):
@@ -111,7 +138,7 @@ def summary(config, overrides):
 @click.option("-c", "--config", default=None, help="Config name in configs/ or a YAML path.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config value, e.g. --set train.epochs=5 (repeatable).")
-@click.option("-o", "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-o", "--run-dir", type=FOLDER, default=None,
               help="Run directory (default: runs/<dataset or data folder>-<config>[-split<N>]).")
 @click.option("--epochs", type=int, default=None, help="Shortcut for --set train.epochs=N.")
 @click.option("--seed", type=int, default=None, help="Shortcut for --set train.seed=N.")
@@ -210,7 +237,7 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
 
 @main.command("shape-eval")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=FOLDER,
               help="Folder for <run>.json and table.md.")
 @click.option("--samples", type=click.IntRange(100, None), default=1000, show_default=True,
               help="NVAE samples drawn per temperature.")
@@ -261,7 +288,7 @@ def _shape_train_options(function):
                      "(default: nvae-acdc, acnn-acdc, unet-acdc or tl-acdc)."),
         click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="Override a config value, e.g. --set train.epochs=5 (repeatable)."),
-        click.option("-o", "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+        click.option("-o", "--run-dir", type=FOLDER, default=None,
                      help="Run directory (default: runs/<kind>-<data folder>-split<N>)."),
         click.option("--epochs", type=int, default=None, help="Shortcut for --set train.epochs=N."),
         click.option("--seed", type=int, default=None, help="Shortcut for --set train.seed=N."),
@@ -361,7 +388,7 @@ def _train_shape(job, data, split, config, overrides, run_dir, epochs, seed, xla
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=FOLDER)
 @click.option("--patients", type=click.IntRange(1, 999), default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def phantom(out, patients, seed):
@@ -398,7 +425,7 @@ def preprocess(data, config, overrides):
 @main.command()
 @click.option("-i", "--input", "source", required=True, type=click.Path(exists=False, path_type=Path),
               help="A NIfTI image (3-D frame or 4-D cine) or a folder of them (*_gt and *_4d files skipped).")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=FOLDER,
               help="Output folder; predictions are <name>_pred.nii.gz, the folder structure is kept.")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
               help="A trained run directory (its model.keras and config.yaml).")
@@ -488,9 +515,9 @@ def _progress_report(desc, quiet):
 
 
 @main.command()
-@click.option("-p", "--predictions", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-p", "--predictions", type=FOLDER, default=None,
               help="Folder of <case>_pred.nii.gz files (as 'predict' writes them).")
-@click.option("-r", "--references", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-r", "--references", type=FOLDER, default=None,
               help="Folder holding <case>_gt.nii.gz references (e.g. an ACDC training folder).")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
               help="Instead: a trained run; its split's patients are predicted, then scored.")
@@ -498,19 +525,25 @@ def _progress_report(desc, quiet):
 @click.option("--split", type=click.IntRange(0, 2), default=None, help="With --run: the split (default: the run's).")
 @click.option("--subset", type=click.Choice(["test", "validation", "training"]), default="test", show_default=True,
               help="With --run: which patients of the split.")
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=FOLDER, default=None,
               help="Where the tables go (default: the predictions folder; required with --run).")
 @click.option("--label-map", default=None, metavar="mnms|acdc|A:B,...",
               help="References in another label convention, mapped to ACDC's (1 RV, 2 MYO, 3 LV): 'mnms' "
                    "(1 LV, 2 MYO, 3 RV) or explicit pairs STORED:ACDC such as 1:3,2:2,3:1.")
+@click.option("--prediction-labels", type=click.Choice(["acdc", "mnms"], case_sensitive=False), default=None,
+              help="The predictions' label convention: 'acdc' (1 RV, 2 MYO, 3 LV) or 'mnms' (1 LV, 2 MYO, 3 RV). "
+                   "Default: the one their predictions.json records (predict writes M&Ms' for a run trained on "
+                   "M&Ms), else acdc; a predictions.json that records another is an error.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(predictions, references, run_dir, data, split, subset, output, label_map, quiet):
+def evaluate(predictions, references, run_dir, data, split, subset, output, label_map, prediction_labels, quiet):
     """Score segmentations: ACDC challenge metrics, distances, per-slice Dice, validity, clinical indices.
 
     Writes acdc_metrics.csv (the challenge's columns), cases.csv, slices.csv, clinical.csv and
     summary.json (mean and standard deviation per class and phase). A prediction whose shape,
     voxel size or affine differs from its reference's is refused (both files named), the other
-    cases are scored, and the exit code is 1.
+    cases are scored, and the exit code is 1. Predictions in M&Ms' labels (predictions.json
+    says so, or --prediction-labels mnms) are converted to ACDC's before scoring, references
+    by --label-map; summary.json's labels records both conventions.
 
     A run trained on M&Ms (sdnet-tf train mnms) is scored on its test patients of the vendors
     it saw and every patient of its held-out vendors (the ED and ES frames of their 4-D files),
@@ -518,6 +551,7 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
     written in M&Ms' labels (1 LV, 2 MYO, 3 RV).
     """
     from sdnet_infer.io import parse_label_map
+    from sdnet_infer.labels import CONVENTION_NAMES
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.apps.evaluation import evaluate_folder, evaluate_run
 
@@ -528,16 +562,21 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
                 raise UserError("give either --run or --predictions/--references, not both")
             if output is None:
                 raise UserError("--run needs -o/--output for the predictions and tables")
-            if label_map:
-                raise UserError("--label-map is for --references in another convention, not --run")
+            if label_map or prediction_labels:
+                raise UserError(f"{'--label-map' if label_map else '--prediction-labels'} is for --predictions/"
+                                "--references in another convention, not --run")
             summary = evaluate_run(run_dir, output, data=data, split=split, subset=subset,
                                    report=_progress_report("predict", quiet))
         else:
             if not (predictions and references):
                 raise UserError("give --predictions and --references, or --run")
             summary = evaluate_folder(predictions, references, output, report=report,
-                                      label_map=parse_label_map(label_map))
+                                      label_map=parse_label_map(label_map), prediction_labels=prediction_labels)
             output = output or predictions
+            labels = summary["labels"]
+            if labels["predictions"] != "acdc":
+                source = {"given": "--prediction-labels"}.get(labels["predictions_from"], labels["predictions_from"])
+                click.echo(f"predictions read in {CONVENTION_NAMES[labels['predictions']]} convention ({source})")
     except DataError as error:
         raise UserError(str(error)) from error
     if "structures" in summary:
@@ -572,7 +611,7 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=FOLDER)
 @click.option("-i", "--image", "images", multiple=True, metavar="NIFTI[:SLICE]",
               help="An image (repeatable; the middle slice unless one is named). Default: two held-out patients "
                    "(for a run trained on MR and CT, one held-out slice of each).")
@@ -591,7 +630,7 @@ def figures(run_dir, output, images, only):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=FOLDER)
 @click.option("--data", default=None, help="The cohort folder, if it moved since training.")
 def latent(run_dir, output, data):
     """z capacity per dimension and a held-out classifier of scanner style (or pathology) from z."""
@@ -609,7 +648,7 @@ def latent(run_dir, output, data):
 
 @main.command("modality-classifier")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=FOLDER,
               help="Folder for modality_classifier.json and modality_classifier.csv.")
 @click.option("--data", default=None, help="The cohort folder, if it moved since training.")
 @click.option("--permutations", type=click.IntRange(1), default=100, show_default=True,
@@ -636,7 +675,7 @@ def modality_classifier_command(run_dir, output, data, permutations):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=FOLDER)
 @click.option("--data", default=None, help="The cohort folder, if it moved since training.")
 @click.option("-i", "--image", "images", multiple=True, metavar="NIFTI[:SLICE]", help="Images for the figures.")
 @click.option("--refresh", is_flag=True, help="Recompute evaluation, figures and latent analysis.")
@@ -654,7 +693,7 @@ def report(run_dir, output, data, images, refresh):
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=FOLDER,
               help="Export folder: segment/anatomy/modality/decoder.onnx, their float32 weights in "
                    "<name>.onnx.data beside each, and sdnet-export.json (copy the whole folder).")
 @click.option("--opset", type=click.IntRange(*ONNX_OPSETS), default=17, show_default=True,

@@ -31,16 +31,19 @@ slices above and below the heart do not inflate it.
 """
 
 import csv
+import json
 import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from sdnet_infer.io import (DataError, atomic_path, check_output_location, prepare_output_dir, read_labels,
-                           read_volume, save_labels, write_json)
+from sdnet_infer.io import (DataError, atomic_path, check_label_convention, check_output_location, check_same_grid,
+                           missing_reason, parse_label_map, prepare_output_dir, read_labels, read_volume, save_labels,
+                           write_json)
 from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
 from sdnet_infer.predict import nifti_files, output_name, predict_volume, stem
 from sdnet_infer.labels import SDNET_CHANNELS
@@ -65,17 +68,110 @@ SLICE_COLUMNS = (["Name", "Slice", "SliceDice"] + [f"SliceDice {c}" for c in CLA
 
 
 def _files(folder, suffix):
-    """{case name: path} of the NIfTI files under ``folder`` whose name ends in ``suffix``
-    (symlinked folders followed, as ``sdnet_infer.predict.nifti_files`` walks)."""
+    """{case name: path} of the NIfTI files under ``folder`` whose name ends in ``suffix``; the
+    suffix and the extension are matched in any case (``CASE_GT.NII.GZ`` is case ``CASE``).
+
+    Raises:
+        DataError: two files of one case name, naming both.
+    """
     found = {}
     for path in nifti_files(folder):
         name = stem(path)
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix.lower()):
             case = name[: -len(suffix)]
             if case in found:
                 raise DataError(f"{path}: case {case!r} also at {found[case]}; names must be unique")
             found[case] = path
     return found
+
+
+PREDICTIONS_LIST = "predictions.json"  # what predict / sdnet-infer write beside their outputs
+
+
+def _predictions_lists(folder):
+    """The ``predictions.json`` files under ``folder`` (walked as ``nifti_files`` walks), sorted."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        if PREDICTIONS_LIST in files:
+            found.append(Path(root) / PREDICTIONS_LIST)
+    return sorted(found)
+
+
+def prediction_convention(folder, given=None):
+    """The label convention the predictions under ``folder`` are written in, and where it came from.
+
+    ``predict`` and ``sdnet-infer`` record it in each record of their ``predictions.json``
+    (``labels``: "acdc", 1 RV, 2 MYO, 3 LV; or "mnms", 1 LV, 2 MYO, 3 RV, for a model trained on
+    M&Ms); a record without it predates M&Ms runs and is "acdc". ``given`` ("acdc" or "mnms",
+    ``--prediction-labels``) overrides the record, which must then agree with it; with neither,
+    the predictions are taken to be in ACDC's values.
+
+    Returns:
+        ``(convention, source)``: source is "given", the ``predictions.json`` path that recorded
+        it, or "default".
+
+    Raises:
+        DataError: one line naming the ``predictions.json``: it cannot be read (unless
+            ``given``, which is then used with a warning), it names an unknown convention or
+            two conventions, or it disagrees with ``given``; or ``given`` is no convention.
+    """
+    if given is not None:
+        given = check_label_convention(str(given).lower(), "prediction labels")
+    recorded = {}  # {convention: the first predictions.json that records it}
+    for path in _predictions_lists(folder):
+        try:
+            records = json.loads(path.read_text())
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ValueError("not a list of records, as predict writes it")
+        except (OSError, ValueError) as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            if given is None:
+                raise DataError(f"{path}: cannot read the predictions' label convention from it ({reason}); "
+                                "give it with --prediction-labels acdc|mnms") from error
+            log.warning("%s: cannot be read (%s); taking the predictions' labels as %r, as given", path, reason,
+                        given)
+            continue
+        for record in records:
+            convention = check_label_convention(record.get("labels", "acdc"), f"{path}: labels")
+            recorded.setdefault(convention, path)
+    if len(recorded) > 1:
+        (first, one), (second, other) = sorted(recorded.items())
+        raise DataError(f"{other}: records predictions in {second!r} labels, but {one} records {first!r}; "
+                        "score each convention's predictions separately")
+    if recorded:
+        (convention, path), = recorded.items()
+        if given is not None and given != convention:
+            raise DataError(f"{path}: records the predictions in {convention!r} labels, but the prediction "
+                            f"labels given are {given!r}; leave them out or give {convention!r}")
+        return (given, "given") if given is not None else (convention, str(path))
+    return (given, "given") if given is not None else ("acdc", "default")
+
+
+def _label_map_name(label_map):
+    """A references' ``label_map`` ({stored: ACDC}) as the summary records it: "acdc" (None or
+    the identity), "mnms", or its STORED:ACDC pairs."""
+    if label_map is None or label_map == parse_label_map("acdc"):
+        return "acdc"
+    if label_map == parse_label_map("mnms"):
+        return "mnms"
+    return ",".join(f"{stored}:{acdc}" for stored, acdc in sorted(label_map.items()))
+
+
+def _check_folder(folder):
+    """Raise ``DataError`` naming ``folder`` unless it is a folder (symbolic links followed): not
+    there, a broken or looping symbolic link (``sdnet_infer.io.missing_reason``), or a file."""
+    if os.path.isdir(folder):
+        return
+    if os.path.isfile(folder):
+        raise DataError(f"{folder}: a file, not a folder")
+    reason = missing_reason(folder)
+    raise DataError(f"{folder}: {'no such folder' if reason == 'no such file' else reason}")
 
 
 def _phase(case, ref_path):
@@ -321,44 +417,61 @@ def score_cases(cases, out_dir, report=None, structures=None, columns=CASE_COLUM
     return summary
 
 
-def evaluate_folder(predictions, references, out_dir=None, report=None, label_map=None, structures=None):
+def evaluate_folder(predictions, references, out_dir=None, report=None, label_map=None, structures=None,
+                    prediction_labels=None):
     """Score every ``<case>_pred`` under ``predictions`` against ``<case>_gt`` under ``references``.
 
-    Both files of a case are read by ``sdnet_infer.geometry`` and must lie on the same grid:
-    a prediction whose shape, voxel size or affine differs from its reference's is refused
-    (the message names both files), as is a case whose files cannot be read or whose
-    reference is missing; refused cases are recorded in the summary's ``errors`` and the
-    others are scored, in the training orientation with the voxel size in mm.
+    Files are ``.nii`` or ``.nii.gz``, suffix and extension matched in any case. Both files of a
+    case are read by ``sdnet_infer.geometry`` and must lie on the same grid: a prediction whose
+    shape, voxel size or affine differs from its reference's, the affines compared in mm
+    (``sdnet_infer.io.check_same_grid``), is refused (the message names both files), as is a case whose files
+    cannot be read or whose reference is missing; refused cases are recorded in the summary's
+    ``errors`` and the others are scored, in the training orientation with the voxel size in mm.
+
+    Labels are scored in ACDC's values (1 RV, 2 MYO, 3 LV). The predictions' convention is
+    ``prediction_labels`` ("acdc" or "mnms") if given, else the one their ``predictions.json``
+    records (``prediction_convention``), else ACDC's; M&Ms-valued predictions (1 LV, 2 MYO,
+    3 RV, as ``predict`` writes for a run trained on M&Ms) are converted before scoring.
     ``label_map`` ({stored: ACDC label}, see ``sdnet_infer.io.parse_label_map``) converts
-    references in another label convention (M&Ms: 1 LV, 2 MYO, 3 RV). ``report(index,
-    total, name, error)`` is called after each case. ``structures`` (e.g. ["MYO"]) scores a
-    model that segments only those (``only_structures``; no clinical indices, which need the
-    LV). Writes the tables and ``summary.json``
-    into ``out_dir`` (default: the predictions folder) and returns the summary.
+    references in another label convention (M&Ms: 1 LV, 2 MYO, 3 RV). The summary's ``labels``
+    records both: ``{"predictions", "predictions_from", "references"}``.
+
+    ``report(index, total, name, error)`` is called after each case. ``structures`` (e.g.
+    ["MYO"]) scores a model that segments only those (``only_structures``; no clinical indices,
+    which need the LV). Writes the tables and ``summary.json`` into ``out_dir`` (default: the
+    predictions folder) and returns the summary.
 
     Raises:
-        DataError: a missing folder, no predictions, or no case that could be scored.
+        DataError: a folder that is not there, is a file, or is a symbolic link loop; no
+            predictions; a predictions' convention that cannot be told or disagrees with
+            ``prediction_labels`` (``prediction_convention``); or no case that could be scored.
         OSError: naming the path, when ``out_dir`` cannot be written.
     """
     predictions, references = Path(predictions), Path(references)
     for folder in (predictions, references):
-        if not folder.is_dir():
-            raise DataError(f"{folder}: no such folder")
+        _check_folder(folder)
+    convention, convention_from = prediction_convention(predictions, prediction_labels)
     out_dir = prepare_output_dir(Path(out_dir) if out_dir else predictions)
     preds, refs = _files(predictions, PRED_SUFFIX), _files(references, REF_SUFFIX)
     if not preds:
-        raise DataError(f"{predictions}: no *{PRED_SUFFIX}.nii.gz predictions found")
+        raise DataError(f"{predictions}: no predictions (*{PRED_SUFFIX}.nii.gz or *{PRED_SUFFIX}.nii, "
+                        "in any case) found")
+    pred_map = None if convention == "acdc" else parse_label_map(convention)
+    labels = {"predictions": convention, "predictions_from": convention_from, "references": _label_map_name(label_map)}
 
     def load(case, pred_path):
         if case not in refs:
             raise DataError(f"{pred_path}: no reference {case}{REF_SUFFIX}.nii.gz under {references}")
         reference = read_labels(refs[case], label_map=label_map)
-        pred = read_labels(pred_path, like=reference.geometry).data  # the same grid, or refused
+        pred = read_labels(pred_path, label_map=pred_map)  # in ACDC's values
+        check_same_grid(pred, reference.geometry, pred_path, refs[case])  # the same grid in mm, or refused
         patient, phase = _phase(case, refs[case])
-        return {"pred": pred, "ref": reference.data, "zooms": reference.zooms, "patient": patient, "phase": phase}
+        return {"pred": pred.data, "ref": reference.data, "zooms": reference.zooms, "patient": patient,
+                "phase": phase}
 
     cases = [(case, lambda case=case, path=path: load(case, path)) for case, path in sorted(preds.items())]
-    return score_cases(cases, out_dir, report=report, structures=structures, source=str(predictions))
+    return score_cases(cases, out_dir, report=report, structures=structures, source=str(predictions),
+                       extra_summary=lambda rows, slice_rows: {"labels": labels})
 
 
 def lv_volume_record(case, counts, spacing, zooms, reference):
@@ -478,7 +591,8 @@ def evaluate_run(run_dir, out_dir, data=None, split=None, subset="test", batch_s
             report(number, len(frames), image_path.name, None)
     log.info("predicted %d frames in %.1f s", len(frames), time.perf_counter() - start)
     structures = segmented_structures(model)  # the precursor: the myocardium alone
-    summary = evaluate_folder(pred_root, folder, out_dir, structures=structures)
+    summary = evaluate_folder(pred_root, folder, out_dir, structures=structures,
+                              prediction_labels="acdc")  # as written above
     summary["run"] = {"run_dir": str(run_dir), "data": str(folder), "split": split, "subset": subset,
                       "patients": sorted(wanted)}
     if structures is not None:
@@ -549,7 +663,8 @@ def score_mnms_predictions(pred_root, patients, out_dir, roles, vendors=None, or
         report: ``report(index, total, name, error)`` after each case (two per patient), or None.
 
     Returns:
-        The summary, with ``per_vendor`` (``vendor_summary``); written to ``out_dir/summary.json``.
+        The summary, with ``per_vendor`` (``vendor_summary``) and ``labels`` (both files in
+        M&Ms' values); written to ``out_dir/summary.json``.
 
     Raises:
         DataError: no case could be scored (a prediction missing, or off its reference's grid,
@@ -563,8 +678,9 @@ def score_mnms_predictions(pred_root, patients, out_dir, roles, vendors=None, or
         if patient.code not in loaded:  # both phases of a patient from one reading of its two files
             loaded.clear()
             reference, times = read_reference(patient, orientation)
-            pred = read_labels(prediction_path(pred_root, patient.code), like=reference.geometry, label_map=LABEL_MAP,
-                               orientation=orientation, ndim=(4,))  # the written file, on the reference's grid
+            path = prediction_path(pred_root, patient.code)
+            pred = read_labels(path, label_map=LABEL_MAP, orientation=orientation, ndim=(4,))
+            check_same_grid(pred, reference.geometry, path, patient.gt)  # the written file, on the reference's grid in mm
             loaded[patient.code] = (reference, pred, times)
         reference, pred, times = loaded[patient.code]
         index = times[phase]
@@ -577,7 +693,8 @@ def score_mnms_predictions(pred_root, patients, out_dir, roles, vendors=None, or
         vendors = sorted(set(roles) | {p.vendor for p in patients})
 
     def by_vendor(rows, slice_rows):
-        return {"per_vendor": vendor_summary(rows, slice_rows, roles, vendors)}
+        return {"per_vendor": vendor_summary(rows, slice_rows, roles, vendors),
+                "labels": {"predictions": "mnms", "predictions_from": "M&Ms run", "references": "mnms"}}
 
     summary = score_cases(cases, out_dir, report=report, structures=structures, columns=MNMS_CASE_COLUMNS,
                           errors=errors, source=str(pred_root), extra_summary=by_vendor)
