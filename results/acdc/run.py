@@ -257,8 +257,8 @@ def main():
         return score_partial(args.partial, args.runs)
     if args.ablation:
         return ablation(args.ablation, args.data, args.runs, args.backend)
-    unknown = sorted(set(args.only or ()) | ({args.replicate} if args.replicate else set())
-                     - {run_name(*job) for job in JOBS})
+    asked = set(args.only or ()) | ({args.replicate} if args.replicate else set())
+    unknown = sorted(asked - {run_name(*job) for job in JOBS})
     if unknown:
         parser.error(f"{'--replicate' if args.replicate else '--only'} {' '.join(unknown)}: not a planned run; "
                      "planned: " + ", ".join(run_name(*job) for job in JOBS))
