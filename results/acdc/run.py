@@ -2,7 +2,7 @@
 """The SDNet paper's label-fraction table at the CPU protocol, against the U-Net, GAN and self-training baselines.
 
     python results/acdc/run.py /path/to/ACDC/training [--runs runs/acdc-cpu] [--only NAME ...]
-    python results/acdc/run.py /path/to/ACDC/training --ablation batch-dice
+    python results/acdc/run.py /path/to/ACDC/training --ablation batch-dice [--fraction 0.015]
     python results/acdc/run.py /path/to/ACDC/training --backend jax --parallel 4   # e.g. a GPU machine without TensorFlow
     python results/acdc/run.py /path/to/ACDC/training --replicate sdnet-split2-1.5pct --backend jax   # again, elsewhere
 
@@ -243,6 +243,8 @@ def main():
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
                         help="train and score one ablation of SDNet at split 0, 100%% labels, into "
                              "results/acdc/ablations/ (not the table)")
+    parser.add_argument("--fraction", type=float, choices=sorted({f for _, f in PLAN}), default=1.0,
+                        help="with --ablation: the labelled fraction of split 0 (default 1.0; the table's fractions)")
     parser.add_argument("--replicate", metavar="NAME", default=None,
                         help="train and score planned run NAME again with --backend on this machine, into "
                              "results/acdc/replicates/NAME-BACKEND-DEVICE.json (not the table): e.g. a run "
@@ -256,7 +258,7 @@ def main():
     if args.partial:
         return score_partial(args.partial, args.runs)
     if args.ablation:
-        return ablation(args.ablation, args.data, args.runs, args.backend)
+        return ablation(args.ablation, args.data, args.runs, args.backend, args.fraction)
     asked = set(args.only or ()) | ({args.replicate} if args.replicate else set())
     unknown = sorted(asked - {run_name(*job) for job in JOBS})
     if unknown:
@@ -320,15 +322,15 @@ def train_and_score(kind, split, fraction, data, runs, out, backend="tensorflow"
         rebuild()
 
 
-def ablation(which, data, runs, backend="tensorflow"):
-    """SDNet at split 0 and 100% labels with the overrides ``ABLATIONS[which]``: trained
-    (resumed when its run directory holds checkpoints), scored, and written to
-    ``ablations/sdnet-split0-100pct-WHICH.json`` beside the protocol run's figures."""
-    name = f"{run_name('sdnet', 0, 1.0)}-{which}"
+def ablation(which, data, runs, backend="tensorflow", fraction=1.0):
+    """SDNet at split 0 and the labelled ``fraction`` (default 100%) with the overrides
+    ``ABLATIONS[which]``: trained (resumed when its run directory holds checkpoints), scored, and
+    written to ``ablations/sdnet-split0-<fraction>pct-WHICH.json`` beside the protocol run's figures."""
+    name = f"{run_name('sdnet', 0, fraction)}-{which}"
     run_dir = runs / "ablations" / name
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    cmds = commands("sdnet", 0, 1.0, data, run_dir, ABLATIONS[which], backend=backend)
-    protocol = runs / run_name("sdnet", 0, 1.0)
+    cmds = commands("sdnet", 0, fraction, data, run_dir, ABLATIONS[which], backend=backend)
+    protocol = runs / run_name("sdnet", 0, fraction)
     if which == "60-epochs" and not run_dir.exists() and (protocol / "summary.json").is_file():
         # the learning rate decays per step, whatever the planned length, so the first 30
         # epochs of a 60-epoch run are the protocol run's: continue from its last checkpoint
@@ -337,7 +339,7 @@ def ablation(which, data, runs, backend="tensorflow"):
     run(cmds[0], runs / "ablations" / f"{name}.log")
     seconds = time.perf_counter() - start
     run(cmds[1], runs / "ablations" / f"{name}.log")
-    result = collect("sdnet", 0, 1.0, run_dir, seconds, cmds)
+    result = collect("sdnet", 0, fraction, run_dir, seconds, cmds)
     result.update(name=name, ablation=which, overrides=ABLATIONS[which], backend=backend, device=device_name(backend))
     target = HERE / "ablations" / f"{name}.json"
     target.parent.mkdir(exist_ok=True)
