@@ -236,6 +236,24 @@ def build_sdnet(config, seed=None):
         raise ConfigError(f"model: {error}") from error
 
 
+def engine_choices(engine, config):
+    """What the engine chose for this run, where the config may say ``auto``: the backend, XLA
+    (and the rule that set it), Grappler's graph rewriting, the allocator tuning and the
+    precision, as ``engine.json`` records them beside ``config.yaml``."""
+    t = config.train
+    xla = bool(getattr(engine, "jit_compile", True))
+    if t.backend == "jax":
+        rule = "always (the JAX engine)"
+    elif getattr(engine, "xla", xla) and not xla:
+        rule = "off under tf.distribute"
+    else:
+        rule = "auto" if t.jit_compile == "auto" else "train.jit_compile"
+    rewriting = getattr(engine, "graph_rewriting", None)
+    return {"backend": t.backend, "xla": xla, "xla_rule": rule,
+            "graph_rewriting": None if t.backend == "jax" else bool(rewriting) if rewriting is not None else True,
+            "allocator_tuned": bool(getattr(engine, "allocator_tuned", False)), "precision": t.precision}
+
+
 def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays, initial_weights=None):
     from sdnet_tf.training.engines import sdnet_engine
     from sdnet_tf.training.trainer import Trainer, Trainer2018, TrainerUNet
@@ -251,11 +269,14 @@ def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, a
     task = {"sdnet2018": Trainer2018, "unet_gan": TrainerUNet}.get(config.model.kind, Trainer)
     trainer = task(model, arrays, config, out_dir, engine=engine, progress=progress, resume_dir=run_dir)
     t = config.train
+    chosen = engine_choices(engine, config)
+    why = {"auto": " by train.jit_compile auto for this size and device",
+           "off under tf.distribute": " for the updates under tf.distribute"}.get(chosen["xla_rule"], "")
     log.info("model %s on the %s engine (%s, precision %s%s)", config.model.kind, t.backend,
-             ("XLA" if getattr(engine, "jit_compile", True) else "no XLA")
-             + (" by train.jit_compile auto for this size and device" if t.jit_compile == "auto" and t.backend != "jax" else ""),
-             t.precision, (", glibc allocator tuned" if getattr(engine, "allocator_tuned", False) else "")
-             + (", no Grappler graph rewriting" if getattr(engine, "graph_rewriting", True) is False else ""))
+             ("XLA" if chosen["xla"] else "no XLA") + why, t.precision,
+             (", glibc allocator tuned" if chosen["allocator_tuned"] else "")
+             + (", no Grappler graph rewriting" if chosen["graph_rewriting"] is False else ""))
+    write_json(out_dir / "engine.json", chosen)
     counts = arrays.counts()
     log.info("data: %d labelled, %d unlabelled, %d validation images; %d iterations per epoch",
              counts["labelled"], counts["unlabelled"], counts["validation"], trainer.iterations_per_epoch)

@@ -279,3 +279,25 @@ def test_image_summaries_show_the_input_the_factors_and_both_masks(warm_trainer,
     assert logged["anatomy_channels"].shape == (n, h, w * warm_trainer.model.anatomy_channels, 1)
     assert logged["predicted_masks"].shape == logged["true_masks"].shape == (n, h, w, 3)
     assert all(0.0 <= v.min() and v.max() <= 1.0 for v in logged.values())
+
+
+def test_engine_json_records_what_auto_chose_and_why():
+    """config.yaml keeps ``auto``; engine.json (written by sdnet_tf.apps.train) says what it became."""
+    from types import SimpleNamespace
+
+    from sdnet_tf.apps.train import engine_choices
+    from sdnet_tf.config import Config
+
+    config = Config()
+    plain = SimpleNamespace(xla=False, jit_compile=False, graph_rewriting=False, allocator_tuned=False)
+    assert engine_choices(plain, config) == {"backend": "tensorflow", "xla": False, "xla_rule": "auto",
+                                             "graph_rewriting": False, "allocator_tuned": False,
+                                             "precision": "float32"}
+    distributed = SimpleNamespace(xla=True, jit_compile=False, graph_rewriting=True, allocator_tuned=False)
+    assert engine_choices(distributed, config)["xla_rule"] == "off under tf.distribute"
+    config.train.jit_compile = True
+    tuned = SimpleNamespace(xla=True, jit_compile=True, graph_rewriting=True, allocator_tuned=True)
+    assert engine_choices(tuned, config)["xla_rule"] == "train.jit_compile"
+    config.train.backend = "jax"
+    chosen = engine_choices(SimpleNamespace(), config)
+    assert chosen["xla"] is True and chosen["xla_rule"] == "always (the JAX engine)" and chosen["graph_rewriting"] is None
