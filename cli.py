@@ -1,8 +1,6 @@
 """The ``sdnet-tf`` command line: each command parses its options and calls one library function."""
 
-import errno
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -32,8 +30,8 @@ class Interrupted(click.ClickException):
 
 
 class Folder(click.Path):
-    """A folder argument or option (an output, or evaluate's inputs). A path that is a file, or
-    a symbolic link loop, is one line, ``Error: PATH: <problem>``, exit code 1, as the commands'
+    """A folder argument or option (an output, or evaluate's inputs). A path that is a file, a
+    symbolic link loop or a broken symbolic link (``sdnet_infer.io.folder_problem``) is one line, ``Error: PATH: <problem>``, exit code 1, as the commands'
     other errors about their inputs and outputs (click's own check prints its usage block and
     exits with 2). A folder that is not there is the command's to create or report."""
 
@@ -41,15 +39,12 @@ class Folder(click.Path):
         super().__init__(file_okay=False, path_type=Path)
 
     def convert(self, value, param, ctx):
+        from sdnet_infer.io import folder_problem
+
         option = max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
-        try:
-            os.stat(value)
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise UserError(f"{value}: a symbolic link loop ({option} takes a folder)") from error
-        else:
-            if not os.path.isdir(value):
-                raise UserError(f"{value}: a file, not a folder ({option} takes a folder)")
+        problem = folder_problem(value)
+        if problem:
+            raise UserError(f"{value}: {problem} ({option} takes a folder)")
         return super().convert(value, param, ctx)
 
 
@@ -577,6 +572,9 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
             if labels["predictions"] != "acdc":
                 source = {"given": "--prediction-labels"}.get(labels["predictions_from"], labels["predictions_from"])
                 click.echo(f"predictions read in {CONVENTION_NAMES[labels['predictions']]} convention ({source})")
+            elif labels["predictions_from"] == "default" and not quiet:
+                click.echo(f"predictions read in {CONVENTION_NAMES['acdc']} convention: no predictions.json records "
+                           "theirs (--prediction-labels mnms for M&Ms-valued files)")
     except DataError as error:
         raise UserError(str(error)) from error
     if "structures" in summary:

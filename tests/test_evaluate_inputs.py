@@ -86,10 +86,10 @@ def test_a_prediction_off_its_references_grid_in_a_metre_header_is_refused_namin
     assert summary["cases"] == 1 and summary["dice_mean_3d"]["mean"] == 1.0
     errors = sorted(summary["errors"])
     assert len(errors) == 2
-    assert errors[0].startswith(f"{preds / 'shift_pred.nii.gz'}: its affine places the volume up to 0.9 mm away "
-                                f"from {refs / 'shift_gt.nii.gz'}'s")
+    assert errors[0].startswith(f"{preds / 'shift_pred.nii.gz'}: its affine places the volume up to 0.9 mm (0.6 "
+                                f"voxels) away from {refs / 'shift_gt.nii.gz'}'s")
     assert errors[1].startswith(f"{preds / 'turned_pred.nii.gz'}: its affine places the volume up to")
-    assert f"mm away from {refs / 'turned_gt.nii.gz'}'s" in errors[1]
+    assert f"voxels) away from {refs / 'turned_gt.nii.gz'}'s" in errors[1]
     failed = [line for line in result.output.splitlines() if line.startswith("FAILED")]
     assert sorted(failed) == [f"FAILED {e}" for e in errors], result.output  # one line each
 
@@ -215,3 +215,50 @@ def test_a_symbolic_link_loop_given_for_a_folder_is_named_as_one(tmp_path):
     with pytest.raises(DataError, match=r"afile: a file, not a folder$"):
         (tmp_path / "afile").write_text("")
         evaluate_folder(tmp_path, tmp_path / "afile")
+
+
+def test_a_sub_folder_of_predicts_output_reads_the_list_above_it(tmp_path):
+    """Scoring one vendor's or patient's folder (-p OUT/vendorA): predict wrote OUT/predictions.json."""
+    preds, refs = _folders(tmp_path, pred_values=MNMS)
+    sub = preds / "vendorA"
+    sub.mkdir()
+    (preds / "a_pred.nii.gz").rename(sub / "a_pred.nii.gz")
+    (preds / "predictions.json").write_text(json.dumps(
+        [{"input": "a.nii.gz", "output": str(sub / "a_pred.nii.gz"), "error": None, "labels": "mnms"},
+         {"input": "b.nii.gz", "output": None, "error": "b.nii.gz: no such file", "labels": "mnms"}]))
+    result = _evaluate("-p", sub, "-r", refs, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert _scores(tmp_path / "out")[1] == {"predictions": "mnms", "predictions_from": str(preds / "predictions.json"),
+                                            "references": "acdc"}
+
+
+def test_the_default_convention_is_said_and_one_list_recording_two_is_named_once(tmp_path):
+    preds, refs = _folders(tmp_path)
+    result = CliRunner().invoke(main, ["evaluate", "-p", str(preds), "-r", str(refs), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "predictions read in ACDC's (1 RV, 2 MYO, 3 LV) convention: no predictions.json" in result.output
+    (preds / "predictions.json").write_text(json.dumps(
+        [{"output": "x", "labels": "acdc"}, {"output": "y", "labels": "mnms"}]))
+    line = _one_error_line(_evaluate("-p", preds, "-r", refs, "-o", tmp_path / "out2"))
+    assert line == (f"Error: {preds / 'predictions.json'}: records predictions in both 'acdc' and 'mnms' labels; "
+                    "score each convention's predictions separately")
+
+
+def test_an_acdc_reference_and_the_same_labels_written_by_an_itk_tool_are_one_grid(tmp_path):
+    """ACDC stores diag(-1, -1, 1) with the voxel size in pixdim; ITK-based tools (nnU-Net) write
+    the same grid with the size in the affine. A shift under a tenth of a voxel along any axis
+    (half a millimetre across 8 mm slices) is the same grid; half a voxel is not."""
+    labels = _labels()
+    refs, preds = tmp_path / "refs", tmp_path / "preds"
+    refs.mkdir(), preds.mkdir()
+    save(labels, np.diag([-1.0, -1.0, 1.0, 1.0]), (SPACING, SPACING, THICKNESS), refs / "a_gt.nii.gz", dtype=np.uint8)
+    save(labels, AFFINE, (SPACING, SPACING, THICKNESS), preds / "a_pred.nii.gz", dtype=np.uint8)
+    for case, shift in (("b", (0.0, 0.0, 0.05 * THICKNESS)), ("c", (0.5 * SPACING, 0.0, 0.0))):
+        save(labels, np.diag([-1.0, -1.0, 1.0, 1.0]), (SPACING, SPACING, THICKNESS), refs / f"{case}_gt.nii.gz",
+             dtype=np.uint8)
+        moved = AFFINE.copy()
+        moved[:3, 3] = shift
+        save(labels, moved, (SPACING, SPACING, THICKNESS), preds / f"{case}_pred.nii.gz", dtype=np.uint8)
+    summary = evaluate_folder(preds, refs, tmp_path / "out")
+    assert summary["cases"] == 2  # a (ITK-style) and b (a twentieth of a slice)
+    assert len(summary["errors"]) == 1 and "c_pred.nii.gz: its affine places the volume up to 0.75 mm" in summary["errors"][0]

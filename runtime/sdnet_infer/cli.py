@@ -54,12 +54,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
-    from sdnet_infer.io import DataError, describe_os_error
+    from sdnet_infer.io import DataError, describe_os_error, folder_problem
     from sdnet_infer.labels import CONVENTION_NAMES, SDNET_CHANNELS
     from sdnet_infer.model import ExportError, SDNetRuntime
     from sdnet_infer.predict import predict_files, summarise
     from sdnet_infer.qc import QualityControl, describe, partial_model_skip
 
+    problem = folder_problem(args.output)
+    if problem:  # before the model loads
+        _line(f"Error: {args.output}: {problem} (--output takes a folder)")
+        return 1
     try:
         if not args.verbose:
             import onnxruntime
@@ -94,16 +98,16 @@ def main(argv=None):
                                 orientation=runtime.orientation, quality=quality,
                                 model={"export": str(args.model), "precision": runtime.precision},
                                 labels=runtime.label_convention)
-    except (DataError, ExportError) as error:
+    except (DataError, ExportError) as error:  # exit code 1, as sdnet-tf; 2 is argparse's, for usage errors
         _line(f"Error: {error}")
-        return 2
+        return 1
     except OSError as error:
         _line(f"Error: {describe_os_error(error)}")
-        return 2
+        return 1
     except KeyboardInterrupt as error:
         _line(f"Interrupted: {error}" if str(error) else "Interrupted")
         return 130
-    qc = "" if quality is None else f", quality control in {args.output}/qc.json"
+    qc = "" if quality is None or not quality.volumes else f", quality control in {args.output}/qc.json"
     _line(f"{summarise(records)} in {time.perf_counter() - start:.1f} s; list in {args.output}/predictions.json{qc}")
     return 1 if any(r["error"] for r in records) else 0
 

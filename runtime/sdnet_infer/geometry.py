@@ -17,7 +17,9 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    A zero, negative or non-finite size of a spatial axis is a ``DataError`` naming the file.
    So is a sheared affine (two columns further than ``SHEAR_TOLERANCE`` from perpendicular:
    a CT gantry tilt, say), whose voxels are not boxes of the three sizes: every size and
-   orientation read from it would be an approximation. A qform with ``pixdim[0]`` (qfac)
+   orientation read from it would be an approximation; a sheared sform beside a qform
+   (``qform_code > 0``, perpendicular by construction) gives way to the qform, with a
+   warning, as ITK-based readers do. A qform with ``pixdim[0]`` (qfac)
    other than -1 or 1 is read with qfac 1, as ``nifti1.h`` prescribes.
    So is a size no MR or CT image has (in-plane outside ``PIXEL_RANGE_MM``, 0.05-20 mm, or
    slices thicker than ``MAX_SLICE_MM``, 100 mm): wrong units, most likely (a header in
@@ -121,7 +123,7 @@ class VolumeGeometry:
         transform: nibabel orientation transform (3, 2) from the stored axes to training ones.
         orientation: the training orientation code.
         warnings: messages about the header (already logged).
-        affine: the image's affine as nibabel gives it (4, 4), in the file's units, for grid comparisons.
+        affine: the affine the reader used (4, 4; the sform, or the qform), in the file's units; without one, nibabel's from pixdim.
         units_to_mm: the factor from the file's spatial units (``xyzt_units``) to mm.
     """
 
@@ -138,11 +140,18 @@ class VolumeGeometry:
     units_to_mm: float = 1.0
 
     @property
-    def affine_mm(self):
-        """``affine`` (4, 4) with its linear part and translation in mm."""
-        scaled = np.array(self.affine, np.float64)
-        scaled[:3, :] *= self.units_to_mm
-        return scaled
+    def grid_mm(self):
+        """Where the stored voxels are, in mm (4, 4): the affine's axis directions times the
+        voxel size the reader decided, and its translation in mm. For an affine that carries
+        the voxel size this is the affine in mm; for a placeholder (unit columns, ACDC's
+        diag(-1, -1, 1)) the directions take the ``pixdim`` size, as ITK-based readers place
+        such voxels."""
+        affine = np.array(self.affine, np.float64)
+        norms = np.linalg.norm(affine[:3, :3], axis=0)
+        grid = np.eye(4)
+        grid[:3, :3] = affine[:3, :3] / np.where(norms > 0, norms, 1.0) * np.asarray(self.spacing)
+        grid[:3, 3] = affine[:3, 3] * self.units_to_mm
+        return grid
 
     @property
     def is_identity(self):
@@ -198,19 +207,36 @@ def _chosen_affine(header):
     return None, None
 
 
-def _check_perpendicular(affine, kind, source):
-    """Refuse a sheared affine: voxel sizes and axis directions would be approximations."""
+def _shear(affine):
+    """(largest |cosine| between two affine columns, their axes), or None with a zero column."""
     norms = np.linalg.norm(affine[:3, :3], axis=0)
     if not np.all(norms > 0):
-        return  # a zero column: _voxel_size names it
+        return None  # a zero column: _voxel_size names it
     cosines = affine[:3, :3] / norms
-    for i, j in ((0, 1), (0, 2), (1, 2)):
-        cosine = abs(float(cosines[:, i] @ cosines[:, j]))
-        if cosine > SHEAR_TOLERANCE:
-            angle = float(np.degrees(np.arccos(min(cosine, 1.0))))
-            raise DataError(f"{source}: the {kind} is sheared (axes {i} and {j} meet at {angle:.3g} degrees, not "
-                            "90): its voxels are not boxes, so no voxel size or orientation fits them; resample "
-                            "the image onto a perpendicular grid first")
+    return max((abs(float(cosines[:, i] @ cosines[:, j])), (i, j)) for i, j in ((0, 1), (0, 2), (1, 2)))
+
+
+def _check_perpendicular(affine, kind, source):
+    """Refuse a sheared affine (voxel sizes and axis directions would be approximations), or
+    one with two parallel axes (no orientation at all)."""
+    found = _shear(affine)
+    if found is None or found[0] <= SHEAR_TOLERANCE:
+        return
+    cosine, (i, j) = found
+    if cosine > 1 - 1e-6:
+        raise DataError(f"{source}: the {kind}'s axes {i} and {j} are parallel; the affine is degenerate and "
+                        "cannot orient the image")
+    off = 90.0 - float(np.degrees(np.arccos(cosine)))
+    limit = 90.0 - float(np.degrees(np.arccos(SHEAR_TOLERANCE)))
+    raise DataError(f"{source}: the {kind} is sheared (axes {i} and {j} are {off:.3g} degrees from perpendicular, "
+                    f"more than the {limit:.2g} allowed): its voxels are not boxes, so no voxel size or orientation "
+                    "fits them; resample the image onto a perpendicular grid first")
+
+
+def _without_sform(header):
+    header = header.copy()
+    header["sform_code"] = 0
+    return header
 
 
 def _fmt(values):
@@ -357,6 +383,16 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     affine, kind = _chosen_affine(header)
     if affine is not None and not np.all(np.isfinite(affine)):
         raise DataError(f"{source}: the {kind} contains non-finite values")
+    if affine is not None and kind == "sform" and int(header["qform_code"]) > 0:
+        found = _shear(affine)
+        if found is not None and found[0] > SHEAR_TOLERANCE and found[0] < 1 - 1e-6:
+            # as ITK-based readers: a qform cannot be sheared, so it is the writer's own
+            # perpendicular description of the grid
+            qform, _ = _chosen_affine(_without_sform(header))
+            if np.all(np.isfinite(qform)):
+                notes.append(f"{source}: the sform is sheared ({90 - np.degrees(np.arccos(found[0])):.3g} degrees from "
+                             f"perpendicular); using the qform (code {int(header['qform_code'])})")
+                affine, kind = qform, "qform"
     if affine is not None:
         _check_perpendicular(affine, kind, source)
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
@@ -367,9 +403,12 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
         log.warning(note)
     shape = tuple(int(s) for s in header["dim"][1:4])
     axcodes = tuple(aff2axcodes(affine)) if affine is not None else None
-    stored = image.affine if image is not None else (affine if affine is not None else np.diag([*spacing, 1.0]))
     units_to_mm = UNIT_SCALE[int(header["xyzt_units"]) & 0x07]
-    if image is None and affine is None:
+    if affine is not None:
+        stored = affine  # the one used: the sform, or the qform (a sheared sform's too)
+    elif image is not None:
+        stored = image.affine  # nibabel's from pixdim
+    else:
         stored = np.diag([*(s / units_to_mm for s in spacing), 1.0])  # in the file's units, as an affine is
     return VolumeGeometry(source, shape, spacing, origin, slice_axis, axcodes, transform, orientation, tuple(notes),
                           np.asarray(stored, np.float64), units_to_mm)

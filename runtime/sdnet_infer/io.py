@@ -27,7 +27,8 @@ from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry
 from sdnet_infer.labels import LABEL_CONVENTIONS, LABELS  # background, RV, MYO, LV
 
 __all__ = ["LABELS", "DataError", "Volume", "atomic_path", "check_label_convention", "check_output_location",
-           "describe_os_error", "labels_in_convention", "load_labels", "load_volume", "missing_reason", "parse_label_map",
+           "describe_os_error", "folder_problem", "labels_in_convention", "load_labels", "load_volume", "missing_reason",
+           "parse_label_map",
            "prepare_output_dir", "read_labels", "read_volume", "save_labels", "save_volume", "write_json", "write_text"]
 
 
@@ -215,6 +216,9 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
             img = nib.load(str(path))
             data = np.asarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as error:
+        if "w2 should be positive" in str(error):  # nibabel's check of the qform's quaternion
+            raise DataError(f"{path}: the qform's quaternion is not normalised (b^2 + c^2 + d^2 > 1, {error}); "
+                            "its orientation cannot be read") from error
         raise DataError(f"{path}: cannot read the {kind} ({type(error).__name__}: {error}); "
                         "the file may be truncated or not NIfTI") from error
     if data.ndim not in ndim:
@@ -247,6 +251,20 @@ def missing_reason(path):
                 return "a symbolic link loop"
             return f"a broken symbolic link to {os.readlink(path)}"
     return "no such file"
+
+
+def folder_problem(path):
+    """Why ``path`` cannot be used as a folder, in a few words, or None when it can (a folder,
+    or nothing there yet): "a file, not a folder", "a broken symbolic link to TARGET" (a folder
+    would be made at the link's target) or "a symbolic link loop"."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    if path.is_symlink():
+        return missing_reason(path) if not path.exists() else "a file, not a folder"
+    if path.exists():
+        return "a file, not a folder"
+    return None
 
 
 def load_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION):
@@ -354,14 +372,17 @@ def load_labels(path, image_shape=None, like=None, label_map=None, orientation=T
     return volume.data, volume.zooms, volume.image
 
 
-GRID_TOLERANCE_VOXELS = 0.1  # two grids are one when no voxel corner is further apart than this (in voxels)
+GRID_TOLERANCE_VOXELS = 0.1  # two grids are one when no voxel corner moves a tenth of a voxel along any axis
 
 
 def check_same_grid(volume, like, path, other=None):
     """Refuse ``volume`` (at ``path``) unless it shares ``like``'s stored grid: shape, voxel size,
-    and position in space. Positions are compared in mm, whatever units each header uses: the
-    corners of the volume, placed by each file's affine, must lie within
-    ``GRID_TOLERANCE_VOXELS`` (a tenth) of the smallest voxel size of each other.
+    and position in space. Positions are compared in mm as the geometry reader places the voxels
+    (``VolumeGeometry.grid_mm``: the axis directions of the affine, the voxel size it decided,
+    so a placeholder affine such as ACDC's diag(-1, -1, 1) with the size in ``pixdim`` and the
+    same grid written by ITK-based tools with the size in the affine agree), whatever units
+    each header uses: the corners of the volume must lie within ``GRID_TOLERANCE_VOXELS`` (a
+    tenth) of a voxel of each other along each of ``like``'s axes.
 
     Args:
         volume: a ``Volume`` (or anything with a ``geometry``); like: a ``VolumeGeometry``.
@@ -378,10 +399,13 @@ def check_same_grid(volume, like, path, other=None):
         raise DataError(f"{path}: voxel size {g.spacing} mm does not match {other}'s {like.spacing} mm")
     corners = np.array([[i, j, k, 1.0] for i in (0, g.shape[0] - 1) for j in (0, g.shape[1] - 1)
                         for k in (0, g.shape[2] - 1)]).T
-    apart = np.linalg.norm((g.affine_mm @ corners - like.affine_mm @ corners)[:3], axis=0).max()
-    if apart > GRID_TOLERANCE_VOXELS * min(g.spacing):
-        raise DataError(f"{path}: its affine places the volume up to {apart:.3g} mm away from {other}'s; "
-                        "the two are not on the same grid")
+    theirs = like.grid_mm
+    moved = (g.grid_mm @ corners - theirs @ corners)[:3]
+    in_voxels = np.abs(np.linalg.solve(theirs[:3, :3], moved)).max()  # along like's axes, in its voxels
+    if in_voxels > GRID_TOLERANCE_VOXELS:
+        apart = np.linalg.norm(moved, axis=0).max()
+        raise DataError(f"{path}: its affine places the volume up to {apart:.3g} mm ({in_voxels:.2g} voxels) away "
+                        f"from {other}'s; the two are not on the same grid")
 
 
 NIFTI_INTENT_LABEL = 1002
@@ -396,7 +420,8 @@ def save_labels(labels, reference, path, geometry=None):
     file's as stored (its sform, qform, codes and ``pixdim`` byte for byte, not nibabel's fixed
     copy, which turns a zero or negative ``pixdim`` into a positive one); only what describes
     the values changes: uint8 without scaling, display range ``cal_min``/``cal_max`` 0 to the
-    largest label, intent NIFTI_INTENT_LABEL, and no description or auxiliary file.
+    largest label, intent NIFTI_INTENT_LABEL, and no description, auxiliary file or header
+    extensions (free text that may name the patient).
     """
     if geometry is not None:
         labels = geometry.from_training(np.asarray(labels))
@@ -414,6 +439,8 @@ def save_labels(labels, reference, path, geometry=None):
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0.0, float(max(LABELS))
+    if hasattr(header, "extensions"):
+        del header.extensions[:]  # free text a scanner or converter put there (a patient's name, say)
     header["intent_code"] = NIFTI_INTENT_LABEL
     for name in ("intent_p1", "intent_p2", "intent_p3"):
         header[name] = 0.0

@@ -101,7 +101,7 @@ def find_inputs(source):
     found = []
     for path in nifti_files(source):
         name = stem(path)
-        if name.endswith(SKIPPED_IN_FOLDERS) or name.endswith(SUFFIX):
+        if name.lower().endswith(tuple(x.lower() for x in (*SKIPPED_IN_FOLDERS, SUFFIX))):  # _GT, _4D too
             continue
         found.append((path, path.parent.relative_to(source) / output_name(path)))
     if not found:
@@ -209,8 +209,10 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
         if report is not None:
             report(index, len(pairs), record)
     write_json(out_dir / "predictions.json", records)
-    if quality is not None:
+    if quality is not None and quality.volumes:
         write_json(out_dir / QC_FILE, {**quality.report(), **({"model": model} if model is not None else {})})
+    elif quality is not None:
+        (out_dir / QC_FILE).unlink(missing_ok=True)  # nothing assessed: an earlier run's report would mislead
     return records
 
 

@@ -108,7 +108,9 @@ def prediction_convention(folder, given=None):
 
     ``predict`` and ``sdnet-infer`` record it in each record of their ``predictions.json``
     (``labels``: "acdc", 1 RV, 2 MYO, 3 LV; or "mnms", 1 LV, 2 MYO, 3 RV, for a model trained on
-    M&Ms); a record without it predates M&Ms runs and is "acdc". ``given`` ("acdc" or "mnms",
+    M&Ms); a record without it predates M&Ms runs and is "acdc". The lists under ``folder`` are
+    read; without any, the nearest ``predictions.json`` above it, for its records of files under
+    ``folder`` (``folder`` is a sub-folder of predict's output). ``given`` ("acdc" or "mnms",
     ``--prediction-labels``) overrides the record, which must then agree with it; with neither,
     the predictions are taken to be in ACDC's values.
 
@@ -124,7 +126,12 @@ def prediction_convention(folder, given=None):
     if given is not None:
         given = check_label_convention(str(given).lower(), "prediction labels")
     recorded = {}  # {convention: the first predictions.json that records it}
-    for path in _predictions_lists(folder):
+    lists = [(path, None) for path in _predictions_lists(folder)]
+    if not lists:  # a sub-folder of predict's output: the list one or more levels up, for the files under folder
+        above = next((d / PREDICTIONS_LIST for d in Path(folder).resolve().parents if (d / PREDICTIONS_LIST).is_file()),
+                     None)
+        lists = [(above, Path(folder).resolve())] if above is not None else []
+    for path, under in lists:
         try:
             records = json.loads(path.read_text())
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -138,12 +145,15 @@ def prediction_convention(folder, given=None):
                         given)
             continue
         for record in records:
+            if under is not None and not _lies_under(record.get("output"), under):
+                continue
             convention = check_label_convention(record.get("labels", "acdc"), f"{path}: labels")
             recorded.setdefault(convention, path)
     if len(recorded) > 1:
         (first, one), (second, other) = sorted(recorded.items())
-        raise DataError(f"{other}: records predictions in {second!r} labels, but {one} records {first!r}; "
-                        "score each convention's predictions separately")
+        where = f"records predictions in both {first!r} and {second!r} labels" if one == other else \
+            f"records predictions in {second!r} labels, but {one} records {first!r}"
+        raise DataError(f"{other}: {where}; score each convention's predictions separately")
     if recorded:
         (convention, path), = recorded.items()
         if given is not None and given != convention:
@@ -151,6 +161,16 @@ def prediction_convention(folder, given=None):
                             f"labels given are {given!r}; leave them out or give {convention!r}")
         return (given, "given") if given is not None else (convention, str(path))
     return (given, "given") if given is not None else ("acdc", "default")
+
+
+def _lies_under(output, folder):
+    """Whether a ``predictions.json`` record's ``output`` (None for a failed input) is a file under ``folder``."""
+    if not output:
+        return False
+    try:
+        return Path(output).resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):
+        return False
 
 
 def _label_map_name(label_map):

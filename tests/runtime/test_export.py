@@ -282,7 +282,7 @@ def test_modified_onnx_is_refused(export_dir, tmp_path, phantom_patient):
         SDNetRuntime(copy)
     from sdnet_infer.cli import main as infer_main
 
-    assert infer_main(["-i", str(phantom_patient), "-o", str(tmp_path / "out"), "-m", str(copy)]) == 2
+    assert infer_main(["-i", str(phantom_patient), "-o", str(tmp_path / "out"), "-m", str(copy)]) == 1
     assert not (tmp_path / "out").exists()
 
 
@@ -473,7 +473,7 @@ def test_unwritable_output_is_one_line_for_predict_infer_and_export(run_dir, exp
     assert result.exit_code == 1
     _one_error_line(result.output, out)
     capsys.readouterr()
-    assert infer_main(["-i", str(image), "-o", str(out), "-m", str(export_dir), "-q"]) == 2
+    assert infer_main(["-i", str(image), "-o", str(out), "-m", str(export_dir), "-q"]) == 1
     _one_error_line(capsys.readouterr().err, out)
     assert not (tmp_path / "file.txt").is_dir()
 

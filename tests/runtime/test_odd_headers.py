@@ -47,7 +47,7 @@ def _stored(path):
 def test_a_sheared_sform_is_refused_naming_the_angle(tmp_path):
     sheared = AFFINE.copy()
     sheared[:3, 1] = [-SPACING, -SPACING, 0.0]  # axis 1 at 45 degrees to axis 0
-    with pytest.raises(DataError, match=r"shear\.nii\.gz: the sform is sheared \(axes 0 and 1 meet at 45 degrees"):
+    with pytest.raises(DataError, match=r"shear\.nii\.gz: the sform is sheared \(axes 0 and 1 are 45 degrees from perpendicular"):
         read_geometry(_image(tmp_path / "shear.nii.gz", sheared))
     slight = AFFINE.copy()
     slight[0, 1] = 0.01  # 0.4 degrees off
@@ -133,7 +133,7 @@ def test_grids_are_compared_in_mm_whatever_the_units(tmp_path, units, scale):
     reference = read_volume(stored("ref.nii.gz")).geometry
     read_labels(stored("same.nii.gz", noise=1e-6), like=reference)  # float noise: one grid
     for name, shift, degrees in (("shifted.nii.gz", 0.9, 0.0), ("rotated.nii.gz", 0.0, 20.0)):
-        with pytest.raises(DataError, match=rf"{name}: its affine places the volume up to .* mm away from "):
+        with pytest.raises(DataError, match=rf"{name}: its affine places the volume up to .* mm \(.* voxels\) away from "):
             read_labels(stored(name, shift, degrees), like=reference)
 
 
@@ -162,3 +162,84 @@ def test_links_that_lead_nowhere_say_so_and_a_failed_record_names_no_output(tmp_
         find_inputs(folder / "loop.nii.gz")
     records = predict_files(folder, tmp_path / "out", lambda batch: batch, size=32, target=2.5)
     assert [r["output"] for r in records] == [None, None] and all(r["error"] for r in records)
+
+
+def test_parallel_axes_a_near_limit_shear_and_a_sheared_sform_beside_a_qform(tmp_path, caplog):
+    parallel = AFFINE.copy()
+    parallel[:3, 1] = parallel[:3, 0]
+    with pytest.raises(DataError, match=r"the sform's axes 0 and 1 are parallel; the affine is degenerate"):
+        read_geometry(_image(tmp_path / "parallel.nii.gz", parallel))
+    over = AFFINE.copy()
+    over[0, 1] = 0.0011 * SPACING  # |cos| 0.0011, 0.063 degrees
+    with pytest.raises(DataError, match=r"0\.063 degrees from perpendicular, more than the 0\.057 allowed"):
+        read_geometry(_image(tmp_path / "over.nii.gz", over))
+    under = AFFINE.copy()
+    under[0, 1] = 0.0009 * SPACING
+    assert read_geometry(_image(tmp_path / "under.nii.gz", under)).spacing_from == "sform"
+
+    def perpendicular_qform(header):
+        header.set_qform(AFFINE, code=1)
+
+    sheared = AFFINE.copy()
+    sheared[0, 1] = 0.01 * SPACING
+    path = _image(tmp_path / "both.nii.gz", sheared, edit=perpendicular_qform)
+    g = read_geometry(path)
+    assert g.spacing_from == "qform" and np.allclose(g.affine, AFFINE, atol=1e-4)
+    assert any("the sform is sheared" in w and "using the qform (code 1)" in w for w in g.warnings)
+
+
+def test_an_unnormalised_qform_quaternion_is_named(tmp_path):
+    path = _image(tmp_path / "q.nii.gz", qform=1, sform=0)
+    raw = bytearray(gzip.open(path).read())
+    raw[256:268] = np.array([0.70711, 0.70711, 0.0], "<f4").tobytes()  # quatern_b, c, d: b^2 + c^2 > 1
+    with gzip.open(path, "wb") as handle:
+        handle.write(bytes(raw))
+    with pytest.raises(DataError, match=r"q\.nii\.gz: the qform's quaternion is not normalised"):
+        read_volume(path)
+
+
+def test_written_labels_drop_the_header_extensions(tmp_path):
+    def comment(header):
+        header.extensions.append(nib.nifti1.Nifti1Extension(6, b"PatientName=DOE^JOHN"))
+
+    volume = read_volume(_image(tmp_path / "in.nii.gz", edit=comment))
+    assert len(volume.image.header.extensions) == 1
+    out = save_labels(np.zeros(volume.data.shape, np.uint8), volume.image, tmp_path / "out.nii.gz", volume.geometry)
+    assert len(nib.load(str(out)).header.extensions) == 0
+
+
+def test_label_cine_and_prediction_names_are_skipped_in_any_case(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("case.nii.gz", "case_GT.nii.gz", "case_4D.nii.gz", "old_PRED.nii.gz"):
+        _image(folder / name)
+    assert [p.name for p, _ in find_inputs(folder)] == ["case.nii.gz"]
+
+
+def test_a_bad_output_folder_is_named_before_the_model_loads_and_exits_1(tmp_path, capsys):
+    from sdnet_infer.cli import main as infer_main
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    image = _image(tmp_path / "image.nii.gz")
+    for output, problem in (("file", "a file, not a folder"), ("dangling", f"a broken symbolic link to {tmp_path / 'gone'}")):
+        capsys.readouterr()
+        assert infer_main(["-i", str(image), "-o", str(tmp_path / output), "-m", str(tmp_path / "no-model")]) == 1
+        assert capsys.readouterr().err == f"Error: {tmp_path / output}: {problem} (--output takes a folder)\n"
+    assert not (tmp_path / "gone").exists()
+
+
+def test_no_qc_json_when_no_volume_was_assessed(tmp_path):
+    class Quality:
+        volumes = []
+
+        def report(self):
+            raise AssertionError("nothing was assessed")
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "qc.json").write_text("{}")  # an earlier run's
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "empty.nii.gz").write_bytes(b"")
+    records = predict_files(folder, tmp_path / "out", lambda b: b, size=32, target=2.5, quality=Quality())
+    assert records[0]["error"] and not (tmp_path / "out" / "qc.json").exists()
