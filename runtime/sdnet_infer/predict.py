@@ -68,11 +68,11 @@ def output_name(path):
     return stem(path) + SUFFIX + ".nii.gz"
 
 
-def nifti_files(folder):
-    """The ``.nii`` and ``.nii.gz`` files (in any case) under ``folder``, sorted, following symlinked folders
+def walk_once(folder):
+    """``(root, sorted file names)`` of every folder under ``folder``, following symlinked folders
     (a cohort made of links to patient folders is read as ``train`` reads it); a folder reached
     twice (a link loop, or two links to one folder) is walked once."""
-    found, seen = [], set()
+    seen = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
@@ -80,8 +80,13 @@ def nifti_files(folder):
             continue
         seen.add(real)
         dirs.sort()
-        found.extend(Path(root) / f for f in files if f.lower().endswith((".nii.gz", ".nii")))
-    return sorted(found)
+        yield Path(root), sorted(files)
+
+
+def nifti_files(folder):
+    """The ``.nii`` and ``.nii.gz`` files (in any case) under ``folder``, sorted, walked by ``walk_once``."""
+    return sorted(root / f for root, files in walk_once(folder) for f in files
+                  if f.lower().endswith((".nii.gz", ".nii")))
 
 
 def find_inputs(source):

@@ -45,7 +45,7 @@ from sdnet_infer.io import (DataError, atomic_path, check_label_convention, chec
                            missing_reason, parse_label_map, prepare_output_dir, read_labels, read_volume, save_labels,
                            write_json)
 from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
-from sdnet_infer.predict import nifti_files, output_name, predict_volume, stem
+from sdnet_infer.predict import nifti_files, output_name, predict_volume, stem, walk_once
 from sdnet_infer.labels import SDNET_CHANNELS
 from sdnet_tf.apps.mnms_cases import (PHASES, STRUCTURES, VENDOR_COLUMNS, predict_patient, prediction_path,
                                       read_reference, vendor_rows)
@@ -90,17 +90,7 @@ PREDICTIONS_LIST = "predictions.json"  # what predict / sdnet-infer write beside
 
 def _predictions_lists(folder):
     """The ``predictions.json`` files under ``folder`` (walked as ``nifti_files`` walks), sorted."""
-    found, seen = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
-        if PREDICTIONS_LIST in files:
-            found.append(Path(root) / PREDICTIONS_LIST)
-    return sorted(found)
+    return sorted(root / PREDICTIONS_LIST for root, files in walk_once(folder) if PREDICTIONS_LIST in files)
 
 
 def prediction_convention(folder, given=None):
