@@ -10,7 +10,8 @@ Two checks, each on the tiny test SDNet (32 x 32) on the CPU, in float32:
    parity test uses), each engine runs ``--iterations`` full iterations (five steps each) with
    an inverse-time decay of ``--decay`` per optimiser step, so a learning rate fixed at tracing
    time would show from the second iteration. Printed: the largest difference of each network's
-   variables and of each optimiser's after every iteration. The JAX side runs in its own
+   variables and of each optimiser's after every iteration, and of the masks each engine
+   predicts for the fake pool (``predict_masks`` on the batch's discriminator images). The JAX side runs in its own
    process (a process holds one Keras backend).
 2. **What the loop does around the updates.** With the weight average, BatchNorm recalibration
    and two validations between six iterations, the training state (every network variable)
@@ -51,6 +52,8 @@ def iterations(initial, out, count, decay):
         for step in SDNET_SCHEDULE:
             engine.run_step(step, *_step_inputs(step, batch, fakes))
         saved.update({f"{k}/{name}": value for name, value in fixed.variables(model, engine).items()})
+        # the masks the loop puts into the fake pool for the discriminator (inference mode)
+        saved[f"{k}/predicted_masks/all"] = engine.predict_masks(batch["discriminator_images"])
     np.savez(out, **saved)
 
 
