@@ -14,6 +14,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import secrets
 import zlib
 from dataclasses import dataclass
@@ -144,7 +145,6 @@ def atomic_path(path, shared=False):
 
 def _host_tag():
     """This host's name as a file-name part (letters, digits and underscores)."""
-    import re
     import socket
 
     return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
@@ -153,8 +153,6 @@ def _host_tag():
 def _remove_orphans(path, stem, host, suffix):
     """Remove the temporary files of shared writes of ``path`` left by ended processes of this
     host (a process of another host sharing the folder is left alone: its id means nothing here)."""
-    import re
-
     pattern = re.compile(rf"{re.escape(stem)}\.tmp-{re.escape(host)}-(\d+)-[0-9a-f]{{8}}{re.escape(suffix)}")
     for candidate in path.parent.glob(f"{glob.escape(stem)}.tmp-{glob.escape(host)}-*"):
         match = pattern.fullmatch(candidate.name)

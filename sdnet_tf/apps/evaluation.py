@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from sdnet_infer.io import (DataError, atomic_path, check_label_convention, check_output_location, check_same_grid,
-                           missing_reason, parse_label_map, prepare_output_dir, read_labels, read_volume, save_labels,
+                           folder_problem, parse_label_map, prepare_output_dir, read_labels, read_volume, save_labels,
                            write_json)
 from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
 from sdnet_infer.predict import nifti_files, output_name, predict_volume, stem, walk_once
@@ -174,14 +174,11 @@ def _label_map_name(label_map):
 
 
 def _check_folder(folder):
-    """Raise ``DataError`` naming ``folder`` unless it is a folder (symbolic links followed): not
-    there, a broken or looping symbolic link (``sdnet_infer.io.missing_reason``), or a file."""
-    if os.path.isdir(folder):
-        return
-    if os.path.isfile(folder):
-        raise DataError(f"{folder}: a file, not a folder")
-    reason = missing_reason(folder)
-    raise DataError(f"{folder}: {'no such folder' if reason == 'no such file' else reason}")
+    """Raise ``DataError`` naming ``folder`` unless it is a folder (symbolic links followed): a
+    file, a broken or looping symbolic link (``sdnet_infer.io.folder_problem``), or nothing there."""
+    problem = folder_problem(folder)
+    if problem or not os.path.isdir(folder):
+        raise DataError(f"{folder}: {problem or 'no such folder'}")
 
 
 def _phase(case, ref_path):
