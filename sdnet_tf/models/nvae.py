@@ -296,7 +296,8 @@ class NVAE(SymbolicBuildModel):
     # ------------------------------------------------------------------ encoder
     def _encode(self, masks, training):
         """Encoder features of every group, top-down; entry 0 is the top's, after ELU-1x1-ELU."""
-        x = self.stem(masks)  # (B, H, W, stem_channels)
+        # The thesis' code feeds the one-hot mask as 2 x - 1, in {-1, 1}, to the stem.
+        x = self.stem(2.0 * masks - 1.0)  # (B, H, W, stem_channels)
         for block in self.preprocess:
             for cell in block[:-1]:
                 x = cell(x, training=training)

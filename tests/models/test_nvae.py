@@ -248,3 +248,17 @@ def test_every_layer_is_tracked_and_values_round_trip():
     assert not np.allclose(np.asarray(a.reconstruct(masks)), np.asarray(b.reconstruct(masks)))
     assign_values(b, variable_values(a))
     np.testing.assert_array_equal(np.asarray(a.reconstruct(masks)), np.asarray(b.reconstruct(masks)))
+
+
+def test_the_stem_reads_the_one_hot_mask_as_2x_minus_1():
+    """The thesis' code (arch/nvae/nvae.py) feeds ``2 * mask - 1`` to the stem convolution."""
+    model = NVAE(**TINY_NVAE, seed=0)
+    masks = _masks(2, 32)
+    model.posterior_means(masks)
+    seen = []
+    stem = model.stem
+    model.stem = lambda x: (seen.append(keras.ops.convert_to_numpy(x)), stem(x))[1]
+    model.posterior_means(masks)
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], 2.0 * masks - 1.0)
+    assert set(np.unique(seen[0])) == {-1.0, 1.0}
