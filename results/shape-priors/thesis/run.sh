@@ -4,7 +4,8 @@
 #   results/shape-priors/thesis/run.sh /path/to/ACDC/training [runs-folder] [--backend jax]
 # About 2.6 hours of training steps on 2 CPU cores (0.54-0.60 s a step, benchmarks/RESULTS.md),
 # plus validation. The run resumes from its last epoch, so the script can be stopped and started
-# again (on either backend: a GPU machine with JAX can finish it); each call evaluates the best epoch so far and copies the history here.
+# again (on either backend: a GPU machine with JAX can finish it); each call evaluates the best
+# epoch so far and copies the history here.
 set -euo pipefail
 DATA=${1:?usage: run.sh ACDC_TRAINING_FOLDER [RUNS] [--backend jax]}
 RUNS=${2:-runs}
