@@ -137,16 +137,18 @@ def mean_cross_entropy(masks, probabilities, eps=1e-7):
     return ops.mean(ops.sum(-_f32(masks) * ops.log(p), axis=-1))
 
 
-def to_prior_masks(foreground, size=None):
+def to_prior_masks(foreground, size=None, scale=1.0):
     """SDNet's foreground masks [MYO, LV, RV] -> a prior's [background, RV, MYO, LV].
 
-    Background is one minus the foreground sum. With ``size`` smaller than the masks the
-    central ``size`` x ``size`` window is kept: a prior trained on the same preprocessing at a
-    smaller size sees exactly that window (both are centre crops of one resampled slice).
+    Background is one minus the foreground sum. With ``size`` the masks are then brought to the
+    prior's frame by ``prior_window``: resampled by ``scale`` and the central ``size`` x ``size``
+    window kept. A prior trained on the same preprocessing sees exactly that window (both are
+    centre crops of one slice resampled about its centre).
 
     Args:
         foreground: (B, H, W, 3) probabilities or one-hot masks.
         size: the prior's input size; None keeps H x W.
+        scale: the network's mm per pixel over the prior's (1.0: the same spacing).
 
     Returns:
         (B, size, size, 4).
@@ -156,7 +158,27 @@ def to_prior_masks(foreground, size=None):
     channels = [background if value == 0 else foreground[..., SDNET_CHANNELS.index(name):SDNET_CHANNELS.index(name) + 1]
                 for value, name in LABEL_NAMES.items()]  # channel k is ACDC label k
     masks = ops.concatenate(channels, axis=-1)
-    return masks if size is None else centre_crop(masks, size)
+    return masks if size is None else prior_window(masks, size, scale)
+
+
+def prior_window(masks, size, scale=1.0):
+    """(B, H, W, K) masks in a prior's frame: resampled to the prior's pixel spacing, then the
+    central ``size`` x ``size`` window.
+
+    With ``scale`` (the masks' mm per pixel over the prior's) other than 1 the masks are
+    resized bilinearly to ``round(H * scale)`` pixels, so one-hot masks become soft at their
+    edges, as predicted probabilities are; a network's truth and prediction go through the
+    same resampling before the prior encodes them.
+
+    Raises:
+        ValueError: the resampled masks are smaller than ``size`` (the prior would read
+            beyond the network's field of view).
+    """
+    if abs(scale - 1.0) > 1e-6:
+        height, width = masks.shape[1], masks.shape[2]
+        masks = ops.image.resize(masks, (int(round(height * scale)), int(round(width * scale))),
+                                 interpolation="bilinear")
+    return centre_crop(masks, size)
 
 
 def centre_crop(masks, size):

@@ -149,7 +149,7 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
     if config.train.distribute != "none":
         raise ConfigError("the shape loss (loss.shape_prior) runs on one device: use train.distribute none")
     prior, prior_config = load_prior(config.loss.shape_prior)
-    check_prior_fits(prior_config, config)
+    prior.frame_scale = check_prior_fits(prior_config, config)  # read by objectives.shape
     engine.use_shape_prior(prior, 0.0)  # the prior, for measuring the terms
     rng = np.random.default_rng([config.train.seed, 999])
     images, masks = arrays.labelled_images, arrays.labelled_masks
@@ -160,7 +160,8 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
     except ValueError as error:
         raise ConfigError(str(error)) from error
     engine.use_shape_prior(prior, omega)
-    log.info("shape loss of %s, omega = %.6g", config.loss.shape_prior, omega)
+    log.info("shape loss of %s, omega = %.6g; masks resampled by %.4g to its %g mm per pixel",
+             config.loss.shape_prior, omega, prior.frame_scale, prior_config.data.spacing)
 
 
 # what the MICCAI 2018 precursor does not read: SDNet's other networks and options, and the

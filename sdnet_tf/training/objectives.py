@@ -64,10 +64,12 @@ def lv_volume_loss(predicted_counts, masks):
 
 def shape(prior, masks, predicted):
     """The shape loss of SDNet's foreground masks [MYO, LV, RV]: both turned into the prior's
-    channels (background, RV, MYO, LV), cropped to its central window, and compared by the
-    squared distance of the prior's codes."""
-    size = prior.input_size
-    return losses.shape_code_loss(prior, losses.to_prior_masks(masks, size), losses.to_prior_masks(predicted, size))
+    channels (background, RV, MYO, LV), resampled to its pixel spacing (``prior.frame_scale``,
+    1.0 when unset), cropped to its central window, and compared by the squared distance of the
+    prior's codes."""
+    size, scale = prior.input_size, getattr(prior, "frame_scale", 1.0)
+    return losses.shape_code_loss(prior, losses.to_prior_masks(masks, size, scale),
+                                  losses.to_prior_masks(predicted, size, scale))
 
 
 def shape_sizes(model, images, masks, dice_weight, dice_mode, prior):

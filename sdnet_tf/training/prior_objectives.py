@@ -94,9 +94,11 @@ def segmentation(model, images, masks, alpha=1.0, omega=0.0, prior=None):
 
 
 def shape_term(prior, masks, predicted):
-    """The shape loss of prior-ordered masks and predictions, cropped to the prior's size."""
-    size = prior.input_size
-    return losses.shape_code_loss(prior, losses.centre_crop(masks, size), losses.centre_crop(predicted, size))
+    """The shape loss of prior-ordered masks and predictions, resampled to the prior's pixel
+    spacing (``prior.frame_scale``, 1.0 when unset) and cropped to its size."""
+    size, scale = prior.input_size, getattr(prior, "frame_scale", 1.0)
+    return losses.shape_code_loss(prior, losses.prior_window(masks, size, scale),
+                                  losses.prior_window(predicted, size, scale))
 
 
 def tl_code(model, images, masks, code=1.0, cross_entropy=0.0, training=True):

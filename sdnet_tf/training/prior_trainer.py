@@ -349,24 +349,37 @@ def resolve_omega(path, configured, terms_of, batches, key="cross_entropy", what
 
 
 def check_prior_fits(prior_config, config, source=None):
-    """A prior must read the U-Net's (or SDNet's) masks: same spacing, no larger size.
+    """A prior must read the U-Net's (or SDNet's) masks: its field of view within theirs.
+
+    The network's masks are resampled to the prior's pixel spacing and cropped to its central
+    window (``losses.prior_window``), so the spacings may differ; the prior's field of view,
+    ``input_size x spacing`` in mm, must not exceed the network's by half a prior pixel or more
+    (it would read beyond the network's masks).
 
     Args:
         prior_config: the prior's ``PriorConfig``.
         config: the config of the network given the prior.
         source: the prior's run directory, named in the error (default ``loss.shape_prior``).
 
+    Returns:
+        The frame scale: the network's mm per pixel over the prior's (1.0 for the same spacing),
+        to be set as the prior's ``frame_scale``.
+
     Raises:
-        DataError: naming the prior, another spacing (mm per pixel) or a larger size (pixels).
+        DataError: naming the prior and both fields of view (pixels and mm) when the prior's is
+            the larger.
     """
     source = source if source is not None else config.loss.shape_prior
-    if abs(prior_config.data.spacing - config.data.spacing) > 1e-6:
-        raise DataError(f"shape prior {source}: trained at {prior_config.data.spacing:g} mm per pixel, the network "
-                        f"at {config.data.spacing:g} (data.spacing): they must match")
-    if prior_config.model.input_size > config.model.input_size:
-        raise DataError(f"shape prior {source}: reads {prior_config.model.input_size} x "
-                        f"{prior_config.model.input_size} masks, larger than the network's {config.model.input_size} "
-                        "(model.input_size)")
+    scale = config.data.spacing / prior_config.data.spacing
+    if abs(scale - 1.0) < 1e-6:
+        scale = 1.0
+    prior_size, size = prior_config.model.input_size, config.model.input_size
+    if int(round(size * scale)) < prior_size:
+        raise DataError(f"shape prior {source}: reads {prior_size} x {prior_size} masks at "
+                        f"{prior_config.data.spacing:g} mm per pixel ({prior_size * prior_config.data.spacing:g} mm), "
+                        f"larger than the network's {size} x {size} at {config.data.spacing:g} mm "
+                        f"({size * config.data.spacing:g} mm; model.input_size, data.spacing)")
+    return scale
 
 
 def image_batch(config, subset, index, rng):
@@ -389,7 +402,7 @@ def train_unet(config, run_dir, resume=True, progress=True):
     prior = prior_config = None
     if config.loss.shape_prior:
         prior, prior_config = load_prior(config.loss.shape_prior)
-        check_prior_fits(prior_config, config)
+        prior.frame_scale = check_prior_fits(prior_config, config)  # read by prior_objectives.shape_term
     run_dir, sets, _, StepEngine = _prepare(config, run_dir, resume, progress)
     handler = log_to_file(run_dir)
     try:
@@ -416,7 +429,8 @@ def train_unet(config, run_dir, resume=True, progress=True):
                                   lambda x, y: {k: float(v) for k, v in terms_of(x, y).items()},
                                   [(sets["training"].images[i], prior_one_hot(sets["training"].labels[i]))
                                    for i in index])
-            log.info("shape loss weight omega = %.6g", omega)
+            log.info("shape loss weight omega = %.6g; masks resampled by %.4g to the prior's %g mm per pixel",
+                     omega, prior.frame_scale, prior_config.data.spacing)
 
         def make_inputs(subset, index, rng, step):
             return image_batch(config, subset, index, rng)
@@ -475,12 +489,14 @@ def load_code_prior(path):
 
 def check_tl_prior(prior_config, config, source):
     """The T-L network decodes with the prior's decoder, so its images must be the prior's
-    masks: the same size and the same spacing (``check_prior_fits``)."""
+    masks: the same size and the same spacing."""
     if prior_config.model.input_size != config.model.input_size:
         raise DataError(f"shape prior {source} decodes {prior_config.model.input_size} x "
                         f"{prior_config.model.input_size} masks; the T-L network's images must be the same size, "
                         f"not {config.model.input_size} (set model.input_size={prior_config.model.input_size})")
-    check_prior_fits(prior_config, config, source)
+    if abs(prior_config.data.spacing - config.data.spacing) > 1e-6:
+        raise DataError(f"shape prior {source}: trained at {prior_config.data.spacing:g} mm per pixel, the T-L "
+                        f"network at {config.data.spacing:g} (data.spacing): they must match")
 
 
 def train_tl(config, run_dir, resume=True, progress=True):

@@ -137,6 +137,51 @@ def test_to_prior_masks_reorders_channels_and_crops():
         losses.to_prior_masks(foreground, 16)
 
 
+def _disc_labels(size, spacing, radius_mm=20.0, offset_mm=(6.0, -4.0)):
+    """A label-3 disc of ``radius_mm`` whose centre is ``offset_mm`` (rows, columns) from the
+    image centre, in a ``size`` x ``size`` frame of ``spacing`` mm per pixel."""
+    centres = (np.arange(size) + 0.5 - size / 2) * spacing
+    rows, cols = np.meshgrid(centres, centres, indexing="ij")
+    inside = (rows - offset_mm[0]) ** 2 + (cols - offset_mm[1]) ** 2 <= radius_mm ** 2
+    return np.where(inside, 3, 0).astype(np.uint8)[None]
+
+
+def test_prior_window_resamples_masks_to_the_prior_spacing_about_the_image_centre():
+    # a network at 2.0 mm per pixel (64 px, 128 mm), a prior at 1.37 mm (64 px, 87.7 mm)
+    network = prior_one_hot(_disc_labels(64, 2.0))
+    framed = np.asarray(losses.prior_window(network, 64, 2.0 / 1.37))
+    assert framed.shape == (1, 64, 64, 4)
+    np.testing.assert_allclose(framed.sum(-1), 1.0, atol=1e-5)  # still a distribution per pixel
+    expected = _disc_labels(64, 1.37)[0] == 3
+    got = framed[0].argmax(-1) == 3
+    dice = 2 * (got & expected).sum() / (got.sum() + expected.sum())
+    assert dice > 0.95, dice
+    centroid = np.argwhere(got).mean(0) - np.argwhere(expected).mean(0)
+    assert np.abs(centroid).max() <= 0.6, centroid  # the crop of an odd resampled size: half a pixel
+    # the same spacing is the plain centre crop, bit for bit
+    np.testing.assert_array_equal(np.asarray(losses.prior_window(network, 32)), network[:, 16:48, 16:48])
+    with pytest.raises(ValueError, match="cannot read"):
+        losses.prior_window(network, 64, 0.9)  # 58 pixels after resampling
+
+
+def test_sdnet_shape_loss_reads_the_prior_frame_scale():
+    from sdnet_tf.training import objectives
+
+    prior = NVAE(**TINY_NVAE, seed=1).build_default()
+    prior.trainable = False
+    labels = np.stack([heart(size=64, shift=s) for s in range(2)])
+    masks = np.stack([labels == 2, labels == 3, labels == 1], -1).astype("float32")  # SDNet's [MYO, LV, RV]
+    predicted = np.clip(masks + np.random.default_rng(0).uniform(0, 0.3, masks.shape), 0, 1).astype("float32") / 1.3
+    same = float(objectives.shape(prior, masks, predicted))
+    assert same == pytest.approx(float(losses.shape_code_loss(
+        prior, losses.to_prior_masks(masks)[:, 16:48, 16:48], losses.to_prior_masks(predicted)[:, 16:48, 16:48])))
+    prior.frame_scale = 0.5  # the network's 64 pixels are the prior's 32
+    halved = float(objectives.shape(prior, masks, predicted))
+    framed = [losses.prior_window(losses.to_prior_masks(m), 32, 0.5) for m in (masks, predicted)]
+    assert halved == pytest.approx(float(losses.shape_code_loss(prior, *framed)), rel=1e-5)
+    assert halved != pytest.approx(same)
+
+
 @pytest.mark.parametrize("make", [lambda: NVAE(**TINY_NVAE, seed=1),
                                   lambda: ShapeAutoencoder(input_size=32, filters=4, levels=2, code_size=16, seed=1)],
                          ids=["nvae", "acnn"])

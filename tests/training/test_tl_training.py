@@ -183,6 +183,8 @@ def test_the_prior_must_be_an_acnn_run_of_the_images_size(prior_run, phantom_coh
 
 
 def test_a_prior_that_does_not_fit_is_named_and_a_t_l_prior_of_another_size_says_so_first():
+    """A shape-loss prior may have another spacing when its field of view fits the network's;
+    the T-L network's prior must have the same size and spacing."""
     from sdnet_tf.config import Config
     from sdnet_tf.data.arrays import DataError
     from sdnet_tf.training.prior_trainer import check_prior_fits, check_tl_prior
@@ -193,13 +195,22 @@ def test_a_prior_that_does_not_fit_is_named_and_a_t_l_prior_of_another_size_says
     tl.model.input_size, tl.data.spacing = 32, 3.0
     with pytest.raises(DataError, match="shape prior runs/acnn decodes 64 x 64 masks.*model.input_size=64"):
         check_tl_prior(prior, tl, "runs/acnn")
+    tl.model.input_size, tl.data.spacing = 64, 2.0
+    with pytest.raises(DataError, match="shape prior runs/acnn: trained at 3 mm per pixel, the T-L network at 2"):
+        check_tl_prior(prior, tl, "runs/acnn")
     sdnet = Config()
     sdnet.loss.shape_prior, sdnet.model.input_size, sdnet.data.spacing = "runs/acnn", 32, 3.0
-    with pytest.raises(DataError, match="shape prior runs/acnn: reads 64 x 64 masks, larger than the network's 32"):
+    with pytest.raises(DataError, match=r"shape prior runs/acnn: reads 64 x 64 masks at 3 mm per pixel \(192 mm\), "
+                                        r"larger than the network's 32 x 32 at 3 mm \(96 mm"):
         check_prior_fits(prior, sdnet)
+    # another spacing: the network's masks are resampled, if the prior's field of view fits
     sdnet.model.input_size, sdnet.data.spacing = 128, 1.37
-    with pytest.raises(DataError, match="shape prior runs/acnn: trained at 3 mm per pixel, the network at 1.37"):
+    with pytest.raises(DataError, match=r"\(192 mm\), larger than the network's 128 x 128 at 1.37 mm \(175.36 mm"):
         check_prior_fits(prior, sdnet)
+    sdnet.model.input_size, sdnet.data.spacing = 96, 2.0
+    assert check_prior_fits(prior, sdnet) == pytest.approx(2.0 / 3.0)
+    sdnet.model.input_size, sdnet.data.spacing = 64, 3.0
+    assert check_prior_fits(prior, sdnet) == 1.0
 
 
 JAX_RESUME = """
