@@ -315,6 +315,10 @@ class PriorDataConfig:
     # fraction of the split's training patients whose masks are used (whole subjects, the
     # same ones SDNet labels at that fraction with the same train.seed)
     labelled_fraction: float = 1.0
+    # "spacing": SDNet's frame (spacing mm per pixel, centre crop), the frame the shape loss
+    # needs; "heart": each frame cropped about its heart and resized, as the NVAE thesis' code
+    # (data.masks.heart_frame), for comparing with the thesis' figures
+    framing: str = field(default="spacing", metadata={"choices": ("spacing", "heart")})
 
 
 @dataclass

@@ -4,6 +4,9 @@ The masks are the ED/ES label slices of an ACDC-layout cohort, preprocessed exac
 (resampled to ``spacing`` mm per pixel, centre crop or pad to ``size``), split by patient with
 the cohort's splits, and kept as label maps (0 background, 1 RV, 2 MYO, 3 LV). A prior trained
 at 128 x 128 therefore sees the central 128 x 128 window of what SDNet sees at 224 x 224.
+
+With ``framing="heart"`` a prior's masks are framed instead as the NVAE thesis' code frames them
+(``heart_frame``): each frame cropped to a square about its heart and resized to ``size``.
 """
 
 from dataclasses import dataclass
@@ -14,10 +17,13 @@ from scipy import ndimage
 from sdnet_infer.labels import DEFAULT_SPACING_MM, FULL_CHANNELS
 from sdnet_tf.data.acdc import labelled_subset, patient_splits, preprocess_cohort
 from sdnet_tf.data.arrays import DataError
+from sdnet_tf.data.preprocess import SIZE as SDNET_SIZE
 
 PRIOR_CHANNELS = FULL_CHANNELS  # channel k of a prior's mask is ACDC label k
 SUBSETS = ("training", "validation", "test")
 PHASES = ("ED", "ES")
+FRAMINGS = ("spacing", "heart")
+HEART_PADDING = 4  # pixels added to the heart's extent by the thesis' code (data_modules/utils.py)
 
 
 @dataclass
@@ -50,6 +56,65 @@ def prior_one_hot(labels):
     return np.eye(4, dtype=np.float32)[labels.astype(np.int64)]
 
 
+def heart_frame(labels, size, images=None, padding=HEART_PADDING):
+    """Frame one cardiac frame's slices about its heart, as the NVAE thesis' code does.
+
+    The in-plane bounding box of every labelled pixel of the frame (all slices together) gives
+    a square window centred on the box, of side its longer extent plus ``padding`` pixels
+    (``data_modules/utils.py`` of j-freddy/nvae-shape-encoding: torchio ``CropOrPad`` about the
+    mask, then ``Resize`` to 128); the window is resampled to ``size`` x ``size``, nearest
+    neighbour for the labels and linear for the images, zero outside the slice. The heart thus
+    fills the frame whatever its size, so the pixel spacing differs from frame to frame. A frame
+    without labels keeps its whole slice.
+
+    Args:
+        labels: (S, H, W) integer labels of the frame's S slices.
+        size: output height and width (pixels).
+        images: optional (S, H, W, 1) images framed with the same window.
+        padding: pixels added to the longer extent of the box.
+
+    Returns:
+        ``(labels, images, side)``: (S, size, size) labels, (S, size, size, 1) images or None,
+        and the window's side in input pixels.
+    """
+    labels = np.asarray(labels)
+    _, height, width = labels.shape
+    present = np.argwhere(labels.any(axis=0))
+    if len(present):
+        low, high = present.min(axis=0), present.max(axis=0)
+        side = float((high - low).max() + padding)
+        centre = (low + high) / 2.0
+    else:
+        side = float(max(height, width))
+        centre = np.array([(height - 1) / 2.0, (width - 1) / 2.0])
+    # the centre of output pixel j, in input pixel coordinates (pixel i spans i - 0.5 .. i + 0.5)
+    offsets = (np.arange(size) + 0.5) * side / size - side / 2.0
+    rows, cols = np.meshgrid(centre[0] + offsets, centre[1] + offsets, indexing="ij")
+
+    def resample(plane, order):
+        return ndimage.map_coordinates(plane, [rows, cols], order=order, mode="constant", cval=0.0)
+
+    framed = np.stack([resample(plane, 0) for plane in labels]).astype(labels.dtype)
+    framed_images = None
+    if images is not None:
+        framed_images = np.stack([resample(plane[..., 0], 1) for plane in np.asarray(images)])[..., None]
+        framed_images = framed_images.astype(np.float32)
+    return framed, framed_images, side
+
+
+def _heart_framed(cohort, size):
+    """The cohort with every frame (ED, then ES, of each patient) framed by ``heart_frame``."""
+    framed = {}
+    for number, frames in cohort.items():
+        labels, images = frames["labels"], frames["images"]
+        half = len(labels) // 2  # ED slices then ES slices of the same volume
+        parts = [heart_frame(labels[start:start + half], size, images[start:start + half])
+                 for start in (0, half)]
+        framed[number] = {"labels": np.concatenate([p[0] for p in parts]),
+                          "images": np.concatenate([p[1] for p in parts])}
+    return framed
+
+
 def _subset(cohort, numbers):
     labels, images, patients, phases, positions = [], [], [], [], []
     for n in numbers:
@@ -68,7 +133,7 @@ def _subset(cohort, numbers):
 
 
 def load_mask_sets(root, size=128, spacing=DEFAULT_SPACING_MM, split=0, cache_dir=None, progress=True, labelled_fraction=1.0,
-                   seed=1):
+                   seed=1, framing="spacing"):
     """Preprocess (or load from cache) a cohort and split its label slices by patient.
 
     Args:
@@ -82,12 +147,20 @@ def load_mask_sets(root, size=128, spacing=DEFAULT_SPACING_MM, split=0, cache_di
             as SDNet's labelled subjects are (``acdc.labelled_subset`` with ``seed``), so a
             baseline and SDNet at one fraction see the same labels.
         seed: the seed of that choice.
+        framing: "spacing" (SDNet's frame: ``spacing`` mm per pixel, centre crop) or "heart"
+            (``heart_frame``: each frame resampled at ``spacing`` into SDNet's 224 x 224 canvas,
+            then cropped about its heart and resized to ``size``).
 
     Returns:
         ``(sets, groups, description)``: ``{"training", "validation", "test"}`` -> ``MaskSet``;
         ``{patient number: pathology group}``; a JSON-able dict of the patients and counts.
     """
-    cohort, patients = preprocess_cohort(root, cache_dir, size, progress, spacing=spacing)
+    if framing not in FRAMINGS:
+        raise DataError(f"data.framing {framing!r}: choose one of {', '.join(FRAMINGS)}")
+    canvas = max(size, SDNET_SIZE) if framing == "heart" else size
+    cohort, patients = preprocess_cohort(root, cache_dir, canvas, progress, spacing=spacing)
+    if framing == "heart":
+        cohort = _heart_framed(cohort, size)
     splits = patient_splits(patients)
     if not 0 <= split < len(splits):
         raise DataError(f"split {split}: the cohort has splits 0..{len(splits) - 1}")
@@ -96,7 +169,7 @@ def load_mask_sets(root, size=128, spacing=DEFAULT_SPACING_MM, split=0, cache_di
         chosen["training"] = labelled_subset(chosen["training"], labelled_fraction, seed)
     sets = {name: _subset(cohort, chosen[name]) for name in SUBSETS}
     groups = {p.number: p.group for p in patients}
-    description = {"data": str(root), "split": split, "size": size, "spacing": spacing,
+    description = {"data": str(root), "split": split, "size": size, "spacing": spacing, "framing": framing,
                    "labelled_fraction": labelled_fraction,
                    **{f"{name}_patients": list(chosen[name]) for name in SUBSETS},
                    **{f"{name}_slices": len(sets[name]) for name in SUBSETS}}

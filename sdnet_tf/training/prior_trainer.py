@@ -367,9 +367,10 @@ def check_prior_fits(prior_config, config, source=None):
 
     Raises:
         DataError: naming the prior and both fields of view (pixels and mm) when the prior's is
-            the larger.
+            the larger, or a prior framed about each heart (``data.framing: heart``).
     """
     source = source if source is not None else config.loss.shape_prior
+    _refuse_heart_framing(prior_config, source)
     scale = config.data.spacing / prior_config.data.spacing
     if abs(scale - 1.0) < 1e-6:
         scale = 1.0
@@ -487,6 +488,13 @@ def load_code_prior(path):
     return load_prior(path)
 
 
+def _refuse_heart_framing(prior_config, source):
+    if getattr(prior_config.data, "framing", "spacing") != "spacing":
+        raise DataError(f"shape prior {source}: trained on masks framed about each heart (data.framing: "
+                        f"{prior_config.data.framing}), which a network's masks are not; train the prior "
+                        "with data.framing: spacing")
+
+
 def check_tl_prior(prior_config, config, source):
     """The T-L network decodes with the prior's decoder, so its images must be the prior's
     masks: the same size and the same spacing."""
@@ -494,6 +502,7 @@ def check_tl_prior(prior_config, config, source):
         raise DataError(f"shape prior {source} decodes {prior_config.model.input_size} x "
                         f"{prior_config.model.input_size} masks; the T-L network's images must be the same size, "
                         f"not {config.model.input_size} (set model.input_size={prior_config.model.input_size})")
+    _refuse_heart_framing(prior_config, source)
     if abs(prior_config.data.spacing - config.data.spacing) > 1e-6:
         raise DataError(f"shape prior {source}: trained at {prior_config.data.spacing:g} mm per pixel, the T-L "
                         f"network at {config.data.spacing:g} (data.spacing): they must match")
