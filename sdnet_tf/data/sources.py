@@ -172,7 +172,7 @@ def mask_sets(config, progress=True):
     folder = data_folder(d)
     return load_mask_sets(folder, config.model.input_size, d.spacing, d.split, cache_dir(config), progress,
                           labelled_fraction=d.labelled_fraction, seed=config.train.seed,
-                          framing=getattr(d, "framing", "spacing"))
+                          framing=d.framing)
 
 
 def default_run_dir(kind, config, config_name=None, data=None):

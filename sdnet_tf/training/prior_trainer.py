@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from sdnet_tf.atomic import write_json
-from sdnet_tf.config import save_config
+from sdnet_tf.config import PriorConfig, save_config
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.data.masks import epoch_batches, prior_one_hot, rotate_labels
 from sdnet_tf.data.sources import mask_sets
@@ -132,6 +132,9 @@ class StepTask(Task):
 def _prepare(config, run_dir, resume, progress):
     run_dir = Path(run_dir)
     engine_class = step_engine(config)  # a wrong backend is refused before anything is read or written
+    if config.data.framing != "spacing" and not isinstance(config, PriorConfig):
+        raise DataError(f"data.framing {config.data.framing} is for shape priors only: it crops each slice about "
+                        "its ground-truth heart, which a network's test image does not come with")
     if not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     sets, groups, description = mask_sets(config, progress)  # before the run directory: bad data leaves nothing

@@ -69,3 +69,17 @@ def test_a_heart_framed_prior_is_refused_for_the_shape_loss_and_the_t_l_network(
     prior.model.kind = "acnn"
     with pytest.raises(DataError, match="framed about each heart"):
         check_tl_prior(prior, TLConfig(), "runs/acnn")
+
+
+def test_a_u_net_cannot_read_heart_framed_images(phantom_cohort_8, tmp_path):
+    """Framing crops about the ground truth's heart: a test image has none (the T-L network
+    shares this check, ``prior_trainer._prepare``)."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, ["baseline", "train", "unet", "--data", str(phantom_cohort_8), "-o",
+                                       str(tmp_path / "unet"), "--set", "data.framing=heart", "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "data.framing heart is for shape priors only" in result.output
+    assert not (tmp_path / "unet").exists()
