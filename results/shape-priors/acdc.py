@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""Shape priors on ACDC split 0, and what they do for the U-Net and SDNet at the CPU protocol.
+
+    python results/shape-priors/acdc.py /path/to/ACDC/training [--runs runs] [--only NAME ...]
+    python results/shape-priors/acdc.py --table          # rebuild table.md and the curves only
+    python results/shape-priors/acdc.py phantom --smoke --runs /tmp/smoke   # every step, 2 steps each
+
+The runs, in this order (each trained with the public command, resuming a run directory that
+holds checkpoints; a run whose JSON is in results/shape-priors/acdc/ is skipped):
+
+- ``nvae-acdc-thesis``: the NVAE on the thesis' schedule (configs/nvae-acdc.yaml) in SDNet's
+  frame (1.37 mm per pixel, centre crop): the prior of the shape losses below.
+- ``unet-shape-split0-100pct``: the U-Net of the ACDC table (configs/unet-acdc-cpu.yaml, 2.0 mm
+  per pixel, same seed and subjects) with the NVAE's shape loss: the thesis' ACU-Net.
+- ``sdnet-shape-split0-1.5pct`` and ``sdnet-shape-split0-100pct``: SDNet at the CPU protocol
+  (configs/sdnet-acdc-cpu.yaml) with the NVAE's shape loss on its segmentor.
+- ``acnn-acdc-cpu``: the ACNN shape autoencoder (configs/acnn-acdc.yaml) at the CPU protocol's
+  2.0 mm per pixel, 30 epochs, and ``tl-split0-100pct``: ACNN's T-L network on it
+  (configs/tl-acdc.yaml at 2.0 mm), segmenting through the autoencoder's decoder.
+- ``nvae-acdc-heart``: the NVAE again with the thesis' framing (``data.framing=heart``: each
+  frame cropped about its heart and resized), whose figures compare with the thesis'.
+
+Priors are scored by ``sdnet-tf shape-eval`` (reconstruction Dice per slice and per 3-D frame,
+valid samples at temperatures 1.0, 0.8, 0.7 and 0.5, Frechet shape distance, a sample grid),
+networks by ``sdnet-tf evaluate --run`` on the 15 test patients (3-D Dice, HD95, valid slices,
+as the ACDC table). The baselines without a prior are the ACDC table's runs
+(results/acdc/runs/). ``table.md`` and ``learning_curves.png`` are rebuilt after every run.
+The commands run are printed and recorded in each JSON. ``--smoke`` checks the pipeline: every
+run for one epoch of two steps, results under ``RUNS/results`` instead of here.
+"""
+
+import argparse
+import csv
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from sdnet_tf.atomic import write_json, write_text
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+OUT = HERE / "acdc"
+BASELINES = ROOT / "results" / "acdc" / "runs"
+
+_spec = importlib.util.spec_from_file_location("acdc_run", ROOT / "results" / "acdc" / "run.py")
+acdc_run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(acdc_run)
+
+NVAE = "nvae-acdc-thesis"
+ACNN = "acnn-acdc-cpu"
+# name: (kind, training command after "sdnet-tf", the prior it needs, the baseline without it)
+PRIORS = {
+    NVAE: ["prior", "train", "nvae", "-c", "nvae-acdc"],
+    ACNN: ["prior", "train", "acnn", "-c", "acnn-acdc", "--set", "data.spacing=2.0", "--epochs", "30"],
+    "nvae-acdc-heart": ["prior", "train", "nvae", "-c", "nvae-acdc", "--set", "data.framing=heart"],
+}
+NETWORKS = {
+    "unet-shape-split0-100pct": ("unet", 1.0, NVAE, "unet-split0-100pct",
+                                 ["baseline", "train", "unet", "-c", "unet-acdc-cpu", "--split", "0",
+                                  "--set", "data.labelled_fraction=1.0"]),
+    "sdnet-shape-split0-1.5pct": ("sdnet", 0.015, NVAE, "sdnet-split0-1.5pct",
+                                  ["train", "acdc", "-c", "sdnet-acdc-cpu", "--split", "0",
+                                   "--labelled-fraction", "0.015"]),
+    "sdnet-shape-split0-100pct": ("sdnet", 1.0, NVAE, "sdnet-split0-100pct",
+                                  ["train", "acdc", "-c", "sdnet-acdc-cpu", "--split", "0",
+                                   "--labelled-fraction", "1.0"]),
+    "tl-split0-100pct": ("tl", 1.0, ACNN, "unet-split0-100pct",
+                         ["baseline", "train", "tl", "-c", "tl-acdc", "--split", "0", "--set", "data.spacing=2.0"]),
+}
+ORDER = [NVAE, "unet-shape-split0-100pct", "sdnet-shape-split0-1.5pct", "sdnet-shape-split0-100pct", ACNN,
+         "tl-split0-100pct", "nvae-acdc-heart"]
+# the thesis' Default-N (3-D Dice per frame on the 50 ACDC test patients; valid samples at T = 1)
+THESIS = {"dice_frames": {"RV": 0.976, "MYO": 0.953, "LV": 0.978, "mean": 0.969}, "valid_samples_t1": 0.965}
+TEMPERATURES = ("1", "0.8", "0.7", "0.5")
+SMOKE = []  # extra options of every training command (--smoke)
+SAMPLES = []  # shape-eval's options (--smoke: fewer samples)
+
+
+def _smoke(command):
+    """One epoch of two steps: ``--smoke``'s overrides for ``command``'s kind of run."""
+    steps = "train.iterations_per_epoch" if command[:2] == ["train", "acdc"] else "train.steps_per_epoch"
+    return ["--epochs", "1", "--set", f"{steps}=2"] if SMOKE else []
+
+
+def train_prior(name, data, runs):
+    run_dir = runs / name
+    train = ["sdnet-tf", *PRIORS[name], "--data", str(data), "-o", str(run_dir), "--quiet", *_smoke(PRIORS[name])]
+    scored = runs / f"{name}-shape-eval"
+    evaluate = ["sdnet-tf", "shape-eval", str(run_dir), "-o", str(scored), "--quiet", *SAMPLES]
+    start = time.perf_counter()
+    acdc_run.run(train, runs / f"{name}.log")
+    seconds = time.perf_counter() - start
+    acdc_run.run(evaluate, runs / f"{name}.log")
+    result = json.loads((scored / f"{name}.json").read_text())
+    result.update(name=name, commands=[" ".join(train), " ".join(evaluate)],
+                  train_seconds_this_invocation=round(seconds, 1),
+                  framing="heart" if "data.framing=heart" in PRIORS[name] else "spacing")
+    write_json(OUT / f"{name}.json", result)
+    for extra in (f"{name}-samples.png",):
+        if (scored / extra).is_file():
+            shutil.copyfile(scored / extra, OUT / extra)
+    shutil.copyfile(run_dir / "history.csv", OUT / f"{name}-history.csv")
+    print(f"{name}: reconstruction Dice {result['reconstruction_dice_frames']['mean']:.3f} per frame, "
+          f"{result['reconstruction_dice_slices']['mean']:.3f} per slice", flush=True)
+
+
+def train_network(name, data, runs):
+    kind, fraction, prior, _, command = NETWORKS[name]
+    run_dir = runs / name
+    train = ["sdnet-tf", *command, "--data", str(data), "--shape-prior", str(runs / prior), "-o", str(run_dir),
+             "--quiet", *_smoke(command)]
+    evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(run_dir / "test"), "--quiet"]
+    start = time.perf_counter()
+    acdc_run.run(train, runs / f"{name}.log")
+    seconds = time.perf_counter() - start
+    acdc_run.run(evaluate, runs / f"{name}.log")
+    result = acdc_run.collect("sdnet" if kind == "sdnet" else "unet", 0, fraction, run_dir, seconds,
+                              [train, evaluate])
+    result.update(name=name, model=kind, shape_prior=prior)
+    omega = run_dir / "omega.json"
+    if omega.is_file():
+        result["omega"] = json.loads(omega.read_text())["omega"]
+    write_json(OUT / f"{name}.json", result)
+    shutil.copyfile(run_dir / "history.csv", OUT / f"{name}-history.csv")
+    print(f"{name}: 3-D Dice {result['dice_3d']['mean']:.3f}, valid slices {result['valid_slices_percent']:.1f}%",
+          flush=True)
+
+
+def _load(name, folder=None):
+    path = (folder or OUT) / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _f(value, digits=3, scale=1.0):
+    return "—" if value is None else f"{value * scale:.{digits}f}"
+
+
+def prior_rows():
+    lines = ["| prior | framing | epochs | recon Dice per frame RV / MYO / LV | mean | per slice | valid recon | "
+             "valid samples T=1 / 0.8 / 0.7 / 0.5 | FSD T=1 (real: train vs test) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in PRIORS:
+        r = _load(name)
+        if r is None:
+            lines.append(f"| {name} | | not run yet | | | | | | |")
+            continue
+        frames, slices = r["reconstruction_dice_frames"], r["reconstruction_dice_slices"]
+        samples = r.get("samples") or {}
+        valid = " / ".join(_f(samples[t]["valid"], 1, 100) + "%" if t in samples else "—" for t in TEMPERATURES)
+        fsd = samples.get("1", {}).get("frechet_shape_distance")
+        lines.append(f"| {name} | {r['framing']} | {r['best']['epoch']} (best) of {r['summary']['epochs']} | "
+                     f"{_f(frames['RV'])} / {_f(frames['MYO'])} / {_f(frames['LV'])} | **{_f(frames['mean'])}** | "
+                     f"{_f(slices['mean'])} | {_f(r['valid_reconstructions'], 1, 100)}% | {valid} | "
+                     f"{_f(fsd, 1)} ({_f(r['frechet_shape_distance_training_vs_test'], 1)}) |")
+    t = THESIS["dice_frames"]
+    lines.append(f"| thesis Default-N | heart | 100 | {t['RV']} / {t['MYO']} / {t['LV']} | {t['mean']} | — | — | "
+                 f"{THESIS['valid_samples_t1'] * 100:.1f}% / — / — / — | FRDS 33.2 |")
+    return lines
+
+
+def network_rows():
+    lines = ["| network | labelled | prior | 3-D Dice (LV / RV / MYO) | per-slice | HD95 mm LV / RV / MYO | "
+             "valid slices | against the same network without it |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, (kind, fraction, prior, baseline, _) in NETWORKS.items():
+        r, b = _load(name), _load(baseline, BASELINES)
+        label = f"{fraction * 100:g}%"
+        if r is None:
+            lines.append(f"| {name} | {label} | {prior} | not run yet | | | | |")
+            continue
+        d, h = r["dice_3d"], r["hd95_mm"]
+        versus = "—"
+        if b is not None:
+            versus = (f"{baseline}: 3-D Dice {d['mean'] - b['dice_3d']['mean']:+.3f}, valid slices "
+                      f"{r['valid_slices_percent'] - b['valid_slices_percent']:+.1f} points")
+        lines.append(f"| {name} | {label} | {prior} | **{_f(d['mean'])}** ({_f(d['LV'])} / {_f(d['RV'])} / "
+                     f"{_f(d['MYO'])}) | {_f(r['slice_dice']['mean'], 1, 100)} | {_f(h['LV'], 1)} / {_f(h['RV'], 1)} / "
+                     f"{_f(h['MYO'], 1)} | {_f(r['valid_slices_percent'], 1)}% | {versus} |")
+    for baseline in sorted({n[3] for n in NETWORKS.values()}):
+        b = _load(baseline, BASELINES)
+        if b is not None:
+            d = b["dice_3d"]
+            lines.append(f"| {baseline} (ACDC table) | {b['labelled_fraction'] * 100:g}% | none | {_f(d['mean'])} "
+                         f"({_f(d['LV'])} / {_f(d['RV'])} / {_f(d['MYO'])}) | {_f(b['slice_dice']['mean'], 1, 100)} | "
+                         f"{_f(b['hd95_mm']['LV'], 1)} / {_f(b['hd95_mm']['RV'], 1)} / {_f(b['hd95_mm']['MYO'], 1)} | "
+                         f"{_f(b['valid_slices_percent'], 1)}% | |")
+    return lines
+
+
+def write_table():
+    lines = ["# Shape priors on ACDC split 0", "",
+             "Made by `python results/shape-priors/acdc.py /path/to/ACDC/training`; every figure is on split 0's "
+             "15 test patients (ED and ES).", "", "## Priors", "", *prior_rows(), "",
+             "Reconstruction Dice per 3-D frame is the thesis' figure (its code scores whole volumes); per slice "
+             "averages slices. FSD: Frechet shape distance of 20 shape descriptors (not the thesis' FRDS).", "",
+             "## Segmentation with a shape prior", "", *network_rows(), ""]
+    write_text(OUT / "table.md", "\n".join(lines))
+
+
+def plot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in PRIORS:
+        path = OUT / f"{name}-history.csv"
+        if path.is_file():
+            rows = list(csv.DictReader(open(path)))
+            left.plot([int(r["epoch"]) for r in rows], [float(r["val_dice_mean"]) for r in rows], label=name)
+    left.set(xlabel="epoch", ylabel="validation reconstruction Dice (per slice)", title="priors")
+    for name, (_, _, _, baseline, _) in NETWORKS.items():
+        for label, result in ((name, _load(name)), (baseline, _load(baseline, BASELINES))):
+            if result is not None and result.get("validation"):
+                curve = result["validation"]
+                right.plot([r["epoch"] for r in curve], [r["val_dice"] for r in curve], label=label,
+                           linestyle="-" if label == name else ":")
+    right.set(xlabel="epoch", ylabel="validation Dice", title="networks (dotted: without a prior)")
+    for axis in (left, right):
+        if axis.lines:
+            axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "learning_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", type=Path, help="an ACDC training folder")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "shape-priors")
+    parser.add_argument("--only", nargs="+", choices=ORDER, help="these runs only, in the planned order")
+    parser.add_argument("--table", action="store_true", help="rebuild table.md and the curves, train nothing")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the pipeline: one epoch of two steps per run, results in RUNS/results")
+    args = parser.parse_args()
+    global OUT
+    if args.smoke:
+        SMOKE.append(True)
+        SAMPLES.extend(["--samples", "100", "--temperature", "1.0"])
+        OUT = args.runs / "results"
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        if args.data is None or not (args.data.is_dir() or str(args.data) == "phantom"):
+            parser.error(f"data folder {args.data}: not a folder")
+        args.runs.mkdir(parents=True, exist_ok=True)
+        for name in ORDER:
+            if args.only and name not in args.only:
+                continue
+            if (OUT / f"{name}.json").is_file():
+                print(f"{name}: already in {OUT / (name + '.json')}; skipped", flush=True)
+                continue
+            (train_prior if name in PRIORS else train_network)(name, args.data, args.runs)
+            write_table()
+            plot()
+    write_table()
+    plot()
+    print(f"table: {OUT / 'table.md'}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
