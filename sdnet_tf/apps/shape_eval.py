@@ -3,7 +3,7 @@
 For a prior (NVAE or shape autoencoder) run directory:
 
 - reconstruction Dice per class on the split's test masks (deterministic codes, argmax), per
-  slice (the thesis' figure) and per 3-D frame;
+  slice and per 3-D frame (the thesis' figure: its code scores whole volumes);
 - the share of anatomically valid reconstructions, and of the test references;
 - NVAE only: ``samples`` masks drawn at each temperature (1.0, 0.8, 0.7 and 0.5, the thesis'),
   their share of anatomically valid slices (and which checks fail) and their Frechet shape
