@@ -262,3 +262,17 @@ def test_an_acdc_reference_and_the_same_labels_written_by_an_itk_tool_are_one_gr
     summary = evaluate_folder(preds, refs, tmp_path / "out")
     assert summary["cases"] == 2  # a (ITK-style) and b (a twentieth of a slice)
     assert len(summary["errors"]) == 1 and "c_pred.nii.gz: its affine places the volume up to 0.75 mm" in summary["errors"][0]
+
+
+def test_when_no_case_can_be_scored_no_output_folder_is_left_behind(tmp_path):
+    labels = _labels()
+    refs, preds = tmp_path / "refs", tmp_path / "preds"
+    refs.mkdir(), preds.mkdir()
+    save(labels, AFFINE, (SPACING, SPACING, THICKNESS), preds / "lonely_pred.nii.gz", dtype=np.uint8)
+    result = _evaluate("-p", preds, "-r", refs, "-o", tmp_path / "out" / "scores")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "lonely_pred.nii.gz" in result.output
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made stays, empty or not
+    assert _evaluate("-p", preds, "-r", refs, "-o", tmp_path / "kept").exit_code == 1
+    assert (tmp_path / "kept").is_dir()

@@ -458,7 +458,20 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     for folder in (predictions, references):
         _check_folder(folder)
     convention, convention_from = prediction_convention(predictions, prediction_labels)
-    out_dir = prepare_output_dir(Path(out_dir) if out_dir else predictions)
+    out_dir = Path(out_dir) if out_dir else predictions
+    new_folders = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
+    out_dir = prepare_output_dir(out_dir)
+    try:
+        return _evaluate_into(predictions, references, out_dir, convention, convention_from, report, label_map,
+                              structures)
+    except Exception:
+        for folder in new_folders:  # nothing was scored: leave no empty folder behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _evaluate_into(predictions, references, out_dir, convention, convention_from, report, label_map, structures):
     preds, refs = _files(predictions, PRED_SUFFIX), _files(references, REF_SUFFIX)
     if not preds:
         raise DataError(f"{predictions}: no predictions (*{PRED_SUFFIX}.nii.gz or *{PRED_SUFFIX}.nii, "
