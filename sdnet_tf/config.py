@@ -285,6 +285,9 @@ class PriorTrainConfig:
     kl_const_steps: int = 10
     kl_min: float = 1e-4
     kl_balance: bool = True
+    # official NVAE divides each group's balancing coefficient by its size factor alpha_i
+    # (NVAE.group_alpha); the thesis' code does not (its _balance_kl), so off by default
+    kl_balance_size_factor: bool = False
     spectral_weight: float = 0.0  # thesis: 0.1 (optional)
     spectral_iterations: int = 1
     # ACNN: label-swap probability (denoising)

@@ -22,14 +22,16 @@ def nvae(model, masks, kl_coefficient, betas, alpha, balance=True):
     ``reconstruction + coefficient * mean_batch sum_i c_i beta_i KL_i``, where the
     reconstruction is the pixel-summed categorical cross-entropy of a posterior sample's
     decoding, ``beta_i`` the weight of group i's scale and, while ``coefficient`` < 1 and
-    ``balance`` is on, ``c_i`` NVAE's balancing coefficients of the weighted KL (else 1).
+    ``balance`` is on, ``c_i`` NVAE's balancing coefficients of the groups' KL before the
+    ``beta_i`` (``losses.kl_balance``; the thesis' ``_balance_kl``), else 1.
 
     Args:
         model: an ``NVAE``.
         masks: one-hot masks (B, H, W, K).
         kl_coefficient: the warm-up coefficient (a scalar tensor or float).
         betas: (G,) per-group KL weights.
-        alpha: (G,) per-group size factors (``NVAE.group_alpha``).
+        alpha: (G,) per-group size factors (``NVAE.group_alpha``, official NVAE's), or ones
+            (the thesis').
         balance: apply KL balancing during the warm-up.
 
     Returns:
@@ -41,7 +43,7 @@ def nvae(model, masks, kl_coefficient, betas, alpha, balance=True):
     weighted = ops.cast(kl, "float32") * ops.convert_to_tensor(betas, "float32")[None, :]
     coefficient = ops.cast(ops.convert_to_tensor(kl_coefficient), "float32")
     if balance:
-        c = losses.kl_balance(weighted, alpha)
+        c = losses.kl_balance(kl, alpha)
         c = ops.where(coefficient < 1.0, c, ops.ones_like(c))
     else:
         c = ops.ones((weighted.shape[1],), "float32")

@@ -203,7 +203,8 @@ def prior_loss(kind, model, train):
             return prior_objectives.autoencoder(model, masks, swap_labels(masks, train.label_swap, generator))
 
         return denoising, [generator.state]
-    betas, alpha = model.group_betas(train.kl_betas), model.group_alpha()
+    betas = model.group_betas(train.kl_betas)
+    alpha = model.group_alpha() if train.kl_balance_size_factor else [1.0] * len(betas)
     kernels = [v for v in model.trainable_variables if len(v.shape) == 4 and "depthwise" not in v.path]
     extra = []
     if train.spectral_weight:

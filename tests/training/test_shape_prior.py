@@ -100,6 +100,24 @@ def test_nvae_objective_without_balance_is_the_weighted_elbo():
                                          rel=1e-5)
 
 
+@pytest.mark.parametrize("official", [False, True], ids=["thesis", "official-nvae"])
+def test_kl_balancing_weighs_the_groups_kl_before_the_scale_weights(official):
+    """The thesis' ``_balance_kl``: c_i from each group's batch-mean KL (not the beta-weighted
+    KL), normalised to average 1; official NVAE also divides by the group's size factor."""
+    model = NVAE(**TINY_NVAE, seed=3).build_default()
+    masks = prior_one_hot(np.stack([heart(), heart(shift=2)]))
+    betas = [1.0, 2.0, 3.0, 3.0]
+    alpha = np.array(model.group_alpha() if official else [1.0] * 4)
+    keras.utils.set_random_seed(5)
+    total, terms = prior_objectives.nvae(model, masks, 0.5, betas, alpha, balance=True)
+    per_group = np.array([float(terms[f"kl_group{i}"]) for i in range(4)])
+    c = (per_group + 0.01) / alpha
+    c = c / c.mean()
+    assert float(terms["kl_weighted"]) == pytest.approx(float(np.sum(np.array(betas) * c * per_group)), rel=1e-4)
+    assert float(total) == pytest.approx(float(terms["reconstruction"]) + 0.5 * float(terms["kl_weighted"]),
+                                         rel=1e-5)
+
+
 # ------------------------------------------------------------------ guarded engine
 def test_engine_skips_or_stops_on_non_finite_steps():
     layer = keras.layers.Dense(1, use_bias=False)
