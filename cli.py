@@ -238,13 +238,18 @@ def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labell
               help="NVAE samples drawn per temperature.")
 @click.option("--temperature", "temperatures", type=click.FloatRange(0.0, None, min_open=True), multiple=True,
               help="A sampling temperature (repeatable; default 1.0, 0.8, 0.7 and 0.5).")
+@click.option("--frds", is_flag=True,
+              help="Also FRDS (the thesis' metric) of the NVAE samples: trains a SimCLR ResNet-18 on the split's "
+                   "training masks once (30 epochs; cached, so later runs of that split reuse it).")
+@click.option("--frds-epochs", type=click.IntRange(1, None), default=None,
+              help="Epochs of that training (default 30; the thesis trained 200).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def shape_eval(runs, output, samples, temperatures, quiet):
+def shape_eval(runs, output, samples, temperatures, frds, frds_epochs, quiet):
     """Evaluate shape-prior, U-Net and T-L network RUNS on their split's held-out test patients.
 
     Priors: reconstruction Dice per class, anatomically valid reconstructions and samples
     (temperatures 1.0, 0.8, 0.7 and 0.5 by default) with a grid of samples per temperature,
-    Frechet shape distance, pathology from codes (10-fold CV).
+    Frechet shape distance, pathology from codes (10-fold CV); with --frds also FRDS.
     U-Nets and T-L networks: Dice per class and anatomically valid slices. Writes one JSON
     per run and a Markdown table of them all (table.md) and their learning curves
     (learning_curves.png); a run that cannot be read is reported and the others are still
@@ -262,7 +267,15 @@ def shape_eval(runs, output, samples, temperatures, quiet):
         else:
             click.echo(f"{run}: written {output / (Path(run).name + '.json')}")
 
-    results, failed = evaluate_runs(runs, output, samples, tuple(temperatures) or None, not quiet, report)
+    if frds_epochs is not None and not frds:
+        raise UserError("--frds-epochs goes with --frds")
+    frds_fn = None
+    if frds:
+        from sdnet_tf.training.embedder_trainer import frds_function
+
+        frds_fn = frds_function({} if frds_epochs is None else {"epochs": frds_epochs}, progress=not quiet)
+    results, failed = evaluate_runs(runs, output, samples, tuple(temperatures) or None, not quiet, report,
+                                    frds=frds_fn)
     if results:
         click.echo((output / "table.md").read_text())
     if failed:

@@ -281,3 +281,29 @@ def spectral_norms(kernels, vectors, iterations=1):
         sigmas.append(ops.sum(u * ops.matmul(w, v)))
         updated.append(u)
     return sigmas, updated
+
+
+def nt_xent(projections, temperature=0.07):
+    """SimCLR's contrastive loss (NT-Xent) of a batch of view pairs.
+
+    Rows ``i`` and ``i + N`` of the (2N, D) projections are the two views of one mask. Each
+    row's cosine similarities to all other rows, over ``temperature``, are a softmax whose
+    target is its pair: the loss is ``mean_i [log sum_{j != i} exp(s_ij / T) - s_i,pair / T]``
+    (Chen et al., ICML 2020; the thesis' arch/simclr/simclr.py, temperature 0.07).
+
+    Args:
+        projections: (2N, D), N >= 1.
+        temperature: the softmax temperature.
+
+    Returns:
+        A scalar.
+    """
+    z = _f32(projections)
+    z = z / ops.maximum(ops.sqrt(ops.sum(z * z, axis=1, keepdims=True)), 1e-8)
+    count = z.shape[0]
+    similarity = ops.matmul(z, ops.transpose(z)) / temperature
+    self_mask = ops.eye(count, dtype="float32")
+    similarity = similarity - 1e9 * self_mask  # a row is not its own candidate
+    pairs = ops.roll(self_mask, count // 2, axis=0)  # row i's pair is row i + N (mod 2N)
+    positive = ops.sum(similarity * pairs, axis=1)
+    return ops.mean(ops.logsumexp(similarity, axis=1) - positive)

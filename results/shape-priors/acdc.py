@@ -89,7 +89,8 @@ def train_prior(name, data, runs):
     run_dir = runs / name
     train = ["sdnet-tf", *PRIORS[name], "--data", str(data), "-o", str(run_dir), "--quiet", *_smoke(PRIORS[name])]
     scored = runs / f"{name}-shape-eval"
-    evaluate = ["sdnet-tf", "shape-eval", str(run_dir), "-o", str(scored), "--quiet", *SAMPLES]
+    frds = ["--frds"] if PRIORS[name][2] == "nvae" else []
+    evaluate = ["sdnet-tf", "shape-eval", str(run_dir), "-o", str(scored), "--quiet", *frds, *SAMPLES]
     start = time.perf_counter()
     acdc_run.run(train, runs / f"{name}.log")
     seconds = time.perf_counter() - start
@@ -140,24 +141,26 @@ def _f(value, digits=3, scale=1.0):
 
 def prior_rows():
     lines = ["| prior | framing | epochs | recon Dice per frame RV / MYO / LV | mean | per slice | valid recon | "
-             "valid samples T=1 / 0.8 / 0.7 / 0.5 | FSD T=1 (real: train vs test) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "valid samples T=1 / 0.8 / 0.7 / 0.5 | FSD T=1 (real: train vs test) | FRDS T=1 (real) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in PRIORS:
         r = _load(name)
         if r is None:
-            lines.append(f"| {name} | | not run yet | | | | | | |")
+            lines.append(f"| {name} | | not run yet | | | | | | | |")
             continue
         frames, slices = r["reconstruction_dice_frames"], r["reconstruction_dice_slices"]
         samples = r.get("samples") or {}
         valid = " / ".join(_f(samples[t]["valid"], 1, 100) + "%" if t in samples else "—" for t in TEMPERATURES)
         fsd = samples.get("1", {}).get("frechet_shape_distance")
+        frds = samples.get("1", {}).get("frds")
         lines.append(f"| {name} | {r['framing']} | {r['best']['epoch']} (best) of {r['summary']['epochs']} | "
                      f"{_f(frames['RV'])} / {_f(frames['MYO'])} / {_f(frames['LV'])} | **{_f(frames['mean'])}** | "
                      f"{_f(slices['mean'])} | {_f(r['valid_reconstructions'], 1, 100)}% | {valid} | "
-                     f"{_f(fsd, 1)} ({_f(r['frechet_shape_distance_training_vs_test'], 1)}) |")
+                     f"{_f(fsd, 1)} ({_f(r['frechet_shape_distance_training_vs_test'], 1)}) | "
+                     f"{_f(frds, 1)} ({_f(r.get('frds_training_vs_test'), 1)}) |")
     t = THESIS["dice_frames"]
     lines.append(f"| thesis Default-N | heart | 100 | {t['RV']} / {t['MYO']} / {t['LV']} | {t['mean']} | — | — | "
-                 f"{THESIS['valid_samples_t1'] * 100:.1f}% / — / — / — | FRDS 33.2 |")
+                 f"{THESIS['valid_samples_t1'] * 100:.1f}% / — / — / — | — | 33.2 (another embedder) |")
     return lines
 
 
@@ -195,7 +198,8 @@ def write_table():
              "Made by `python results/shape-priors/acdc.py /path/to/ACDC/training`; every figure is on split 0's "
              "15 test patients (ED and ES).", "", "## Priors", "", *prior_rows(), "",
              "Reconstruction Dice per 3-D frame is the thesis' figure (its code scores whole volumes); per slice "
-             "averages slices. FSD: Frechet shape distance of 20 shape descriptors (not the thesis' FRDS).", "",
+             "averages slices. FSD: Frechet shape distance of 20 shape descriptors; FRDS: the thesis' metric with "
+             "this project's SimCLR embedder (README, Shape priors, Metrics).", "",
              "## Segmentation with a shape prior", "", *network_rows(), ""]
     write_text(OUT / "table.md", "\n".join(lines))
 
@@ -240,7 +244,7 @@ def main():
     global OUT
     if args.smoke:
         SMOKE.append(True)
-        SAMPLES.extend(["--samples", "100", "--temperature", "1.0"])
+        SAMPLES.extend(["--samples", "100", "--temperature", "1.0", "--frds-epochs", "1"])
         OUT = args.runs / "results"
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.table:

@@ -9,7 +9,8 @@ For a prior (NVAE or shape autoencoder) run directory:
   their share of anatomically valid slices (and which checks fail) and their Frechet shape
   distance to the test masks, beside the distance between the training and the test masks
   (what real masks score), and a grid of samples per temperature
-  (``<output>/<run name>-samples.png``);
+  (``<output>/<run name>-samples.png``); with ``frds``, also each temperature's FRDS (the
+  thesis' metric) by the split's SimCLR embedder (``training.embedder_trainer``);
 - ACDC pathology group from the codes: every patient's ED and ES slices are encoded, each
   slice's codes pooled (``pool_codes``), averaged over the frame's slices, ED and ES
   concatenated; random forest, stratified 10-fold cross-validation over all patients.
@@ -31,8 +32,8 @@ import numpy as np
 from sdnet_tf.atomic import write_json
 from sdnet_tf.data.masks import prior_one_hot
 from sdnet_tf.metrics.overlap import CLASSES, dice
-from sdnet_tf.metrics.shape import (frechet_shape_distance, pathology_cv, pool_codes, reconstruction_dice,
-                                    valid_fraction)
+from sdnet_tf.metrics.shape import (frechet_distance, frechet_shape_distance, pathology_cv, pool_codes,
+                                    reconstruction_dice, valid_fraction)
 from sdnet_tf.metrics.validity import check_slice
 
 log = logging.getLogger("sdnet_tf.shape_eval")
@@ -96,10 +97,14 @@ GRID_SAMPLES = 8  # samples per temperature in the figure
 
 
 def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, seed=0, progress=True,
-                   figure=None):
+                   figure=None, frds=None):
     """The metrics of a prior run (see the module docstring) as a JSON-able dict; with
     ``figure`` (a PNG path) and an NVAE, also a grid of the first ``GRID_SAMPLES`` samples
-    drawn at each temperature, one row per temperature."""
+    drawn at each temperature, one row per temperature. With ``frds`` and an NVAE, also the FRDS of
+    each temperature's samples against the test masks: ``frds(training labels, validation
+    labels, cache folder)`` returns ``(embed, info)``, ``embed`` mapping (N, H, W) label maps to
+    (N, D) features (the split's SimCLR embedder, ``training.embedder_trainer.frds_function``;
+    scoring trains nothing itself)."""
     from keras import ops
 
     from sdnet_tf.data.sources import mask_sets
@@ -121,6 +126,14 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
               "valid_references": valid_fraction(test.labels, spacing)["valid"]}
     result["frechet_shape_distance_training_vs_test"] = frechet_shape_distance(test.labels, sets["training"].labels,
                                                                                spacing)
+    embed = None
+    if config.model.kind == "nvae" and frds is not None:
+        from sdnet_tf.data.sources import cache_dir
+
+        embed, result["frds_embedder"] = frds(sets["training"].labels, sets["validation"].labels,
+                                              cache_dir(config).parent / "frds")
+        real_features = embed(test.labels)
+        result["frds_training_vs_test"] = frechet_distance(real_features, embed(sets["training"].labels))
     if config.model.kind == "nvae":
         result["samples"] = {}
         grid = {}
@@ -133,6 +146,8 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
                                            "failures": validity["failures"],
                                            "frechet_shape_distance": frechet_shape_distance(test.labels, drawn,
                                                                                             spacing)}
+            if embed is not None:
+                result["samples"][f"{t:g}"]["frds"] = frechet_distance(real_features, embed(drawn))
         if figure is not None:
             sample_grid(grid, lambda labels: not any(check_slice(labels, spacing).values()), figure)
             result["sample_figure"] = str(figure)
@@ -217,7 +232,7 @@ def _best_fingerprint(run_dir):
     return record.read_text() if record.is_file() else "", stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3, temperatures=TEMPERATURES):
+def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3, temperatures=TEMPERATURES, frds=None):
     """Evaluate one run directory (prior or U-Net) and write ``<output>/<name>.json``.
 
     A run may still be training: when it saves a new best epoch during the evaluation, the
@@ -229,7 +244,8 @@ def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3, tempe
     for _ in range(attempts):
         before = _best_fingerprint(run_dir)
         result = evaluate_unet(run_dir, progress) if kind in SEGMENTATION_KINDS else evaluate_prior(
-            run_dir, samples, temperatures, progress=progress, figure=Path(output) / f"{run_dir.name}-samples.png")
+            run_dir, samples, temperatures, progress=progress, figure=Path(output) / f"{run_dir.name}-samples.png",
+            frds=frds)
         if _best_fingerprint(run_dir) == before:
             break
         log.warning("%s saved a new best epoch during its evaluation; evaluating it again", run_dir)
@@ -245,7 +261,7 @@ def evaluate_run(run_dir, output, samples=1000, progress=True, attempts=3, tempe
     return result
 
 
-def evaluate_runs(runs, output, samples=1000, temperatures=None, progress=True, report=None):
+def evaluate_runs(runs, output, samples=1000, temperatures=None, progress=True, report=None, frds=None):
     """``evaluate_run`` for each of ``runs``, then ``<output>/table.md`` and
     ``<output>/learning_curves.png`` of those that could be read; a run that cannot be read
     is reported (``report(run, error)``; ``report(run, None)`` after each success) and the
@@ -257,7 +273,7 @@ def evaluate_runs(runs, output, samples=1000, temperatures=None, progress=True, 
     for run in runs:
         try:
             results.append(evaluate_run(run, output, samples=samples, progress=progress,
-                                        temperatures=temperatures or TEMPERATURES))
+                                        temperatures=temperatures or TEMPERATURES, frds=frds))
             error = None
         except (FileNotFoundError, DataError, ValueError) as caught:
             failed.append(run)
@@ -284,8 +300,11 @@ def table(results):
     priors = [r for r in results if r["kind"] not in SEGMENTATION_KINDS]
     if priors:
         shown = sorted({t for r in priors for t in r.get("samples", {})}, key=float, reverse=True)  # NVAE only
-        header = (["prior", "recon Dice RV", "MYO", "LV", "mean", "valid recon"]
-                  + [f"valid samples T={t} (FSD)" for t in shown] + ["FSD real: train vs test", "pathology CV (chance)"])
+        with_frds = any("frds_training_vs_test" in r for r in priors)
+        header = (["prior", "recon Dice RV", "MYO", "LV", "mean", "mean per frame", "valid recon"]
+                  + [f"valid samples T={t} (FSD{', FRDS' if with_frds else ''})" for t in shown]
+                  + ["FSD real: train vs test"] + (["FRDS real: train vs test"] if with_frds else [])
+                  + ["pathology CV (chance)"])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in priors:
             d = r["reconstruction_dice_slices"]
@@ -293,11 +312,13 @@ def table(results):
             cells = []
             for t in shown:
                 s = r.get("samples", {}).get(t)
-                cells.append(f"{_f(100 * s['valid'], 1)}% ({_f(s['frechet_shape_distance'], 1)})" if s else "—")
+                extra = f", {_f(s['frds'], 1)}" if s and "frds" in s else (", —" if with_frds else "")
+                cells.append(f"{_f(100 * s['valid'], 1)}% ({_f(s['frechet_shape_distance'], 1)}{extra})" if s else "—")
             patho = f"{_f(p['mean'])} ± {_f(p['std'])} ({_f(p['chance'])})" if "mean" in p else "—"
             row = ([r["kind"], _f(d["RV"]), _f(d["MYO"]), _f(d["LV"]), _f(d["mean"]),
-                    f"{_f(100 * r['valid_reconstructions'], 1)}%"] + cells
-                   + [_f(r["frechet_shape_distance_training_vs_test"], 1), patho])
+                    _f(r["reconstruction_dice_frames"]["mean"]), f"{_f(100 * r['valid_reconstructions'], 1)}%"]
+                   + cells + [_f(r["frechet_shape_distance_training_vs_test"], 1)]
+                   + ([_f(r.get("frds_training_vs_test"), 1)] if with_frds else []) + [patho])
             lines.append("| " + " | ".join(row) + " |")
     segmenters = [r for r in results if r["kind"] in SEGMENTATION_KINDS]
     if segmenters:

@@ -176,6 +176,41 @@ def load_mask_sets(root, size=128, spacing=DEFAULT_SPACING_MM, split=0, cache_di
     return sets, groups, description
 
 
+def contrastive_views(labels, rng, max_rotation=180.0, min_scale=0.8):
+    """Two random views of each label map for SimCLR, as the thesis' FRDS embedder is trained.
+
+    Each view is the map rotated by an angle uniform in +-``max_rotation`` degrees about its
+    centre, flipped left-right with probability 0.5, and a random square crop of ``s`` times
+    its area (``s`` uniform in [``min_scale``, 1]) resized back; all nearest neighbour with
+    background fill, so the views stay label maps (the thesis' torchvision ``RandomRotation``,
+    ``RandomHorizontalFlip`` and ``RandomResizedCrop`` with ratio 1 and nearest interpolation).
+
+    Args:
+        labels: (N, H, W) label maps.
+        rng: a ``numpy.random.Generator``.
+
+    Returns:
+        (2N, H, W): the first views of the N maps, then their second views.
+    """
+    labels = np.asarray(labels)
+    count, height, width = labels.shape
+    views = []
+    for _ in range(2):
+        out = rotate_labels(labels, rng.uniform(-max_rotation, max_rotation, count))
+        flip = rng.random(count) < 0.5
+        out[flip] = out[flip, :, ::-1]
+        for i in range(count):
+            side = np.sqrt(rng.uniform(min_scale, 1.0))  # of the map's side
+            top = rng.uniform(0.0, 1.0 - side) * height
+            left = rng.uniform(0.0, 1.0 - side) * width
+            rows = top + (np.arange(height) + 0.5) * side - 0.5
+            cols = left + (np.arange(width) + 0.5) * side - 0.5
+            grid = np.meshgrid(rows, cols, indexing="ij")
+            out[i] = ndimage.map_coordinates(out[i], grid, order=0, mode="constant", cval=0)
+        views.append(out)
+    return np.concatenate(views)
+
+
 def rotate_labels(labels, angles):
     """Rotate each label map (B, H, W) by its angle in degrees (nearest neighbour, background
     fill), about the image centre."""

@@ -278,14 +278,19 @@ def test_the_prior_table_has_as_many_cells_as_columns_with_or_without_nvae_sampl
     from sdnet_tf.apps.shape_eval import table
 
     dice = {"RV": 0.8, "MYO": 0.7, "LV": 0.9, "mean": 0.8}
-    acnn = {"kind": "acnn", "reconstruction_dice_slices": dice, "pathology": {}, "valid_reconstructions": 1.0,
-            "frechet_shape_distance_training_vs_test": 20.9}
+    acnn = {"kind": "acnn", "reconstruction_dice_slices": dice, "reconstruction_dice_frames": dice,
+            "pathology": {}, "valid_reconstructions": 1.0, "frechet_shape_distance_training_vs_test": 20.9}
     nvae = dict(acnn, kind="nvae", samples={"1.0": {"valid": 0.5, "frechet_shape_distance": 3.0}})
-    for results in ([acnn], [nvae, acnn]):
+    with_frds = dict(nvae, frds_training_vs_test=4.5,
+                     samples={"1.0": {"valid": 0.5, "frechet_shape_distance": 3.0, "frds": 61.25}})
+    for results in ([acnn], [nvae, acnn], [with_frds, nvae, acnn]):
         lines = table(results).strip().splitlines()
         assert len({line.count("|") for line in lines}) == 1, lines
         assert "|  |" not in lines[0], lines[0]
     assert "valid samples T=1.0 (FSD)" in table([nvae, acnn])
+    frds_table = table([with_frds, acnn])
+    assert "valid samples T=1.0 (FSD, FRDS)" in frds_table and "50.0% (3.0, 61.2)" in frds_table
+    assert "| 4.5 |" in frds_table  # FRDS of the training against the test masks
 
 
 def test_estimate_omega_is_the_ratio_of_mean_terms():
@@ -417,17 +422,22 @@ def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_pa
     assert summary["omega"] == omega > 0
     out = tmp_path / "eval"
     unet = evaluate_run(tmp_path / "unet", out)
-    prior = evaluate_run(prior_run, out, samples=100)
+    from sdnet_tf.training.embedder_trainer import frds_function
+
+    frds = frds_function({"epochs": 1, "batch_size": 16, "width": 8}, progress=False)
+    prior = evaluate_run(prior_run, out, samples=100, frds=frds)
     assert set(unet["dice_slices"]) == {"RV", "MYO", "LV", "mean"} and 0 <= unet["valid_slices"] <= 1
     assert set(prior["samples"]) == {"1", "0.8", "0.7", "0.5"}
-    assert all(s["count"] == 100 and 0 <= s["valid"] <= 1 and s["frechet_shape_distance"] >= 0
+    assert all(s["count"] == 100 and 0 <= s["valid"] <= 1 and s["frechet_shape_distance"] >= 0 and s["frds"] >= 0
                for s in prior["samples"].values())
+    assert prior["frds_embedder"]["steps"] > 0 and prior["frds_training_vs_test"] >= 0
+    assert list((tmp_path / "cache" / "frds").glob("frds-*.npz"))  # cached beside the preprocessed cohort
     assert (out / "prior-samples.png").is_file() and prior["sample_figure"] == str(out / "prior-samples.png")
     assert prior["valid_references"] == 1.0  # phantom references are anatomically valid
     assert "skipped" in prior["pathology"]  # 8 phantom patients: too few for 10 folds, said so
     text = table([prior, unet])
     assert "| nvae |" in text and "| U-Net + shape loss |" in text
-    assert "valid samples T=0.5 (FSD)" in text and "valid samples T=0.8 (FSD)" in text
+    assert "valid samples T=0.5 (FSD, FRDS)" in text and "valid samples T=0.8 (FSD, FRDS)" in text
     # what sdnet-tf shape-eval runs: every readable run, the table and curves, the failures named
     from sdnet_tf.apps.shape_eval import evaluate_runs
 
@@ -442,6 +452,12 @@ def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_pa
     config.data.spacing = 3.0
     with pytest.raises(Exception, match="mm per pixel"):
         train_unet(config, tmp_path / "unet2", progress=False)
+
+
+def test_shape_eval_frds_epochs_without_frds_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["shape-eval", str(tmp_path), "-o", str(tmp_path / "out"), "--frds-epochs", "3"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--frds-epochs goes with --frds" in result.output
 
 
 def test_cli_train_prior_errors(tmp_path):
