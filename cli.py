@@ -158,7 +158,9 @@ def summary(config, overrides):
                    "without it resumes.")
 @click.option("--shape-prior", default=None, metavar="RUN",
               help="A frozen prior's run directory (prior train nvae|acnn) whose shape loss is added to the "
-                   "supervised segmentation loss.")
+                   "supervised segmentation loss. At another data.spacing the masks are resampled to the prior's; "
+                   "a prior whose field of view (pixels x mm) exceeds the network's, or one trained with "
+                   "data.framing heart, is refused.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(dataset, data, split, config, overrides, run_dir, epochs, seed, labelled_fraction, xla, precision,
           distribute, backend, resume, max_iterations, shape_prior, quiet):
@@ -327,7 +329,9 @@ def prior_train(kind, data, split, config, overrides, run_dir, epochs, seed, xla
     """Train a KIND shape prior on the masks of --data DIR|phantom and print its best
     validation epoch. The frozen prior gives SDNet and the U-Net their shape loss
     (--shape-prior RUN); an ACNN prior is also the T-L network's autoencoder
-    (baseline train tl --shape-prior RUN)."""
+    (baseline train tl --shape-prior RUN). --set data.framing=heart frames each
+    volume about its heart as the NVAE thesis does, for comparing with its figures
+    (such a prior gives no shape loss)."""
     _train_shape(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
                  None, quiet)
 
@@ -342,7 +346,9 @@ def baseline():
 @_shape_train_options
 @click.option("--shape-prior", default=None, metavar="RUN",
               help="unet: a frozen prior's run directory (prior train nvae|acnn) whose shape loss is added to the "
-                   "cross-entropy (ACU-Net); tl: the frozen ACNN autoencoder's run (prior train acnn), required.")
+                   "cross-entropy (ACU-Net); at another data.spacing the masks are resampled to the prior's, and a "
+                   "prior with a larger field of view or data.framing heart is refused. tl: the frozen ACNN "
+                   "autoencoder's run (prior train acnn, same size and spacing), required.")
 def baseline_train(kind, data, split, config, overrides, run_dir, epochs, seed, xla, backend, resume, max_steps,
                    quiet, shape_prior):
     """Train a baseline on --data DIR|phantom and print its best validation epoch.

@@ -126,6 +126,28 @@ def batched(fn, array, batch_size=32):
     return np.concatenate([np.asarray(fn(array[i:i + batch_size])) for i in range(0, len(array), batch_size)])
 
 
+def read_prior_config(path):
+    """The ``PriorConfig`` of a shape prior's run directory, reading no weights (the checks
+    ``load_prior`` makes before it builds the model).
+
+    Raises:
+        FileNotFoundError: no ``config.yaml`` or ``best.npz`` in ``path``.
+        DataError: a run of another kind (not ``nvae`` or ``acnn``).
+    """
+    from sdnet_tf.config import PriorConfig, load_config
+
+    path = Path(path).expanduser()
+    config_path, weights = path / "config.yaml", path / "best.npz"
+    for needed in (config_path, weights):
+        if not needed.is_file():
+            raise FileNotFoundError(f"shape prior {path}: no {needed.name} (train one with sdnet-tf prior train nvae "
+                                    "or sdnet-tf prior train acnn, and give its run directory)")
+    kind = run_kind(path)
+    if kind not in ("nvae", "acnn"):
+        raise DataError(f"{path}: a {kind} run, not a shape prior (sdnet-tf prior train nvae|acnn)")
+    return load_config(config_path, kind=PriorConfig)
+
+
 def load_prior(path, freeze=True):
     """The frozen best prior of a run directory (``sdnet-tf prior train nvae|acnn``).
 
@@ -139,19 +161,11 @@ def load_prior(path, freeze=True):
     Returns:
         ``(model, config)``: the built model, in inference use, and its ``PriorConfig``.
     """
-    from sdnet_tf.config import PriorConfig, load_config
     from sdnet_tf.models.priors import assign_values, build_prior
 
     path = Path(path).expanduser()
-    config_path, weights = path / "config.yaml", path / "best.npz"
-    for needed in (config_path, weights):
-        if not needed.is_file():
-            raise FileNotFoundError(f"shape prior {path}: no {needed.name} (train one with sdnet-tf prior train nvae "
-                                    "or sdnet-tf prior train acnn, and give its run directory)")
-    kind = run_kind(path)
-    if kind not in ("nvae", "acnn"):
-        raise DataError(f"{path}: a {kind} run, not a shape prior (sdnet-tf prior train nvae|acnn)")
-    config = load_config(config_path, kind=PriorConfig)
+    config = read_prior_config(path)
+    weights = path / "best.npz"
     model = build_prior(config.model)
     try:
         with np.load(weights) as data:

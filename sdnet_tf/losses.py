@@ -4,6 +4,8 @@ Every function returns a scalar (the batch mean) in float32, whatever the comput
 inputs, so the losses are safe under mixed precision.
 """
 
+import math
+
 from keras import ops
 
 from sdnet_infer.labels import LABEL_NAMES, SDNET_CHANNELS
@@ -142,8 +144,9 @@ def to_prior_masks(foreground, size=None, scale=1.0):
 
     Background is one minus the foreground sum. With ``size`` the masks are then brought to the
     prior's frame by ``prior_window``: resampled by ``scale`` and the central ``size`` x ``size``
-    window kept. A prior trained on the same preprocessing sees exactly that window (both are
-    centre crops of one slice resampled about its centre).
+    window kept. At ``scale`` 1 a prior trained on the same preprocessing sees exactly that
+    window (both are centre crops of one slice resampled about its centre); at another scale,
+    the same window up to the resampling's interpolation.
 
     Args:
         foreground: (B, H, W, 3) probabilities or one-hot masks.
@@ -161,14 +164,27 @@ def to_prior_masks(foreground, size=None, scale=1.0):
     return masks if size is None else prior_window(masks, size, scale)
 
 
+def resampled_size(size, scale, window):
+    """The side, in pixels, of ``size``-pixel masks resampled by ``scale`` before a central
+    ``window`` is read: ``size * scale`` rounded to the nearest integer of ``window``'s parity,
+    so the window is centred exactly (the scale changes by at most one pixel in the side)."""
+    exact = size * scale
+    low = int(math.floor(exact))
+    if (low - window) % 2:
+        low -= 1
+    return low if exact - low <= low + 2 - exact else low + 2
+
+
 def prior_window(masks, size, scale=1.0):
     """(B, H, W, K) masks in a prior's frame: resampled to the prior's pixel spacing, then the
     central ``size`` x ``size`` window.
 
     With ``scale`` (the masks' mm per pixel over the prior's) other than 1 the masks are
-    resized bilinearly to ``round(H * scale)`` pixels, so one-hot masks become soft at their
-    edges, as predicted probabilities are; a network's truth and prediction go through the
-    same resampling before the prior encodes them.
+    resized bilinearly, with an antialiasing filter when shrinking (so every pixel of the
+    network's masks reaches the prior), to ``resampled_size(H, scale, size)`` pixels, whose
+    central window lies exactly about the image centre, as both frames' centre crops do. One-hot
+    masks become soft at their edges, as predicted probabilities are; a network's truth and
+    prediction go through the same resampling before the prior encodes them.
 
     Raises:
         ValueError: the resampled masks are smaller than ``size`` (the prior would read
@@ -176,8 +192,8 @@ def prior_window(masks, size, scale=1.0):
     """
     if abs(scale - 1.0) > 1e-6:
         height, width = masks.shape[1], masks.shape[2]
-        masks = ops.image.resize(masks, (int(round(height * scale)), int(round(width * scale))),
-                                 interpolation="bilinear")
+        masks = ops.image.resize(masks, (resampled_size(height, scale, size), resampled_size(width, scale, size)),
+                                 interpolation="bilinear", antialias=scale < 1.0)
     return centre_crop(masks, size)
 
 

@@ -51,12 +51,14 @@ _spec.loader.exec_module(acdc_run)
 
 NVAE = "nvae-acdc-thesis"
 ACNN = "acnn-acdc-cpu"
-# name: (kind, training command after "sdnet-tf", the prior it needs, the baseline without it)
+# the priors: name -> training command after "sdnet-tf"
 PRIORS = {
     NVAE: ["prior", "train", "nvae", "-c", "nvae-acdc"],
     ACNN: ["prior", "train", "acnn", "-c", "acnn-acdc", "--set", "data.spacing=2.0", "--epochs", "30"],
     "nvae-acdc-heart": ["prior", "train", "nvae", "-c", "nvae-acdc", "--set", "data.framing=heart"],
 }
+# the networks given a prior: name -> (kind, labelled fraction, the prior, the ACDC table's run
+# without it, training command after "sdnet-tf")
 NETWORKS = {
     "unet-shape-split0-100pct": ("unet", 1.0, NVAE, "unet-split0-100pct",
                                  ["baseline", "train", "unet", "-c", "unet-acdc-cpu", "--split", "0",
@@ -76,6 +78,7 @@ ORDER = [NVAE, "unet-shape-split0-100pct", "sdnet-shape-split0-1.5pct", "sdnet-s
 THESIS = {"dice_frames": {"RV": 0.976, "MYO": 0.953, "LV": 0.978, "mean": 0.969}, "valid_samples_t1": 0.965}
 TEMPERATURES = ("1", "0.8", "0.7", "0.5")
 SMOKE = []  # extra options of every training command (--smoke)
+BASELINE_ROWS = [True]  # the ACDC table's runs beside ours (not for --smoke on other data)
 SAMPLES = []  # shape-eval's options (--smoke: fewer samples)
 
 
@@ -85,6 +88,16 @@ def _smoke(command):
     return ["--epochs", "1", "--set", f"{steps}=2"] if SMOKE else []
 
 
+def run(command, log):
+    """``acdc_run.run``, and on a failure the last lines of the log, where the reason is."""
+    try:
+        acdc_run.run(command, log)
+    except SystemExit:
+        lines = Path(log).read_text(errors="replace").strip().splitlines()
+        print("\n".join(lines[-5:]), file=sys.stderr, flush=True)
+        raise
+
+
 def train_prior(name, data, runs):
     run_dir = runs / name
     train = ["sdnet-tf", *PRIORS[name], "--data", str(data), "-o", str(run_dir), "--quiet", *_smoke(PRIORS[name])]
@@ -92,13 +105,12 @@ def train_prior(name, data, runs):
     frds = ["--frds"] if PRIORS[name][2] == "nvae" else []
     evaluate = ["sdnet-tf", "shape-eval", str(run_dir), "-o", str(scored), "--quiet", *frds, *SAMPLES]
     start = time.perf_counter()
-    acdc_run.run(train, runs / f"{name}.log")
+    run(train, runs / f"{name}.log")
     seconds = time.perf_counter() - start
-    acdc_run.run(evaluate, runs / f"{name}.log")
+    run(evaluate, runs / f"{name}.log")
     result = json.loads((scored / f"{name}.json").read_text())
     result.update(name=name, commands=[" ".join(train), " ".join(evaluate)],
-                  train_seconds_this_invocation=round(seconds, 1),
-                  framing="heart" if "data.framing=heart" in PRIORS[name] else "spacing")
+                  train_seconds_this_invocation=round(seconds, 1))
     write_json(OUT / f"{name}.json", result)
     for extra in (f"{name}-samples.png",):
         if (scored / extra).is_file():
@@ -115,9 +127,9 @@ def train_network(name, data, runs):
              "--quiet", *_smoke(command)]
     evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(run_dir / "test"), "--quiet"]
     start = time.perf_counter()
-    acdc_run.run(train, runs / f"{name}.log")
+    run(train, runs / f"{name}.log")
     seconds = time.perf_counter() - start
-    acdc_run.run(evaluate, runs / f"{name}.log")
+    run(evaluate, runs / f"{name}.log")
     result = acdc_run.collect("sdnet" if kind == "sdnet" else "unet", 0, fraction, run_dir, seconds,
                               [train, evaluate])
     result.update(name=name, model=kind, shape_prior=prior)
@@ -153,7 +165,8 @@ def prior_rows():
         valid = " / ".join(_f(samples[t]["valid"], 1, 100) + "%" if t in samples else "—" for t in TEMPERATURES)
         fsd = samples.get("1", {}).get("frechet_shape_distance")
         frds = samples.get("1", {}).get("frds")
-        lines.append(f"| {name} | {r['framing']} | {r['best']['epoch']} (best) of {r['summary']['epochs']} | "
+        epochs = f"{r['best']['epoch']} (best) of {r['summary']['epochs']}"
+        lines.append(f"| {name} | {r.get('framing', 'spacing')} | {epochs} | "
                      f"{_f(frames['RV'])} / {_f(frames['MYO'])} / {_f(frames['LV'])} | **{_f(frames['mean'])}** | "
                      f"{_f(slices['mean'])} | {_f(r['valid_reconstructions'], 1, 100)}% | {valid} | "
                      f"{_f(fsd, 1)} ({_f(r['frechet_shape_distance_training_vs_test'], 1)}) | "
@@ -165,11 +178,11 @@ def prior_rows():
 
 
 def network_rows():
-    lines = ["| network | labelled | prior | 3-D Dice (LV / RV / MYO) | per-slice | HD95 mm LV / RV / MYO | "
-             "valid slices | against the same network without it |",
+    lines = ["| network | labelled | prior | 3-D Dice (LV / RV / MYO) | per-slice Dice | HD95 mm LV / RV / MYO | "
+             "valid slices | against the network without a prior (ACDC table) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, (kind, fraction, prior, baseline, _) in NETWORKS.items():
-        r, b = _load(name), _load(baseline, BASELINES)
+        r, b = _load(name), _load(baseline, BASELINES) if BASELINE_ROWS[0] else None
         label = f"{fraction * 100:g}%"
         if r is None:
             lines.append(f"| {name} | {label} | {prior} | not run yet | | | | |")
@@ -180,14 +193,15 @@ def network_rows():
             versus = (f"{baseline}: 3-D Dice {d['mean'] - b['dice_3d']['mean']:+.3f}, valid slices "
                       f"{r['valid_slices_percent'] - b['valid_slices_percent']:+.1f} points")
         lines.append(f"| {name} | {label} | {prior} | **{_f(d['mean'])}** ({_f(d['LV'])} / {_f(d['RV'])} / "
-                     f"{_f(d['MYO'])}) | {_f(r['slice_dice']['mean'], 1, 100)} | {_f(h['LV'], 1)} / {_f(h['RV'], 1)} / "
-                     f"{_f(h['MYO'], 1)} | {_f(r['valid_slices_percent'], 1)}% | {versus} |")
-    for baseline in sorted({n[3] for n in NETWORKS.values()}):
+                     f"{_f(d['MYO'])}) | {_f(r['slice_dice']['mean'], 1, 100)}% | "
+                     f"{_f(h['LV'], 1)} / {_f(h['RV'], 1)} / {_f(h['MYO'], 1)} | {_f(r['valid_slices_percent'], 1)}% | "
+                     f"{versus} |")
+    for baseline in sorted({n[3] for n in NETWORKS.values()}) if BASELINE_ROWS[0] else ():
         b = _load(baseline, BASELINES)
         if b is not None:
             d = b["dice_3d"]
             lines.append(f"| {baseline} (ACDC table) | {b['labelled_fraction'] * 100:g}% | none | {_f(d['mean'])} "
-                         f"({_f(d['LV'])} / {_f(d['RV'])} / {_f(d['MYO'])}) | {_f(b['slice_dice']['mean'], 1, 100)} | "
+                         f"({_f(d['LV'])} / {_f(d['RV'])} / {_f(d['MYO'])}) | {_f(b['slice_dice']['mean'], 1, 100)}% | "
                          f"{_f(b['hd95_mm']['LV'], 1)} / {_f(b['hd95_mm']['RV'], 1)} / {_f(b['hd95_mm']['MYO'], 1)} | "
                          f"{_f(b['valid_slices_percent'], 1)}% | |")
     return lines
@@ -242,14 +256,22 @@ def main():
                         help="check the pipeline: one epoch of two steps per run, results in RUNS/results")
     args = parser.parse_args()
     global OUT
+    if not args.table:
+        if args.data is None:
+            parser.error("give an ACDC training folder, or 'phantom' (with --smoke), or --table")
+        if not (args.data.is_dir() or str(args.data) == "phantom"):
+            parser.error(f"data folder {args.data}: not a folder")
+    # the commands run in the repository's root: every path absolute
+    args.runs = args.runs.expanduser().resolve()
+    if args.data is not None and str(args.data) != "phantom":
+        args.data = args.data.expanduser().resolve()
     if args.smoke:
         SMOKE.append(True)
         SAMPLES.extend(["--samples", "100", "--temperature", "1.0", "--frds-epochs", "1"])
         OUT = args.runs / "results"
+        BASELINE_ROWS[0] = False  # a smoke run's figures are not comparable with the ACDC table
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.table:
-        if args.data is None or not (args.data.is_dir() or str(args.data) == "phantom"):
-            parser.error(f"data folder {args.data}: not a folder")
         args.runs.mkdir(parents=True, exist_ok=True)
         for name in ORDER:
             if args.only and name not in args.only:

@@ -464,7 +464,7 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     try:
         return _evaluate_into(predictions, references, out_dir, convention, convention_from, report, label_map,
                               structures)
-    except Exception:
+    except BaseException:  # an error or Ctrl-C
         for folder in new_folders:  # nothing was scored: leave no empty folder behind
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()

@@ -118,6 +118,7 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
     reconstruct = lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1)  # noqa: E731
     predicted = batched(reconstruct, prior_one_hot(test.labels))
     result = {"run": str(run_dir), "kind": config.model.kind, "split": config.data.split,
+              "framing": config.data.framing,
               "test_patients": description["test_patients"], "test_slices": len(test),
               "trainable_parameters": _parameter_count(model),
               "reconstruction_dice_slices": reconstruction_dice(predicted, test.labels),
@@ -301,7 +302,7 @@ def table(results):
     if priors:
         shown = sorted({t for r in priors for t in r.get("samples", {})}, key=float, reverse=True)  # NVAE only
         with_frds = any("frds_training_vs_test" in r for r in priors)
-        header = (["prior", "recon Dice RV", "MYO", "LV", "mean", "mean per frame", "valid recon"]
+        header = (["prior", "recon Dice per slice RV", "MYO", "LV", "mean", "mean per frame", "valid recon"]
                   + [f"valid samples T={t} (FSD{', FRDS' if with_frds else ''})" for t in shown]
                   + ["FSD real: train vs test"] + (["FRDS real: train vs test"] if with_frds else [])
                   + ["pathology CV (chance)"])
@@ -315,7 +316,8 @@ def table(results):
                 extra = f", {_f(s['frds'], 1)}" if s and "frds" in s else (", —" if with_frds else "")
                 cells.append(f"{_f(100 * s['valid'], 1)}% ({_f(s['frechet_shape_distance'], 1)}{extra})" if s else "—")
             patho = f"{_f(p['mean'])} ± {_f(p['std'])} ({_f(p['chance'])})" if "mean" in p else "—"
-            row = ([r["kind"], _f(d["RV"]), _f(d["MYO"]), _f(d["LV"]), _f(d["mean"]),
+            name = r["kind"] + (" (heart-framed)" if r.get("framing") == "heart" else "")
+            row = ([name, _f(d["RV"]), _f(d["MYO"]), _f(d["LV"]), _f(d["mean"]),
                     _f(r["reconstruction_dice_frames"]["mean"]), f"{_f(100 * r['valid_reconstructions'], 1)}%"]
                    + cells + [_f(r["frechet_shape_distance_training_vs_test"], 1)]
                    + ([_f(r.get("frds_training_vs_test"), 1)] if with_frds else []) + [patho])

@@ -60,6 +60,13 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     check_output_location(run_dir)  # a run directory that cannot be made fails before any work
     build_sdnet(config)  # sizes the networks cannot take fail before the data are read (no weights made)
+    if config.loss.shape_prior:  # a missing or unfitting prior fails before anything is read or written
+        from sdnet_tf.inference import read_prior_config
+        from sdnet_tf.training.prior_trainer import check_prior_fits
+
+        if config.train.distribute != "none":
+            raise ConfigError("the shape loss (loss.shape_prior) runs on one device: use train.distribute none")
+        check_prior_fits(read_prior_config(config.loss.shape_prior), config)
     d = config.data
     if d.resolution_augmentation and not d.augment:
         raise ConfigError("data.resolution_augmentation needs data.augment true (it is one of the augmentations)")
@@ -144,7 +151,7 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
     import numpy as np
 
     from sdnet_tf.inference import load_prior
-    from sdnet_tf.training.prior_trainer import check_prior_fits, resolve_omega
+    from sdnet_tf.training.prior_trainer import check_prior_fits, frame_note, resolve_omega
 
     if config.train.distribute != "none":
         raise ConfigError("the shape loss (loss.shape_prior) runs on one device: use train.distribute none")
@@ -160,8 +167,8 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
     except ValueError as error:
         raise ConfigError(str(error)) from error
     engine.use_shape_prior(prior, omega)
-    log.info("shape loss of %s, omega = %.6g; masks resampled by %.4g to its %g mm per pixel",
-             config.loss.shape_prior, omega, prior.frame_scale, prior_config.data.spacing)
+    log.info("shape loss of %s, omega = %.6g%s", config.loss.shape_prior, omega,
+             frame_note(config, prior_config, prior.frame_scale))
 
 
 # what the MICCAI 2018 precursor does not read: SDNet's other networks and options, and the

@@ -71,7 +71,8 @@ def heart_frame(labels, size, images=None, padding=HEART_PADDING):
         labels: (S, H, W) integer labels of the frame's S slices.
         size: output height and width (pixels).
         images: optional (S, H, W, 1) images framed with the same window.
-        padding: pixels added to the longer extent of the box.
+        padding: pixels added to the longer extent of the box (pixels of ``labels``: at
+            ``data.spacing`` in ``load_mask_sets``, where the thesis adds 4 native pixels).
 
     Returns:
         ``(labels, images, side)``: (S, size, size) labels, (S, size, size, 1) images or None,
@@ -92,7 +93,8 @@ def heart_frame(labels, size, images=None, padding=HEART_PADDING):
     rows, cols = np.meshgrid(centre[0] + offsets, centre[1] + offsets, indexing="ij")
 
     def resample(plane, order):
-        return ndimage.map_coordinates(plane, [rows, cols], order=order, mode="constant", cval=0.0)
+        # grid-constant: zero beyond the slice's edge pixels, which keep their whole width
+        return ndimage.map_coordinates(plane, [rows, cols], order=order, mode="grid-constant", cval=0.0)
 
     framed = np.stack([resample(plane, 0) for plane in labels]).astype(labels.dtype)
     framed_images = None
@@ -206,7 +208,7 @@ def contrastive_views(labels, rng, max_rotation=180.0, min_scale=0.8):
             rows = top + (np.arange(height) + 0.5) * side - 0.5
             cols = left + (np.arange(width) + 0.5) * side - 0.5
             grid = np.meshgrid(rows, cols, indexing="ij")
-            out[i] = ndimage.map_coordinates(out[i], grid, order=0, mode="constant", cval=0)
+            out[i] = ndimage.map_coordinates(out[i], grid, order=0, mode="grid-constant", cval=0)
         views.append(out)
     return np.concatenate(views)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from sdnet_tf.atomic import write_json
 from sdnet_tf.config import PriorConfig, save_config
+from sdnet_tf.losses import resampled_size
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.data.masks import epoch_batches, prior_one_hot, rotate_labels
 from sdnet_tf.data.sources import mask_sets
@@ -379,7 +380,7 @@ def check_prior_fits(prior_config, config, source=None):
     if abs(scale - 1.0) < 1e-6:
         scale = 1.0
     prior_size, size = prior_config.model.input_size, config.model.input_size
-    if int(round(size * scale)) < prior_size:
+    if resampled_size(size, scale, prior_size) < prior_size:
         raise DataError(f"shape prior {source}: reads {prior_size} x {prior_size} masks at "
                         f"{prior_config.data.spacing:g} mm per pixel ({prior_size * prior_config.data.spacing:g} mm), "
                         f"larger than the network's {size} x {size} at {config.data.spacing:g} mm "
@@ -434,8 +435,8 @@ def train_unet(config, run_dir, resume=True, progress=True):
                                   lambda x, y: {k: float(v) for k, v in terms_of(x, y).items()},
                                   [(sets["training"].images[i], prior_one_hot(sets["training"].labels[i]))
                                    for i in index])
-            log.info("shape loss weight omega = %.6g; masks resampled by %.4g to the prior's %g mm per pixel",
-                     omega, prior.frame_scale, prior_config.data.spacing)
+            log.info("shape loss of %s, omega = %.6g%s", config.loss.shape_prior, omega,
+                     frame_note(config, prior_config, prior.frame_scale))
 
         def make_inputs(subset, index, rng, step):
             return image_batch(config, subset, index, rng)
@@ -490,6 +491,16 @@ def load_code_prior(path):
         raise DataError(f"shape prior {path}: {what}; the T-L network predicts the code of an ACNN shape "
                         "autoencoder (sdnet-tf prior train acnn)")
     return load_prior(path)
+
+
+def frame_note(config, prior_config, scale):
+    """The log's words on resampling a network's masks into a prior's frame ("" when none)."""
+    if scale == 1.0:
+        return ""
+    size, prior_size = config.model.input_size, prior_config.model.input_size
+    return (f"; the network's {size} x {size} masks at {config.data.spacing:g} mm are resampled to "
+            f"{resampled_size(size, scale, prior_size)} x {resampled_size(size, scale, prior_size)} at the prior's "
+            f"{prior_config.data.spacing:g} mm and their central {prior_size} x {prior_size} read")
 
 
 def _refuse_heart_framing(prior_config, source):

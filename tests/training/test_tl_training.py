@@ -252,3 +252,24 @@ def test_a_tl_run_begun_on_tensorflow_resumes_on_jax(prior_run, phantom_cohort_8
     assert all(np.array_equal(tensorflow[k], jax[k]) for k in network[predictor:])
     prior, _ = load_prior(prior_run)
     assert all(np.array_equal(jax[k], v) for k, v in zip(network[predictor:], variable_values(prior).values()))
+
+
+def test_sdnet_refuses_an_unfitting_or_missing_prior_before_writing_anything(tmp_path):
+    """The prior's config is checked before the data are read or the run directory is made."""
+    prior = tmp_path / "acnn"
+    prior.mkdir()
+    config = PriorConfig()
+    config.model.kind, config.model.input_size, config.data.spacing = "acnn", 64, 3.0
+    save_config(config, prior / "config.yaml")
+    (prior / "best.npz").write_bytes(b"")  # never read: the field of view is refused first
+    runner = CliRunner()
+    base = ["train", "acdc", "--data", "phantom", "-c", "phantom-quick", "--set", "model.input_size=64",
+            "--set", "data.spacing=2.0", "--quiet"]
+    for shape_prior, words in ((prior, "reads 64 x 64 masks at 3 mm per pixel (192 mm), larger than the network's "
+                                       "64 x 64 at 2 mm (128 mm"),
+                               (tmp_path / "missing", "no config.yaml")):
+        run = tmp_path / "run"
+        result = runner.invoke(main, base + ["--shape-prior", str(shape_prior), "-o", str(run)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert not run.exists()
