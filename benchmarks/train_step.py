@@ -10,7 +10,8 @@ the PyTorch variants take the overridden sizes and filters too.
 
 A single run prints JSON with the median seconds per iteration and the images per second
 (labelled + unlabelled images consumed). ``--compare`` runs each variant (plain tf.function
-and XLA, with glibc's default allocator or the package's in-process allocator tuning, and the
+and XLA, with glibc's default allocator or the package's in-process allocator tuning, plain
+``tf.function`` with Keras' per-weight Adam instead of the fused kernel, and the
 same iteration in PyTorch eager mode from ``torch_reference.py`` when torch is installed,
 with and without the allocator environment variables) in its own fresh process, one after
 the other in the same invocation, and prints every result with its speed-up over the plain
@@ -27,13 +28,14 @@ import sys
 from pathlib import Path
 
 VARIANTS = [
-    # name, framework, XLA, allocator mode
-    ("tf.function", "tf", False, "default"),
-    ("tf.function + allocator", "tf", False, "tuned"),
-    ("XLA", "tf", True, "default"),
-    ("XLA + allocator", "tf", True, "tuned"),
-    ("PyTorch eager", "torch", False, "default"),
-    ("PyTorch eager + allocator env vars", "torch", False, "env"),
+    # name, framework, XLA, allocator mode, extra overrides
+    ("tf.function", "tf", False, "default", []),
+    ("tf.function, Keras' per-weight Adam", "tf", False, "default", ["train.fused_optimizer=false"]),
+    ("tf.function + allocator", "tf", False, "tuned", []),
+    ("XLA", "tf", True, "default", []),
+    ("XLA + allocator", "tf", True, "tuned", []),
+    ("PyTorch eager", "torch", False, "default", []),
+    ("PyTorch eager + allocator env vars", "torch", False, "env", []),
 ]
 ENV_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
@@ -84,6 +86,7 @@ def run_once(args):
         "jit_compile_setting": config.train.jit_compile,
         "allocator": args.allocator, "allocator_tuning_applied": applied or getattr(trainer.engine, "allocator_tuned", False),
         "graph_rewriting": getattr(trainer.engine, "graph_rewriting", None),
+        "fused_optimizer": getattr(trainer.engine, "fused_optimizer", None),
         "iterations": args.iterations, "median_s_per_iteration": round(median, 4),
         "images_per_s": round(images / median, 3), "all_s": [round(t, 4) for t in times],
         "warmup_s": round(warmup, 2), "cpu_count": os.cpu_count(),
@@ -109,7 +112,7 @@ def compare(args):
     m = config.model
     sets = [a for o in args.overrides for a in ("--set", o)]
     results = []
-    for name, framework, xla, allocator in VARIANTS:
+    for name, framework, xla, allocator, extra in VARIANTS:
         env = dict(os.environ)
         env.update(ENV_ALLOCATOR if allocator == "env" else {})
         if framework == "torch":
@@ -124,7 +127,7 @@ def compare(args):
         else:
             cmd = [sys.executable, __file__, "--config", args.config, "--iterations", str(args.iterations),
                    "--warmup", str(args.warmup), "--allocator", "default" if allocator == "env" else allocator,
-                   "--xla" if xla else "--no-xla", *sets]
+                   "--xla" if xla else "--no-xla", *sets, *[a for o in extra for a in ("--set", o)]]
         result = run_json(cmd, env)
         result["variant"] = name
         results.append(result)

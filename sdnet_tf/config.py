@@ -117,6 +117,10 @@ class TrainConfig:
     # holds it per process: false turns it off for everything the process runs afterwards
     # (validation and inference too); true leaves TensorFlow's setting alone
     graph_rewriting: object = field(default="auto", metadata={"bool_or_auto": True})
+    # the TensorFlow engine applies Adam with TensorFlow's fused ResourceApplyAdam kernel (the
+    # same update as Keras' per-weight ops, to float rounding; tf_engine.apply_adam) on one
+    # device; false: Keras' own update. The JAX engine always uses Keras' update
+    fused_optimizer: bool = True
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     backend: str = "tensorflow"  # tensorflow | jax: the Keras backend and the engine that trains
     checkpoint_every: int = 0  # iterations between checkpoints; 0: at the end of each epoch only

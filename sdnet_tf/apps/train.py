@@ -246,8 +246,9 @@ def build_sdnet(config, seed=None):
 
 def engine_choices(engine, config):
     """What the engine chose for this run, where the config may say ``auto``: the backend, XLA
-    (and the rule that set it), Grappler's graph rewriting, the allocator tuning and the
-    precision, as ``engine.json`` records them beside ``config.yaml``."""
+    (and the rule that set it), Grappler's graph rewriting, the allocator tuning, whether Adam
+    runs as TensorFlow's fused kernel and the precision, as ``engine.json`` records them beside
+    ``config.yaml``."""
     t = config.train
     xla = bool(getattr(engine, "jit_compile", True))
     if t.backend == "jax":
@@ -259,7 +260,8 @@ def engine_choices(engine, config):
     rewriting = getattr(engine, "graph_rewriting", None)
     return {"backend": t.backend, "xla": xla, "xla_rule": rule,
             "graph_rewriting": None if t.backend == "jax" else bool(rewriting) if rewriting is not None else True,
-            "allocator_tuned": bool(getattr(engine, "allocator_tuned", False)), "precision": t.precision}
+            "allocator_tuned": bool(getattr(engine, "allocator_tuned", False)),
+            "fused_optimizer": bool(getattr(engine, "fused_optimizer", False)), "precision": t.precision}
 
 
 def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays, initial_weights=None):

@@ -89,6 +89,7 @@ class TFEngine:
                         union.update({id(v): v for v in self.step_variables[step.name]})
                 if union:
                     optimizer.build(list(union.values()))
+        self.fused_optimizer = bool(getattr(train_config, "fused_optimizer", True)) and strategy is None
         self.shape_prior, self.shape_omega = None, 0.0  # set by use_shape_prior before the first step
         self._updates = shared_updates(self.schedule, self._compile_update)
         # inference runs on this process's first replica: its variables equal every other's
@@ -107,6 +108,9 @@ class TFEngine:
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         sampler = model.modality_encoder.sampler if step.objective in objectives.SAMPLES_Z else None
         distributed = self.strategy is not None
+        # the fused kernel on one device; Keras' own update under tf.distribute (mirrored
+        # variables) and for what the kernel does not cover (loss scaling)
+        fused = self.fused_optimizer and not distributed and fused_adam_applies(optimizer, variables)
 
         def update(*inputs):
             """One replica's update on its slice of the batch (the whole batch on one device)."""
@@ -132,7 +136,10 @@ class TFEngine:
                 loss = total / replica.num_replicas_in_sync
                 loss = optimizer.scale_loss(loss) if scaled else loss
             grads = tape.gradient(loss, variables)
-            optimizer.apply(grads, variables)
+            if fused:
+                apply_adam(optimizer, grads, variables)
+            else:
+                optimizer.apply(grads, variables)
             return total, terms
 
         if self.strategy is None:
@@ -245,6 +252,59 @@ class TFEngine:
             self._writer.flush()
             self._writer.close()
             self._writer = None
+
+
+def fused_adam_applies(optimizer, variables):
+    """Whether ``apply_adam`` computes exactly what ``optimizer.apply`` would: a plain Keras
+    Adam (no AMSGrad, clipping, weight decay, EMA, gradient accumulation or loss scaling) on
+    variables without constraints."""
+    if type(optimizer) is not keras.optimizers.Adam or optimizer.amsgrad:
+        return False
+    extras = (optimizer.clipnorm, optimizer.clipvalue, optimizer.global_clipnorm, optimizer.weight_decay,
+              getattr(optimizer, "gradient_accumulation_steps", None), optimizer.loss_scale_factor)
+    if any(extras) or optimizer.use_ema:
+        return False
+    return all(v.constraint is None and not getattr(v, "overwrite_with_gradient", False) for v in variables)
+
+
+def apply_adam(optimizer, grads, variables):
+    """``optimizer.apply(grads, variables)`` for a Keras Adam that ``fused_adam_applies`` to,
+    with TensorFlow's fused ``ResourceApplyAdam`` kernel: one op per weight instead of the
+    twenty-odd small ops of Keras' per-weight update, which on a CPU cost more graph building
+    (the first iteration) and more dispatch than the arithmetic (benchmarks/RESULTS.md).
+
+    The same update, on the optimiser's own moment variables and step counter (so checkpoints
+    and the JAX engine's Keras update are unchanged): with t = iterations + 1,
+    alpha = lr(iterations) * sqrt(1 - beta_2^t) / (1 - beta_1^t), m += (g - m)(1 - beta_1),
+    v += (g^2 - v)(1 - beta_2), w -= alpha m / (sqrt(v) + epsilon) (Kingma and Ba, 2015,
+    Algorithm 1 with the bias corrections folded into alpha, as Keras does).
+
+    Args:
+        optimizer: a built ``keras.optimizers.Adam`` (``optimizer.build(variables)`` done).
+        grads: one dense gradient per variable (tensors), None for none.
+        variables: the Keras variables, as passed to ``optimizer.apply``.
+    """
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    if any(isinstance(g, tf.IndexedSlices) for g, _ in pairs):
+        optimizer.apply(grads, variables)
+        return
+    learning_rate = tf.convert_to_tensor(optimizer.learning_rate)
+    step = tf.cast(optimizer.iterations + 1, tf.float32)
+    powers = tf.pow(tf.constant([optimizer.beta_1, optimizer.beta_2], tf.float32), step)
+    constants = {}
+    for grad, variable in pairs:
+        dtype = variable.dtype
+        if dtype not in constants:
+            constants[dtype] = dict(
+                beta1_power=tf.cast(powers[0], dtype), beta2_power=tf.cast(powers[1], dtype),
+                lr=tf.cast(learning_rate, dtype), beta1=tf.constant(optimizer.beta_1, dtype),
+                beta2=tf.constant(optimizer.beta_2, dtype), epsilon=tf.constant(optimizer.epsilon, dtype))
+        index = optimizer._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.value.handle, m=optimizer._momentums[index].value.handle,
+            v=optimizer._velocities[index].value.handle, grad=tf.cast(grad, dtype), use_locking=False,
+            **constants[dtype])
+    optimizer.iterations.assign_add(1)
 
 
 def compile_stateful(fn, variables, updated):

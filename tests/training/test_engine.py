@@ -289,10 +289,11 @@ def test_engine_json_records_what_auto_chose_and_why():
     from sdnet_tf.config import Config
 
     config = Config()
-    plain = SimpleNamespace(xla=False, jit_compile=False, graph_rewriting=False, allocator_tuned=False)
+    plain = SimpleNamespace(xla=False, jit_compile=False, graph_rewriting=False, allocator_tuned=False,
+                            fused_optimizer=True)
     assert engine_choices(plain, config) == {"backend": "tensorflow", "xla": False, "xla_rule": "auto",
                                              "graph_rewriting": False, "allocator_tuned": False,
-                                             "precision": "float32"}
+                                             "fused_optimizer": True, "precision": "float32"}
     distributed = SimpleNamespace(xla=True, jit_compile=False, graph_rewriting=True, allocator_tuned=False)
     assert engine_choices(distributed, config)["xla_rule"] == "off under tf.distribute"
     config.train.jit_compile = True
@@ -301,3 +302,53 @@ def test_engine_json_records_what_auto_chose_and_why():
     config.train.backend = "jax"
     chosen = engine_choices(SimpleNamespace(), config)
     assert chosen["xla"] is True and chosen["xla_rule"] == "always (the JAX engine)" and chosen["graph_rewriting"] is None
+
+
+def test_fused_adam_is_keras_adam_to_float_rounding():
+    """tf_engine.apply_adam (TensorFlow's ResourceApplyAdam) against Keras' own Adam.apply: the
+    same weights, moments and step counter after four steps of the inverse-time-decayed
+    schedule, to within a few float32 ulps (the kernels round in another order)."""
+    import tensorflow as tf
+
+    from sdnet_tf.config import Config
+    from sdnet_tf.training.optimizers import make_optimizer
+    from sdnet_tf.training.tf_engine import apply_adam, fused_adam_applies
+
+    train = Config().train
+    train.learning_rate, train.decay = 0.01, 0.1  # steps that move the weights, a rate that moves between them
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 4, 8), (8,), (5,)]
+    initial = [rng.standard_normal(s).astype("float32") for s in shapes]
+    grads = [[rng.standard_normal(s).astype("float32") for s in shapes] for _ in range(4)]
+    states = []
+    for fused in (False, True):
+        variables = [keras.Variable(x.copy()) for x in initial]
+        optimizer = make_optimizer(train)
+        optimizer.build(variables)
+        assert fused_adam_applies(optimizer, variables)
+        step = tf.function(lambda g: apply_adam(optimizer, g, variables) if fused else optimizer.apply(g, variables))
+        for g in grads:
+            step([tf.constant(x) for x in g])
+        states.append([v.numpy() for v in variables] + [v.numpy() for v in optimizer.variables])
+    keras_state, fused_state = states
+    assert len(keras_state) == len(fused_state) == 3 + 1 + 2 * 3  # weights, iterations, m and v
+    moved = max(np.abs(a - b).max() for a, b in zip(keras_state[:3], initial))
+    assert moved > 1e-3
+    for ours, theirs in zip(fused_state, keras_state):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-6)
+    assert int(fused_state[3]) == 4
+
+
+def test_fused_adam_leaves_what_it_does_not_cover_to_keras():
+    from sdnet_tf.training.tf_engine import fused_adam_applies
+
+    variables = [keras.Variable(np.zeros(3, "float32"))]
+    assert fused_adam_applies(keras.optimizers.Adam(1e-3), variables)
+    assert not fused_adam_applies(keras.optimizers.Adam(1e-3, amsgrad=True), variables)
+    assert not fused_adam_applies(keras.optimizers.Adam(1e-3, clipnorm=1.0), variables)
+    assert not fused_adam_applies(keras.optimizers.Adam(1e-3, weight_decay=1e-4), variables)
+    assert not fused_adam_applies(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3)), variables)
+    assert not fused_adam_applies(keras.optimizers.Adamax(1e-3), variables)
+    constrained = keras.layers.Dense(2, kernel_constraint=keras.constraints.NonNeg())
+    constrained.build((None, 3))
+    assert not fused_adam_applies(keras.optimizers.Adam(1e-3), constrained.trainable_variables)
