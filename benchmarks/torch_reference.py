@@ -226,8 +226,10 @@ def main():
         loss.backward()
         opt_d.step()
 
+    start = time.perf_counter()
     for _ in range(args.warmup):
         iteration()
+    warmup = time.perf_counter() - start
     times = []
     for _ in range(args.iterations):
         start = time.perf_counter()
@@ -236,7 +238,8 @@ def main():
     median = statistics.median(times)
     print(json.dumps({"framework": f"torch {torch.__version__}", "input_size": size, "channels_last": args.channels_last,
                       "threads": torch.get_num_threads(), "median_s_per_iteration": round(median, 4),
-                      "images_per_s": round(2 * b / median, 3), "all_s": [round(t, 4) for t in times]}))
+                      "images_per_s": round(2 * b / median, 3), "all_s": [round(t, 4) for t in times],
+                      "warmup_s": round(warmup, 2)}))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ and XLA, with glibc's default allocator or the package's in-process allocator tu
 ``tf.function`` with Keras' per-weight Adam instead of the fused kernel, and the
 same iteration in PyTorch eager mode from ``torch_reference.py`` when torch is installed,
 with and without the allocator environment variables) in its own fresh process, one after
-the other in the same invocation, and prints every result with its speed-up over the plain
-tf.function variant. ``--profile`` times each part of the iteration instead: the five
+the other in the same invocation, and prints every result with its speed-up over the first
+(plain tf.function unless ``--variants`` names others, e.g. ``--variants plain,keras-adam,torch``). ``--profile`` times each part of the iteration instead: the five
 steps, the fake masks, the weight average and the host's share (``common.profile_iterations``).
 """
 
@@ -27,16 +27,16 @@ import statistics
 import sys
 from pathlib import Path
 
-VARIANTS = [
-    # name, framework, XLA, allocator mode, extra overrides
-    ("tf.function", "tf", False, "default", []),
-    ("tf.function, Keras' per-weight Adam", "tf", False, "default", ["train.fused_optimizer=false"]),
-    ("tf.function + allocator", "tf", False, "tuned", []),
-    ("XLA", "tf", True, "default", []),
-    ("XLA + allocator", "tf", True, "tuned", []),
-    ("PyTorch eager", "torch", False, "default", []),
-    ("PyTorch eager + allocator env vars", "torch", False, "env", []),
-]
+VARIANTS = {
+    # key: name, framework, XLA, allocator mode, extra overrides
+    "plain": ("tf.function", "tf", False, "default", []),
+    "keras-adam": ("tf.function, Keras' per-weight Adam", "tf", False, "default", ["train.fused_optimizer=false"]),
+    "allocator": ("tf.function + allocator", "tf", False, "tuned", []),
+    "xla": ("XLA", "tf", True, "default", []),
+    "xla-allocator": ("XLA + allocator", "tf", True, "tuned", []),
+    "torch": ("PyTorch eager", "torch", False, "default", []),
+    "torch-env": ("PyTorch eager + allocator env vars", "torch", False, "env", []),
+}
 ENV_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
@@ -112,7 +112,8 @@ def compare(args):
     m = config.model
     sets = [a for o in args.overrides for a in ("--set", o)]
     results = []
-    for name, framework, xla, allocator, extra in VARIANTS:
+    for key in args.variants:
+        name, framework, xla, allocator, extra = VARIANTS[key]
         env = dict(os.environ)
         env.update(ENV_ALLOCATOR if allocator == "env" else {})
         if framework == "torch":
@@ -132,7 +133,7 @@ def compare(args):
         result["variant"] = name
         results.append(result)
         print(f"{name:<38}{result['median_s_per_iteration']:>9.3f} s/it", file=sys.stderr, flush=True)
-    base = results[0]["median_s_per_iteration"]
+    base = results[0]["median_s_per_iteration"]  # the first variant named
     for result in results:
         result["speedup_vs_plain"] = round(base / result["median_s_per_iteration"], 3)
     report = {"config": args.config, "overrides": args.overrides, "variants": results}
@@ -154,12 +155,18 @@ def main():
                         help="the allocator tuning as SDNET_TF_ALLOCATOR: auto (the CLI's default: with XLA), "
                              "tuned (always) or default (never)")
     parser.add_argument("--compare", action="store_true", help="run every variant side by side")
+    parser.add_argument("--variants", default=",".join(VARIANTS), type=lambda text: text.split(","),
+                        help="--compare's variants, comma-separated, the first the reference of the speed-ups: "
+                             + ", ".join(VARIANTS) + " (default: all)")
     parser.add_argument("--profile", action="store_true",
                         help="time each part of the iteration (steps, fake masks, weight average, host)")
     parser.add_argument("--out", default=None, help="also write the result (one run, --profile or --compare) here as JSON")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), as sdnet-tf train --set")
     args = parser.parse_args()
+    unknown = [key for key in args.variants if key not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     if args.compare:
         compare(args)
     else:
