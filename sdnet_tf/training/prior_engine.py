@@ -41,8 +41,10 @@ class StepEngine(Guard):
         self.optimizer = optimizer
         self.weight_decay = float(weight_decay)
         optimizer.build(self.variables)
-        self._compute = tf.function(self._gradients, jit_compile=jit_compile, reduce_retracing=True)
-        self._apply = tf.function(lambda grads: optimizer.apply(grads, self.variables))
+        # autograph off: the losses are keras.ops code that jax.jit traces too (no tensor-dependent
+        # Python control flow), so converting them would only cost tracing time
+        self._compute = tf.function(self._gradients, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
+        self._apply = tf.function(lambda grads: optimizer.apply(grads, self.variables), autograph=False)
         self._evaluate = tf.function(lambda *inputs: loss_fn(*inputs), reduce_retracing=True)
 
     def _gradients(self, *inputs):

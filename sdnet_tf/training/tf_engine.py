@@ -142,8 +142,10 @@ class TFEngine:
                 optimizer.apply(grads, variables)
             return total, terms
 
+        # autograph off: the objectives are keras.ops code without tensor-dependent Python
+        # control flow (they run under jax.jit too), so converting them only costs tracing time
         if self.strategy is None:
-            return tf.function(update, jit_compile=self.jit_compile, reduce_retracing=True)
+            return tf.function(update, jit_compile=self.jit_compile, reduce_retracing=True, autograph=False)
         strategy = self.strategy
         synchronise = distribute.replicas(strategy) > 1
 
@@ -154,7 +156,7 @@ class TFEngine:
             return tf.nest.map_structure(lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None),
                                          outputs)
 
-        return tf.function(distributed_update, reduce_retracing=True)
+        return tf.function(distributed_update, reduce_retracing=True, autograph=False)
 
     def use_shape_prior(self, prior, omega):
         """Add ``omega`` times a frozen prior's shape loss to the supervised step (one device).
