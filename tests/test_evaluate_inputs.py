@@ -276,3 +276,17 @@ def test_when_no_case_can_be_scored_no_output_folder_is_left_behind(tmp_path):
     (tmp_path / "kept").mkdir()  # a folder the user made stays, empty or not
     assert _evaluate("-p", preds, "-r", refs, "-o", tmp_path / "kept").exit_code == 1
     assert (tmp_path / "kept").is_dir()
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_case_that_fails_is_named_once_when_it_was_the_only_one(tmp_path, quiet):
+    labels = _labels()
+    refs, preds = tmp_path / "refs", tmp_path / "preds"
+    refs.mkdir(), preds.mkdir()
+    save(labels, AFFINE, (SPACING, SPACING, THICKNESS), preds / "patient001_frame01_pred.nii.gz", dtype=np.uint8)
+    save(labels[:20], AFFINE, (SPACING, SPACING, THICKNESS), refs / "patient001_frame01_gt.nii.gz", dtype=np.uint8)
+    args = ["evaluate", "-p", str(preds), "-r", str(refs), "-o", str(tmp_path / "out")] + (["--quiet"] if quiet else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.count("patient001_frame01_pred.nii.gz") == 1, result.output
+    assert "no case could be scored" in result.output

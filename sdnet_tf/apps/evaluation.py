@@ -372,7 +372,8 @@ def score_cases(cases, out_dir, report=None, structures=None, columns=CASE_COLUM
         The summary (``summarise``, with ``errors`` and ``structures`` when given).
 
     Raises:
-        DataError: no case could be scored (every error listed).
+        DataError: no case could be scored (every error listed; those that ``report`` was
+            given are counted instead of repeated).
         OSError: naming the path, when ``out_dir`` cannot be written.
     """
     out_dir = Path(out_dir)
@@ -406,7 +407,11 @@ def score_cases(cases, out_dir, report=None, structures=None, columns=CASE_COLUM
             clinical_rows.append({"Patient": patient, **{f"{k} pred": pred_idx[k] for k in clinical.CLINICAL_INDICES},
                                   **{f"{k} ref": ref_idx[k] for k in clinical.CLINICAL_INDICES}})
     if not rows:
-        raise DataError(f"{source}: no case could be scored:\n  " + "\n  ".join(errors))
+        # the cases' own failures were shown by ``report`` as they came: not twice
+        unshown = errors[:len(errors) - len(cases)] if report is not None else errors
+        shown = "" if report is None else f" ({len(cases)} failed as shown above)"
+        raise DataError(f"{source}: no case could be scored{shown}" + "".join(f"\n  {e}" for e in unshown)
+                        if unshown else f"{source}: no case could be scored{shown}")
     summary = summarise(rows, slice_rows, clinical_rows)
     summary["errors"] = errors
     if structures is not None:
