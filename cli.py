@@ -140,7 +140,7 @@ def summary(config, overrides):
 @click.option("--labelled-fraction", type=float, default=None, help="Fraction of training images with labels.")
 @click.option("--xla/--no-xla", default=None,
               help="Compile the training steps with XLA (default: train.jit_compile, auto: on a GPU, "
-                   "and on a CPU from 192 x 192 up, as measured).")
+                   "not on a CPU, as measured).")
 @click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]), default=None,
               help="Compute precision (Keras dtype policy).")
 @click.option("--distribute", type=click.Choice(["none", "mirrored", "multi-worker", "data-parallel"]),

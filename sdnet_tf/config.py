@@ -108,8 +108,8 @@ class TrainConfig:
     pool_size: int = 50
     seed: int = 1
     # the TensorFlow engine's XLA switch: true, false or auto (speed.choose_xla: XLA on a GPU,
-    # and on a CPU from 192 x 192 up, where it measured faster; benchmarks/RESULTS.md). The JAX
-    # engine always compiles with XLA
+    # never on a CPU, where plain tf.function measured faster at every size; benchmarks/RESULTS.md).
+    # The JAX engine always compiles with XLA
     jit_compile: object = field(default="auto", metadata={"bool_or_auto": True})
     # TensorFlow's graph rewriting (Grappler): true, false or auto (speed.choose_graph_rewriting:
     # off only on a CPU without XLA from 128 x 128 up, where turning it off made the first

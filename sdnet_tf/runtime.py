@@ -12,7 +12,7 @@ largest value ``mallopt`` takes). Whether that helps depends on the iteration
 it made it 12% slower, and with plain ``tf.function`` at 64 and 128 15% and 4% slower (medians
 of three invocations on an AVX-512 machine). So by default (``SDNET_TF_ALLOCATOR=auto``) the
 TensorFlow engine tunes it only where it measured faster (``speed.choose_allocator_tuning``:
-XLA on a CPU from 192 x 192 up), and nothing else does; ``SDNET_TF_ALLOCATOR=tuned`` tunes it
+XLA, when asked for, on a CPU from 192 x 192 up), and nothing else does; ``SDNET_TF_ALLOCATOR=tuned`` tunes it
 for every command from start-up and ``default`` never.
 """
 
