@@ -74,6 +74,22 @@ def profile_iterations(trainer, warmup, iterations):
     return statistics.median(totals), parts
 
 
+def iteration_flops(trainer):
+    """The engine's count of one SDNet iteration's floating-point operations: the five updates
+    and the fake-mask pass, on the batches of iteration 0 (XLA's ``cost_analysis`` on JAX,
+    TensorFlow's profiler on TensorFlow). Returns (total, {step name: count})."""
+    from sdnet_tf.training.trainer import _step_inputs
+
+    engine, batch = trainer.engine, trainer.sampler.batches(0)
+    fakes = batch["real_masks"]  # the discriminator's inputs have the real masks' shape
+    total = engine.predict_flops(batch["discriminator_images"])
+    per_step = {}
+    for step in trainer.schedule:
+        per_step[step.name] = engine.step_flops(step, *_step_inputs(step, batch, fakes))
+        total += per_step[step.name]
+    return total, per_step
+
+
 def report(result, out=None):
     """Print ``result`` as indented JSON and, with ``out``, write it there atomically."""
     text = json.dumps(result, indent=2)

@@ -42,9 +42,9 @@ import keras  # noqa: E402
 from sdnet_tf.config import load_config, model_kwargs  # noqa: E402
 from sdnet_tf.data.synthetic import synthetic_arrays  # noqa: E402
 from sdnet_tf.models import SDNet  # noqa: E402
-from sdnet_tf.training.trainer import Trainer, _step_inputs  # noqa: E402
+from sdnet_tf.training.trainer import Trainer  # noqa: E402
 
-from common import report, time_iterations  # noqa: E402  (benchmarks/common.py, beside this script)
+from common import iteration_flops, report, time_iterations  # noqa: E402  (benchmarks/common.py, beside this script)
 
 EXPECTED_TFLOP = 2.7  # the project's estimate of one iteration at the original size
 
@@ -62,18 +62,6 @@ def matmul_tflops(n, precision, repeats=5):
         dot(a, b).block_until_ready()
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(times) / 1e12
-
-
-def iteration_flops(trainer):
-    """XLA's FLOPs of one iteration: the five updates and the fake-mask pass."""
-    engine, batch = trainer.engine, trainer.sampler.batches(0)
-    fakes = batch["real_masks"]  # the discriminator's inputs have the real masks' shape
-    total = engine.predict_flops(batch["discriminator_images"])
-    per_step = {}
-    for step in trainer.schedule:
-        per_step[step.name] = engine.step_flops(step, *_step_inputs(step, batch, fakes))
-        total += per_step[step.name]
-    return total, per_step
 
 
 def run(args):

@@ -8,8 +8,12 @@
 ``--set SECTION.KEY=VALUE`` (repeatable) overrides the config as ``sdnet-tf train --set`` does;
 the PyTorch variants take the overridden sizes and filters too.
 
-A single run prints JSON with the median seconds per iteration and the images per second
-(labelled + unlabelled images consumed). ``--compare`` runs each variant (plain tf.function
+A single run prints JSON with the median seconds per iteration, the images per second
+(labelled + unlabelled images consumed), TensorFlow's count of the iteration's floating-point
+operations (``common.iteration_flops``: the convolutions and matrix products of the five updates
+and the fake masks) and the fraction of the machine's measured float32 matrix-product rate
+(``--matmul-size``) that the iteration reaches; ``--compare`` prints them for every variant,
+PyTorch's rated on the same operation count. ``--compare`` runs each variant (plain tf.function
 and XLA, with glibc's default allocator or the package's in-process allocator tuning, plain
 ``tf.function`` with Keras' per-weight Adam instead of the fused kernel, and the
 same iteration in PyTorch eager mode from ``torch_reference.py`` when torch is installed,
@@ -25,6 +29,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 VARIANTS = {
@@ -54,7 +59,7 @@ def run_once(args):
     from sdnet_tf.models import SDNet
     from sdnet_tf.training.trainer import Trainer
 
-    from common import profile_iterations, time_iterations
+    from common import iteration_flops, profile_iterations, time_iterations
 
     overrides = ["train.image_summaries=0", *args.overrides]
     if args.xla is not None:
@@ -78,7 +83,9 @@ def run_once(args):
                     "share_of_iteration": {k: round(v / median, 3) for k, v in parts.items()},
                     "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags()}
         warmup, times = time_iterations(trainer, args.warmup, args.iterations)
+        flops, _ = iteration_flops(trainer)
     median = statistics.median(times)
+    rate = matmul_tflops(args.matmul_size)
     images = 2 * config.train.batch_size  # labelled + unlabelled images per iteration
     return {
         "config": args.config, "overrides": args.overrides, "input_size": size, "batch": f"{config.train.batch_size}+{config.train.batch_size}",
@@ -90,7 +97,27 @@ def run_once(args):
         "iterations": args.iterations, "median_s_per_iteration": round(median, 4),
         "images_per_s": round(images / median, 3), "all_s": [round(t, 4) for t in times],
         "warmup_s": round(warmup, 2), "cpu_count": os.cpu_count(),
+        "tflop_per_iteration": round(flops / 1e12, 5), "achieved_tflops": round(flops / median / 1e12, 4),
+        "matmul_size": args.matmul_size, "matmul_tflops": round(rate, 4),
+        "fraction_of_matmul": round(flops / median / 1e12 / rate, 4),
     }
+
+
+def matmul_tflops(n, repeats=5):
+    """The machine's measured float32 matrix-product rate in TFLOP/s: the median of ``repeats``
+    (n, n) @ (n, n) products in TensorFlow, after one untimed."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n), seed=0)
+    b = tf.random.normal((n, n), seed=1)
+    product = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
+    product(a, b).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a, b).numpy()
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
 
 
 def cpu_flags():
@@ -111,7 +138,7 @@ def compare(args):
     config = load_config(args.config, args.overrides)
     m = config.model
     sets = [a for o in args.overrides for a in ("--set", o)]
-    results = []
+    results, counted = [], []
     for key in args.variants:
         name, framework, xla, allocator, extra = VARIANTS[key]
         env = dict(os.environ)
@@ -128,11 +155,17 @@ def compare(args):
         else:
             cmd = [sys.executable, __file__, "--config", args.config, "--iterations", str(args.iterations),
                    "--warmup", str(args.warmup), "--allocator", "default" if allocator == "env" else allocator,
-                   "--xla" if xla else "--no-xla", *sets, *[a for o in extra for a in ("--set", o)]]
+                   "--xla" if xla else "--no-xla", "--matmul-size", str(args.matmul_size), *sets, *[a for o in extra for a in ("--set", o)]]
         result = run_json(cmd, env)
         result["variant"] = name
+        if "fraction_of_matmul" not in result and counted:  # PyTorch: the same iteration's operations
+            flops, rate = counted[0]["tflop_per_iteration"], counted[0]["matmul_tflops"]
+            result["fraction_of_matmul"] = round(flops / result["median_s_per_iteration"] / rate, 4)
+        counted += [result] if "matmul_tflops" in result else []
         results.append(result)
-        print(f"{name:<38}{result['median_s_per_iteration']:>9.3f} s/it", file=sys.stderr, flush=True)
+        fraction = result.get("fraction_of_matmul")
+        print(f"{name:<38}{result['median_s_per_iteration']:>9.3f} s/it {result['images_per_s']:>8.2f} images/s "
+              + (f"{fraction:>7.1%} of the matmul rate" if fraction is not None else ""), file=sys.stderr, flush=True)
     base = results[0]["median_s_per_iteration"]  # the first variant named
     for result in results:
         result["speedup_vs_plain"] = round(base / result["median_s_per_iteration"], 3)
@@ -160,6 +193,8 @@ def main():
                              + ", ".join(VARIANTS) + " (default: all)")
     parser.add_argument("--profile", action="store_true",
                         help="time each part of the iteration (steps, fake masks, weight average, host)")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="n of the (n, n) @ (n, n) float32 product whose rate is the machine's reference")
     parser.add_argument("--out", default=None, help="also write the result (one run, --profile or --compare) here as JSON")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), as sdnet-tf train --set")

@@ -193,6 +193,16 @@ class TFEngine:
                                           reduce_retracing=True)
         return np.asarray(functions[name](*inputs), dtype=np.float32)
 
+    def step_flops(self, step, *inputs):
+        """TensorFlow's count of the floating-point operations of one update of ``step`` on
+        ``inputs`` (``graph_flops`` of the update traced afresh at these shapes; nothing runs)."""
+        return graph_flops(self._compile_update(step).get_concrete_function(*inputs).graph)
+
+    def predict_flops(self, images):
+        """TensorFlow's count of the floating-point operations of ``predict_masks`` on one batch."""
+        function = tf.function(lambda x: objectives.segment_inference(self.model, x), autograph=False)
+        return graph_flops(function.get_concrete_function(images).graph)
+
     def predict_masks(self, images, batch_size=16):
         """Foreground probabilities in inference mode, as a numpy array."""
         outputs = [np.asarray(self._segment(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
@@ -254,6 +264,20 @@ class TFEngine:
             self._writer.flush()
             self._writer.close()
             self._writer = None
+
+
+def graph_flops(graph):
+    """The floating-point operations of one run of ``graph`` as TensorFlow's profiler counts them:
+    the registered ``flops`` statistics of the convolutions (forward and both backward
+    products) and matrix products, two per multiply-add; elementwise ops, normalisation and
+    the optimiser are not counted (they are a few per cent of a convolutional network's).
+
+    Args:
+        graph: a ``tf.Graph`` with fully defined shapes (a concrete function's ``graph``).
+    """
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return float(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
 
 
 def fused_adam_applies(optimizer, variables):

@@ -350,3 +350,37 @@ def test_fused_adam_leaves_what_it_does_not_cover_to_keras():
     constrained = keras.layers.Dense(2, kernel_constraint=keras.constraints.NonNeg())
     constrained.build((None, 3))
     assert not fused_adam_applies(keras.optimizers.Adam(1e-3), constrained.trainable_variables)
+
+
+def test_graph_flops_counts_a_convolution_forward_and_both_backward_products():
+    """Golden count: a 3 x 3 convolution, 8 -> 16 channels on 32 x 32, is 2 * 32 * 32 * 16 * 9 * 8
+    operations; its gradient adds the same again for the input and for the kernel (and the
+    summed output adds 32 * 32 * 16 - 1)."""
+    import tensorflow as tf
+
+    from sdnet_tf.training.tf_engine import graph_flops
+
+    kernel = tf.Variable(tf.random.normal((3, 3, 8, 16)))
+
+    @tf.function
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(tf.nn.conv2d(x, kernel, 1, "SAME"))
+        return tape.gradient(y, [x, kernel])
+
+    conv = 2 * 32 * 32 * 16 * 9 * 8
+    assert graph_flops(gradients.get_concrete_function(tf.zeros((1, 32, 32, 8))).graph) == 3 * conv + 32 * 32 * 16 - 1
+
+
+def test_an_update_counts_about_three_forward_passes_and_runs_nothing(warm_trainer):
+    from sdnet_tf.training.trainer import _step_inputs
+
+    batch = warm_trainer.sampler.batches(0)
+    before = _snapshot(warm_trainer.model)
+    forward = warm_trainer.engine.predict_flops(batch["labelled_images"])  # anatomy encoder + segmentor
+    update = warm_trainer.engine.step_flops(SDNET_SCHEDULE[0], *_step_inputs(SDNET_SCHEDULE[0], batch, None))
+    # the supervised update runs the encoders, the decoder and the segmentor forward and backward
+    assert 2 * forward < update < 12 * forward
+    for name, values in _snapshot(warm_trainer.model).items():
+        assert all(np.array_equal(a, b) for a, b in zip(values, before[name])), name
