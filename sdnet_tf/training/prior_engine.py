@@ -10,6 +10,7 @@ left as they were) or stops the run, as ``nonfinite`` says (``guard.Guard``).
 import tensorflow as tf
 
 from sdnet_tf.training.guard import Guard, as_floats
+from sdnet_tf.training.tf_engine import apply_adam, fused_adam_applies
 
 
 class StepEngine(Guard):
@@ -30,10 +31,12 @@ class StepEngine(Guard):
             leave NaN in the BatchNorm statistics.
         frozen: variables ``loss_fn`` only reads (a frozen prior); ``tf.function`` tracks
             them itself, so this engine does not use the list (the JAX engine does).
+        fused: apply a plain Adam or Adamax with TensorFlow's fused kernel
+            (``tf_engine.apply_adam``: the same update to float rounding); False: Keras' own.
     """
 
     def __init__(self, variables, loss_fn, optimizer, weight_decay=0.0, jit_compile=False, nonfinite="skip",
-                 max_nonfinite=20, state=(), frozen=()):
+                 max_nonfinite=20, state=(), frozen=(), fused=True):
         super().__init__(nonfinite, max_nonfinite)
         self.variables = list(variables)
         self.state = [v for v in state if "float" in str(v.dtype)]
@@ -44,7 +47,10 @@ class StepEngine(Guard):
         # autograph off: the losses are keras.ops code that jax.jit traces too (no tensor-dependent
         # Python control flow), so converting them would only cost tracing time
         self._compute = tf.function(self._gradients, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
-        self._apply = tf.function(lambda grads: optimizer.apply(grads, self.variables), autograph=False)
+        # Adam and Adamax as TensorFlow's fused kernels (tf_engine.apply_adam), Keras' update otherwise
+        self.fused = fused and fused_adam_applies(optimizer, self.variables)
+        apply = apply_adam if self.fused else lambda o, g, v: o.apply(g, v)
+        self._apply = tf.function(lambda grads: apply(optimizer, grads, self.variables), autograph=False)
         self._evaluate = tf.function(lambda *inputs: loss_fn(*inputs), reduce_retracing=True)
 
     def _gradients(self, *inputs):

@@ -282,9 +282,9 @@ def graph_flops(graph):
 
 def fused_adam_applies(optimizer, variables):
     """Whether ``apply_adam`` computes exactly what ``optimizer.apply`` would: a plain Keras
-    Adam (no AMSGrad, clipping, weight decay, EMA, gradient accumulation or loss scaling) on
-    variables without constraints."""
-    if type(optimizer) is not keras.optimizers.Adam or optimizer.amsgrad:
+    Adam or Adamax (no AMSGrad, clipping, weight decay, EMA, gradient accumulation or loss
+    scaling) on variables without constraints."""
+    if type(optimizer) not in (keras.optimizers.Adam, keras.optimizers.Adamax) or getattr(optimizer, "amsgrad", False):
         return False
     extras = (optimizer.clipnorm, optimizer.clipvalue, optimizer.global_clipnorm, optimizer.weight_decay,
               getattr(optimizer, "gradient_accumulation_steps", None), optimizer.loss_scale_factor)
@@ -294,19 +294,22 @@ def fused_adam_applies(optimizer, variables):
 
 
 def apply_adam(optimizer, grads, variables):
-    """``optimizer.apply(grads, variables)`` for a Keras Adam that ``fused_adam_applies`` to,
-    with TensorFlow's fused ``ResourceApplyAdam`` kernel: one op per weight instead of the
-    twenty-odd small ops of Keras' per-weight update, which on a CPU cost more graph building
-    (the first iteration) and more dispatch than the arithmetic (benchmarks/RESULTS.md).
+    """``optimizer.apply(grads, variables)`` for a Keras Adam or Adamax that ``fused_adam_applies``
+    to, with TensorFlow's fused kernels (``ResourceApplyAdam``, ``ResourceApplyAdaMax``): one op
+    per weight instead of the twenty-odd small ops of Keras' per-weight update, which on a CPU
+    cost more graph building (the first iteration) and more dispatch than the arithmetic
+    (benchmarks/RESULTS.md).
 
     The same update, on the optimiser's own moment variables and step counter (so checkpoints
-    and the JAX engine's Keras update are unchanged): with t = iterations + 1,
-    alpha = lr(iterations) * sqrt(1 - beta_2^t) / (1 - beta_1^t), m += (g - m)(1 - beta_1),
-    v += (g^2 - v)(1 - beta_2), w -= alpha m / (sqrt(v) + epsilon) (Kingma and Ba, 2015,
-    Algorithm 1 with the bias corrections folded into alpha, as Keras does).
+    and the JAX engine's Keras update are unchanged), with t = iterations + 1 and the learning
+    rate lr of the schedule at ``iterations`` (Kingma and Ba, 2015, Algorithms 1 and 2):
+    Adam: alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t), m += (g - m)(1 - beta_1),
+    v += (g^2 - v)(1 - beta_2), w -= alpha m / (sqrt(v) + epsilon), the bias corrections folded
+    into alpha as Keras does; Adamax: m += (g - m)(1 - beta_1), u = max(beta_2 u, |g|),
+    w -= lr / (1 - beta_1^t) m / (u + epsilon).
 
     Args:
-        optimizer: a built ``keras.optimizers.Adam`` (``optimizer.build(variables)`` done).
+        optimizer: a built ``keras.optimizers.Adam`` or ``Adamax`` (``optimizer.build(variables)``).
         grads: one dense gradient per variable (tensors), None for none.
         variables: the Keras variables, as passed to ``optimizer.apply``.
     """
@@ -314,6 +317,8 @@ def apply_adam(optimizer, grads, variables):
     if any(isinstance(g, tf.IndexedSlices) for g, _ in pairs):
         optimizer.apply(grads, variables)
         return
+    adamax = isinstance(optimizer, keras.optimizers.Adamax)
+    first, second = (optimizer._m, optimizer._u) if adamax else (optimizer._momentums, optimizer._velocities)
     learning_rate = tf.convert_to_tensor(optimizer.learning_rate)
     step = tf.cast(optimizer.iterations + 1, tf.float32)
     powers = tf.pow(tf.constant([optimizer.beta_1, optimizer.beta_2], tf.float32), step)
@@ -322,14 +327,15 @@ def apply_adam(optimizer, grads, variables):
         dtype = variable.dtype
         if dtype not in constants:
             constants[dtype] = dict(
-                beta1_power=tf.cast(powers[0], dtype), beta2_power=tf.cast(powers[1], dtype),
-                lr=tf.cast(learning_rate, dtype), beta1=tf.constant(optimizer.beta_1, dtype),
-                beta2=tf.constant(optimizer.beta_2, dtype), epsilon=tf.constant(optimizer.epsilon, dtype))
+                beta1_power=tf.cast(powers[0], dtype), lr=tf.cast(learning_rate, dtype),
+                beta1=tf.constant(optimizer.beta_1, dtype), beta2=tf.constant(optimizer.beta_2, dtype),
+                epsilon=tf.constant(optimizer.epsilon, dtype))
+            if not adamax:
+                constants[dtype]["beta2_power"] = tf.cast(powers[1], dtype)
         index = optimizer._get_variable_index(variable)
-        tf.raw_ops.ResourceApplyAdam(
-            var=variable.value.handle, m=optimizer._momentums[index].value.handle,
-            v=optimizer._velocities[index].value.handle, grad=tf.cast(grad, dtype), use_locking=False,
-            **constants[dtype])
+        kernel = tf.raw_ops.ResourceApplyAdaMax if adamax else tf.raw_ops.ResourceApplyAdam
+        kernel(var=variable.value.handle, m=first[index].value.handle, v=second[index].value.handle,
+               grad=tf.cast(grad, dtype), use_locking=False, **constants[dtype])
     optimizer.iterations.assign_add(1)
 
 

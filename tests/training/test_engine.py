@@ -302,10 +302,12 @@ def test_engine_json_records_what_auto_chose_and_why():
     assert chosen["xla"] is True and chosen["xla_rule"] == "always (the JAX engine)" and chosen["graph_rewriting"] is None
 
 
-def test_fused_adam_is_keras_adam_to_float_rounding():
-    """tf_engine.apply_adam (TensorFlow's ResourceApplyAdam) against Keras' own Adam.apply: the
-    same weights, moments and step counter after four steps of the inverse-time-decayed
-    schedule, to within a few float32 ulps (the kernels round in another order)."""
+@pytest.mark.parametrize("kind", ["adam", "adamax"])
+def test_fused_adam_is_keras_adam_to_float_rounding(kind):
+    """tf_engine.apply_adam (TensorFlow's ResourceApplyAdam / ResourceApplyAdaMax) against Keras'
+    own apply: the same weights, moments and step counter after four steps of a decaying
+    schedule (SDNet's inverse-time Adam; the priors' cosine Adamax), to within a few float32
+    ulps (the kernels round in another order)."""
     import tensorflow as tf
 
     from sdnet_tf.config import Config
@@ -314,6 +316,12 @@ def test_fused_adam_is_keras_adam_to_float_rounding():
 
     train = Config().train
     train.learning_rate, train.decay = 0.01, 0.1  # steps that move the weights, a rate that moves between them
+
+    def optimizer():
+        if kind == "adam":
+            return make_optimizer(train)
+        return keras.optimizers.Adamax(keras.optimizers.schedules.CosineDecay(0.01, 4, alpha=0.01), epsilon=1e-3)
+
     rng = np.random.default_rng(0)
     shapes = [(3, 3, 4, 8), (8,), (5,)]
     initial = [rng.standard_normal(s).astype("float32") for s in shapes]
@@ -321,15 +329,15 @@ def test_fused_adam_is_keras_adam_to_float_rounding():
     states = []
     for fused in (False, True):
         variables = [keras.Variable(x.copy()) for x in initial]
-        optimizer = make_optimizer(train)
-        optimizer.build(variables)
-        assert fused_adam_applies(optimizer, variables)
-        step = tf.function(lambda g: apply_adam(optimizer, g, variables) if fused else optimizer.apply(g, variables))
+        opt = optimizer()
+        opt.build(variables)
+        assert fused_adam_applies(opt, variables)
+        step = tf.function(lambda g: apply_adam(opt, g, variables) if fused else opt.apply(g, variables))
         for g in grads:
             step([tf.constant(x) for x in g])
-        states.append([v.numpy() for v in variables] + [v.numpy() for v in optimizer.variables])
+        states.append([v.numpy() for v in variables] + [v.numpy() for v in opt.variables])
     keras_state, fused_state = states
-    assert len(keras_state) == len(fused_state) == 3 + 1 + 2 * 3  # weights, iterations, m and v
+    assert len(keras_state) == len(fused_state) == 3 + 1 + 2 * 3  # weights, iterations, the two moments
     moved = max(np.abs(a - b).max() for a, b in zip(keras_state[:3], initial))
     assert moved > 1e-3
     for ours, theirs in zip(fused_state, keras_state):
@@ -346,7 +354,8 @@ def test_fused_adam_leaves_what_it_does_not_cover_to_keras():
     assert not fused_adam_applies(keras.optimizers.Adam(1e-3, clipnorm=1.0), variables)
     assert not fused_adam_applies(keras.optimizers.Adam(1e-3, weight_decay=1e-4), variables)
     assert not fused_adam_applies(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3)), variables)
-    assert not fused_adam_applies(keras.optimizers.Adamax(1e-3), variables)
+    assert fused_adam_applies(keras.optimizers.Adamax(1e-3), variables)
+    assert not fused_adam_applies(keras.optimizers.SGD(1e-3), variables)
     constrained = keras.layers.Dense(2, kernel_constraint=keras.constraints.NonNeg())
     constrained.build((None, 3))
     assert not fused_adam_applies(keras.optimizers.Adam(1e-3), constrained.trainable_variables)
