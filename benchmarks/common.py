@@ -74,6 +74,13 @@ def profile_iterations(trainer, warmup, iterations):
     return statistics.median(totals), parts
 
 
+def matmul_rate(n, product, repeats=5):
+    """Measured TFLOP/s of an (n, n) @ (n, n) product: ``product()`` runs one and waits for it;
+    the median of ``repeats`` timed calls after one untimed."""
+    _, times = time_calls(lambda i: product(), 1, repeats)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
 def iteration_flops(trainer):
     """The engine's count of one SDNet iteration's floating-point operations: the five updates
     and the fake-mask pass, on the batches of iteration 0 (XLA's ``cost_analysis`` on JAX,

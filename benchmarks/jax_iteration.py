@@ -26,7 +26,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +43,7 @@ from sdnet_tf.data.synthetic import synthetic_arrays  # noqa: E402
 from sdnet_tf.models import SDNet  # noqa: E402
 from sdnet_tf.training.trainer import Trainer  # noqa: E402
 
-from common import iteration_flops, report, time_iterations  # noqa: E402  (benchmarks/common.py, beside this script)
+from common import iteration_flops, matmul_rate, report, time_iterations  # noqa: E402  (benchmarks/common.py, beside this script)
 
 EXPECTED_TFLOP = 2.7  # the project's estimate of one iteration at the original size
 
@@ -55,13 +54,7 @@ def matmul_tflops(n, precision, repeats=5):
     a = jax.random.normal(keys[0], (n, n), jnp.float32)
     b = jax.random.normal(keys[1], (n, n), jnp.float32)
     dot = jax.jit(lambda x, y: jnp.dot(x, y, precision=precision))
-    dot(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dot(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e12
+    return matmul_rate(n, lambda: dot(a, b).block_until_ready(), repeats)
 
 
 def run(args):

@@ -29,7 +29,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 VARIANTS = {
@@ -108,16 +107,12 @@ def matmul_tflops(n, repeats=5):
     (n, n) @ (n, n) products in TensorFlow, after one untimed."""
     import tensorflow as tf
 
+    from common import matmul_rate
+
     a = tf.random.normal((n, n), seed=0)
     b = tf.random.normal((n, n), seed=1)
     product = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
-    product(a, b).numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, b).numpy()
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e12
+    return matmul_rate(n, lambda: product(a, b).numpy(), repeats)
 
 
 def cpu_flags():
