@@ -407,11 +407,11 @@ def score_cases(cases, out_dir, report=None, structures=None, columns=CASE_COLUM
             clinical_rows.append({"Patient": patient, **{f"{k} pred": pred_idx[k] for k in clinical.CLINICAL_INDICES},
                                   **{f"{k} ref": ref_idx[k] for k in clinical.CLINICAL_INDICES}})
     if not rows:
-        # the cases' own failures were shown by ``report`` as they came: not twice
-        unshown = errors[:len(errors) - len(cases)] if report is not None else errors
+        # every case failed; ``report`` showed those failures as they came, so only the files
+        # refused before scoring (the first errors) are listed, not the cases' again
+        unshown = errors if report is None else errors[:len(errors) - len(cases)]
         shown = "" if report is None else f" ({len(cases)} failed as shown above)"
-        raise DataError(f"{source}: no case could be scored{shown}" + "".join(f"\n  {e}" for e in unshown)
-                        if unshown else f"{source}: no case could be scored{shown}")
+        raise DataError(f"{source}: no case could be scored{shown}" + ":\n  " * bool(unshown) + "\n  ".join(unshown))
     summary = summarise(rows, slice_rows, clinical_rows)
     summary["errors"] = errors
     if structures is not None:

@@ -10,7 +10,7 @@ left as they were) or stops the run, as ``nonfinite`` says (``guard.Guard``).
 import tensorflow as tf
 
 from sdnet_tf.training.guard import Guard, as_floats
-from sdnet_tf.training.tf_engine import apply_adam, fused_adam_applies
+from sdnet_tf.training.tf_engine import optimizer_update
 
 
 class StepEngine(Guard):
@@ -48,9 +48,7 @@ class StepEngine(Guard):
         # Python control flow), so converting them would only cost tracing time
         self._compute = tf.function(self._gradients, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
         # Adam and Adamax as TensorFlow's fused kernels (tf_engine.apply_adam), Keras' update otherwise
-        self.fused = fused and fused_adam_applies(optimizer, self.variables)
-        apply = apply_adam if self.fused else lambda o, g, v: o.apply(g, v)
-        self._apply = tf.function(lambda grads: apply(optimizer, grads, self.variables), autograph=False)
+        self._apply = tf.function(optimizer_update(optimizer, self.variables, fused), autograph=False)
         self._evaluate = tf.function(lambda *inputs: loss_fn(*inputs), reduce_retracing=True)
 
     def _gradients(self, *inputs):

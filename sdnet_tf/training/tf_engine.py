@@ -108,9 +108,9 @@ class TFEngine:
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         sampler = model.modality_encoder.sampler if step.objective in objectives.SAMPLES_Z else None
         distributed = self.strategy is not None
-        # the fused kernel on one device; Keras' own update under tf.distribute (mirrored
-        # variables) and for what the kernel does not cover (loss scaling)
-        fused = self.fused_optimizer and not distributed and fused_adam_applies(optimizer, variables)
+        # the fused kernel on one device (self.fused_optimizer is off under tf.distribute: mirrored
+        # variables); Keras' own update for what the kernel does not cover (loss scaling)
+        apply = optimizer_update(optimizer, variables, self.fused_optimizer)
 
         def update(*inputs):
             """One replica's update on its slice of the batch (the whole batch on one device)."""
@@ -136,10 +136,7 @@ class TFEngine:
                 loss = total / replica.num_replicas_in_sync
                 loss = optimizer.scale_loss(loss) if scaled else loss
             grads = tape.gradient(loss, variables)
-            if fused:
-                apply_adam(optimizer, grads, variables)
-            else:
-                optimizer.apply(grads, variables)
+            apply(grads)
             return total, terms
 
         # autograph off: the objectives are keras.ops code without tensor-dependent Python
@@ -291,6 +288,14 @@ def fused_adam_applies(optimizer, variables):
     if any(extras) or optimizer.use_ema:
         return False
     return all(v.constraint is None and not getattr(v, "overwrite_with_gradient", False) for v in variables)
+
+
+def optimizer_update(optimizer, variables, fused=True):
+    """``apply(grads)``, the update of ``variables`` by ``optimizer``: TensorFlow's fused kernel
+    (``apply_adam``) when ``fused`` and ``fused_adam_applies``, Keras' ``optimizer.apply`` otherwise."""
+    if fused and fused_adam_applies(optimizer, variables):
+        return lambda grads: apply_adam(optimizer, grads, variables)
+    return lambda grads: optimizer.apply(grads, variables)
 
 
 def apply_adam(optimizer, grads, variables):
