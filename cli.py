@@ -606,8 +606,10 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
         dice = summary["dice_mean_3d"]["mean"]
         per_class = ", ".join(f"{c} {g['all']['Dice']['mean']:.3f}" for c, g in summary["per_class"].items()
                               if g["all"]["Dice"]["mean"] is not None)
-        click.echo(f"{_volumes(summary['cases'])} scored: mean 3-D Dice {dice:.3f} ({per_class}); "
-                   f"tables and summary.json in {output}")
+        # None when no scored case has a structure in its reference or its prediction (Dice 0 / 0)
+        dice = "undefined (no structure in any reference or prediction)" if dice is None else f"{dice:.3f}"
+        click.echo(f"{_volumes(summary['cases'])} scored: mean 3-D Dice {dice}" + (f" ({per_class})" if per_class else "")
+                   + f"; tables and summary.json in {output}")
     if "per_vendor" in summary:  # a run trained on M&Ms: its vendors' test and held-out patients
         from sdnet_tf.apps.mnms_cases import vendor_table
 

@@ -290,3 +290,15 @@ def test_a_case_that_fails_is_named_once_when_it_was_the_only_one(tmp_path, quie
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert result.output.count("patient001_frame01_pred.nii.gz") == 1, result.output
     assert "no case could be scored" in result.output
+
+
+def test_cases_without_any_structure_are_scored_with_an_undefined_dice_not_a_traceback(tmp_path):
+    # an all-background prediction of an all-background reference: Dice is 0 / 0
+    refs, preds = tmp_path / "refs", tmp_path / "preds"
+    refs.mkdir(), preds.mkdir()
+    empty = np.zeros((24, 24, 3), np.uint8)
+    save(empty, AFFINE, (SPACING, SPACING, THICKNESS), refs / "patient001_frame01_gt.nii.gz", dtype=np.uint8)
+    save(empty, AFFINE, (SPACING, SPACING, THICKNESS), preds / "patient001_frame01_pred.nii.gz", dtype=np.uint8)
+    result = _evaluate("-p", preds, "-r", refs, "-o", tmp_path / "out")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "mean 3-D Dice undefined" in result.output
