@@ -53,7 +53,7 @@ def measure(engine, config_name, overrides, warmup, steps):
     loss_fn, extra = prior_loss(config.model.kind, model, config.train)
     optimizer = keras.optimizers.Adamax(config.train.learning_rate, epsilon=config.train.epsilon)
     engine_ = step_engine(config)(model.trainable_variables, loss_fn, optimizer, config.train.weight_decay, xla,
-                                  state=model.non_trainable_variables + extra)
+                                  state=model.non_trainable_variables + extra, networks=(model,))
     rng = np.random.default_rng(0)
     size, batch = config.model.input_size, config.train.batch_size
     batches = [prior_one_hot(rng.integers(0, 4, (batch, size, size)).astype(np.uint8)) for _ in range(4)]

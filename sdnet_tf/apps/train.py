@@ -247,7 +247,7 @@ def build_sdnet(config, seed=None):
 def engine_choices(engine, config):
     """What the engine chose for this run, where the config may say ``auto``: the backend, XLA
     (and the rule that set it), Grappler's graph rewriting, the allocator tuning, whether Adam
-    runs as TensorFlow's fused kernel and the precision, as ``engine.json`` records them beside
+    and BatchNorm run as TensorFlow's fused kernels and the precision, as ``engine.json`` records them beside
     ``config.yaml``."""
     t = config.train
     xla = bool(getattr(engine, "jit_compile", True))
@@ -261,7 +261,8 @@ def engine_choices(engine, config):
     return {"backend": t.backend, "xla": xla, "xla_rule": rule,
             "graph_rewriting": None if t.backend == "jax" else bool(rewriting) if rewriting is not None else True,
             "allocator_tuned": bool(getattr(engine, "allocator_tuned", False)),
-            "fused_optimizer": bool(getattr(engine, "fused_optimizer", False)), "precision": t.precision}
+            "fused_optimizer": bool(getattr(engine, "fused_optimizer", False)),
+            "fused_batchnorm": bool(getattr(engine, "fused_batchnorm", False)), "precision": t.precision}
 
 
 def _fit(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays, initial_weights=None):

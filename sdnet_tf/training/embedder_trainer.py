@@ -95,7 +95,8 @@ def frds_embedder(training, validation, cache_dir=None, settings=None, progress=
         value = losses.nt_xent(model(views, training=True), settings["temperature"])
         return value, {"nt_xent": value}
 
-    engine = StepEngine(model.trainable_variables, loss_fn, optimizer, state=model.non_trainable_variables)
+    engine = StepEngine(model.trainable_variables, loss_fn, optimizer, state=model.non_trainable_variables,
+                        networks=(model,))
     rng = np.random.default_rng(settings["seed"])
     bar = tqdm(total=total, desc="FRDS embedder (SimCLR)", unit="step", disable=not progress)
     last = None

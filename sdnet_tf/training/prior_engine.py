@@ -10,7 +10,8 @@ left as they were) or stops the run, as ``nonfinite`` says (``guard.Guard``).
 import tensorflow as tf
 
 from sdnet_tf.training.guard import Guard, as_floats
-from sdnet_tf.training.tf_engine import optimizer_update
+from sdnet_tf.training.batchnorm import batchnorm_layers
+from sdnet_tf.training.tf_engine import fused_batchnorm, optimizer_update
 
 
 class StepEngine(Guard):
@@ -32,12 +33,17 @@ class StepEngine(Guard):
         frozen: variables ``loss_fn`` only reads (a frozen prior); ``tf.function`` tracks
             them itself, so this engine does not use the list (the JAX engine does).
         fused: apply a plain Adam or Adamax with TensorFlow's fused kernel
-            (``tf_engine.apply_adam``: the same update to float rounding); False: Keras' own.
+            (``tf_engine.apply_adam``: the same update to float rounding), and run the
+            BatchNorm layers of ``networks`` called in training mode as TensorFlow's fused
+            kernel (``tf_engine.fused_batchnorm``, also the same to float rounding); False:
+            Keras' own update and ops.
+        networks: the Keras models ``loss_fn`` trains, whose BatchNorm layers ``fused`` covers.
     """
 
     def __init__(self, variables, loss_fn, optimizer, weight_decay=0.0, jit_compile=False, nonfinite="skip",
-                 max_nonfinite=20, state=(), frozen=(), fused=True):
+                 max_nonfinite=20, state=(), frozen=(), fused=True, networks=()):
         super().__init__(nonfinite, max_nonfinite)
+        self._norms = batchnorm_layers(*networks) if fused else []
         self.variables = list(variables)
         self.state = [v for v in state if "float" in str(v.dtype)]
         self.loss_fn = loss_fn
@@ -53,7 +59,7 @@ class StepEngine(Guard):
 
     def _gradients(self, *inputs):
         saved = [tf.identity(v.value) for v in self.state]
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, fused_batchnorm(self._norms):
             total, terms = self.loss_fn(*inputs)
         grads = tape.gradient(total, self.variables)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables)]

@@ -40,10 +40,12 @@ class StepEngine(Guard):
             states); their values are passed in and returned.
         frozen: variables they only read (a frozen prior's weights); their values are passed
             in, never captured as constants, and not returned.
+        networks: ignored: the TensorFlow engine's fused BatchNorm is not a JAX kernel (XLA
+            fuses Keras' ops itself).
     """
 
     def __init__(self, variables, loss_fn, optimizer, weight_decay=0.0, jit_compile=True, nonfinite="skip",
-                 max_nonfinite=20, state=(), frozen=()):
+                 max_nonfinite=20, state=(), frozen=(), networks=()):
         if keras.backend.backend() != "jax":
             raise RuntimeError(f"this engine needs Keras on the JAX backend, not {keras.backend.backend()!r}")
         super().__init__(nonfinite, max_nonfinite)

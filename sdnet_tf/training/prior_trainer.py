@@ -278,7 +278,8 @@ def train_prior(config, run_dir, resume=True, progress=True):
             sample_fn = None
 
         engine = StepEngine(model.trainable_variables, loss_fn, optimizer, train.weight_decay, train.jit_compile,
-                            train.nonfinite, train.max_nonfinite, state=model.non_trainable_variables + extra)
+                            train.nonfinite, train.max_nonfinite, state=model.non_trainable_variables + extra,
+                            networks=(model,))
         evaluate = engine.compiled(evaluate_fn)
         sample = engine.compiled(sample_fn) if sample_fn is not None else None
         reconstruct = engine.compiled(lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1))
@@ -425,7 +426,7 @@ def train_unet(config, run_dir, resume=True, progress=True):
 
         engine = StepEngine(model.trainable_variables, loss_fn, optimizer, 0.0, train.jit_compile,
                             train.nonfinite, train.max_nonfinite, state=model.non_trainable_variables,
-                            frozen=prior.variables if prior is not None else ())
+                            frozen=prior.variables if prior is not None else (), networks=(model,))
         if prior is not None:
             rng = np.random.default_rng([train.seed, 999])
             index = epoch_batches(len(sets["training"]), train.batch_size, rng, config.loss.omega_batches)
@@ -566,7 +567,7 @@ def train_tl(config, run_dir, resume=True, progress=True):
 
         engine = StepEngine(predictor.trainable_variables, loss_fn, optimizer, 0.0, train.jit_compile,
                             train.nonfinite, train.max_nonfinite, state=predictor.non_trainable_variables,
-                            frozen=model.autoencoder.variables)
+                            frozen=model.autoencoder.variables, networks=(predictor,))
         predict = engine.compiled(lambda x: ops.argmax(model(x, training=False), axis=-1))
         distance = engine.compiled(
             lambda x, y: prior_objectives.tl_code(model, x, y, 1.0, 0.0, training=False)[1]["code"])

@@ -16,6 +16,7 @@ TensorBoard event files.
 """
 
 import contextlib
+import functools
 import logging
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from sdnet_tf.data.arrays import DataError
 from sdnet_tf.training import distribute, objectives
+from sdnet_tf.training.batchnorm import batchnorm_layers
 from sdnet_tf.runtime import tune_allocator
 from sdnet_tf.training.speed import choose_allocator_tuning, choose_graph_rewriting, choose_xla
 from sdnet_tf.training.optimizers import make_optimizer
@@ -90,6 +92,10 @@ class TFEngine:
                 if union:
                     optimizer.build(list(union.values()))
         self.fused_optimizer = bool(getattr(train_config, "fused_optimizer", True)) and strategy is None
+        # BatchNorm in the updates as TensorFlow's fused kernel, on one device (under tf.distribute
+        # the layers synchronise their statistics over the replicas, which the kernel cannot)
+        self.fused_batchnorm = bool(getattr(train_config, "fused_batchnorm", True)) and strategy is None
+        self._fused_norms = batchnorm_layers(*model.networks().values()) if self.fused_batchnorm else []
         self.shape_prior, self.shape_omega = None, 0.0  # set by use_shape_prior before the first step
         self._updates = shared_updates(self.schedule, self._compile_update)
         # inference runs on this process's first replica: its variables equal every other's
@@ -125,7 +131,7 @@ class TFEngine:
                 local = tf.shape(inputs[0])[0]
                 eps = sampler.draw_noise((local * replica.num_replicas_in_sync, model.nz))  # (global B, nz)
                 kwargs["noise"] = tf.gather(eps, replica.replica_id_in_sync_group * local + tf.range(local))
-            with tf.GradientTape() as tape:
+            with tf.GradientTape() as tape, fused_batchnorm(self._fused_norms):
                 if step.objective == "discriminator":
                     total, terms = objective(model, *inputs)
                 else:
@@ -342,6 +348,70 @@ def apply_adam(optimizer, grads, variables):
         kernel(var=variable.value.handle, m=first[index].value.handle, v=second[index].value.handle,
                grad=tf.cast(grad, dtype), use_locking=False, **constants[dtype])
     optimizer.iterations.assign_add(1)
+
+
+#: cuDNN's smallest BatchNorm epsilon: on a GPU a layer with a smaller one keeps Keras' ops
+CUDNN_MIN_EPSILON = 1.001e-5
+
+
+@contextlib.contextmanager
+def fused_batchnorm(layers):
+    """While a training update is traced, run Keras ``BatchNormalization`` ``layers`` called in
+    training mode as TensorFlow's fused kernel (``FusedBatchNormV3``, oneDNN's on a CPU, cuDNN's
+    on a GPU) instead of Keras' unfused ops.
+
+    Keras 3 computes a training-mode BatchNorm as separate ops (two means, a squared difference,
+    the normalisation's products and sums) and differentiates each of them; TensorFlow's own
+    Keras used the fused kernel, whose forward and backward passes are one op each. The layer
+    computes the same thing to float rounding (golden test against Keras' call): the batch's
+    mean and biased variance normalise the batch, and the moving averages take the same
+    ``moving * momentum + batch * (1 - momentum)`` update with the biased variance (the
+    kernel returns the Bessel-corrected one, multiplied back by (n - 1) / n here). Inputs are
+    normalised in float32 and the result cast to the layer's compute dtype, as Keras does
+    under a mixed precision policy. Layers the kernel does not cover keep Keras' call: not 4-D
+    channels-last input, a mask, renormalisation, synchronised statistics, inference mode, a
+    frozen layer, and on a GPU an epsilon below cuDNN's ``CUDNN_MIN_EPSILON``.
+
+    The substitution lasts only while the context is open (each layer's ``call`` is replaced on
+    the instance and restored afterwards), so validation, inference, the BatchNorm
+    recalibration and other engines see the layers as built. The models themselves keep to
+    ``keras.ops``; this is the TensorFlow engine's choice of kernel, like ``apply_adam``.
+
+    Args:
+        layers: ``keras.layers.BatchNormalization`` layers (``batchnorm.batchnorm_layers``).
+    """
+    replaced = [layer for layer in layers if "call" not in vars(layer)]
+    for layer in replaced:
+        layer.call = functools.partial(_fused_batchnorm_call, layer, layer.call)
+    try:
+        yield
+    finally:
+        for layer in replaced:
+            del layer.call
+
+
+def _fused_batchnorm_call(layer, keras_call, inputs, training=None, mask=None):
+    """``layer``'s training-mode call with ``FusedBatchNormV3`` where it applies (``fused_batchnorm``)."""
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    if (training is not True or not layer.trainable or mask is not None or len(inputs.shape) != 4
+            or layer.axis not in (-1, 3) or layer.renorm or layer.synchronized or inputs.shape[-1] is None
+            or (on_gpu and layer.epsilon < CUDNN_MIN_EPSILON)):
+        return keras_call(inputs, training=training, mask=mask)
+    x = tf.cast(inputs, tf.float32)
+    channels = x.shape[-1]
+    scale = tf.cast(tf.convert_to_tensor(layer.gamma), tf.float32) if layer.scale else tf.ones([channels])
+    offset = tf.cast(tf.convert_to_tensor(layer.beta), tf.float32) if layer.center else tf.zeros([channels])
+    y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=scale, offset=offset, mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=layer.epsilon,
+        data_format="NHWC", is_training=True)
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    variance = variance * ((count - 1.0) / count)  # the biased variance Keras averages
+    momentum = layer.momentum
+    moving_mean = tf.cast(tf.convert_to_tensor(layer.moving_mean), tf.float32)
+    moving_variance = tf.cast(tf.convert_to_tensor(layer.moving_variance), tf.float32)
+    layer.moving_mean.assign(moving_mean * momentum + mean * (1.0 - momentum))
+    layer.moving_variance.assign(moving_variance * momentum + variance * (1.0 - momentum))
+    return tf.cast(y, layer.compute_dtype)
 
 
 def compile_stateful(fn, variables, updated):

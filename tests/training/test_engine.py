@@ -288,10 +288,11 @@ def test_engine_json_records_what_auto_chose_and_why():
 
     config = Config()
     plain = SimpleNamespace(xla=False, jit_compile=False, graph_rewriting=False, allocator_tuned=False,
-                            fused_optimizer=True)
+                            fused_optimizer=True, fused_batchnorm=True)
     assert engine_choices(plain, config) == {"backend": "tensorflow", "xla": False, "xla_rule": "auto",
                                              "graph_rewriting": False, "allocator_tuned": False,
-                                             "fused_optimizer": True, "precision": "float32"}
+                                             "fused_optimizer": True, "fused_batchnorm": True,
+                                             "precision": "float32"}
     distributed = SimpleNamespace(xla=True, jit_compile=False, graph_rewriting=True, allocator_tuned=False)
     assert engine_choices(distributed, config)["xla_rule"] == "off under tf.distribute"
     config.train.jit_compile = True
@@ -393,3 +394,102 @@ def test_an_update_counts_about_three_forward_passes_and_runs_nothing(warm_train
     assert 2 * forward < update < 12 * forward
     for name, values in _snapshot(warm_trainer.model).items():
         assert all(np.array_equal(a, b) for a, b in zip(values, before[name])), name
+
+
+def _batchnorm_pass(layer, x, weights, compiled):
+    """Output, gradients (input, gamma, beta) and moving statistics after one training-mode call."""
+    import tensorflow as tf
+
+    from sdnet_tf.training.tf_engine import fused_batchnorm
+
+    def run(x):
+        with tf.GradientTape() as tape, fused_batchnorm([layer] if compiled else []):
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+        return (y, *tape.gradient(loss, [x, layer.gamma, layer.beta]))
+
+    outputs = tf.function(run, autograph=False)(tf.constant(x))
+    return [np.asarray(tf.cast(o, tf.float32)) for o in outputs] + [layer.moving_mean.numpy(),
+                                                                      layer.moving_variance.numpy()]
+
+
+@pytest.mark.parametrize("shape, policy", [((4, 16, 16, 8), "float32"), ((2, 5, 3, 6), "float32"),
+                                           ((4, 8, 8, 4), "mixed_bfloat16")])
+def test_fused_batchnorm_is_keras_batchnorm_to_float_rounding(shape, policy):
+    """tf_engine.fused_batchnorm (TensorFlow's FusedBatchNormV3) against Keras' own training-mode
+    call: the normalised output, the gradients for the input, gamma and beta, and the moving
+    mean and (biased) variance, to float32 rounding; under mixed_bfloat16 the output keeps the
+    layer's compute dtype, and the layers are left with Keras' call afterwards."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 3 + 1).astype("float32")
+    weights = rng.standard_normal(shape).astype("float32")
+    results = []
+    for fused in (False, True):
+        layer = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
+        layer.build(shape)
+        layer.gamma.assign(np.linspace(0.5, 2.0, shape[-1]))
+        layer.beta.assign(np.linspace(-1.0, 1.0, shape[-1]))
+        results.append(_batchnorm_pass(layer, x, weights, compiled=fused))
+        assert "call" not in vars(layer)
+    tolerance = dict(rtol=1e-2, atol=2e-2) if policy != "float32" else dict(rtol=1e-5, atol=1e-5)
+    for name, ours, theirs in zip(["y", "dx", "dgamma", "dbeta", "moving mean", "moving variance"], *results[::-1]):
+        scale = max(1.0, float(np.abs(theirs).max()))
+        np.testing.assert_allclose(ours / scale, theirs / scale, err_msg=name, **tolerance)
+    assert np.abs(results[0][5] - 0.9).max() > 0.05  # the statistics moved
+
+
+def test_fused_batchnorm_leaves_what_it_does_not_cover_to_keras():
+    """Inference mode, a 2-D input (the modality encoder's dense BatchNorm) and a frozen layer
+    keep Keras' ops: the traced graph has no FusedBatchNormV3 there, and one where it applies."""
+    import tensorflow as tf
+
+    from sdnet_tf.training.tf_engine import fused_batchnorm
+
+    def op_types(layer, x, training):
+        def run(x):
+            with fused_batchnorm([layer]):
+                return layer(x, training=training)
+        graph = tf.function(run, autograph=False).get_concrete_function(tf.TensorSpec(x.shape)).graph
+        return {op.type for op in graph.get_operations()}
+
+    image = np.ones((2, 4, 4, 3), "float32")
+    layer = keras.layers.BatchNormalization()
+    layer.build(image.shape)
+    assert "FusedBatchNormV3" in op_types(layer, image, True)
+    assert "FusedBatchNormV3" not in op_types(layer, image, False)
+    dense = keras.layers.BatchNormalization()
+    dense.build((2, 3))
+    assert "FusedBatchNormV3" not in op_types(dense, np.ones((2, 3), "float32"), True)
+    layer.trainable = False
+    assert "FusedBatchNormV3" not in op_types(layer, image, True)
+
+
+def test_the_engine_s_fused_batchnorm_update_matches_keras_ops(tmp_path):
+    """One iteration of all five SDNet updates with the fused BatchNorm and with Keras' ops,
+    from the same weights and batches (train.fused_batchnorm true / false): every step's loss
+    terms and the BatchNorm statistics agree to float32 rounding, the weights to within Adam's
+    largest step (Adam moves a weight whose gradient is zero but for rounding, e.g. a bias
+    before a BatchNorm, by up to the learning rate either way)."""
+    from sdnet_tf.training.batchnorm import batchnorm_layers
+
+    runs = []
+    for fused in (False, True):
+        config = small_config()
+        config.train.fused_batchnorm = fused
+        trainer = _trainer(tmp_path, config, name=f"fused-{fused}")
+        assert trainer.engine.fused_batchnorm is fused
+        terms = trainer.train_iteration()
+        norms = batchnorm_layers(*trainer.model.networks().values())
+        statistics = [np.concatenate([layer.moving_mean.numpy(), layer.moving_variance.numpy()]) for layer in norms]
+        runs.append((terms, statistics, _snapshot(trainer.model), config.train.learning_rate))
+    (keras_terms, keras_stats, keras_weights, lr), (terms, stats, weights, _) = runs
+    assert len(stats) >= 10 and keras_terms.keys() == terms.keys()
+    for step in terms:
+        for term, value in terms[step].items():
+            assert value == pytest.approx(keras_terms[step][term], rel=1e-4, abs=1e-5), f"{step}/{term}"
+    for ours, theirs in zip(stats, keras_stats):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    for name in weights:
+        for ours, theirs in zip(weights[name], keras_weights[name]):
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=3 * lr, err_msg=name)
