@@ -58,6 +58,11 @@ ABLATIONS = {
     # every pixel gets exactly one anatomy channel (rounding leaves 12% of heart pixels with
     # none, where 71% of the missed heart pixels are: anatomy_gaps.py)
     "argmax-binarisation": ["--set", "model.binarisation=argmax"],
+    # reduced precision (benchmarks/RESULTS.md, "bfloat16 on the CPU"): its effect on the scores,
+    # against "float32", the same protocol run again on the same code and machine (the table's
+    # run was trained on another CPU by an earlier version, whose rounding differs)
+    "bfloat16": ["--set", "train.precision=mixed_bfloat16"],
+    "float32": [],
 }
 
 
