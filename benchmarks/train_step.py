@@ -15,8 +15,8 @@ and the fake masks) and the fraction of the machine's measured float32 matrix-pr
 (``--matmul-size``) that the iteration reaches; ``--compare`` prints them for every variant,
 PyTorch's rated on the same operation count. ``--compare`` runs each variant (plain tf.function
 and XLA, with glibc's default allocator or the package's in-process allocator tuning, plain
-``tf.function`` with Keras' per-weight Adam instead of the fused kernel or with TensorFlow's
-fused BatchNorm kernel instead of Keras' ops, and the
+``tf.function`` with Keras' per-weight Adam instead of the fused kernel, with TensorFlow's
+fused BatchNorm kernel forced or with Keras' BatchNorm ops instead, and the
 same iteration in PyTorch eager mode from ``torch_reference.py`` when torch is installed,
 with and without the allocator environment variables) in its own fresh process, one after
 the other in the same invocation, and prints every result with its speed-up over the first
@@ -37,6 +37,7 @@ VARIANTS = {
     "plain": ("tf.function", "tf", False, "default", []),
     "keras-adam": ("tf.function, Keras' per-weight Adam", "tf", False, "default", ["train.fused_optimizer=false"]),
     "fused-bn": ("tf.function, fused BatchNorm", "tf", False, "default", ["train.fused_batchnorm=true"]),
+    "keras-bn": ("tf.function, Keras' BatchNorm ops", "tf", False, "default", ["train.fused_batchnorm=false"]),
     "allocator": ("tf.function + allocator", "tf", False, "tuned", []),
     "xla": ("XLA", "tf", True, "default", []),
     "xla-allocator": ("XLA + allocator", "tf", True, "tuned", []),

@@ -121,15 +121,12 @@ class TrainConfig:
     # same update as Keras' per-weight ops, to float rounding; tf_engine.apply_adam) on one
     # device; false: Keras' own update. The JAX engine always uses Keras' update
     fused_optimizer: bool = True
-    # true: the TensorFlow engine runs BatchNorm in the updates as TensorFlow's fused kernel
+    # the TensorFlow engine runs BatchNorm in the updates as TensorFlow's fused kernel
     # (FusedBatchNormV3: the same batch statistics and moving averages as Keras' unfused ops, to
     # float rounding; tf_engine.fused_batchnorm) on one device, measured 1.18x as fast an
-    # iteration at 128 x 128 and 1.13x at 64 (benchmarks/RESULTS.md). Off by default for now: the
-    # tiny SDNet learning checks of the test suite change outcome with any change of rounding
-    # (two of them fail with it on, one of them with another seed and Keras' ops), and are to be
-    # made robust across seeds first. The priors' engine uses it (prior_engine.StepEngine). The
-    # JAX engine always uses Keras' ops
-    fused_batchnorm: bool = False
+    # iteration at 128 x 128 and 1.13x at 64 (benchmarks/RESULTS.md); false: Keras' own ops. The
+    # priors' engine always uses it (prior_engine.StepEngine); the JAX engine never
+    fused_batchnorm: bool = True
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     backend: str = "tensorflow"  # tensorflow | jax: the Keras backend and the engine that trains
     checkpoint_every: int = 0  # iterations between checkpoints; 0: at the end of each epoch only
