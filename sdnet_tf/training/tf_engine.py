@@ -381,8 +381,9 @@ def fused_batchnorm(layers):
         layers: ``keras.layers.BatchNormalization`` layers (``batchnorm.batchnorm_layers``).
     """
     replaced = [layer for layer in layers if "call" not in vars(layer)]
+    on_gpu = bool(replaced) and bool(tf.config.list_logical_devices("GPU"))
     for layer in replaced:
-        layer.call = functools.partial(_fused_batchnorm_call, layer, layer.call)
+        layer.call = functools.partial(_fused_batchnorm_call, layer, layer.call, on_gpu)
     try:
         yield
     finally:
@@ -390,9 +391,9 @@ def fused_batchnorm(layers):
             del layer.call
 
 
-def _fused_batchnorm_call(layer, keras_call, inputs, training=None, mask=None):
-    """``layer``'s training-mode call with ``FusedBatchNormV3`` where it applies (``fused_batchnorm``)."""
-    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+def _fused_batchnorm_call(layer, keras_call, on_gpu, inputs, training=None, mask=None):
+    """``layer``'s training-mode call with ``FusedBatchNormV3`` where it applies (``fused_batchnorm``);
+    ``on_gpu``: the process has a GPU, where cuDNN's smallest epsilon applies."""
     if (training is not True or not layer.trainable or mask is not None or len(inputs.shape) != 4
             or layer.axis not in (-1, 3) or layer.renorm or layer.synchronized or inputs.shape[-1] is None
             or (on_gpu and layer.epsilon < CUDNN_MIN_EPSILON)):
