@@ -51,9 +51,76 @@ class Folder(click.Path):
 FOLDER = Folder()
 
 
-class Commands(click.Group):
+# a hint added to the refusal of a repeated option, by its longest name
+REPEAT_HINTS = {"--input": "to segment several images, give a folder of them"}
+
+
+def refuse_repeated_options(command, ctx, args):
+    """Refuse an option given more than once where click would keep only the last value.
+
+    click's default for an option without ``multiple=True`` is last-wins, without a word:
+    ``sdnet-tf predict -i A -i B`` would segment B alone. So, before ``command`` processes
+    ``args`` (its command-line words, a list of str; not modified), its options are counted as
+    click's own parser reads them (a value that looks like an option counts as a value), and
+    refused with a ``click.BadOptionUsage`` (a usage error: exit code 2, one ``Error:`` line
+    naming the option) are
+
+    - an option that takes a value, neither ``multiple`` nor a count, given twice or more
+      (``-i A -i B``, ``--batch-size 8 --batch-size 16``); and
+    - an on/off pair (``--qc/--no-qc``, ``--resume/--restart``) given twice or more in any
+      spelling: ``--qc --no-qc`` contradicts itself, and one of the pair once is the rule, so
+      ``--qc --qc`` is refused too.
+
+    Accepted as before: repeatable options (``--set``, ``--temperature``, ``figures -i``),
+    counts, and a plain flag repeated (``--quiet --quiet`` means ``--quiet``). With an eager
+    option (``--help``, ``--version``) given, nothing is refused here, and words click cannot
+    parse (an unknown option, a missing value) are left to click's own error.
+    """
+    from collections import Counter
+
+    try:
+        _, _, order = command.make_parser(ctx).parse_args(args=list(args))  # one entry per occurrence
+    except click.UsageError:
+        return  # click's own parse reports it
+    if any(getattr(param, "is_eager", False) for param in order):
+        return
+    counts = Counter(order)
+    for param in dict.fromkeys(order):  # first-given order
+        times = counts[param]
+        if times < 2 or not isinstance(param, click.Option) or param.multiple or param.count:
+            continue
+        if param.is_flag and not param.secondary_opts:
+            continue  # the same meaning each time
+        if param.is_flag:
+            names = "/".join(param.opts + param.secondary_opts)
+            raise click.BadOptionUsage(param.name, f"{names} given {times} times; give "
+                                       f"{' or '.join(param.opts + param.secondary_opts)} once", ctx)
+        hint = REPEAT_HINTS.get(max(param.opts, key=len))
+        raise click.BadOptionUsage(param.name, f"{'/'.join(param.opts)} given {times} times; it takes one value"
+                                   + (f" ({hint})" if hint else ""), ctx)
+
+
+class SingleValuedOptions:
+    """A click command or group mixin: ``refuse_repeated_options`` before the arguments are parsed."""
+
+    def parse_args(self, ctx, args):
+        if not ctx.resilient_parsing:  # shell completion parses partial command lines
+            refuse_repeated_options(self, ctx, args)
+        return super().parse_args(ctx, args)
+
+
+class Command(SingleValuedOptions, click.Command):
+    """Every ``sdnet-tf`` command: a repeated single-valued option is a usage error."""
+
+
+class Commands(SingleValuedOptions, click.Group):
     """The command group: a failed file operation (an unwritable or missing output location, a
-    full disk) or an interrupt in any command is one line naming the path, never a traceback."""
+    full disk) or an interrupt in any command is one line naming the path, never a traceback.
+    Its commands are ``Command`` and its sub-groups (``prior``, ``baseline``) are ``Commands``,
+    so a repeated single-valued option is refused in every one (``refuse_repeated_options``)."""
+
+    command_class = Command
+    group_class = type  # sub-groups of this class
 
     def invoke(self, ctx):
         from sdnet_infer.io import describe_os_error

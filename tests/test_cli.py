@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -223,3 +224,82 @@ def test_an_unknown_allocator_setting_is_one_line_and_exit_1():
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip() == "Error: SDNET_TF_ALLOCATOR='fast': use one of auto, tuned, default"
+
+
+# ------------------------------------------------------------------ an option given twice
+def _commands(group, path=()):
+    """(command words, command) of every command under ``group``."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, path + (name,))
+        else:
+            yield path + (name,), command
+
+
+COMMANDS = list(_commands(main))
+SINGLE_VALUED = [(words, max(param.opts, key=len)) for words, command in COMMANDS for param in command.params
+                 if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag
+                                                             or param.is_eager)]
+ON_OFF = [(words, param.opts[0], param.secondary_opts[0]) for words, command in COMMANDS for param in command.params
+          if isinstance(param, click.Option) and param.is_flag and param.secondary_opts]
+
+
+def _one_usage_error(result, *expected):
+    """The refusal: exit code 2, no traceback, one Error line holding ``expected``."""
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and all(text in errors[0] for text in expected), result.output
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+def test_every_command_refuses_a_repeated_option():
+    # the refusal is the group's, so a command added later has it too
+    assert len(COMMANDS) > 10 and len(SINGLE_VALUED) > 40
+    for words, command in COMMANDS:
+        assert type(command).parse_args is not click.Command.parse_args, words
+
+
+def test_predict_with_two_inputs_is_refused_with_a_hint_at_folders(tmp_path):
+    # click kept the last: B was segmented, A silently not
+    result = CliRunner().invoke(main, ["predict", "-i", "A.nii.gz", "-i", "B.nii.gz", "-o", str(tmp_path / "out"),
+                                       "--run", str(tmp_path / "run")])
+    line = _one_usage_error(result, "-i/--input given 2 times", "it takes one value", "give a folder")
+    assert line == ("Error: -i/--input given 2 times; it takes one value (to segment several images, "
+                    "give a folder of them)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("words,option", SINGLE_VALUED, ids=[f"{' '.join(w)} {o}" for w, o in SINGLE_VALUED])
+def test_a_single_valued_option_given_twice_is_a_usage_error(words, option, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the values name paths here, were a command ever to run
+    result = CliRunner().invoke(main, [*words, option, "1", "positional", option, "2"])
+    _one_usage_error(result, f"{option} given 2 times; it takes one value")
+
+
+@pytest.mark.parametrize("words,on,off", ON_OFF, ids=[f"{' '.join(w)} {on}" for w, on, _ in ON_OFF])
+def test_an_on_off_pair_is_given_once(words, on, off, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # --qc --no-qc contradicts itself; one of the pair once is the rule, so --qc --qc is refused too
+    for given in ([on, off], [off, on], [on, on], [off, off]):
+        result = CliRunner().invoke(main, [*words, "positional", *given])  # a command that ran would stop there
+        _one_usage_error(result, f"{on}/{off} given 2 times; give {on} or {off} once")
+
+
+def test_repeatable_options_and_a_repeated_plain_flag_are_accepted(tmp_path):
+    # --temperature is repeatable and --quiet means the same each time: the command's own check
+    # (after the options are read) is what refuses this line
+    result = CliRunner().invoke(main, ["shape-eval", "run", "-o", str(tmp_path / "out"), "--temperature", "1",
+                                       "--temperature", "0.5", "--frds-epochs", "1", "--quiet", "--quiet"])
+    assert result.exit_code == 1 and "--frds-epochs goes with --frds" in result.output, result.output
+    result = CliRunner().invoke(main, ["evaluate", "--quiet", "--quiet"])
+    assert result.exit_code == 1 and "give --predictions and --references, or --run" in result.output
+
+
+def test_a_value_that_looks_like_an_option_is_a_value_and_help_goes_first(tmp_path):
+    # '-o --run' names an output folder '--run'; then --run once
+    result = CliRunner().invoke(main, ["predict", "-i", str(tmp_path / "missing.nii.gz"), "-o", "--run", "--run",
+                                       str(tmp_path / "run"), "-h"])
+    assert result.exit_code == 0 and "Segment NIfTI volumes" in result.output
+    result = CliRunner().invoke(main, ["predict", "-i", "A", "-i", "B", "--help"])
+    assert result.exit_code == 0 and "Segment NIfTI volumes" in result.output
