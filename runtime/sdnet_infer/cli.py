@@ -25,6 +25,31 @@ def _count(minimum):
     return parse
 
 
+class _Once(argparse.Action):
+    """Store an option's one value and count how often it is given (``refuse_repeats`` then
+    refuses two or more: argparse keeps the last without a word, so ``-i A -i B`` would segment
+    B alone). ``hint``: a few words added to the refusal."""
+
+    def __init__(self, option_strings, dest, hint=None, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.hint = hint
+        self.times = 0  # a parser is built per main() call, so per command line
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.times += 1
+        setattr(namespace, self.dest, values)
+
+
+def refuse_repeats(parser, actions):
+    """``parser.error`` (usage, one ``error:`` line naming the option, exit code 2) for the first
+    of ``actions`` (``_Once``) given more than once."""
+    for action in actions:
+        if action.times > 1:
+            hint = f" ({action.hint})" if action.hint else ""
+            parser.error(f"argument {'/'.join(action.option_strings)}: given {action.times} times; "
+                         f"it takes one value{hint}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="sdnet-infer",
@@ -37,14 +62,25 @@ def main(argv=None):
                     "quality-controlled (anatomical validity and out-of-distribution scores per slice, a status ok or "
                     "review; qc.json, README 'Quality control'). In a folder, *_gt and *_4d files are skipped; a file "
                     "that fails is reported and the others go on.")
-    parser.add_argument("-i", "--input", required=True, help="a NIfTI file (3-D frame or 4-D cine) or a folder")
-    parser.add_argument("-o", "--output", required=True, help="output folder (created; inputs are never overwritten)")
-    parser.add_argument("-m", "--model", required=True, help="export folder written by 'sdnet-tf export'")
+    # the options of one value are given once (_Once); --provider is repeatable, and a flag repeated means itself
+    once = [
+        parser.add_argument("-i", "--input", required=True, action=_Once,
+                            hint="to segment several images, give a folder of them",
+                            help="a NIfTI file (3-D frame or 4-D cine) or a folder"),
+        parser.add_argument("-o", "--output", required=True, action=_Once,
+                            help="output folder (created; inputs are never overwritten)"),
+        parser.add_argument("-m", "--model", required=True, action=_Once,
+                            help="export folder written by 'sdnet-tf export'"),
+    ]
     parser.add_argument("--provider", action="append", default=None,
                         help="onnxruntime execution provider (repeatable); default CUDA if available, else CPU")
-    parser.add_argument("--threads", type=_count(0), default=0, help="intra-op threads (0: onnxruntime's default)")
-    parser.add_argument("--batch-size", type=_count(1), default=None,
-                        help="slices per inference call (default 16 on CUDA, 1 on the CPU: lowest memory, no slower)")
+    once += [
+        parser.add_argument("--threads", type=_count(0), default=0, action=_Once,
+                            help="intra-op threads (0: onnxruntime's default)"),
+        parser.add_argument("--batch-size", type=_count(1), default=None, action=_Once,
+                            help="slices per inference call (default 16 on CUDA, 1 on the CPU: lowest memory, "
+                                 "no slower)"),
+    ]
     parser.add_argument("--no-qc", action="store_true",
                         help="skip the quality control (anatomical validity and out-of-distribution scores of every "
                              "slice, qc.json); it adds the modality encoder and the decoder (the anatomy factor comes "
@@ -52,6 +88,7 @@ def main(argv=None):
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print onnxruntime's log messages")
     args = parser.parse_args(argv)
+    refuse_repeats(parser, once)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
     from sdnet_infer.io import DataError, describe_os_error, folder_problem

@@ -1,6 +1,7 @@
 """Headers and files that once fooled the reader or the writer: a sheared sform, qfac 0, complex
 and RGB data, pixdim and display fields of the written labels, grids compared across units,
-upper-case extensions and links that lead nowhere."""
+upper-case extensions and links that lead nowhere; and sdnet-infer's options of one value given
+twice."""
 
 import gzip
 import os
@@ -227,6 +228,42 @@ def test_a_bad_output_folder_is_named_before_the_model_loads_and_exits_1(tmp_pat
         assert infer_main(["-i", str(image), "-o", str(tmp_path / output), "-m", str(tmp_path / "no-model")]) == 1
         assert capsys.readouterr().err == f"Error: {tmp_path / output}: {problem} (--output takes a folder)\n"
     assert not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("option,first,second", [("-i", "a.nii.gz", "b.nii.gz"), ("--input", "a.nii.gz", "b.nii.gz"),
+                                                  ("-o", "out1", "out2"), ("-m", "m1", "m2"), ("--model", "m1", "m2"),
+                                                  ("--threads", "1", "2"), ("--batch-size", "4", "8")])
+def test_infer_refuses_an_option_of_one_value_given_twice(tmp_path, capsys, monkeypatch, option, first, second):
+    # argparse kept the last: '-i A -i B' segmented B alone, without a word
+    from sdnet_infer.cli import main as infer_main
+
+    monkeypatch.chdir(tmp_path)  # the values are paths here
+    given = {"-i": "a.nii.gz", "-o": str(tmp_path / "out"), "-m": str(tmp_path / "model")}
+    short = {"--input": "-i", "--model": "-m"}.get(option, option)
+    args = [word for key, value in given.items() if key != short for word in (key, value)]
+    with pytest.raises(SystemExit) as done:
+        infer_main([option, first, *args, option, second])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert done.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    names = {"-i": "-i/--input", "--input": "-i/--input", "-o": "-o/--output", "-m": "-m/--model",
+             "--model": "-m/--model"}.get(option, option)
+    assert errors[0].startswith(f"sdnet-infer: error: argument {names}: given 2 times; it takes one value")
+    assert ("give a folder of them" in errors[0]) == (names == "-i/--input")
+    assert not (tmp_path / "out").exists()
+
+
+def test_infer_takes_providers_and_flags_repeated(tmp_path, capsys):
+    # --provider is repeatable; -q, --no-qc and -v repeated mean themselves: the command line is
+    # read and the run goes on to the missing model (exit code 1, not 2)
+    from sdnet_infer.cli import main as infer_main
+
+    image = _image(tmp_path / "image.nii.gz")
+    code = infer_main(["-i", str(image), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "no-model"),
+                       "--provider", "CPUExecutionProvider", "--provider", "CPUExecutionProvider",
+                       "-q", "-q", "--no-qc", "--no-qc"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("Error: ") and "given" not in err, err
 
 
 def test_no_qc_json_when_no_volume_was_assessed(tmp_path):
