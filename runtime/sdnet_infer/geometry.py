@@ -25,6 +25,17 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    slices thicker than ``MAX_SLICE_MM``, 100 mm): wrong units, most likely (a header in
    metres with ``xyzt_units`` 0 reads as 0.0016 mm pixels); the message names the header
    fields that gave the size.
+   **A lost voxel size** is a warning naming the file (``lost_voxel_size``): with
+   ``slicing="auto"``, a size taken from ``pixdim`` beside an affine that carries none (unit
+   columns) that is 1 mm on all three axes (each within ``PLACEHOLDER_TOLERANCE``, 1e-6, of
+   1.0, after the unit conversion). A short-axis cine has slices 5-10 mm apart, and 1 x 1 x 1
+   is what tools write when the size is unknown: nibabel sets ``pixdim`` from a unit affine
+   when an ACDC frame is saved without its header (``Nifti1Image(data, img.affine)``), cropped
+   by ``img.slicer`` or reoriented by ``as_closest_canonical``, and such a copy is read at the
+   wrong scale. It cannot be an error, since the header cannot tell it from a genuine
+   isotropic 1 mm volume (which gets the warning too). An affine that carries the size is
+   taken at its word, and ``slicing="axial"`` (whole-heart volumes, often near 1 mm
+   isotropic) never warns; without an affine, 1 x 1 x 1 mm leaves no slice axis (rule 2).
 2. **Slice axis.** The axis whose voxel size is at least ``SLICE_RATIO`` (1.5) times each of
    the other two (short-axis cine: 5-10 mm slices, 0.7-2 mm pixels). With no such axis, the
    axis the affine points closest to the head-foot direction; with no affine either, a
@@ -90,6 +101,7 @@ SHEAR_TOLERANCE = 1e-3
 # Outside them the units are almost surely wrong (a metre header marked mm or unknown gives 0.0016 mm).
 PIXEL_RANGE_MM = (0.05, 20.0)
 MAX_SLICE_MM = 100.0
+PLACEHOLDER_TOLERANCE = 1e-6  # mm: a voxel size this close to 1 x 1 x 1 from pixdim is nibabel's placeholder
 UNIT_NAMES = {0: "0 (unknown, read as mm)", 1: "1 (metre)", 2: "2 (mm)", 3: "3 (micron)"}
 _PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
 
@@ -288,6 +300,21 @@ def _check_plausible(spacing, slice_axis, origin, header, source):
                         "the header's spatial units are probably wrong")
 
 
+def lost_voxel_size(spacing, origin, slicing, source):
+    """A warning (one line naming ``source``) when the voxel size looks like a header's lost one,
+    else None: with ``slicing`` "auto", ``spacing`` (3,) in mm from ``origin`` "pixdim" (the
+    affine carries none) within ``PLACEHOLDER_TOLERANCE`` of 1 mm on every axis (see the module
+    docstring)."""
+    if slicing != "auto" or origin != "pixdim":
+        return None
+    if not np.allclose(spacing, 1.0, rtol=0, atol=PLACEHOLDER_TOLERANCE):
+        return None
+    return (f"{source}: voxel size 1 x 1 x 1 mm from pixdim beside an affine without one (unit columns); a "
+            "short-axis cine has slices 5-10 mm apart, and 1 x 1 x 1 mm is what tools write when the size is "
+            "unknown (a copy saved with a unit affine, without the original header), so the header has probably "
+            "lost its voxel size and the segmentation may be wrong; check pixdim against the original file's")
+
+
 SLICINGS = ("auto", "axial")
 
 
@@ -366,6 +393,10 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
         DataError: naming the file, for a zero, negative, non-finite or implausible voxel
             size, unknown units, a sheared affine, a slice axis that cannot be told, or an affine
             that contradicts the sizes.
+
+    Warnings (logged, and kept in ``VolumeGeometry.warnings``): a size read from the affine
+    that differs from ``pixdim``, a sheared sform that gives way to the qform, and a voxel
+    size that looks lost (``lost_voxel_size``).
     """
     source = str(path)
     orientation = check_orientation(orientation, source)
@@ -398,6 +429,9 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
     slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]), slicing)
     _check_plausible(spacing, slice_axis, origin, header, source)
+    lost = lost_voxel_size(spacing, origin, slicing, source)
+    if lost:
+        notes.append(lost)
     transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim")
     for note in notes:
         log.warning(note)

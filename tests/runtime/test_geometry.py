@@ -8,7 +8,9 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -124,6 +126,151 @@ def test_placeholder_affine_that_contradicts_the_voxel_sizes_is_refused(tmp_path
     path = save(np.ones((3, 8, 6)), ACDC_AFFINE, (10.0, 1.5, 1.5), tmp_path / "odd.nii.gz")
     with pytest.raises(DataError, match=r"odd\.nii\.gz: the affine runs axis 0 along x.* disagree"):
         read_geometry(path)
+
+
+# ------------------------------------------------------------ a header that lost its voxel size
+def _acdc_like(path, data=None):
+    """An ACDC-style frame: sform diag(-1, -1, 1) code 2, qform code 0, pixdim (1.5, 1.5, 10) mm."""
+    data = np.arange(8 * 6 * 3, dtype=np.int16).reshape(8, 6, 3) if data is None else data
+    return save(data, ACDC_AFFINE, (1.5, 1.5, 10.0), path, units="mm")
+
+
+# nibabel sets pixdim from the unit affine, 1 x 1 x 1, when the header is not passed or when the
+# affine changes (a crop, a reorientation); Nifti1Image(data, img.affine, img.header) keeps it
+NAIVE_COPIES = {
+    "no_header": lambda img: nib.Nifti1Image(np.asarray(img.dataobj), img.affine),
+    "cropped": lambda img: img.slicer[1:-1],
+    "canonical": nib.as_closest_canonical,
+}
+
+
+ROTATED_UNIT = np.array([[np.cos(0.5), -np.sin(0.5), 0, 0], [np.sin(0.5), np.cos(0.5), 0, 0], [0, 0, 1, 0],
+                         [0, 0, 0, 1.0]])
+
+
+def _lost(path, warnings):
+    return [w for w in warnings if w.startswith(f"{path}: voxel size 1 x 1 x 1 mm from pixdim")]
+
+
+@pytest.mark.parametrize("copy", NAIVE_COPIES)
+def test_a_copy_that_lost_its_voxel_size_is_read_with_a_warning_naming_it(tmp_path, caplog, copy):
+    # the copy was segmented at 1 x 1 x 1 mm without a word
+    original = _acdc_like(tmp_path / "patient001_frame01.nii.gz")
+    path = tmp_path / f"{copy}.nii.gz"
+    nib.save(NAIVE_COPIES[copy](nib.load(str(original))), str(path))
+    assert tuple(nib.load(str(path)).header["pixdim"][1:4]) == (1.0, 1.0, 1.0)
+    assert read_geometry(original).warnings == ()
+    with caplog.at_level(logging.WARNING, logger="sdnet_infer.geometry"):
+        g = read_geometry(path)
+    assert g.spacing == (1.0, 1.0, 1.0) and g.slice_axis == 2  # read at the wrong size: only a warning can say
+    assert len(g.warnings) == 1 and _lost(path, g.warnings) == list(g.warnings)
+    assert "so the header has probably lost its voxel size and the segmentation may be wrong" in g.warnings[0]
+    assert "check pixdim against the original file's" in g.warnings[0] and g.warnings[0] in caplog.text
+    assert read_geometry(path, slicing="axial").warnings == ()  # whole-heart volumes are often 1 mm isotropic
+
+
+def test_a_copy_with_the_header_keeps_its_voxel_size_and_no_warning(tmp_path):
+    original = nib.load(str(_acdc_like(tmp_path / "original.nii.gz")))
+    path = tmp_path / "copy.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(original.dataobj), original.affine, original.header), str(path))
+    g = read_geometry(path)
+    assert g.spacing == (1.5, 1.5, 10.0) and g.warnings == ()
+
+
+@pytest.mark.parametrize("affine,zooms,units,warned", [
+    (ACDC_AFFINE, (1.0, 1.0, 1.0), "mm", True),  # a genuine 1 mm volume with a unit affine: the header cannot tell
+    (np.eye(4), (1.0, 1.0, 1.0), "unknown", True),
+    (ACDC_AFFINE, (0.001, 0.001, 0.001), "meter", True),  # 1 mm after the unit conversion
+    (ACDC_AFFINE, (1.0, 1.0, 1.000001), "mm", True),  # within 1e-6
+    (ACDC_AFFINE, (1.0, 1.0, 1.00001), "mm", False),
+    (ACDC_AFFINE, (1.0, 1.0, 1.2), "mm", False),
+    (ACDC_AFFINE, (1.5, 1.5, 10.0), "mm", False),
+    (np.diag([-1000.0, -1000.0, 1000.0, 1.0]), (1000.0, 1000.0, 1000.0), "micron", False),  # the affine says 1 mm
+    (ROTATED_UNIT, (1.0, 1.0, 1.0), "mm", True),  # unit columns, not axis-aligned
+], ids=["1mm", "eye-unknown-units", "metre", "within-1e-6", "1e-5-off", "1.2mm-slices", "acdc", "affine-says-1mm",
+        "rotated"])
+def test_the_lost_voxel_size_rule(tmp_path, affine, zooms, units, warned):
+    path = save(np.ones((8, 6, 3)), affine, zooms, tmp_path / "volume.nii.gz", units=units)
+    g = read_geometry(path)
+    assert bool(_lost(path, g.warnings)) == warned, g
+    assert read_geometry(path, slicing="axial").warnings == ()
+
+
+def test_predictions_json_and_the_log_carry_the_lost_voxel_size(frame, tmp_path, caplog):
+    image, _, spacing, thickness = frame
+    folder = tmp_path / "in"
+    folder.mkdir()
+    original = save(image, ACDC_AFFINE, (spacing, spacing, thickness), folder / "original.nii.gz", units="mm")
+    copy = folder / "copy.nii.gz"
+    nib.save(NAIVE_COPIES["no_header"](nib.load(str(original))), str(copy))
+    with caplog.at_level(logging.WARNING, logger="sdnet_infer.geometry"):
+        records = predict_files(folder, tmp_path / "out", _disc_model(96), size=96, target=2.5)
+    stored = {Path(r["input"]).name: r for r in json.loads((tmp_path / "out" / "predictions.json").read_text())}
+    assert stored["original.nii.gz"]["warnings"] == [] and stored["original.nii.gz"]["error"] is None
+    assert len(_lost(copy, stored["copy.nii.gz"]["warnings"])) == 1 and stored["copy.nii.gz"]["error"] is None
+    assert stored["copy.nii.gz"]["spacing"] == [1.0, 1.0, 1.0] and len(records) == 2
+    assert _lost(copy, stored["copy.nii.gz"]["warnings"])[0] in caplog.text
+
+
+class _StandIn:
+    """A model's interface (``SDNetRuntime``, ``KerasRuntime``) that segments nothing."""
+
+    precision, provider, meta, label_convention, size, spacing, orientation = (
+        "fp32", "CPUExecutionProvider", {}, "acdc", 32, 2.5, "LPS")
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def segment(self, slices):
+        return np.zeros((*slices.shape[:3], 3), np.float32)
+
+
+def test_sdnet_tf_predict_reports_the_lost_voxel_size(tmp_path, monkeypatch, caplog):
+    import sdnet_tf.inference as inference
+
+    image = tmp_path / "copy.nii.gz"
+    nib.save(NAIVE_COPIES["no_header"](nib.load(str(_acdc_like(tmp_path / "original.nii.gz")))), str(image))
+    monkeypatch.setattr(inference, "load_run", lambda run: (SimpleNamespace(num_classes=3),
+                                                            SimpleNamespace(data=SimpleNamespace(spacing=2.5))))
+    monkeypatch.setattr(inference, "KerasRuntime", _StandIn)
+    with caplog.at_level(logging.WARNING, logger="sdnet_infer.geometry"):
+        result = CliRunner().invoke(main, ["predict", "-i", str(image), "-o", str(tmp_path / "out"), "--run",
+                                           str(tmp_path / "run"), "--no-qc", "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "predictions.json").read_text())[0]
+    assert len(_lost(image, record["warnings"])) == 1 and record["warnings"][0] in caplog.text
+
+
+def test_sdnet_infer_prints_the_lost_voxel_size(tmp_path):
+    # a stand-in for the exported model; the warning goes to stderr with the file named
+    image = tmp_path / "copy.nii.gz"
+    original = _acdc_like(tmp_path / "original.nii.gz")
+    nib.save(NAIVE_COPIES["no_header"](nib.load(str(original))), str(image))
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import sdnet_infer.model
+
+        class StandIn:
+            precision, provider, meta, label_convention, size, spacing, orientation = (
+                "fp32", "CPUExecutionProvider", {}, "acdc", 32, 2.5, "LPS")
+
+            def __init__(self, *args, **kwargs):
+                pass
+
+            def segment(self, slices):
+                return np.zeros((*slices.shape[:3], 3), np.float32)
+
+        sdnet_infer.model.SDNetRuntime = StandIn  # as _StandIn
+        from sdnet_infer.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "runtime"), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script, "-i", str(image), "-o", str(tmp_path / "out"), "-m",
+                             str(tmp_path / "model"), "--no-qc"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"WARNING: {image}: voxel size 1 x 1 x 1 mm from pixdim" in result.stderr, result.stderr
 
 
 def test_orientation_codes_are_checked():
