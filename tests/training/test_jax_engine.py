@@ -66,6 +66,9 @@ def test_compiled_weight_average_matches_the_eager_one_on_jax(tmp_path):
     _run_jax(tmp_path, ["-c", script], timeout=300)
 
 
+# slow: about a minute of XLA compiling; the same comparison on TensorFlow is in the default suite
+# (tests/training/test_batchnorm.py)
+@pytest.mark.slow
 def test_compiled_recalibration_matches_the_eager_one_on_jax(tmp_path):
     script = textwrap.dedent(f"""
         import sys

@@ -1,7 +1,9 @@
-"""SDNet trained on two modalities at once (paper, Sections 5.3-5.4): one tiny SDNet with
-C = 16 anatomy channels trained once on the 8-patient two-modality phantom through the ordinary
-trainer, then its learning check, the modality classifier from z (with the shuffled-label
-control) and the modality swap figure, each from that one run."""
+"""SDNet trained on two modalities at once (paper, Sections 5.3-5.4): a tiny SDNet with C = 16
+anatomy channels on the 8-patient two-modality phantom through the ordinary trainer. Default
+suite: a run of 3 iterations holds both modalities, and the modality classifier from z and the
+modality swap figure run on it. Slow: 150 iterations, then the learning check and the
+classifier's accuracy against the shuffled-label control (SDNet's own learning check in the
+default suite is tests/training/test_learning.py)."""
 
 import csv
 import json
@@ -28,29 +30,69 @@ ACCURACY_THRESHOLD = 0.75
 SHUFFLED_BAND = (0.35, 0.65)  # 0.5 +- 0.15: held-out slices are balanced, half MR and half CT
 
 
-@pytest.fixture(scope="module")
-def multimodal_run(multimodal_cohort_8, tmp_path_factory):
-    """configs/sdnet-multimodal-phantom.yaml (C = 16) at 32 x 32 and 5 mm, narrow networks,
-    150 iterations (6 epochs of 25) of the full five-step schedule on both modalities, at a
-    learning rate of 2e-3 (the first epoch's graph building is most of the time)."""
+def _train(cohort, tmp_path_factory, epochs, iterations):
+    """configs/sdnet-multimodal-phantom.yaml (C = 16) at 32 x 32 and 5 mm, narrow networks, the
+    full five-step schedule on both modalities at a learning rate of 2e-3: (run folder, summary)."""
     cache, run = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("run") / "run"
     overrides = ["model.input_size=32", "model.unet_filters=8", "model.segmentor_filters=16",
-                 "model.discriminator_filters=4", "train.epochs=6", "train.iterations_per_epoch=25",
+                 "model.discriminator_filters=4", f"train.epochs={epochs}", f"train.iterations_per_epoch={iterations}",
                  "train.learning_rate=2e-3", "train.decay=1e-3", "train.batchnorm_recalibration=5", "train.image_summaries=0",
-                 f"data.path={multimodal_cohort_8}", f"data.spacing={SPACING}", f"data.cache_dir={cache}"]
+                 f"data.path={cohort}", f"data.spacing={SPACING}", f"data.cache_dir={cache}"]
     config = load_config("sdnet-multimodal-phantom", overrides)
     assert config.model.anatomy_channels == 16 and config.data.dataset == "mmwhs"
     summary = train_run(config, run, progress=False)
     return run, summary
 
 
-def test_a_tiny_multimodal_sdnet_learns_to_segment_both_modalities(multimodal_run):
-    run, summary = multimodal_run
+@pytest.fixture(scope="module")
+def multimodal_run(multimodal_cohort_8, tmp_path_factory):
+    """150 iterations (6 epochs of 25; the first epoch's graph building is most of the time):
+    the learning check's run (slow)."""
+    return _train(multimodal_cohort_8, tmp_path_factory, epochs=6, iterations=25)
+
+
+@pytest.fixture(scope="module")
+def short_multimodal_run(multimodal_cohort_8, tmp_path_factory):
+    """One epoch of 3 iterations: the data, the classifier and the figure on a run that has not
+    learnt (default suite)."""
+    return _train(multimodal_cohort_8, tmp_path_factory, epochs=1, iterations=3)
+
+
+def test_a_multimodal_run_holds_both_modalities_and_the_classifier_and_swap_figure_run(short_multimodal_run,
+                                                                                      tmp_path):
+    run, _ = short_multimodal_run
     data = json.loads((run / "data.json").read_text())
     assert data["dataset"] == "mmwhs" and data["modalities"] == ["mr", "ct"] and data["slicing"] == "axial"
     mr, ct = data["per_modality"]["mr"], data["per_modality"]["ct"]
     assert mr["labelled"] > 0 and ct["labelled"] > 0 and data["labelled"] == mr["labelled"] + ct["labelled"]
     assert data["validation"] == mr["validation"] + ct["validation"]
+    results = _classify(run, tmp_path / "modality", permutations=10)
+    assert results["shuffled"]["permutations"] == 10 and 0.0 <= results["accuracy"] <= 1.0
+    drawn = CliRunner().invoke(main, ["figures", str(run), "-o", str(tmp_path / "figures"), "--only", "swaps"])
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "figures" / "swaps.png").stat().st_size > 1000
+
+
+def _classify(run, out, permutations):
+    """``sdnet-tf modality-classifier`` on ``run``: its JSON, after checking what it prints and
+    writes whatever the run has learnt."""
+    result = CliRunner().invoke(main, ["modality-classifier", str(run), "-o", str(out),
+                                       "--permutations", str(permutations)])
+    assert result.exit_code == 0, result.output
+    assert "held-out accuracy" in result.output
+    results = json.loads((out / "modality_classifier.json").read_text())
+    assert results["classes"] == ["ct", "mr"] and results["test_images"] >= 20
+    assert results["chance"] == pytest.approx(0.5)  # the same held-out patients in both modalities
+    assert set(results["held_out_dice"]) == {"mr", "ct"}
+    rows = list(csv.reader((out / "modality_classifier.csv").open()))
+    assert rows[0][:2] == ["labels", "held_out_accuracy"] and float(rows[1][1]) == pytest.approx(results["accuracy"],
+                                                                                                  abs=1e-4)
+    return results
+
+
+@pytest.mark.slow
+def test_a_tiny_multimodal_sdnet_learns_to_segment_both_modalities(multimodal_run):
+    run, summary = multimodal_run
     rows = list(csv.DictReader((run / "history.csv").open()))
     first, best = float(rows[0]["val_dice"]), max(float(r["val_dice"]) for r in rows)
     print("multimodal SDNet: best", best, "first", first, summary)
@@ -58,28 +100,15 @@ def test_a_tiny_multimodal_sdnet_learns_to_segment_both_modalities(multimodal_ru
     assert best >= DICE_THRESHOLD and best - first >= DICE_GAIN, (best, first)
 
 
-def test_z_classifies_the_modality_of_held_out_slices_and_the_swap_figure_is_drawn(multimodal_run, tmp_path):
+@pytest.mark.slow
+def test_z_classifies_the_modality_of_held_out_slices(multimodal_run, tmp_path):
     run, _ = multimodal_run
-    result = CliRunner().invoke(main, ["modality-classifier", str(run), "-o", str(tmp_path / "modality"),
-                                       "--permutations", "100"])
-    assert result.exit_code == 0, result.output
-    assert "held-out accuracy" in result.output
-    results = json.loads((tmp_path / "modality" / "modality_classifier.json").read_text())
+    results = _classify(run, tmp_path / "modality", permutations=100)
     shuffled = results["shuffled"]
     print("modality from z:", results["accuracy"], "shuffled", shuffled, "held-out Dice", results["held_out_dice"])
-    assert results["classes"] == ["ct", "mr"] and results["test_images"] >= 20
-    assert results["chance"] == pytest.approx(0.5)  # the same held-out patients in both modalities
     assert results["accuracy"] >= ACCURACY_THRESHOLD, results
     assert SHUFFLED_BAND[0] <= shuffled["accuracy_mean"] <= SHUFFLED_BAND[1], shuffled
     assert shuffled["permutations"] == 100
-    assert set(results["held_out_dice"]) == {"mr", "ct"}
-    rows = list(csv.reader((tmp_path / "modality" / "modality_classifier.csv").open()))
-    assert rows[0][:2] == ["labels", "held_out_accuracy"] and float(rows[1][1]) == pytest.approx(results["accuracy"],
-                                                                                                  abs=1e-4)
-
-    drawn = CliRunner().invoke(main, ["figures", str(run), "-o", str(tmp_path / "figures"), "--only", "swaps"])
-    assert drawn.exit_code == 0, drawn.output
-    assert (tmp_path / "figures" / "swaps.png").stat().st_size > 1000
 
 
 def test_the_modality_classifier_refuses_a_single_modality_run(tmp_path):
