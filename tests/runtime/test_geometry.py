@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from support.stand_in import StandIn
 from support.geometry_cases import CASES, SAME_ARRAY, agreement, flipped_affine, physical_affine, save, to_plain, write_cases
 from sdnet_infer.geometry import DataError, check_orientation, read_geometry
 from sdnet_infer.io import parse_label_map, read_volume
@@ -212,19 +213,6 @@ def test_predictions_json_and_the_log_carry_the_lost_voxel_size(frame, tmp_path,
     assert _lost(copy, stored["copy.nii.gz"]["warnings"])[0] in caplog.text
 
 
-class _StandIn:
-    """A model's interface (``SDNetRuntime``, ``KerasRuntime``) that segments nothing."""
-
-    precision, provider, meta, label_convention, size, spacing, orientation = (
-        "fp32", "CPUExecutionProvider", {}, "acdc", 32, 2.5, "LPS")
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def segment(self, slices):
-        return np.zeros((*slices.shape[:3], 3), np.float32)
-
-
 def test_sdnet_tf_predict_reports_the_lost_voxel_size(tmp_path, monkeypatch, caplog):
     import sdnet_tf.inference as inference
 
@@ -232,7 +220,7 @@ def test_sdnet_tf_predict_reports_the_lost_voxel_size(tmp_path, monkeypatch, cap
     nib.save(NAIVE_COPIES["no_header"](nib.load(str(_acdc_like(tmp_path / "original.nii.gz")))), str(image))
     monkeypatch.setattr(inference, "load_run", lambda run: (SimpleNamespace(num_classes=3),
                                                             SimpleNamespace(data=SimpleNamespace(spacing=2.5))))
-    monkeypatch.setattr(inference, "KerasRuntime", _StandIn)
+    monkeypatch.setattr(inference, "KerasRuntime", StandIn)
     with caplog.at_level(logging.WARNING, logger="sdnet_infer.geometry"):
         result = CliRunner().invoke(main, ["predict", "-i", str(image), "-o", str(tmp_path / "out"), "--run",
                                            str(tmp_path / "run"), "--no-qc", "--quiet"])
@@ -248,24 +236,15 @@ def test_sdnet_infer_prints_the_lost_voxel_size(tmp_path):
     nib.save(NAIVE_COPIES["no_header"](nib.load(str(original))), str(image))
     script = textwrap.dedent("""
         import sys
-        import numpy as np
         import sdnet_infer.model
+        from support.stand_in import StandIn
 
-        class StandIn:
-            precision, provider, meta, label_convention, size, spacing, orientation = (
-                "fp32", "CPUExecutionProvider", {}, "acdc", 32, 2.5, "LPS")
-
-            def __init__(self, *args, **kwargs):
-                pass
-
-            def segment(self, slices):
-                return np.zeros((*slices.shape[:3], 3), np.float32)
-
-        sdnet_infer.model.SDNetRuntime = StandIn  # as _StandIn
+        sdnet_infer.model.SDNetRuntime = StandIn
         from sdnet_infer.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "runtime"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "runtime"), str(ROOT / "tests"),
+                                                   os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", script, "-i", str(image), "-o", str(tmp_path / "out"), "-m",
                              str(tmp_path / "model"), "--no-qc"], capture_output=True, text=True, env=env,
                             cwd=tmp_path, timeout=300)
