@@ -137,6 +137,9 @@ class VolumeGeometry:
         warnings: messages about the header (already logged).
         affine: the affine the reader used (4, 4; the sform, or the qform), in the file's units; without one, nibabel's from pixdim.
         units_to_mm: the factor from the file's spatial units (``xyzt_units``) to mm.
+        lost_voxel_size: the warning of ``lost_voxel_size`` when the header looks as if it has
+            lost its voxel size (also in ``warnings``), else None; quality control puts such a
+            volume up for review (``qc.header_review``).
     """
 
     source: str
@@ -150,6 +153,7 @@ class VolumeGeometry:
     warnings: tuple = ()
     affine: np.ndarray = field(default=None, repr=False)
     units_to_mm: float = 1.0
+    lost_voxel_size: str = None
 
     @property
     def grid_mm(self):
@@ -445,4 +449,4 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     else:
         stored = np.diag([*(s / units_to_mm for s in spacing), 1.0])  # in the file's units, as an affine is
     return VolumeGeometry(source, shape, spacing, origin, slice_axis, axcodes, transform, orientation, tuple(notes),
-                          np.asarray(stored, np.float64), units_to_mm)
+                          np.asarray(stored, np.float64), units_to_mm, lost)

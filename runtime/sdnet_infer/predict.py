@@ -15,7 +15,7 @@ from sdnet_infer.geometry import TRAINING_ORIENTATION
 from sdnet_infer.io import (DataError, check_label_convention, labels_in_convention, missing_reason, prepare_output_dir,
                             read_volume, save_labels, write_json)
 from sdnet_infer.preprocess import SIZE, TARGET_SPACING, from_one_hot, preprocess_frame, restore_labels
-from sdnet_infer.qc import QC_FILE
+from sdnet_infer.qc import QC_FILE, header_review
 
 SUFFIX = "_pred"
 SKIPPED_IN_FOLDERS = ("_gt", "_4d")  # label files and cines are not predicted when a folder is given
@@ -207,8 +207,9 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
         if record["error"] is None:
             save_labels(written, volume.image, target_path, volume.geometry)  # OSError: stop, see above
             if quality is not None:
-                quality.add(record, quality.assess_or_flag(slices, acdc, volume.zooms[:2], source=str(path),
-                                                          image=volume.data))
+                quality.add(record, header_review(quality.assess_or_flag(slices, acdc, volume.zooms[:2],
+                                                                         source=str(path), image=volume.data),
+                                                  volume.geometry))
         record["seconds"] = round(time.perf_counter() - start, 3)
         records.append(record)
         if report is not None:

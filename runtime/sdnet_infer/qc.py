@@ -24,7 +24,8 @@ slices, the largest LV+MYO area of a slice, and the share of the slices with for
 are invalid; and, from the input image itself, the blood-pool contrast
 (``blood_pool_contrast``): how much brighter the predicted LV is than the predicted MYO. The volume's status is "review" when any of them is on the wrong side of its
 threshold, and "ok" otherwise; ``reasons`` lists each check that failed with its value and
-threshold. A volume in which no slice holds LV or MYO is always for review.
+threshold. A volume in which no slice holds LV or MYO is always for review. So is a volume whose header
+looks as if it has lost its voxel size (``header_review``; ``geometry.lost_voxel_size``).
 
 The thresholds are calibrated on the ED and ES frames of a trained run's validation patients
 (``calibrate``; the reading of a run's data is ``sdnet_tf.apps.quality``), each from the values seen
@@ -291,6 +292,17 @@ def partial_model_skip(channels):
 def uncalibrated(reason):
     """The ``qc`` entry of an export that could not be calibrated, saying why."""
     return {"calibrated": False, "reason": str(reason)}
+
+
+def header_review(result, geometry):
+    """``result`` (``assess``) put up for review when the volume's header looks as if it has
+    lost its voxel size (``geometry.lost_voxel_size``, a ``VolumeGeometry``): the reason
+    ``lost_voxel_size`` with the reader's warning, because the segmentation was made at a voxel
+    size that is probably wrong however plausible it looks. Otherwise ``result`` as it is."""
+    if not getattr(geometry, "lost_voxel_size", None):
+        return result
+    reason = {"check": "lost_voxel_size", "value": None, "threshold": None, "warning": geometry.lost_voxel_size}
+    return {**result, "status": "review", "reasons": [*result["reasons"], reason]}
 
 
 class QualityControl:

@@ -213,6 +213,26 @@ def test_predictions_json_and_the_log_carry_the_lost_voxel_size(frame, tmp_path,
     assert _lost(copy, stored["copy.nii.gz"]["warnings"])[0] in caplog.text
 
 
+def test_quality_control_puts_a_lost_voxel_size_up_for_review(frame, tmp_path):
+    from sdnet_infer.qc import QC_FILE, QualityControl
+
+    image, _, spacing, thickness = frame
+    folder = tmp_path / "in"
+    folder.mkdir()
+    original = save(image, ACDC_AFFINE, (spacing, spacing, thickness), folder / "original.nii.gz", units="mm")
+    copy = folder / "copy.nii.gz"
+    nib.save(NAIVE_COPIES["no_header"](nib.load(str(original))), str(copy))
+    records = predict_files(folder, tmp_path / "out", _disc_model(96), size=96, target=2.5, quality=QualityControl())
+    by_name = {Path(r["input"]).name: r for r in records}
+    assert "lost_voxel_size" in by_name["copy.nii.gz"]["qc_reasons"] and by_name["copy.nii.gz"]["qc"] == "review"
+    assert "lost_voxel_size" not in by_name["original.nii.gz"]["qc_reasons"]
+    volumes = {Path(v["input"]).name: v for v in json.loads((tmp_path / "out" / QC_FILE).read_text())["volumes"]}
+    reasons = [r for r in volumes["copy.nii.gz"]["reasons"] if r["check"] == "lost_voxel_size"]
+    assert volumes["copy.nii.gz"]["status"] == "review" and len(reasons) == 1
+    assert reasons[0]["warning"] == _lost(copy, by_name["copy.nii.gz"]["warnings"])[0]
+    assert not [r for r in volumes["original.nii.gz"]["reasons"] if r["check"] == "lost_voxel_size"]
+
+
 def test_sdnet_tf_predict_reports_the_lost_voxel_size(tmp_path, monkeypatch, caplog):
     import sdnet_tf.inference as inference
 
