@@ -197,13 +197,20 @@ def test_the_lost_voxel_size_rule(tmp_path, affine, zooms, units, warned):
     assert read_geometry(path, slicing="axial").warnings == ()
 
 
-def test_predictions_json_and_the_log_carry_the_lost_voxel_size(frame, tmp_path, caplog):
+def _folder_with_a_lost_voxel_size(frame, tmp_path):
+    """A folder holding an ACDC-like frame (original.nii.gz) and its copy saved without its
+    header (copy.nii.gz, pixdim 1, 1, 1): (folder, the copy's path)."""
     image, _, spacing, thickness = frame
     folder = tmp_path / "in"
     folder.mkdir()
     original = save(image, ACDC_AFFINE, (spacing, spacing, thickness), folder / "original.nii.gz", units="mm")
     copy = folder / "copy.nii.gz"
     nib.save(NAIVE_COPIES["no_header"](nib.load(str(original))), str(copy))
+    return folder, copy
+
+
+def test_predictions_json_and_the_log_carry_the_lost_voxel_size(frame, tmp_path, caplog):
+    folder, copy = _folder_with_a_lost_voxel_size(frame, tmp_path)
     with caplog.at_level(logging.WARNING, logger="sdnet_infer.geometry"):
         records = predict_files(folder, tmp_path / "out", _disc_model(96), size=96, target=2.5)
     stored = {Path(r["input"]).name: r for r in json.loads((tmp_path / "out" / "predictions.json").read_text())}
@@ -216,12 +223,7 @@ def test_predictions_json_and_the_log_carry_the_lost_voxel_size(frame, tmp_path,
 def test_quality_control_puts_a_lost_voxel_size_up_for_review(frame, tmp_path):
     from sdnet_infer.qc import QC_FILE, QualityControl
 
-    image, _, spacing, thickness = frame
-    folder = tmp_path / "in"
-    folder.mkdir()
-    original = save(image, ACDC_AFFINE, (spacing, spacing, thickness), folder / "original.nii.gz", units="mm")
-    copy = folder / "copy.nii.gz"
-    nib.save(NAIVE_COPIES["no_header"](nib.load(str(original))), str(copy))
+    folder, copy = _folder_with_a_lost_voxel_size(frame, tmp_path)
     records = predict_files(folder, tmp_path / "out", _disc_model(96), size=96, target=2.5, quality=QualityControl())
     by_name = {Path(r["input"]).name: r for r in records}
     assert "lost_voxel_size" in by_name["copy.nii.gz"]["qc_reasons"] and by_name["copy.nii.gz"]["qc"] == "review"
