@@ -51,10 +51,6 @@ class Folder(click.Path):
 FOLDER = Folder()
 
 
-# a hint added to the refusal of a repeated option, by its longest name
-REPEAT_HINTS = {"--input": "to segment several images, give a folder of them"}
-
-
 def refuse_repeated_options(command, ctx, args):
     """Refuse an option given more than once where click would keep only the last value.
 
@@ -95,6 +91,8 @@ def refuse_repeated_options(command, ctx, args):
             names = "/".join(param.opts + param.secondary_opts)
             raise click.BadOptionUsage(param.name, f"{names} given {times} times; give "
                                        f"{' or '.join(param.opts + param.secondary_opts)} once", ctx)
+        from sdnet_infer.cli import REPEAT_HINTS  # the same hints as sdnet-infer's refusal
+
         hint = REPEAT_HINTS.get(max(param.opts, key=len))
         raise click.BadOptionUsage(param.name, f"{'/'.join(param.opts)} given {times} times; it takes one value"
                                    + (f" ({hint})" if hint else ""), ctx)

@@ -25,6 +25,10 @@ def _count(minimum):
     return parse
 
 
+# a hint added to the refusal of a repeated option, by its longest name (sdnet-tf's refusal too)
+REPEAT_HINTS = {"--input": "to segment several images, give a folder of them"}
+
+
 class _Once(argparse.Action):
     """Store an option's one value and count how often it is given (``refuse_repeats`` then
     refuses two or more: argparse keeps the last without a word, so ``-i A -i B`` would segment
@@ -65,7 +69,7 @@ def main(argv=None):
     # the options of one value are given once (_Once); --provider is repeatable, and a flag repeated means itself
     once = [
         parser.add_argument("-i", "--input", required=True, action=_Once,
-                            hint="to segment several images, give a folder of them",
+                            hint=REPEAT_HINTS["--input"],
                             help="a NIfTI file (3-D frame or 4-D cine) or a folder"),
         parser.add_argument("-o", "--output", required=True, action=_Once,
                             help="output folder (created; inputs are never overwritten)"),

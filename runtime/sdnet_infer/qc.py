@@ -299,7 +299,7 @@ def header_review(result, geometry):
     lost its voxel size (``geometry.lost_voxel_size``, a ``VolumeGeometry``): the reason
     ``lost_voxel_size`` with the reader's warning, because the segmentation was made at a voxel
     size that is probably wrong however plausible it looks. Otherwise ``result`` as it is."""
-    if not getattr(geometry, "lost_voxel_size", None):
+    if not geometry.lost_voxel_size:
         return result
     reason = {"check": "lost_voxel_size", "value": None, "threshold": None, "warning": geometry.lost_voxel_size}
     return {**result, "status": "review", "reasons": [*result["reasons"], reason]}
