@@ -562,7 +562,7 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
         records = predict_files(source, output, network.segment, network.size, network.spacing,
                                 lambda index, total, record: draw(index, total, None, record["error"]),
                                 orientation=network.orientation, quality=quality,
-                                model={"run": str(run_dir)}, labels=convention)
+                                model={"run": str(run_dir)}, labels=convention, started=draw.start)
     except DataError as error:
         raise UserError(str(error)) from error
     qc_file = "" if quality is None else f", quality control in {output / 'qc.json'}"
@@ -576,20 +576,26 @@ def _volumes(count):
 
 
 def _progress_report(desc, quiet):
-    """A ``report(index, total, name, error)`` callback drawing one tqdm bar; errors are printed."""
+    """A ``report(index, total, name, error)`` callback drawing one tqdm bar; errors are printed.
+    ``report.start(total)`` shows the bar before the first case is done (otherwise the first
+    report does)."""
     from tqdm.auto import tqdm
 
     state = {}
 
-    def report(index, total, name, error):
+    def start(total):
         if "bar" not in state:
             state["bar"] = tqdm(total=total, desc=desc, unit="volume", disable=quiet)
+
+    def report(index, total, name, error):
+        start(total)
         state["bar"].update(1)
         if error:
             tqdm.write(f"FAILED {error}", file=sys.stderr)
         if index == total:
             state.pop("bar").close()
 
+    report.start = start  # ``start(total)``: show the bar before the first case ends
     return report
 
 

@@ -140,13 +140,14 @@ def _resolved(path):
 
 
 def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None,
-                  orientation=TRAINING_ORIENTATION, quality=None, model=None, labels="acdc"):
+                  orientation=TRAINING_ORIENTATION, quality=None, model=None, labels="acdc", started=None):
     """Predict every image under ``source`` into ``out_dir``; a failing input is recorded and skipped.
 
     Each image is read by ``sdnet_infer.geometry`` (voxel size in mm, slice axis, brought
     into the model's training ``orientation``), segmented, and its labels are put back on the
-    input's own grid and written with its affine and header. ``report(index, total, record)``
-    is called after each file. Inputs whose outputs would have one name (``x.nii`` and
+    input's own grid and written with its affine and header. ``started(total)`` is called once
+    the inputs are found, before the first is read (a progress bar can show from the start), and
+    ``report(index, total, record)`` after each file. Inputs whose outputs would have one name (``x.nii`` and
     ``x.nii.gz``) are all refused, each with an error naming the others. Returns the records
     (one dict per input, with ``error`` set for the inputs that failed; ``shape``, ``spacing``
     (mm), ``orientation`` and ``slice_axis`` of the stored axes, in the file's own order) and
@@ -176,6 +177,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     if quality is None:
         (out_dir / QC_FILE).unlink(missing_ok=True)  # an earlier run's report would not describe these outputs
     collisions = output_collisions(pairs)
+    if started is not None:
+        started(len(pairs))
     records = []
     for index, (path, relative) in enumerate(pairs, start=1):
         target_path = out_dir / relative

@@ -640,3 +640,21 @@ def test_a_nifti2_input_gets_a_nifti2_prediction(cases, tmp_path):
     out = nib.load(str(tmp_path / "out" / "two_pred.nii.gz"))
     assert isinstance(out, nib.Nifti2Image) and out.header["sizeof_hdr"] == 540 and out.get_data_dtype() == np.uint8
     assert np.allclose(out.affine, two.affine) and out.header.get_zooms() == two.header.get_zooms()
+
+
+def test_predict_files_says_how_many_inputs_before_the_first_is_read(frame, tmp_path):
+    # a progress bar can show from the start, not only once the first volume is done
+    folder, _ = _folder_with_a_lost_voxel_size(frame, tmp_path)
+    (folder / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    events = []
+    model = _disc_model(96)
+
+    def probabilities(images):
+        events.append("segment")
+        return model(images)
+
+    predict_files(folder, tmp_path / "out", probabilities, size=96, target=2.5,
+                  report=lambda index, total, record: events.append(("report", index, total)),
+                  started=lambda total: events.append(("started", total)))
+    assert events[0] == ("started", 3), events
+    assert [e for e in events if e != "segment"][1:] == [("report", i, 3) for i in (1, 2, 3)]
