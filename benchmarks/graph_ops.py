@@ -22,19 +22,14 @@ def main():
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    from sdnet_tf.config import load_config, model_kwargs
-    from sdnet_tf.data.synthetic import synthetic_arrays
-    from sdnet_tf.models import SDNet
+    from sdnet_tf.config import load_config
     from sdnet_tf.training.trainer import Trainer
 
+    from common import seeded_sdnet
+
     config = load_config(args.config, ["train.image_summaries=0", "train.jit_compile=false", *args.overrides])
-    keras.utils.set_random_seed(1)
-    arrays = synthetic_arrays(32, 8, config.model.input_size, 0.5, seed=0)
-    model = SDNet(**model_kwargs(config), seed=1)
-    model.build()
-    updates, seen = {}, set()
+    model, arrays = seeded_sdnet(config)
+    updates, first_name = {}, {}  # first_name: id of a compiled update -> the first step using it
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model, arrays, config, run_dir, progress=False)
         trainer.train_iteration()
@@ -42,9 +37,9 @@ def main():
             for concrete in function._list_all_concrete_functions_for_serialization():
                 ops = concrete.graph.get_operations()
                 kinds = collections.Counter(op.type for op in ops)
+                shared = first_name.setdefault(id(function), name)
                 updates[name] = {"ops": len(ops), "most_frequent": dict(kinds.most_common(10)),
-                                 "shared_with": next((n for n, f in seen if f is function), None)}
-            seen.add((name, function))
+                                 "shared_with": None if shared == name else shared}
     total = sum(u["ops"] for u in updates.values() if u["shared_with"] is None)
     print(json.dumps({"config": args.config, "overrides": args.overrides, "input_size": config.model.input_size,
                       "updates": updates, "total_ops_distinct_updates": total}, indent=1))

@@ -54,24 +54,17 @@ def run_once(args):
     os.environ["SDNET_TF_ALLOCATOR"] = args.allocator
     applied = tune_allocator(when_auto=False)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    from sdnet_tf.config import load_config, model_kwargs
-    from sdnet_tf.data.synthetic import synthetic_arrays
-    from sdnet_tf.models import SDNet
+    from sdnet_tf.config import load_config
     from sdnet_tf.training.trainer import Trainer
 
-    from common import iteration_flops, profile_iterations, time_iterations
+    from common import iteration_flops, profile_iterations, seeded_sdnet, time_iterations
 
     overrides = ["train.image_summaries=0", *args.overrides]
     if args.xla is not None:
         overrides.append(f"train.jit_compile={'true' if args.xla else 'false'}")
     config = load_config(args.config, overrides)
-    keras.utils.set_random_seed(1)
     size = config.model.input_size
-    arrays = synthetic_arrays(32, 8, size, 0.5, seed=0)
-    model = SDNet(**model_kwargs(config), seed=1)
-    model.build()
+    model, arrays = seeded_sdnet(config)
     import tempfile
 
     with tempfile.TemporaryDirectory() as run_dir:

@@ -408,12 +408,9 @@ def _fused_batchnorm_call(layer, keras_call, on_gpu, inputs, training=None, mask
     # the biased variance Keras averages: times (n - 1) / n, a constant when the shape is static
     # (ten graph ops fewer per layer to build), computed in the graph otherwise
     pixels = x.shape[:-1]
-    if None in pixels:
-        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-        variance = variance * ((count - 1.0) / count)
-    else:
-        count = np.float32(np.prod(pixels))
-        variance = variance * ((count - np.float32(1.0)) / count)
+    count = (tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32) if None in pixels
+             else np.float32(np.prod(pixels)))
+    variance = variance * ((count - np.float32(1.0)) / count)
     momentum = layer.momentum
     moving_mean = tf.cast(tf.convert_to_tensor(layer.moving_mean), tf.float32)
     moving_variance = tf.cast(tf.convert_to_tensor(layer.moving_variance), tf.float32)
