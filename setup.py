@@ -36,8 +36,9 @@ setup(
     extras_require={
         # scikit-image: the reference the resampler is tested against; jax: the JAX engine's
         # parity test against the TensorFlow engine (CPU wheels, about 90 MB); pytest-xdist:
-        # the suite in two processes (pytest.ini; 3.8 for --no-loadscope-reorder)
-        "test": ["pytest>=8", "pytest-xdist>=3.8", "scikit-image>=0.24", "jax>=0.10,<0.11"],
+        # the suite in two processes (pytest.ini; 3.8 for --no-loadscope-reorder); filelock:
+        # the two processes share the phantom cohorts, written once (tests/conftest.py)
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "filelock>=3.12", "scikit-image>=0.24", "jax>=0.10,<0.11"],
         "gpu": ["onnxruntime-gpu>=1.31"],
         # training on the JAX backend (--backend jax); this is the CPU build, a GPU needs
         # e.g. pip install "jax[cuda12]"

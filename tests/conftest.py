@@ -3,6 +3,15 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One thread per TensorFlow process, for its ops (intra-op) and for running independent ops side
+# by side (inter-op): the suite runs in two worker processes on two cores (pytest.ini), and the
+# tests' networks are tiny, so their time goes into dispatching thousands of small ops, not into
+# arithmetic. With TensorFlow's default of a pool per core in each worker, four or more threads
+# contend for the two cores: the tiny SDNet learning check, run twice side by side, took 108 s
+# each that way and 56 s each with one thread. Set here, before TensorFlow starts, and so also
+# in the command-line subprocesses the tests start; an environment that sets them keeps its own.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,12 +40,34 @@ def _float32_policy():
     keras.config.set_dtype_policy("float32")
 
 
+def built_once(tmp_path_factory, name, build):
+    """The folder ``build(folder)`` writes, built once per test session and shared by
+    pytest-xdist's worker processes (each of which would otherwise write its own copy: the
+    phantom cohorts take 10-20 s each). The first worker to ask builds it under a file lock in
+    the session's common temporary folder; the others wait and read it. A folder whose build
+    did not finish (no ``<name>.done`` beside it) is written again."""
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-<user>/pytest-<n>/: common to the workers of one session
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def phantom_cohort_8(tmp_path_factory):
     """An 8-patient phantom cohort (seed 0) in the ACDC layout, written once per test session."""
     from sdnet_tf.data.phantom import write_cohort
 
-    return write_cohort(tmp_path_factory.mktemp("phantom8"), patients=8, seed=0)
+    return built_once(tmp_path_factory, "phantom8", lambda out: write_cohort(out, patients=8, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +76,7 @@ def multimodal_cohort_8(tmp_path_factory):
     ct_train/), written once per test session."""
     from sdnet_tf.data.phantom import write_multimodal_cohort
 
-    return write_multimodal_cohort(tmp_path_factory.mktemp("phantom-mm8"), patients=8, seed=0)
+    return built_once(tmp_path_factory, "phantom-mm8", lambda out: write_multimodal_cohort(out, patients=8, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +86,7 @@ def mnms_cohort_12(tmp_path_factory):
     test session."""
     from sdnet_tf.data.phantom import write_mnms_cohort
 
-    return write_mnms_cohort(tmp_path_factory.mktemp("mnms12"), patients=12, seed=0)
+    return built_once(tmp_path_factory, "mnms12", lambda out: write_mnms_cohort(out, patients=12, seed=0))
 
 
 # The default run's modules, longest first, by their measured share of the suite's time (pytest

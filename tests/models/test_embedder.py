@@ -65,20 +65,22 @@ def test_contrastive_views_are_label_maps_of_the_same_heart_and_reproducible():
 
 
 def test_a_tiny_embedder_learns_to_pair_views_and_is_cached(phantom_cohort_8, tmp_path):
-    """Learning check: 30 SimCLR steps on 32 phantom masks (a ResNet-18 of width 16 at 32 x 32)
-    lower NT-Xent from ln 63 = 4.14 (chance) below 3.6 and pair fresh views of those masks
-    five times as often as chance (1 in 63; measured: loss 2.94-2.95, top-1 0.125-0.14); a second call
-    loads the cached weights instead of training."""
+    """Learning check: 60 SimCLR steps on 32 phantom masks (a ResNet-18 of width 16 at 32 x 32)
+    lower NT-Xent from ln 63 = 4.14 (chance) below 3.0 and pair fresh views of those masks
+    eight times as often as chance (1 in 63). Measured with seeds 0-3 (one TensorFlow thread, as
+    in the suite): loss 2.12-2.52, top-1 0.17-0.33; at 30 steps top-1 ranged from 0.06 to 0.20,
+    too close to chance for a threshold. A second call loads the cached weights instead of
+    training."""
     from sdnet_tf.data.masks import load_mask_sets
     from sdnet_tf.training.embedder_trainer import embeddings, frds_embedder
 
     sets, _, _ = load_mask_sets(phantom_cohort_8, size=32, spacing=3.0, cache_dir=tmp_path, progress=False)
     masks = sets["training"].labels[:32]
-    settings = {"epochs": 30, "batch_size": 32, "width": 16, "learning_rate": 3e-3}
+    settings = {"epochs": 60, "batch_size": 32, "width": 16, "learning_rate": 3e-3}
     model, info = frds_embedder(masks, masks, tmp_path / "frds", settings, progress=False)
     print("final loss", info["final_loss"], "top-1", info["validation_top1"])
-    assert info["steps"] == 30 and info["final_loss"] < 3.6
-    assert info["validation_top1"] > 5 / 63
+    assert info["steps"] == 60 and info["final_loss"] < 3.0
+    assert info["validation_top1"] > 8 / 63
     again, cached = frds_embedder(masks, masks, tmp_path / "frds", settings, progress=False)
     assert cached == info and len(list((tmp_path / "frds").glob("frds-*.npz"))) == 1
     test = sets["test"].labels

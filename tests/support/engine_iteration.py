@@ -1,8 +1,10 @@
 """One SDNet iteration on fixed inputs with the engine of Keras' backend, for the parity test.
 
-Run in-process under TensorFlow, and as a script under JAX (a process holds one backend):
+Run as a script under either backend (a process holds one backend; the first run saves the
+initial weights, the second loads them):
 
-    KERAS_BACKEND=jax python tests/support/engine_iteration.py INITIAL.weights.h5 OUT.npz
+    KERAS_BACKEND=tensorflow python tests/support/engine_iteration.py INITIAL.weights.h5 TF.npz
+    KERAS_BACKEND=jax python tests/support/engine_iteration.py INITIAL.weights.h5 JAX.npz
 
 Everything an engine could draw differently is fixed: the weights come from one file, the
 batch from the numpy sampler with rotation off, the fake masks from a seeded numpy draw, and
@@ -119,6 +121,10 @@ def run(initial_weights):
 
 
 def main(initial_weights, out_path):
+    if keras.backend.backend() == "tensorflow":  # Grappler off, as in the test processes (tests/conftest.py)
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     keras.random.normal = table_normal
     np.savez(out_path, **run(initial_weights))
 
