@@ -17,6 +17,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from support.helpers import built_once  # noqa: E402
+
 if keras.backend.backend() == "tensorflow":
     # The tests' networks are tiny, so their time goes into building graphs, not running
     # them: Grappler's graph rewriting on each tf.function's first call made up about a third
@@ -38,28 +40,6 @@ def _float32_policy():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
-
-
-def built_once(tmp_path_factory, name, build):
-    """The folder ``build(folder)`` writes, built once per test session and shared by
-    pytest-xdist's worker processes (each of which would otherwise write its own copy: the
-    phantom cohorts take 10-20 s each). The first worker to ask builds it under a file lock in
-    the session's common temporary folder; the others wait and read it. A folder whose build
-    did not finish (no ``<name>.done`` beside it) is written again."""
-    import shutil
-
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # pytest-of-<user>/pytest-<n>/: common to the workers of one session
-    folder, done = root / name, root / f"{name}.done"
-    with FileLock(str(root / f"{name}.lock")):
-        if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            build(folder)
-            done.touch()
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -90,19 +70,20 @@ def mnms_cohort_12(tmp_path_factory):
 
 
 # The default run's modules, longest first, by their measured share of the suite's time (pytest
-# --durations=0, summed per module; two workers, 828 tests). pytest-xdist's loadscope hands
-# whole modules to the two workers in collection order (pytest.ini turns off its own reordering,
-# which puts the modules with fewest tests, here the longest, last): so the last modules to run
-# are short, and neither worker waits long for the other at the end. A module not listed keeps
-# its place after these.
+# --durations=0 with --junitxml, summed per module; two workers, 821 tests, one TensorFlow
+# thread each). pytest-xdist's loadscope hands whole modules to the two workers in collection
+# order (pytest.ini turns off its own reordering, which puts the modules with fewest tests, here
+# the longest, last): so the last modules to run are short, and neither worker waits long for
+# the other at the end. A module not listed keeps its place after these.
 LONGEST_FIRST = (
-    "training/test_learning_variants.py", "training/test_learning.py", "training/test_engine.py",
-    "runtime/test_precision.py", "training/test_jax_engine.py", "training/test_shape_prior.py",
-    "runtime/test_export.py", "training/test_baselines.py", "test_mnms_evaluation.py",
-    "training/test_multimodal.py", "runtime/test_qc.py", "training/test_tl_training.py", "models/test_nvae.py",
-    "runtime/test_geometry.py", "test_evaluation.py", "training/test_batchnorm.py", "models/test_models.py",
-    "models/test_sdnet2018.py", "data/test_data.py", "training/test_prior_jax_engine.py",
-    "training/test_averaging.py", "models/test_embedder.py",
+    "training/test_learning.py", "runtime/test_precision.py", "training/test_shape_prior.py",
+    "training/test_engine.py", "test_mnms_evaluation.py", "training/test_jax_engine.py",
+    "training/test_learning_variants.py", "runtime/test_export.py", "runtime/test_geometry.py",
+    "models/test_nvae.py", "test_evaluation.py", "data/test_data.py", "training/test_tl_training.py",
+    "training/test_baselines.py", "training/test_batchnorm.py", "models/test_models.py",
+    "models/test_embedder.py", "training/test_averaging.py", "models/test_sdnet2018.py",
+    "training/test_factor_augmentation.py", "metrics/test_validity.py", "runtime/test_qc.py",
+    "data/test_mnms.py", "training/test_prior_jax_engine.py",
 )
 
 

@@ -12,7 +12,7 @@ from sdnet_tf.config import save_config
 from sdnet_tf.data.acdc import find_patients, patient_splits, preprocess_cohort
 from sdnet_tf.data.phantom import write_patient
 from sdnet_tf.data.preprocess import one_hot
-from support.helpers import SMALL, small_config
+from support.helpers import SMALL, built_once, small_config
 
 SPACING = 5.0  # 32 pixels of 5 mm: the tiny model sees the whole heart
 ITERATIONS = 300
@@ -81,21 +81,32 @@ def _train_tiny_sdnet(cohort, run, cache):
 def cohort(phantom_cohort_8, tmp_path_factory):
     """The 10-patient phantom cohort of seed 0: the shared 8 patients linked, patients 9 and 10
     written (a patient is a function of the seed and its number). Its split 0 holds out 2
-    validation and 2 test patients (4 frames each) where the 8-patient cohort's holds 1 and 1."""
-    folder = tmp_path_factory.mktemp("phantom10")
-    for patient in sorted(phantom_cohort_8.glob("patient*")):
-        (folder / patient.name).symlink_to(patient)
-    for number in (9, 10):
-        write_patient(folder, seed=0, number=number)
-    return folder
+    validation and 2 test patients (4 frames each) where the 8-patient cohort's holds 1 and 1.
+    Written once per test session, for both worker processes (tests/conftest.py, built_once)."""
+
+    def build(folder):
+        folder.mkdir()
+        for patient in sorted(phantom_cohort_8.glob("patient*")):
+            (folder / patient.name).symlink_to(patient)
+        for number in (9, 10):
+            write_patient(folder, seed=0, number=number)
+
+    return built_once(tmp_path_factory, "phantom10", build)
 
 
 @pytest.fixture(scope="session")
 def trained(cohort, tmp_path_factory):
-    """(run directory, export folder, the split's patients) of the tiny SDNet."""
-    root = tmp_path_factory.mktemp("qc")
-    split = _train_tiny_sdnet(cohort, root / "run", root / "cache")
-    lines = []
-    export_run(root / "run", root / "export", log=lines.append)
-    assert any("quality control calibrated" in line for line in lines), lines
-    return root / "run", root / "export", split
+    """(run directory, export folder, the split's patients) of the tiny SDNet, trained and
+    exported once per test session for both worker processes (the quality-control, precision
+    and export modules may run in either)."""
+
+    def build(root):
+        root.mkdir()
+        _train_tiny_sdnet(cohort, root / "run", root / "cache")
+        lines = []
+        export_run(root / "run", root / "export", log=lines.append)
+        assert any("quality control calibrated" in line for line in lines), lines
+
+    root = built_once(tmp_path_factory, "qc", build)
+    data = json.loads((root / "run" / "data.json").read_text())
+    return root / "run", root / "export", data["splits"][data["split"]]

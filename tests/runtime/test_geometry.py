@@ -472,13 +472,11 @@ def test_commands_print_no_tensorflow_log_lines_by_default():
     assert result.stderr.strip() == "", result.stderr
 
 
-def test_preprocess_prints_no_tensorflow_log_lines_by_default(tmp_path):
-    for number in range(1, 7):
-        write_patient(tmp_path / "data" / "training", seed=number, number=number)
-    result = _cli_subprocess("preprocess", "--data", tmp_path / "data", "--set", "model.input_size=32",
+def test_preprocess_prints_no_tensorflow_log_lines_by_default(phantom_cohort_8, tmp_path):
+    result = _cli_subprocess("preprocess", "--data", phantom_cohort_8, "--set", "model.input_size=32",
                              "--set", f"data.cache_dir={tmp_path / 'cache'}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "6 patients from" in result.stdout
+    assert "8 patients from" in result.stdout
     noise = [line for line in result.stderr.splitlines()
              if any(word in line for word in ("absl", "oneDNN", "cuda", "tensorflow/", "TF-TRT"))]
     assert noise == [], result.stderr

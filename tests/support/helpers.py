@@ -153,3 +153,25 @@ def logged_image_summaries(trainer, monkeypatch, count=2):
         trainer.config, train=dataclasses.replace(trainer.config.train, image_summaries=count)))
     trainer._log_images()
     return logged
+
+
+def built_once(tmp_path_factory, name, build):
+    """The folder ``build(folder)`` writes, built once per test session and shared by
+    pytest-xdist's worker processes (each of which would otherwise write its own copy: the
+    phantom cohorts take 10-20 s each). The first worker to ask builds it under a file lock in
+    the session's common temporary folder; the others wait and read it. A folder whose build
+    did not finish (no ``<name>.done`` beside it) is written again."""
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-<user>/pytest-<n>/: common to the workers of one session
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            done.touch()
+    return folder

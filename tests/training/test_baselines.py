@@ -138,6 +138,9 @@ def test_a_tiny_gan_baseline_learns_and_is_scored_by_evaluate(phantom_cohort_8, 
     assert refused.exit_code != 0 and "a U-Net baseline run" in refused.output
 
 
+# slow: four short runs, each traced anew (about 44 s); the default run checks the pseudo-labels
+# and how they join the labelled images (above)
+@pytest.mark.slow
 def test_self_training_rounds_start_from_the_previous_round_and_resume(phantom_cohort_8, tmp_path):
     overrides = TINY + ["loss.adversarial=0", "train.self_training_rounds=1", "train.epochs=1",
                         "train.iterations_per_epoch=3", f"data.path={phantom_cohort_8}",

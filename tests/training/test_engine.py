@@ -250,10 +250,11 @@ def test_the_allocator_tuning_follows_its_setting(monkeypatch):
 
 
 # XLA's compilation (about 15 s) makes the float32 case slow; XLA keeps its learning run in
-# benchmarks/train_step.py and the precisions their cases here
+# benchmarks/train_step.py. float16 (a GPU precision; 15 s) is slow too: bfloat16, the CPU's,
+# checks the mixed-precision path in the default run
 @pytest.mark.parametrize("jit_compile,precision",
                          [pytest.param(True, "float32", marks=pytest.mark.slow), (False, "mixed_bfloat16"),
-                          (False, "mixed_float16")])
+                          pytest.param(False, "mixed_float16", marks=pytest.mark.slow)])
 def test_xla_and_mixed_precision_switches_train(tmp_path, jit_compile, precision):
     keras.config.set_dtype_policy(precision)
     config = small_config(jit_compile=jit_compile, precision=precision)
@@ -465,6 +466,9 @@ def test_fused_batchnorm_leaves_what_it_does_not_cover_to_keras():
     assert "FusedBatchNormV3" not in op_types(layer, image, True)
 
 
+# slow: two tiny trainers traced (about 28 s); the default run compares the fused BatchNorm with
+# Keras' layer in training and inference, forward and backward (the tests above)
+@pytest.mark.slow
 def test_the_engine_s_fused_batchnorm_update_matches_keras_ops(tmp_path):
     """One iteration of all five SDNet updates with the fused BatchNorm and with Keras' ops,
     from the same weights and batches (train.fused_batchnorm true / false): every step's loss

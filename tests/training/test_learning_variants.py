@@ -2,7 +2,7 @@
 on the 8-patient phantom to a stated threshold on held-out patients: the MICCAI 2018 precursor
 on the myocardium (a model of its own: default suite), and SDNet's options, the AdaIN + focal
 variant of M&Ms 2020 and the LV-volume head (slow; SDNet's own learning check is in the default
-suite, tests/training/test_learning.py, and a short AdaIN run here; the LV-volume head trains
+suite, tests/training/test_learning.py, and a short AdaIN run here, slow too; the LV-volume head trains
 and is scored in tests/test_evaluation.py). (SDNet on two modalities:
 tests/training/test_multimodal.py.)"""
 
@@ -38,6 +38,10 @@ def _adain(cohort, tmp_path, epochs, iterations):
     return load_config("sdnet-adain-acdc", overrides)
 
 
+# slow: 35 s, mostly tracing; the default run checks that the shipped AdaIN config trains by the
+# schedule without the discriminator step (tests/training/test_schedule.py) and exports its decoder
+# with parity (tests/runtime/test_export.py)
+@pytest.mark.slow
 def test_a_short_adain_sdnet_run_trains_without_the_adversarial_step(phantom_cohort_8, tmp_path):
     summary = train_run(_adain(phantom_cohort_8, tmp_path, epochs=1, iterations=3), tmp_path / "run", progress=False)
     history = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))

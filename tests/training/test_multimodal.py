@@ -54,10 +54,13 @@ def multimodal_run(multimodal_cohort_8, tmp_path_factory):
 @pytest.fixture(scope="module")
 def short_multimodal_run(multimodal_cohort_8, tmp_path_factory):
     """One epoch of 3 iterations: the data, the classifier and the figure on a run that has not
-    learnt (default suite)."""
+    learnt (slow, like the learning check)."""
     return _train(multimodal_cohort_8, tmp_path_factory, epochs=1, iterations=3)
 
 
+# slow: a short run on both modalities (about 29 s with its fixture); the default run reads the
+# MM-WHS layout (tests/data/test_mmwhs.py) and checks the classifier's refusal below
+@pytest.mark.slow
 def test_a_multimodal_run_holds_both_modalities_and_the_classifier_and_swap_figure_run(short_multimodal_run,
                                                                                       tmp_path):
     run, _ = short_multimodal_run

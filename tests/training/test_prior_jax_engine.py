@@ -49,6 +49,11 @@ def parity(tmp_path_factory):
     return tensorflow, jax, initial
 
 
+# slow, with the next test (about 68 s of setup, mostly XLA compiling the NVAE step): the
+# default run holds the TensorFlow-JAX parity of SDNet's iteration (test_jax_engine.py), the
+# prior runs moved between the backends (below) and the TensorFlow engine's finite-value guard
+# (test_shape_prior.py)
+@pytest.mark.slow
 def test_one_nvae_step_matches_the_tensorflow_engine(parity):
     tensorflow, jax, initial = parity
     assert set(tensorflow) == set(jax)
@@ -70,6 +75,7 @@ def test_one_nvae_step_matches_the_tensorflow_engine(parity):
                                    err_msg=name)
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_leaves_weights_statistics_and_optimiser_alone_on_both_engines(parity):
     tensorflow, jax, _ = parity
     for result in (tensorflow, jax):

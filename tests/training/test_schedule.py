@@ -22,6 +22,11 @@ def test_without_an_adversarial_term_there_is_no_discriminator_step():
                                                      "z_rec_unlabelled"]
     # the unlabelled step's loss no longer reaches the segmentor, so it does not train it
     assert sdnet_schedule(0.0)[2].trains == ("anatomy_encoder", "modality_encoder", "decoder")
+    # and the shipped AdaIN config trains by that schedule (its short run: test_learning_variants.py, slow)
+    from sdnet_tf.config import load_config
+    from sdnet_tf.training.engines import schedule
+
+    assert schedule(load_config("sdnet-adain-acdc")) == sdnet_schedule(0.0)
 
 
 def test_the_lv_volume_head_is_trained_by_the_supervised_step_only():

@@ -227,6 +227,10 @@ assert not loaded, loaded
 """
 
 
+# slow: a TensorFlow run and a JAX subprocess (about 21 s); the default run moves prior and
+# U-Net runs between the backends (tests/training/test_prior_jax_engine.py) and resumes a T-L
+# run on TensorFlow (above)
+@pytest.mark.slow
 def test_a_tl_run_begun_on_tensorflow_resumes_on_jax(prior_run, phantom_cohort_8, tmp_path):
     # the JAX step engine trains the predictor with the autoencoder frozen; a JAX subprocess
     # with TensorFlow blocked (about 10 s)
