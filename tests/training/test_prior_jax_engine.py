@@ -49,10 +49,12 @@ def parity(tmp_path_factory):
     return tensorflow, jax, initial
 
 
-# slow, with the next test (about 68 s of setup, mostly XLA compiling the NVAE step): the
-# default run holds the TensorFlow-JAX parity of SDNet's iteration (test_jax_engine.py), the
-# prior runs moved between the backends (below) and the TensorFlow engine's finite-value guard
-# (test_shape_prior.py)
+# slow, with the next test (about 68 s of setup, mostly XLA compiling the NVAE step), like the
+# prior runs moved between the backends below: the whole module is in the slow run. The default
+# run holds the TensorFlow-JAX parity of SDNet's iteration (test_jax_engine.py: the same Keras
+# stateless machinery), the JAX engines' import without TensorFlow (there too) and the
+# TensorFlow engine's finite-value guard (test_shape_prior.py); no numerical check of the
+# priors' JAX engine is left in the default run
 @pytest.mark.slow
 def test_one_nvae_step_matches_the_tensorflow_engine(parity):
     tensorflow, jax, initial = parity
@@ -102,8 +104,7 @@ assert not loaded, loaded
 """
 
 
-# slow: three training runs across two backends (about 1.5 minutes); the NVAE step parity above
-# stays in the default suite
+# slow: three training runs across two backends (about 1.5 minutes)
 @pytest.mark.slow
 def test_prior_runs_move_between_backends_and_the_shape_loss_trains_on_jax(tmp_path):
     """An NVAE run begun with TensorFlow (1 epoch) is resumed with JAX (epoch 2), which then
