@@ -565,7 +565,8 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
                                 model={"run": str(run_dir)}, labels=convention, started=draw.start)
     except DataError as error:
         raise UserError(str(error)) from error
-    qc_file = "" if quality is None else f", quality control in {output / 'qc.json'}"
+    # qc.json is written only when a volume was assessed (sdnet_infer.predict)
+    qc_file = "" if quality is None or not quality.volumes else f", quality control in {output / 'qc.json'}"
     click.echo(f"{summarise(records)} to {output} (list in {output / 'predictions.json'}{qc_file})")
     if any(r["error"] for r in records):
         sys.exit(1)

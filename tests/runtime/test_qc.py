@@ -320,6 +320,14 @@ def test_predict_calibrates_once_and_flags_the_same_volumes(trained, volumes, tm
                                        "--run", str(run), "--quiet"])
     assert result.exit_code == 0 and "calibrating" not in result.output, result.output
     assert json.loads((tmp_path / "again" / "qc.json").read_text())["volumes"][0]["status"] == "ok"
+    # no volume read, no quality-control report: the summary names none
+    bad = tmp_path / "bad" / "text.nii.gz"
+    bad.parent.mkdir()
+    bad.write_text("not an image")
+    result = CliRunner().invoke(main, ["predict", "-i", str(bad), "-o", str(tmp_path / "none"), "--run", str(run),
+                                       "--quiet"])
+    assert result.exit_code == 1 and "FAILED" in result.output, result.output
+    assert "quality control in" not in result.output and not (tmp_path / "none" / "qc.json").exists(), result.output
 
 
 def test_predict_without_the_runs_data_says_why_and_reports_validity(trained, volumes, tmp_path):
