@@ -532,7 +532,7 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
     (kept in RUN/qc-calibration.json); without the run's data, validity only.
     """
     from sdnet_infer.io import check_output_location
-    from sdnet_infer.predict import predict_files, summarise
+    from sdnet_infer.predict import predict_files, qc_report, summarise
     from sdnet_infer.qc import QualityControl, partial_model_skip
     from sdnet_tf.data.arrays import DataError
     from sdnet_infer.labels import SDNET_CHANNELS
@@ -565,8 +565,8 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
                                 model={"run": str(run_dir)}, labels=convention, started=draw.start)
     except DataError as error:
         raise UserError(str(error)) from error
-    # qc.json is written only when a volume was assessed (sdnet_infer.predict)
-    qc_file = "" if quality is None or not quality.volumes else f", quality control in {output / 'qc.json'}"
+    report_path = qc_report(output, quality)
+    qc_file = "" if report_path is None else f", quality control in {report_path}"
     click.echo(f"{summarise(records)} to {output} (list in {output / 'predictions.json'}{qc_file})")
     if any(r["error"] for r in records):
         sys.exit(1)

@@ -9,7 +9,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # arithmetic. With TensorFlow's default of a pool per core in each worker, four or more threads
 # contend for the two cores: the tiny SDNet learning check, run twice side by side, took 108 s
 # each that way and 56 s each with one thread. Set here, before TensorFlow starts, and so also
-# in the command-line subprocesses the tests start; an environment that sets them keeps its own.
+# in the command-line subprocesses the tests start (support.helpers.tensorflow_env leaves them
+# out where a test needs the defaults); an environment that sets them keeps its own.
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
@@ -83,7 +84,7 @@ LONGEST_FIRST = (
     "training/test_baselines.py", "training/test_batchnorm.py", "models/test_models.py",
     "models/test_embedder.py", "training/test_averaging.py", "models/test_sdnet2018.py",
     "training/test_factor_augmentation.py", "metrics/test_validity.py", "runtime/test_qc.py",
-    "data/test_mnms.py", "training/test_prior_jax_engine.py",
+    "data/test_mnms.py",
 )
 
 

@@ -98,7 +98,7 @@ def main(argv=None):
     from sdnet_infer.io import DataError, describe_os_error, folder_problem
     from sdnet_infer.labels import CONVENTION_NAMES, SDNET_CHANNELS
     from sdnet_infer.model import ExportError, SDNetRuntime
-    from sdnet_infer.predict import predict_files, summarise
+    from sdnet_infer.predict import predict_files, qc_report, summarise
     from sdnet_infer.qc import QualityControl, describe, partial_model_skip
 
     problem = folder_problem(args.output)
@@ -148,7 +148,8 @@ def main(argv=None):
     except KeyboardInterrupt as error:
         _line(f"Interrupted: {error}" if str(error) else "Interrupted")
         return 130
-    qc = "" if quality is None or not quality.volumes else f", quality control in {args.output}/qc.json"
+    report_path = qc_report(args.output, quality)
+    qc = "" if report_path is None else f", quality control in {report_path}"
     _line(f"{summarise(records)} in {time.perf_counter() - start:.1f} s; list in {args.output}/predictions.json{qc}")
     return 1 if any(r["error"] for r in records) else 0
 

@@ -218,11 +218,18 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
         if report is not None:
             report(index, len(pairs), record)
     write_json(out_dir / "predictions.json", records)
-    if quality is not None and quality.volumes:
-        write_json(out_dir / QC_FILE, {**quality.report(), **({"model": model} if model is not None else {})})
+    report_path = qc_report(out_dir, quality)
+    if report_path is not None:
+        write_json(report_path, {**quality.report(), **({"model": model} if model is not None else {})})
     elif quality is not None:
         (out_dir / QC_FILE).unlink(missing_ok=True)  # nothing assessed: an earlier run's report would mislead
     return records
+
+
+def qc_report(out_dir, quality):
+    """``out_dir/qc.json`` when ``predict_files`` writes one (``quality`` given and it assessed
+    a volume), else None: what the commands name in their summaries."""
+    return Path(out_dir) / QC_FILE if quality is not None and quality.volumes else None
 
 
 def summarise(records):

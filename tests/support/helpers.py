@@ -41,7 +41,16 @@ def jax_env(tmp_path):
                 XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=os.pathsep.join(p for p in path if p))
 
 
+def tensorflow_env():
+    """A TensorFlow subprocess' environment with TensorFlow's default thread pools, as training
+    runs: the test processes' one-thread setting (tests/conftest.py) left out, the worktree's
+    code on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+    return dict(env, KERAS_BACKEND="tensorflow", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "runtime")]))
+
+
 def run_jax(tmp_path, args, timeout=900, env=None):
+    """Run ``python *args`` from the checkout with ``env`` (default: ``jax_env``); it must succeed."""
     result = subprocess.run([sys.executable, *args], env=env or jax_env(tmp_path), capture_output=True, text=True,
                             timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]

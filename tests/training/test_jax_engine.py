@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from support.helpers import ROOT, SUPPORT, TESTS, jax_env as _jax_env, run_jax as _run_jax  # noqa: E402
-from support.helpers import MODEL_ATOL, assert_same_iteration, small_config  # noqa: E402
+from support.helpers import MODEL_ATOL, assert_same_iteration, small_config, tensorflow_env  # noqa: E402
 from sdnet_tf.inference import load_run  # noqa: E402
 
 # Tolerances of one iteration from the same weights (float32 on the CPU). The backends run
@@ -93,9 +93,7 @@ def parity(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("parity")
     weights = tmp / "initial.weights.h5"
     script = str(SUPPORT / "engine_iteration.py")
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
-    env.update(KERAS_BACKEND="tensorflow", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "runtime")]))
-    _run_jax(tmp, [script, str(weights), str(tmp / "tensorflow.npz")], env=env)  # saves the initial weights
+    _run_jax(tmp, [script, str(weights), str(tmp / "tensorflow.npz")], env=tensorflow_env())  # saves the initial weights
     _run_jax(tmp, [script, str(weights), str(tmp / "jax.npz")])
     runs = []
     for name in ("tensorflow", "jax"):
