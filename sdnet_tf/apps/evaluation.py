@@ -209,9 +209,8 @@ def score_case(name, pred, ref, zooms):
     row = overlap.acdc_row(name, pred, ref, zooms)
     for cls, value in CLASSES.items():
         p, r = pred == value, ref == value
-        row[f"HD {cls}"] = surface.hausdorff(p, r, zooms)
-        row[f"HD95 {cls}"] = surface.hd95(p, r, zooms)
-        row[f"ASSD {cls}"] = surface.assd(p, r, zooms)
+        for measure, value in surface.summaries(p, r, zooms).items():
+            row[f"{measure} {cls}"] = value
     per_slice = overlap.slice_dice(pred, ref)
     spacing = zooms[:2]
     slices = []

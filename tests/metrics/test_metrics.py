@@ -237,6 +237,41 @@ def test_surface_distances_against_brute_force(rng, shape):
         assert surface.hd95(pred, ref, zooms) == pytest.approx(np.percentile(both, 95), abs=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(40, 48, 6), (40, 48)])
+def test_surface_distances_of_small_masks_in_a_large_volume(rng, shape):
+    # the erosion and distance transform run on the masks' bounding box: small blobs
+    # anywhere in a larger volume, one of them touching the array's border (a surface there),
+    # against brute force over the whole volume
+    for trial in range(4):
+        zooms = rng.uniform(0.5, 10.0, size=len(shape))
+        pred, ref = np.zeros(shape, bool), np.zeros(shape, bool)
+        for mask in (pred, ref):
+            corner = [int(rng.integers(0, n - 4)) for n in shape]
+            block = tuple(slice(c, c + int(rng.integers(2, 5))) for c in corner)
+            mask[block] = rng.random(mask[block].shape) < 0.8
+            mask[tuple(c for c in corner)] = True
+        if trial % 2:
+            pred[(0,) * len(shape)] = True  # touches two faces of the volume
+        expected = _brute_distances(pred, ref, zooms)
+        for got, want in zip(surface.surface_distances(pred, ref, zooms), expected):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+        both = np.concatenate(expected)
+        figures = surface.summaries(pred, ref, zooms)
+        assert figures == {"HD": surface.hausdorff(pred, ref, zooms), "HD95": surface.hd95(pred, ref, zooms),
+                           "ASSD": surface.assd(pred, ref, zooms)}
+        assert figures["HD"] == pytest.approx(both.max(), abs=1e-6)
+        assert figures["HD95"] == pytest.approx(np.percentile(both, 95), abs=1e-6)
+        assert figures["ASSD"] == pytest.approx(both.mean(), abs=1e-6)
+
+
+def test_surface_summaries_of_empty_masks():
+    empty = np.zeros((4, 4, 3), bool)
+    one = empty.copy()
+    one[1, 1, 1] = True
+    assert surface.summaries(empty, empty, ZOOMS) == {"HD": 0.0, "HD95": 0.0, "ASSD": 0.0}
+    assert all(math.isnan(v) for v in surface.summaries(one, empty, ZOOMS).values())
+
+
 # --------------------------------------------------------------------------------------- clinical
 
 def test_clinical_indices_golden():
