@@ -165,10 +165,17 @@ def main(ctx, verbose):
     """SDNet (Chartsias et al., Medical Image Analysis 2019) in TensorFlow 2 / Keras 3."""
     import os
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from sdnet_tf.runtime import import_tensorflow_quietly, quiet_tensorflow
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if any(isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+           for handler in logging.root.handlers):
+        # log lines are written through tqdm, above a progress bar instead of onto its line, until
+        # the command ends (a caller that captured the streams keeps its own handlers)
+        ctx.with_resource(logging_redirect_tqdm())
     quiet_tensorflow(verbose)
     if not verbose and ctx.invoked_subcommand in TENSORFLOW_COMMANDS \
             and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":

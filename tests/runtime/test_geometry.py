@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -458,11 +459,24 @@ def test_data_folder_above_training_is_found_and_named(tmp_path, caplog):
     assert [p.folder.parent for p in find_patients(tmp_path / "ACDC" / "database")] == [training]
 
 
-def _cli_subprocess(*args):
+def _cli_subprocess(*args, prelude=""):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "runtime"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", *map(str, args)],
+    script = f"import sys, cli\n{prelude}\nsys.exit(cli.main())"
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+# a warning logged from inside preprocessing's per-patient loop, while its progress bar is drawn
+WARN_IN_THE_BAR = """
+import logging
+from sdnet_tf.data import acdc
+_frame_slices = acdc._frame_slices
+def _warning_then_slices(patient, *args, **kwargs):
+    logging.getLogger("sdnet_tf.data").warning("a warning while patient%03d is preprocessed", patient.number)
+    return _frame_slices(patient, *args, **kwargs)
+acdc._frame_slices = _warning_then_slices
+"""
 
 
 def test_commands_print_no_tensorflow_log_lines_by_default():
@@ -473,13 +487,19 @@ def test_commands_print_no_tensorflow_log_lines_by_default():
 
 
 def test_preprocess_prints_no_tensorflow_log_lines_by_default(phantom_cohort_8, tmp_path):
+    # stderr is a pipe here, not a terminal: the progress bar is still drawn, and a log line
+    # written while it is must start a line of its own, not continue the bar's
     result = _cli_subprocess("preprocess", "--data", phantom_cohort_8, "--set", "model.input_size=32",
-                             "--set", f"data.cache_dir={tmp_path / 'cache'}")
+                             "--set", f"data.cache_dir={tmp_path / 'cache'}", prelude=WARN_IN_THE_BAR)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "8 patients from" in result.stdout
-    noise = [line for line in result.stderr.splitlines()
-             if any(word in line for word in ("absl", "oneDNN", "cuda", "tensorflow/", "TF-TRT"))]
+    lines = re.split(r"[\r\n]", result.stderr)
+    noise = [line for line in lines if any(word in line for word in ("absl", "oneDNN", "cuda", "tensorflow/", "TF-TRT"))]
     assert noise == [], result.stderr
+    assert any(line.startswith("preprocessing:") for line in lines), result.stderr  # the bar
+    warnings = [line for line in lines if "a warning while patient" in line]
+    assert len(warnings) == 2 * 8, result.stderr  # ED and ES of each patient
+    assert all(re.match(r"\d\d:\d\d:\d\d WARNING sdnet_tf.data: a warning while", w) for w in warnings), warnings
 
 
 def test_a_full_disk_stops_the_batch_naming_the_output_and_leaves_no_partial_file(cases, tmp_path, monkeypatch):
