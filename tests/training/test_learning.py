@@ -14,13 +14,15 @@ from sdnet_tf.training.prior_trainer import train_prior, train_unet
 
 PHANTOM_THRESHOLD = 0.75
 SYNTHETIC_THRESHOLD = 0.85
-TINY_SYNTHETIC_THRESHOLD = 0.50
+# the tiny SDNet over train.seed 1-5 (one TensorFlow thread, as the suite runs it): best
+# validation Dice 0.621, 0.521, 0.422, 0.415, 0.502 from 0.088-0.089 after the first epoch
+TINY_SYNTHETIC_THRESHOLD = 0.35
 
 
 def test_a_tiny_sdnet_learns_to_segment_synthetic_shapes(tmp_path):
     # configs/synthetic-quick.yaml at 32 x 32 (discs and rings in two intensity styles, 64 of
-    # 256 images labelled, the full schedule of five updates) for 200 iterations: measured a
-    # best validation Dice of 0.611 at iteration 200, from 0.09 after the first 25
+    # 256 images labelled, the full schedule of five updates) for 200 iterations: from 0.09
+    # after the first 25 to a best validation Dice of 0.415-0.621 over five seeds (above)
     config = load_config("synthetic-quick", ["model.input_size=32", "train.epochs=8",
                                              "train.iterations_per_epoch=25", "train.image_summaries=0"])
     summary = train_run(config, tmp_path / "run", progress=False)
