@@ -12,15 +12,18 @@ from sdnet_tf.atomic import write_text
 
 
 def seeded_sdnet(config):
-    """``(model, arrays)``: the benchmarks' SDNet of ``config`` (seed 1, built) and its synthetic
-    data (32 labelled and 8 unlabelled-per-labelled images of the config's size, seed 0)."""
+    """``(model, arrays)``: the benchmarks' SDNet of ``config`` (seed 1, built in
+    ``config.train.precision``, as ``sdnet-tf train`` builds it) and its synthetic data (32
+    labelled and 8 unlabelled-per-labelled images of the config's size, seed 0)."""
     import keras
 
+    from sdnet_tf.apps.train import apply_precision
     from sdnet_tf.config import model_kwargs
     from sdnet_tf.data.synthetic import synthetic_arrays
     from sdnet_tf.models import SDNet
 
     keras.utils.set_random_seed(1)
+    apply_precision(config)  # before the layers are made: they take the policy then
     arrays = synthetic_arrays(32, 8, config.model.input_size, 0.5, seed=0)
     model = SDNet(**model_kwargs(config), seed=1)
     model.build()

@@ -72,7 +72,8 @@ def run_once(args):
         if args.profile:
             median, parts = profile_iterations(trainer, args.warmup, args.iterations)
             return {"config": args.config, "overrides": args.overrides, "input_size": size,
-                    "xla": trainer.engine.jit_compile, "iterations": args.iterations,
+                    "xla": trainer.engine.jit_compile, "compute_dtype": model.anatomy_encoder.compute_dtype,
+                    "iterations": args.iterations,
                     "median_s_per_iteration": round(median, 4),
                     "median_s_per_part": {k: round(v, 4) for k, v in parts.items()},
                     "share_of_iteration": {k: round(v / median, 3) for k, v in parts.items()},
@@ -89,6 +90,7 @@ def run_once(args):
         "allocator": args.allocator, "allocator_tuning_applied": applied or getattr(trainer.engine, "allocator_tuned", False),
         "graph_rewriting": getattr(trainer.engine, "graph_rewriting", None),
         "fused_optimizer": getattr(trainer.engine, "fused_optimizer", None),
+        "compute_dtype": model.anatomy_encoder.compute_dtype,  # what the convolutions ran in
         "iterations": args.iterations, "median_s_per_iteration": round(median, 4),
         "images_per_s": round(images / median, 3), "all_s": [round(t, 4) for t in times],
         "warmup_s": round(warmup, 2), "cpu_count": os.cpu_count(),

@@ -128,10 +128,17 @@ def _factor_augmentation(config, source_run, arrays, out_dir):
     return arrays
 
 
+def apply_precision(config):
+    """Set Keras' global dtype policy to ``config.train.precision`` ("float32", "mixed_bfloat16"
+    or "mixed_float16"). Layers take the policy when they are created, so this must come before
+    the model is built: a model built first stays float32 whatever the config says."""
+    keras.config.set_dtype_policy(config.train.precision)
+
+
 def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays, initial_weights=None):
     keras.utils.set_random_seed(config.train.seed)
     if config.train.precision != "float32":
-        keras.config.set_dtype_policy(config.train.precision)
+        apply_precision(config)
     distribution = contextlib.nullcontext()
     if config.train.distribute == "data_parallel":
         from sdnet_tf.training.jax_engine import data_parallel
