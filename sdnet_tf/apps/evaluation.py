@@ -209,8 +209,8 @@ def score_case(name, pred, ref, zooms):
     row = overlap.acdc_row(name, pred, ref, zooms)
     for cls, value in CLASSES.items():
         p, r = pred == value, ref == value
-        for measure, value in surface.summaries(p, r, zooms).items():
-            row[f"{measure} {cls}"] = value
+        for measure, distance in surface.summaries(p, r, zooms).items():
+            row[f"{measure} {cls}"] = distance
     per_slice = overlap.slice_dice(pred, ref)
     spacing = zooms[:2]
     slices = []

@@ -137,8 +137,7 @@ def apply_precision(config):
 
 def _train(config, out_dir, run_dir, strategy, resume, max_iterations, progress, arrays, initial_weights=None):
     keras.utils.set_random_seed(config.train.seed)
-    if config.train.precision != "float32":
-        apply_precision(config)
+    apply_precision(config)  # float32 too: a policy left by earlier work in this process must not leak in
     distribution = contextlib.nullcontext()
     if config.train.distribute == "data_parallel":
         from sdnet_tf.training.jax_engine import data_parallel

@@ -251,7 +251,7 @@ def test_surface_distances_of_small_masks_in_a_large_volume(rng, shape):
             mask[block] = rng.random(mask[block].shape) < 0.8
             mask[tuple(c for c in corner)] = True
         if trial % 2:
-            pred[(0,) * len(shape)] = True  # touches two faces of the volume
+            pred[(0,) * len(shape)] = True  # the corner voxel: on the volume's border along every axis
         expected = _brute_distances(pred, ref, zooms)
         for got, want in zip(surface.surface_distances(pred, ref, zooms), expected):
             np.testing.assert_allclose(got, want, atol=1e-6)
