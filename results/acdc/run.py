@@ -3,6 +3,7 @@
 
     python results/acdc/run.py /path/to/ACDC/training [--runs runs/acdc-cpu] [--only NAME ...]
     python results/acdc/run.py /path/to/ACDC/training --ablation batch-dice [--fraction 0.015]
+    python results/acdc/run.py /path/to/ACDC/training --partial --ablation bfloat16   # its best epoch so far
     python results/acdc/run.py /path/to/ACDC/training --backend jax --parallel 4   # e.g. a GPU machine without TensorFlow
     python results/acdc/run.py /path/to/ACDC/training --replicate sdnet-split2-1.5pct --backend jax   # again, elsewhere
 
@@ -242,9 +243,10 @@ def main():
     parser.add_argument("data", type=Path, help="the ACDC training folder")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "acdc-cpu", help="where run directories go")
     parser.add_argument("--only", nargs="*", default=None, help="run only these names (e.g. sdnet-split0-100pct)")
-    parser.add_argument("--partial", metavar="NAME", default=None,
+    parser.add_argument("--partial", metavar="NAME", nargs="?", const="", default=None,
                         help="score the best epoch so far of run NAME, still training or stopped, into "
-                             "results/acdc/partial/NAME-epochE.json (not the table)")
+                             "results/acdc/partial/NAME-epochE.json (not the table); with --ablation and "
+                             "no NAME, that ablation's run, into results/acdc/ablations/partial/")
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
                         help="train and score one ablation of SDNet at split 0, 100%% labels, into "
                              "results/acdc/ablations/ (not the table)")
@@ -260,6 +262,11 @@ def main():
     parser.add_argument("--parallel", type=positive, default=1, metavar="N",
                         help="train N planned runs at once (one device shared; default 1)")
     args = parser.parse_args()
+    if args.partial is not None and (bool(args.partial) == bool(args.ablation)):
+        parser.error("--partial takes a run NAME, or no NAME with --ablation")
+    if args.partial == "":
+        return score_partial(f"{run_name('sdnet', 0, args.fraction)}-{args.ablation}", args.runs / "ablations",
+                             HERE / "ablations" / "partial", table=False, ablation=args.ablation)
     if args.partial:
         return score_partial(args.partial, args.runs)
     if args.ablation:
@@ -380,27 +387,32 @@ def replicate(job, data, runs, backend):
           f"{largest_drop(result['validation']):.3f}", flush=True)
 
 
-def score_partial(name, runs):
-    """Evaluate a run that has not finished (its best validation epoch so far) and record
-    which epoch of how many it is; the table takes finished runs only."""
+def score_partial(name, runs, out=HERE / "partial", table=True, ablation=None):
+    """Evaluate run ``runs/name``, not finished (its best validation epoch so far), into
+    ``out/NAME-epochE.json`` with which epoch of how many it is; the table takes finished runs
+    only, and with ``table`` the learning curves show the partial run as running. ``ablation``
+    names the ``ABLATIONS`` entry the run was trained with."""
     kind, rest = name.split("-split")
     split, fraction = int(rest.split("-")[0]), float(rest.split("-")[1][:-3]) / 100
     run_dir = runs / name
     best = json.loads((run_dir / "best.json").read_text())
-    out = run_dir / f"test-epoch{best['epoch']}"
-    cmds = commands(kind, split, fraction, "DATA", run_dir)
-    evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(out), "--quiet"]
+    test_dir = run_dir / f"test-epoch{best['epoch']}"
+    cmds = commands(kind, split, fraction, "DATA", run_dir, ABLATIONS[ablation] if ablation else ())
+    evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(test_dir), "--quiet"]
     run(evaluate, runs / f"{name}.log")
-    result = collect(kind, split, fraction, run_dir, 0.0, [cmds[0], evaluate], test_dir=out)
+    result = collect(kind, split, fraction, run_dir, 0.0, [cmds[0], evaluate], test_dir=test_dir)
+    if ablation:
+        result.update(name=name, ablation=ablation, overrides=ABLATIONS[ablation])
     import yaml
 
     planned = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"]
     result.update(partial=True, best_epoch=best["epoch"], epochs_done=len(result["validation"]),
                   epochs_planned=planned)
-    target = HERE / "partial" / f"{name}-epoch{best['epoch']}.json"
-    target.parent.mkdir(exist_ok=True)
+    target = out / f"{name}-epoch{best['epoch']}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
     write_json(target, result)
-    rebuild()
+    if table:
+        rebuild()
     print(f"{name} (best epoch {best['epoch']} of {len(result['validation'])} done): slice Dice "
           f"{result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "
           f"valid slices {result['valid_slices_percent']:.1f}%; {target}", flush=True)
