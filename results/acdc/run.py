@@ -246,7 +246,8 @@ def main():
     parser.add_argument("--partial", metavar="NAME", nargs="?", const="", default=None,
                         help="score the best epoch so far of run NAME, still training or stopped, into "
                              "results/acdc/partial/NAME-epochE.json (not the table); with --ablation and "
-                             "no NAME, that ablation's run, into results/acdc/ablations/partial/")
+                             "no NAME, that ablation's run, into results/acdc/ablations/partial/ (give "
+                             "--partial after the data folder)")
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
                         help="train and score one ablation of SDNet at split 0, 100%% labels, into "
                              "results/acdc/ablations/ (not the table)")
@@ -266,7 +267,8 @@ def main():
         parser.error("--partial takes a run NAME, or no NAME with --ablation")
     if args.partial == "":
         return score_partial(f"{run_name('sdnet', 0, args.fraction)}-{args.ablation}", args.runs / "ablations",
-                             HERE / "ablations" / "partial", table=False, ablation=args.ablation)
+                             HERE / "ablations" / "partial", table=False, ablation=args.ablation,
+                             backend=args.backend)
     if args.partial:
         return score_partial(args.partial, args.runs)
     if args.ablation:
@@ -387,11 +389,11 @@ def replicate(job, data, runs, backend):
           f"{largest_drop(result['validation']):.3f}", flush=True)
 
 
-def score_partial(name, runs, out=HERE / "partial", table=True, ablation=None):
+def score_partial(name, runs, out=HERE / "partial", table=True, ablation=None, backend="tensorflow"):
     """Evaluate run ``runs/name``, not finished (its best validation epoch so far), into
     ``out/NAME-epochE.json`` with which epoch of how many it is; the table takes finished runs
     only, and with ``table`` the learning curves show the partial run as running. ``ablation``
-    names the ``ABLATIONS`` entry the run was trained with."""
+    names the ``ABLATIONS`` entry the run was trained with, with the ``backend`` it trains on."""
     kind, rest = name.split("-split")
     split, fraction = int(rest.split("-")[0]), float(rest.split("-")[1][:-3]) / 100
     run_dir = runs / name
@@ -402,7 +404,8 @@ def score_partial(name, runs, out=HERE / "partial", table=True, ablation=None):
     run(evaluate, runs / f"{name}.log")
     result = collect(kind, split, fraction, run_dir, 0.0, [cmds[0], evaluate], test_dir=test_dir)
     if ablation:
-        result.update(name=name, ablation=ablation, overrides=ABLATIONS[ablation])
+        result.update(name=name, ablation=ablation, overrides=ABLATIONS[ablation], backend=backend,
+                      device=device_name(backend))
     import yaml
 
     planned = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"]
