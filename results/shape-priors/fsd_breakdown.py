@@ -3,8 +3,8 @@
 
     python results/shape-priors/fsd_breakdown.py runs/nvae-acdc-thesis [--samples 1000] [--temperature 1.0]
 
-Draws the samples as ``sdnet-tf shape-eval`` does (batches of 100 with seeds 0, 100, ...), so
-its FSD is the one in table.md, and for each of the 20 shape descriptors
+Draws the samples with ``sdnet-tf shape-eval``'s ``draw_samples`` (batches of 100 with seeds
+0, 100, ...), so its FSD is the one in table.md, and for each of the 20 shape descriptors
 (``sdnet_tf.metrics.shape.DESCRIPTORS``), standardised by the test masks' mean and standard
 deviation as the FSD standardises them, reports:
 
@@ -36,11 +36,9 @@ HERE = Path(__file__).resolve().parent
 
 def breakdown(real, other):
     """Per-descriptor figures of ``other`` (N, 20) against ``real`` (M, 20), and the full FSD."""
-    from sdnet_tf.metrics.shape import DESCRIPTORS, frechet_distance
+    from sdnet_tf.metrics.shape import DESCRIPTORS, frechet_distance, standardise
 
-    mean, std = real.mean(axis=0), real.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    a, b = (real - mean) / std, (other - mean) / std
+    a, b = standardise(real, other)
     total = frechet_distance(a, b)
     rows = []
     for i, name in enumerate(DESCRIPTORS):
@@ -57,7 +55,7 @@ def breakdown(real, other):
 def circularity_outliers(real, other):
     """Per structure: how many rows of ``other`` exceed the test masks' largest circularity, the
     median area (mm^2) of those structures, and the FSD without the circularity columns."""
-    from sdnet_tf.metrics.shape import DESCRIPTORS, frechet_distance
+    from sdnet_tf.metrics.shape import DESCRIPTORS, frechet_distance, standardise
 
     out = {}
     for s in ("rv", "myo", "lv"):
@@ -66,9 +64,8 @@ def circularity_outliers(real, other):
         out[s] = {"real_max": float(real[:, c].max()), "other_max": float(other[:, c].max()),
                   "count": int(high.sum()), "median_area_mm2": float(np.median(other[high, a])) if high.any() else None}
     keep = [i for i, name in enumerate(DESCRIPTORS) if not name.endswith("_circularity")]
-    mean, std = real.mean(axis=0), real.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    out["fsd_without_circularity"] = frechet_distance(((real - mean) / std)[:, keep], ((other - mean) / std)[:, keep])
+    a, b = standardise(real, other)
+    out["fsd_without_circularity"] = frechet_distance(a[:, keep], b[:, keep])
     return out
 
 
@@ -84,8 +81,7 @@ def markdown(title, total, rows, label):
 
 
 def main(argv=None):
-    from keras import ops
-
+    from sdnet_tf.apps.shape_eval import draw_samples
     from sdnet_tf.data.sources import mask_sets
     from sdnet_tf.inference import load_prior
     from sdnet_tf.metrics.shape import shape_descriptors
@@ -101,9 +97,7 @@ def main(argv=None):
         sys.exit(f"{args.run}: a {config.model.kind} run; the breakdown samples an NVAE")
     sets, _, _ = mask_sets(config, progress=False)
     spacing = (config.data.spacing, config.data.spacing)
-    drawn = np.concatenate([np.asarray(ops.argmax(model.sample(min(100, args.samples - i), args.temperature,
-                                                               seed=i), -1))
-                            for i in range(0, args.samples, 100)])
+    drawn = draw_samples(model, args.samples, args.temperature)
     real = shape_descriptors(sets["test"].labels, spacing)
     generated = shape_descriptors(drawn, spacing)
     samples_total, sample_rows = breakdown(real, generated)

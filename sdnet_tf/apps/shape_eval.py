@@ -96,6 +96,15 @@ TEMPERATURES = (1.0, 0.8, 0.7, 0.5)  # the thesis' sampling temperatures
 GRID_SAMPLES = 8  # samples per temperature in the figure
 
 
+def draw_samples(model, count, temperature, seed=0):
+    """(count, H, W) label maps drawn from an NVAE at ``temperature``, in batches of 100 with
+    seeds ``seed``, ``seed + 100``, ... (the samples every shape-eval figure is computed on)."""
+    from keras import ops
+
+    return np.concatenate([np.asarray(ops.argmax(model.sample(min(100, count - i), temperature, seed=seed + i), -1))
+                           for i in range(0, count, 100)])
+
+
 def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, seed=0, progress=True,
                    figure=None, frds=None):
     """The metrics of a prior run (see the module docstring) as a JSON-able dict; with
@@ -139,8 +148,7 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
         result["samples"] = {}
         grid = {}
         for t in temperatures:
-            drawn = np.concatenate([np.asarray(ops.argmax(model.sample(min(100, samples - i), t, seed=seed + i), -1))
-                                    for i in range(0, samples, 100)])
+            drawn = draw_samples(model, samples, t, seed)
             grid[t] = drawn[:GRID_SAMPLES]
             validity = valid_fraction(drawn, spacing)
             result["samples"][f"{t:g}"] = {"count": samples, "valid": validity["valid"],

@@ -303,11 +303,17 @@ def frechet_shape_distance(real, generated, spacing, generated_spacing=None):
         if np.shape(spacing) != (2,):
             raise ValueError("give generated_spacing when spacing holds one pair per real slice")
         generated_spacing = spacing
-    real = shape_descriptors(real, spacing)
-    generated = shape_descriptors(generated, generated_spacing)
+    return frechet_distance(*standardise(shape_descriptors(real, spacing),
+                                         shape_descriptors(generated, generated_spacing)))
+
+
+def standardise(real, other):
+    """``(real, other)`` descriptor arrays minus ``real``'s per-column mean, over its standard
+    deviation (a constant column is only centred: its deviation counts as 1), as
+    :func:`frechet_shape_distance` compares them."""
     mean, std = real.mean(axis=0), real.std(axis=0)
     std = np.where(std > 0, std, 1.0)
-    return frechet_distance((real - mean) / std, (generated - mean) / std)
+    return (real - mean) / std, (other - mean) / std
 
 
 def pathology_cv(features, groups, folds=10, seed=0, trees=500):
