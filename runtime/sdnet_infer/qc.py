@@ -231,6 +231,8 @@ def describe(reason):
     check, value, limit = reason["check"], reason["value"], reason["threshold"]
     if check == "qc_failed":
         return f"quality control failed ({reason['error']})"
+    if check == "lost_voxel_size":  # header_review's reason; its warning names the file and says why
+        return "voxel size 1 x 1 x 1 mm, probably lost from the header (see the warning)"
     if check == "heart_area_mm2":
         if value <= 0.0:
             return "no LV or MYO predicted in any slice"

@@ -222,7 +222,7 @@ def test_predictions_json_and_the_log_carry_the_lost_voxel_size(frame, tmp_path,
 
 
 def test_quality_control_puts_a_lost_voxel_size_up_for_review(frame, tmp_path):
-    from sdnet_infer.qc import QC_FILE, QualityControl
+    from sdnet_infer.qc import QC_FILE, QualityControl, describe
 
     folder, copy = _folder_with_a_lost_voxel_size(frame, tmp_path)
     records = predict_files(folder, tmp_path / "out", _disc_model(96), size=96, target=2.5, quality=QualityControl())
@@ -233,6 +233,8 @@ def test_quality_control_puts_a_lost_voxel_size_up_for_review(frame, tmp_path):
     reasons = [r for r in volumes["copy.nii.gz"]["reasons"] if r["check"] == "lost_voxel_size"]
     assert volumes["copy.nii.gz"]["status"] == "review" and len(reasons) == 1
     assert reasons[0]["warning"] == _lost(copy, by_name["copy.nii.gz"]["warnings"])[0]
+    # sdnet-infer's per-file line describes every reason (this one raised KeyError there)
+    assert describe(reasons[0]) == "voxel size 1 x 1 x 1 mm, probably lost from the header (see the warning)"
     assert not [r for r in volumes["original.nii.gz"]["reasons"] if r["check"] == "lost_voxel_size"]
 
 
