@@ -341,6 +341,10 @@ def ablation(which, data, runs, backend="tensorflow", fraction=1.0):
     ``ABLATIONS[which]``: trained (resumed when its run directory holds checkpoints), scored, and
     written to ``ablations/sdnet-split0-<fraction>pct-WHICH.json`` beside the protocol run's figures."""
     name = f"{run_name('sdnet', 0, fraction)}-{which}"
+    target = HERE / "ablations" / f"{name}.json"
+    if target.is_file():  # as the table's runs: a finished ablation is not scored again
+        print(f"{name}: already in {target}; skipped", flush=True)
+        return
     run_dir = runs / "ablations" / name
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmds = commands("sdnet", 0, fraction, data, run_dir, ABLATIONS[which], backend=backend)
@@ -355,7 +359,6 @@ def ablation(which, data, runs, backend="tensorflow", fraction=1.0):
     run(cmds[1], runs / "ablations" / f"{name}.log")
     result = collect("sdnet", 0, fraction, run_dir, seconds, cmds)
     result.update(name=name, ablation=which, overrides=ABLATIONS[which], backend=backend, device=device_name(backend))
-    target = HERE / "ablations" / f"{name}.json"
     target.parent.mkdir(exist_ok=True)
     write_json(target, result)
     print(f"{name}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "

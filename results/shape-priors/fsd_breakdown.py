@@ -80,6 +80,20 @@ def markdown(title, total, rows, label):
     return lines
 
 
+def at_least_two(text):
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text}: the Frechet distance needs at least 2 samples")
+    return value
+
+
+def above_zero(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: a temperature must be above 0")
+    return value
+
+
 def main(argv=None):
     from sdnet_tf.apps.shape_eval import draw_samples
     from sdnet_tf.data.sources import mask_sets
@@ -88,8 +102,9 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="an NVAE run directory")
-    parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--samples", type=at_least_two, default=1000,
+                        help="samples to draw (at least 2: the distance needs their covariance)")
+    parser.add_argument("--temperature", type=above_zero, default=1.0, help="the prior's temperature (> 0)")
     args = parser.parse_args(argv)
 
     model, config = load_prior(args.run)

@@ -1,0 +1,44 @@
+"""The results scripts refuse arguments they cannot use, in one argparse line, before loading
+anything (results/shape-priors/fsd_breakdown.py once crashed on ``--samples 0`` inside the
+covariance)."""
+
+import importlib.util
+
+import pytest
+
+from support.helpers import ROOT
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("option,value,phrase", [("--samples", "0", "at least 2 samples"),
+                                                 ("--samples", "1", "at least 2 samples"),
+                                                 ("--temperature", "0", "above 0"),
+                                                 ("--temperature", "-1", "above 0")])
+def test_fsd_breakdown_refuses_unusable_sample_counts_and_temperatures(tmp_path, capsys, option, value, phrase):
+    fsd_breakdown = load(ROOT / "results" / "shape-priors" / "fsd_breakdown.py")
+    with pytest.raises(SystemExit) as stop:
+        fsd_breakdown.main([str(tmp_path), option, value])
+    assert stop.value.code == 2
+    assert phrase in capsys.readouterr().err
+
+
+def test_a_finished_acdc_ablation_is_skipped_not_scored_again(tmp_path, monkeypatch, capsys):
+    # it was evaluated again on every start of the queue, and its JSON's training time
+    # replaced by that invocation's (seconds of evaluation)
+    run_py = load(ROOT / "results" / "acdc" / "run.py")
+    monkeypatch.setattr(run_py, "HERE", tmp_path)
+    (tmp_path / "ablations").mkdir()
+    finished = tmp_path / "ablations" / "sdnet-split0-100pct-float32.json"
+    finished.write_text('{"train_seconds_this_invocation": 4019.6}')
+    called = []
+    monkeypatch.setattr(run_py, "run", lambda *args, **kwargs: called.append(args))
+    run_py.ablation("float32", tmp_path / "data", tmp_path / "runs")
+    assert called == []
+    assert finished.read_text() == '{"train_seconds_this_invocation": 4019.6}'
+    assert "skipped" in capsys.readouterr().out
