@@ -5,10 +5,14 @@
 # Keras' BatchNorm ops, and PyTorch
 # eager with and without the allocator environment variables, side by side in each
 # invocation, three invocations at 64, 128 and 224.
+# VARIANTS (train_step.py --variants) and PREFIX (the JSON files' names) change the table, e.g.
+# the Grappler table: VARIANTS=grappler-on,grappler-off,torch,torch-env PREFIX=grappler-speed
 #   benchmarks/speed_table.sh [sizes]        e.g. benchmarks/speed_table.sh "64 128"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=${1:-64 128 224}
+VARIANTS=${VARIANTS:-plain,keras-bn,torch,torch-env}
+PREFIX=${PREFIX:-speed}
 for i in 1 2 3; do
   for size in $SIZES; do
     case $size in
@@ -18,13 +22,13 @@ for i in 1 2 3; do
       *) echo "unknown size $size (64, 128 or 224)" >&2; exit 2 ;;
     esac
     python benchmarks/train_step.py --compare --config "$config" --iterations "$n" \
-      --variants plain,keras-bn,torch,torch-env --out "benchmarks/results/speed-$size-$i.json" > /dev/null
+      --variants "$VARIANTS" --out "benchmarks/results/$PREFIX-$size-$i.json" > /dev/null
   done
 done
-python - "$SIZES" <<'PY'
+python - "$SIZES" "$PREFIX" <<'PY'
 import json, statistics, sys
 for size in sys.argv[1].split():
-    runs = [json.load(open(f"benchmarks/results/speed-{size}-{i}.json"))["variants"] for i in (1, 2, 3)]
+    runs = [json.load(open(f"benchmarks/results/{sys.argv[2]}-{size}-{i}.json"))["variants"] for i in (1, 2, 3)]
     names = [v["variant"] for v in runs[0]]
     print(f"\n{size} x {size}: s / iteration per invocation, median, first iteration s (median)")
     for k, name in enumerate(names):

@@ -16,8 +16,8 @@ and the fake masks) and the fraction of the machine's measured float32 matrix-pr
 PyTorch's rated on the same operation count. ``--compare`` runs each variant (plain tf.function
 and XLA, with glibc's default allocator or the package's in-process allocator tuning, plain
 ``tf.function`` with Keras' per-weight Adam instead of the fused kernel, with TensorFlow's
-fused BatchNorm kernel forced or with Keras' BatchNorm ops instead, and the
-same iteration in PyTorch eager mode from ``torch_reference.py`` when torch is installed,
+fused BatchNorm kernel forced or Keras' BatchNorm ops instead, with Grappler's graph
+rewriting forced on or off, and the same iteration in PyTorch eager mode from ``torch_reference.py`` when torch is installed,
 with and without the allocator environment variables) in its own fresh process, one after
 the other in the same invocation, and prints every result with its speed-up over the first
 (plain tf.function unless ``--variants`` names others, e.g. ``--variants plain,keras-adam,torch``). ``--profile`` times each part of the iteration instead: the five
@@ -38,6 +38,8 @@ VARIANTS = {
     "keras-adam": ("tf.function, Keras' per-weight Adam", "tf", False, "default", ["train.fused_optimizer=false"]),
     "fused-bn": ("tf.function, fused BatchNorm", "tf", False, "default", ["train.fused_batchnorm=true"]),
     "keras-bn": ("tf.function, Keras' BatchNorm ops", "tf", False, "default", ["train.fused_batchnorm=false"]),
+    "grappler-on": ("tf.function, Grappler on", "tf", False, "default", ["train.graph_rewriting=true"]),
+    "grappler-off": ("tf.function, Grappler off", "tf", False, "default", ["train.graph_rewriting=false"]),
     "allocator": ("tf.function + allocator", "tf", False, "tuned", []),
     "xla": ("XLA", "tf", True, "default", []),
     "xla-allocator": ("XLA + allocator", "tf", True, "tuned", []),

@@ -112,8 +112,9 @@ class TrainConfig:
     # The JAX engine always compiles with XLA
     jit_compile: object = field(default="auto", metadata={"bool_or_auto": True})
     # TensorFlow's graph rewriting (Grappler): true, false or auto (speed.choose_graph_rewriting:
-    # off only on a CPU without XLA from 128 x 128 up, where turning it off made the first
-    # iteration 4 s shorter and the iteration 1.05x as fast; benchmarks/RESULTS.md). TensorFlow
+    # off on a CPU without XLA, where turning it off made the first iteration 2.5-5 s shorter at
+    # 64, 128 and 224 and the iteration's speed stayed within the runs' spread; on with XLA and
+    # on GPUs; benchmarks/RESULTS.md). TensorFlow
     # holds it per process: false turns it off for everything the process runs afterwards
     # (validation and inference too); true leaves TensorFlow's setting alone
     graph_rewriting: object = field(default="auto", metadata={"bool_or_auto": True})

@@ -23,27 +23,33 @@ def choose_xla(jit_compile, input_size, gpu):
     return bool(gpu)
 
 
-# Grappler's graph rewriting (TensorFlow) without XLA on the AVX-512 CPU, Grappler on against
-# off, three invocations (benchmarks/grappler_compare.py): off made the first iteration 5.1 s
-# shorter at 64 and 4.3 s at 128, and the iteration 0.92x as fast at 64 and 1.05x at 128
-GRAPHS_UNREWRITTEN_MIN_SIZE_ON_CPU = 128
+# Grappler's graph rewriting (TensorFlow) without XLA on a CPU, off against on
+# (benchmarks/RESULTS.md, "Grappler on or off, and the table against PyTorch again"). On the
+# 2-core Xeon, three invocations of benchmarks/speed_table.sh with both: off made the first
+# iteration shorter at every size, by 2.5 s at 64 (10.3 against 12.8 s), 5.3 s at 128 and 3.0 s
+# at 224. Per iteration, off ran at 1.13x on's speed at 64 and 0.94x at 128 (medians of six
+# pairs: the table's three and three rounds alone) and 1.03x at 224 (three pairs); at 128 the
+# pairs spread from 0.72x to 1.14x. On the AVX-512 EPYC off saved 4-5 s of the first iteration
+# too, its iteration 0.92x at 64 and 1.05x at 128.
 
 
 def choose_graph_rewriting(graph_rewriting, xla, input_size, gpu):
     """Whether TensorFlow's Grappler rewrites the graphs: ``train.graph_rewriting`` when true or
-    false; for ``"auto"``, off only where it was measured to cost time: on a CPU, without XLA,
-    for inputs of at least ``GRAPHS_UNREWRITTEN_MIN_SIZE_ON_CPU`` pixels a side. On a GPU
-    (not measured) and with XLA, TensorFlow's default (on) is kept.
+    false; for ``"auto"``, off on a CPU without XLA, where rewriting was measured to cost 2.5-5 s
+    of the first iteration at every size while its effect on the iteration (off at 0.94x-1.13x
+    of on's speed) stayed within the runs' spread. With XLA and on a GPU (not measured)
+    TensorFlow's default (on) is kept.
 
     Args:
         graph_rewriting: ``True``, ``False`` or ``"auto"``.
         xla: whether the updates are compiled with XLA (``choose_xla``).
-        input_size: the model's input height and width in pixels (None: unknown, as small).
+        input_size: the model's input height and width in pixels (None: unknown); unused by
+            the rule, kept for the callers.
         gpu: whether TensorFlow sees a GPU.
     """
     if graph_rewriting != "auto":
         return bool(graph_rewriting)
-    return bool(xla) or bool(gpu) or (input_size or 0) < GRAPHS_UNREWRITTEN_MIN_SIZE_ON_CPU
+    return bool(xla) or bool(gpu)
 
 
 # with XLA on a CPU the allocator tuning made the iteration faster from this size up (224: 1.09x)
