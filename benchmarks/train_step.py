@@ -17,8 +17,8 @@ PyTorch's rated on the same operation count. ``--compare`` runs each variant (pl
 and XLA, with glibc's default allocator or the package's in-process allocator tuning, plain
 ``tf.function`` with Keras' per-weight Adam instead of the fused kernel, with TensorFlow's
 fused BatchNorm kernel forced or Keras' BatchNorm ops instead, with Grappler's graph
-rewriting forced on or off, and the same iteration in PyTorch eager mode from ``torch_reference.py`` when torch is installed,
-with and without the allocator environment variables) in its own fresh process, one after
+rewriting forced on or off, and the same iteration in PyTorch eager mode from
+``torch_reference.py`` when torch is installed, with and without the allocator environment variables) in its own fresh process, one after
 the other in the same invocation, and prints every result with its speed-up over the first
 (plain tf.function unless ``--variants`` names others, e.g. ``--variants plain,keras-adam,torch``). ``--profile`` times each part of the iteration instead: the five
 steps, the fake masks, the weight average and the host's share (``common.profile_iterations``).
