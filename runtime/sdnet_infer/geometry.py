@@ -39,7 +39,10 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
 2. **Slice axis.** The axis whose voxel size is at least ``SLICE_RATIO`` (1.5) times each of
    the other two (short-axis cine: 5-10 mm slices, 0.7-2 mm pixels). With no such axis, the
    axis the affine points closest to the head-foot direction; with no affine either, a
-   ``DataError`` (the slice axis would be a guess). With ``slicing="axial"`` (whole-heart MR
+   ``DataError`` (the slice axis would be a guess). An axis so chosen is refused too
+   (``DataError``) when it would leave slices no cardiac image has: an in-plane side under
+   ``MIN_IN_PLANE_MM`` (50 mm) that also has fewer voxels than the stack has slices, as when
+   an array was transposed, or a 4-D cine stored time first, and its header kept. With ``slicing="axial"`` (whole-heart MR
    and CT volumes, MM-WHS) the axis closest to head-foot is taken whatever the voxel sizes,
    so every volume is cut into axial slices; a header without an affine is then a
    ``DataError``.
@@ -101,6 +104,9 @@ SHEAR_TOLERANCE = 1e-3
 # Outside them the units are almost surely wrong (a metre header marked mm or unknown gives 0.0016 mm).
 PIXEL_RANGE_MM = (0.05, 20.0)
 MAX_SLICE_MM = 100.0
+# The narrowest in-plane side, in mm, of a slice that can hold a heart's short-axis section (both
+# ventricles of an adult heart span about 80-120 mm); see _check_stack.
+MIN_IN_PLANE_MM = 50.0
 PLACEHOLDER_TOLERANCE = 1e-6  # mm: a voxel size this close to 1 x 1 x 1 from pixdim is nibabel's placeholder
 UNIT_NAMES = {0: "0 (unknown, read as mm)", 1: "1 (metre)", 2: "2 (mm)", 3: "3 (micron)"}
 _PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
@@ -322,7 +328,7 @@ def lost_voxel_size(spacing, origin, slicing, source):
 SLICINGS = ("auto", "axial")
 
 
-def _slice_axis(spacing, affine, source, slice_world, slicing="auto"):
+def _slice_axis(spacing, affine, source, slice_world, slicing, shape):
     if slicing == "axial":
         if affine is None:
             raise DataError(f"{source}: cannot tell the axial slice axis: the header has no orientation "
@@ -341,7 +347,26 @@ def _slice_axis(spacing, affine, source, slice_world, slicing="auto"):
     if not len(found):
         raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
                         "times the others and the affine is degenerate")
-    return int(found[0])
+    axis = int(found[0])
+    _check_stack(shape, spacing, axis, source)
+    return axis
+
+
+def _check_stack(shape, spacing, slice_axis, source):
+    """Refuse a slice axis taken from the affine that leaves slices no cardiac image has: one
+    in-plane side under ``MIN_IN_PLANE_MM`` and with fewer voxels than the stack has slices
+    (an array transposed or a 4-D file stored time first, its header left as it was)."""
+    in_plane = [a for a in range(3) if a != slice_axis]
+    narrow = min(in_plane, key=lambda a: shape[a] * spacing[a])
+    if shape[narrow] * spacing[narrow] < MIN_IN_PLANE_MM and shape[narrow] < shape[slice_axis]:
+        sides = " x ".join(str(shape[a]) for a in in_plane)
+        mm = " x ".join(f"{shape[a] * spacing[a]:.3g}" for a in in_plane)
+        raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
+                        f"times the others, and the axis the affine points head-foot (axis {slice_axis}, "
+                        f"{shape[slice_axis]} voxels) would make {shape[slice_axis]} slices of {sides} voxels "
+                        f"({mm} mm), narrower than any cardiac image; the header probably does not describe the "
+                        "array's axis order (an array transposed, or a 4-D file stored time first, with its header "
+                        "kept): store the slices on the third axis or give pixdim the slice spacing")
 
 
 def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True):
@@ -431,7 +456,8 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     if affine is not None:
         _check_perpendicular(affine, kind, source)
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
-    slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]), slicing)
+    shape = tuple(int(s) for s in header["dim"][1:4])
+    slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]), slicing, shape)
     _check_plausible(spacing, slice_axis, origin, header, source)
     lost = lost_voxel_size(spacing, origin, slicing, source)
     if lost:
@@ -439,7 +465,6 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim")
     for note in notes:
         log.warning(note)
-    shape = tuple(int(s) for s in header["dim"][1:4])
     axcodes = tuple(aff2axcodes(affine)) if affine is not None else None
     units_to_mm = UNIT_SCALE[int(header["xyzt_units"]) & 0x07]
     if affine is not None:

@@ -113,6 +113,26 @@ def test_slice_axis_from_the_affine_when_voxels_are_isotropic(tmp_path):
     assert g.slice_axis == 0 and g.training_shape == (8, 6, 3)
 
 
+@pytest.mark.parametrize("shape, zooms, name", [
+    # a (192, 256, 10) frame transposed slice first, isotropic pixdim, ACDC's placeholder affine kept
+    ((10, 192, 256), (1.445, 1.445, 1.445), "transposed"),
+    # a cine (192, 256, 10 slices) x 2 frames stored time first: its first three axes are time, rows, columns
+    ((2, 192, 256, 10), (1.0, 1.445, 1.445, 10.0), "time_first"),
+])
+def test_a_slice_axis_from_the_affine_that_leaves_no_cardiac_slice_is_refused(tmp_path, shape, zooms, name):
+    """Read as the affine says, axis 2 would give 256 slices of 10 x 192 (or 2 x 192) voxels."""
+    path = save(np.zeros(shape), ACDC_AFFINE, zooms, tmp_path / f"{name}.nii.gz")
+    with pytest.raises(DataError, match=rf"{name}\.nii\.gz: cannot tell the slice axis: .*axis 2, 256 voxels.*"
+                                        r"narrower than any cardiac image"):
+        read_geometry(path)
+
+
+def test_a_narrow_isotropic_stack_with_few_slices_is_still_read_by_its_affine(tmp_path):
+    """Narrow in-plane (under 50 mm) but more voxels across than slices: a crop, not a transposed array."""
+    g = read_geometry(save(np.zeros((30, 30, 12)), ACDC_AFFINE, (1.2, 1.2, 1.2), tmp_path / "crop.nii.gz"))
+    assert g.slice_axis == 2 and g.training_shape == (30, 30, 12)
+
+
 def test_undecidable_slice_axis_is_refused(tmp_path):
     img = nib.Nifti1Image(np.ones((8, 6, 5), np.int16), None)
     img.header.set_zooms((1.2, 1.2, 1.2))
