@@ -23,6 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel import imageglobals
+from nibabel.orientations import inv_ornt_aff
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry, raw_header, read_geometry
 from sdnet_infer.labels import LABEL_CONVENTIONS, LABELS  # background, RV, MYO, LV
@@ -374,13 +375,16 @@ GRID_TOLERANCE_VOXELS = 0.1  # two grids are one when no voxel corner moves a te
 
 
 def check_same_grid(volume, like, path, other=None):
-    """Refuse ``volume`` (at ``path``) unless it shares ``like``'s stored grid: shape, voxel size,
-    and position in space. Positions are compared in mm as the geometry reader places the voxels
-    (``VolumeGeometry.grid_mm``: the axis directions of the affine, the voxel size it decided,
-    so a placeholder affine such as ACDC's diag(-1, -1, 1) with the size in ``pixdim`` and the
-    same grid written by ITK-based tools with the size in the affine agree), whatever units
-    each header uses: the corners of the volume must lie within ``GRID_TOLERANCE_VOXELS`` (a
-    tenth) of a voxel of each other along each of ``like``'s axes.
+    """Refuse ``volume`` (at ``path``) unless its voxels are ``like``'s: the same shape, voxel
+    size and position in space once both are in the training orientation, which is how they are
+    compared. So a copy of ``like``'s grid stored in another axis order or direction, its affine
+    updated to match (as SimpleITK-based tools write a volume), is the same grid. Positions are
+    compared in mm as the geometry reader places the voxels (``VolumeGeometry.grid_mm``: the axis
+    directions of the affine, the voxel size it decided, so a placeholder affine such as ACDC's
+    diag(-1, -1, 1) with the size in ``pixdim`` and the same grid written by ITK-based tools
+    with the size in the affine agree), whatever units each header uses: the corners of the
+    volume must lie within ``GRID_TOLERANCE_VOXELS`` (a tenth) of a voxel of each other along
+    each of ``like``'s axes.
 
     Args:
         volume: a ``Volume`` (or anything with a ``geometry``); like: a ``VolumeGeometry``.
@@ -391,19 +395,30 @@ def check_same_grid(volume, like, path, other=None):
     """
     other = other or like.source
     g = volume.geometry
-    if g.shape != like.shape:
-        raise DataError(f"{path}: shape {g.shape} does not match {other}'s {like.shape}")
-    if not np.allclose(g.spacing, like.spacing, rtol=1e-3):
-        raise DataError(f"{path}: voxel size {g.spacing} mm does not match {other}'s {like.spacing} mm")
-    corners = np.array([[i, j, k, 1.0] for i in (0, g.shape[0] - 1) for j in (0, g.shape[1] - 1)
-                        for k in (0, g.shape[2] - 1)]).T
-    theirs = like.grid_mm
-    moved = (g.grid_mm @ corners - theirs @ corners)[:3]
+    if g.training_shape != like.training_shape:
+        stored = "" if g.shape == g.training_shape and like.shape == like.training_shape else \
+            f" (stored {g.shape} and {like.shape})"
+        raise DataError(f"{path}: shape {g.training_shape} does not match {other}'s {like.training_shape} in the "
+                        f"training orientation{stored}")
+    if not np.allclose(g.training_spacing, like.training_spacing, rtol=1e-3):
+        raise DataError(f"{path}: voxel size {g.training_spacing} mm does not match {other}'s "
+                        f"{like.training_spacing} mm in the training orientation")
+    shape = g.training_shape
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)]).T
+    ours, theirs = _training_grid(g), _training_grid(like)
+    moved = (ours @ corners - theirs @ corners)[:3]
     in_voxels = np.abs(np.linalg.solve(theirs[:3, :3], moved)).max()  # along like's axes, in its voxels
     if in_voxels > GRID_TOLERANCE_VOXELS:
         apart = np.linalg.norm(moved, axis=0).max()
         raise DataError(f"{path}: its affine places the volume up to {apart:.3g} mm ({in_voxels:.2g} voxels) away "
                         f"from {other}'s; the two are not on the same grid")
+
+
+def _training_grid(geometry):
+    """Where the training-oriented array's voxels are, in mm (4, 4): ``grid_mm`` composed with the
+    map from training-oriented indices back to stored ones (nibabel's ``inv_ornt_aff``)."""
+    return geometry.grid_mm @ inv_ornt_aff(geometry.transform, geometry.shape)
 
 
 NIFTI_INTENT_LABEL = 1002

@@ -434,8 +434,9 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
 
     Files are ``.nii`` or ``.nii.gz``, suffix and extension matched in any case. Both files of a
     case are read by ``sdnet_infer.geometry`` and must lie on the same grid: a prediction whose
-    shape, voxel size or affine differs from its reference's, the affines compared in mm
-    (``sdnet_infer.io.check_same_grid``), is refused (the message names both files), as is a case whose files
+    shape, voxel size or affine differs from its reference's, compared in mm in the training
+    orientation (``sdnet_infer.io.check_same_grid``: the same voxels stored flipped or in another
+    axis order are the same grid), is refused (the message names both files), as is a case whose files
     cannot be read or whose reference is missing; refused cases are recorded in the summary's
     ``errors`` and the others are scored, in the training orientation with the voxel size in mm.
 

@@ -373,23 +373,33 @@ def scored_folder(frame, tmp_path):
 
 
 def test_evaluate_refuses_a_prediction_on_another_grid_and_scores_the_others(scored_folder):
+    """b and e hold the reference's voxels stored flipped and slice first, their affines updated
+    to match: the same grid, scored. c has another voxel size, d another shape, f lies half a
+    voxel off: refused, naming both files."""
     refs, preds, labels, (spacing, thickness) = scored_folder
     true = physical_affine(labels.shape, spacing, thickness)
-    # b: the same physical labels, stored flipped with its affine; c: another voxel size; d: another shape
     save(labels[::-1, ::-1], flipped_affine(true, labels.shape), (spacing, spacing, thickness),
          preds / "b_pred.nii.gz", dtype=np.uint8)
     save(labels, ACDC_AFFINE, (spacing * 1.1, spacing * 1.1, thickness), preds / "c_pred.nii.gz", dtype=np.uint8)
     save(labels, ACDC_AFFINE, (spacing, spacing, thickness), refs / "d_gt.nii.gz", dtype=np.uint8)
     save(labels[:-2], ACDC_AFFINE, (spacing, spacing, thickness), preds / "d_pred.nii.gz", dtype=np.uint8)
+    slice_first = true[:, [2, 0, 1, 3]]
+    save(labels.transpose(2, 0, 1), slice_first, (thickness, spacing, spacing), refs / "e_gt.nii.gz", dtype=np.uint8)
+    save(labels, true, (spacing, spacing, thickness), preds / "e_pred.nii.gz", dtype=np.uint8)
+    off = true.copy()
+    off[0, 3] += 0.5 * spacing
+    save(labels, ACDC_AFFINE, (spacing, spacing, thickness), refs / "f_gt.nii.gz", dtype=np.uint8)
+    save(labels, off, (spacing, spacing, thickness), preds / "f_pred.nii.gz", dtype=np.uint8)
     result = CliRunner().invoke(main, ["evaluate", "-p", str(preds), "-r", str(refs), "--quiet"])
     assert result.exit_code == 1, result.output
     summary = json.loads((preds / "summary.json").read_text())
-    assert summary["cases"] == 1 and summary["dice_mean_3d"]["mean"] == 1.0
+    assert summary["cases"] == 3 and summary["dice_mean_3d"]["mean"] == 1.0  # a, b, e
     errors = sorted(summary["errors"])
     assert len(errors) == 3
-    assert "b_pred.nii.gz: its affine places the volume up to" in errors[0] and "b_gt.nii.gz" in errors[0]
-    assert "c_pred.nii.gz: voxel size" in errors[1] and "c_gt.nii.gz" in errors[1]
-    assert "d_pred.nii.gz: shape" in errors[2] and "d_gt.nii.gz" in errors[2]
+    assert "c_pred.nii.gz: voxel size" in errors[0] and "c_gt.nii.gz" in errors[0]
+    assert "d_pred.nii.gz: shape" in errors[1] and "d_gt.nii.gz" in errors[1]
+    assert f"f_pred.nii.gz: its affine places the volume up to {0.5 * spacing:.3g} mm (0.5 voxels)" in errors[2]
+    assert "f_gt.nii.gz" in errors[2]
 
 
 def test_evaluate_label_map_reads_references_in_another_convention(scored_folder):
