@@ -302,3 +302,21 @@ def test_cases_without_any_structure_are_scored_with_an_undefined_dice_not_a_tra
     result = _evaluate("-p", preds, "-r", refs, "-o", tmp_path / "out")
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert "mean 3-D Dice undefined" in result.output
+
+
+def test_a_reference_without_labels_is_scored_with_a_warning_naming_it(tmp_path, caplog):
+    """An all-background ``_gt`` scores Dice 0 for every structure predicted: most likely the wrong
+    file, so it is named on stderr and in the summary, and the case is still scored."""
+    labels = _labels()
+    refs, preds = tmp_path / "refs", tmp_path / "preds"
+    refs.mkdir(), preds.mkdir()
+    for case, reference in (("a", labels), ("empty", np.zeros_like(labels))):
+        save(reference, AFFINE, (SPACING, SPACING, THICKNESS), refs / f"{case}_gt.nii.gz", dtype=np.uint8)
+        save(labels, AFFINE, (SPACING, SPACING, THICKNESS), preds / f"{case}_pred.nii.gz", dtype=np.uint8)
+    summary = evaluate_folder(preds, refs, tmp_path / "out")
+    warning = (f"{refs / 'empty_gt.nii.gz'}: the reference has no labels (every voxel is background); "
+               "empty_pred.nii.gz is scored against it (Dice 0 for any structure it predicts, undefined for the others)")
+    assert summary["cases"] == 2 and summary["errors"] == [] and summary["warnings"] == [warning]
+    assert warning in caplog.text
+    a = evaluate_folder(preds, refs, tmp_path / "out2")  # the warning is the file's, once per run
+    assert a["warnings"] == [warning]

@@ -439,6 +439,8 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     axis order are the same grid), is refused (the message names both files), as is a case whose files
     cannot be read or whose reference is missing; refused cases are recorded in the summary's
     ``errors`` and the others are scored, in the training orientation with the voxel size in mm.
+    A reference without any label is scored with a warning naming it (logged, and kept in the
+    summary's ``warnings``).
 
     Labels are scored in ACDC's values (1 RV, 2 MYO, 3 LV). The predictions' convention is
     ``prediction_labels`` ("acdc" or "mnms") if given, else the one their ``predictions.json``
@@ -483,11 +485,17 @@ def _evaluate_into(predictions, references, out_dir, convention, convention_from
                         "in any case) found")
     pred_map = None if convention == "acdc" else parse_label_map(convention)
     labels = {"predictions": convention, "predictions_from": convention_from, "references": _label_map_name(label_map)}
+    warnings = []
 
     def load(case, pred_path):
         if case not in refs:
             raise DataError(f"{pred_path}: no reference {case}{REF_SUFFIX}.nii.gz under {references}")
         reference = read_labels(refs[case], label_map=label_map)
+        if not reference.data.any():  # scored (Dice 0 or undefined), but most likely the wrong file
+            warnings.append(f"{refs[case]}: the reference has no labels (every voxel is background); "
+                            f"{pred_path.name} is scored against it (Dice 0 for any structure it predicts, "
+                            "undefined for the others)")
+            log.warning(warnings[-1])
         pred = read_labels(pred_path, label_map=pred_map)  # in ACDC's values
         check_same_grid(pred, reference.geometry, pred_path, refs[case])  # the same grid in mm, or refused
         patient, phase = _phase(case, refs[case])
@@ -496,7 +504,7 @@ def _evaluate_into(predictions, references, out_dir, convention, convention_from
 
     cases = [(case, lambda case=case, path=path: load(case, path)) for case, path in sorted(preds.items())]
     return score_cases(cases, out_dir, report=report, structures=structures, source=str(predictions),
-                       extra_summary=lambda rows, slice_rows: {"labels": labels})
+                       extra_summary=lambda rows, slice_rows: {"labels": labels, "warnings": warnings})
 
 
 def lv_volume_record(case, counts, spacing, zooms, reference):
