@@ -20,7 +20,10 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    orientation read from it would be an approximation; a sheared sform beside a qform
    (``qform_code > 0``, perpendicular by construction) gives way to the qform, with a
    warning, as ITK-based readers do. A qform with ``pixdim[0]`` (qfac)
-   other than -1 or 1 is read with qfac 1, as ``nifti1.h`` prescribes.
+   other than -1 or 1 is read with qfac 1, as ``nifti1.h`` prescribes. An sform beside a qform
+   (both codes above 0) that places the image differently (axes more than
+   ``AXES_AGREE_DEGREES`` apart, or origins more than a tenth of a voxel) is used with a warning
+   naming the file: readers that prefer the qform put such an image elsewhere.
    So is a size no MR or CT image has (in-plane outside ``PIXEL_RANGE_MM``, 0.05-20 mm, or
    slices thicker than ``MAX_SLICE_MM``, 100 mm): wrong units, most likely (a header in
    metres with ``xyzt_units`` 0 reads as 0.0016 mm pixels); the message names the header
@@ -107,6 +110,7 @@ MAX_SLICE_MM = 100.0
 # The narrowest in-plane side, in mm, of a slice that can hold a heart's short-axis section (both
 # ventricles of an adult heart span about 80-120 mm); see _check_stack.
 MIN_IN_PLANE_MM = 50.0
+AXES_AGREE_DEGREES = 0.5  # an sform and a qform whose axes differ by more describe two orientations
 PLACEHOLDER_TOLERANCE = 1e-6  # mm: a voxel size this close to 1 x 1 x 1 from pixdim is nibabel's placeholder
 UNIT_NAMES = {0: "0 (unknown, read as mm)", 1: "1 (metre)", 2: "2 (mm)", 3: "3 (micron)"}
 _PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
@@ -253,6 +257,27 @@ def _check_perpendicular(affine, kind, source):
     raise DataError(f"{source}: the {kind} is sheared (axes {i} and {j} are {off:.3g} degrees from perpendicular, "
                     f"more than the {limit:.2g} allowed): its voxels are not boxes, so no voxel size or orientation "
                     "fits them; resample the image onto a perpendicular grid first")
+
+
+def _sform_qform_disagreement(header, sform, spacing):
+    """How a header's qform differs from its sform, in words, or None when they agree: axis
+    directions within ``AXES_AGREE_DEGREES`` and origins within a tenth of the smallest voxel.
+    Only directions and origins are compared (an ACDC-style sform carries no voxel size)."""
+    try:
+        qform, _ = _chosen_affine(_without_sform(header))
+    except Exception:  # a qform nibabel cannot build (e.g. an unnormalised quaternion): not compared
+        return None
+    if not np.all(np.isfinite(qform)):
+        return None
+    units = UNIT_SCALE.get(int(header["xyzt_units"]) & 0x07, 1.0)
+    directions = [m[:3, :3] / np.where(np.linalg.norm(m[:3, :3], axis=0) > 0, np.linalg.norm(m[:3, :3], axis=0), 1)
+                  for m in (sform, qform)]
+    cosines = np.clip(np.sum(directions[0] * directions[1], axis=0), -1.0, 1.0)
+    degrees = float(np.degrees(np.arccos(cosines)).max())
+    apart = float(np.linalg.norm(sform[:3, 3] - qform[:3, 3])) * units
+    if degrees <= AXES_AGREE_DEGREES and apart <= 0.1 * min(spacing):
+        return None
+    return f"axes up to {degrees:.3g} degrees apart, origins {apart:.3g} mm apart"
 
 
 def _without_sform(header):
@@ -424,8 +449,9 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
             that contradicts the sizes.
 
     Warnings (logged, and kept in ``VolumeGeometry.warnings``): a size read from the affine
-    that differs from ``pixdim``, a sheared sform that gives way to the qform, and a voxel
-    size that looks lost (``lost_voxel_size``).
+    that differs from ``pixdim``, a sheared sform that gives way to the qform, an sform and a
+    qform that place the image differently, and a voxel size that looks lost
+    (``lost_voxel_size``).
     """
     source = str(path)
     orientation = check_orientation(orientation, source)
@@ -456,6 +482,12 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     if affine is not None:
         _check_perpendicular(affine, kind, source)
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
+    if kind == "sform" and int(header["qform_code"]) > 0:
+        disagreement = _sform_qform_disagreement(header, affine, spacing)
+        if disagreement:
+            notes.append(f"{source}: the sform and the qform place the image differently ({disagreement}); using "
+                         f"the sform (sform_code {int(header['sform_code'])}), as the NIfTI standard prefers: a "
+                         "reader that takes the qform puts it elsewhere")
     shape = tuple(int(s) for s in header["dim"][1:4])
     slice_axis = _slice_axis(spacing, affine, source, int(axcodes2ornt(orientation)[2, 0]), slicing, shape)
     _check_plausible(spacing, slice_axis, origin, header, source)

@@ -708,3 +708,33 @@ def test_predict_files_says_how_many_inputs_before_the_first_is_read(frame, tmp_
                   started=lambda total: events.append(("started", total)))
     assert events[0] == ("started", 3), events
     assert [e for e in events if e != "segment"][1:] == [("report", i, 3) for i in (1, 2, 3)]
+
+
+def _both_forms(path, sform, qform):
+    img = nib.Nifti1Image(np.zeros((40, 40, 8), np.int16), sform)
+    img.set_qform(qform, code=1)
+    img.set_sform(sform, code=2)
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("change, warned", [("same", None), ("turned", "axes up to 90 degrees apart"),
+                                            ("moved", "origins 5 mm apart"), ("tiny", None)])
+def test_an_sform_and_a_qform_that_disagree_are_named_and_the_sform_is_used(tmp_path, caplog, change, warned):
+    sform = np.diag([-1.5, -1.5, 8.0, 1.0])
+    qform = sform.copy()
+    if change == "turned":  # rows and columns exchanged
+        qform[:3, [0, 1]] = qform[:3, [1, 0]]
+    elif change == "moved":
+        qform[:3, 3] += (3.0, 4.0, 0.0)
+    elif change == "tiny":  # a hundredth of a voxel
+        qform[0, 3] += 0.015
+    with caplog.at_level(logging.WARNING):
+        g = read_geometry(_both_forms(tmp_path / f"{change}.nii.gz", sform, qform))
+    assert np.allclose(g.affine, sform, atol=1e-5)  # the sform, whatever the qform says
+    named = [w for w in g.warnings if "the sform and the qform place the image differently" in w]
+    if warned is None:
+        assert named == []
+    else:
+        assert len(named) == 1 and warned in named[0] and named[0].startswith(f"{tmp_path / change}.nii.gz: ")
+        assert named[0] in caplog.text
