@@ -237,12 +237,19 @@ def plot():
             rows = list(csv.DictReader(open(path)))
             left.plot([int(r["epoch"]) for r in rows], [float(r["val_dice_mean"]) for r in rows], label=name)
     left.set(xlabel="epoch", ylabel="validation reconstruction Dice (per slice)", title="priors")
+    drawn = set()
     for name, (_, _, _, baseline, _) in NETWORKS.items():
-        for label, result in ((name, _load(name)), (baseline, _load(baseline, BASELINES))):
-            if result is not None and result.get("validation"):
-                curve = result["validation"]
-                right.plot([r["epoch"] for r in curve], [r["val_dice"] for r in curve], label=label,
-                           linestyle="-" if label == name else ":")
+        result = _load(name)
+        if result is None or not result.get("validation"):
+            continue  # a baseline is drawn beside its network only
+        colour = f"C{len(drawn) % 10}"
+        for label, run in ((name, result), (baseline, _load(baseline, BASELINES))):
+            if label in drawn or run is None or not run.get("validation"):
+                continue
+            drawn.add(label)
+            curve = run["validation"]
+            right.plot([r["epoch"] for r in curve], [r["val_dice"] for r in curve], label=label, color=colour,
+                       linestyle="-" if label == name else ":")
     right.set(xlabel="epoch", ylabel="validation Dice", title="networks (dotted: without a prior)")
     for axis in (left, right):
         if axis.lines:
