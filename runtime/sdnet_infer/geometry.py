@@ -72,7 +72,8 @@ from dataclasses import dataclass, field
 import nibabel as nib
 import numpy as np
 from nibabel.openers import ImageOpener
-from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.orientations import (aff2axcodes, apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation,
+                                  ornt_transform)
 
 
 class DataError(ValueError):
@@ -173,11 +174,16 @@ class VolumeGeometry:
         diag(-1, -1, 1)) the directions take the ``pixdim`` size, as ITK-based readers place
         such voxels."""
         affine = np.array(self.affine, np.float64)
-        norms = np.linalg.norm(affine[:3, :3], axis=0)
         grid = np.eye(4)
-        grid[:3, :3] = affine[:3, :3] / np.where(norms > 0, norms, 1.0) * np.asarray(self.spacing)
+        grid[:3, :3] = _unit_columns(affine) * np.asarray(self.spacing)
         grid[:3, 3] = affine[:3, 3] * self.units_to_mm
         return grid
+
+    @property
+    def training_grid_mm(self):
+        """``grid_mm`` for the training-oriented array (4, 4): where ``to_training``'s voxels
+        are, in mm (nibabel's ``inv_ornt_aff`` maps their indices back to the stored ones)."""
+        return self.grid_mm @ inv_ornt_aff(self.transform, self.shape)
 
     @property
     def is_identity(self):
@@ -233,12 +239,18 @@ def _chosen_affine(header):
     return None, None
 
 
+def _unit_columns(affine):
+    """The directions of ``affine``'s three axes (3, 3): its columns over their norms (a zero
+    column stays zero)."""
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    return affine[:3, :3] / np.where(norms > 0, norms, 1.0)
+
+
 def _shear(affine):
     """(largest |cosine| between two affine columns, their axes), or None with a zero column."""
-    norms = np.linalg.norm(affine[:3, :3], axis=0)
-    if not np.all(norms > 0):
+    if not np.all(np.linalg.norm(affine[:3, :3], axis=0) > 0):
         return None  # a zero column: _voxel_size names it
-    cosines = affine[:3, :3] / norms
+    cosines = _unit_columns(affine)
     return max((abs(float(cosines[:, i] @ cosines[:, j])), (i, j)) for i, j in ((0, 1), (0, 2), (1, 2)))
 
 
@@ -259,7 +271,7 @@ def _check_perpendicular(affine, kind, source):
                     "fits them; resample the image onto a perpendicular grid first")
 
 
-def _sform_qform_disagreement(header, sform, spacing):
+def _sform_qform_disagreement(header, sform, spacing, units_to_mm):
     """How a header's qform differs from its sform, in words, or None when they agree: axis
     directions within ``AXES_AGREE_DEGREES`` and origins within a tenth of the smallest voxel.
     Only directions and origins are compared (an ACDC-style sform carries no voxel size)."""
@@ -269,12 +281,9 @@ def _sform_qform_disagreement(header, sform, spacing):
         return None
     if not np.all(np.isfinite(qform)):
         return None
-    units = UNIT_SCALE.get(int(header["xyzt_units"]) & 0x07, 1.0)
-    directions = [m[:3, :3] / np.where(np.linalg.norm(m[:3, :3], axis=0) > 0, np.linalg.norm(m[:3, :3], axis=0), 1)
-                  for m in (sform, qform)]
-    cosines = np.clip(np.sum(directions[0] * directions[1], axis=0), -1.0, 1.0)
+    cosines = np.clip(np.sum(_unit_columns(sform) * _unit_columns(qform), axis=0), -1.0, 1.0)
     degrees = float(np.degrees(np.arccos(cosines)).max())
-    apart = float(np.linalg.norm(sform[:3, 3] - qform[:3, 3])) * units
+    apart = float(np.linalg.norm(sform[:3, 3] - qform[:3, 3])) * units_to_mm
     if degrees <= AXES_AGREE_DEGREES and apart <= 0.1 * min(spacing):
         return None
     return f"axes up to {degrees:.3g} degrees apart, origins {apart:.3g} mm apart"
@@ -404,7 +413,7 @@ def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True)
         for position, axis in enumerate(in_plane + [slice_axis]):
             start[axis] = target[position]
         return ornt_transform(start, target)
-    cosines = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    cosines = _unit_columns(affine)
     column = cosines[:, slice_axis]
     nearest = int(np.argmax(np.abs(column)))
     if not affine_has_spacing and nearest != slice_world:
@@ -482,8 +491,9 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     if affine is not None:
         _check_perpendicular(affine, kind, source)
     spacing, origin = _voxel_size(header, affine, kind, source, notes)
+    units_to_mm = UNIT_SCALE[int(header["xyzt_units"]) & 0x07]  # a known code: _voxel_size checked it
     if kind == "sform" and int(header["qform_code"]) > 0:
-        disagreement = _sform_qform_disagreement(header, affine, spacing)
+        disagreement = _sform_qform_disagreement(header, affine, spacing, units_to_mm)
         if disagreement:
             notes.append(f"{source}: the sform and the qform place the image differently ({disagreement}); using "
                          f"the sform (sform_code {int(header['sform_code'])}), as the NIfTI standard prefers: a "
@@ -498,7 +508,6 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     for note in notes:
         log.warning(note)
     axcodes = tuple(aff2axcodes(affine)) if affine is not None else None
-    units_to_mm = UNIT_SCALE[int(header["xyzt_units"]) & 0x07]
     if affine is not None:
         stored = affine  # the one used: the sform, or the qform (a sheared sform's too)
     elif image is not None:

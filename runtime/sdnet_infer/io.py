@@ -23,7 +23,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel import imageglobals
-from nibabel.orientations import inv_ornt_aff
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry, raw_header, read_geometry
 from sdnet_infer.labels import LABEL_CONVENTIONS, LABELS  # background, RV, MYO, LV
@@ -379,7 +378,7 @@ def check_same_grid(volume, like, path, other=None):
     size and position in space once both are in the training orientation, which is how they are
     compared. So a copy of ``like``'s grid stored in another axis order or direction, its affine
     updated to match (as SimpleITK-based tools write a volume), is the same grid. Positions are
-    compared in mm as the geometry reader places the voxels (``VolumeGeometry.grid_mm``: the axis
+    compared in mm as the geometry reader places the voxels (``VolumeGeometry.training_grid_mm``: the axis
     directions of the affine, the voxel size it decided, so a placeholder affine such as ACDC's
     diag(-1, -1, 1) with the size in ``pixdim`` and the same grid written by ITK-based tools
     with the size in the affine agree), whatever units each header uses: the corners of the
@@ -406,19 +405,13 @@ def check_same_grid(volume, like, path, other=None):
     shape = g.training_shape
     corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
                         for k in (0, shape[2] - 1)]).T
-    ours, theirs = _training_grid(g), _training_grid(like)
+    ours, theirs = g.training_grid_mm, like.training_grid_mm
     moved = (ours @ corners - theirs @ corners)[:3]
     in_voxels = np.abs(np.linalg.solve(theirs[:3, :3], moved)).max()  # along like's axes, in its voxels
     if in_voxels > GRID_TOLERANCE_VOXELS:
         apart = np.linalg.norm(moved, axis=0).max()
         raise DataError(f"{path}: its affine places the volume up to {apart:.3g} mm ({in_voxels:.2g} voxels) away "
                         f"from {other}'s; the two are not on the same grid")
-
-
-def _training_grid(geometry):
-    """Where the training-oriented array's voxels are, in mm (4, 4): ``grid_mm`` composed with the
-    map from training-oriented indices back to stored ones (nibabel's ``inv_ornt_aff``)."""
-    return geometry.grid_mm @ inv_ornt_aff(geometry.transform, geometry.shape)
 
 
 NIFTI_INTENT_LABEL = 1002
