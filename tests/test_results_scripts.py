@@ -42,3 +42,19 @@ def test_a_finished_acdc_ablation_is_skipped_not_scored_again(tmp_path, monkeypa
     assert called == []
     assert finished.read_text() == '{"train_seconds_this_invocation": 4019.6}'
     assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,phrase", [
+    (["--partial", "--only", "sdnet-split0-100pct", "DATA"], "the ACDC training folder is required, before --only"),
+    (["DATA", "--partial"], "--partial scores one run: name it with --only NAME, or give --ablation"),
+    (["DATA", "--partial", "--only", "sdnet-split0-100pct", "--ablation", "bfloat16"], "--partial scores one run"),
+    (["DATA", "--partial", "--only", "sdnet-split9-100pct"], "--only sdnet-split9-100pct: not a planned run"),
+    (["DATA", "--partial", "--only", "sdnet-split0-100pct"], "has no validated epoch yet (best.json)"),
+])
+def test_acdc_partial_scoring_names_what_is_missing(tmp_path, monkeypatch, capsys, argv, phrase):
+    run = load(ROOT / "results" / "acdc" / "run.py")
+    monkeypatch.setattr("sys.argv", ["run.py", *argv, "--runs", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        run.main()
+    assert stop.value.code == 2
+    assert phrase in capsys.readouterr().err

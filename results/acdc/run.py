@@ -4,6 +4,7 @@
     python results/acdc/run.py /path/to/ACDC/training [--runs runs/acdc-cpu] [--only NAME ...]
     python results/acdc/run.py /path/to/ACDC/training --ablation batch-dice [--fraction 0.015]
     python results/acdc/run.py /path/to/ACDC/training --partial --ablation bfloat16   # its best epoch so far
+    python results/acdc/run.py /path/to/ACDC/training --partial --only sdnet-split0-100pct   # likewise
     python results/acdc/run.py /path/to/ACDC/training --backend jax --parallel 4   # e.g. a GPU machine without TensorFlow
     python results/acdc/run.py /path/to/ACDC/training --replicate sdnet-split2-1.5pct --backend jax   # again, elsewhere
 
@@ -240,14 +241,13 @@ def positive(text):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="the ACDC training folder")
+    parser.add_argument("data", type=Path, nargs="?", help="the ACDC training folder (before --only's names)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "acdc-cpu", help="where run directories go")
     parser.add_argument("--only", nargs="*", default=None, help="run only these names (e.g. sdnet-split0-100pct)")
-    parser.add_argument("--partial", metavar="NAME", nargs="?", const="", default=None,
-                        help="score the best epoch so far of run NAME, still training or stopped, into "
-                             "results/acdc/partial/NAME-epochE.json (not the table); with --ablation and "
-                             "no NAME, that ablation's run, into results/acdc/ablations/partial/ (give "
-                             "--partial after the data folder)")
+    parser.add_argument("--partial", action="store_true",
+                        help="score the best epoch so far of the run named by --only NAME, still training or "
+                             "stopped, into results/acdc/partial/NAME-epochE.json (not the table); with "
+                             "--ablation, that ablation's run, into results/acdc/ablations/partial/")
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
                         help="train and score one ablation of SDNet at split 0, 100%% labels, into "
                              "results/acdc/ablations/ (not the table)")
@@ -263,14 +263,14 @@ def main():
     parser.add_argument("--parallel", type=positive, default=1, metavar="N",
                         help="train N planned runs at once (one device shared; default 1)")
     args = parser.parse_args()
-    if args.partial is not None and (bool(args.partial) == bool(args.ablation)):
-        parser.error("--partial takes a run NAME, or no NAME with --ablation")
-    if args.partial == "":
+    if args.data is None:
+        parser.error("the ACDC training folder is required, before --only (whose names take every word after it)")
+    if args.partial and (len(args.only or ()) == 1) == bool(args.ablation):
+        parser.error("--partial scores one run: name it with --only NAME, or give --ablation")
+    if args.partial and args.ablation:
         return score_partial(f"{run_name('sdnet', 0, args.fraction)}-{args.ablation}", args.runs / "ablations",
                              HERE / "ablations" / "partial", table=False, ablation=args.ablation,
                              backend=args.backend)
-    if args.partial:
-        return score_partial(args.partial, args.runs)
     if args.ablation:
         return ablation(args.ablation, args.data, args.runs, args.backend, args.fraction)
     asked = set(args.only or ()) | ({args.replicate} if args.replicate else set())
@@ -278,6 +278,10 @@ def main():
     if unknown:
         parser.error(f"{'--replicate' if args.replicate else '--only'} {' '.join(unknown)}: not a planned run; "
                      "planned: " + ", ".join(run_name(*job) for job in JOBS))
+    if args.partial:
+        if not (args.runs / args.only[0] / "best.json").is_file():
+            parser.error(f"--partial: {args.runs / args.only[0]} has no validated epoch yet (best.json)")
+        return score_partial(args.only[0], args.runs)
     if args.replicate:
         return replicate(next(job for job in JOBS if run_name(*job) == args.replicate), args.data, args.runs,
                          args.backend)

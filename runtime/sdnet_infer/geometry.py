@@ -5,7 +5,8 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
 1. **Voxel size.** The header is read twice: by nibabel, and raw from the file's bytes,
    because nibabel replaces a zero ``pixdim`` by 1 (with a warning that names no file).
    The affine is the sform when ``sform_code > 0``, else the qform when ``qform_code > 0``,
-   else there is none. If there is none, or its three column norms are all 1 (within 1e-3),
+   else there is none; a code outside the standard's 0-5 is a ``DataError`` naming the file
+   (nibabel ignores such a transform, ITK uses it). If there is none, or its three column norms are all 1 (within 1e-3),
    it carries no voxel size (ACDC's sform is diag(-1, -1, 1)) and the raw ``pixdim`` gives it;
    otherwise the affine gives it: when its column norms agree with ``pixdim`` within
    ``SPACING_RTOL`` (1e-3, relative), the value stored in ``pixdim`` (so the float32 noise of a
@@ -239,6 +240,21 @@ def _chosen_affine(header):
     return None, None
 
 
+XFORM_CODES = range(6)  # NIfTI: 0 unknown, 1 scanner, 2 aligned, 3 Talairach, 4 MNI 152, 5 other template
+
+
+def _check_xform_codes(header, source):
+    """Refuse an ``sform_code`` or ``qform_code`` outside the NIfTI codes (0-5): readers differ
+    on such a header (nibabel resets the code to 0 and ignores the transform, niftilib and ITK
+    use a positive one), so its orientation cannot be told."""
+    for name in ("sform_code", "qform_code"):
+        code = int(header[name])
+        if code not in XFORM_CODES:
+            raise DataError(f"{source}: {name} {code} is not a NIfTI transform code (0-5); readers disagree on "
+                            f"whether the {name[0]}form orients the image (nibabel ignores it, ITK uses it), so its "
+                            f"orientation cannot be told: rewrite the header with {name} 1 (scanner) or 0 (none)")
+
+
 def _unit_columns(affine):
     """The directions of ``affine``'s three axes (3, 3): its columns over their norms (a zero
     column stays zero)."""
@@ -453,8 +469,8 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
             (the axis nearest head-foot, always).
 
     Raises:
-        DataError: naming the file, for a zero, negative, non-finite or implausible voxel
-            size, unknown units, a sheared affine, a slice axis that cannot be told, or an affine
+        DataError: naming the file, for an sform or qform code outside 0-5, a zero, negative,
+            non-finite or implausible voxel size, unknown units, a sheared affine, a slice axis that cannot be told, or an affine
             that contradicts the sizes.
 
     Warnings (logged, and kept in ``VolumeGeometry.warnings``): a size read from the affine
@@ -474,6 +490,7 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     dims = int(header["dim"][0])
     if dims < 3:
         raise DataError(f"{source}: {dims}-D image; expected a 3-D frame or a 4-D cine")
+    _check_xform_codes(header, source)
     notes = []
     affine, kind = _chosen_affine(header)
     if affine is not None and not np.all(np.isfinite(affine)):

@@ -71,6 +71,31 @@ def test_a_qform_with_qfac_0_is_read_as_qfac_1(tmp_path):
     assert np.array_equal(a.transform, b.transform)
 
 
+def _patch_int16(path, offset, value):
+    raw = bytearray(gzip.open(path).read())
+    raw[offset:offset + 2] = np.int16(value).tobytes()
+    with gzip.open(path, "wb") as handle:
+        handle.write(bytes(raw))
+
+
+@pytest.mark.parametrize("name,offset", [("qform_code", 252), ("sform_code", 254)])
+@pytest.mark.parametrize("code", [99, 6, -1])
+def test_a_transform_code_outside_the_standard_is_refused_naming_the_file(tmp_path, name, offset, code):
+    # nibabel resets such a code to 0 on load and ignores the transform, niftilib uses a positive
+    # one: a reader that picked either would orient the image by a guess
+    path = _image(tmp_path / "code.nii.gz", qform=1)
+    _patch_int16(path, offset, code)
+    assert int(_stored(path)[name]) == code
+    with pytest.raises(DataError, match=rf"code\.nii\.gz: {name} {code} is not a NIfTI transform code \(0-5\)"):
+        read_geometry(path)
+
+
+@pytest.mark.parametrize("code", [3, 4, 5])
+def test_the_template_transform_codes_are_read(tmp_path, code):
+    path = _image(tmp_path / "template.nii.gz", sform=code)
+    assert read_geometry(path).axcodes == ("L", "P", "S")
+
+
 @pytest.mark.parametrize("dtype,words", [(np.complex64, "complex values (complex64); give the magnitude image"),
                                          ("rgb", "RGB colour or vector data")])
 def test_complex_and_rgb_images_are_one_line_errors(tmp_path, dtype, words):
