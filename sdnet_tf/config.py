@@ -76,6 +76,10 @@ class LossConfig:
     shape_prior: str = ""
     # 0: estimated from data (ratio of the typical loss sizes)
     shape_omega: float = field(default=0.0, metadata=NON_NEGATIVE)
+    # weight of the label-free shape term on the unlabelled step (objectives.shape_projection:
+    # Dice loss of the segmentor's masks against the prior's reconstruction of them); needs
+    # shape_prior; 0: none (the original)
+    shape_projection: float = field(default=0.0, metadata=NON_NEGATIVE)
     # weight of the focal loss on labelled images (M&Ms 2020: 1); 0: none
     focal: float = field(default=0.0, metadata=NON_NEGATIVE)
     focal_gamma: float = field(default=2.0, metadata=NON_NEGATIVE)  # its focusing exponent (0: pixel cross-entropy)

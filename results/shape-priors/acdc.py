@@ -14,6 +14,9 @@ holds checkpoints; a run whose JSON is in results/shape-priors/acdc/ is skipped)
   per pixel, same seed and subjects) with the NVAE's shape loss: the thesis' ACU-Net.
 - ``sdnet-shape-split0-1.5pct`` and ``sdnet-shape-split0-100pct``: SDNet at the CPU protocol
   (configs/sdnet-acdc-cpu.yaml) with the NVAE's shape loss on its segmentor.
+- ``sdnet-shape-projection-split0-1.5pct``: the same at 1.5% with the NVAE's label-free shape
+  term on the unlabelled images too (``loss.shape_projection`` 1.0): the shape loss above
+  sees only the 20 labelled images.
 - ``acnn-acdc-cpu``: the ACNN shape autoencoder (configs/acnn-acdc.yaml) at the CPU protocol's
   2.0 mm per pixel, 30 epochs, and ``tl-split0-100pct``: ACNN's T-L network on it
   (configs/tl-acdc.yaml at 2.0 mm), segmenting through the autoencoder's decoder.
@@ -72,13 +75,19 @@ NETWORKS = {
     "sdnet-shape-split0-1.5pct": ("sdnet", 0.015, NVAE, "sdnet-split0-1.5pct",
                                   ["train", "acdc", "-c", "sdnet-acdc-cpu", "--split", "0",
                                    "--labelled-fraction", "0.015"]),
+    # the label-free shape term on the unlabelled images too (loss.shape_projection, weight 1: a
+    # tenth of the labelled Dice term's; a first setting, not tuned)
+    "sdnet-shape-projection-split0-1.5pct": ("sdnet", 0.015, NVAE, "sdnet-split0-1.5pct",
+                                             ["train", "acdc", "-c", "sdnet-acdc-cpu", "--split", "0",
+                                              "--labelled-fraction", "0.015", "--set", "loss.shape_projection=1.0"]),
     "sdnet-shape-split0-100pct": ("sdnet", 1.0, NVAE, "sdnet-split0-100pct",
                                   ["train", "acdc", "-c", "sdnet-acdc-cpu", "--split", "0",
                                    "--labelled-fraction", "1.0"]),
     "tl-split0-100pct": ("tl", 1.0, ACNN, "unet-split0-100pct",
                          ["baseline", "train", "tl", "-c", "tl-acdc", "--split", "0", "--set", "data.spacing=2.0"]),
 }
-ORDER = [NVAE, "unet-shape-split0-100pct", "sdnet-shape-split0-1.5pct", "sdnet-shape-split0-100pct", ACNN,
+ORDER = [NVAE, "unet-shape-split0-100pct", "sdnet-shape-split0-1.5pct", "sdnet-shape-projection-split0-1.5pct",
+         "sdnet-shape-split0-100pct", ACNN,
          "tl-split0-100pct", "nvae-acdc-heart", "nvae-acdc-kl10"]
 # the thesis' Default-N (3-D Dice per frame on the 50 ACDC test patients; valid samples at T = 1)
 THESIS = {"dice_frames": {"RV": 0.976, "MYO": 0.953, "LV": 0.978, "mean": 0.969}, "valid_samples_t1": 0.965}

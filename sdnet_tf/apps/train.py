@@ -60,6 +60,9 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
         raise FileExistsError(f"{run_dir} already holds checkpoints; use --resume or another --run-dir")
     check_output_location(run_dir)  # a run directory that cannot be made fails before any work
     build_sdnet(config)  # sizes the networks cannot take fail before the data are read (no weights made)
+    if config.loss.shape_projection and not config.loss.shape_prior:
+        raise ConfigError("loss.shape_projection needs loss.shape_prior (--shape-prior): the frozen prior "
+                          "reconstructs the masks it compares them with")
     if config.loss.shape_prior:  # a missing or unfitting prior fails before anything is read or written
         from sdnet_tf.inference import read_prior_config
         from sdnet_tf.training.prior_trainer import check_prior_fits
@@ -173,13 +176,15 @@ def _use_shape_prior(engine, config, arrays, out_dir, batches=20):
     except ValueError as error:
         raise ConfigError(str(error)) from error
     engine.use_shape_prior(prior, omega)
-    log.info("shape loss of %s, omega = %.6g%s", config.loss.shape_prior, omega,
-             frame_note(config, prior_config, prior.frame_scale))
+    log.info("shape loss of %s, omega = %.6g%s%s", config.loss.shape_prior, omega,
+             frame_note(config, prior_config, prior.frame_scale),
+             f"; label-free shape term on unlabelled images, weight {config.loss.shape_projection:g}"
+             if config.loss.shape_projection else "")
 
 
 # what the MICCAI 2018 precursor does not read: SDNet's other networks and options, and the
 # losses of its modality encoder, segmentor and shape prior
-SDNET_ONLY_LOSSES = ("kl", "z_reconstruction", "focal", "shape_prior", "shape_omega")
+SDNET_ONLY_LOSSES = ("kl", "z_reconstruction", "focal", "shape_prior", "shape_omega", "shape_projection")
 # the only losses the U-Net baselines read
 UNET_GAN_LOSSES = ("dice", "dice_mode", "adversarial", "focal", "focal_gamma")
 

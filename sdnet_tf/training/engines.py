@@ -21,7 +21,8 @@ def loss_weights(config):
             "reconstruction": loss.reconstruction, "z_reconstruction": loss.z_reconstruction,
             "focal": loss.focal, "focal_gamma": loss.focal_gamma, "lv_volume": loss.lv_volume,
             "mask_reconstruction": loss.mask_reconstruction, "mask_image_adversarial": loss.mask_image_adversarial,
-            "unlabelled_reconstruction": loss.unlabelled_reconstruction, "image_adversarial": loss.image_adversarial}
+            "unlabelled_reconstruction": loss.unlabelled_reconstruction, "image_adversarial": loss.image_adversarial,
+            "shape_projection": loss.shape_projection}
 
 
 def schedule(config):
@@ -31,7 +32,8 @@ def schedule(config):
         return SDNET2018_SCHEDULE
     if config.model.kind == "unet_gan":
         return unet_gan_schedule(config.loss.adversarial)
-    return sdnet_schedule(config.loss.adversarial, config.model.lv_volume_head)
+    return sdnet_schedule(config.loss.adversarial, config.model.lv_volume_head,
+                          config.loss.shape_projection if config.loss.shape_prior else 0.0)
 
 
 def sdnet_engine(model, config, run_dir=None, strategy=None):

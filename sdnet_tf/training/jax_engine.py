@@ -169,13 +169,15 @@ class JAXEngine:
         trained = self.step_variables[step.name]
         trained_ids = {id(v) for v in trained}
         frozen = [v for v in self._trainable if id(v) not in trained_ids]  # the other networks' weights
-        prior = self.shape_prior if step.objective == "supervised" else None
+        prior = self.shape_prior if (step.objective == "supervised" or (
+            step.objective == "unsupervised" and self.loss_weights.get("shape_projection"))) else None
         if prior is not None:
             frozen += list(prior.variables)  # passed in as values, never captured as constants
         non_trainable = self._non_trainable
         optimizer = self.optimizers[step.optimizer]
         model, weights, dice_mode = self.model, self.loss_weights, self.dice_mode
-        shape = {"prior": prior, "omega": self.shape_omega} if prior is not None else {}
+        shape = {} if prior is None else {"prior": prior, **({"omega": self.shape_omega}
+                                                             if step.objective == "supervised" else {})}
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def loss(trained_values, frozen_values, state_values, optimizer_values, inputs):
@@ -187,7 +189,7 @@ class JAXEngine:
                 elif step.objective == "discriminator":
                     total, terms = objective(model, *inputs)
                 else:
-                    total, terms = objective(model, *inputs, weights)
+                    total, terms = objective(model, *inputs, weights, **shape)
             # BatchNorm statistics and the seed-generator state after the forward pass
             new_state = [scope.get_current_value(v) for v in non_trainable]
             differentiated = total
@@ -208,8 +210,9 @@ class JAXEngine:
         return jax.jit(update), trained, frozen, optimizer
 
     def use_shape_prior(self, prior, omega):
-        """Add ``omega`` times a frozen prior's shape loss to the supervised step; the steps
-        are compiled again with the prior's weights as inputs."""
+        """Add ``omega`` times a frozen prior's shape loss to the supervised step, and
+        ``loss_weights["shape_projection"]`` times its label-free term to the unlabelled one; the
+        steps are compiled again with the prior's weights as inputs."""
         self.shape_prior, self.shape_omega = prior, float(omega)
         self._updates = shared_updates(self.schedule, self._compile_update)
         self._shape_sizes = None

@@ -72,6 +72,29 @@ def shape(prior, masks, predicted):
                                   losses.to_prior_masks(predicted, size, scale))
 
 
+def shape_projection(prior, predicted):
+    """The label-free shape term of unlabelled images: how far the segmentor's masks are from
+    the frozen prior's reconstruction of them.
+
+    The predicted masks (B, H, W, 3) [MYO, LV, RV] go to the prior's frame as in ``shape``;
+    the prior reconstructs them (posterior means, inference mode) and the most likely label of
+    each pixel, one-hot and without gradient, is the target of a pooled soft Dice loss over the
+    three foreground channels. A mask the prior reproduces (a plausible shape) costs nothing; a
+    hole, a broken ring or a stray island that the prior's reconstruction removes is pulled
+    towards it. An addition of this project (``loss.shape_projection``), after denoising
+    autoencoders used as anatomical post-processing (Larrazabal et al., IEEE TMI 2020); the
+    original SDNet has no such term.
+
+    Returns:
+        A scalar in [0, 1].
+    """
+    size, scale = prior.input_size, getattr(prior, "frame_scale", 1.0)
+    masks = losses.to_prior_masks(predicted, size, scale)
+    reconstruction = prior.reconstruct(masks, training=False)
+    target = ops.stop_gradient(ops.one_hot(ops.argmax(reconstruction, axis=-1), masks.shape[-1], dtype="float32"))
+    return losses.dice_loss(masks[..., 1:], target[..., 1:], mode="pooled")
+
+
 def shape_sizes(model, images, masks, dice_weight, dice_mode, prior):
     """The two terms whose typical sizes set omega: the weighted Dice loss and the shape loss
     of the network in inference mode."""
@@ -80,9 +103,11 @@ def shape_sizes(model, images, masks, dice_weight, dice_mode, prior):
             "shape": shape(prior, masks, predicted)}
 
 
-def unsupervised(model, images, weights, noise=None):
-    """Unlabelled step: ``adversarial * LSGAN_G + reconstruction * L1 + kl * KL``; with
-    ``adversarial`` 0 (M&Ms 2020) the segmentor and the discriminator are not run."""
+def unsupervised(model, images, weights, noise=None, prior=None):
+    """Unlabelled step: ``adversarial * LSGAN_G + reconstruction * L1 + kl * KL``, plus
+    ``shape_projection * shape_projection(prior, masks)`` when a frozen shape ``prior`` is given
+    and ``weights["shape_projection"]`` is set; with ``adversarial`` 0 (M&Ms 2020) and no
+    projection term the segmentor and the discriminator are not run."""
     anatomy, z, mean, logvar = model.decompose(images, training=True, noise=noise)
     reconstruction = model.reconstruct(anatomy, z)
     terms = {
@@ -90,10 +115,15 @@ def unsupervised(model, images, weights, noise=None):
         "kl": losses.gaussian_kl(mean, logvar),
     }
     total = weights["reconstruction"] * terms["reconstruction"] + weights["kl"] * terms["kl"]
-    if weights["adversarial"]:
+    projection = weights.get("shape_projection", 0.0) if prior is not None else 0.0
+    if weights["adversarial"] or projection:
         predicted = model.segmentor(anatomy, training=True)
+    if weights["adversarial"]:
         terms["adversarial"] = losses.lsgan_generator_loss(model.discriminator(predicted))
         total = total + weights["adversarial"] * terms["adversarial"]
+    if projection:
+        terms["shape_projection"] = shape_projection(prior, predicted)
+        total = total + projection * terms["shape_projection"]
     return total, terms
 
 

@@ -72,14 +72,16 @@ def unet_gan_schedule(adversarial=10.0):
     return UNET_GAN_SCHEDULE if adversarial else UNET_GAN_SCHEDULE[:1]
 
 
-def sdnet_schedule(adversarial=10.0, lv_volume_head=False):
+def sdnet_schedule(adversarial=10.0, lv_volume_head=False, shape_projection=0.0):
     """``SDNET_SCHEDULE``, without the discriminator step when the adversarial weight is 0
     (no loss would read the discriminator, as in the AdaIN + focal variant of M&Ms 2020; the
-    unlabelled step then trains no segmentor either, which only the adversarial term reached),
-    and with the LV-volume head trained by the supervised step when there is one."""
+    unlabelled step then trains no segmentor either, unless the label-free shape term
+    ``shape_projection`` reaches it), and with the LV-volume head trained by the supervised
+    step when there is one."""
     steps = list(SDNET_SCHEDULE)
     if not adversarial:  # nothing reads the discriminator, and the unlabelled step not the segmentor
-        steps = [dataclasses.replace(step, trains=tuple(n for n in step.trains if n != "segmentor"))
+        steps = [dataclasses.replace(step, trains=tuple(n for n in step.trains
+                                                        if n != "segmentor" or shape_projection))
                  if step.objective == "unsupervised" else step
                  for step in steps if step.objective != "discriminator"]
     if lv_volume_head:

@@ -124,6 +124,8 @@ class TFEngine:
             kwargs = {"dice_mode": dice_mode} if step.objective in objectives.TAKES_DICE_MODE else {}
             if step.objective == "supervised" and self.shape_prior is not None:
                 kwargs.update(prior=self.shape_prior, omega=self.shape_omega)
+            if step.objective == "unsupervised" and self.shape_prior is not None and weights.get("shape_projection"):
+                kwargs.update(prior=self.shape_prior)  # read with weights["shape_projection"]
             if distributed and step.objective in objectives.SAMPLES_Z:
                 # every replica draws the same eps for the global batch and takes its own
                 # rows: each image gets the eps it would get on one device (where the
@@ -162,7 +164,8 @@ class TFEngine:
         return tf.function(distributed_update, reduce_retracing=True, autograph=False)
 
     def use_shape_prior(self, prior, omega):
-        """Add ``omega`` times a frozen prior's shape loss to the supervised step (one device).
+        """Add ``omega`` times a frozen prior's shape loss to the supervised step (one device),
+        and ``loss_weights["shape_projection"]`` times its label-free term to the unlabelled one.
 
         Call before the first update: the compiled steps read the prior when first traced.
         """

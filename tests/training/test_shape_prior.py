@@ -290,6 +290,99 @@ def test_sdnet_supervised_step_with_the_shape_loss_leaves_the_prior_unchanged():
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+class _ReconstructsAs:
+    """A stand-in prior whose reconstruction of any mask is a fixed label map (as logits)."""
+
+    def __init__(self, labels):
+        self.input_size = labels.shape[1]
+        self.frame_scale = 1.0
+        self.logits = keras.ops.convert_to_tensor(10.0 * prior_one_hot(labels))
+
+    def reconstruct(self, masks, training=False):
+        return self.logits
+
+
+def _sdnet_masks(labels):
+    return np.stack([labels == 2, labels == 3, labels == 1], -1).astype("float32")  # [MYO, LV, RV]
+
+
+def test_shape_projection_is_the_dice_loss_against_the_prior_reconstruction_without_its_gradient():
+    import tensorflow as tf
+
+    from sdnet_tf.training import objectives
+
+    clean = np.stack([heart(), heart(shift=1)])
+    prior = _ReconstructsAs(clean)
+    assert float(objectives.shape_projection(prior, _sdnet_masks(clean))) == pytest.approx(0.0, abs=1e-6)
+    holed = clean.copy()
+    holed[:, 14:18, 14:18] = 0  # a hole in the LV blood pool: the reconstruction has none
+    predicted = 0.9 * _sdnet_masks(holed) + 0.1 / 4
+    # golden value: pooled soft Dice over the foreground channels, per image, averaged
+    target = prior_one_hot(clean)[..., 1:]
+    ours = keras.ops.convert_to_numpy(losses.to_prior_masks(predicted))[..., 1:]
+    expected = 1.0 - np.mean([losses.dice_coefficient(ours[i:i + 1], target[i:i + 1], mode="pooled")
+                              for i in range(2)])
+    value = float(objectives.shape_projection(prior, predicted))
+    assert value == pytest.approx(float(expected), rel=1e-5) and value > 0.05
+    variable = tf.Variable(predicted.astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = objectives.shape_projection(prior, variable)
+    gradient = tape.gradient(loss, variable).numpy()
+    lv = 1  # filling the hole lowers the loss: the LV channel's gradient there is negative
+    assert gradient[:, 15, 15, lv].max() < 0
+
+
+def test_the_label_free_shape_term_trains_the_segmentor_on_unlabelled_images_and_leaves_the_prior():
+    from support.helpers import small_config
+    from sdnet_tf.models import SDNet
+    from sdnet_tf.training.engines import sdnet_engine
+
+    config = small_config()
+    config.loss.shape_prior, config.loss.shape_projection = "prior-run", 2.0
+    model = SDNet(**{k: getattr(config.model, k) for k in ("input_size", "unet_filters", "unet_depth",
+                                                            "segmentor_filters", "discriminator_filters")},
+                  seed=1)
+    model.build()
+    engine = sdnet_engine(model, config)
+    prior = NVAE(**TINY_NVAE, seed=1).build_default()
+    prior.trainable = False
+    engine.use_shape_prior(prior, 3.0)
+    before, segmentor = variable_values(prior), variable_values(model.segmentor)
+    images = np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype("float32")
+    step = next(s for s in engine.schedule if s.objective == "unsupervised")
+    terms = engine.run_step(step, images)
+    assert 0 < terms["shape_projection"] <= 1
+    assert terms["total"] == pytest.approx(terms["reconstruction"] + 0.01 * terms["kl"] + 10 * terms["adversarial"]
+                                           + 2.0 * terms["shape_projection"], rel=1e-4)
+    after = variable_values(prior)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    moved = variable_values(model.segmentor)
+    assert any(not np.array_equal(segmentor[k], moved[k]) for k in segmentor)
+
+
+def test_without_the_adversarial_term_the_label_free_shape_term_still_trains_the_segmentor():
+    from sdnet_tf.training.schedule import sdnet_schedule
+
+    def unlabelled_trains(**kwargs):
+        return next(s for s in sdnet_schedule(**kwargs) if s.objective == "unsupervised").trains
+
+    assert "segmentor" not in unlabelled_trains(adversarial=0.0)
+    assert "segmentor" in unlabelled_trains(adversarial=0.0, shape_projection=1.0)
+    assert unlabelled_trains(adversarial=10.0, shape_projection=1.0) == unlabelled_trains(adversarial=10.0)
+
+
+def test_the_label_free_shape_term_without_a_prior_is_a_config_error(tmp_path):
+    from support.helpers import small_config
+    from sdnet_tf.apps.train import train_run
+    from sdnet_tf.config import ConfigError
+
+    config = small_config()
+    config.loss.shape_projection = 1.0
+    with pytest.raises(ConfigError, match="loss.shape_projection needs loss.shape_prior"):
+        train_run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_prior_table_has_as_many_cells_as_columns_with_or_without_nvae_samples():
     # an ACNN alone has no sampling temperatures: its table had a nameless empty column
     from sdnet_tf.apps.shape_eval import table
@@ -595,7 +688,8 @@ from sdnet_tf.training.engines import sdnet_engine
 from sdnet_tf.training.run_files import network_variables
 from sdnet_tf.training.schedule import SDNET_SCHEDULE
 
-config = small_config(backend="jax")
+config = small_config(backend="jax", learning_rate=0.0)  # no update: every step sees the same weights
+config.loss.shape_prior, config.loss.shape_projection = "prior", 2.0
 model = SDNet(**{{k: getattr(config.model, k) for k in ("input_size", "unet_filters", "unet_depth",
                                                        "segmentor_filters", "discriminator_filters")}}, seed=1)
 model.build()
@@ -610,22 +704,25 @@ engine = sdnet_engine(model, config)
 engine.use_shape_prior(prior, 3.0)
 sizes = engine.shape_sizes(images, masks)
 terms = engine.run_step(next(s for s in SDNET_SCHEDULE if s.objective == "supervised"), images, masks)
-json.dump({{"sizes": sizes, "terms": terms}}, open({out!r}, "w"))
+unlabelled = engine.run_step(next(s for s in SDNET_SCHEDULE if s.objective == "unsupervised"), images)
+json.dump({{"sizes": sizes, "terms": terms, "unlabelled": unlabelled}}, open({out!r}, "w"))
 """
 
 
 # slow: a JAX subprocess compiling SDNet's supervised step with the prior (about a minute)
 @pytest.mark.slow
 def test_sdnet_shape_loss_on_jax_matches_tensorflow(tmp_path):
-    """The JAX engine's shape loss (omega's measurement and the supervised step) equals the
-    TensorFlow engine's from the same SDNet and prior weights."""
+    """The JAX engine's shape loss (omega's measurement and the supervised step) and its
+    label-free term (the unlabelled step) equal the TensorFlow engine's from the same SDNet and
+    prior weights."""
     from support.helpers import TESTS, run_jax, small_config
     from sdnet_tf.models import SDNet
     from sdnet_tf.training.engines import sdnet_engine
     from sdnet_tf.training.run_files import network_variables
     from sdnet_tf.training.schedule import SDNET_SCHEDULE
 
-    config = small_config()
+    config = small_config(learning_rate=0.0)  # no update: every step sees the same weights
+    config.loss.shape_prior, config.loss.shape_projection = "prior", 2.0
     model = SDNet(**{k: getattr(config.model, k) for k in ("input_size", "unet_filters", "unet_depth",
                                                             "segmentor_filters", "discriminator_filters")},
                   seed=1)
@@ -645,6 +742,7 @@ def test_sdnet_shape_loss_on_jax_matches_tensorflow(tmp_path):
     engine.use_shape_prior(prior, 3.0)
     sizes = engine.shape_sizes(images, masks)
     terms = engine.run_step(next(s for s in SDNET_SCHEDULE if s.objective == "supervised"), images, masks)
+    unlabelled = engine.run_step(next(s for s in SDNET_SCHEDULE if s.objective == "unsupervised"), images)
     script = SHAPE_LOSS_ON_JAX.format(tests=str(TESTS), weights=str(tmp_path / "weights.npz"),
                                       out=str(tmp_path / "jax.json"))
     run_jax(tmp_path, ["-c", script])
@@ -655,3 +753,6 @@ def test_sdnet_shape_loss_on_jax_matches_tensorflow(tmp_path):
     # the terms that do not depend on z's noise, which each backend draws from its own generator
     for key in ("dice", "shape", "kl"):
         assert jax_side["terms"][key] == pytest.approx(terms[key], rel=1e-4, abs=1e-6), key
+    assert unlabelled["shape_projection"] > 0
+    for key in ("shape_projection", "kl"):
+        assert jax_side["unlabelled"][key] == pytest.approx(unlabelled[key], rel=1e-4, abs=1e-6), key
