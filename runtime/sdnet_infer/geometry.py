@@ -42,11 +42,14 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    isotropic) never warns; without an affine, 1 x 1 x 1 mm leaves no slice axis (rule 2).
 2. **Slice axis.** The axis whose voxel size is at least ``SLICE_RATIO`` (1.5) times each of
    the other two (short-axis cine: 5-10 mm slices, 0.7-2 mm pixels). With no such axis, the
-   axis the affine points closest to the head-foot direction; with no affine either, a
-   ``DataError`` (the slice axis would be a guess). An axis so chosen is refused too
-   (``DataError``) when it would leave slices no cardiac image has: an in-plane side under
-   ``MIN_IN_PLANE_MM`` (50 mm) that also has fewer voxels than the stack has slices, as when
-   an array was transposed, or a 4-D cine stored time first, and its header kept. With ``slicing="axial"`` (whole-heart MR
+   axis the affine points closest to the head-foot direction, when it is at least
+   ``HEAD_FOOT_MARGIN_DEGREES`` (15) closer than the next (else a ``DataError``: a stack tilted
+   near 45 degrees could be cut either way, and a few degrees of angulation would decide);
+   with no affine either, a ``DataError`` (the slice axis would be a guess). An axis chosen
+   either way is refused too (``DataError``) when it would leave slices no cardiac image has:
+   an in-plane side under ``MIN_IN_PLANE_MM`` (50 mm) that also has fewer voxels than the
+   stack has slices, as when an array was transposed, or a 4-D cine stored time or channel
+   first, and its header kept. With ``slicing="axial"`` (whole-heart MR
    and CT volumes, MM-WHS) the axis closest to head-foot is taken whatever the voxel sizes,
    so every volume is cut into axial slices; a header without an affine is then a
    ``DataError``.
@@ -56,7 +59,13 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    slice axis is forced onto the world axis its affine column is nearest to (which then plays
    the training slice direction), and the in-plane axes onto the other two by their largest
    components, so a flipped or transposed copy of the same physical image (affine updated to
-   match) gives the same array. It is a ``DataError`` (affine and voxel sizes disagree) when
+   match) gives the same array. The frame so made is right-handed, as the training one, and
+   the slices are seen from the training slice direction's side (superior for "LPS") unless
+   their normal is within 6 degrees of horizontal: a slice whose normal is nearest another
+   world axis is shown rotated, never mirrored. An axis within ``BOUNDARY_DEGREES`` (5) of the
+   diagonal between two world axes, where a few degrees of angulation switch the presentation
+   by 90 degrees, is a warning naming the file (``orientation_boundary``), and quality
+   control puts the volume up for review. It is a ``DataError`` (affine and voxel sizes disagree) when
    an in-plane axis runs along the slice direction, or when an affine without voxel size
    (unit columns, as ACDC's) does not run the slice axis head-foot. Without an affine (both
    codes 0) the stored in-plane order is kept and only the slice axis is moved last. For
@@ -112,6 +121,7 @@ MAX_SLICE_MM = 100.0
 # The narrowest in-plane side, in mm, of a slice that can hold a heart's short-axis section (both
 # ventricles of an adult heart span about 80-120 mm); see _check_stack.
 MIN_IN_PLANE_MM = 50.0
+HEAD_FOOT_MARGIN_DEGREES = 15.0  # the axis nearest head-foot must be this much nearer than the next
 AXES_AGREE_DEGREES = 0.5  # an sform and a qform whose axes differ by more describe two orientations
 PLACEHOLDER_TOLERANCE = 1e-6  # mm: a voxel size this close to 1 x 1 x 1 from pixdim is nibabel's placeholder
 UNIT_NAMES = {0: "0 (unknown, read as mm)", 1: "1 (metre)", 2: "2 (mm)", 3: "3 (micron)"}
@@ -152,6 +162,9 @@ class VolumeGeometry:
         lost_voxel_size: the warning of ``lost_voxel_size`` when the header looks as if it has
             lost its voxel size (also in ``warnings``), else None; quality control puts such a
             volume up for review (``qc.header_review``).
+        orientation_boundary: the warning of ``orientation_boundary`` when an axis runs near
+            the diagonal between two world axes (also in ``warnings``), else None; quality
+            control puts such a volume up for review too.
     """
 
     source: str
@@ -166,6 +179,7 @@ class VolumeGeometry:
     affine: np.ndarray = field(default=None, repr=False)
     units_to_mm: float = 1.0
     lost_voxel_size: str = None
+    orientation_boundary: str = None
 
     @property
     def grid_mm(self):
@@ -389,7 +403,10 @@ def _slice_axis(spacing, affine, source, slice_world, slicing, shape):
         return int(found[0])
     order = np.argsort(spacing)[::-1]
     if spacing[order[0]] >= SLICE_RATIO * spacing[order[1]]:
-        return int(order[0])
+        axis = int(order[0])
+        _check_stack(shape, spacing, axis, source, f"the axis its voxel size makes the slice axis (axis {axis}, "
+                                                   f"{shape[axis]} voxels of {spacing[axis]:.3g} mm)")
+        return axis
     if affine is None:
         raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
                         "times the others and the header has no orientation (qform_code and sform_code 0)")
@@ -398,25 +415,43 @@ def _slice_axis(spacing, affine, source, slice_world, slicing, shape):
         raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
                         "times the others and the affine is degenerate")
     axis = int(found[0])
-    _check_stack(shape, spacing, axis, source)
+    _check_head_foot_margin(affine, axis, slice_world, spacing, source)
+    _check_stack(shape, spacing, axis, source, f"no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} times the "
+                                               f"others, and the axis the affine points head-foot (axis {axis}, "
+                                               f"{shape[axis]} voxels)")
     return axis
 
 
-def _check_stack(shape, spacing, slice_axis, source):
-    """Refuse a slice axis taken from the affine that leaves slices no cardiac image has: one
-    in-plane side under ``MIN_IN_PLANE_MM`` and with fewer voxels than the stack has slices
-    (an array transposed or a 4-D file stored time first, its header left as it was)."""
+def _check_head_foot_margin(affine, axis, slice_world, spacing, source):
+    """Refuse a slice axis chosen as the one nearest head-foot when another axis is nearly as
+    near (within ``HEAD_FOOT_MARGIN_DEGREES``): a stack tilted about 45 degrees, whose slices
+    could as well be cut along the other axis, and a few degrees of angulation would decide."""
+    angles = np.degrees(np.arccos(np.clip(np.abs(_unit_columns(affine)[slice_world]), 0.0, 1.0)))
+    other = min((a for a in range(3) if a != axis), key=lambda a: angles[a])
+    if angles[other] - angles[axis] < HEAD_FOOT_MARGIN_DEGREES:
+        raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
+                        f"times the others, and axes {axis} and {other} run {angles[axis]:.0f} and "
+                        f"{angles[other]:.0f} degrees from head-foot, too close to choose between (at least "
+                        f"{HEAD_FOOT_MARGIN_DEGREES:g} degrees apart needed); resample the stack so its slices are "
+                        f"{SLICE_RATIO} times thicker than its pixels, or store it with the slices on the axis "
+                        "nearest head-foot")
+
+
+def _check_stack(shape, spacing, slice_axis, source, chosen):
+    """Refuse a slice axis that leaves slices no cardiac image has: one in-plane side under
+    ``MIN_IN_PLANE_MM`` and with fewer voxels than the stack has slices (an array transposed or
+    a 4-D file stored time first or channel first, its header left as it was). ``chosen`` says
+    how the axis was chosen, for the message."""
     in_plane = [a for a in range(3) if a != slice_axis]
     narrow = min(in_plane, key=lambda a: shape[a] * spacing[a])
     if shape[narrow] * spacing[narrow] < MIN_IN_PLANE_MM and shape[narrow] < shape[slice_axis]:
         sides = " x ".join(str(shape[a]) for a in in_plane)
         mm = " x ".join(f"{shape[a] * spacing[a]:.3g}" for a in in_plane)
-        raise DataError(f"{source}: cannot tell the slice axis: no voxel size of {_fmt(spacing)} mm is {SLICE_RATIO} "
-                        f"times the others, and the axis the affine points head-foot (axis {slice_axis}, "
-                        f"{shape[slice_axis]} voxels) would make {shape[slice_axis]} slices of {sides} voxels "
-                        f"({mm} mm), narrower than any cardiac image; the header probably does not describe the "
-                        "array's axis order (an array transposed, or a 4-D file stored time first, with its header "
-                        "kept): store the slices on the third axis or give pixdim the slice spacing")
+        raise DataError(f"{source}: cannot tell the slice axis: {chosen} would make {shape[slice_axis]} slices of "
+                        f"{sides} voxels ({mm} mm), narrower than any cardiac image; the header probably does not "
+                        "describe the array's axis order (an array transposed, or a 4-D file stored time or channel "
+                        "first, with its header kept): store the slices on the third axis or give pixdim the "
+                        "slice spacing")
 
 
 def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True):
@@ -437,11 +472,18 @@ def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True)
         raise DataError(f"{source}: the affine runs axis {slice_axis} along {'xyz'[nearest]}, but its voxel size "
                         "makes it the slice axis; the affine (no voxel size in it) and pixdim disagree")
     # the world frame relabelled so that the slice normal's nearest axis plays the training slice
-    # direction; the other two keep their order
+    # direction; the other two keep their order, one of them reversed where that keeps the frame
+    # right-handed
     rows = [r for r in range(3) if r != nearest]
     world = np.empty((3, 3))
     others = [w for w in range(3) if w != slice_world]
     world[others[0]], world[others[1]], world[slice_world] = cosines[rows[0]], cosines[rows[1]], cosines[nearest]
+    relabel = np.zeros((3, 3))
+    relabel[others[0], rows[0]] = relabel[others[1], rows[1]] = relabel[slice_world, nearest] = 1.0
+    if np.linalg.det(relabel) < 0:
+        # an odd relabelling (slice normal nearest A-P, for LPS) would mirror every slice: turn
+        # one in-plane axis round, so the slices are rotated, never mirrored
+        world[others[1]] = -world[others[1]]
     pseudo = world.copy()
     pseudo[slice_world, :] = 0.0  # in-plane axes: their components within the image plane's two world axes
     pseudo[:, slice_axis] = 0.0
@@ -455,7 +497,52 @@ def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True)
     start = io_orientation(affine4)
     if np.isnan(start).any():
         raise DataError(f"{source}: the affine's in-plane axes are parallel; cannot orient the image")
-    return ornt_transform(start, target)
+    return _seen_from_the_training_side(ornt_transform(start, target), cosines, target)
+
+
+BOUNDARY_DEGREES = 5.0  # an axis this close to the diagonal between two world axes is near a presentation switch
+
+
+def orientation_boundary(affine, source):
+    """A warning naming the file when one of the affine's axes runs within ``BOUNDARY_DEGREES``
+    of the diagonal between two world axes, else None. The nearest-axis rule then switches the
+    slices' presentation to the network by 90 degrees (or the world axis that plays the slice
+    direction) with a few degrees of angulation, and the segmentation may differ with it."""
+    if affine is None:
+        return None
+    for axis, column in enumerate(np.abs(_unit_columns(affine)).T):
+        second, first = np.sort(column)[-2:]
+        off = abs(float(np.degrees(np.arctan2(second, first))) - 45.0)
+        if off < BOUNDARY_DEGREES:
+            return (f"{source}: axis {axis} runs {off:.1f} degrees from the diagonal between two world axes (within "
+                    f"{BOUNDARY_DEGREES:g}): the slices are shown to the network at one of two orientations 90 degrees "
+                    "apart, which a few degrees of angulation decide, and the segmentation can differ between them; "
+                    "check it")
+    return None
+
+
+VIEW_SIDE_MIN_COSINE = 0.1  # a slice normal this close to horizontal (84 degrees from head-foot) keeps its side
+
+
+def _seen_from_the_training_side(transform, cosines, target):
+    """``transform`` with the slices seen from the training slice direction's side.
+
+    The nearest-axis rule makes a slice normal nearest another world axis (L-R, say) play the
+    training slice direction, and the side it is seen from is that axis's: a stack whose normal
+    lies 44 degrees from head-foot is seen from above and one at 46 degrees from the right, so
+    two headers 2 degrees apart showed the network mirror images of one slice. Where the slices
+    point away from the training slice direction (by more than ``VIEW_SIDE_MIN_COSINE``), their
+    order and the columns are both reversed: the same side for every tilt short of horizontal,
+    the frame still right-handed (a rotation of the slices, never a mirror)."""
+    world, flip = int(target[2, 0]), float(target[2, 1])
+    stored_slice = int(np.nonzero(transform[:, 0] == 2)[0][0])
+    stored_column = int(np.nonzero(transform[:, 0] == 1)[0][0])
+    pointing = transform[stored_slice, 1] * cosines[world, stored_slice] * flip
+    if pointing >= -VIEW_SIDE_MIN_COSINE:
+        return transform
+    turned = transform.copy()
+    turned[[stored_slice, stored_column], 1] *= -1
+    return turned
 
 
 def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="auto"):
@@ -521,6 +608,9 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     lost = lost_voxel_size(spacing, origin, slicing, source)
     if lost:
         notes.append(lost)
+    boundary = orientation_boundary(affine, source) if slicing == "auto" else None
+    if boundary:
+        notes.append(boundary)
     transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim")
     for note in notes:
         log.warning(note)
@@ -532,4 +622,4 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     else:
         stored = np.diag([*(s / units_to_mm for s in spacing), 1.0])  # in the file's units, as an affine is
     return VolumeGeometry(source, shape, spacing, origin, slice_axis, axcodes, transform, orientation, tuple(notes),
-                          np.asarray(stored, np.float64), units_to_mm, lost)
+                          np.asarray(stored, np.float64), units_to_mm, lost, boundary)

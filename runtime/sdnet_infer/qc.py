@@ -25,7 +25,8 @@ are invalid; and, from the input image itself, the blood-pool contrast
 (``blood_pool_contrast``): how much brighter the predicted LV is than the predicted MYO. The volume's status is "review" when any of them is on the wrong side of its
 threshold, and "ok" otherwise; ``reasons`` lists each check that failed with its value and
 threshold. A volume in which no slice holds LV or MYO is always for review. So is a volume whose header
-looks as if it has lost its voxel size (``header_review``; ``geometry.lost_voxel_size``).
+looks as if it has lost its voxel size (``header_review``; ``geometry.lost_voxel_size``), or
+whose axes run near a diagonal between two world axes (``geometry.orientation_boundary``).
 
 The thresholds are calibrated on the ED and ES frames of a trained run's validation patients
 (``calibrate``; the reading of a run's data is ``sdnet_tf.apps.quality``), each from the values seen
@@ -233,6 +234,8 @@ def describe(reason):
         return f"quality control failed ({reason['error']})"
     if check == "lost_voxel_size":  # header_review's reason; its warning names the file and says why
         return "voxel size 1 x 1 x 1 mm, probably lost from the header (see the warning)"
+    if check == "orientation_boundary":  # header_review's reason, likewise
+        return "an axis near the diagonal between two world axes: the presentation to the network is a toss-up"
     if check == "heart_area_mm2":
         if value <= 0.0:
             return "no LV or MYO predicted in any slice"
@@ -300,11 +303,17 @@ def header_review(result, geometry):
     """``result`` (``assess``) put up for review when the volume's header looks as if it has
     lost its voxel size (``geometry.lost_voxel_size``, a ``VolumeGeometry``): the reason
     ``lost_voxel_size`` with the reader's warning, because the segmentation was made at a voxel
-    size that is probably wrong however plausible it looks. Otherwise ``result`` as it is."""
-    if not geometry.lost_voxel_size:
+    size that is probably wrong however plausible it looks; likewise ``orientation_boundary``
+    (``geometry.orientation_boundary``), an axis near the diagonal between two world axes,
+    where the slices' presentation to the network is decided by a few degrees. Otherwise
+    ``result`` as it is."""
+    reasons = [{"check": check, "value": None, "threshold": None, "warning": warning}
+               for check, warning in (("lost_voxel_size", geometry.lost_voxel_size),
+                                      ("orientation_boundary", getattr(geometry, "orientation_boundary", None)))
+               if warning]
+    if not reasons:
         return result
-    reason = {"check": "lost_voxel_size", "value": None, "threshold": None, "warning": geometry.lost_voxel_size}
-    return {**result, "status": "review", "reasons": [*result["reasons"], reason]}
+    return {**result, "status": "review", "reasons": [*result["reasons"], *reasons]}
 
 
 class QualityControl:
