@@ -54,6 +54,21 @@ def test_nifti_files_are_found_whatever_the_case_of_their_extension(tmp_path):
     assert summary["cases"] == 2 and summary["errors"] == [] and summary["dice_mean_3d"]["mean"] == 1.0
 
 
+@pytest.mark.parametrize("twins", [("preds/x_pred.nii.gz", "preds/x_pred.nii"), ("refs/x_gt.nii.gz", "refs/x_gt.nii")])
+def test_two_files_of_one_case_refuse_that_case_and_the_others_are_scored(tmp_path, twins):
+    # they had aborted the whole batch: nothing scored
+    labels = _labels()
+    (tmp_path / "refs").mkdir(), (tmp_path / "preds").mkdir()
+    for name in ("refs/x_gt.nii.gz", "preds/x_pred.nii.gz", "refs/y_gt.nii.gz", "preds/y_pred.nii.gz", *twins):
+        save(labels, AFFINE, (SPACING, SPACING, THICKNESS), tmp_path / name, dtype=np.uint8)
+    summary = evaluate_folder(tmp_path / "preds", tmp_path / "refs", tmp_path / "out")
+    assert summary["cases"] == 1 and summary["dice_mean_3d"]["mean"] == 1.0
+    (error,) = summary["errors"]
+    text = json.dumps(error)
+    assert "case 'x' also at" in text and "none of them is scored" in text
+    assert all(twin.split("/")[1] in text for twin in twins)
+
+
 # ------------------------------------------------------------------------------ the same grid, in mm
 def _rotated(affine, degrees):
     """``affine`` turned by ``degrees`` about the z axis (the origin kept)."""

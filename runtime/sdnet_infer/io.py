@@ -23,6 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel import imageglobals
+from nibabel.openers import ImageOpener
 
 from sdnet_infer.geometry import TRAINING_ORIENTATION, DataError, VolumeGeometry, raw_header, read_geometry
 from sdnet_infer.labels import LABEL_CONVENTIONS, LABELS  # background, RV, MYO, LV
@@ -212,13 +213,27 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
     try:
         with _nibabel_silenced():  # its header fixes name no file; read_geometry refuses what they hide
             img = nib.load(str(path))
-            data = np.asarray(img.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as error:
+            if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+                _refuse_other_format(img, path)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflowing scl_slope: named below
+                data = np.asarray(img.dataobj)
+    except _OtherFormat as other:
+        raise other.args[0] from None
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError) as error:
         if "w2 should be positive" in str(error):  # nibabel's check of the qform's quaternion
             raise DataError(f"{path}: the qform's quaternion is not normalised (b^2 + c^2 + d^2 > 1, {error}); "
                             "its orientation cannot be read") from error
+        hint = _dim0_problem(path)
+        if hint:
+            raise DataError(f"{path}: {hint}") from error
         raise DataError(f"{path}: cannot read the {kind} ({type(error).__name__}: {error}); "
                         "the file may be truncated or not NIfTI") from error
+    dims = [int(d) for d in img.header["dim"][1:int(img.header["dim"][0]) + 1]]
+    if any(d < 1 for d in dims):
+        axis = next(i for i, d in enumerate(dims) if d < 1) + 1
+        raise DataError(f"{path}: dim[{axis}] is {dims[axis - 1]}: the header gives the {kind} no voxels along "
+                        f"axis {axis} (dim {dims})")
     if data.ndim not in ndim:
         expected = " or ".join(f"{n}-D" for n in ndim)
         raise DataError(f"{path}: the {kind} is {data.ndim}-D with shape {data.shape}, expected {expected}")
@@ -228,11 +243,61 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
         raise DataError(f"{path}: the {kind} holds {data.dtype} values (RGB colour or vector data); "
                         "give a grey-level image")
     geometry = read_geometry(path, img, orientation, slicing)
-    data = data.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = data.astype(dtype)
     if not np.isfinite(data).all():
+        stored = np.asanyarray(img.dataobj.get_unscaled()) if hasattr(img.dataobj, "get_unscaled") else data
+        if stored.dtype.kind != "f" or np.isfinite(stored).all():
+            slope, inter = float(getattr(img.dataobj, "slope", 1.0)), float(getattr(img.dataobj, "inter", 0.0))
+            raise DataError(f"{path}: the {kind}'s stored values are finite, but scaled by scl_slope {slope:g} and "
+                            f"scl_inter {inter:g} they overflow {np.dtype(dtype).name}: the header's scaling is "
+                            "wrong; correct scl_slope and scl_inter")
         raise DataError(f"{path}: the {kind} contains NaN or infinite values")
     zooms = geometry.training_spacing + tuple(float(z) for z in img.header.get_zooms()[3:data.ndim])
     return Volume(geometry.to_training(data), zooms, geometry, img)
+
+
+class _OtherFormat(Exception):
+    """What ``nib.load`` read is not a single-file NIfTI image (``_refuse_other_format``)."""
+
+
+def _refuse_other_format(img, path):
+    """Refuse what ``nib.load`` reads besides a single-file NIfTI-1 or NIfTI-2 image: an
+    Analyze 7.5 ``.hdr`` / ``.img`` pair (no orientation in its header at all) and a NIfTI
+    ``.hdr`` / ``.img`` pair (its labels could not be written as one file with its header).
+    Raised as ``_OtherFormat`` holding the ``DataError``, past ``read_volume``'s handler of
+    nibabel's errors."""
+    if isinstance(img, (nib.Nifti1Pair, nib.Nifti2Pair)):
+        raise _OtherFormat(DataError(f"{path}: a NIfTI .hdr/.img pair; give it as one .nii or .nii.gz file "
+                                     "(e.g. nibabel.save(nibabel.load(PATH), 'image.nii.gz'))"))
+    if isinstance(img, nib.AnalyzeImage):
+        raise _OtherFormat(DataError(f"{path}: an Analyze 7.5 image ({type(img).__name__}), whose header has no "
+                                     "orientation (no sform or qform): convert it to NIfTI with its orientation "
+                                     "from the source images"))
+    raise _OtherFormat(DataError(f"{path}: a {type(img).__name__} image, not NIfTI; give a .nii or .nii.gz file"))
+
+
+def _dim0_problem(path):
+    """Why nibabel could not read ``path``'s header when its ``dim[0]`` is the cause, or None.
+
+    nibabel takes a ``dim[0]`` outside 1-7 as a sign of the other byte order and then fails on
+    another field (``vox offset 0 too low``); a 348-byte NIfTI-1 header whose ``dim[0]`` is
+    outside 1-7 in both byte orders is named for that instead."""
+    try:
+        with ImageOpener(str(path)) as handle:
+            raw = handle.read(348)
+    except Exception:  # unreadable: the caller's message stands
+        return None
+    if len(raw) < 348:
+        return None
+    for order in "<>":
+        if int(np.frombuffer(raw[:4], f"{order}i4")[0]) == 348:
+            dim0 = int(np.frombuffer(raw[40:42], f"{order}i2")[0])
+            swapped = int(np.frombuffer(raw[40:42], f"{'>' if order == '<' else '<'}i2")[0])
+            if not 1 <= dim0 <= 7 and not 1 <= swapped <= 7:
+                return f"dim[0] is {dim0}, not a number of dimensions (1-7): the header is corrupt"
+            return None
+    return None
 
 
 def missing_reason(path):

@@ -68,21 +68,25 @@ SLICE_COLUMNS = (["Name", "Slice", "SliceDice"] + [f"SliceDice {c}" for c in CLA
 
 
 def _files(folder, suffix):
-    """{case name: path} of the NIfTI files under ``folder`` whose name ends in ``suffix``; the
-    suffix and the extension are matched in any case (``CASE_GT.NII.GZ`` is case ``CASE``).
-
-    Raises:
-        DataError: two files of one case name, naming both.
-    """
-    found = {}
+    """``({case name: path}, {case name: [paths]})``: the NIfTI files under ``folder`` whose
+    name ends in ``suffix``, and the case names two or more files share (``x_gt.nii`` and
+    ``x_gt.nii.gz``), which are not scored: each such case is refused naming its files, and the
+    others go on. The suffix and the extension are matched in any case (``CASE_GT.NII.GZ`` is
+    case ``CASE``)."""
+    found, shared = {}, {}
     for path in nifti_files(folder):
         name = stem(path)
         if name.lower().endswith(suffix.lower()):
             case = name[: -len(suffix)]
             if case in found:
-                raise DataError(f"{path}: case {case!r} also at {found[case]}; names must be unique")
+                shared.setdefault(case, [found[case]]).append(path)
             found[case] = path
-    return found
+    return found, shared
+
+
+def _not_unique(case, paths):
+    return DataError(f"{paths[0]}: case {case!r} also at {', '.join(str(p) for p in paths[1:])}; names must be "
+                     "unique, so none of them is scored")
 
 
 PREDICTIONS_LIST = "predictions.json"  # what predict / sdnet-infer write beside their outputs
@@ -479,7 +483,7 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
 
 
 def _evaluate_into(predictions, references, out_dir, convention, convention_from, report, label_map, structures):
-    preds, refs = _files(predictions, PRED_SUFFIX), _files(references, REF_SUFFIX)
+    (preds, shared_preds), (refs, shared_refs) = _files(predictions, PRED_SUFFIX), _files(references, REF_SUFFIX)
     if not preds:
         raise DataError(f"{predictions}: no predictions (*{PRED_SUFFIX}.nii.gz or *{PRED_SUFFIX}.nii, "
                         "in any case) found")
@@ -488,6 +492,10 @@ def _evaluate_into(predictions, references, out_dir, convention, convention_from
     warnings = []
 
     def load(case, pred_path):
+        if case in shared_preds:
+            raise _not_unique(case, shared_preds[case])
+        if case in shared_refs:
+            raise _not_unique(case, shared_refs[case])
         if case not in refs:
             raise DataError(f"{pred_path}: no reference {case}{REF_SUFFIX}.nii.gz under {references}")
         reference = read_labels(refs[case], label_map=label_map)

@@ -96,6 +96,51 @@ def test_the_template_transform_codes_are_read(tmp_path, code):
     assert read_geometry(path).axcodes == ("L", "P", "S")
 
 
+@pytest.mark.parametrize("kind,suffix,words", [
+    (nib.AnalyzeImage, ".hdr", "an Analyze 7.5 image ("),  # nibabel reads it as SPM's variant
+    (nib.AnalyzeImage, ".img", "an Analyze 7.5 image ("),
+    (nib.Nifti1Pair, ".hdr", "a NIfTI .hdr/.img pair; give it as one .nii or .nii.gz file"),
+    (nib.Nifti1Pair, ".img", "a NIfTI .hdr/.img pair; give it as one .nii or .nii.gz file"),
+])
+def test_two_file_formats_are_refused_naming_the_file(tmp_path, kind, suffix, words):
+    # an Analyze .hdr had leaked "no field of name sform_code", its .img was read as a 0-D header
+    nib.save(kind(np.zeros((8, 6, 3), np.int16), AFFINE), str(tmp_path / "pair.hdr"))
+    with pytest.raises(DataError) as caught:
+        read_volume(tmp_path / f"pair{suffix}")
+    assert str(caught.value).startswith(f"{tmp_path / f'pair{suffix}'}: {words}")
+    assert "\n" not in str(caught.value) and "sform_code" not in str(caught.value).split("(no sform")[0]
+
+
+def test_a_scaling_that_overflows_is_named_not_blamed_on_the_data(tmp_path, recwarn):
+    path = _image(tmp_path / "slope.nii.gz", data=np.full((8, 6, 3), 30000, np.int16),
+                  edit=lambda h: h.set_slope_inter(1e36, 0.0))
+    with pytest.raises(DataError, match=r"slope\.nii\.gz: the image's stored values are finite, but scaled by "
+                                        r"scl_slope 1e\+36 and scl_inter 0 they overflow float32"):
+        read_volume(path)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # numpy's overflow warning
+
+
+def _patch_int16_raw(path, offset, value):
+    raw = bytearray(gzip.open(path).read())
+    raw[offset:offset + 2] = np.int16(value).tobytes()
+    with gzip.open(path, "wb") as handle:
+        handle.write(bytes(raw))
+
+
+@pytest.mark.parametrize("offset,value,words", [
+    (40, 9, "dim[0] is 9, not a number of dimensions (1-7): the header is corrupt"),
+    (46, 0, "dim[3] is 0: the header gives the image no voxels along axis 3 (dim [8, 6, 0])"),
+])
+def test_a_corrupt_dim_field_is_named(tmp_path, offset, value, words):
+    # nibabel had taken dim[0] 9 for the other byte order ("vox offset 0 too low"), and a zero
+    # dim[3] made a "1-D image with shape (0,)"
+    path = _image(tmp_path / "dim.nii.gz")
+    _patch_int16_raw(path, offset, value)
+    with pytest.raises(DataError) as caught:
+        read_volume(path)
+    assert str(caught.value) == f"{path}: {words}"
+
+
 @pytest.mark.parametrize("dtype,words", [(np.complex64, "complex values (complex64); give the magnitude image"),
                                          ("rgb", "RGB colour or vector data")])
 def test_complex_and_rgb_images_are_one_line_errors(tmp_path, dtype, words):
