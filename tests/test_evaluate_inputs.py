@@ -69,6 +69,24 @@ def test_two_files_of_one_case_refuse_that_case_and_the_others_are_scored(tmp_pa
     assert all(twin.split("/")[1] in text for twin in twins)
 
 
+def test_a_reference_in_mnms_values_read_as_acdc_is_scored_with_a_warning(tmp_path):
+    # LV and RV scored against each other (Dice 0.000 / 0.0001) without a word
+    from sdnet_tf.apps.evaluation import enclosed_by_myo
+
+    labels = _labels()
+    shares = enclosed_by_myo(labels)
+    assert shares[3] == 1.0 and shares[1] < 0.5  # the LV inside the ring, the RV beside it
+    (tmp_path / "refs").mkdir(), (tmp_path / "preds").mkdir()
+    save(MNMS[labels], AFFINE, (SPACING, SPACING, THICKNESS), tmp_path / "refs/x_gt.nii.gz", dtype=np.uint8)
+    save(labels, AFFINE, (SPACING, SPACING, THICKNESS), tmp_path / "preds/x_pred.nii.gz", dtype=np.uint8)
+    summary = evaluate_folder(tmp_path / "preds", tmp_path / "refs", tmp_path / "out")
+    (warning,) = summary["warnings"]
+    assert warning.startswith(f"{tmp_path / 'refs/x_gt.nii.gz'}: label 1 borders MYO on 100% of its edge")
+    assert "give --label-map mnms" in warning
+    mapped = evaluate_folder(tmp_path / "preds", tmp_path / "refs", tmp_path / "out2", label_map={1: 3, 2: 2, 3: 1})
+    assert mapped["warnings"] == [] and mapped["dice_mean_3d"]["mean"] == 1.0
+
+
 # ------------------------------------------------------------------------------ the same grid, in mm
 def _rotated(affine, degrees):
     """``affine`` turned by ``degrees`` about the z axis (the origin kept)."""

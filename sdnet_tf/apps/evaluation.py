@@ -84,6 +84,38 @@ def _files(folder, suffix):
     return found, shared
 
 
+def enclosed_by_myo(labels):
+    """``{label: share}`` for labels 1 and 3 of an ACDC-valued volume (H, W, S): the share of the
+    pixels bordering the label in-plane (4-neighbours, not of the label) that are MYO (2); None
+    for a label that is absent. The LV lies inside the myocardial ring (share near 1), the RV
+    beside it (well under one half)."""
+    from scipy import ndimage
+
+    shares = {}
+    ring = np.zeros((3, 3, 1), bool)
+    ring[1, :, 0] = ring[:, 1, 0] = True  # 4-neighbours, within each slice
+    for label in (1, 3):
+        inside = labels == label
+        if not inside.any():
+            shares[label] = None
+            continue
+        border = ndimage.binary_dilation(inside, ring) & ~inside
+        shares[label] = float((labels[border] == 2).mean()) if border.any() else None
+    return shares
+
+
+def convention_warning(labels, path):
+    """A warning naming ``path`` when its labels, read as ACDC's (1 RV, 2 MYO, 3 LV), have label
+    1 inside the myocardium and label 3 outside: M&Ms' convention (1 LV, 2 MYO, 3 RV) given
+    without ``--label-map mnms``, which scores LV and RV against each other. Else None."""
+    shares = enclosed_by_myo(labels)
+    one, three = shares[1], shares[3]
+    if one is None or three is None or not (one > 0.5 and one > three + 0.25):
+        return None
+    return (f"{path}: label 1 borders MYO on {one:.0%} of its edge and label 3 on {three:.0%}: it looks like M&Ms' "
+            "convention (1 LV, 2 MYO, 3 RV) read as ACDC's (1 RV, 3 LV); if so give --label-map mnms")
+
+
 def _not_unique(case, paths):
     return DataError(f"{paths[0]}: case {case!r} also at {', '.join(str(p) for p in paths[1:])}; names must be "
                      "unique, so none of them is scored")
@@ -444,7 +476,8 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     cannot be read or whose reference is missing; refused cases are recorded in the summary's
     ``errors`` and the others are scored, in the training orientation with the voxel size in mm.
     A reference without any label is scored with a warning naming it (logged, and kept in the
-    summary's ``warnings``).
+    summary's ``warnings``); so is one whose label 1 lies inside the myocardium and label 3
+    outside (``convention_warning``: M&Ms' values given without ``label_map``).
 
     Labels are scored in ACDC's values (1 RV, 2 MYO, 3 LV). The predictions' convention is
     ``prediction_labels`` ("acdc" or "mnms") if given, else the one their ``predictions.json``
@@ -499,6 +532,10 @@ def _evaluate_into(predictions, references, out_dir, convention, convention_from
         if case not in refs:
             raise DataError(f"{pred_path}: no reference {case}{REF_SUFFIX}.nii.gz under {references}")
         reference = read_labels(refs[case], label_map=label_map)
+        swapped = convention_warning(reference.data, refs[case])
+        if swapped:  # scored as read, but the LV and RV are probably swapped
+            warnings.append(swapped)
+            log.warning(swapped)
         if not reference.data.any():  # scored (Dice 0 or undefined), but most likely the wrong file
             warnings.append(f"{refs[case]}: the reference has no labels (every voxel is background); "
                             f"{pred_path.name} is scored against it (Dice 0 for any structure it predicts, "
