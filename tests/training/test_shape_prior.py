@@ -262,13 +262,12 @@ def test_unet_steps_with_the_shape_loss_leave_the_prior_unchanged():
     assert any(not np.array_equal(unet_before[k], changed[k]) for k in unet_before)
 
 
-def test_sdnet_supervised_step_with_the_shape_loss_leaves_the_prior_unchanged():
-    from support.helpers import small_config
+def _sdnet_with_a_tiny_prior(config):
+    """(SDNet, its engine, a frozen tiny NVAE) for ``config`` (``support.helpers.small_config``),
+    the prior handed to the engine with omega 3."""
     from sdnet_tf.models import SDNet
-    from sdnet_tf.training.schedule import SDNET_SCHEDULE
     from sdnet_tf.training.engines import sdnet_engine
 
-    config = small_config()
     model = SDNet(**{k: getattr(config.model, k) for k in ("input_size", "unet_filters", "unet_depth",
                                                             "segmentor_filters", "discriminator_filters")},
                   seed=1)
@@ -277,6 +276,14 @@ def test_sdnet_supervised_step_with_the_shape_loss_leaves_the_prior_unchanged():
     prior = NVAE(**TINY_NVAE, seed=1).build_default()
     prior.trainable = False
     engine.use_shape_prior(prior, 3.0)
+    return model, engine, prior
+
+
+def test_sdnet_supervised_step_with_the_shape_loss_leaves_the_prior_unchanged():
+    from support.helpers import small_config
+    from sdnet_tf.training.schedule import SDNET_SCHEDULE
+
+    model, engine, prior = _sdnet_with_a_tiny_prior(small_config())
     before = variable_values(prior)
     labels = np.stack([heart(shift=s) for s in range(4)])
     masks = np.stack([labels == 2, labels == 3, labels == 1], -1).astype("float32")
@@ -334,19 +341,10 @@ def test_shape_projection_is_the_dice_loss_against_the_prior_reconstruction_with
 
 def test_the_label_free_shape_term_trains_the_segmentor_on_unlabelled_images_and_leaves_the_prior():
     from support.helpers import small_config
-    from sdnet_tf.models import SDNet
-    from sdnet_tf.training.engines import sdnet_engine
 
     config = small_config()
     config.loss.shape_prior, config.loss.shape_projection = "prior-run", 2.0
-    model = SDNet(**{k: getattr(config.model, k) for k in ("input_size", "unet_filters", "unet_depth",
-                                                            "segmentor_filters", "discriminator_filters")},
-                  seed=1)
-    model.build()
-    engine = sdnet_engine(model, config)
-    prior = NVAE(**TINY_NVAE, seed=1).build_default()
-    prior.trainable = False
-    engine.use_shape_prior(prior, 3.0)
+    model, engine, prior = _sdnet_with_a_tiny_prior(config)
     before, segmentor = variable_values(prior), variable_values(model.segmentor)
     images = np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype("float32")
     step = next(s for s in engine.schedule if s.objective == "unsupervised")
