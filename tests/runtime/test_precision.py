@@ -32,13 +32,21 @@ def phantom_run(trained):
 
 @pytest.fixture(scope="module")
 def exports(trained, tmp_path_factory):
-    """The run's float32 export (conftest.py) and an int8 one calibrated on 8 slices."""
-    run, fp32, _ = trained
+    """The run's float32 export (conftest.py), as ``(root, {"fp32": sidecar}, [])`` with
+    ``root / "fp32"``; ``int8_exports`` adds the int8 one."""
+    _, fp32, _ = trained
     root = tmp_path_factory.mktemp("exports")
-    lines = []
-    int8 = export_run(run, root / "int8", precision="int8", calibration_slices=8, log=lines.append)
     (root / "fp32").symlink_to(fp32)
-    return root, {"fp32": json.loads((fp32 / SIDECAR).read_text()), "int8": int8}, lines
+    return root, {"fp32": json.loads((fp32 / SIDECAR).read_text())}, []
+
+
+@pytest.fixture(scope="module")
+def int8_exports(trained, exports):
+    """``exports`` with an int8 export calibrated on 8 slices, its sidecar and the export's log
+    lines (quantisation and the accuracy gate's search: the slow part, so its tests are slow)."""
+    root, metas, lines = exports
+    metas["int8"] = export_run(trained[0], root / "int8", precision="int8", calibration_slices=8, log=lines.append)
+    return root, metas, lines
 
 
 def _volume(cohort, trained):
@@ -47,8 +55,11 @@ def _volume(cohort, trained):
     return read_volume(patient.frame(patient.ed))
 
 
-def test_int8_export_is_quantised_calibrated_gated_and_recorded(exports):
-    root, metas, lines = exports
+# slow: the int8 export's quantisation and accuracy-gate search (over a minute of 2 cores); the
+# default run keeps the fp16 export, the gate's refusal and the runtime's precision checks
+@pytest.mark.slow
+def test_int8_export_is_quantised_calibrated_gated_and_recorded(int8_exports):
+    root, metas, lines = int8_exports
     meta = metas["int8"]
     assert meta["precision"] == "int8" and meta["models"]["segment"]["precision"] == "int8"
     assert {meta["models"][n]["precision"] for n in ("anatomy", "modality", "decoder")} == {"fp32"}
@@ -72,8 +83,9 @@ def test_int8_export_is_quantised_calibrated_gated_and_recorded(exports):
     assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
 
 
-def test_int8_runtime_probabilities_stay_close_to_fp32(cohort, trained, exports):
-    root, metas, _ = exports
+@pytest.mark.slow
+def test_int8_runtime_probabilities_stay_close_to_fp32(cohort, trained, int8_exports):
+    root, metas, _ = int8_exports
     volume = _volume(cohort, trained)
     slices = preprocess_frame(volume.data, volume.zooms[:2], size=32, target=SPACING)[0][..., None]
     fp32 = SDNetRuntime(root / "fp32").segment(slices)
@@ -112,7 +124,7 @@ def test_fp32_weights_are_external_data_and_hashed(exports, tmp_path):
 def test_unknown_precision_in_the_sidecar_is_refused(exports, tmp_path):
     root, _, _ = exports
     copy = tmp_path / "export"
-    shutil.copytree(root / "int8", copy)
+    shutil.copytree(root / "fp32", copy)
     meta = json.loads((copy / SIDECAR).read_text())
     meta["precision"] = "int4"
     (copy / SIDECAR).write_text(json.dumps(meta))
