@@ -217,8 +217,8 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
                 _refuse_other_format(img, path)
             with np.errstate(over="ignore", invalid="ignore"):  # an overflowing scl_slope: named below
                 data = np.asarray(img.dataobj)
-    except _OtherFormat as other:
-        raise other.args[0] from None
+    except DataError:  # _refuse_other_format's, a ValueError: not one of nibabel's below
+        raise
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError,
             nib.spatialimages.HeaderDataError) as error:
         if "w2 should be positive" in str(error):  # nibabel's check of the qform's quaternion
@@ -257,24 +257,18 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
     return Volume(geometry.to_training(data), zooms, geometry, img)
 
 
-class _OtherFormat(Exception):
-    """What ``nib.load`` read is not a single-file NIfTI image (``_refuse_other_format``)."""
-
-
 def _refuse_other_format(img, path):
     """Refuse what ``nib.load`` reads besides a single-file NIfTI-1 or NIfTI-2 image: an
     Analyze 7.5 ``.hdr`` / ``.img`` pair (no orientation in its header at all) and a NIfTI
-    ``.hdr`` / ``.img`` pair (its labels could not be written as one file with its header).
-    Raised as ``_OtherFormat`` holding the ``DataError``, past ``read_volume``'s handler of
-    nibabel's errors."""
+    ``.hdr`` / ``.img`` pair (its labels could not be written as one file with its header)."""
     if isinstance(img, (nib.Nifti1Pair, nib.Nifti2Pair)):
-        raise _OtherFormat(DataError(f"{path}: a NIfTI .hdr/.img pair; give it as one .nii or .nii.gz file "
-                                     "(e.g. nibabel.save(nibabel.load(PATH), 'image.nii.gz'))"))
+        raise DataError(f"{path}: a NIfTI .hdr/.img pair; give it as one .nii or .nii.gz file "
+                        "(e.g. nibabel.save(nibabel.load(PATH), 'image.nii.gz'))")
     if isinstance(img, nib.AnalyzeImage):
-        raise _OtherFormat(DataError(f"{path}: an Analyze 7.5 image ({type(img).__name__}), whose header has no "
-                                     "orientation (no sform or qform): convert it to NIfTI with its orientation "
-                                     "from the source images"))
-    raise _OtherFormat(DataError(f"{path}: a {type(img).__name__} image, not NIfTI; give a .nii or .nii.gz file"))
+        raise DataError(f"{path}: an Analyze 7.5 image ({type(img).__name__}), whose header has no "
+                        "orientation (no sform or qform): convert it to NIfTI with its orientation from the "
+                        "source images")
+    raise DataError(f"{path}: a {type(img).__name__} image, not NIfTI; give a .nii or .nii.gz file")
 
 
 def _dim0_problem(path):

@@ -309,7 +309,7 @@ def header_review(result, geometry):
     ``result`` as it is."""
     reasons = [{"check": check, "value": None, "threshold": None, "warning": warning}
                for check, warning in (("lost_voxel_size", geometry.lost_voxel_size),
-                                      ("orientation_boundary", getattr(geometry, "orientation_boundary", None)))
+                                      ("orientation_boundary", geometry.orientation_boundary))
                if warning]
     if not reasons:
         return result

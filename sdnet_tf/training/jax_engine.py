@@ -176,8 +176,9 @@ class JAXEngine:
         non_trainable = self._non_trainable
         optimizer = self.optimizers[step.optimizer]
         model, weights, dice_mode = self.model, self.loss_weights, self.dice_mode
-        shape = {} if prior is None else {"prior": prior, **({"omega": self.shape_omega}
-                                                             if step.objective == "supervised" else {})}
+        shape = {} if prior is None else {"prior": prior}
+        if prior is not None and step.objective == "supervised":
+            shape["omega"] = self.shape_omega
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def loss(trained_values, frozen_values, state_values, optimizer_values, inputs):
