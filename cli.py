@@ -51,6 +51,24 @@ class Folder(click.Path):
 FOLDER = Folder()
 
 
+class SliceAxis(click.ParamType):
+    """``--slice-axis``: "auto" or a stored axis 0, 1 or 2 (``sdnet_infer.geometry.parse_slicing``);
+    anything else is click's usage error."""
+
+    name = "auto|0|1|2"
+
+    def convert(self, value, param, ctx):
+        from sdnet_infer.cli import slice_axis
+
+        try:
+            return slice_axis(value)
+        except Exception as error:  # argparse.ArgumentTypeError
+            self.fail(str(error), param, ctx)
+
+
+SLICE_AXIS = SliceAxis()
+
+
 def refuse_repeated_options(command, ctx, args):
     """Refuse an option given more than once where click would keep only the last value.
 
@@ -522,8 +540,12 @@ def preprocess(data, config, overrides):
 @click.option("--qc/--no-qc", default=True, show_default=True,
               help="Quality control: anatomical validity and out-of-distribution scores per slice, qc.json "
                    "(adds the modality encoder and the decoder; the anatomy factor comes from the segmentation pass).")
+@click.option("--slice-axis", "slice_axis", type=SLICE_AXIS, default="auto", show_default=True,
+              help="The slice axis of every input: auto (from the header's voxel sizes and orientation, README "
+                   "'Input geometry') or a stored axis 0, 1 or 2, for a file whose slice axis the header cannot tell "
+                   "(the refusal says so); the orientation is still read from the header.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(source, output, run_dir, batch_size, data, qc, quiet):
+def predict(source, output, run_dir, batch_size, data, qc, slice_axis, quiet):
     """Segment NIfTI volumes with a trained run; labels go back onto each input's own grid.
 
     Each volume's voxel size, slice axis and orientation are read from its header (README,
@@ -569,7 +591,8 @@ def predict(source, output, run_dir, batch_size, data, qc, quiet):
         records = predict_files(source, output, network.segment, network.size, network.spacing,
                                 lambda index, total, record: draw(index, total, None, record["error"]),
                                 orientation=network.orientation, quality=quality,
-                                model={"run": str(run_dir)}, labels=convention, started=draw.start)
+                                model={"run": str(run_dir)}, labels=convention, started=draw.start,
+                                slicing=slice_axis)
     except DataError as error:
         raise UserError(str(error)) from error
     report_path = qc_report(output, quality)
@@ -627,8 +650,12 @@ def _progress_report(desc, quiet):
               help="The predictions' label convention: 'acdc' (1 RV, 2 MYO, 3 LV) or 'mnms' (1 LV, 2 MYO, 3 RV). "
                    "Default: the one their predictions.json records (predict writes M&Ms' for a run trained on "
                    "M&Ms), else acdc; a predictions.json that records another is an error.")
+@click.option("--slice-axis", "slice_axis", type=SLICE_AXIS, default="auto", show_default=True,
+              help="With --predictions/--references: the slice axis of both files of every case, auto (from the "
+                   "header) or a stored axis 0, 1 or 2, for files whose slice axis the header cannot tell.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(predictions, references, run_dir, data, split, subset, output, label_map, prediction_labels, quiet):
+def evaluate(predictions, references, run_dir, data, split, subset, output, label_map, prediction_labels, slice_axis,
+             quiet):
     """Score segmentations: ACDC challenge metrics, distances, per-slice Dice, validity, clinical indices.
 
     Writes acdc_metrics.csv (the challenge's columns), cases.csv, slices.csv, clinical.csv and
@@ -658,13 +685,17 @@ def evaluate(predictions, references, run_dir, data, split, subset, output, labe
             if label_map or prediction_labels:
                 raise UserError(f"{'--label-map' if label_map else '--prediction-labels'} is for --predictions/"
                                 "--references in another convention, not --run")
+            if slice_axis != "auto":
+                raise UserError("--slice-axis is for --predictions/--references; a run's cohort is read as in "
+                                "training")
             summary = evaluate_run(run_dir, output, data=data, split=split, subset=subset,
                                    report=_progress_report("predict", quiet))
         else:
             if not (predictions and references):
                 raise UserError("give --predictions and --references, or --run")
             summary = evaluate_folder(predictions, references, output, report=report,
-                                      label_map=parse_label_map(label_map), prediction_labels=prediction_labels)
+                                      label_map=parse_label_map(label_map), prediction_labels=prediction_labels,
+                                      slicing=slice_axis)
             output = output or predictions
             labels = summary["labels"]
             if labels["predictions"] != "acdc":

@@ -25,6 +25,25 @@ def _count(minimum):
     return parse
 
 
+SLICE_AXIS_HELP = ("the slice axis of every input: auto (from the header's voxel sizes and orientation, README "
+                   "'Input geometry'; default) or a stored axis 0, 1 or 2, for a file whose slice axis the header "
+                   "cannot tell (the refusal says so); the orientation is still read from the header")
+
+
+def slice_axis(text):
+    """An argparse type: ``--slice-axis`` as ``sdnet_infer.geometry.parse_slicing`` reads it,
+    "auto" or a stored axis 0, 1 or 2 ("axial" is the whole-heart data's rule, not an input's)."""
+    from sdnet_infer.geometry import parse_slicing
+
+    try:
+        value = parse_slicing(text)
+    except ValueError:
+        value = None
+    if value is None or value == "axial":
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, 0, 1 or 2")
+    return value
+
+
 # a hint added to the refusal of a repeated option, by its longest name (sdnet-tf's refusal too)
 REPEAT_HINTS = {"--input": "to segment several images, give a folder of them"}
 
@@ -84,6 +103,7 @@ def main(argv=None):
         parser.add_argument("--batch-size", type=_count(1), default=None, action=_Once,
                             help="slices per inference call (default 16 on CUDA, 1 on the CPU: lowest memory, "
                                  "no slower)"),
+        parser.add_argument("--slice-axis", type=slice_axis, default="auto", action=_Once, help=SLICE_AXIS_HELP),
     ]
     parser.add_argument("--no-qc", action="store_true",
                         help="skip the quality control (anatomical validity and out-of-distribution scores of every "
@@ -138,7 +158,7 @@ def main(argv=None):
         records = predict_files(args.input, args.output, runtime.segment, runtime.size, runtime.spacing, report,
                                 orientation=runtime.orientation, quality=quality,
                                 model={"export": str(args.model), "precision": runtime.precision},
-                                labels=runtime.label_convention)
+                                labels=runtime.label_convention, slicing=args.slice_axis)
     except (DataError, ExportError) as error:  # exit code 1, as sdnet-tf; 2 is argparse's, for usage errors
         _line(f"Error: {error}")
         return 1

@@ -30,7 +30,7 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    metres with ``xyzt_units`` 0 reads as 0.0016 mm pixels); the message names the header
    fields that gave the size.
    **A lost voxel size** is a warning naming the file (``lost_voxel_size``): with
-   ``slicing="auto"``, a size taken from ``pixdim`` beside an affine that carries none (unit
+   ``slicing`` other than ``"axial"``, a size taken from ``pixdim`` beside an affine that carries none (unit
    columns) that is 1 mm on all three axes (each within ``PLACEHOLDER_TOLERANCE``, 1e-6, of
    1.0, after the unit conversion). A short-axis cine has slices 5-10 mm apart, and 1 x 1 x 1
    is what tools write when the size is unknown: nibabel sets ``pixdim`` from a unit affine
@@ -52,7 +52,10 @@ One reader for training, ``sdnet-tf predict``, ``evaluate`` and ``sdnet-infer``.
    first, and its header kept. With ``slicing="axial"`` (whole-heart MR
    and CT volumes, MM-WHS) the axis closest to head-foot is taken whatever the voxel sizes,
    so every volume is cut into axial slices; a header without an affine is then a
-   ``DataError``.
+   ``DataError``. With ``slicing`` a stored axis (0, 1 or 2; ``--slice-axis`` of the commands)
+   that axis is the slice axis: no rule is applied and no stack is refused for its shape, for a
+   file the rules above refuse whose slice axis the user knows (a thin-slice stack tilted near
+   45 degrees, say); the orientation (rule 3) and every other check still apply.
 3. **Orientation.** The array is flipped and transposed (``nibabel.orientations``) into the
    training orientation, by default ACDC's "LPS" (sform diag(-1, -1, 1): rows run to the
    patient's left, columns to posterior, slices superior), with the slice axis last. The
@@ -376,10 +379,10 @@ def _check_plausible(spacing, slice_axis, origin, header, source):
 
 def lost_voxel_size(spacing, origin, slicing, source):
     """A warning (one line naming ``source``) when the voxel size looks like a header's lost one,
-    else None: with ``slicing`` "auto", ``spacing`` (3,) in mm from ``origin`` "pixdim" (the
+    else None: with ``slicing`` other than "axial", ``spacing`` (3,) in mm from ``origin`` "pixdim" (the
     affine carries none) within ``PLACEHOLDER_TOLERANCE`` of 1 mm on every axis (see the module
     docstring)."""
-    if slicing != "auto" or origin != "pixdim":
+    if slicing == "axial" or origin != "pixdim":
         return None
     if not np.allclose(spacing, 1.0, rtol=0, atol=PLACEHOLDER_TOLERANCE):
         return None
@@ -389,10 +392,31 @@ def lost_voxel_size(spacing, origin, slicing, source):
             "lost its voxel size and the segmentation may be wrong; check pixdim against the original file's")
 
 
-SLICINGS = ("auto", "axial")
+SLICINGS = ("auto", "axial")  # the rules; a stored axis 0, 1 or 2 names the slice axis itself
+STORED_AXES = (0, 1, 2)
+
+
+def parse_slicing(value):
+    """A slice-axis choice as the commands take it (``--slice-axis``): "auto", "axial", or a
+    stored axis "0", "1", "2" (or the int) -> the ``slicing`` of ``read_geometry``.
+
+    Raises:
+        ValueError: for anything else, naming the choices.
+    """
+    if isinstance(value, str) and value.strip().lower() in SLICINGS:
+        return value.strip().lower()
+    try:
+        axis = int(value)
+    except (TypeError, ValueError):
+        axis = None
+    if axis in STORED_AXES and str(value).strip() == str(axis):
+        return axis
+    raise ValueError(f"slice axis {value!r}: expected auto, axial, or a stored axis 0, 1 or 2")
 
 
 def _slice_axis(spacing, affine, source, slice_world, slicing, shape):
+    if slicing in STORED_AXES:
+        return int(slicing)  # the user's: no rule, no refusal by shape
     if slicing == "axial":
         if affine is None:
             raise DataError(f"{source}: cannot tell the axial slice axis: the header has no orientation "
@@ -433,8 +457,8 @@ def _check_head_foot_margin(affine, axis, slice_world, spacing, source):
                         f"times the others, and axes {axis} and {other} run {angles[axis]:.0f} and "
                         f"{angles[other]:.0f} degrees from head-foot, too close to choose between (at least "
                         f"{HEAD_FOOT_MARGIN_DEGREES:g} degrees apart needed); resample the stack so its slices are "
-                        f"{SLICE_RATIO} times thicker than its pixels, or store it with the slices on the axis "
-                        "nearest head-foot")
+                        f"{SLICE_RATIO} times thicker than its pixels, store it with the slices on the axis "
+                        "nearest head-foot, or give the slice axis (--slice-axis 0, 1 or 2)")
 
 
 def _check_stack(shape, spacing, slice_axis, source, chosen):
@@ -450,12 +474,14 @@ def _check_stack(shape, spacing, slice_axis, source, chosen):
         raise DataError(f"{source}: cannot tell the slice axis: {chosen} would make {shape[slice_axis]} slices of "
                         f"{sides} voxels ({mm} mm), narrower than any cardiac image; the header probably does not "
                         "describe the array's axis order (an array transposed, or a 4-D file stored time or channel "
-                        "first, with its header kept): store the slices on the third axis or give pixdim the "
-                        "slice spacing")
+                        "first, with its header kept): store the slices on the third axis, give pixdim the "
+                        "slice spacing, or give the slice axis (--slice-axis 0, 1 or 2) if it is right")
 
 
 def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True):
-    """Orientation transform (3, 2) from the stored axes to ``orientation`` with the slice axis last."""
+    """Orientation transform (3, 2) from the stored axes to ``orientation`` with the slice axis last.
+    ``affine_has_spacing`` False (a placeholder affine whose voxel sizes chose the slice axis)
+    requires the slice axis to run head-foot."""
     target = axcodes2ornt(orientation)
     slice_world = int(target[2, 0])  # the world axis that plays the slice direction in training
     if affine is None:
@@ -552,8 +578,9 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
         path: a ``.nii`` or ``.nii.gz`` file.
         image: the file loaded by nibabel, if already loaded (for its header class).
         orientation: the training orientation, an axis code such as "LPS".
-        slicing: "auto" (a clearly thicker axis, else the one nearest head-foot) or "axial"
-            (the axis nearest head-foot, always).
+        slicing: "auto" (a clearly thicker axis, else the one nearest head-foot), "axial"
+            (the axis nearest head-foot, always), or a stored axis 0, 1 or 2 (that axis;
+            ``parse_slicing`` reads the commands' ``--slice-axis``).
 
     Raises:
         DataError: naming the file, for an sform or qform code outside 0-5, a zero, negative,
@@ -567,8 +594,8 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     """
     source = str(path)
     orientation = check_orientation(orientation, source)
-    if slicing not in SLICINGS:
-        raise ValueError(f"slicing {slicing!r}: expected one of {', '.join(SLICINGS)}")
+    if slicing not in SLICINGS and (isinstance(slicing, (bool, str)) or slicing not in STORED_AXES):
+        raise ValueError(f"slicing {slicing!r}: expected one of {', '.join(SLICINGS)}, or a stored axis 0, 1 or 2")
     header_class = type(image.header) if image is not None else nib.Nifti1Header
     try:
         header = raw_header(path, header_class)
@@ -608,10 +635,13 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     lost = lost_voxel_size(spacing, origin, slicing, source)
     if lost:
         notes.append(lost)
-    boundary = orientation_boundary(affine, source) if slicing == "auto" else None
+    boundary = orientation_boundary(affine, source) if slicing != "axial" else None
     if boundary:
         notes.append(boundary)
-    transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim")
+    # a slice axis the user gave is not checked against a placeholder affine (rule 3): it was not
+    # chosen by the voxel sizes the check compares with
+    transform = _transform(affine, slice_axis, orientation, source,
+                           affine_has_spacing=origin != "pixdim" or slicing in STORED_AXES)
     for note in notes:
         log.warning(note)
     axcodes = tuple(aff2axcodes(affine)) if affine is not None else None

@@ -198,8 +198,8 @@ class Volume:
 def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION, dtype=np.float32, slicing="auto"):
     """Read a NIfTI volume into the training orientation (see ``sdnet_infer.geometry``).
 
-    ``slicing`` is the slice-axis rule of ``read_geometry``: "auto", or "axial" for whole-heart
-    volumes cut into axial slices.
+    ``slicing`` is the slice-axis rule of ``read_geometry``: "auto", "axial" for whole-heart
+    volumes cut into axial slices, or a stored axis 0, 1 or 2 that is the slice axis.
 
     Raises ``DataError`` naming the file for a missing or unreadable file (a truncated
     ``.nii.gz`` included), a dimensionality not in ``ndim``, complex, RGB or vector values,

@@ -140,7 +140,8 @@ def _resolved(path):
 
 
 def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACING, report=None,
-                  orientation=TRAINING_ORIENTATION, quality=None, model=None, labels="acdc", started=None):
+                  orientation=TRAINING_ORIENTATION, quality=None, model=None, labels="acdc", started=None,
+                  slicing="auto"):
     """Predict every image under ``source`` into ``out_dir``; a failing input is recorded and skipped.
 
     Each image is read by ``sdnet_infer.geometry`` (voxel size in mm, slice axis, brought
@@ -151,7 +152,9 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     ``x.nii.gz``) are all refused, each with an error naming the others. Returns the records
     (one dict per input, with ``error`` set for the inputs that failed; ``shape``, ``spacing``
     (mm), ``orientation`` and ``slice_axis`` of the stored axes, in the file's own order) and
-    writes them to ``out_dir/predictions.json``.
+    writes them to ``out_dir/predictions.json``. ``slicing`` is ``read_geometry``'s slice-axis
+    rule for every input: "auto", or a stored axis 0, 1 or 2 (``--slice-axis``), recorded as
+    each record's ``slicing``.
 
     With ``quality`` (a ``sdnet_infer.qc.QualityControl``) every predicted volume is assessed:
     its record gets ``qc`` ("ok" or "review") and ``qc_reasons`` (the checks that failed), and
@@ -183,6 +186,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     for index, (path, relative) in enumerate(pairs, start=1):
         target_path = out_dir / relative
         record = {"input": str(path), "output": str(target_path), "error": None, "labels": labels}
+        if slicing != "auto":
+            record["slicing"] = slicing
         if model is not None:
             record["model"] = model
         start = time.perf_counter()
@@ -191,7 +196,7 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
                 raise DataError(collisions[path])
             if _resolved(target_path) in inputs:
                 raise DataError(f"{path}: the output {target_path} would overwrite an input; choose another folder")
-            volume = read_volume(path, ndim=(3, 4), orientation=orientation)
+            volume = read_volume(path, ndim=(3, 4), orientation=orientation, slicing=slicing)
             acdc, slices = predict_volume(volume.data, volume.zooms[:2], probabilities, size, target,
                                           source=str(path), keep_slices=True)
             written = labels_in_convention(acdc, labels)

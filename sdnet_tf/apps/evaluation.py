@@ -465,7 +465,7 @@ def score_cases(cases, out_dir, report=None, structures=None, columns=CASE_COLUM
 
 
 def evaluate_folder(predictions, references, out_dir=None, report=None, label_map=None, structures=None,
-                    prediction_labels=None):
+                    prediction_labels=None, slicing="auto"):
     """Score every ``<case>_pred`` under ``predictions`` against ``<case>_gt`` under ``references``.
 
     Files are ``.nii`` or ``.nii.gz``, suffix and extension matched in any case. Both files of a
@@ -487,6 +487,9 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     references in another label convention (M&Ms: 1 LV, 2 MYO, 3 RV). The summary's ``labels``
     records both: ``{"predictions", "predictions_from", "references"}``.
 
+    ``slicing`` is ``read_geometry``'s slice-axis rule for both files of every case: "auto", or
+    a stored axis 0, 1 or 2 (``--slice-axis``, for files whose slice axis the header cannot tell).
+
     ``report(index, total, name, error)`` is called after each case. ``structures`` (e.g.
     ["MYO"]) scores a model that segments only those (``only_structures``; no clinical indices,
     which need the LV). Writes the tables and ``summary.json`` into ``out_dir`` (default: the
@@ -507,7 +510,7 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     out_dir = prepare_output_dir(out_dir)
     try:
         return _evaluate_into(predictions, references, out_dir, convention, convention_from, report, label_map,
-                              structures)
+                              structures, slicing)
     except BaseException:  # an error or Ctrl-C
         for folder in new_folders:  # nothing was scored: leave no empty folder behind
             if folder.is_dir() and not any(folder.iterdir()):
@@ -515,7 +518,8 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
         raise
 
 
-def _evaluate_into(predictions, references, out_dir, convention, convention_from, report, label_map, structures):
+def _evaluate_into(predictions, references, out_dir, convention, convention_from, report, label_map, structures,
+                   slicing):
     (preds, shared_preds), (refs, shared_refs) = _files(predictions, PRED_SUFFIX), _files(references, REF_SUFFIX)
     if not preds:
         raise DataError(f"{predictions}: no predictions (*{PRED_SUFFIX}.nii.gz or *{PRED_SUFFIX}.nii, "
@@ -531,7 +535,7 @@ def _evaluate_into(predictions, references, out_dir, convention, convention_from
             raise _not_unique(case, shared_refs[case])
         if case not in refs:
             raise DataError(f"{pred_path}: no reference {case}{REF_SUFFIX}.nii.gz under {references}")
-        reference = read_labels(refs[case], label_map=label_map)
+        reference = read_labels(refs[case], label_map=label_map, slicing=slicing)
         swapped = convention_warning(reference.data, refs[case])
         if swapped:  # scored as read, but the LV and RV are probably swapped
             warnings.append(swapped)
@@ -541,7 +545,7 @@ def _evaluate_into(predictions, references, out_dir, convention, convention_from
                             f"{pred_path.name} is scored against it (Dice 0 for any structure it predicts, "
                             "undefined for the others)")
             log.warning(warnings[-1])
-        pred = read_labels(pred_path, label_map=pred_map)  # in ACDC's values
+        pred = read_labels(pred_path, label_map=pred_map, slicing=slicing)  # in ACDC's values
         check_same_grid(pred, reference.geometry, pred_path, refs[case])  # the same grid in mm, or refused
         patient, phase = _phase(case, refs[case])
         return {"pred": pred.data, "ref": reference.data, "zooms": reference.zooms, "patient": patient,

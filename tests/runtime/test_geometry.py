@@ -161,6 +161,101 @@ def test_a_thin_slice_stack_tilted_near_45_degrees_is_refused_not_cut_by_a_guess
         assert read_geometry(path).slice_axis == (2 if tilt < 45 else 1 - about)
 
 
+def _thin_tilted(path, tilt=40, data=None):
+    """The 1.5625 x 1.5625 x 2 mm stack above tilted ``tilt`` degrees about L-R: refused at 40."""
+    data = np.zeros((96, 96, 50)) if data is None else data
+    return save(data, _rotation(0, tilt) @ np.diag([1.5625, 1.5625, 2.0, 1.0]), (1.5625, 1.5625, 2.0), path,
+                dtype=data.dtype)
+
+
+def test_a_given_slice_axis_reads_a_stack_the_rule_refuses_and_orients_it_as_the_rule_would(tmp_path):
+    from sdnet_infer.geometry import parse_slicing
+
+    tilted = _thin_tilted(tmp_path / "thin.nii.gz")
+    with pytest.raises(DataError, match=r"too close to choose .* give the slice axis \(--slice-axis 0, 1 or 2\)"):
+        read_geometry(tilted)
+    given = read_geometry(tilted, slicing=parse_slicing("2"))
+    assert given.slice_axis == 2 and given.training_shape == (96, 96, 50)
+    assert np.linalg.det(_training_frame(given)) == pytest.approx(1.0, abs=1e-6)  # right-handed: never mirrored
+    # where the rule decides, giving its axis changes nothing; giving another moves the slices there
+    for tilt in (0, 30):
+        path = _thin_tilted(tmp_path / f"t{tilt}.nii.gz", tilt)
+        auto, same = read_geometry(path), read_geometry(path, slicing=2)
+        assert np.array_equal(auto.transform, same.transform) and auto.slice_axis == same.slice_axis == 2
+        assert read_geometry(path, slicing=0).training_shape[2] == 96
+    # a narrow stack the shape check refuses is read as given (the user knows its axis)
+    narrow = save(np.zeros((10, 192, 256)), ACDC_AFFINE, (1.445, 1.445, 1.445), tmp_path / "narrow.nii.gz")
+    with pytest.raises(DataError, match=r"or give the slice axis \(--slice-axis 0, 1 or 2\) if it is right"):
+        read_geometry(narrow)
+    assert read_geometry(narrow, slicing=2).training_shape == (10, 192, 256)
+
+
+@pytest.mark.parametrize("text, parsed", [("auto", "auto"), (" Auto ", "auto"), ("axial", "axial"), ("0", 0),
+                                          ("2", 2), (1, 1)])
+def test_slice_axis_choices_are_parsed(text, parsed):
+    from sdnet_infer.geometry import parse_slicing
+
+    assert parse_slicing(text) == parsed and type(parse_slicing(text)) is type(parsed)
+
+
+@pytest.mark.parametrize("text", ["3", "-1", "1.0", "z", "", True, None])
+def test_other_slice_axis_choices_are_refused(tmp_path, text):
+    from sdnet_infer.geometry import parse_slicing
+
+    with pytest.raises(ValueError, match=r"expected auto, axial, or a stored axis 0, 1 or 2"):
+        parse_slicing(text)
+    if not isinstance(text, str) or text:
+        with pytest.raises(ValueError, match=r"or a stored axis 0, 1 or 2"):
+            read_geometry(_thin_tilted(tmp_path / "thin.nii.gz", 0), slicing=text)
+
+
+def test_predict_and_sdnet_infer_take_the_slice_axis_and_record_it(tmp_path, monkeypatch):
+    import sdnet_infer.model
+    import sdnet_tf.inference as inference
+    from sdnet_infer.cli import main as infer
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _thin_tilted(folder / "thin.nii.gz", data=np.random.default_rng(0).integers(0, 200, (96, 96, 50)).astype(np.int16))
+    monkeypatch.setattr(inference, "load_run", lambda run: (SimpleNamespace(num_classes=3),
+                                                            SimpleNamespace(data=SimpleNamespace(spacing=2.5))))
+    monkeypatch.setattr(inference, "KerasRuntime", StandIn)
+    monkeypatch.setattr(sdnet_infer.model, "SDNetRuntime", StandIn)
+    for name, command in [("predict", lambda out, *extra: CliRunner().invoke(
+            main, ["predict", "-i", str(folder), "-o", str(out), "--run", str(tmp_path / "run"), "--no-qc", "--quiet",
+                   *extra]).exit_code),
+                          ("sdnet-infer", lambda out, *extra: infer(["-i", str(folder), "-o", str(out), "-m",
+                                                                     str(tmp_path / "model"), "--no-qc", "-q", *extra]))]:
+        assert command(tmp_path / f"{name}-auto") == 1, name  # refused: too close to choose
+        record = json.loads((tmp_path / f"{name}-auto" / "predictions.json").read_text())[0]
+        assert "--slice-axis" in record["error"] and "slicing" not in record
+        assert command(tmp_path / f"{name}-given", "--slice-axis", "2") == 0, name
+        record = json.loads((tmp_path / f"{name}-given" / "predictions.json").read_text())[0]
+        assert record["error"] is None and record["slicing"] == 2 and record["slice_axis"] == 2
+        written = nib.load(str(tmp_path / f"{name}-given" / "thin_pred.nii.gz"))
+        assert written.shape == (96, 96, 50)
+        assert np.allclose(written.affine, nib.load(str(folder / "thin.nii.gz")).affine)
+
+
+def test_evaluate_takes_the_slice_axis_for_both_files_and_refuses_it_with_a_run(frame, tmp_path):
+    labels = np.zeros((96, 96, 50), np.uint8)
+    labels[30:60, 30:60, 10:40] = 3
+    for folder, suffix in (("refs", "gt"), ("preds", "pred")):
+        (tmp_path / folder).mkdir()
+        _thin_tilted(tmp_path / folder / f"a_{suffix}.nii.gz", data=labels)
+    args = ["evaluate", "-p", str(tmp_path / "preds"), "-r", str(tmp_path / "refs"), "-o", str(tmp_path / "out"),
+            "--quiet"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "--slice-axis" in refused.output
+    scored = CliRunner().invoke(main, args + ["--slice-axis", "2"])
+    assert scored.exit_code == 0, scored.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["per_class"]["LV"]["all"]["Dice"]["mean"] == pytest.approx(1.0)
+    with_run = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path / "run"), "-o", str(tmp_path / "o2"),
+                                         "--slice-axis", "1"])
+    assert with_run.exit_code != 0 and "--slice-axis is for --predictions/--references" in with_run.output
+
+
 def _training_frame(geometry):
     """The world directions (3, 3) of the training array's rows, columns and slices."""
     columns = geometry.affine[:3, :3] / np.linalg.norm(geometry.affine[:3, :3], axis=0)
