@@ -353,3 +353,18 @@ def test_a_reference_without_labels_is_scored_with_a_warning_naming_it(tmp_path,
     assert warning in caplog.text
     a = evaluate_folder(preds, refs, tmp_path / "out2")  # the warning is the file's, once per run
     assert a["warnings"] == [warning]
+
+
+def test_a_prediction_of_one_time_point_stored_4d_is_scored_against_its_3d_reference(tmp_path):
+    # predict keeps a 4-D input of one time point 4-D (X, Y, Z, 1); evaluate refused it as "4-D,
+    # expected 3-D"; a 4-D file of two time points is still refused
+    labels = _labels()
+    (tmp_path / "refs").mkdir(), (tmp_path / "preds").mkdir()
+    for case, prediction in (("one", labels[..., None]), ("two", np.stack([labels, labels], -1))):
+        save(labels, AFFINE, (SPACING, SPACING, THICKNESS), tmp_path / "refs" / f"{case}_gt.nii.gz", dtype=np.uint8)
+        save(prediction, AFFINE, (SPACING, SPACING, THICKNESS, 1.0), tmp_path / "preds" / f"{case}_pred.nii.gz",
+             dtype=np.uint8)
+    summary = evaluate_folder(tmp_path / "preds", tmp_path / "refs", tmp_path / "out")
+    assert summary["cases"] == 1 and summary["dice_mean_3d"]["mean"] == 1.0
+    (error,) = summary["errors"]
+    assert "two_pred.nii.gz" in json.dumps(error) and "4-D" in json.dumps(error)

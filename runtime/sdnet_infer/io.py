@@ -202,7 +202,8 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
     volumes cut into axial slices, or a stored axis 0, 1 or 2 that is the slice axis.
 
     Raises ``DataError`` naming the file for a missing or unreadable file (a truncated
-    ``.nii.gz`` included), a dimensionality not in ``ndim``, complex, RGB or vector values,
+    ``.nii.gz`` included), a dimensionality not in ``ndim`` (a 4-D file of one time point is
+    read as 3-D where only 3-D is accepted), complex, RGB or vector values,
     NaN or infinite values, and a
     geometry that cannot be interpreted (zero or non-finite voxel size, unknown units, an
     undecidable slice axis, an affine contradicting the voxel sizes).
@@ -234,6 +235,8 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
         axis = next(i for i, d in enumerate(dims) if d < 1) + 1
         raise DataError(f"{path}: dim[{axis}] is {dims[axis - 1]}: the header gives the {kind} no voxels along "
                         f"axis {axis} (dim {dims})")
+    if data.ndim == 4 and data.shape[3] == 1 and 3 in ndim and 4 not in ndim:
+        data = data[..., 0]  # one frame stored 4-D (a cine of one time point, as predict writes for one): a frame
     if data.ndim not in ndim:
         expected = " or ".join(f"{n}-D" for n in ndim)
         raise DataError(f"{path}: the {kind} is {data.ndim}-D with shape {data.shape}, expected {expected}")
