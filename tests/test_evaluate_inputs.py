@@ -48,10 +48,17 @@ def test_nifti_files_are_found_whatever_the_case_of_their_extension(tmp_path):
     labels = _labels()
     refs, preds = tmp_path / "refs", tmp_path / "preds"
     refs.mkdir(), preds.mkdir()
-    for name in ("refs/a_gt.NII.GZ", "preds/a_pred.NII.GZ", "refs/b_gt.nii", "preds/b_PRED.Nii"):
-        save(labels, AFFINE, (SPACING, SPACING, THICKNESS), tmp_path / name, dtype=np.uint8)
+    # nibabel writes (and reads) a mixed-case extension as its lower case, so those files are
+    # renamed after writing: "preds/b_PRED.Nii" and "preds/c_pred.Nii.Gz" were found and then
+    # failed as "No such file or directory: b_PRED.nii"
+    for name in ("refs/a_gt.NII.GZ", "preds/a_pred.NII.GZ", "refs/b_gt.nii", "preds/b_PRED.Nii", "refs/c_gt.nIi",
+                 "preds/c_pred.Nii.Gz"):
+        stored = name.rsplit(".", 2 if name.lower().endswith(".gz") else 1)[0] + (
+            ".nii.gz" if name.lower().endswith(".gz") else ".nii")
+        save(labels, AFFINE, (SPACING, SPACING, THICKNESS), tmp_path / stored, dtype=np.uint8)
+        (tmp_path / stored).rename(tmp_path / name)
     summary = evaluate_folder(preds, refs, tmp_path / "out")
-    assert summary["cases"] == 2 and summary["errors"] == [] and summary["dice_mean_3d"]["mean"] == 1.0
+    assert summary["cases"] == 3 and summary["errors"] == [] and summary["dice_mean_3d"]["mean"] == 1.0
 
 
 @pytest.mark.parametrize("twins", [("preds/x_pred.nii.gz", "preds/x_pred.nii"), ("refs/x_gt.nii.gz", "refs/x_gt.nii")])

@@ -213,7 +213,7 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
         raise DataError(f"{path}: {missing_reason(path)}")
     try:
         with _nibabel_silenced():  # its header fixes name no file; read_geometry refuses what they hide
-            img = nib.load(str(path))
+            img = _load(path)
             if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
                 _refuse_other_format(img, path)
             with np.errstate(over="ignore", invalid="ignore"):  # an overflowing scl_slope: named below
@@ -258,6 +258,22 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
         raise DataError(f"{path}: the {kind} contains NaN or infinite values")
     zooms = geometry.training_spacing + tuple(float(z) for z in img.header.get_zooms()[3:data.ndim])
     return Volume(geometry.to_training(data), zooms, geometry, img)
+
+
+def _load(path):
+    """``nib.load``, and for a name whose extension mixes cases (``B.Nii``, ``D.Nii.Gz``), which
+    nibabel rewrites to a file that is not there, the file's bytes read as the NIfTI-1 or
+    NIfTI-2 single file its ``sizeof_hdr`` says (``ImageOpener`` decompresses by the extension
+    in any case)."""
+    try:
+        return nib.load(str(path))
+    except FileNotFoundError:
+        if not path.is_file():
+            raise
+    with ImageOpener(str(path)) as handle:
+        raw = handle.read()
+    sizes = {int(np.frombuffer(raw[:4], f"{order}i4")[0]) for order in "<>"} if len(raw) >= 4 else set()
+    return (nib.Nifti2Image if 540 in sizes else nib.Nifti1Image).from_bytes(raw)
 
 
 def _refuse_other_format(img, path):

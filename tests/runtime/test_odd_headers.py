@@ -216,6 +216,11 @@ def test_upper_case_extensions_are_found_and_named_as_lower_case(tmp_path):
     (tmp_path / "other.nii").rename(folder / "other.Nii")
     assert [(p.name, str(out)) for p, out in find_inputs(folder)] == [
         ("CASE.NII.GZ", "CASE_pred.nii.gz"), ("other.Nii", "other_pred.nii.gz")]
+    # and read: nibabel's load looked for other.nii (it rewrites a mixed-case extension)
+    _image(tmp_path / "mixed.nii.gz")
+    (tmp_path / "mixed.nii.gz").rename(folder / "mixed.Nii.Gz")
+    for name in ("CASE.NII.GZ", "other.Nii", "mixed.Nii.Gz"):
+        assert np.array_equal(read_volume(folder / name).data, read_volume(folder / "CASE.NII.GZ").data), name
 
 
 def test_links_that_lead_nowhere_say_so_and_a_failed_record_names_no_output(tmp_path):
