@@ -496,7 +496,8 @@ def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True)
     if not affine_has_spacing and nearest != slice_world:
         # a placeholder affine (unit columns, as ACDC's) must at least agree with the voxel sizes
         raise DataError(f"{source}: the affine runs axis {slice_axis} along {'xyz'[nearest]}, but its voxel size "
-                        "makes it the slice axis; the affine (no voxel size in it) and pixdim disagree")
+                        "makes it the slice axis; the affine (no voxel size in it) and pixdim disagree: correct "
+                        "one of them, or give the slice axis (--slice-axis 0, 1 or 2) if you know it")
     # the world frame relabelled so that the slice normal's nearest axis plays the training slice
     # direction; the other two keep their order, one of them reversed where that keeps the frame
     # right-handed

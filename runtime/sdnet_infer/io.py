@@ -451,6 +451,30 @@ def load_labels(path, image_shape=None, like=None, label_map=None, orientation=T
 GRID_TOLERANCE_VOXELS = 0.1  # two grids are one when no voxel corner moves a tenth of a voxel along any axis
 
 
+def axis_along(path, like):
+    """The stored axis of ``path`` that runs along the slice axis of ``like`` (a
+    ``VolumeGeometry``): the affine column nearest that direction in space. So a slice axis given
+    for one file (``evaluate --slice-axis``, the reference's) is found in another file of the
+    same grid stored in another axis order. ``like.slice_axis`` itself when either file has no
+    orientation (qform and sform codes 0) or ``path`` cannot be read (``read_volume`` then names
+    the problem)."""
+    if like.axcodes is None:
+        return like.slice_axis
+    try:
+        with _nibabel_silenced():
+            img = _load(Path(path))
+        oriented = int(img.header["sform_code"]) > 0 or int(img.header["qform_code"]) > 0
+    except Exception:  # read_volume reports it, naming the file
+        return like.slice_axis
+    if not oriented:
+        return like.slice_axis
+    columns = np.asarray(img.affine, np.float64)[:3, :3]
+    direction = np.asarray(like.affine, np.float64)[:3, like.slice_axis]
+    cosines = np.abs(columns.T @ direction) / np.maximum(np.linalg.norm(columns, axis=0) * np.linalg.norm(direction),
+                                                         1e-12)
+    return int(np.argmax(cosines))
+
+
 def check_same_grid(volume, like, path, other=None):
     """Refuse ``volume`` (at ``path``) unless its voxels are ``like``'s: the same shape, voxel
     size and position in space once both are in the training orientation, which is how they are

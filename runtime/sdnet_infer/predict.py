@@ -153,8 +153,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     (one dict per input, with ``error`` set for the inputs that failed; ``shape``, ``spacing``
     (mm), ``orientation`` and ``slice_axis`` of the stored axes, in the file's own order) and
     writes them to ``out_dir/predictions.json``. ``slicing`` is ``read_geometry``'s slice-axis
-    rule for every input: "auto", or a stored axis 0, 1 or 2 (``--slice-axis``), recorded as
-    each record's ``slicing``.
+    rule for every input: "auto", or a stored axis 0, 1 or 2 (``--slice-axis``), recorded in
+    each record (``slicing``).
 
     With ``quality`` (a ``sdnet_infer.qc.QualityControl``) every predicted volume is assessed:
     its record gets ``qc`` ("ok" or "review") and ``qc_reasons`` (the checks that failed), and
@@ -185,9 +185,8 @@ def predict_files(source, out_dir, probabilities, size=SIZE, target=TARGET_SPACI
     records = []
     for index, (path, relative) in enumerate(pairs, start=1):
         target_path = out_dir / relative
-        record = {"input": str(path), "output": str(target_path), "error": None, "labels": labels}
-        if slicing != "auto":
-            record["slicing"] = slicing
+        record = {"input": str(path), "output": str(target_path), "error": None, "labels": labels,
+                  "slicing": slicing}
         if model is not None:
             record["model"] = model
         start = time.perf_counter()

@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sdnet_infer.io import (DataError, atomic_path, check_label_convention, check_output_location, check_same_grid,
-                           folder_problem, parse_label_map, prepare_output_dir, read_labels, read_volume, save_labels,
-                           write_json)
+from sdnet_infer.io import (DataError, atomic_path, axis_along, check_label_convention, check_output_location,
+                           check_same_grid, folder_problem, parse_label_map, prepare_output_dir, read_labels,
+                           read_volume, save_labels, write_json)
 from sdnet_infer.predict import SUFFIX as PRED_SUFFIX
 from sdnet_infer.predict import nifti_files, output_name, predict_volume, stem, walk_once
 from sdnet_infer.labels import SDNET_CHANNELS
@@ -487,8 +487,11 @@ def evaluate_folder(predictions, references, out_dir=None, report=None, label_ma
     references in another label convention (M&Ms: 1 LV, 2 MYO, 3 RV). The summary's ``labels``
     records both: ``{"predictions", "predictions_from", "references"}``.
 
-    ``slicing`` is ``read_geometry``'s slice-axis rule for both files of every case: "auto", or
-    a stored axis 0, 1 or 2 (``--slice-axis``, for files whose slice axis the header cannot tell).
+    ``slicing`` is ``read_geometry``'s slice-axis rule of every case: "auto", or a stored axis 0,
+    1 or 2 of the references (``--slice-axis``, for files whose slice axis the header cannot
+    tell); a prediction's is then its axis along the same direction in space
+    (``sdnet_infer.io.axis_along``: a prediction stored in another axis order is still scored).
+    The summary records it as ``slicing``.
 
     ``report(index, total, name, error)`` is called after each case. ``structures`` (e.g.
     ["MYO"]) scores a model that segments only those (``only_structures``; no clinical indices,
@@ -545,7 +548,9 @@ def _evaluate_into(predictions, references, out_dir, convention, convention_from
                             f"{pred_path.name} is scored against it (Dice 0 for any structure it predicts, "
                             "undefined for the others)")
             log.warning(warnings[-1])
-        pred = read_labels(pred_path, label_map=pred_map, slicing=slicing)  # in ACDC's values
+        # a given slice axis is the reference's; the prediction's is its axis along the same direction
+        pred_slicing = slicing if slicing == "auto" else axis_along(pred_path, reference.geometry)
+        pred = read_labels(pred_path, label_map=pred_map, slicing=pred_slicing)  # in ACDC's values
         check_same_grid(pred, reference.geometry, pred_path, refs[case])  # the same grid in mm, or refused
         patient, phase = _phase(case, refs[case])
         return {"pred": pred.data, "ref": reference.data, "zooms": reference.zooms, "patient": patient,
@@ -553,7 +558,8 @@ def _evaluate_into(predictions, references, out_dir, convention, convention_from
 
     cases = [(case, lambda case=case, path=path: load(case, path)) for case, path in sorted(preds.items())]
     return score_cases(cases, out_dir, report=report, structures=structures, source=str(predictions),
-                       extra_summary=lambda rows, slice_rows: {"labels": labels, "warnings": warnings})
+                       extra_summary=lambda rows, slice_rows: {"labels": labels, "warnings": warnings,
+                                                               "slicing": slicing})
 
 
 def lv_volume_record(case, counts, spacing, zooms, reference):

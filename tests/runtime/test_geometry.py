@@ -228,7 +228,7 @@ def test_predict_and_sdnet_infer_take_the_slice_axis_and_record_it(tmp_path, mon
                                                                      str(tmp_path / "model"), "--no-qc", "-q", *extra]))]:
         assert command(tmp_path / f"{name}-auto") == 1, name  # refused: too close to choose
         record = json.loads((tmp_path / f"{name}-auto" / "predictions.json").read_text())[0]
-        assert "--slice-axis" in record["error"] and "slicing" not in record
+        assert "--slice-axis" in record["error"] and record["slicing"] == "auto"
         assert command(tmp_path / f"{name}-given", "--slice-axis", "2") == 0, name
         record = json.loads((tmp_path / f"{name}-given" / "predictions.json").read_text())[0]
         assert record["error"] is None and record["slicing"] == 2 and record["slice_axis"] == 2
@@ -250,7 +250,21 @@ def test_evaluate_takes_the_slice_axis_for_both_files_and_refuses_it_with_a_run(
     scored = CliRunner().invoke(main, args + ["--slice-axis", "2"])
     assert scored.exit_code == 0, scored.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["per_class"]["LV"]["all"]["Dice"]["mean"] == pytest.approx(1.0)
+    assert summary["per_class"]["LV"]["all"]["Dice"]["mean"] == pytest.approx(1.0) and summary["slicing"] == 2
+    # the axis given is the reference's: a prediction stored slice first (its affine updated) is
+    # found along the same direction and scored; one axis number for both had cut it the wrong way
+    reference = nib.load(str(tmp_path / "refs" / "a_gt.nii.gz"))
+    order = (2, 0, 1)
+    moved = np.eye(4)
+    moved[:3, :3] = reference.affine[:3, :3][:, order]
+    moved[:3, 3] = reference.affine[:3, 3]
+    (tmp_path / "preds" / "a_pred.nii.gz").unlink()
+    save(np.transpose(labels, order), moved, tuple(np.array([1.5625, 1.5625, 2.0])[list(order)]),
+         tmp_path / "preds" / "a_pred.nii.gz", dtype=np.uint8)
+    again = CliRunner().invoke(main, args + ["--slice-axis", "2"])
+    assert again.exit_code == 0, again.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["per_class"]["LV"]["all"]["Dice"]["mean"] == pytest.approx(1.0) and summary["errors"] == []
     with_run = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path / "run"), "-o", str(tmp_path / "o2"),
                                          "--slice-axis", "1"])
     assert with_run.exit_code != 0 and "--slice-axis is for --predictions/--references" in with_run.output
@@ -346,7 +360,7 @@ def test_undecidable_slice_axis_is_refused(tmp_path):
 def test_placeholder_affine_that_contradicts_the_voxel_sizes_is_refused(tmp_path):
     """A slice-first array, pixdim (10, 1.5, 1.5), with ACDC's diag(-1, -1, 1) left unpermuted."""
     path = save(np.ones((3, 8, 6)), ACDC_AFFINE, (10.0, 1.5, 1.5), tmp_path / "odd.nii.gz")
-    with pytest.raises(DataError, match=r"odd\.nii\.gz: the affine runs axis 0 along x.* disagree"):
+    with pytest.raises(DataError, match=r"odd\.nii\.gz: the affine runs axis 0 along x.* disagree.*--slice-axis"):
         read_geometry(path)
 
 
