@@ -754,3 +754,33 @@ def test_sdnet_shape_loss_on_jax_matches_tensorflow(tmp_path):
     assert unlabelled["shape_projection"] > 0
     for key in ("shape_projection", "kl"):
         assert jax_side["unlabelled"][key] == pytest.approx(unlabelled[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_parked_prior_run_restored_elsewhere_resumes_as_the_run_itself(cohort, tmp_path):
+    # results/park_run.py keeps an unfinished run in the repository (run folders are not tracked)
+    import importlib.util
+
+    from support.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("park_run", ROOT / "results" / "park_run.py")
+    park_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(park_run)
+    config = _prior_config(cohort, tmp_path, "acnn", spectral_weight=0.0)
+    run = tmp_path / "runs" / "acnn"
+    train_prior(config, run, progress=False)
+    park_run.park(run, tmp_path / "parked")
+    parked = sorted(p.relative_to(tmp_path / "parked" / "acnn").as_posix()
+                    for p in (tmp_path / "parked" / "acnn").rglob("*") if p.is_file())
+    assert parked == sorted(["best.json", "best.npz", "checkpoints/ckpt-3.npz", "config.yaml", "data.json",
+                             "history.csv", "scalars.jsonl", "summary.json", "train.log"])
+    park_run.restore(tmp_path / "parked" / "acnn", tmp_path / "elsewhere")
+    config.train.epochs = 2
+    train_prior(config, run, progress=False)
+    train_prior(config, tmp_path / "elsewhere" / "acnn", progress=False)
+    ours, theirs = (np.load(park_run.newest_checkpoint(r)[1]) for r in (run, tmp_path / "elsewhere" / "acnn"))
+    assert park_run.newest_checkpoint(run)[0] == 6 and sorted(ours.files) == sorted(theirs.files)
+    for key in ours.files:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    # a run folder already at or past the parked step is left alone
+    park_run.restore(tmp_path / "parked" / "acnn", tmp_path / "elsewhere")
+    assert park_run.newest_checkpoint(tmp_path / "elsewhere" / "acnn")[0] == 6
