@@ -103,7 +103,8 @@ def main(argv=None):
         parser.add_argument("--batch-size", type=_count(1), default=None, action=_Once,
                             help="slices per inference call (default 16 on CUDA, 1 on the CPU: lowest memory, "
                                  "no slower)"),
-        parser.add_argument("--slice-axis", type=slice_axis, default="auto", action=_Once, help=SLICE_AXIS_HELP),
+        parser.add_argument("--slice-axis", type=slice_axis, default="auto", action=_Once, metavar="{auto,0,1,2}",
+                            help=SLICE_AXIS_HELP),
     ]
     parser.add_argument("--no-qc", action="store_true",
                         help="skip the quality control (anatomical validity and out-of-distribution scores of every "
