@@ -639,8 +639,15 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     boundary = orientation_boundary(affine, source) if slicing != "axial" else None
     if boundary:
         notes.append(boundary)
-    # a slice axis the user gave is not checked against a placeholder affine (rule 3): it was not
-    # chosen by the voxel sizes the check compares with
+    # a slice axis the user gave is not refused by a placeholder affine (rule 3): it was not chosen
+    # by the voxel sizes the check compares with; that the two disagree is said
+    if slicing in STORED_AXES and origin == "pixdim" and affine is not None:
+        slice_world = int(axcodes2ornt(orientation)[2, 0])
+        nearest = int(np.argmax(np.abs(_unit_columns(affine)[:, slice_axis])))
+        if nearest != slice_world:
+            notes.append(f"{source}: the slice axis given (axis {slice_axis}) runs along {'xyz'[nearest]} in an affine "
+                         "without voxel size (a placeholder, as ACDC's), which usually runs the slices head-foot; "
+                         "its orientation is used as it is: check the segmentation")
     transform = _transform(affine, slice_axis, orientation, source,
                            affine_has_spacing=origin != "pixdim" or slicing in STORED_AXES)
     for note in notes:

@@ -362,6 +362,12 @@ def test_placeholder_affine_that_contradicts_the_voxel_sizes_is_refused(tmp_path
     path = save(np.ones((3, 8, 6)), ACDC_AFFINE, (10.0, 1.5, 1.5), tmp_path / "odd.nii.gz")
     with pytest.raises(DataError, match=r"odd\.nii\.gz: the affine runs axis 0 along x.* disagree.*--slice-axis"):
         read_geometry(path)
+    # given the axis, it is read, with a warning that the placeholder runs it along x, not head-foot
+    given = read_geometry(path, slicing=0)
+    assert given.slice_axis == 0 and given.training_shape == (8, 6, 3)
+    assert [w for w in given.warnings if "odd.nii.gz: the slice axis given (axis 0) runs along x" in w]
+    assert read_geometry(save(np.ones((8, 6, 3)), ACDC_AFFINE, (1.5, 1.5, 10.0), tmp_path / "fine.nii.gz"),
+                         slicing=2).warnings == ()
 
 
 # ------------------------------------------------------------ a header that lost its voxel size
