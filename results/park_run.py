@@ -17,35 +17,39 @@ repository once its run has finished and its results are in.
 """
 
 import argparse
-import re
 import shutil
 import sys
 from pathlib import Path
 
+from sdnet_tf.atomic import atomic_path
+from sdnet_tf.training.run_files import RunFiles
+
 KEPT = ("config.yaml", "data.json", "history.csv", "scalars.jsonl", "train.log", "best.npz", "best.json",
         "summary.json", "prior.yaml")
-STEP = re.compile(r"ckpt-(\d+)\.npz$")
 
 
 def newest_checkpoint(run_dir):
-    """``(step, path)`` of the run's newest checkpoint, or ``(None, None)``."""
-    found = [(int(STEP.search(p.name).group(1)), p) for p in (Path(run_dir) / "checkpoints").glob("ckpt-*.npz")
-             if STEP.search(p.name)]
-    return max(found) if found else (None, None)
+    """``(step, path)`` of the run's newest checkpoint (``RunFiles.latest``), or ``(None, None)``."""
+    path = RunFiles(run_dir).latest()
+    return (None, None) if path is None else (int(path.stem.removeprefix("ckpt-")), path)
+
+
+def _checkpoint_or_exit(folder, what):
+    step, checkpoint = newest_checkpoint(folder)
+    if checkpoint is None:
+        sys.exit(f"{folder}: no {what}")
+    return step, checkpoint
 
 
 def _copy(source, target):
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    shutil.copyfile(source, partial)
-    partial.replace(target)
+    with atomic_path(target) as partial:
+        shutil.copyfile(source, partial)
 
 
 def park(run_dir, dest):
     run_dir = Path(run_dir)
-    step, checkpoint = newest_checkpoint(run_dir)
-    if checkpoint is None:
-        sys.exit(f"{run_dir}: no checkpoint to park")
+    step, checkpoint = _checkpoint_or_exit(run_dir, "checkpoint to park")
     target = Path(dest) / run_dir.name
     if target.exists():
         shutil.rmtree(target)  # an older parking of the same run
@@ -58,9 +62,7 @@ def park(run_dir, dest):
 
 def restore(parked, runs):
     parked = Path(parked)
-    step, checkpoint = newest_checkpoint(parked)
-    if checkpoint is None:
-        sys.exit(f"{parked}: no parked checkpoint")
+    step, _ = _checkpoint_or_exit(parked, "parked checkpoint")
     target = Path(runs) / parked.name
     have, _ = newest_checkpoint(target)
     if have is not None and have >= step:

@@ -478,10 +478,11 @@ def _check_stack(shape, spacing, slice_axis, source, chosen):
                         "slice spacing, or give the slice axis (--slice-axis 0, 1 or 2) if it is right")
 
 
-def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True):
+def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True, notes=None):
     """Orientation transform (3, 2) from the stored axes to ``orientation`` with the slice axis last.
-    ``affine_has_spacing`` False (a placeholder affine whose voxel sizes chose the slice axis)
-    requires the slice axis to run head-foot."""
+    ``affine_has_spacing`` False (a placeholder affine) requires the slice axis to run head-foot:
+    a ``DataError`` when the voxel sizes chose it, a warning appended to ``notes`` when the user
+    gave it (``notes`` not None)."""
     target = axcodes2ornt(orientation)
     slice_world = int(target[2, 0])  # the world axis that plays the slice direction in training
     if affine is None:
@@ -493,7 +494,12 @@ def _transform(affine, slice_axis, orientation, source, affine_has_spacing=True)
     cosines = _unit_columns(affine)
     column = cosines[:, slice_axis]
     nearest = int(np.argmax(np.abs(column)))
-    if not affine_has_spacing and nearest != slice_world:
+    if not affine_has_spacing and nearest != slice_world and notes is not None:
+        # a slice axis the user gave is not refused: it was not chosen by the voxel sizes
+        notes.append(f"{source}: the slice axis given (axis {slice_axis}) runs along {'xyz'[nearest]} in an affine "
+                     "without voxel size (a placeholder, as ACDC's), which usually runs the slices head-foot; "
+                     "its orientation is used as it is: check the segmentation")
+    elif not affine_has_spacing and nearest != slice_world:
         # a placeholder affine (unit columns, as ACDC's) must at least agree with the voxel sizes
         raise DataError(f"{source}: the affine runs axis {slice_axis} along {'xyz'[nearest]}, but its voxel size "
                         "makes it the slice axis; the affine (no voxel size in it) and pixdim disagree: correct "
@@ -639,17 +645,8 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
     boundary = orientation_boundary(affine, source) if slicing != "axial" else None
     if boundary:
         notes.append(boundary)
-    # a slice axis the user gave is not refused by a placeholder affine (rule 3): it was not chosen
-    # by the voxel sizes the check compares with; that the two disagree is said
-    if slicing in STORED_AXES and origin == "pixdim" and affine is not None:
-        slice_world = int(axcodes2ornt(orientation)[2, 0])
-        nearest = int(np.argmax(np.abs(_unit_columns(affine)[:, slice_axis])))
-        if nearest != slice_world:
-            notes.append(f"{source}: the slice axis given (axis {slice_axis}) runs along {'xyz'[nearest]} in an affine "
-                         "without voxel size (a placeholder, as ACDC's), which usually runs the slices head-foot; "
-                         "its orientation is used as it is: check the segmentation")
-    transform = _transform(affine, slice_axis, orientation, source,
-                           affine_has_spacing=origin != "pixdim" or slicing in STORED_AXES)
+    transform = _transform(affine, slice_axis, orientation, source, affine_has_spacing=origin != "pixdim",
+                           notes=notes if slicing in STORED_AXES else None)
     for note in notes:
         log.warning(note)
     axcodes = tuple(aff2axcodes(affine)) if affine is not None else None
