@@ -3,6 +3,7 @@ anything (results/shape-priors/fsd_breakdown.py once crashed on ``--samples 0`` 
 covariance)."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,40 @@ def test_acdc_partial_scoring_names_what_is_missing(tmp_path, monkeypatch, capsy
         run.main()
     assert stop.value.code == 2
     assert phrase in capsys.readouterr().err
+
+
+def test_a_retrained_prior_is_scored_beside_the_first_run_not_over_it(tmp_path, monkeypatch):
+    # the NVAE's run folder was lost and trained again: the networks after it use the new
+    # weights, and both the first run's figures and the new run's must stay readable
+    import json
+
+    shapes = load(ROOT / "results" / "shape-priors" / "acdc.py")
+    out, runs = tmp_path / "acdc", tmp_path / "runs"
+    out.mkdir()
+    monkeypatch.setattr(shapes, "OUT", out)
+    first = {"best": {"epoch": 93}, "summary": {"epochs": 100}, "reconstruction_dice_frames":
+             {"RV": 0.954, "MYO": 0.946, "LV": 0.956, "mean": 0.952}, "reconstruction_dice_slices": {"mean": 0.911},
+             "valid_reconstructions": 0.996, "samples": {}, "frechet_shape_distance_training_vs_test": 2.3}
+    (out / "nvae-acdc-thesis.json").write_text(json.dumps(first))
+
+    def fake_run(command, log):  # what the training and shape-eval commands leave behind
+        folder = Path(command[command.index("-o") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        if command[1] == "shape-eval":
+            again = dict(first, best={"epoch": 97}, reconstruction_dice_frames=dict(
+                first["reconstruction_dice_frames"], mean=0.948))
+            (folder / "nvae-acdc-thesis.json").write_text(json.dumps(again))
+        else:
+            (folder / "history.csv").write_text("epoch,val_dice_mean\n1,0.5\n2,0.7\n")
+            (folder / "best.json").write_text('{"epoch": 97, "loss": 900.0}')
+
+    monkeypatch.setattr(shapes, "run", fake_run)
+    monkeypatch.setattr("sys.argv", ["acdc.py", str(tmp_path), "--runs", str(runs), "--retrain", "nvae-acdc-thesis"])
+    shapes.main()
+    assert json.loads((out / "nvae-acdc-thesis.json").read_text()) == first
+    again = json.loads((out / "retrained" / "nvae-acdc-thesis.json").read_text())
+    assert again["retrained"] is True and again["best"] == {"epoch": 97}
+    assert (out / "retrained" / "nvae-acdc-thesis-history.csv").is_file()
+    table = (out / "table.md").read_text()
+    assert "| nvae-acdc-thesis | spacing | 93 (best) of 100 |" in table
+    assert "| nvae-acdc-thesis, retrained | spacing | 97 (best) of 100 |" in table and "**0.948**" in table

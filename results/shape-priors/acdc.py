@@ -3,6 +3,7 @@
 
     python results/shape-priors/acdc.py /path/to/ACDC/training [--runs runs] [--only NAME ...]
     python results/shape-priors/acdc.py --table          # rebuild table.md and the curves only
+    python results/shape-priors/acdc.py DATA --retrain nvae-acdc-thesis   # its run folder was lost: again
     python results/shape-priors/acdc.py phantom --smoke --runs /tmp/smoke   # every step, 2 steps each
 
 The runs, in this order (each trained with the public command, resuming a run directory that
@@ -31,7 +32,10 @@ valid samples at temperatures 1.0, 0.8, 0.7 and 0.5, Frechet shape distance, a s
 networks by ``sdnet-tf evaluate --run`` on the 15 test patients (3-D Dice, HD95, valid slices,
 as the ACDC table). The baselines without a prior are the ACDC table's runs
 (results/acdc/runs/). ``table.md`` and ``learning_curves.png`` are rebuilt after every run.
-The commands run are printed and recorded in each JSON. ``--smoke`` checks the pipeline: every
+The commands run are printed and recorded in each JSON, and each network's JSON records which
+weights of its prior it used (the prior's ``best.json``). ``--retrain PRIOR`` trains a prior whose
+run folder was lost again in the same folder, with the same command and seed, and scores it into
+``retrained/PRIOR.json``, beside the first run's JSON; the table shows both. ``--smoke`` checks the pipeline: every
 run for one epoch of two steps, results under ``RUNS/results`` instead of here.
 """
 
@@ -113,10 +117,14 @@ def run(command, log):
         raise
 
 
-def train_prior(name, data, runs):
+def train_prior(name, data, runs, out=None):
+    """Train (or resume) the prior ``runs/name``, score it with ``shape-eval`` and write its JSON,
+    samples and history to ``out`` (default ``OUT``)."""
+    out = out or OUT
+    retrained = out != OUT
     run_dir = runs / name
     train = ["sdnet-tf", *PRIORS[name], "--data", str(data), "-o", str(run_dir), "--quiet", *_smoke(PRIORS[name])]
-    scored = runs / f"{name}-shape-eval"
+    scored = runs / f"{name}-{'retrained-' if retrained else ''}shape-eval"
     frds = ["--frds"] if PRIORS[name][2] == "nvae" else []
     evaluate = ["sdnet-tf", "shape-eval", str(run_dir), "-o", str(scored), "--quiet", *frds, *SAMPLES]
     start = time.perf_counter()
@@ -126,11 +134,14 @@ def train_prior(name, data, runs):
     result = json.loads((scored / f"{name}.json").read_text())
     result.update(name=name, commands=[" ".join(train), " ".join(evaluate)],
                   train_seconds_this_invocation=round(seconds, 1))
-    write_json(OUT / f"{name}.json", result)
+    if retrained:
+        result["retrained"] = True
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", result)
     for extra in (f"{name}-samples.png",):
         if (scored / extra).is_file():
-            shutil.copyfile(scored / extra, OUT / extra)
-    shutil.copyfile(run_dir / "history.csv", OUT / f"{name}-history.csv")
+            shutil.copyfile(scored / extra, out / extra)
+    shutil.copyfile(run_dir / "history.csv", out / f"{name}-history.csv")
     print(f"{name}: reconstruction Dice {result['reconstruction_dice_frames']['mean']:.3f} per frame, "
           f"{result['reconstruction_dice_slices']['mean']:.3f} per slice", flush=True)
 
@@ -148,6 +159,8 @@ def train_network(name, data, runs):
     result = acdc_run.collect("sdnet" if kind == "sdnet" else "unet", 0, fraction, run_dir, seconds,
                               [train, evaluate])
     result.update(name=name, model=kind, shape_prior=prior)
+    # which weights of the prior: its folder may have been trained again (--retrain)
+    result["shape_prior_best"] = json.loads((runs / prior / "best.json").read_text())
     omega = run_dir / "omega.json"
     if omega.is_file():
         result["omega"] = json.loads(omega.read_text())["omega"]
@@ -170,8 +183,12 @@ def prior_rows():
     lines = ["| prior | framing | epochs | recon Dice per frame RV / MYO / LV | mean | per slice | valid recon | "
              "valid samples T=1 / 0.8 / 0.7 / 0.5 | FSD T=1 (real: train vs test) | FRDS T=1 (real) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in PRIORS:
-        r = _load(name)
+    rows = []
+    for name in PRIORS:  # each prior, then its run trained again (--retrain) if there is one
+        rows.append((name, _load(name)))
+        if (again := _load(name, OUT / "retrained")) is not None:
+            rows.append((f"{name}, retrained", again))
+    for name, r in rows:
         if r is None:
             lines.append(f"| {name} | | not run yet | | | | | | | |")
             continue
@@ -240,11 +257,13 @@ def plot():
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in PRIORS:
-        path = OUT / f"{name}-history.csv"
-        if path.is_file():
-            rows = list(csv.DictReader(open(path)))
-            left.plot([int(r["epoch"]) for r in rows], [float(r["val_dice_mean"]) for r in rows], label=name)
+    for i, name in enumerate(PRIORS):
+        for label, path, style in ((name, OUT / f"{name}-history.csv", "-"),
+                                   (f"{name}, retrained", OUT / "retrained" / f"{name}-history.csv", ":")):
+            if path.is_file():
+                rows = list(csv.DictReader(open(path)))
+                left.plot([int(r["epoch"]) for r in rows], [float(r["val_dice_mean"]) for r in rows], label=label,
+                          color=f"C{i}", linestyle=style)
     left.set(xlabel="epoch", ylabel="validation reconstruction Dice (per slice)", title="priors")
     drawn = set()
     for name, (_, _, _, baseline, _) in NETWORKS.items():
@@ -273,6 +292,10 @@ def main():
     parser.add_argument("data", nargs="?", type=Path, help="an ACDC training folder")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "shape-priors")
     parser.add_argument("--only", nargs="+", choices=ORDER, help="these runs only, in the planned order")
+    parser.add_argument("--retrain", metavar="PRIOR", choices=list(PRIORS),
+                        help="train PRIOR again in RUNS/PRIOR (same command and seed; for a prior whose run folder "
+                             "was lost, so that the networks after it have weights) and score it into "
+                             "results/shape-priors/acdc/retrained/PRIOR.json, leaving the first run's JSON as it is")
     parser.add_argument("--table", action="store_true", help="rebuild table.md and the curves, train nothing")
     parser.add_argument("--smoke", action="store_true",
                         help="check the pipeline: one epoch of two steps per run, results in RUNS/results")
@@ -293,7 +316,14 @@ def main():
         OUT = args.runs / "results"
         BASELINE_ROWS[0] = False  # a smoke run's figures are not comparable with the ACDC table
     OUT.mkdir(parents=True, exist_ok=True)
-    if not args.table:
+    if args.retrain and not args.table:
+        args.runs.mkdir(parents=True, exist_ok=True)
+        out = OUT / "retrained"
+        if (out / f"{args.retrain}.json").is_file():
+            print(f"{args.retrain}: already in {out / (args.retrain + '.json')}; skipped", flush=True)
+        else:
+            train_prior(args.retrain, args.data, args.runs, out)
+    elif not args.table:
         args.runs.mkdir(parents=True, exist_ok=True)
         for name in ORDER:
             if args.only and name not in args.only:
