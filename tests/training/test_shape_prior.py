@@ -784,3 +784,27 @@ def test_a_parked_prior_run_restored_elsewhere_resumes_as_the_run_itself(cohort,
     # a run folder already at or past the parked step is left alone
     park_run.restore(tmp_path / "parked" / "acnn", tmp_path / "elsewhere")
     assert park_run.newest_checkpoint(tmp_path / "elsewhere" / "acnn")[0] == 6
+
+
+def test_a_finished_prior_parked_with_its_weights_only_is_restored_for_use(cohort, tmp_path):
+    # a finished prior that later trainings load (--shape-prior) is kept without its checkpoint
+    import importlib.util
+
+    from support.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("park_run", ROOT / "results" / "park_run.py")
+    park_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(park_run)
+    config = _prior_config(cohort, tmp_path, "acnn", spectral_weight=0.0)
+    run = tmp_path / "runs" / "acnn"
+    train_prior(config, run, progress=False)
+    park_run.park(run, tmp_path / "parked", weights_only=True)
+    parked = tmp_path / "parked" / "acnn"
+    assert not (parked / "checkpoints").exists() and (parked / "best.npz").is_file()
+    park_run.restore(parked, tmp_path / "elsewhere")
+    here, there = np.load(run / "best.npz"), np.load(tmp_path / "elsewhere" / "acnn" / "best.npz")
+    assert sorted(here.files) == sorted(there.files)
+    for key in here.files:
+        np.testing.assert_array_equal(here[key], there[key], err_msg=key)
+    with pytest.raises(SystemExit, match="no best weights to park"):
+        park_run.park(tmp_path / "nothing", tmp_path / "parked", weights_only=True)
