@@ -40,13 +40,6 @@ def newest_checkpoint(run_dir):
     return (None, None) if path is None else (int(path.stem.removeprefix("ckpt-")), path)
 
 
-def _checkpoint_or_exit(folder, what):
-    step, checkpoint = newest_checkpoint(folder)
-    if checkpoint is None:
-        sys.exit(f"{folder}: no {what}")
-    return step, checkpoint
-
-
 def _copy(source, target):
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as partial:
@@ -59,7 +52,9 @@ def park(run_dir, dest, weights_only=False):
         if not (run_dir / "best.npz").is_file() or not (run_dir / "best.json").is_file():
             sys.exit(f"{run_dir}: no best weights to park (best.npz and best.json)")
     else:
-        step, checkpoint = _checkpoint_or_exit(run_dir, "checkpoint to park")
+        step, checkpoint = newest_checkpoint(run_dir)
+        if checkpoint is None:
+            sys.exit(f"{run_dir}: no checkpoint to park")
     target = Path(dest) / run_dir.name
     if target.exists():
         shutil.rmtree(target)  # an older parking of the same run
@@ -76,14 +71,15 @@ def park(run_dir, dest, weights_only=False):
 def restore(parked, runs):
     parked = Path(parked)
     target = Path(runs) / parked.name
-    if newest_checkpoint(parked)[1] is None and (parked / "best.json").is_file():  # park --weights-only
+    step, _ = newest_checkpoint(parked)
+    if step is None:  # park --weights-only: the best weights and records
+        if not (parked / "best.json").is_file():
+            sys.exit(f"{parked}: no parked checkpoint or best weights")
         if (target / "best.json").is_file() and (target / "best.json").read_bytes() == (
                 parked / "best.json").read_bytes():
             print(f"{target} already holds these best weights; nothing restored")
             return
-        step = None
     else:
-        step, _ = _checkpoint_or_exit(parked, "parked checkpoint")
         have, _ = newest_checkpoint(target)
         if have is not None and have >= step:
             print(f"{target} already holds step {have} (parked: {step}); nothing restored")

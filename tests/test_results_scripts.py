@@ -2,19 +2,12 @@
 anything (results/shape-priors/fsd_breakdown.py once crashed on ``--samples 0`` inside the
 covariance)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from support.helpers import ROOT
-
-
-def load(path):
-    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support.helpers import load_script as load
 
 
 @pytest.mark.parametrize("option,value,phrase", [("--samples", "0", "at least 2 samples"),

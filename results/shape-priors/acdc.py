@@ -117,11 +117,15 @@ def run(command, log):
         raise
 
 
-def train_prior(name, data, runs, out=None):
+def results_dir(retrained=False):
+    """Where a run's JSON goes: ``OUT``, or ``OUT/retrained`` for a prior trained again."""
+    return OUT / "retrained" if retrained else OUT
+
+
+def train_prior(name, data, runs, retrained=False):
     """Train (or resume) the prior ``runs/name``, score it with ``shape-eval`` and write its JSON,
-    samples and history to ``out`` (default ``OUT``)."""
-    out = out or OUT
-    retrained = out != OUT
+    samples and history to ``results_dir(retrained)``."""
+    out = results_dir(retrained)
     run_dir = runs / name
     train = ["sdnet-tf", *PRIORS[name], "--data", str(data), "-o", str(run_dir), "--quiet", *_smoke(PRIORS[name])]
     scored = runs / f"{name}-{'retrained-' if retrained else ''}shape-eval"
@@ -186,7 +190,7 @@ def prior_rows():
     rows = []
     for name in PRIORS:  # each prior, then its run trained again (--retrain) if there is one
         rows.append((name, _load(name)))
-        if (again := _load(name, OUT / "retrained")) is not None:
+        if (again := _load(name, results_dir(retrained=True))) is not None:
             rows.append((f"{name}, retrained", again))
     for name, r in rows:
         if r is None:
@@ -259,7 +263,7 @@ def plot():
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, name in enumerate(PRIORS):
         for label, path, style in ((name, OUT / f"{name}-history.csv", "-"),
-                                   (f"{name}, retrained", OUT / "retrained" / f"{name}-history.csv", ":")):
+                                   (f"{name}, retrained", results_dir(retrained=True) / f"{name}-history.csv", ":")):
             if path.is_file():
                 rows = list(csv.DictReader(open(path)))
                 left.plot([int(r["epoch"]) for r in rows], [float(r["val_dice_mean"]) for r in rows], label=label,
@@ -316,22 +320,19 @@ def main():
         OUT = args.runs / "results"
         BASELINE_ROWS[0] = False  # a smoke run's figures are not comparable with the ACDC table
     OUT.mkdir(parents=True, exist_ok=True)
-    if args.retrain and not args.table:
+    if not args.table:
         args.runs.mkdir(parents=True, exist_ok=True)
-        out = OUT / "retrained"
-        if (out / f"{args.retrain}.json").is_file():
-            print(f"{args.retrain}: already in {out / (args.retrain + '.json')}; skipped", flush=True)
-        else:
-            train_prior(args.retrain, args.data, args.runs, out)
-    elif not args.table:
-        args.runs.mkdir(parents=True, exist_ok=True)
-        for name in ORDER:
-            if args.only and name not in args.only:
+        jobs = [(args.retrain, True)] if args.retrain else [(name, False) for name in ORDER
+                                                             if not args.only or name in args.only]
+        for name, retrained in jobs:
+            done = results_dir(retrained) / f"{name}.json"
+            if done.is_file():
+                print(f"{name}: already in {done}; skipped", flush=True)
                 continue
-            if (OUT / f"{name}.json").is_file():
-                print(f"{name}: already in {OUT / (name + '.json')}; skipped", flush=True)
-                continue
-            (train_prior if name in PRIORS else train_network)(name, args.data, args.runs)
+            if name in PRIORS:
+                train_prior(name, args.data, args.runs, retrained)
+            else:
+                train_network(name, args.data, args.runs)
             write_table()
             plot()
     write_table()

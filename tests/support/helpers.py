@@ -19,6 +19,16 @@ TESTS = SUPPORT.parent
 ROOT = TESTS.parent
 
 
+def load_script(path):
+    """The module of a script that is not a package module (``results/*.py``), loaded from ``path``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def jax_env(tmp_path):
     """A JAX subprocess' environment: the worktree's code, CPU only, TensorFlow blocked.
 

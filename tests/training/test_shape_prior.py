@@ -758,13 +758,9 @@ def test_sdnet_shape_loss_on_jax_matches_tensorflow(tmp_path):
 
 def test_a_parked_prior_run_restored_elsewhere_resumes_as_the_run_itself(cohort, tmp_path):
     # results/park_run.py keeps an unfinished run in the repository (run folders are not tracked)
-    import importlib.util
+    from support.helpers import ROOT, load_script
 
-    from support.helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location("park_run", ROOT / "results" / "park_run.py")
-    park_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(park_run)
+    park_run = load_script(ROOT / "results" / "park_run.py")
     config = _prior_config(cohort, tmp_path, "acnn", spectral_weight=0.0)
     run = tmp_path / "runs" / "acnn"
     train_prior(config, run, progress=False)
@@ -788,13 +784,9 @@ def test_a_parked_prior_run_restored_elsewhere_resumes_as_the_run_itself(cohort,
 
 def test_a_finished_prior_parked_with_its_weights_only_is_restored_for_use(cohort, tmp_path):
     # a finished prior that later trainings load (--shape-prior) is kept without its checkpoint
-    import importlib.util
+    from support.helpers import ROOT, load_script
 
-    from support.helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location("park_run", ROOT / "results" / "park_run.py")
-    park_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(park_run)
+    park_run = load_script(ROOT / "results" / "park_run.py")
     config = _prior_config(cohort, tmp_path, "acnn", spectral_weight=0.0)
     run = tmp_path / "runs" / "acnn"
     train_prior(config, run, progress=False)
