@@ -89,3 +89,20 @@ def test_a_retrained_prior_is_scored_beside_the_first_run_not_over_it(tmp_path, 
     table = (out / "table.md").read_text()
     assert "| nvae-acdc-thesis | spacing | 93 (best) of 100 |" in table
     assert "| nvae-acdc-thesis, retrained | spacing | 97 (best) of 100 |" in table and "**0.948**" in table
+
+
+def test_failed_checks_counts_each_check_over_the_invalid_slices(tmp_path):
+    # a slice failing two checks counts once as invalid and once under each check
+    import csv
+
+    from sdnet_tf.apps.evaluation import SLICE_COLUMNS
+
+    run_py = load(ROOT / "results" / "acdc" / "run.py")
+    failed = ["", "holes;frontier_between_lv_and_background", "holes", "", "disconnectivity_in_rv"]
+    with open(tmp_path / "slices.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SLICE_COLUMNS)
+        writer.writeheader()
+        for i, checks in enumerate(failed):
+            writer.writerow({"Name": "patient016_frame01", "Slice": i, "Failed checks pred": checks})
+    assert run_py.failed_checks(tmp_path / "slices.csv") == {
+        "invalid_slices": 3, "holes": 2, "frontier_between_lv_and_background": 1, "disconnectivity_in_rv": 1}

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,6 +109,20 @@ def history(run_dir, kind):
     return [{"epoch": int(r["epoch"]), "val_dice": float(r[key]), "seconds": float(r["seconds"])} for r in rows]
 
 
+def failed_checks(slices_csv):
+    """How many predicted test slices fail each anatomical check (``evaluate``'s slices.csv,
+    column "Failed checks pred"; a slice failing several counts under each), and the number of
+    invalid slices; the checks are those of the valid-slice share (README, Quality control)."""
+    counts = Counter()
+    invalid = 0
+    with open(slices_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            names = [c for c in (row.get("Failed checks pred") or "").split(";") if c]
+            invalid += bool(names)
+            counts.update(names)
+    return {"invalid_slices": invalid, **dict(counts.most_common())}
+
+
 def collect(kind, split, fraction, run_dir, seconds, cmds, test_dir=None):
     summary = json.loads(((test_dir or run_dir / "test") / "summary.json").read_text())
     classes = summary["per_class"]
@@ -125,6 +140,7 @@ def collect(kind, split, fraction, run_dir, seconds, cmds, test_dir=None):
         "hd95_mm": {c: classes[c]["all"]["HD95"]["mean"] for c in ("LV", "RV", "MYO")},
         "valid_slices_percent": summary["validity_percent"]["Valid7 pred"],
         "valid_reference_slices_percent": summary["validity_percent"]["Valid7 ref"],
+        "failed_checks": failed_checks((test_dir or run_dir / "test") / "slices.csv"),
         "validation": history(run_dir, kind),
         "train_seconds_this_invocation": round(seconds, 1),
         "commands": [" ".join(c) for c in cmds],
