@@ -3,10 +3,11 @@ variant runs ``prior_step.measure("tf-function", "nvae-acdc", ...)`` in a fresh 
 own checkout, the variants alternate for ROUNDS rounds (default 3), and the medians and their
 ratio to the first variant are printed. A variant is ``NAME=ENV=VALUE,...@CHECKOUT``, with
 ``+nograppler`` (Grappler off in the process) or ``+on`` (``train.graph_rewriting=true``) after
-the checkout's path; ENV may be empty, e.g.
+the checkout's path, and config overrides as ``+SECTION.KEY=VALUE``; ENV may be empty, e.g.
 
     ROUNDS=3 python benchmarks/prior_step_ab.py "base=@/path/to/base" "candidate=@/path/to/branch"
     python benchmarks/prior_step_ab.py "base=@." "eigen=TF_ENABLE_ONEDNN_OPTS=0@."
+    python benchmarks/prior_step_ab.py "base=@." "deterministic=@.+train.deterministic=true"
 
 STEPS (6) and WARM (2) set the timed and warm-up steps of each process.
 """
@@ -19,9 +20,9 @@ variants = []
 for spec in sys.argv[1:]:
     name, rest = spec.split("=", 1)
     envs, root = rest.split("@")
-    grappler = not root.endswith("+nograppler"); root = root.replace("+nograppler", "")
-    sets = []
-    if root.endswith("+on"): sets = ["train.graph_rewriting=true"]; root = root[:-3]
+    root, *flags = root.split("+")
+    grappler = "nograppler" not in flags
+    sets = ["train.graph_rewriting=true"] * ("on" in flags) + [f for f in flags if "=" in f]
     env = dict(kv.split("=", 1) for kv in envs.split(",") if kv)
     variants.append((name, env, root, grappler, sets))
 CHILD = """

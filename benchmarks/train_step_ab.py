@@ -2,9 +2,11 @@
 
     python benchmarks/train_step_ab.py --config synthetic-quick base=/path/to/base candidate=.
     git worktree add /tmp/base COMMIT   # a checkout of the commit to compare with
+    python benchmarks/train_step_ab.py --config sdnet-acdc-cpu base=. deterministic=.+train.deterministic=true
 
-Each variant ``NAME=CHECKOUT`` runs that checkout's ``benchmarks/train_step.py`` (without XLA,
-glibc's default allocator, ``--set`` overrides passed on) in a fresh process with the checkout
+Each variant ``NAME=CHECKOUT[+SECTION.KEY=VALUE...]`` runs that checkout's
+``benchmarks/train_step.py`` (without XLA, glibc's default allocator, ``--set`` overrides
+passed on, then the variant's own) in a fresh process with the checkout
 first on ``PYTHONPATH``; the variants alternate for ``--rounds`` rounds, and the median over the
 rounds of each process's median iteration and of its first iteration (tracing and compiling) is
 printed with the ratio to the first variant.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variants", nargs="+", metavar="NAME=CHECKOUT")
+    parser.add_argument("variants", nargs="+", metavar="NAME=CHECKOUT[+SECTION.KEY=VALUE...]")
     parser.add_argument("--config", default="synthetic-quick")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=7)
@@ -30,15 +32,17 @@ def main():
     args = parser.parse_args()
     variants = []
     for spec in args.variants:
-        name, _, root = spec.partition("=")
+        name, _, rest = spec.partition("=")
+        root, *own = rest.split("+")
         root = Path(root or ".").resolve()
-        if not name or not (root / "benchmarks" / "train_step.py").is_file():
-            parser.error(f"{spec}: expected NAME=CHECKOUT, a checkout of this repository")
-        variants.append((name, root))
-    sets = [a for o in args.overrides for a in ("--set", o)]
-    runs = {name: [] for name, _ in variants}
+        if not name or not (root / "benchmarks" / "train_step.py").is_file() or not all("=" in o for o in own):
+            parser.error(f"{spec}: expected NAME=CHECKOUT[+SECTION.KEY=VALUE...], CHECKOUT a checkout of this "
+                         "repository")
+        variants.append((name, root, own))
+    runs = {name: [] for name, _, _ in variants}
     for round_ in range(args.rounds):
-        for name, root in variants:
+        for name, root, own in variants:
+            sets = [a for o in [*args.overrides, *own] for a in ("--set", o)]
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=f"{root}/runtime:{root}")
             command = [sys.executable, str(root / "benchmarks" / "train_step.py"), "--config", args.config,
                        "--no-xla", "--allocator", "default", "--iterations", str(args.iterations), "--warmup", "1",
@@ -68,7 +72,8 @@ def main():
         from sdnet_tf.atomic import write_text
 
         report = {"config": args.config, "overrides": args.overrides, "rounds": runs, "summary": summary,
-                  "checkouts": {name: str(root) for name, root in variants}}
+                  "checkouts": {name: str(root) for name, root, _ in variants},
+                  "variant_overrides": {name: own for name, _, own in variants}}
         write_text(args.out, json.dumps(report, indent=2) + "\n")
 
 

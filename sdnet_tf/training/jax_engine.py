@@ -294,6 +294,22 @@ class JAXEngine:
         """Nothing is held open: every scalar line is written and closed when logged."""
 
 
+def check_deterministic():
+    """Refuse ``train.deterministic`` where XLA would not be: on a GPU without
+    ``--xla_gpu_deterministic_ops=true`` in ``XLA_FLAGS`` (read when JAX starts, so it cannot be
+    set from here). XLA's CPU kernels are deterministic as they are.
+
+    Raises:
+        ConfigError: a GPU or TPU without the flag.
+    """
+    import os
+
+    platform = jax.devices()[0].platform
+    if platform != "cpu" and "--xla_gpu_deterministic_ops=true" not in os.environ.get("XLA_FLAGS", ""):
+        raise ConfigError(f"train.deterministic on the JAX engine on {platform}: start the process with "
+                          "XLA_FLAGS=--xla_gpu_deterministic_ops=true (XLA reads it when JAX starts)")
+
+
 def compile_stateful(fn, variables, updated):
     """``fn`` jit-compiled under a ``keras.StatelessScope`` over ``variables``' values; each call
     assigns the new values of ``updated`` afterwards, so they end as eager execution leaves

@@ -422,6 +422,13 @@ def _fused_batchnorm_call(layer, keras_call, on_gpu, inputs, training=None, mask
     return tf.cast(y, layer.compute_dtype)
 
 
+def enable_determinism():
+    """TensorFlow's deterministic kernels for the rest of the process
+    (``tf.config.experimental.enable_op_determinism``; ``engines.apply_determinism``). An op
+    without a deterministic kernel then raises ``UnimplementedError`` when it runs."""
+    tf.config.experimental.enable_op_determinism()
+
+
 def compile_stateful(fn, variables, updated):
     """``fn`` as a ``tf.function``: its variable updates run inside the graph, so every
     variable ends as eager execution leaves it (``engines.stateful_compiler``)."""
