@@ -111,10 +111,10 @@ class TrainConfig:
     min_delta: float = 0.01
     pool_size: int = 50
     seed: int = 1
-    # deterministic kernels (engines.apply_determinism): the same seed, data and config give
-    # bit-identical weights. Off, as the original: TensorFlow's oneDNN CPU kernels are not
-    # deterministic, and runs with one seed part within steps (README, Training, "Same seed,
-    # same weights")
+    # deterministic TensorFlow (engines.apply_determinism: op determinism, Grappler's rewriting
+    # off), so that the same seed, data and config give the same weights. Off, as the original
+    # ran: with Grappler's rewriting, runs with one seed can part within 20 steps (README,
+    # Training, "Same seed, same weights")
     deterministic: bool = False
     # the TensorFlow engine's XLA switch: true, false or auto (speed.choose_xla: XLA on a GPU,
     # never on a CPU, where plain tf.function measured faster at every size; benchmarks/RESULTS.md).
@@ -319,10 +319,10 @@ class PriorTrainConfig:
     nonfinite: str = "skip"  # skip | stop: what a step with a non-finite loss or gradient does
     max_nonfinite: int = 20  # consecutive skipped steps before the run stops
     seed: int = 1
-    # deterministic kernels (engines.apply_determinism): the same seed, data and config give
-    # bit-identical weights. Off, as the original: TensorFlow's oneDNN CPU kernels are not
-    # deterministic, and runs with one seed part within steps (README, Training, "Same seed,
-    # same weights")
+    # deterministic TensorFlow (engines.apply_determinism: op determinism, Grappler's rewriting
+    # off), so that the same seed, data and config give the same weights. Off, as the original
+    # ran: with Grappler's rewriting, runs with one seed can part within 20 steps (README,
+    # Training, "Same seed, same weights")
     deterministic: bool = False
     backend: str = "tensorflow"  # tensorflow | jax: the Keras backend and the engine that trains
     jit_compile: bool = False  # TensorFlow: XLA; the JAX engine always compiles with XLA
@@ -380,10 +380,10 @@ class SegmentationTrainConfig:
     max_steps: int = field(default=0, metadata={"minimum": 0})
     learning_rate: float = 1e-3
     seed: int = 1
-    # deterministic kernels (engines.apply_determinism): the same seed, data and config give
-    # bit-identical weights. Off, as the original: TensorFlow's oneDNN CPU kernels are not
-    # deterministic, and runs with one seed part within steps (README, Training, "Same seed,
-    # same weights")
+    # deterministic TensorFlow (engines.apply_determinism: op determinism, Grappler's rewriting
+    # off), so that the same seed, data and config give the same weights. Off, as the original
+    # ran: with Grappler's rewriting, runs with one seed can part within 20 steps (README,
+    # Training, "Same seed, same weights")
     deterministic: bool = False
     backend: str = "tensorflow"  # tensorflow | jax
     jit_compile: bool = False

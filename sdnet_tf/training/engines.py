@@ -108,18 +108,21 @@ def apply_determinism(train):
     ``SegmentationTrainConfig``), make the backend's kernels deterministic for the rest of the
     process, so that the same seed, data and config give bit-identical weights run after run.
 
-    TensorFlow: ``tf.config.experimental.enable_op_determinism`` (process-wide, and not undone
-    by a later run in the same process). Without it the CPU's oneDNN kernels are not
-    deterministic: two 20-step NVAE runs with one seed parted by 2.7 in their largest weight
-    (README, Training, "Same seed, same weights"). JAX: XLA on a CPU is deterministic; on a
-    GPU it needs ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` before JAX starts, which the
-    JAX engine checks.
+    TensorFlow: op determinism and Grappler's graph rewriting off (``tf_engine.enable_determinism``;
+    process-wide, and not undone by a later run in the same process). Without them runs with one
+    seed can part within 20 steps (README, Training, "Same seed, same weights"). JAX: XLA on a
+    CPU is deterministic; on a GPU it needs ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``
+    before JAX starts, which the JAX engine checks.
 
     Raises:
-        ConfigError: the JAX engine on a GPU without that flag.
+        ConfigError: ``train.graph_rewriting: true`` with it (TensorFlow), or the JAX engine on
+            a GPU without that flag.
     """
     if not train.deterministic:
         return
+    if getattr(train, "graph_rewriting", "auto") is True and train.backend != "jax":
+        raise ConfigError("train.deterministic turns Grappler's graph rewriting off (with it, runs with one seed "
+                          "differ); train.graph_rewriting: true contradicts it: set it to auto or false")
     if train.backend == "jax":
         from sdnet_tf.training.jax_engine import check_deterministic
     else:

@@ -70,8 +70,9 @@ class TFEngine:
         # SDNET_TF_ALLOCATOR=auto and train.graph_rewriting auto: where each was measured faster
         # (sdnet_tf/training/speed.py, benchmarks/RESULTS.md)
         self.allocator_tuned = tune_allocator(when_auto=choose_allocator_tuning(self.jit_compile, size, gpu))
-        self.graph_rewriting = choose_graph_rewriting(getattr(train_config, "graph_rewriting", "auto"),
-                                                      self.jit_compile, size, gpu)
+        # train.deterministic has turned the rewriting off (engines.apply_determinism)
+        self.graph_rewriting = not getattr(train_config, "deterministic", False) and choose_graph_rewriting(
+            getattr(train_config, "graph_rewriting", "auto"), self.jit_compile, size, gpu)
         if not self.graph_rewriting:
             # process-wide: every TensorFlow function this process runs from now on (the
             # updates, validation, inference) is executed without Grappler's rewriting
@@ -423,10 +424,18 @@ def _fused_batchnorm_call(layer, keras_call, on_gpu, inputs, training=None, mask
 
 
 def enable_determinism():
-    """TensorFlow's deterministic kernels for the rest of the process
-    (``tf.config.experimental.enable_op_determinism``; ``engines.apply_determinism``). An op
-    without a deterministic kernel then raises ``UnimplementedError`` when it runs."""
+    """Deterministic TensorFlow for the rest of the process (``engines.apply_determinism``):
+    ``tf.config.experimental.enable_op_determinism`` (an op without a deterministic kernel then
+    raises ``UnimplementedError`` when it runs) and Grappler's graph rewriting off. Op
+    determinism alone does not suffice on a CPU: with Grappler's rewriting and more than one
+    inter-op thread, the NVAE's gradient on one batch from the same weights differed from the
+    first call's (by up to 3.7e-4) in 12 of 15 later calls, and in 10 of 15 with op
+    determinism; with both settings, in 0 of 15 (``benchmarks/gradient_repeat.py``), as with
+    one inter-op thread (which TensorFlow takes only before its first op). Turning Grappler's
+    passes off one at a time (remapping, arithmetic, layout, dependency, function, loop
+    optimisation, constant folding) did not remove it."""
     tf.config.experimental.enable_op_determinism()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 def compile_stateful(fn, variables, updated):
