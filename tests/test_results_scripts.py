@@ -92,17 +92,23 @@ def test_a_retrained_prior_is_scored_beside_the_first_run_not_over_it(tmp_path, 
 
 
 def test_failed_checks_counts_each_check_over_the_invalid_slices(tmp_path):
-    # a slice failing two checks counts once as invalid and once under each check
+    # a slice failing two checks counts once as invalid and once under each check; one failing
+    # a Painchaud check only is invalid by Painchaud's criteria, valid by the seven
     import csv
 
     from sdnet_tf.apps.evaluation import SLICE_COLUMNS
 
     run_py = load(ROOT / "results" / "acdc" / "run.py")
-    failed = ["", "holes;frontier_between_lv_and_background", "holes", "", "disconnectivity_in_rv"]
+    failed = ["", "holes;frontier_between_lv_and_background", "myo_concavity", "", "disconnectivity_in_rv"]
     with open(tmp_path / "slices.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SLICE_COLUMNS)
         writer.writeheader()
         for i, checks in enumerate(failed):
-            writer.writerow({"Name": "patient016_frame01", "Slice": i, "Failed checks pred": checks})
+            # slice 2 fails a check of Painchaud's only: valid by the seven checks
+            valid7 = "0" if checks and i != 2 else "1"
+            writer.writerow({"Name": "patient016_frame01", "Slice": i, "Failed checks pred": checks,
+                             "Valid7 pred": valid7, "ValidP pred": "0" if checks else "1"})
     assert run_py.failed_checks(tmp_path / "slices.csv") == {
-        "invalid_slices": 3, "holes": 2, "frontier_between_lv_and_background": 1, "disconnectivity_in_rv": 1}
+        "invalid_slices": 2, "invalid_slices_painchaud": 3,
+        "checks": {"holes": 1, "frontier_between_lv_and_background": 1, "myo_concavity": 1,
+                   "disconnectivity_in_rv": 1}}

@@ -110,17 +110,20 @@ def history(run_dir, kind):
 
 
 def failed_checks(slices_csv):
-    """How many predicted test slices fail each anatomical check (``evaluate``'s slices.csv,
-    column "Failed checks pred"; a slice failing several counts under each), and the number of
-    invalid slices; the checks are those of the valid-slice share (README, Quality control)."""
+    """How the predicted test slices fail the anatomical checks (``evaluate``'s slices.csv):
+    ``invalid_slices``, the slices the valid-slice share counts as invalid (column "Valid7
+    pred", the thesis' seven checks), ``invalid_slices_painchaud`` (column "ValidP pred", all 16
+    of Painchaud's criteria), and under ``checks`` how many slices fail each check of column
+    "Failed checks pred" (the 16, so a slice failing several counts under each), most first."""
     counts = Counter()
-    invalid = 0
+    invalid = invalid_painchaud = 0
     with open(slices_csv, newline="") as f:
         for row in csv.DictReader(f):
-            names = [c for c in (row.get("Failed checks pred") or "").split(";") if c]
-            invalid += bool(names)
-            counts.update(names)
-    return {"invalid_slices": invalid, **dict(counts.most_common())}
+            invalid += row["Valid7 pred"] == "0"
+            invalid_painchaud += row["ValidP pred"] == "0"
+            counts.update(c for c in (row.get("Failed checks pred") or "").split(";") if c)
+    return {"invalid_slices": invalid, "invalid_slices_painchaud": invalid_painchaud,
+            "checks": dict(counts.most_common())}
 
 
 def collect(kind, split, fraction, run_dir, seconds, cmds, test_dir=None):
