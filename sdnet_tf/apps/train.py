@@ -53,6 +53,9 @@ def train_run(config, run_dir, resume=True, max_iterations=None, progress=True, 
     if not jax and distribute == "data_parallel":
         raise ConfigError("train.distribute 'data_parallel' (keras.distribution.DataParallel) needs the JAX engine: "
                           "set train.backend jax (--backend jax), or use mirrored or multi_worker")
+    from sdnet_tf.training.engines import check_determinism
+
+    check_determinism(config.train)  # before the run directory is made
     for key in ("batchnorm_recalibration", "weight_average"):
         if getattr(config.train, key) and distribute != "none":
             raise ConfigError(f"train.{key} runs on one device: set it to 0 with train.distribute {distribute!r}")

@@ -103,6 +103,18 @@ def step_engine(config):
     return StepEngine
 
 
+def check_determinism(train):
+    """Refuse ``train.deterministic`` with ``train.graph_rewriting: true`` on TensorFlow, before
+    anything is read or written (``apply_determinism`` turns the rewriting off).
+
+    Raises:
+        ConfigError: both set.
+    """
+    if train.deterministic and getattr(train, "graph_rewriting", "auto") is True and train.backend != "jax":
+        raise ConfigError("train.deterministic turns Grappler's graph rewriting off (with it, runs with one seed "
+                          "differ); train.graph_rewriting: true contradicts it: set it to auto or false")
+
+
 def apply_determinism(train):
     """With ``train.deterministic`` (a ``TrainConfig``, ``PriorTrainConfig`` or
     ``SegmentationTrainConfig``), make the backend's kernels deterministic for the rest of the
@@ -118,11 +130,9 @@ def apply_determinism(train):
         ConfigError: ``train.graph_rewriting: true`` with it (TensorFlow), or the JAX engine on
             a GPU without that flag.
     """
+    check_determinism(train)
     if not train.deterministic:
         return
-    if getattr(train, "graph_rewriting", "auto") is True and train.backend != "jax":
-        raise ConfigError("train.deterministic turns Grappler's graph rewriting off (with it, runs with one seed "
-                          "differ); train.graph_rewriting: true contradicts it: set it to auto or false")
     if train.backend == "jax":
         from sdnet_tf.training.jax_engine import check_deterministic
     else:

@@ -85,11 +85,14 @@ def test_deterministic_jax_on_a_gpu_without_the_xla_flag_is_refused(monkeypatch)
     jax_engine.check_deterministic()
 
 
-def test_deterministic_with_graph_rewriting_on_is_refused_before_anything_changes():
+def test_deterministic_with_graph_rewriting_on_is_refused_before_anything_is_written(tmp_path):
+    from tensorflow.python.framework import config as tf_config
+
+    from sdnet_tf.apps.train import train_run
     from sdnet_tf.config import ConfigError
-    from sdnet_tf.training.engines import apply_determinism
     from support.helpers import small_config
 
-    train = small_config(deterministic=True, graph_rewriting=True).train
     with pytest.raises(ConfigError, match="train.graph_rewriting: true contradicts it"):
-        apply_determinism(train)
+        train_run(small_config(deterministic=True, graph_rewriting=True), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert not tf_config.is_op_determinism_enabled()  # nothing switched on in the test process
