@@ -319,11 +319,7 @@ class PriorTrainConfig:
     nonfinite: str = "skip"  # skip | stop: what a step with a non-finite loss or gradient does
     max_nonfinite: int = 20  # consecutive skipped steps before the run stops
     seed: int = 1
-    # deterministic TensorFlow (engines.apply_determinism: op determinism, Grappler's rewriting
-    # off), so that the same seed, data and config give the same weights. Off, as the original
-    # ran: with Grappler's rewriting, runs with one seed can part within 20 steps (README,
-    # Training, "Same seed, same weights")
-    deterministic: bool = False
+    deterministic: bool = False  # as TrainConfig.deterministic
     backend: str = "tensorflow"  # tensorflow | jax: the Keras backend and the engine that trains
     jit_compile: bool = False  # TensorFlow: XLA; the JAX engine always compiles with XLA
     keep_checkpoints: int = 2
@@ -380,11 +376,7 @@ class SegmentationTrainConfig:
     max_steps: int = field(default=0, metadata={"minimum": 0})
     learning_rate: float = 1e-3
     seed: int = 1
-    # deterministic TensorFlow (engines.apply_determinism: op determinism, Grappler's rewriting
-    # off), so that the same seed, data and config give the same weights. Off, as the original
-    # ran: with Grappler's rewriting, runs with one seed can part within 20 steps (README,
-    # Training, "Same seed, same weights")
-    deterministic: bool = False
+    deterministic: bool = False  # as TrainConfig.deterministic
     backend: str = "tensorflow"  # tensorflow | jax
     jit_compile: bool = False
     # before each validation, recompute the BatchNorm statistics from this many batches of 16

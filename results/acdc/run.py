@@ -127,7 +127,8 @@ def failed_checks(slices_csv):
 
 
 def collect(kind, split, fraction, run_dir, seconds, cmds, test_dir=None):
-    summary = json.loads(((test_dir or run_dir / "test") / "summary.json").read_text())
+    test_dir = test_dir or run_dir / "test"
+    summary = json.loads((test_dir / "summary.json").read_text())
     classes = summary["per_class"]
     paper = summary["paper_slice_dice"]
     data = json.loads((run_dir / "data.json").read_text())
@@ -143,7 +144,7 @@ def collect(kind, split, fraction, run_dir, seconds, cmds, test_dir=None):
         "hd95_mm": {c: classes[c]["all"]["HD95"]["mean"] for c in ("LV", "RV", "MYO")},
         "valid_slices_percent": summary["validity_percent"]["Valid7 pred"],
         "valid_reference_slices_percent": summary["validity_percent"]["Valid7 ref"],
-        "failed_checks": failed_checks((test_dir or run_dir / "test") / "slices.csv"),
+        "failed_checks": failed_checks(test_dir / "slices.csv"),
         "validation": history(run_dir, kind),
         "train_seconds_this_invocation": round(seconds, 1),
         "commands": [" ".join(c) for c in cmds],

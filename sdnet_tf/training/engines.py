@@ -135,6 +135,9 @@ def apply_determinism(train):
         return
     if train.backend == "jax":
         from sdnet_tf.training.jax_engine import check_deterministic
+
+        check_deterministic()
     else:
-        from sdnet_tf.training.tf_engine import enable_determinism as check_deterministic
-    check_deterministic()
+        from sdnet_tf.training.tf_engine import enable_determinism
+
+        enable_determinism()

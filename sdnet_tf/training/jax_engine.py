@@ -28,6 +28,7 @@ statistics of the global batch (synchronised BatchNorm, without asking for it).
 """
 
 import logging
+import os
 from pathlib import Path
 
 import jax
@@ -302,8 +303,6 @@ def check_deterministic():
     Raises:
         ConfigError: a GPU or TPU without the flag.
     """
-    import os
-
     platform = jax.devices()[0].platform
     if platform != "cpu" and "--xla_gpu_deterministic_ops=true" not in os.environ.get("XLA_FLAGS", ""):
         raise ConfigError(f"train.deterministic on the JAX engine on {platform}: start the process with "

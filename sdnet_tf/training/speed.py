@@ -33,8 +33,10 @@ def choose_xla(jit_compile, input_size, gpu):
 # too, its iteration 0.92x at 64 and 1.05x at 128.
 
 
-def choose_graph_rewriting(graph_rewriting, xla, input_size, gpu):
-    """Whether TensorFlow's Grappler rewrites the graphs: ``train.graph_rewriting`` when true or
+def choose_graph_rewriting(graph_rewriting, xla, input_size, gpu, deterministic=False):
+    """Whether TensorFlow's Grappler rewrites the graphs: never with ``train.deterministic``
+    (``engines.apply_determinism`` has turned it off; a ``true`` beside it is refused before);
+    else ``train.graph_rewriting`` when true or
     false; for ``"auto"``, off on a CPU without XLA, where rewriting was measured to cost 2.5-5 s
     of the first iteration at every size while its effect on the iteration (off at 0.94x-1.13x
     of on's speed) stayed within the runs' spread. With XLA and on a GPU (not measured)
@@ -46,7 +48,10 @@ def choose_graph_rewriting(graph_rewriting, xla, input_size, gpu):
         input_size: the model's input height and width in pixels (None: unknown); unused by
             the rule, kept for the callers.
         gpu: whether TensorFlow sees a GPU.
+        deterministic: ``train.deterministic``.
     """
+    if deterministic:
+        return False
     if graph_rewriting != "auto":
         return bool(graph_rewriting)
     return bool(xla) or bool(gpu)

@@ -70,9 +70,9 @@ class TFEngine:
         # SDNET_TF_ALLOCATOR=auto and train.graph_rewriting auto: where each was measured faster
         # (sdnet_tf/training/speed.py, benchmarks/RESULTS.md)
         self.allocator_tuned = tune_allocator(when_auto=choose_allocator_tuning(self.jit_compile, size, gpu))
-        # train.deterministic has turned the rewriting off (engines.apply_determinism)
-        self.graph_rewriting = not getattr(train_config, "deterministic", False) and choose_graph_rewriting(
-            getattr(train_config, "graph_rewriting", "auto"), self.jit_compile, size, gpu)
+        self.graph_rewriting = choose_graph_rewriting(getattr(train_config, "graph_rewriting", "auto"),
+                                                      self.jit_compile, size, gpu,
+                                                      deterministic=getattr(train_config, "deterministic", False))
         if not self.graph_rewriting:
             # process-wide: every TensorFlow function this process runs from now on (the
             # updates, validation, inference) is executed without Grappler's rewriting
