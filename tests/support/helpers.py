@@ -71,6 +71,7 @@ SMALL = dict(input_size=32, unet_filters=4, unet_depth=2, segmentor_filters=8, d
 # a tiny NVAE for fast prior tests: 32 x 32 masks, 4 latent groups of 3 channels
 TINY_NVAE = dict(input_size=32, stem_channels=2, preprocess_blocks=1, groups_per_scale=(1, 1, 2),
                  latent_channels=3, cells_per_group=1, decoder_expansion=2)
+TINY_ACNN = dict(input_size=32, filters=4, levels=2, code_size=8)
 
 
 def small_config(**train):
