@@ -91,6 +91,46 @@ def test_a_retrained_prior_is_scored_beside_the_first_run_not_over_it(tmp_path, 
     assert "| nvae-acdc-thesis, retrained | spacing | 97 (best) of 100 |" in table and "**0.948**" in table
 
 
+def test_a_replicated_network_is_scored_beside_the_first_run_with_the_prior_weights_it_used(tmp_path, monkeypatch):
+    # a second run of a network with a shape prior: its own run folder and JSON, a table row
+    # beside the first run's naming the prior's epoch, the first run's figures untouched
+    import json
+
+    shapes = load(ROOT / "results" / "shape-priors" / "acdc.py")
+    out, runs = tmp_path / "acdc", tmp_path / "runs"
+    out.mkdir()
+    monkeypatch.setattr(shapes, "OUT", out)
+    monkeypatch.setattr(shapes, "BASELINE_ROWS", [False])
+    scores = {"dice_3d": {"mean": 0.684, "LV": 0.774, "RV": 0.594, "MYO": 0.684}, "slice_dice": {"mean": 0.625},
+              "hd95_mm": {"LV": 16.3, "RV": 30.1, "MYO": 17.4}, "labelled_fraction": 0.015}
+    first = dict(scores, valid_slices_percent=21.1)
+    (out / "sdnet-shape-split0-1.5pct.json").write_text(json.dumps(first))
+    (runs / "nvae-acdc-thesis").mkdir(parents=True)
+    (runs / "nvae-acdc-thesis" / "best.json").write_text('{"epoch": 96, "loss": 900.0}')
+    trained = []
+
+    def fake_run(command, log):
+        folder = Path(command[command.index("-o") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        trained.append(folder)
+        (folder / "history.csv").write_text("epoch,val_dice\n1,0.5\n")
+
+    monkeypatch.setattr(shapes, "run", fake_run)
+    monkeypatch.setattr(shapes.acdc_run, "collect", lambda *args: dict(scores, valid_slices_percent=30.4))
+    monkeypatch.setattr("sys.argv", ["acdc.py", str(tmp_path), "--runs", str(runs), "--replicate",
+                                     "sdnet-shape-split0-1.5pct"])
+    shapes.main()
+    assert trained[0] == runs / "replicates" / "sdnet-shape-split0-1.5pct"
+    assert json.loads((out / "sdnet-shape-split0-1.5pct.json").read_text()) == first
+    again = json.loads((out / "replicates" / "sdnet-shape-split0-1.5pct.json").read_text())
+    assert again["replicate_of"] == "sdnet-shape-split0-1.5pct" and again["shape_prior_best"]["epoch"] == 96
+    assert (out / "replicates" / "sdnet-shape-split0-1.5pct-history.csv").is_file()
+    table = (out / "table.md").read_text()
+    assert "| sdnet-shape-split0-1.5pct | 1.5% | nvae-acdc-thesis | **0.684**" in table and "| 21.1% |" in table
+    assert "| sdnet-shape-split0-1.5pct, again | 1.5% | nvae-acdc-thesis (epoch 96) |" in table
+    assert "| 30.4% |" in table
+
+
 def test_failed_checks_counts_each_check_over_the_invalid_slices(tmp_path):
     # a slice failing two checks counts once as invalid and once under each check; one failing
     # a Painchaud check only is invalid by Painchaud's criteria, valid by the seven

@@ -4,6 +4,7 @@
     python results/shape-priors/acdc.py /path/to/ACDC/training [--runs runs] [--only NAME ...]
     python results/shape-priors/acdc.py --table          # rebuild table.md and the curves only
     python results/shape-priors/acdc.py DATA --retrain nvae-acdc-thesis   # its run folder was lost: again
+    python results/shape-priors/acdc.py DATA --replicate sdnet-shape-split0-1.5pct   # a second run
     python results/shape-priors/acdc.py phantom --smoke --runs /tmp/smoke   # every step, 2 steps each
 
 The runs, in this order (each trained with the public command, resuming a run directory that
@@ -35,7 +36,10 @@ as the ACDC table). The baselines without a prior are the ACDC table's runs
 The commands run are printed and recorded in each JSON, and each network's JSON records which
 weights of its prior it used (the prior's ``best.json``). ``--retrain PRIOR`` trains a prior whose
 run folder was lost again in the same folder, with the same command and seed, and scores it into
-``retrained/PRIOR.json``, beside the first run's JSON; the table shows both. ``--smoke`` checks the pipeline: every
+``retrained/PRIOR.json``, beside the first run's JSON; the table shows both. ``--replicate NETWORK``
+trains a network again with the same command and seed (and its prior's weights as they are now)
+in ``RUNS/replicates/NETWORK``, into ``replicates/NETWORK.json``, a row of the table beside the
+first run's, so a difference between two settings can be set against the spread of one. ``--smoke`` checks the pipeline: every
 run for one epoch of two steps, results under ``RUNS/results`` instead of here.
 """
 
@@ -117,9 +121,10 @@ def run(command, log):
         raise
 
 
-def results_dir(retrained=False):
-    """Where a run's JSON goes: ``OUT``, or ``OUT/retrained`` for a prior trained again."""
-    return OUT / "retrained" if retrained else OUT
+def results_dir(retrained=False, replicate=False):
+    """Where a run's JSON goes: ``OUT``, ``OUT/retrained`` for a prior trained again, or
+    ``OUT/replicates`` for a network trained again (``--replicate``)."""
+    return OUT / "retrained" if retrained else OUT / "replicates" if replicate else OUT
 
 
 def train_prior(name, data, runs, retrained=False):
@@ -150,28 +155,38 @@ def train_prior(name, data, runs, retrained=False):
           f"{result['reconstruction_dice_slices']['mean']:.3f} per slice", flush=True)
 
 
-def train_network(name, data, runs):
+def train_network(name, data, runs, replicate=False):
+    """Train (or resume) the network ``runs/name`` with its prior, evaluate it on the test
+    patients and write its JSON and history to ``results_dir(replicate=replicate)``; with
+    ``replicate``, the same command again in ``runs/replicates/name`` (the prior's weights as they
+    are now in ``runs/PRIOR``, which the JSON records)."""
     kind, fraction, prior, _, command = NETWORKS[name]
-    run_dir = runs / name
+    out = results_dir(replicate=replicate)
+    run_dir = runs / "replicates" / name if replicate else runs / name
+    log = run_dir.parent / f"{name}.log"
     train = ["sdnet-tf", *command, "--data", str(data), "--shape-prior", str(runs / prior), "-o", str(run_dir),
              "--quiet", *_smoke(command)]
     evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(run_dir / "test"), "--quiet"]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    run(train, runs / f"{name}.log")
+    run(train, log)
     seconds = time.perf_counter() - start
-    run(evaluate, runs / f"{name}.log")
+    run(evaluate, log)
     result = acdc_run.collect("sdnet" if kind == "sdnet" else "unet", 0, fraction, run_dir, seconds,
                               [train, evaluate])
     result.update(name=name, model=kind, shape_prior=prior)
+    if replicate:
+        result["replicate_of"] = name
     # which weights of the prior: its folder may have been trained again (--retrain)
     result["shape_prior_best"] = json.loads((runs / prior / "best.json").read_text())
     omega = run_dir / "omega.json"
     if omega.is_file():
         result["omega"] = json.loads(omega.read_text())["omega"]
-    write_json(OUT / f"{name}.json", result)
-    shutil.copyfile(run_dir / "history.csv", OUT / f"{name}-history.csv")
-    print(f"{name}: 3-D Dice {result['dice_3d']['mean']:.3f}, valid slices {result['valid_slices_percent']:.1f}%",
-          flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", result)
+    shutil.copyfile(run_dir / "history.csv", out / f"{name}-history.csv")
+    print(f"{name}{' (again)' if replicate else ''}: 3-D Dice {result['dice_3d']['mean']:.3f}, "
+          f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
 
 
 def _load(name, folder=None):
@@ -217,8 +232,15 @@ def network_rows():
     lines = ["| network | labelled | prior | 3-D Dice (LV / RV / MYO) | per-slice Dice | HD95 mm LV / RV / MYO | "
              "valid slices | against the network without a prior (ACDC table) |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, (kind, fraction, prior, baseline, _) in NETWORKS.items():
-        r, b = _load(name), _load(baseline, BASELINES) if BASELINE_ROWS[0] else None
+    rows = []
+    for name, (kind, fraction, prior, baseline, _) in NETWORKS.items():  # each run, then its replicate
+        rows.append((name, fraction, prior, baseline, _load(name)))
+        if (again := _load(name, results_dir(replicate=True))) is not None:
+            weights = again.get("shape_prior_best", {}).get("epoch")
+            rows.append((f"{name}, again", fraction, f"{prior}{f' (epoch {weights})' if weights else ''}", baseline,
+                         again))
+    for name, fraction, prior, baseline, r in rows:
+        b = _load(baseline, BASELINES) if BASELINE_ROWS[0] else None
         label = f"{fraction * 100:g}%"
         if r is None:
             lines.append(f"| {name} | {label} | {prior} | not run yet | | | | |")
@@ -296,10 +318,15 @@ def main():
     parser.add_argument("data", nargs="?", type=Path, help="an ACDC training folder")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "shape-priors")
     parser.add_argument("--only", nargs="+", choices=ORDER, help="these runs only, in the planned order")
-    parser.add_argument("--retrain", metavar="PRIOR", choices=list(PRIORS),
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--retrain", metavar="PRIOR", choices=list(PRIORS),
                         help="train PRIOR again in RUNS/PRIOR (same command and seed; for a prior whose run folder "
                              "was lost, so that the networks after it have weights) and score it into "
                              "results/shape-priors/acdc/retrained/PRIOR.json, leaving the first run's JSON as it is")
+    again.add_argument("--replicate", metavar="NETWORK", choices=list(NETWORKS),
+                        help="train NETWORK again with the same command and seed in RUNS/replicates/NETWORK, with "
+                             "its prior's weights as they are in RUNS/PRIOR, and score it into "
+                             "results/shape-priors/acdc/replicates/NETWORK.json (a second run of the table's)")
     parser.add_argument("--table", action="store_true", help="rebuild table.md and the curves, train nothing")
     parser.add_argument("--smoke", action="store_true",
                         help="check the pipeline: one epoch of two steps per run, results in RUNS/results")
@@ -322,17 +349,21 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.table:
         args.runs.mkdir(parents=True, exist_ok=True)
-        jobs = [(args.retrain, True)] if args.retrain else [(name, False) for name in ORDER
-                                                             if not args.only or name in args.only]
-        for name, retrained in jobs:
-            done = results_dir(retrained) / f"{name}.json"
+        if args.retrain:
+            jobs = [(args.retrain, "retrained")]
+        elif args.replicate:
+            jobs = [(args.replicate, "replicate")]
+        else:
+            jobs = [(name, None) for name in ORDER if not args.only or name in args.only]
+        for name, again in jobs:
+            done = results_dir(again == "retrained", again == "replicate") / f"{name}.json"
             if done.is_file():
                 print(f"{name}: already in {done}; skipped", flush=True)
                 continue
             if name in PRIORS:
-                train_prior(name, args.data, args.runs, retrained)
+                train_prior(name, args.data, args.runs, again == "retrained")
             else:
-                train_network(name, args.data, args.runs)
+                train_network(name, args.data, args.runs, again == "replicate")
             write_table()
             plot()
     write_table()

@@ -98,6 +98,7 @@ def main(argv=None):
     from sdnet_tf.apps.shape_eval import draw_samples
     from sdnet_tf.data.sources import mask_sets
     from sdnet_tf.inference import load_prior
+    from sdnet_tf.data.masks import sample_pixel_mm
     from sdnet_tf.metrics.shape import shape_descriptors
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -111,13 +112,14 @@ def main(argv=None):
     if config.model.kind != "nvae":
         sys.exit(f"{args.run}: a {config.model.kind} run; the breakdown samples an NVAE")
     sets, _, _ = mask_sets(config, progress=False)
-    spacing = (config.data.spacing, config.data.spacing)
+    sample_mm = sample_pixel_mm(sets)  # as shape-eval measures them (heart framing: pixel sizes per frame)
     drawn = draw_samples(model, args.samples, args.temperature)
-    real = shape_descriptors(sets["test"].labels, spacing)
-    generated = shape_descriptors(drawn, spacing)
+    real = shape_descriptors(sets["test"].labels, sets["test"].spacing())
+    generated = shape_descriptors(drawn, (sample_mm, sample_mm))
     samples_total, sample_rows = breakdown(real, generated)
     outliers = circularity_outliers(real, generated)
-    training_total, training_rows = breakdown(real, shape_descriptors(sets["training"].labels, spacing))
+    training_total, training_rows = breakdown(real, shape_descriptors(sets["training"].labels,
+                                                                      sets["training"].spacing()))
     name = args.run.name
     result = {"run": str(args.run), "samples": args.samples, "temperature": args.temperature,
               "test_slices": len(real), "fsd_samples": samples_total, "by_descriptor_samples": sample_rows,

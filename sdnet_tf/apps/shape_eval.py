@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from sdnet_tf.atomic import write_json
-from sdnet_tf.data.masks import prior_one_hot
+from sdnet_tf.data.masks import prior_one_hot, sample_pixel_mm
 from sdnet_tf.metrics.overlap import CLASSES, dice
 from sdnet_tf.metrics.shape import (frechet_distance, frechet_shape_distance, pathology_cv, pool_codes,
                                     reconstruction_dice, valid_fraction)
@@ -122,20 +122,25 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
     start = time.perf_counter()
     model, config = load_prior(run_dir)
     sets, groups, description = mask_sets(config, progress)
-    spacing = (config.data.spacing, config.data.spacing)
     test = sets["test"]
+    # each test slice at its own pixel size (heart framing: its frame's); samples at the training masks' median
+    spacing, sample_mm = test.spacing(), sample_pixel_mm(sets)
+    sample_spacing = (sample_mm, sample_mm)
     reconstruct = lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1)  # noqa: E731
     predicted = batched(reconstruct, prior_one_hot(test.labels))
     result = {"run": str(run_dir), "kind": config.model.kind, "split": config.data.split,
               "framing": config.data.framing,
               "test_patients": description["test_patients"], "test_slices": len(test),
               "trainable_parameters": _parameter_count(model),
+              "pixel_mm": {"test_median": round(float(np.median(test.pixel_mm)), 4),
+                           "test_range": [round(float(test.pixel_mm.min()), 4), round(float(test.pixel_mm.max()), 4)],
+                           "samples": round(sample_mm, 4)},
               "reconstruction_dice_slices": reconstruction_dice(predicted, test.labels),
               "reconstruction_dice_frames": frame_dice(predicted, test.labels, test.patients, test.phases),
               "valid_reconstructions": valid_fraction(predicted, spacing)["valid"],
               "valid_references": valid_fraction(test.labels, spacing)["valid"]}
-    result["frechet_shape_distance_training_vs_test"] = frechet_shape_distance(test.labels, sets["training"].labels,
-                                                                               spacing)
+    result["frechet_shape_distance_training_vs_test"] = frechet_shape_distance(
+        test.labels, sets["training"].labels, spacing, sets["training"].spacing())
     embed = None
     if config.model.kind == "nvae" and frds is not None:
         from sdnet_tf.data.sources import cache_dir
@@ -150,15 +155,15 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
         for t in temperatures:
             drawn = draw_samples(model, samples, t, seed)
             grid[t] = drawn[:GRID_SAMPLES]
-            validity = valid_fraction(drawn, spacing)
+            validity = valid_fraction(drawn, sample_spacing)
             result["samples"][f"{t:g}"] = {"count": samples, "valid": validity["valid"],
                                            "failures": validity["failures"],
                                            "frechet_shape_distance": frechet_shape_distance(test.labels, drawn,
-                                                                                            spacing)}
+                                                                                            spacing, sample_spacing)}
             if embed is not None:
                 result["samples"][f"{t:g}"]["frds"] = frechet_distance(real_features, embed(drawn))
         if figure is not None:
-            sample_grid(grid, lambda labels: not any(check_slice(labels, spacing).values()), figure)
+            sample_grid(grid, lambda labels: not any(check_slice(labels, sample_spacing).values()), figure)
             result["sample_figure"] = str(figure)
     numbers, features = pathology_features(lambda m: model.codes(m, training=False), sets)
     labels = np.array([groups[n] for n in numbers])

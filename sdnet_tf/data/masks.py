@@ -36,6 +36,10 @@ class MaskSet:
         patients: (N,) patient numbers.
         phases: (N,) 0 for ED, 1 for ES.
         positions: (N,) slice index within its frame (0 = first slice of the volume).
+        pixel_mm: (N,) float64 side of a pixel in mm: ``spacing`` for SDNet's frame; with
+            ``framing="heart"`` each frame's own (its window's side in mm over ``size``), so the
+            checks and descriptors measured in mm (concavity depth, area, perimeter) read a
+            heart-framed mask at its real scale.
     """
 
     labels: np.ndarray
@@ -43,9 +47,21 @@ class MaskSet:
     patients: np.ndarray
     phases: np.ndarray
     positions: np.ndarray
+    pixel_mm: np.ndarray
+
+    def spacing(self):
+        """(N, 2) row and column pixel size in mm, as the shape metrics take it."""
+        return np.repeat(self.pixel_mm[:, None], 2, axis=1)
 
     def __len__(self):
         return len(self.labels)
+
+
+def sample_pixel_mm(sets):
+    """The pixel size in mm at which a prior's samples are measured: the median of its training
+    masks' (``MaskSet.pixel_mm``; ``spacing`` itself in SDNet's frame). A sample has no frame of
+    its own; it imitates the training masks, whose heart-framed pixel sizes vary by frame."""
+    return float(np.median(sets["training"].pixel_mm))
 
 
 def prior_one_hot(labels):
@@ -104,8 +120,9 @@ def heart_frame(labels, size, images=None, padding=HEART_PADDING):
     return framed, framed_images, side
 
 
-def _heart_framed(cohort, size):
-    """The cohort with every frame (ED, then ES, of each patient) framed by ``heart_frame``."""
+def _heart_framed(cohort, size, spacing):
+    """The cohort with every frame (ED, then ES, of each patient) framed by ``heart_frame``, and
+    each slice's pixel size in mm (``pixel_mm``: the window's side at ``spacing`` over ``size``)."""
     framed = {}
     for number, frames in cohort.items():
         labels, images = frames["labels"], frames["images"]
@@ -113,12 +130,13 @@ def _heart_framed(cohort, size):
         parts = [heart_frame(labels[start:start + half], size, images[start:start + half])
                  for start in (0, half)]
         framed[number] = {"labels": np.concatenate([p[0] for p in parts]),
-                          "images": np.concatenate([p[1] for p in parts])}
+                          "images": np.concatenate([p[1] for p in parts]),
+                          "pixel_mm": np.concatenate([np.full(half, p[2] * spacing / size) for p in parts])}
     return framed
 
 
-def _subset(cohort, numbers):
-    labels, images, patients, phases, positions = [], [], [], [], []
+def _subset(cohort, numbers, spacing):
+    labels, images, patients, phases, positions, pixels = [], [], [], [], [], []
     for n in numbers:
         frames = cohort[n]
         count = len(frames["labels"])
@@ -128,10 +146,12 @@ def _subset(cohort, numbers):
         patients.append(np.full(count, n, np.int32))
         phases.append(np.repeat(np.arange(2, dtype=np.int8), per_frame))
         positions.append(np.tile(np.arange(per_frame, dtype=np.int16), 2))
+        pixels.append(frames["pixel_mm"] if "pixel_mm" in frames else np.full(count, float(spacing)))
     if not labels:
         raise DataError("a subset without patients: the cohort is too small for three splits")
     return MaskSet(np.concatenate(labels).astype(np.uint8), np.concatenate(images).astype(np.float32),
-                   np.concatenate(patients), np.concatenate(phases), np.concatenate(positions))
+                   np.concatenate(patients), np.concatenate(phases), np.concatenate(positions),
+                   np.concatenate(pixels).astype(np.float64))
 
 
 def load_mask_sets(root, size=128, spacing=DEFAULT_SPACING_MM, split=0, cache_dir=None, progress=True, labelled_fraction=1.0,
@@ -162,14 +182,14 @@ def load_mask_sets(root, size=128, spacing=DEFAULT_SPACING_MM, split=0, cache_di
     canvas = max(size, SDNET_SIZE) if framing == "heart" else size
     cohort, patients = preprocess_cohort(root, cache_dir, canvas, progress, spacing=spacing)
     if framing == "heart":
-        cohort = _heart_framed(cohort, size)
+        cohort = _heart_framed(cohort, size, spacing)
     splits = patient_splits(patients)
     if not 0 <= split < len(splits):
         raise DataError(f"split {split}: the cohort has splits 0..{len(splits) - 1}")
     chosen = dict(splits[split])
     if labelled_fraction != 1.0:
         chosen["training"] = labelled_subset(chosen["training"], labelled_fraction, seed)
-    sets = {name: _subset(cohort, chosen[name]) for name in SUBSETS}
+    sets = {name: _subset(cohort, chosen[name], spacing) for name in SUBSETS}
     groups = {p.number: p.group for p in patients}
     description = {"data": str(root), "split": split, "size": size, "spacing": spacing, "framing": framing,
                    "labelled_fraction": labelled_fraction,

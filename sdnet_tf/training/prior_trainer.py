@@ -24,7 +24,7 @@ from sdnet_tf.atomic import write_json
 from sdnet_tf.config import PriorConfig, save_config
 from sdnet_tf.losses import resampled_size
 from sdnet_tf.data.arrays import DataError
-from sdnet_tf.data.masks import epoch_batches, prior_one_hot, rotate_labels
+from sdnet_tf.data.masks import epoch_batches, prior_one_hot, rotate_labels, sample_pixel_mm
 from sdnet_tf.data.sources import mask_sets
 from sdnet_tf.metrics.shape import reconstruction_dice, valid_fraction
 from sdnet_tf.inference import batched, load_prior
@@ -252,7 +252,7 @@ def train_prior(config, run_dir, resume=True, progress=True):
             learning_rate = keras.optimizers.schedules.CosineDecay(
                 train.learning_rate, decay_steps=total_steps, alpha=train.min_learning_rate / train.learning_rate)
         optimizer = keras.optimizers.Adamax(learning_rate, epsilon=train.epsilon)
-        spacing = config.data.spacing
+        spacing = sample_pixel_mm(sets)  # data.spacing, or the heart-framed masks' median
 
         loss_fn, extra = prior_loss(m.kind, model, train)
         if m.kind == "nvae":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sdnet_tf.data.arrays import DataError
-from sdnet_tf.data.masks import HEART_PADDING, heart_frame, load_mask_sets
+from sdnet_tf.data.masks import HEART_PADDING, heart_frame, load_mask_sets, sample_pixel_mm
 
 
 def _frame():
@@ -83,3 +83,27 @@ def test_a_u_net_cannot_read_heart_framed_images(phantom_cohort_8, tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "data.framing heart is for shape priors only" in result.output
     assert not (tmp_path / "unet").exists()
+
+
+def test_heart_framed_masks_carry_each_frames_pixel_size_so_areas_in_mm2_are_kept(phantom_cohort_8, tmp_path):
+    """A heart-framed slice's pixels are its frame's window side over the output size; measured
+    with it, each frame's labelled area in mm^2 is the one SDNet's frame gives (within the
+    resampling's error), and samples are measured at the training masks' median pixel size."""
+    framed, _, _ = load_mask_sets(phantom_cohort_8, size=32, spacing=5.0, cache_dir=tmp_path, progress=False,
+                                  framing="heart")
+    plain, _, _ = load_mask_sets(phantom_cohort_8, size=32, spacing=5.0, cache_dir=tmp_path, progress=False)
+    assert np.all(plain["test"].pixel_mm == 5.0) and sample_pixel_mm(plain) == 5.0
+    assert plain["test"].spacing().shape == (len(plain["test"]), 2)
+    test, reference = framed["test"], plain["test"]
+    assert np.all(test.pixel_mm < 5.0)  # the heart, magnified to fill the frame
+    ratios = []
+    for patient in np.unique(test.patients):
+        for phase in (0, 1):
+            chosen = (test.patients == patient) & (test.phases == phase)
+            pixel = np.unique(test.pixel_mm[chosen])
+            assert len(pixel) == 1  # one window per frame
+            area = np.count_nonzero(test.labels[chosen]) * pixel[0] ** 2
+            ratios.append(area / (np.count_nonzero(reference.labels[(reference.patients == patient)
+                                                                     & (reference.phases == phase)]) * 25.0))
+    assert np.allclose(ratios, 1.0, atol=0.1), ratios
+    assert sample_pixel_mm(framed) == pytest.approx(np.median(framed["training"].pixel_mm))

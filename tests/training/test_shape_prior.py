@@ -542,6 +542,7 @@ def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_pa
     assert list((tmp_path / "cache" / "frds").glob("frds-*.npz"))  # cached beside the preprocessed cohort
     assert (out / "prior-samples.png").is_file() and prior["sample_figure"] == str(out / "prior-samples.png")
     assert prior["valid_references"] == 1.0  # phantom references are anatomically valid
+    assert prior["pixel_mm"] == {"test_median": SPACING, "test_range": [SPACING, SPACING], "samples": SPACING}
     assert "skipped" in prior["pathology"]  # 8 phantom patients: too few for 10 folds, said so
     text = table([prior, unet])
     assert "| nvae |" in text and "| U-Net + shape loss |" in text
@@ -560,6 +561,31 @@ def test_train_unet_with_shape_loss_estimates_omega_and_evaluates(cohort, tmp_pa
     config.data.spacing = 3.0
     with pytest.raises(Exception, match="mm per pixel"):
         train_unet(config, tmp_path / "unet2", progress=False)
+
+
+def test_shape_eval_measures_a_heart_framed_prior_at_each_frames_pixel_size(cohort, tmp_path, monkeypatch):
+    # heart-framed masks are magnified, each frame by its own factor: checks in mm (concavity
+    # depth) and descriptors (area, perimeter) must read each test slice at its frame's pixel size
+    from sdnet_tf.apps import shape_eval
+    from sdnet_tf.data.masks import load_mask_sets
+
+    config = _prior_config(cohort, tmp_path, "acnn", spectral_weight=0.0, steps_per_epoch=1)
+    config.data.framing = "heart"
+    train_prior(config, tmp_path / "run", progress=False)
+    measured = []
+    real_valid_fraction = shape_eval.valid_fraction
+    monkeypatch.setattr(shape_eval, "valid_fraction",
+                        lambda labels, spacing: measured.append(np.asarray(spacing)) or real_valid_fraction(labels,
+                                                                                                           spacing))
+    result = shape_eval.evaluate_prior(tmp_path / "run", progress=False)
+    sets, _, _ = load_mask_sets(cohort, 32, SPACING, cache_dir=tmp_path / "cache", progress=False, framing="heart")
+    pixel = sets["test"].pixel_mm
+    assert len(np.unique(pixel)) > 1 and np.all(pixel < SPACING)  # a size per frame, magnified
+    assert len(measured) == 2  # the reconstructions and the references
+    for spacing in measured:
+        np.testing.assert_array_equal(spacing, np.stack([pixel, pixel], axis=1))
+    assert result["pixel_mm"]["test_range"] == [round(float(pixel.min()), 4), round(float(pixel.max()), 4)]
+    assert result["pixel_mm"]["samples"] == round(float(np.median(sets["training"].pixel_mm)), 4)
 
 
 def test_shape_eval_frds_epochs_without_frds_is_one_line(tmp_path):
