@@ -202,6 +202,10 @@ class DataConfig:
     spacing: float = DEFAULT_SPACING_MM  # in-plane mm per pixel after resampling (ACDC preprocessing)
     cache_dir: str = "~/.cache/sdnet-tf"
     phantom_seed: int = 0
+    # the seed of the data's draws (the labelled subjects at a labelled fraction, the unlabelled
+    # slices kept, the synthetic images); -1: train.seed. Set it to train a network again with
+    # another train.seed (initial weights, batch order, augmentation) on the same subjects
+    seed: int = field(default=-1, metadata={"minimum": -1})
 
 
 class _Sections:
@@ -343,6 +347,7 @@ class PriorDataConfig:
     # needs; "heart": each frame cropped about its heart and resized, as the NVAE thesis' code
     # (data.masks.heart_frame), for comparing with the thesis' figures
     framing: str = field(default="spacing", metadata={"choices": ("spacing", "heart")})
+    seed: int = field(default=-1, metadata={"minimum": -1})  # as DataConfig.seed
 
 
 @dataclass

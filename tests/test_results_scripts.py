@@ -129,6 +129,29 @@ def test_a_replicated_network_is_scored_beside_the_first_run_with_the_prior_weig
     assert "| sdnet-shape-split0-1.5pct | 1.5% | nvae-acdc-thesis | **0.684**" in table and "| 21.1% |" in table
     assert "| sdnet-shape-split0-1.5pct, again | 1.5% | nvae-acdc-thesis (epoch 96) |" in table
     assert "| 30.4% |" in table
+    # another seed on the same subjects: train.seed 2, data.seed the config's own (1)
+    commands = []
+    monkeypatch.setattr(shapes, "run", lambda command, log: commands.append(command) or fake_run(command, log))
+    monkeypatch.setattr("sys.argv", ["acdc.py", str(tmp_path), "--runs", str(runs), "--replicate",
+                                     "sdnet-shape-split0-1.5pct", "--seed", "2"])
+    shapes.main()
+    assert trained[-2] == runs / "replicates" / "sdnet-shape-split0-1.5pct-seed2"  # then its test/ folder
+    train = " ".join(commands[0])
+    assert train.startswith("sdnet-tf train acdc -c sdnet-acdc-cpu") and train.endswith("--seed 2 --set data.seed=1")
+    seeded = json.loads((out / "replicates" / "sdnet-shape-split0-1.5pct-seed2.json").read_text())
+    assert seeded["seed"] == 2 and seeded["replicate_of"] == "sdnet-shape-split0-1.5pct"
+    assert json.loads((out / "replicates" / "sdnet-shape-split0-1.5pct.json").read_text()) == again
+    assert "| sdnet-shape-split0-1.5pct, again, seed 2 | 1.5% | nvae-acdc-thesis (epoch 96) |" in (
+        out / "table.md").read_text()
+
+
+def test_acdc_replicates_with_another_seed_keep_the_table_runs_subjects():
+    run_py = load(ROOT / "results" / "acdc" / "run.py")
+    for kind in ("sdnet", "unet"):
+        train, _ = run_py.commands(kind, 0, 0.015, Path("/data"), Path("/runs/x"), seed=3)
+        assert train[-4:] == ["--seed", "3", "--set", "data.seed=1"], train
+        plain, _ = run_py.commands(kind, 0, 0.015, Path("/data"), Path("/runs/x"))
+        assert "--seed" not in plain and train[:-4] == plain
 
 
 def test_failed_checks_counts_each_check_over_the_invalid_slices(tmp_path):

@@ -7,6 +7,7 @@
     python results/acdc/run.py /path/to/ACDC/training --partial --only sdnet-split0-100pct   # likewise
     python results/acdc/run.py /path/to/ACDC/training --backend jax --parallel 4   # e.g. a GPU machine without TensorFlow
     python results/acdc/run.py /path/to/ACDC/training --replicate sdnet-split2-1.5pct --backend jax   # again, elsewhere
+    python results/acdc/run.py /path/to/ACDC/training --replicate sdnet-split0-1.5pct --seed 2   # another seed, same subjects
 
 For each planned run (SDNet with configs/sdnet-acdc-cpu.yaml and the U-Net with
 configs/unet-acdc-cpu.yaml, at the same labelled subjects; the GAN and self-training
@@ -73,14 +74,25 @@ def run_name(kind, split, fraction):
     return f"{kind}-split{split}-{fraction * 100:g}pct"
 
 
-def commands(kind, split, fraction, data, run_dir, extra=(), backend="tensorflow"):
+def seed_options(config_name, seed):
+    """The options that train ``config_name`` with ``train.seed`` ``seed`` on the subjects of
+    the config's own seed (``data.seed``): a run's spread from its seed, its subjects kept."""
+    from sdnet_tf.config import config_kind, load_config
+
+    own = load_config(config_name, kind=config_kind(config_name)).train.seed
+    return ["--seed", str(seed), "--set", f"data.seed={own}"]
+
+
+def commands(kind, split, fraction, data, run_dir, extra=(), backend="tensorflow", seed=None):
     engine = [] if backend == "tensorflow" else ["--backend", backend]
+    config = CONFIGS.get(kind, "unet-acdc-cpu")
+    seeded = [] if seed is None else seed_options(config, seed)
     if kind in CONFIGS:
-        train = ["sdnet-tf", "train", "acdc", "-c", CONFIGS[kind], "--data", str(data), "--split", str(split),
-                 "--labelled-fraction", str(fraction), "-o", str(run_dir), "--quiet", *engine, *extra]
+        train = ["sdnet-tf", "train", "acdc", "-c", config, "--data", str(data), "--split", str(split),
+                 "--labelled-fraction", str(fraction), "-o", str(run_dir), "--quiet", *engine, *extra, *seeded]
     else:
-        train = ["sdnet-tf", "baseline", "train", "unet", "-c", "unet-acdc-cpu", "--data", str(data), "--split", str(split),
-                 "--set", f"data.labelled_fraction={fraction}", "-o", str(run_dir), "--quiet", *engine]
+        train = ["sdnet-tf", "baseline", "train", "unet", "-c", config, "--data", str(data), "--split", str(split),
+                 "--set", f"data.labelled_fraction={fraction}", "-o", str(run_dir), "--quiet", *engine, *seeded]
     evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(run_dir / "test"), "--quiet"]
     return train, evaluate
 
@@ -277,6 +289,9 @@ def main():
                         help="train and score planned run NAME again with --backend on this machine, into "
                              "results/acdc/replicates/NAME-BACKEND-DEVICE.json (not the table): e.g. a run "
                              "first trained on a GPU, repeated on the CPU")
+    parser.add_argument("--seed", type=int, default=None, metavar="N",
+                        help="with --replicate: train.seed N on the table run's subjects (data.seed its seed), "
+                             "into NAME-seedN-BACKEND-DEVICE.json: the spread from the seed")
     parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
                         help="the training engine of new runs (jax: e.g. on a GPU machine without TensorFlow; "
                              "each JSON records the engine and device)")
@@ -302,9 +317,11 @@ def main():
         if not (args.runs / args.only[0] / "best.json").is_file():
             parser.error(f"--partial: {args.runs / args.only[0]} has no validated epoch yet (best.json)")
         return score_partial(args.only[0], args.runs)
+    if args.seed is not None and not args.replicate:
+        parser.error("--seed goes with --replicate NAME")
     if args.replicate:
         return replicate(next(job for job in JOBS if run_name(*job) == args.replicate), args.data, args.runs,
-                         args.backend)
+                         args.backend, args.seed)
     out = HERE / "runs"
     out.mkdir(exist_ok=True)
     todo = [job for job in JOBS if not (out / f"{run_name(*job)}.json").is_file()
@@ -389,26 +406,30 @@ def ablation(which, data, runs, backend="tensorflow", fraction=1.0):
           f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
 
 
-def replicate(job, data, runs, backend):
+def replicate(job, data, runs, backend, seed=None):
     """Planned run ``job`` trained and scored again with ``backend`` on this machine, into
     ``replicates/<name>-<backend>-<platform>.json`` beside the table's run: the same config,
-    data and seed, another engine or device (e.g. whether what a GPU run did happens on the CPU)."""
+    data and seed, another engine or device (e.g. whether what a GPU run did happens on the CPU).
+    With ``seed``, ``train.seed`` ``seed`` on the same subjects (``seed_options``), into
+    ``replicates/<name>-seed<seed>-<backend>-<platform>.json``."""
     name = run_name(*job)
     device = device_name(backend)
-    tag = f"{name}-{backend}-{device.split()[0]}"
+    tag = f"{name}{'' if seed is None else f'-seed{seed}'}-{backend}-{device.split()[0]}"
     out = HERE / "replicates"
     if (out / f"{tag}.json").is_file():
         print(f"{tag}: already in {out / (tag + '.json')}; skipped", flush=True)
         return
     run_dir = runs / "replicates" / tag
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    cmds = commands(*job, data, run_dir, backend=backend)
+    cmds = commands(*job, data, run_dir, backend=backend, seed=seed)
     start = time.perf_counter()
     run(cmds[0], runs / "replicates" / f"{tag}.log")
     seconds = time.perf_counter() - start
     run(cmds[1], runs / "replicates" / f"{tag}.log")
     result = collect(*job, run_dir, seconds, cmds)
     result.update(name=tag, replicate_of=name, backend=backend, device=device)
+    if seed is not None:
+        result["seed"] = seed
     out.mkdir(exist_ok=True)
     write_json(out / f"{tag}.json", result)
     print(f"{tag}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "

@@ -5,6 +5,7 @@
     python results/shape-priors/acdc.py --table          # rebuild table.md and the curves only
     python results/shape-priors/acdc.py DATA --retrain nvae-acdc-thesis   # its run folder was lost: again
     python results/shape-priors/acdc.py DATA --replicate sdnet-shape-split0-1.5pct   # a second run
+    python results/shape-priors/acdc.py DATA --replicate sdnet-shape-split0-1.5pct --seed 2   # another seed
     python results/shape-priors/acdc.py phantom --smoke --runs /tmp/smoke   # every step, 2 steps each
 
 The runs, in this order (each trained with the public command, resuming a run directory that
@@ -39,7 +40,9 @@ run folder was lost again in the same folder, with the same command and seed, an
 ``retrained/PRIOR.json``, beside the first run's JSON; the table shows both. ``--replicate NETWORK``
 trains a network again with the same command and seed (and its prior's weights as they are now)
 in ``RUNS/replicates/NETWORK``, into ``replicates/NETWORK.json``, a row of the table beside the
-first run's, so a difference between two settings can be set against the spread of one. ``--smoke`` checks the pipeline: every
+first run's, so a difference between two settings can be set against the spread of one; with
+``--seed N``, ``train.seed`` N on the same subjects (``data.seed``), into
+``replicates/NETWORK-seedN.json``. ``--smoke`` checks the pipeline: every
 run for one epoch of two steps, results under ``RUNS/results`` instead of here.
 """
 
@@ -155,17 +158,25 @@ def train_prior(name, data, runs, retrained=False):
           f"{result['reconstruction_dice_slices']['mean']:.3f} per slice", flush=True)
 
 
-def train_network(name, data, runs, replicate=False):
+def replicate_tag(name, seed=None):
+    """The file name of a network's replicate: ``name``, or ``name-seedN`` with another seed."""
+    return name if seed is None else f"{name}-seed{seed}"
+
+
+def train_network(name, data, runs, replicate=False, seed=None):
     """Train (or resume) the network ``runs/name`` with its prior, evaluate it on the test
     patients and write its JSON and history to ``results_dir(replicate=replicate)``; with
     ``replicate``, the same command again in ``runs/replicates/name`` (the prior's weights as they
-    are now in ``runs/PRIOR``, which the JSON records)."""
+    are now in ``runs/PRIOR``, which the JSON records), and with ``seed`` too, ``train.seed``
+    ``seed`` on the same subjects (``runs/replicates/name-seedN``)."""
     kind, fraction, prior, _, command = NETWORKS[name]
     out = results_dir(replicate=replicate)
-    run_dir = runs / "replicates" / name if replicate else runs / name
-    log = run_dir.parent / f"{name}.log"
+    tag = replicate_tag(name, seed)
+    run_dir = runs / "replicates" / tag if replicate else runs / name
+    log = run_dir.parent / f"{tag}.log"
+    seeded = [] if seed is None else acdc_run.seed_options(command[command.index("-c") + 1], seed)
     train = ["sdnet-tf", *command, "--data", str(data), "--shape-prior", str(runs / prior), "-o", str(run_dir),
-             "--quiet", *_smoke(command)]
+             "--quiet", *_smoke(command), *seeded]
     evaluate = ["sdnet-tf", "evaluate", "--run", str(run_dir), "-o", str(run_dir / "test"), "--quiet"]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -177,15 +188,17 @@ def train_network(name, data, runs, replicate=False):
     result.update(name=name, model=kind, shape_prior=prior)
     if replicate:
         result["replicate_of"] = name
+    if seed is not None:
+        result["seed"] = seed
     # which weights of the prior: its folder may have been trained again (--retrain)
     result["shape_prior_best"] = json.loads((runs / prior / "best.json").read_text())
     omega = run_dir / "omega.json"
     if omega.is_file():
         result["omega"] = json.loads(omega.read_text())["omega"]
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"{name}.json", result)
-    shutil.copyfile(run_dir / "history.csv", out / f"{name}-history.csv")
-    print(f"{name}{' (again)' if replicate else ''}: 3-D Dice {result['dice_3d']['mean']:.3f}, "
+    write_json(out / f"{tag}.json", result)
+    shutil.copyfile(run_dir / "history.csv", out / f"{tag}-history.csv")
+    print(f"{tag}{' (again)' if replicate else ''}: 3-D Dice {result['dice_3d']['mean']:.3f}, "
           f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
 
 
@@ -235,10 +248,13 @@ def network_rows():
     rows = []
     for name, (kind, fraction, prior, baseline, _) in NETWORKS.items():  # each run, then its replicate
         rows.append((name, fraction, prior, baseline, _load(name)))
-        if (again := _load(name, results_dir(replicate=True))) is not None:
-            weights = again.get("shape_prior_best", {}).get("epoch")
-            rows.append((f"{name}, again", fraction, f"{prior}{f' (epoch {weights})' if weights else ''}", baseline,
-                         again))
+        folder = results_dir(replicate=True)
+        for path in [folder / f"{name}.json", *sorted(folder.glob(f"{name}-seed*.json"))]:
+            if path.is_file():
+                again = json.loads(path.read_text())
+                weights = again.get("shape_prior_best", {}).get("epoch")
+                label = f"{name}, again" + (f", seed {again['seed']}" if "seed" in again else "")
+                rows.append((label, fraction, f"{prior}{f' (epoch {weights})' if weights else ''}", baseline, again))
     for name, fraction, prior, baseline, r in rows:
         b = _load(baseline, BASELINES) if BASELINE_ROWS[0] else None
         label = f"{fraction * 100:g}%"
@@ -327,6 +343,9 @@ def main():
                         help="train NETWORK again with the same command and seed in RUNS/replicates/NETWORK, with "
                              "its prior's weights as they are in RUNS/PRIOR, and score it into "
                              "results/shape-priors/acdc/replicates/NETWORK.json (a second run of the table's)")
+    parser.add_argument("--seed", type=int, default=None, metavar="N",
+                        help="with --replicate: train.seed N on the same subjects (data.seed the config's seed), "
+                             "into replicates/NETWORK-seedN.json: the spread from the seed")
     parser.add_argument("--table", action="store_true", help="rebuild table.md and the curves, train nothing")
     parser.add_argument("--smoke", action="store_true",
                         help="check the pipeline: one epoch of two steps per run, results in RUNS/results")
@@ -349,6 +368,8 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.table:
         args.runs.mkdir(parents=True, exist_ok=True)
+        if args.seed is not None and not args.replicate:
+            parser.error("--seed goes with --replicate NETWORK")
         if args.retrain:
             jobs = [(args.retrain, "retrained")]
         elif args.replicate:
@@ -356,14 +377,15 @@ def main():
         else:
             jobs = [(name, None) for name in ORDER if not args.only or name in args.only]
         for name, again in jobs:
-            done = results_dir(again == "retrained", again == "replicate") / f"{name}.json"
+            tag = replicate_tag(name, args.seed) if again == "replicate" else name
+            done = results_dir(again == "retrained", again == "replicate") / f"{tag}.json"
             if done.is_file():
                 print(f"{name}: already in {done}; skipped", flush=True)
                 continue
             if name in PRIORS:
                 train_prior(name, args.data, args.runs, again == "retrained")
             else:
-                train_network(name, args.data, args.runs, again == "replicate")
+                train_network(name, args.data, args.runs, again == "replicate", args.seed)
             write_table()
             plot()
     write_table()

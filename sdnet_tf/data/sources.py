@@ -99,7 +99,7 @@ def load_arrays(config, progress=True):
         from sdnet_tf.data.synthetic import synthetic_arrays
 
         arrays = synthetic_arrays(d.synthetic_images, d.synthetic_validation, m.input_size, d.labelled_fraction,
-                                  seed=config.train.seed)
+                                  seed=data_seed(config))
         return arrays, {"dataset": "synthetic", **arrays.counts()}
     if d.dataset == "acdc":
         from sdnet_tf.data.acdc import load_acdc, training_folder
@@ -108,7 +108,7 @@ def load_arrays(config, progress=True):
             raise DataError("acdc needs a data folder: --data DIR (an ACDC training folder) or --data phantom")
         folder = (phantom_folder(config, progress) if d.path == "phantom"
                   else training_folder(Path(d.path).expanduser().resolve()))
-        arrays, description = load_acdc(folder, d.split, d.labelled_fraction, seed=config.train.seed,
+        arrays, description = load_acdc(folder, d.split, d.labelled_fraction, seed=data_seed(config),
                                         cache_dir=cache_dir(config), progress=progress,
                                         size=m.input_size, spacing=d.spacing)
         # the orientation every volume was brought into (sdnet_infer.geometry); predict and export read it
@@ -121,7 +121,7 @@ def load_arrays(config, progress=True):
                             "layout) or --data phantom")
         folder = (multimodal_phantom_folder(config, progress) if d.path == "phantom"
                   else Path(d.path).expanduser().resolve())
-        arrays, description = load_mmwhs(folder, d.split, d.labelled_fraction, seed=config.train.seed,
+        arrays, description = load_mmwhs(folder, d.split, d.labelled_fraction, seed=data_seed(config),
                                          cache_dir=cache_dir(config), progress=progress, size=m.input_size, spacing=d.spacing)
         return arrays, {"dataset": "mmwhs", "data": str(folder), "orientation": TRAINING_ORIENTATION,
                         "slicing": SLICING, **description}
@@ -133,7 +133,7 @@ def load_arrays(config, progress=True):
                             "and the challenge's CSV) or --data phantom")
         folder = (mnms_phantom_folder(config, progress) if d.path == "phantom"
                   else Path(d.path).expanduser().resolve())
-        arrays, description = load_mnms(folder, d.split, d.labelled_fraction, seed=config.train.seed,
+        arrays, description = load_mnms(folder, d.split, d.labelled_fraction, seed=data_seed(config),
                                         cache_dir=cache_dir(config), progress=progress, size=m.input_size, spacing=d.spacing,
                                         csv_path=d.mnms_csv, train_vendors=d.train_vendors,
                                         unlabelled_vendors=d.unlabelled_vendors, test_vendors=d.test_vendors)
@@ -166,12 +166,18 @@ def data_folder(data_config):
     return folder
 
 
+def data_seed(config):
+    """The seed of a config's data draws (labelled subjects, kept unlabelled slices, synthetic
+    images): ``data.seed``, or ``train.seed`` when it is -1 (the default)."""
+    return config.data.seed if config.data.seed >= 0 else config.train.seed
+
+
 def mask_sets(config, progress=True):
     """The training and validation mask sets of a prior or U-Net config (``load_mask_sets``)."""
     d = config.data
     folder = data_folder(d)
     return load_mask_sets(folder, config.model.input_size, d.spacing, d.split, cache_dir(config), progress,
-                          labelled_fraction=d.labelled_fraction, seed=config.train.seed,
+                          labelled_fraction=d.labelled_fraction, seed=data_seed(config),
                           framing=d.framing)
 
 
@@ -196,7 +202,7 @@ def preprocess_summary(config, progress=True):
     """Preprocess the cohort ``config.data.path`` names into the cache (``sdnet-tf
     preprocess``) and describe it: ``{"folder", "cache", "patients", "seconds", "splits":
     [{"split", "training", "labelled", "unlabelled", "validation", "test"}], "unlabelled_source"}``
-    for ``config.data.labelled_fraction`` and ``config.train.seed``.
+    for ``config.data.labelled_fraction`` and ``data_seed(config)``.
 
     Raises:
         DataError: the folder cannot be read as an ACDC-layout cohort.
@@ -214,7 +220,7 @@ def preprocess_summary(config, progress=True):
     splits = patient_splits(patients)
     rows, source = [], None
     for k in range(len(splits)):
-        plan = split_plan(cohort, splits, k, d.labelled_fraction, config.train.seed)
+        plan = split_plan(cohort, splits, k, d.labelled_fraction, data_seed(config))
         rows.append({"split": k, "training": len(plan["training"]), **plan["counts"]})
         source = plan["unlabelled_source"]
     return {"folder": str(folder), "cache": str(cache), "patients": len(patients), "seconds": seconds,

@@ -328,3 +328,31 @@ def test_a_cached_cohort_appears_only_when_complete_and_is_written_once(tmp_path
     assert sorted(p.name for p in folder.iterdir()) == ["complete", "patient001"]
     assert _cached_cohort(config, "cohort", writer, "test cohort") == folder and len(calls) == 1
     assert not list(tmp_path.glob(".cohort.*"))
+
+
+def test_data_seed_keeps_the_subjects_while_train_seed_changes(phantom_cohort_8, tmp_path):
+    # data.seed -1 (default): the labelled subjects and kept slices follow train.seed, as before;
+    # set, they follow it alone, so a network can be trained again with another train.seed on
+    # the same subjects (SDNet's arrays and a prior's or U-Net's masks alike)
+    from sdnet_tf.config import Config, PriorConfig
+    from sdnet_tf.data.sources import data_seed, load_arrays, mask_sets
+
+    def sdnet(train_seed, seed):
+        config = Config()
+        config.data.dataset, config.data.path, config.data.split = "acdc", str(phantom_cohort_8), 0
+        config.data.labelled_fraction, config.data.cache_dir, config.model.input_size = 0.5, str(tmp_path), 64
+        config.train.seed, config.data.seed = train_seed, seed
+        return load_arrays(config, progress=False)[1]["labelled_patients"]
+
+    def masks(train_seed, seed):
+        config = PriorConfig()
+        config.data.path, config.data.labelled_fraction, config.data.cache_dir = str(phantom_cohort_8), 0.5, str(tmp_path)
+        config.model.input_size, config.data.spacing = 32, 5.0
+        config.train.seed, config.data.seed = train_seed, seed
+        assert data_seed(config) == (seed if seed >= 0 else train_seed)
+        return mask_sets(config, progress=False)[2]["training_patients"]
+
+    for draw in (sdnet, masks):
+        first = draw(1, -1)
+        assert draw(7, 1) == first  # another train.seed, the subjects of train.seed 1
+        assert any(draw(seed, -1) != first for seed in (2, 3, 4, 5))  # without data.seed, they move
