@@ -341,7 +341,8 @@ class PriorDataConfig:
     cache_dir: str = "~/.cache/sdnet-tf"
     phantom_seed: int = 0
     # fraction of the split's training patients whose masks are used (whole subjects, the
-    # same ones SDNet labels at that fraction with the same train.seed)
+    # same ones SDNet labels at that fraction with the same data seed: data.seed, or train.seed
+    # when it is -1)
     labelled_fraction: float = 1.0
     # "spacing": SDNet's frame (spacing mm per pixel, centre crop), the frame the shape loss
     # needs; "heart": each frame cropped about its heart and resized, as the NVAE thesis' code

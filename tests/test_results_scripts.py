@@ -175,3 +175,38 @@ def test_failed_checks_counts_each_check_over_the_invalid_slices(tmp_path):
         "invalid_slices": 2, "invalid_slices_painchaud": 3,
         "checks": {"holes": 1, "frontier_between_lv_and_background": 1, "myo_concavity": 1,
                    "disconnectivity_in_rv": 1}}
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("shape-priors/acdc.py", ["--seed", "2"], "--seed goes with --replicate"),
+    ("shape-priors/acdc.py", ["--replicate", "sdnet-shape-split0-1.5pct", "--only", "nvae-acdc-heart"],
+     "without --only or --table"),
+    ("shape-priors/acdc.py", ["--retrain", "nvae-acdc-thesis", "--table"], "without --only or --table"),
+    ("acdc/run.py", ["--seed", "2"], "--seed goes with --replicate"),
+    ("acdc/run.py", ["--replicate", "sdnet-split0-1.5pct", "--ablation", "batch-dice"],
+     "without --only, --ablation or --partial"),
+])
+def test_replicate_options_that_would_be_ignored_are_refused(tmp_path, monkeypatch, capsys, script, argv, message):
+    # each would otherwise train something other than what was asked, without a word
+    module = load(ROOT / "results" / script)
+    monkeypatch.setattr(module, "run", lambda *args: pytest.fail("nothing may be trained"))
+    monkeypatch.setattr("sys.argv", [script, str(tmp_path), "--runs", str(tmp_path / "runs"), *argv])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_subjects_records_whether_a_replicate_kept_the_first_runs_subjects(tmp_path, capsys):
+    import json
+
+    run_py = load(ROOT / "results" / "acdc" / "run.py")
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps({"labelled_patients": [43]}))
+    same, other, old = ({"name": "x", "labelled_patients": [43]}, {"name": "y", "labelled_patients": [71]},
+                        {"name": "z", "labelled_patients": [43]})
+    run_py.check_subjects(same, first)
+    run_py.check_subjects(other, first)
+    run_py.check_subjects(old, tmp_path / "absent.json")
+    assert (same["same_subjects"], other["same_subjects"], old["same_subjects"]) == (True, False, None)
+    assert "y labelled patients [71], the first run [43]" in capsys.readouterr().err

@@ -78,8 +78,9 @@ def seed_options(config_name, seed):
     """The options that train ``config_name`` with ``train.seed`` ``seed`` on the subjects of
     the config's own seed (``data.seed``): a run's spread from its seed, its subjects kept."""
     from sdnet_tf.config import config_kind, load_config
+    from sdnet_tf.data.sources import data_seed
 
-    own = load_config(config_name, kind=config_kind(config_name)).train.seed
+    own = data_seed(load_config(config_name, kind=config_kind(config_name)))
     return ["--seed", str(seed), "--set", f"data.seed={own}"]
 
 
@@ -300,6 +301,10 @@ def main():
     args = parser.parse_args()
     if args.data is None:
         parser.error("the ACDC training folder is required, before --only (whose names take every word after it)")
+    if args.seed is not None and not args.replicate:
+        parser.error("--seed goes with --replicate NAME")
+    if args.replicate and (args.only or args.ablation or args.partial):
+        parser.error("--replicate NAME trains that one run again: without --only, --ablation or --partial")
     if args.partial and (len(args.only or ()) == 1) == bool(args.ablation):
         parser.error("--partial scores one run: name it with --only NAME, or give --ablation")
     if args.partial and args.ablation:
@@ -317,8 +322,6 @@ def main():
         if not (args.runs / args.only[0] / "best.json").is_file():
             parser.error(f"--partial: {args.runs / args.only[0]} has no validated epoch yet (best.json)")
         return score_partial(args.only[0], args.runs)
-    if args.seed is not None and not args.replicate:
-        parser.error("--seed goes with --replicate NAME")
     if args.replicate:
         return replicate(next(job for job in JOBS if run_name(*job) == args.replicate), args.data, args.runs,
                          args.backend, args.seed)
@@ -406,6 +409,20 @@ def ablation(which, data, runs, backend="tensorflow", fraction=1.0):
           f"valid slices {result['valid_slices_percent']:.1f}%", flush=True)
 
 
+def check_subjects(result, first_path):
+    """Record in ``result`` whether its labelled subjects are the first run's (``first_path``, a
+    result JSON; ``same_subjects`` None when it is absent or predates the record), and say so
+    when they are not: a replicate is meant to differ from its first run in its seed alone."""
+    first = json.loads(Path(first_path).read_text()) if Path(first_path).is_file() else {}
+    if "labelled_patients" not in first or "labelled_patients" not in result:
+        result["same_subjects"] = None
+        return
+    result["same_subjects"] = first["labelled_patients"] == result["labelled_patients"]
+    if not result["same_subjects"]:
+        print(f"warning: {result['name']} labelled patients {result['labelled_patients']}, the first run "
+              f"{first['labelled_patients']} ({first_path}): not the same subjects", file=sys.stderr, flush=True)
+
+
 def replicate(job, data, runs, backend, seed=None):
     """Planned run ``job`` trained and scored again with ``backend`` on this machine, into
     ``replicates/<name>-<backend>-<platform>.json`` beside the table's run: the same config,
@@ -430,6 +447,7 @@ def replicate(job, data, runs, backend, seed=None):
     result.update(name=tag, replicate_of=name, backend=backend, device=device)
     if seed is not None:
         result["seed"] = seed
+    check_subjects(result, HERE / "runs" / f"{name}.json")
     out.mkdir(exist_ok=True)
     write_json(out / f"{tag}.json", result)
     print(f"{tag}: slice Dice {result['slice_dice']['mean']:.3f}, 3-D Dice {result['dice_3d']['mean']:.3f}, "

@@ -185,9 +185,10 @@ def train_network(name, data, runs, replicate=False, seed=None):
     run(evaluate, log)
     result = acdc_run.collect("sdnet" if kind == "sdnet" else "unet", 0, fraction, run_dir, seconds,
                               [train, evaluate])
-    result.update(name=name, model=kind, shape_prior=prior)
+    result.update(name=tag, model=kind, shape_prior=prior)
     if replicate:
         result["replicate_of"] = name
+        acdc_run.check_subjects(result, OUT / f"{name}.json")
     if seed is not None:
         result["seed"] = seed
     # which weights of the prior: its folder may have been trained again (--retrain)
@@ -350,6 +351,11 @@ def main():
     parser.add_argument("--smoke", action="store_true",
                         help="check the pipeline: one epoch of two steps per run, results in RUNS/results")
     args = parser.parse_args()
+    if args.seed is not None and not args.replicate:
+        parser.error("--seed goes with --replicate NETWORK")
+    if (args.replicate or args.retrain) and (args.only or args.table):
+        parser.error(f"{'--replicate' if args.replicate else '--retrain'} trains one run again: without --only or "
+                     "--table")
     global OUT
     if not args.table:
         if args.data is None:
@@ -368,24 +374,22 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.table:
         args.runs.mkdir(parents=True, exist_ok=True)
-        if args.seed is not None and not args.replicate:
-            parser.error("--seed goes with --replicate NETWORK")
         if args.retrain:
             jobs = [(args.retrain, "retrained")]
         elif args.replicate:
             jobs = [(args.replicate, "replicate")]
         else:
-            jobs = [(name, None) for name in ORDER if not args.only or name in args.only]
-        for name, again in jobs:
-            tag = replicate_tag(name, args.seed) if again == "replicate" else name
-            done = results_dir(again == "retrained", again == "replicate") / f"{tag}.json"
+            jobs = [(name, "planned") for name in ORDER if not args.only or name in args.only]
+        for name, mode in jobs:
+            tag = replicate_tag(name, args.seed) if mode == "replicate" else name
+            done = results_dir(mode == "retrained", mode == "replicate") / f"{tag}.json"
             if done.is_file():
                 print(f"{name}: already in {done}; skipped", flush=True)
                 continue
             if name in PRIORS:
-                train_prior(name, args.data, args.runs, again == "retrained")
+                train_prior(name, args.data, args.runs, mode == "retrained")
             else:
-                train_network(name, args.data, args.runs, again == "replicate", args.seed)
+                train_network(name, args.data, args.runs, mode == "replicate", args.seed)
             write_table()
             plot()
     write_table()

@@ -114,12 +114,12 @@ def main(argv=None):
     sets, _, _ = mask_sets(config, progress=False)
     sample_mm = sample_pixel_mm(sets)  # as shape-eval measures them (heart framing: pixel sizes per frame)
     drawn = draw_samples(model, args.samples, args.temperature)
-    real = shape_descriptors(sets["test"].labels, sets["test"].spacing())
+    real = shape_descriptors(sets["test"].labels, sets["test"].pixel_spacing())
     generated = shape_descriptors(drawn, (sample_mm, sample_mm))
     samples_total, sample_rows = breakdown(real, generated)
     outliers = circularity_outliers(real, generated)
     training_total, training_rows = breakdown(real, shape_descriptors(sets["training"].labels,
-                                                                      sets["training"].spacing()))
+                                                                      sets["training"].pixel_spacing()))
     name = args.run.name
     result = {"run": str(args.run), "samples": args.samples, "temperature": args.temperature,
               "test_slices": len(real), "fsd_samples": samples_total, "by_descriptor_samples": sample_rows,

@@ -124,7 +124,7 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
     sets, groups, description = mask_sets(config, progress)
     test = sets["test"]
     # each test slice at its own pixel size (heart framing: its frame's); samples at the training masks' median
-    spacing, sample_mm = test.spacing(), sample_pixel_mm(sets)
+    test_spacing, sample_mm = test.pixel_spacing(), sample_pixel_mm(sets)
     sample_spacing = (sample_mm, sample_mm)
     reconstruct = lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1)  # noqa: E731
     predicted = batched(reconstruct, prior_one_hot(test.labels))
@@ -137,10 +137,10 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
                            "samples": round(sample_mm, 4)},
               "reconstruction_dice_slices": reconstruction_dice(predicted, test.labels),
               "reconstruction_dice_frames": frame_dice(predicted, test.labels, test.patients, test.phases),
-              "valid_reconstructions": valid_fraction(predicted, spacing)["valid"],
-              "valid_references": valid_fraction(test.labels, spacing)["valid"]}
+              "valid_reconstructions": valid_fraction(predicted, test_spacing)["valid"],
+              "valid_references": valid_fraction(test.labels, test_spacing)["valid"]}
     result["frechet_shape_distance_training_vs_test"] = frechet_shape_distance(
-        test.labels, sets["training"].labels, spacing, sets["training"].spacing())
+        test.labels, sets["training"].labels, test_spacing, sets["training"].pixel_spacing())
     embed = None
     if config.model.kind == "nvae" and frds is not None:
         from sdnet_tf.data.sources import cache_dir
@@ -159,7 +159,8 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
             result["samples"][f"{t:g}"] = {"count": samples, "valid": validity["valid"],
                                            "failures": validity["failures"],
                                            "frechet_shape_distance": frechet_shape_distance(test.labels, drawn,
-                                                                                            spacing, sample_spacing)}
+                                                                                            test_spacing,
+                                                                                            sample_spacing)}
             if embed is not None:
                 result["samples"][f"{t:g}"]["frds"] = frechet_distance(real_features, embed(drawn))
         if figure is not None:

@@ -49,8 +49,8 @@ class MaskSet:
     positions: np.ndarray
     pixel_mm: np.ndarray
 
-    def spacing(self):
-        """(N, 2) row and column pixel size in mm, as the shape metrics take it."""
+    def pixel_spacing(self):
+        """(N, 2) row and column pixel size in mm of each slice, as the shape metrics take it."""
         return np.repeat(self.pixel_mm[:, None], 2, axis=1)
 
     def __len__(self):

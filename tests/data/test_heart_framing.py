@@ -93,7 +93,7 @@ def test_heart_framed_masks_carry_each_frames_pixel_size_so_areas_in_mm2_are_kep
                                   framing="heart")
     plain, _, _ = load_mask_sets(phantom_cohort_8, size=32, spacing=5.0, cache_dir=tmp_path, progress=False)
     assert np.all(plain["test"].pixel_mm == 5.0) and sample_pixel_mm(plain) == 5.0
-    assert plain["test"].spacing().shape == (len(plain["test"]), 2)
+    assert plain["test"].pixel_spacing().shape == (len(plain["test"]), 2)
     test, reference = framed["test"], plain["test"]
     assert np.all(test.pixel_mm < 5.0)  # the heart, magnified to fill the frame
     ratios = []

@@ -69,7 +69,7 @@ def config(kind="nvae"):
     for key, value in TINY[kind].items():
         setattr(c.model, key, value)
     c.train.learning_rate, c.train.spectral_weight, c.train.weight_decay = 1e-3, 0.1, 3e-4
-    c.train.label_swap = 0.3  # ACNN: a swap draw that changes many pixels of a 4-step test
+    c.train.label_swap = 0.3  # ACNN: a swap that changes many of the batch's pixels in its one real step
     c.train.backend = keras.backend.backend()
     return c
 

@@ -572,18 +572,24 @@ def test_shape_eval_measures_a_heart_framed_prior_at_each_frames_pixel_size(coho
     config = _prior_config(cohort, tmp_path, "acnn", spectral_weight=0.0, steps_per_epoch=1)
     config.data.framing = "heart"
     train_prior(config, tmp_path / "run", progress=False)
-    measured = []
-    real_valid_fraction = shape_eval.valid_fraction
+    measured, compared = [], []
+    real_valid_fraction, real_fsd = shape_eval.valid_fraction, shape_eval.frechet_shape_distance
     monkeypatch.setattr(shape_eval, "valid_fraction",
                         lambda labels, spacing: measured.append(np.asarray(spacing)) or real_valid_fraction(labels,
                                                                                                            spacing))
+    monkeypatch.setattr(shape_eval, "frechet_shape_distance",
+                        lambda real, other, spacing, other_spacing: compared.append((spacing, other_spacing))
+                        or real_fsd(real, other, spacing, other_spacing))
     result = shape_eval.evaluate_prior(tmp_path / "run", progress=False)
     sets, _, _ = load_mask_sets(cohort, 32, SPACING, cache_dir=tmp_path / "cache", progress=False, framing="heart")
-    pixel = sets["test"].pixel_mm
+    pixel, training = sets["test"].pixel_mm, sets["training"].pixel_mm
     assert len(np.unique(pixel)) > 1 and np.all(pixel < SPACING)  # a size per frame, magnified
     assert len(measured) == 2  # the reconstructions and the references
     for spacing in measured:
         np.testing.assert_array_equal(spacing, np.stack([pixel, pixel], axis=1))
+    (real, other), = compared  # the training masks against the test masks, each at its own sizes
+    np.testing.assert_array_equal(real, np.stack([pixel, pixel], axis=1))
+    np.testing.assert_array_equal(other, np.stack([training, training], axis=1))
     assert result["pixel_mm"]["test_range"] == [round(float(pixel.min()), 4), round(float(pixel.max()), 4)]
     assert result["pixel_mm"]["samples"] == round(float(np.median(sets["training"].pixel_mm)), 4)
 
