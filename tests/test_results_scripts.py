@@ -4,6 +4,7 @@ covariance)."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from support.helpers import ROOT
@@ -210,3 +211,32 @@ def test_check_subjects_records_whether_a_replicate_kept_the_first_runs_subjects
     run_py.check_subjects(old, tmp_path / "absent.json")
     assert (same["same_subjects"], other["same_subjects"], old["same_subjects"]) == (True, False, None)
     assert "y labelled patients [71], the first run [43]" in capsys.readouterr().err
+
+
+def test_recon_breakdown_splits_each_structures_shortfall_by_size_and_stack_position():
+    # four slices of one volume: the LV reconstructed exactly on the two large ones, half missed
+    # on a small apical one, drawn where the reference has none on the last: the small and the
+    # absent slice carry the whole shortfall, the last third of the stack most of it
+    breakdown = load(ROOT / "results" / "shape-priors" / "recon_breakdown.py")
+    reference = np.zeros((4, 16, 16), np.uint8)
+    reference[0, 2:12, 2:12] = 3   # 100 pixels
+    reference[1, 2:10, 2:10] = 3   # 64
+    reference[2, 4:6, 4:8] = 3     # 8: apical
+    predicted = reference.copy()
+    predicted[2, 4:6, 6:8] = 0     # half of it missed: Dice 2 * 4 / (4 + 8) = 2/3
+    predicted[3, 0:2, 0:2] = 3     # a structure the reference does not have: Dice 0
+    records = breakdown.slice_records(predicted, reference, np.full(4, 2.0), np.arange(4), np.zeros(4, int),
+                                      np.zeros(4, int))
+    lv = records["LV"]
+    np.testing.assert_allclose(lv["dice"], [1.0, 1.0, 2 / 3, 0.0])
+    np.testing.assert_allclose(lv["area_mm2"], [400.0, 256.0, 32.0, 0.0])  # 2 mm pixels
+    assert lv["third"].tolist() == [0, 1, 2, 2]
+    assert records["RV"]["dice"].size == 0  # neither map has an RV: no slice counts
+    summary = breakdown.groups(lv)
+    rows = {r["group"].split(" (")[0]: r for r in summary["rows"]}
+    assert summary["slices"] == 4 and summary["mean_dice"] == pytest.approx((2 + 2 / 3) / 4)
+    assert rows["area quartile 1"]["slices"] == 1 and rows["area quartile 1"]["mean_dice"] == pytest.approx(2 / 3)
+    assert rows["area quartile 1"]["shortfall_share"] == pytest.approx((1 / 3) / (4 / 3))
+    assert rows["absent from the reference"]["shortfall_share"] == pytest.approx(1 / (4 / 3))
+    assert rows["last third"]["slices"] == 2 and rows["last third"]["shortfall_share"] == pytest.approx(1.0)
+    assert summary["mean_dice_without_smallest_quartile"] == pytest.approx(1.0)
