@@ -20,16 +20,15 @@ the table.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from sdnet_infer.labels import STRUCTURES  # {"RV": 1, "MYO": 2, "LV": 3}
 from sdnet_tf.atomic import write_json, write_text
 
 HERE = Path(__file__).resolve().parent
-STRUCTURES = {"RV": 1, "MYO": 2, "LV": 3}
 
 
 def slice_records(predicted, reference, pixel_mm, positions, patients, phases):
@@ -83,11 +82,10 @@ def groups(record):
 
 
 def main(argv=None):
-    from keras import ops
-
-    from sdnet_tf.data.masks import prior_one_hot
+    from sdnet_tf.apps.shape_eval import reconstruct_labels
     from sdnet_tf.data.sources import mask_sets
-    from sdnet_tf.inference import batched, load_prior
+    from sdnet_tf.inference import load_prior
+    from sdnet_tf.training.run_files import RunFiles
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a shape prior's run directory (NVAE or ACNN)")
@@ -97,12 +95,9 @@ def main(argv=None):
     model, config = load_prior(args.run)
     sets, _, _ = mask_sets(config, progress=False)
     test = sets["test"]
-    predicted = batched(lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1),
-                        prior_one_hot(test.labels))
-    records = slice_records(np.asarray(predicted), test.labels, test.pixel_mm, test.positions, test.patients,
+    records = slice_records(reconstruct_labels(model, test.labels), test.labels, test.pixel_mm, test.positions, test.patients,
                             test.phases)
-    kept = (args.run / "best.json").read_text() if (args.run / "best.json").is_file() else "{}"
-    epoch = json.loads(kept).get("epoch")
+    epoch = RunFiles(args.run).best().get("epoch")
     result = {"run": str(args.run), "kept_epoch": epoch, "test_slices": len(test),
               "structures": {name: groups(record) for name, record in records.items()},
               "command": f"python results/shape-priors/recon_breakdown.py {args.run}"}

@@ -105,6 +105,18 @@ def draw_samples(model, count, temperature, seed=0):
                            for i in range(0, count, 100)])
 
 
+def reconstruct_labels(model, labels):
+    """(N, H, W) label maps of a prior's reconstructions of ``labels`` (N, H, W): posterior
+    means (no sampling), BatchNorm in inference mode, the most likely label per pixel, in
+    batches (the reconstructions every shape-eval figure is computed on)."""
+    from keras import ops
+
+    from sdnet_tf.inference import batched
+
+    return np.asarray(batched(lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1),
+                              prior_one_hot(labels)))
+
+
 def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, seed=0, progress=True,
                    figure=None, frds=None):
     """The metrics of a prior run (see the module docstring) as a JSON-able dict; with
@@ -114,10 +126,8 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
     labels, cache folder)`` returns ``(embed, info)``, ``embed`` mapping (N, H, W) label maps to
     (N, D) features (the split's SimCLR embedder, ``training.embedder_trainer.frds_function``;
     scoring trains nothing itself)."""
-    from keras import ops
-
     from sdnet_tf.data.sources import mask_sets
-    from sdnet_tf.inference import batched, load_prior
+    from sdnet_tf.inference import load_prior
 
     start = time.perf_counter()
     model, config = load_prior(run_dir)
@@ -126,8 +136,7 @@ def evaluate_prior(run_dir, samples=1000, temperatures=TEMPERATURES, folds=10, s
     # each test slice at its own pixel size (heart framing: its frame's); samples at the training masks' median
     test_spacing, sample_mm = test.pixel_spacing(), sample_pixel_mm(sets)
     sample_spacing = (sample_mm, sample_mm)
-    reconstruct = lambda masks: ops.argmax(model.reconstruct(masks, training=False), axis=-1)  # noqa: E731
-    predicted = batched(reconstruct, prior_one_hot(test.labels))
+    predicted = reconstruct_labels(model, test.labels)
     result = {"run": str(run_dir), "kind": config.model.kind, "split": config.data.split,
               "framing": config.data.framing,
               "test_patients": description["test_patients"], "test_slices": len(test),
