@@ -563,15 +563,20 @@ def load_config(name_or_path=None, overrides=(), kind=None):
     return config.override(overrides) if overrides else config
 
 
-def config_changes(before, after, prefix=""):
+def config_changes(before, after, prefix="", defaults=None):
     """``["section.key: old -> new", ...]`` for every value that differs between two config
-    dicts (``to_dict()`` or a loaded ``config.yaml``); keys only one side has count too."""
+    dicts (``to_dict()`` or a loaded ``config.yaml``); keys only one side has count too, unless
+    ``defaults`` (a ``to_dict()`` of the config class's defaults) gives that key the other
+    side's value: a key added to the code after a run was saved, at the default that keeps the
+    old behaviour, is no change."""
     changes = []
+    defaults = defaults if isinstance(defaults, dict) else {}
     for key in sorted(set(before) | set(after), key=str):
         old, new = before.get(key, "(unset)"), after.get(key, "(unset)")
+        default = defaults.get(key, "(unset)")
         if isinstance(old, dict) and isinstance(new, dict):
-            changes += config_changes(old, new, f"{prefix}{key}.")
-        elif old != new:
+            changes += config_changes(old, new, f"{prefix}{key}.", default)
+        elif old != new and not (key not in before and default == new) and not (key not in after and default == old):
             changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
     return changes
 
@@ -579,7 +584,9 @@ def config_changes(before, after, prefix=""):
 def save_config(config, path):
     """Write the resolved config as YAML, atomically. When ``path`` holds another config (a run
     resumed with other settings), the changed values are logged first, as a warning of the
-    ``sdnet_tf.train`` log (the run's ``train.log``): a resumed run takes the new settings."""
+    ``sdnet_tf.train`` log (the run's ``train.log``): a resumed run takes the new settings. A
+    key the saved config lacks (added to the code since) is a change only when its value is
+    not the default."""
     path = Path(path)
     values = config.to_dict()
     if path.is_file():
@@ -587,7 +594,7 @@ def save_config(config, path):
             before = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError):
             before = None
-        changes = config_changes(before, values) if isinstance(before, dict) else []
+        changes = config_changes(before, values, defaults=type(config)().to_dict()) if isinstance(before, dict) else []
         if changes:
             logging.getLogger("sdnet_tf.train").warning("%s: the run goes on with %d changed setting(s): %s", path.parent,
                                                         len(changes), "; ".join(changes))

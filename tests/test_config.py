@@ -271,3 +271,28 @@ def test_a_run_resumed_with_other_settings_says_which(tmp_path, caplog):
     [record] = caplog.records
     assert "2 changed setting(s): loss.dice_mode: 'per_class' -> 'batch'; train.epochs: 30 -> 60" in record.getMessage()
     assert load_config(str(path)).train.epochs == 60
+
+
+def test_a_key_added_since_a_run_was_saved_is_a_change_only_off_its_default(tmp_path, caplog):
+    """A config.yaml written before ``data.seed`` existed lacks it; resuming at the default
+    (-1, the old draws) says nothing, another value is named."""
+    import logging
+
+    import yaml
+
+    from sdnet_tf.config import config_changes, save_config
+
+    path = tmp_path / "config.yaml"
+    values = load_config("sdnet-acdc-cpu").to_dict()
+    del values["data"]["seed"]
+    path.write_text(yaml.safe_dump(values))
+    with caplog.at_level(logging.WARNING, logger="sdnet_tf.train"):
+        save_config(load_config("sdnet-acdc-cpu"), path)
+        assert not caplog.records
+        path.write_text(yaml.safe_dump(values))
+        save_config(load_config("sdnet-acdc-cpu", ["data.seed=3"]), path)
+    [record] = caplog.records
+    assert "1 changed setting(s): data.seed: '(unset)' -> 3" in record.getMessage()
+    # without defaults, a missing key always counts; a key dropped from the code is named
+    assert config_changes({"a": {"x": 1}}, {"a": {}}) == ["a.x: 1 -> '(unset)'"]
+    assert config_changes({"a": {"x": 1}}, {"a": {}}, defaults={"a": {"x": 1}}) == []
