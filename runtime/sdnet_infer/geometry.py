@@ -245,15 +245,28 @@ class VolumeGeometry:
                 f"slice axis {self.slice_axis}, stored {codes} -> {self.orientation}")
 
 
-def _chosen_affine(header):
-    """(affine (4, 4) or None, "sform" / "qform" / None) by the NIfTI codes."""
+def _chosen_affine(header, source="the file"):
+    """(affine (4, 4) or None, "sform" / "qform" / None) by the NIfTI codes.
+
+    Raises:
+        DataError: naming ``source``, for a qform whose voxel size (``pixdim[1:4]``) has a
+            zero or negative value (nibabel cannot build it).
+    """
     if int(header["sform_code"]) > 0:
         return header.get_sform(), "sform"
     if int(header["qform_code"]) > 0:
         if float(header["pixdim"][0]) not in (-1.0, 1.0):  # nifti1.h: qfac other than -1 or 1 is read as 1
             header = header.copy()
             header["pixdim"][0] = 1.0
-        return header.get_qform(), "qform"
+        try:
+            return header.get_qform(), "qform"
+        except nib.spatialimages.HeaderDataError as error:
+            if "pixdims" not in str(error):
+                raise
+            values = ", ".join(f"{float(v):g}" for v in header["pixdim"][1:4])
+            raise DataError(f"{source}: pixdim[1:4] ({values}) has a zero or negative voxel size, and the qform "
+                            "(qform_code > 0) is built from it: the voxel size and orientation cannot be known; "
+                            "correct pixdim") from error
     return None, None
 
 
@@ -613,7 +626,7 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
         raise DataError(f"{source}: {dims}-D image; expected a 3-D frame or a 4-D cine")
     _check_xform_codes(header, source)
     notes = []
-    affine, kind = _chosen_affine(header)
+    affine, kind = _chosen_affine(header, source)
     if affine is not None and not np.all(np.isfinite(affine)):
         raise DataError(f"{source}: the {kind} contains non-finite values")
     if affine is not None and kind == "sform" and int(header["qform_code"]) > 0:
@@ -621,7 +634,7 @@ def read_geometry(path, image=None, orientation=TRAINING_ORIENTATION, slicing="a
         if found is not None and found[0] > SHEAR_TOLERANCE and found[0] < 1 - 1e-6:
             # as ITK-based readers: a qform cannot be sheared, so it is the writer's own
             # perpendicular description of the grid
-            qform, _ = _chosen_affine(_without_sform(header))
+            qform, _ = _chosen_affine(_without_sform(header), source)
             if np.all(np.isfinite(qform)):
                 notes.append(f"{source}: the sform is sheared ({90 - np.degrees(np.arccos(found[0])):.3g} degrees from "
                              f"perpendicular); using the qform (code {int(header['qform_code'])})")

@@ -202,10 +202,12 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
     volumes cut into axial slices, or a stored axis 0, 1 or 2 that is the slice axis.
 
     Raises ``DataError`` naming the file for a missing or unreadable file (a truncated
-    ``.nii.gz`` included), a dimensionality not in ``ndim`` (a 4-D file of one time point is
+    ``.nii.gz`` included, or a gzip-compressed one named ``.nii``), a ``vox_offset`` inside the
+    header, a dimensionality not in ``ndim`` (a 4-D file of one time point is
     read as 3-D where only 3-D is accepted), complex, RGB or vector values,
-    NaN or infinite values, and a
-    geometry that cannot be interpreted (zero or non-finite voxel size, unknown units, an
+    NaN or infinite values, an image (a ``kind`` without "label") that holds only a few whole
+    numbers from 0 to ``MAX_LABEL_VALUE`` (a label map), and a
+    geometry that cannot be interpreted (zero, negative or non-finite voxel size, unknown units, an
     undecidable slice axis, an affine contradicting the voxel sizes).
     """
     path = Path(path)
@@ -216,6 +218,7 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
             img = _load(path)
             if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
                 _refuse_other_format(img, path)
+            _check_data_offset(img, path)
             with np.errstate(over="ignore", invalid="ignore"):  # an overflowing scl_slope: named below
                 data = np.asarray(img.dataobj)
     except DataError:  # _refuse_other_format's, a ValueError: not one of nibabel's below
@@ -225,7 +228,7 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
         if "w2 should be positive" in str(error):  # nibabel's check of the qform's quaternion
             raise DataError(f"{path}: the qform's quaternion is not normalised (b^2 + c^2 + d^2 > 1, {error}); "
                             "its orientation cannot be read") from error
-        hint = _dim0_problem(path)
+        hint = _dim0_problem(path) or _gzip_named_nii(path)
         if hint:
             raise DataError(f"{path}: {hint}") from error
         raise DataError(f"{path}: cannot read the {kind} ({type(error).__name__}: {error}); "
@@ -256,6 +259,8 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
                             f"scl_inter {inter:g} they overflow {np.dtype(dtype).name}: the header's scaling is "
                             "wrong; correct scl_slope and scl_inter")
         raise DataError(f"{path}: the {kind} contains NaN or infinite values")
+    if "label" not in kind:
+        _refuse_label_map(data, path, kind)
     zooms = geometry.training_spacing + tuple(float(z) for z in img.header.get_zooms()[3:data.ndim])
     return Volume(geometry.to_training(data), zooms, geometry, img)
 
@@ -288,6 +293,53 @@ def _refuse_other_format(img, path):
                         "orientation (no sform or qform): convert it to NIfTI with its orientation from the "
                         "source images")
     raise DataError(f"{path}: a {type(img).__name__} image, not NIfTI; give a .nii or .nii.gz file")
+
+
+MAX_LABEL_VALUE = 15  # label maps this reader refuses as images: ACDC's and M&Ms' 0-3, up to 15 classes
+
+
+def _refuse_label_map(data, path, kind):
+    """Refuse an image that holds only a few whole numbers from 0 to ``MAX_LABEL_VALUE`` (at
+    least two): a label map (e.g. ACDC's ``_gt`` file) given where an MR image belongs, which
+    would otherwise be segmented as if it were one. No MR image is quantised so coarsely; a
+    constant image is left to the normalisation's own message."""
+    lo, hi = float(data.min()), float(data.max())
+    if lo < 0 or hi > MAX_LABEL_VALUE or hi == lo or not np.array_equal(data, np.rint(data)):
+        return
+    values = np.flatnonzero(np.bincount(data.astype(np.int64).ravel(), minlength=int(hi) + 1))
+    raise DataError(f"{path}: the {kind} holds only the values {', '.join(map(str, values))}: a label map (a "
+                    "segmentation), not an MR image; give the image it labels")
+
+
+def _check_data_offset(img, path):
+    """Refuse a single-file NIfTI whose ``vox_offset`` points inside its own header (below
+    byte 352 for NIfTI-1, 544 for NIfTI-2): nibabel would read the header bytes as voxels and
+    shift the whole image (``vox_offset`` 0, which some writers use for .hdr/.img pairs, would
+    move it by 352 bytes), so where the voxels begin cannot be known."""
+    offset = getattr(img.dataobj, "offset", None)  # where nibabel reads from (its loaded header says 0)
+    if offset is None:
+        return
+    offset = int(offset)
+    first = int(img.header.sizeof_hdr) + 4  # the header and the 4 bytes of its extension flag
+    if offset < first:
+        raise DataError(f"{path}: vox_offset {offset} lies inside the {first}-byte header of a single "
+                        f"{type(img).__name__.replace('Image', '')} file, whose voxels start at byte {first} or "
+                        "later: where the voxels begin cannot be known; the header is damaged")
+
+
+def _gzip_named_nii(path):
+    """"gzip-compressed but named .nii" when ``path`` ends in ``.nii`` and starts with gzip's
+    magic bytes (nibabel chooses decompression by the extension), else None."""
+    if not str(path).lower().endswith(".nii"):
+        return None
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(2)
+    except OSError:
+        return None
+    if magic == b"\x1f\x8b":
+        return "the file is gzip-compressed but named .nii: rename it to end in .nii.gz"
+    return None
 
 
 def _dim0_problem(path):
@@ -428,7 +480,8 @@ def read_labels(path, image_shape=None, like=None, label_map=None, orientation=T
     allowed = LABELS if label_map is None else (0, *label_map)
     bad = [v for v in values if v not in allowed]
     if bad:
-        shown = ", ".join(f"{v:g}" for v in sorted(float(v) for v in bad)[:5])  # 421, not 421.0; 205.4 stays
+        # 421, not 421.0; 205.4 stays; 1.999998 is not shown as 2
+        shown = ", ".join(f"{v:.7g}" for v in sorted(float(v) for v in bad)[:5])
         raise DataError(f"{path}: labels {shown} outside {{{', '.join(map(str, allowed))}}}"
                         + ("" if label_map is None else " (the label map's)"))
     if label_map is None:

@@ -355,3 +355,57 @@ def test_no_qc_json_when_no_volume_was_assessed(tmp_path):
     (folder / "empty.nii.gz").write_bytes(b"")
     records = predict_files(folder, tmp_path / "out", lambda b: b, size=32, target=2.5, quality=Quality())
     assert records[0]["error"] and not (tmp_path / "out" / "qc.json").exists()
+
+
+def test_a_vox_offset_inside_the_header_is_refused(tmp_path):
+    """vox_offset 0 in a single file: nibabel reads the 352 header bytes as voxels and shifts the
+    whole image (a segmentation of Dice near 0, once written with no warning)."""
+    path = _image(tmp_path / "v0.nii.gz")
+    _patch_float(path, 108, 0.0)
+    with pytest.raises(DataError, match=r"v0\.nii\.gz: vox_offset 0 lies inside the 352-byte header"):
+        read_volume(path)
+    plain = tmp_path / "v0.nii"
+    plain.write_bytes(gzip.open(path).read())
+    with pytest.raises(DataError, match=r"v0\.nii: vox_offset 0 lies inside"):
+        read_labels(plain)
+    fine = _image(tmp_path / "n2.nii.gz")
+    nib.save(nib.Nifti2Image(np.asarray(nib.load(str(fine)).dataobj), AFFINE), str(tmp_path / "n2.nii.gz"))
+    assert read_volume(tmp_path / "n2.nii.gz").data.shape == (8, 6, 3)  # NIfTI-2's 544 is no error
+
+
+def test_a_negative_pixdim_under_a_qform_is_named(tmp_path):
+    path = _image(tmp_path / "q.nii.gz", qform=1, sform=0)
+    _patch_float(path, 80, -SPACING)  # pixdim[1]
+    with pytest.raises(DataError, match=r"q\.nii\.gz: pixdim\[1:4\] \(-1\.5, 1\.5, 10\) has a zero or negative "
+                                        r"voxel size, and the qform"):
+        read_volume(path)
+
+
+def test_a_gzipped_file_named_nii_is_named_so(tmp_path):
+    path = _image(tmp_path / "x.nii.gz")
+    (tmp_path / "x.nii").write_bytes(path.read_bytes())
+    with pytest.raises(DataError, match=r"x\.nii: the file is gzip-compressed but named \.nii"):
+        read_volume(tmp_path / "x.nii")
+
+
+def test_a_label_map_given_as_the_image_is_refused(tmp_path):
+    labels = np.zeros((8, 6, 3), np.uint8)
+    labels[2:5, 2] = 1
+    labels[2:5, 3] = 3
+    path = _image(tmp_path / "case_seg.nii.gz", data=labels)
+    with pytest.raises(DataError, match=r"case_seg\.nii\.gz: the image holds only the values 0, 1, 3: a label map"):
+        read_volume(path)
+    assert read_labels(path).data.max() == 3  # as labels it reads
+    # floats that are whole numbers count; an image with more levels or fractions does not
+    _image(tmp_path / "f.nii.gz", data=labels.astype(np.float32) * 2)
+    with pytest.raises(DataError, match="only the values 0, 2, 6"):
+        read_volume(tmp_path / "f.nii.gz")
+    read_volume(_image(tmp_path / "ok.nii.gz", data=labels.astype(np.float32) * 2.5))
+    read_volume(_image(tmp_path / "wide.nii.gz", data=labels.astype(np.int16) * 6))  # 0, 6, 18
+
+
+def test_near_integer_labels_are_shown_with_their_digits(tmp_path):
+    labels = np.zeros((8, 6, 3), np.float32)
+    labels[2:5, 2:4] = 2 * (1 - 1e-6)
+    with pytest.raises(DataError, match=r"labels 1\.999998 outside"):
+        read_labels(_image(tmp_path / "gt.nii.gz", data=labels))
