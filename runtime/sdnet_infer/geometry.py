@@ -250,7 +250,7 @@ def _chosen_affine(header, source="the file"):
 
     Raises:
         DataError: naming ``source``, for a qform whose voxel size (``pixdim[1:4]``) has a
-            zero or negative value (nibabel cannot build it).
+            negative value (nibabel cannot build it).
     """
     if int(header["sform_code"]) > 0:
         return header.get_sform(), "sform"
@@ -264,7 +264,7 @@ def _chosen_affine(header, source="the file"):
             if "pixdims" not in str(error):
                 raise
             values = ", ".join(f"{float(v):g}" for v in header["pixdim"][1:4])
-            raise DataError(f"{source}: pixdim[1:4] ({values}) has a zero or negative voxel size, and the qform "
+            raise DataError(f"{source}: pixdim[1:4] ({values}) has a negative voxel size, and the qform "
                             "(qform_code > 0) is built from it: the voxel size and orientation cannot be known; "
                             "correct pixdim") from error
     return None, None

@@ -218,7 +218,9 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
             img = _load(path)
             if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
                 _refuse_other_format(img, path)
-            _check_data_offset(img, path)
+            offset_problem = _data_offset_problem(path)
+            if offset_problem:
+                raise DataError(f"{path}: {offset_problem}")
             with np.errstate(over="ignore", invalid="ignore"):  # an overflowing scl_slope: named below
                 data = np.asarray(img.dataobj)
     except DataError:  # _refuse_other_format's, a ValueError: not one of nibabel's below
@@ -228,7 +230,7 @@ def read_volume(path, ndim=(3,), kind="image", orientation=TRAINING_ORIENTATION,
         if "w2 should be positive" in str(error):  # nibabel's check of the qform's quaternion
             raise DataError(f"{path}: the qform's quaternion is not normalised (b^2 + c^2 + d^2 > 1, {error}); "
                             "its orientation cannot be read") from error
-        hint = _dim0_problem(path) or _gzip_named_nii(path)
+        hint = _dim0_problem(path) or _data_offset_problem(path) or _compression_mismatch(path)
         if hint:
             raise DataError(f"{path}: {hint}") from error
         raise DataError(f"{path}: cannot read the {kind} ({type(error).__name__}: {error}); "
@@ -306,39 +308,59 @@ def _refuse_label_map(data, path, kind):
     lo, hi = float(data.min()), float(data.max())
     if lo < 0 or hi > MAX_LABEL_VALUE or hi == lo or not np.array_equal(data, np.rint(data)):
         return
-    values = np.flatnonzero(np.bincount(data.astype(np.int64).ravel(), minlength=int(hi) + 1))
+    values = np.flatnonzero(np.bincount(data.astype(np.uint8).ravel(), minlength=int(hi) + 1))
     raise DataError(f"{path}: the {kind} holds only the values {', '.join(map(str, values))}: a label map (a "
-                    "segmentation), not an MR image; give the image it labels")
+                    "segmentation) or an image quantised to at most 16 levels, not an MR image; give the image "
+                    "itself, as scanned")
 
 
-def _check_data_offset(img, path):
-    """Refuse a single-file NIfTI whose ``vox_offset`` points inside its own header (below
-    byte 352 for NIfTI-1, 544 for NIfTI-2): nibabel would read the header bytes as voxels and
-    shift the whole image (``vox_offset`` 0, which some writers use for .hdr/.img pairs, would
-    move it by 352 bytes), so where the voxels begin cannot be known."""
-    offset = getattr(img.dataobj, "offset", None)  # where nibabel reads from (its loaded header says 0)
-    if offset is None:
-        return
-    offset = int(offset)
-    first = int(img.header.sizeof_hdr) + 4  # the header and the 4 bytes of its extension flag
-    if offset < first:
-        raise DataError(f"{path}: vox_offset {offset} lies inside the {first}-byte header of a single "
-                        f"{type(img).__name__.replace('Image', '')} file, whose voxels start at byte {first} or "
-                        "later: where the voxels begin cannot be known; the header is damaged")
-
-
-def _gzip_named_nii(path):
-    """"gzip-compressed but named .nii" when ``path`` ends in ``.nii`` and starts with gzip's
-    magic bytes (nibabel chooses decompression by the extension), else None."""
-    if not str(path).lower().endswith(".nii"):
+def _data_offset_problem(path):
+    """Why a single-file NIfTI's ``vox_offset`` cannot be where its voxels begin, or None: below
+    the end of its header (byte 352 for NIfTI-1, 544 for NIfTI-2), or, with the extension flag
+    set and room for extensions, inside the first extension (its ``esize`` from byte 352 or 544).
+    nibabel reads from such an offset, or refuses it as "too low" naming NIfTI-1 for either
+    format; offset 0, which .hdr/.img pairs use, would shift the whole image by the header."""
+    try:
+        with ImageOpener(str(path)) as handle:
+            raw = handle.read(560)
+    except Exception:  # unreadable: the caller's message stands
         return None
+    if len(raw) < 348:
+        return None
+    for order in "<>":
+        size = int(np.frombuffer(raw[:4], f"{order}i4")[0])
+        if size in (348, 540):
+            break
+    else:
+        return None
+    offset = float(np.frombuffer(raw[108:112], f"{order}f4")[0]) if size == 348 else \
+        int(np.frombuffer(raw[168:176], f"{order}i8")[0])
+    first, name = (352, "NIfTI-1") if size == 348 else (544, "NIfTI-2")
+    if offset < first:
+        return (f"vox_offset {offset:g} lies inside the {first}-byte header of a single {name} file, whose voxels "
+                f"start at byte {first} or later: where the voxels begin cannot be known; the header is damaged")
+    flagged = len(raw) >= first and raw[first - 4] != 0
+    if flagged and offset > first and len(raw) >= first + 8:
+        esize = int(np.frombuffer(raw[first:first + 4], f"{order}i4")[0])
+        if esize >= 16 and offset < first + esize:
+            return (f"vox_offset {offset:g} lies inside the header extension that starts at byte {first} and is "
+                    f"{esize} bytes long: where the voxels begin cannot be known; the header is damaged")
+    return None
+
+
+def _compression_mismatch(path):
+    """"gzip-compressed but named .nii" or "named .gz but not gzip-compressed", or None
+    (nibabel decompresses by the extension, not by the bytes)."""
     try:
         with open(path, "rb") as handle:
-            magic = handle.read(2)
+            gzipped = handle.read(2) == b"\x1f\x8b"
     except OSError:
         return None
-    if magic == b"\x1f\x8b":
+    name = str(path).lower()
+    if name.endswith(".nii") and gzipped:
         return "the file is gzip-compressed but named .nii: rename it to end in .nii.gz"
+    if name.endswith(".gz") and not gzipped:
+        return "the file is named .gz but is not gzip-compressed: rename it to end in .nii"
     return None
 
 
@@ -452,6 +474,13 @@ def labels_in_convention(labels, convention="acdc"):
     return lookup[labels.astype(np.intp)]
 
 
+def _exact(value):
+    """A stored label value in the fewest digits that give it back: 421 (not 421.0), 205.4,
+    2.0000002 (float32's neighbour of 2, which a fixed number of digits would round to 2)."""
+    text = str(np.float32(value)) if np.asarray(value).dtype.kind == "f" else str(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
 def read_labels(path, image_shape=None, like=None, label_map=None, orientation=TRAINING_ORIENTATION,
                 slicing="auto", ndim=(3,)):
     """Read a label volume into the training orientation and check it; returns a ``Volume``.
@@ -480,8 +509,7 @@ def read_labels(path, image_shape=None, like=None, label_map=None, orientation=T
     allowed = LABELS if label_map is None else (0, *label_map)
     bad = [v for v in values if v not in allowed]
     if bad:
-        # 421, not 421.0; 205.4 stays; 1.999998 is not shown as 2
-        shown = ", ".join(f"{v:.7g}" for v in sorted(float(v) for v in bad)[:5])
+        shown = ", ".join(_exact(v) for v in sorted(bad)[:5])
         raise DataError(f"{path}: labels {shown} outside {{{', '.join(map(str, allowed))}}}"
                         + ("" if label_map is None else " (the label map's)"))
     if label_map is None:

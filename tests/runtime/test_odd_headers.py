@@ -359,24 +359,45 @@ def test_no_qc_json_when_no_volume_was_assessed(tmp_path):
 
 def test_a_vox_offset_inside_the_header_is_refused(tmp_path):
     """vox_offset 0 in a single file: nibabel reads the 352 header bytes as voxels and shifts the
-    whole image (a segmentation of Dice near 0, once written with no warning)."""
+    whole image (a segmentation of Dice near 0, once written with no warning); 1-351 nibabel
+    refuses naming NIfTI-1 even for a NIfTI-2 file; inside an extension it reads from there."""
     path = _image(tmp_path / "v0.nii.gz")
     _patch_float(path, 108, 0.0)
-    with pytest.raises(DataError, match=r"v0\.nii\.gz: vox_offset 0 lies inside the 352-byte header"):
+    with pytest.raises(DataError, match=r"v0\.nii\.gz: vox_offset 0 lies inside the 352-byte header of a single NIfTI-1"):
         read_volume(path)
     plain = tmp_path / "v0.nii"
     plain.write_bytes(gzip.open(path).read())
     with pytest.raises(DataError, match=r"v0\.nii: vox_offset 0 lies inside"):
         read_labels(plain)
-    fine = _image(tmp_path / "n2.nii.gz")
-    nib.save(nib.Nifti2Image(np.asarray(nib.load(str(fine)).dataobj), AFFINE), str(tmp_path / "n2.nii.gz"))
-    assert read_volume(tmp_path / "n2.nii.gz").data.shape == (8, 6, 3)  # NIfTI-2's 544 is no error
+    _patch_float(path, 108, 100.0)
+    with pytest.raises(DataError, match=r"vox_offset 100 lies inside the 352-byte header"):
+        read_volume(path)
+    # NIfTI-2: its header is 540 bytes, so 352 is inside it; 544 is where nibabel writes
+    two = tmp_path / "n2.nii.gz"
+    nib.save(nib.Nifti2Image(np.arange(144, dtype=np.int16).reshape(8, 6, 3), AFFINE), str(two))
+    assert read_volume(two).data.shape == (8, 6, 3)
+    raw = bytearray(gzip.open(two).read())
+    assert int(np.frombuffer(raw[168:176], "<i8")[0]) == 544
+    raw[168:176] = np.int64(352).tobytes()
+    with gzip.open(two, "wb") as handle:
+        handle.write(bytes(raw))
+    with pytest.raises(DataError, match=r"vox_offset 352 lies inside the 544-byte header of a single NIfTI-2 file"):
+        read_volume(two)
+    # an offset inside the first header extension
+    def comment(header):
+        header.extensions.append(nib.nifti1.Nifti1Extension(6, b"x" * 200))
+
+    ext = _image(tmp_path / "ext.nii.gz", edit=comment)
+    assert read_volume(ext).data.shape == (8, 6, 3)
+    _patch_float(ext, 108, 368.0)
+    with pytest.raises(DataError, match=r"vox_offset 368 lies inside the header extension that starts at byte 352"):
+        read_volume(ext)
 
 
 def test_a_negative_pixdim_under_a_qform_is_named(tmp_path):
     path = _image(tmp_path / "q.nii.gz", qform=1, sform=0)
     _patch_float(path, 80, -SPACING)  # pixdim[1]
-    with pytest.raises(DataError, match=r"q\.nii\.gz: pixdim\[1:4\] \(-1\.5, 1\.5, 10\) has a zero or negative "
+    with pytest.raises(DataError, match=r"q\.nii\.gz: pixdim\[1:4\] \(-1\.5, 1\.5, 10\) has a negative "
                                         r"voxel size, and the qform"):
         read_volume(path)
 
@@ -386,6 +407,9 @@ def test_a_gzipped_file_named_nii_is_named_so(tmp_path):
     (tmp_path / "x.nii").write_bytes(path.read_bytes())
     with pytest.raises(DataError, match=r"x\.nii: the file is gzip-compressed but named \.nii"):
         read_volume(tmp_path / "x.nii")
+    (tmp_path / "y.nii.gz").write_bytes(gzip.open(path).read())
+    with pytest.raises(DataError, match=r"y\.nii\.gz: the file is named \.gz but is not gzip-compressed"):
+        read_volume(tmp_path / "y.nii.gz")
 
 
 def test_a_label_map_given_as_the_image_is_refused(tmp_path):
@@ -393,7 +417,8 @@ def test_a_label_map_given_as_the_image_is_refused(tmp_path):
     labels[2:5, 2] = 1
     labels[2:5, 3] = 3
     path = _image(tmp_path / "case_seg.nii.gz", data=labels)
-    with pytest.raises(DataError, match=r"case_seg\.nii\.gz: the image holds only the values 0, 1, 3: a label map"):
+    with pytest.raises(DataError, match=r"case_seg\.nii\.gz: the image holds only the values 0, 1, 3: a label map \(a segmentation\) "
+                                         r"or an image quantised to at most 16 levels"):
         read_volume(path)
     assert read_labels(path).data.max() == 3  # as labels it reads
     # floats that are whole numbers count; an image with more levels or fractions does not
@@ -408,4 +433,10 @@ def test_near_integer_labels_are_shown_with_their_digits(tmp_path):
     labels = np.zeros((8, 6, 3), np.float32)
     labels[2:5, 2:4] = 2 * (1 - 1e-6)
     with pytest.raises(DataError, match=r"labels 1\.999998 outside"):
+        read_labels(_image(tmp_path / "gt.nii.gz", data=labels))
+    labels[2:5, 2:4] = np.nextafter(np.float32(2), np.float32(3))  # 2.0000002: 7 digits would show 2
+    with pytest.raises(DataError, match=r"labels 2\.0000002 outside"):
+        read_labels(_image(tmp_path / "gt.nii.gz", data=labels))
+    labels[2:5, 2:4] = 421
+    with pytest.raises(DataError, match=r"labels 421 outside"):
         read_labels(_image(tmp_path / "gt.nii.gz", data=labels))
