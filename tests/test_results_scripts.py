@@ -92,6 +92,35 @@ def test_a_retrained_prior_is_scored_beside_the_first_run_not_over_it(tmp_path, 
     assert "| nvae-acdc-thesis, retrained | spacing | 97 (best) of 100 |" in table and "**0.948**" in table
 
 
+def test_frds_scores_the_priors_in_sdnets_frame_only(tmp_path, monkeypatch):
+    # a heart-framed NVAE would need a SimCLR embedder of its own, whose distances compare
+    # with no other run; the spacing-framed NVAEs share one
+    import json
+
+    shapes = load(ROOT / "results" / "shape-priors" / "acdc.py")
+    out, runs = tmp_path / "acdc", tmp_path / "runs"
+    monkeypatch.setattr(shapes, "OUT", out)
+    evaluated = {}
+    result = {"best": {"epoch": 3}, "summary": {"epochs": 3}, "reconstruction_dice_frames":
+              {"RV": 0.9, "MYO": 0.9, "LV": 0.9, "mean": 0.9}, "reconstruction_dice_slices": {"mean": 0.9},
+              "valid_reconstructions": 1.0, "samples": {}, "frechet_shape_distance_training_vs_test": 2.0}
+
+    def fake_run(command, log):
+        folder = Path(command[command.index("-o") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        if command[1] == "shape-eval":
+            name = Path(command[2]).name
+            evaluated[name] = command
+            (folder / f"{name}.json").write_text(json.dumps(result))
+        else:
+            (folder / "history.csv").write_text("epoch,val_dice_mean\n1,0.5\n")
+
+    monkeypatch.setattr(shapes, "run", fake_run)
+    for name in ("nvae-acdc-heart", "nvae-acdc-kl10"):
+        shapes.train_prior(name, tmp_path, runs)
+    assert "--frds" not in evaluated["nvae-acdc-heart"] and "--frds" in evaluated["nvae-acdc-kl10"]
+
+
 def test_a_replicated_network_is_scored_beside_the_first_run_with_the_prior_weights_it_used(tmp_path, monkeypatch):
     # a second run of a network with a shape prior: its own run folder and JSON, a table row
     # beside the first run's naming the prior's epoch, the first run's figures untouched
