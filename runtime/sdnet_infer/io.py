@@ -349,18 +349,21 @@ def _data_offset_problem(path):
 
 
 def _compression_mismatch(path):
-    """"gzip-compressed but named .nii" or "named .gz but not gzip-compressed", or None
-    (nibabel decompresses by the extension, not by the bytes)."""
+    """"gzip-compressed but named .nii", or "named .gz but not gzip-compressed" for a plain
+    NIfTI header under a .gz name, or None (nibabel decompresses by the extension, not by the
+    bytes)."""
     try:
         with open(path, "rb") as handle:
-            gzipped = handle.read(2) == b"\x1f\x8b"
+            start = handle.read(4)
     except OSError:
         return None
+    gzipped = start[:2] == b"\x1f\x8b"
     name = str(path).lower()
     if name.endswith(".nii") and gzipped:
         return "the file is gzip-compressed but named .nii: rename it to end in .nii.gz"
-    if name.endswith(".gz") and not gzipped:
-        return "the file is named .gz but is not gzip-compressed: rename it to end in .nii"
+    plain_nifti = len(start) == 4 and any(int(np.frombuffer(start, f"{o}i4")[0]) in (348, 540) for o in "<>")
+    if name.endswith(".gz") and plain_nifti:
+        return "the file is named .gz but is not gzip-compressed (a plain NIfTI file): rename it to end in .nii"
     return None
 
 

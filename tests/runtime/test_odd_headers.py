@@ -410,6 +410,9 @@ def test_a_gzipped_file_named_nii_is_named_so(tmp_path):
     (tmp_path / "y.nii.gz").write_bytes(gzip.open(path).read())
     with pytest.raises(DataError, match=r"y\.nii\.gz: the file is named \.gz but is not gzip-compressed"):
         read_volume(tmp_path / "y.nii.gz")
+    (tmp_path / "z.nii.gz").write_bytes(b"not a nifti file")  # not NIfTI at all: no advice to rename
+    with pytest.raises(DataError, match=r"z\.nii\.gz: cannot read the image .*may be truncated or not NIfTI"):
+        read_volume(tmp_path / "z.nii.gz")
 
 
 def test_a_label_map_given_as_the_image_is_refused(tmp_path):
