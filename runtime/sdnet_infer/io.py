@@ -320,19 +320,10 @@ def _data_offset_problem(path):
     set and room for extensions, inside the first extension (its ``esize`` from byte 352 or 544).
     nibabel reads from such an offset, or refuses it as "too low" naming NIfTI-1 for either
     format; offset 0, which .hdr/.img pairs use, would shift the whole image by the header."""
-    try:
-        with ImageOpener(str(path)) as handle:
-            raw = handle.read(560)
-    except Exception:  # unreadable: the caller's message stands
+    stored = _header_bytes(path, 560)
+    if stored is None:
         return None
-    if len(raw) < 348:
-        return None
-    for order in "<>":
-        size = int(np.frombuffer(raw[:4], f"{order}i4")[0])
-        if size in (348, 540):
-            break
-    else:
-        return None
+    raw, order, size = stored
     offset = float(np.frombuffer(raw[108:112], f"{order}f4")[0]) if size == 348 else \
         int(np.frombuffer(raw[168:176], f"{order}i8")[0])
     first, name = (352, "NIfTI-1") if size == 348 else (544, "NIfTI-2")
@@ -373,20 +364,32 @@ def _dim0_problem(path):
     nibabel takes a ``dim[0]`` outside 1-7 as a sign of the other byte order and then fails on
     another field (``vox offset 0 too low``); a 348-byte NIfTI-1 header whose ``dim[0]`` is
     outside 1-7 in both byte orders is named for that instead."""
+    stored = _header_bytes(path, 348)
+    if stored is None or stored[2] != 348:
+        return None
+    raw, order, _ = stored
+    dim0 = int(np.frombuffer(raw[40:42], f"{order}i2")[0])
+    swapped = int(np.frombuffer(raw[40:42], f"{'>' if order == '<' else '<'}i2")[0])
+    if not 1 <= dim0 <= 7 and not 1 <= swapped <= 7:
+        return f"dim[0] is {dim0}, not a number of dimensions (1-7): the header is corrupt"
+    return None
+
+
+def _header_bytes(path, count):
+    """(the first ``count`` bytes, byte order "<" or ">", ``sizeof_hdr`` 348 or 540) of a NIfTI
+    file as stored (decompressed by its extension), or None when it cannot be read or starts
+    with no NIfTI-1 or NIfTI-2 size in either byte order."""
     try:
         with ImageOpener(str(path)) as handle:
-            raw = handle.read(348)
+            raw = handle.read(count)
     except Exception:  # unreadable: the caller's message stands
         return None
     if len(raw) < 348:
         return None
     for order in "<>":
-        if int(np.frombuffer(raw[:4], f"{order}i4")[0]) == 348:
-            dim0 = int(np.frombuffer(raw[40:42], f"{order}i2")[0])
-            swapped = int(np.frombuffer(raw[40:42], f"{'>' if order == '<' else '<'}i2")[0])
-            if not 1 <= dim0 <= 7 and not 1 <= swapped <= 7:
-                return f"dim[0] is {dim0}, not a number of dimensions (1-7): the header is corrupt"
-            return None
+        size = int(np.frombuffer(raw[:4], f"{order}i4")[0])
+        if size in (348, 540):
+            return raw, order, size
     return None
 
 
