@@ -352,8 +352,7 @@ def _compression_mismatch(path):
     name = str(path).lower()
     if name.endswith(".nii") and gzipped:
         return "the file is gzip-compressed but named .nii: rename it to end in .nii.gz"
-    plain_nifti = len(start) == 4 and any(int(np.frombuffer(start, f"{o}i4")[0]) in (348, 540) for o in "<>")
-    if name.endswith(".gz") and plain_nifti:
+    if name.endswith(".gz") and _sizeof_hdr(start) is not None:
         return "the file is named .gz but is not gzip-compressed (a plain NIfTI file): rename it to end in .nii"
     return None
 
@@ -384,12 +383,19 @@ def _header_bytes(path, count):
             raw = handle.read(count)
     except Exception:  # unreadable: the caller's message stands
         return None
-    if len(raw) < 348:
+    found = _sizeof_hdr(raw) if len(raw) >= 348 else None
+    return None if found is None else (raw, *found)
+
+
+def _sizeof_hdr(start):
+    """(byte order "<" or ">", ``sizeof_hdr`` 348 or 540) read from a header's first 4 bytes,
+    or None when they give neither NIfTI size in either byte order."""
+    if len(start) < 4:
         return None
     for order in "<>":
-        size = int(np.frombuffer(raw[:4], f"{order}i4")[0])
+        size = int(np.frombuffer(start[:4], f"{order}i4")[0])
         if size in (348, 540):
-            return raw, order, size
+            return order, size
     return None
 
 
