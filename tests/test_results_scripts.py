@@ -121,6 +121,41 @@ def test_frds_scores_the_priors_in_sdnets_frame_only(tmp_path, monkeypatch):
     assert "--frds" not in evaluated["nvae-acdc-heart"] and "--frds" in evaluated["nvae-acdc-kl10"]
 
 
+def test_a_network_trained_with_another_seed_is_set_against_the_baseline_with_that_seed(tmp_path, monkeypatch):
+    # the seed-2 replicate of a network with a prior is compared with the seed-2 replicate of the
+    # network without one when that exists (else the ACDC table's run), and the baseline's
+    # replicates get rows of their own
+    import json
+
+    shapes = load(ROOT / "results" / "shape-priors" / "acdc.py")
+    out, table_runs, replicates = tmp_path / "acdc", tmp_path / "table", tmp_path / "replicates"
+    for folder in (out / "replicates", table_runs, replicates):
+        folder.mkdir(parents=True)
+    monkeypatch.setattr(shapes, "OUT", out)
+    monkeypatch.setattr(shapes, "BASELINES", table_runs)
+    monkeypatch.setattr(shapes, "BASELINE_REPLICATES", replicates)
+
+    def scores(dice, valid, **extra):
+        return dict({"dice_3d": {"mean": dice, "LV": dice, "RV": dice, "MYO": dice}, "slice_dice": {"mean": dice},
+                     "hd95_mm": {"LV": 9.0, "RV": 9.0, "MYO": 9.0}, "labelled_fraction": 0.015,
+                     "valid_slices_percent": valid}, **extra)
+
+    name, baseline = "sdnet-shape-projection-split0-1.5pct", "sdnet-split0-1.5pct"
+    (out / f"{name}.json").write_text(json.dumps(scores(0.712, 53.5)))
+    (out / "replicates" / f"{name}-seed2.json").write_text(json.dumps(scores(0.700, 30.0, seed=2)))
+    (table_runs / f"{baseline}.json").write_text(json.dumps(scores(0.724, 47.8)))
+    rows = "\n".join(shapes.network_rows())
+    assert f"| {name}, again, seed 2 |" in rows
+    assert "sdnet-split0-1.5pct: 3-D Dice -0.024, valid slices -17.8 points" in rows  # no seed-2 baseline yet
+    (replicates / f"{baseline}-seed2-tensorflow-cpu.json").write_text(json.dumps(scores(0.329, 0.0, seed=2)))
+    (replicates / f"{baseline}-tensorflow-cpu.json").write_text(json.dumps(scores(0.716, 40.3)))
+    rows = "\n".join(shapes.network_rows())
+    assert "sdnet-split0-1.5pct, seed 2: 3-D Dice +0.371, valid slices +30.0 points" in rows
+    assert "sdnet-split0-1.5pct: 3-D Dice -0.012, valid slices +5.7 points" in rows  # seed 1: the table's run
+    assert f"| {baseline}, same-seed rerun | 1.5% | none | 0.716" in rows
+    assert f"| {baseline}, seed 2 | 1.5% | none | 0.329" in rows
+
+
 def test_a_replicated_network_is_scored_beside_the_first_run_with_the_prior_weights_it_used(tmp_path, monkeypatch):
     # a second run of a network with a shape prior: its own run folder and JSON, a table row
     # beside the first run's naming the prior's epoch, the first run's figures untouched

@@ -61,6 +61,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 OUT = HERE / "acdc"
 BASELINES = ROOT / "results" / "acdc" / "runs"
+BASELINE_REPLICATES = ROOT / "results" / "acdc" / "replicates"  # results/acdc/run.py --replicate
 
 _spec = importlib.util.spec_from_file_location("acdc_run", ROOT / "results" / "acdc" / "run.py")
 acdc_run = importlib.util.module_from_spec(_spec)
@@ -245,9 +246,21 @@ def prior_rows():
     return lines
 
 
+def _baseline_of(baseline, seed=None):
+    """The run without a prior that a network's row is set against: with ``seed`` (a replicate
+    trained with ``train.seed`` seed on the same subjects), the baseline's replicate with that
+    seed on the TensorFlow engine and the CPU if it has been run (``results/acdc/run.py
+    --replicate BASELINE --seed N``), else the ACDC table's run. Returns (label, result or None)."""
+    if seed is not None:
+        same_seed = _load(f"{baseline}-seed{seed}-tensorflow-cpu", BASELINE_REPLICATES)
+        if same_seed is not None:
+            return f"{baseline}, seed {seed}", same_seed
+    return baseline, _load(baseline, BASELINES)
+
+
 def network_rows():
     lines = ["| network | labelled | prior | 3-D Dice (LV / RV / MYO) | per-slice Dice | HD95 mm LV / RV / MYO | "
-             "valid slices | against the network without a prior (ACDC table) |",
+             "valid slices | against the network without a prior (ACDC table; another seed: its run with that seed) |",
              "|---|---|---|---|---|---|---|---|"]
     rows = []
     for name, (kind, fraction, prior, baseline, _) in NETWORKS.items():  # each run, then its replicate
@@ -260,7 +273,10 @@ def network_rows():
                 label = f"{name}, again" + (f", seed {again['seed']}" if "seed" in again else "")
                 rows.append((label, fraction, f"{prior}{f' (epoch {weights})' if weights else ''}", baseline, again))
     for name, fraction, prior, baseline, r in rows:
-        b = _load(baseline, BASELINES) if BASELINE_ROWS[0] else None
+        if BASELINE_ROWS[0] and r is not None:
+            baseline, b = _baseline_of(baseline, r.get("seed"))
+        else:
+            b = None
         label = f"{fraction * 100:g}%"
         if r is None:
             lines.append(f"| {name} | {label} | {prior} | not run yet | | | | |")
@@ -275,10 +291,15 @@ def network_rows():
                      f"{_f(h['LV'], 1)} / {_f(h['RV'], 1)} / {_f(h['MYO'], 1)} | {_f(r['valid_slices_percent'], 1)}% | "
                      f"{versus} |")
     for baseline in sorted({n[3] for n in NETWORKS.values()}) if BASELINE_ROWS[0] else ():
-        b = _load(baseline, BASELINES)
-        if b is not None:
+        runs = [(f"{baseline} (ACDC table)", _load(baseline, BASELINES)),
+                (f"{baseline}, same-seed rerun", _load(f"{baseline}-tensorflow-cpu", BASELINE_REPLICATES))]
+        for path in sorted(BASELINE_REPLICATES.glob(f"{baseline}-seed*-tensorflow-cpu.json")):
+            runs.append((f"{baseline}, seed {json.loads(path.read_text())['seed']}", json.loads(path.read_text())))
+        for label, b in runs:
+            if b is None:
+                continue
             d = b["dice_3d"]
-            lines.append(f"| {baseline} (ACDC table) | {b['labelled_fraction'] * 100:g}% | none | {_f(d['mean'])} "
+            lines.append(f"| {label} | {b['labelled_fraction'] * 100:g}% | none | {_f(d['mean'])} "
                          f"({_f(d['LV'])} / {_f(d['RV'])} / {_f(d['MYO'])}) | {_f(b['slice_dice']['mean'], 1, 100)}% | "
                          f"{_f(b['hd95_mm']['LV'], 1)} / {_f(b['hd95_mm']['RV'], 1)} / {_f(b['hd95_mm']['MYO'], 1)} | "
                          f"{_f(b['valid_slices_percent'], 1)}% | |")
