@@ -42,7 +42,9 @@ trains a network again with the same command and seed (and its prior's weights a
 in ``RUNS/replicates/NETWORK``, into ``replicates/NETWORK.json``, a row of the table beside the
 first run's, so a difference between two settings can be set against the spread of one; with
 ``--seed N``, ``train.seed`` N on the same subjects (``data.seed``), into
-``replicates/NETWORK-seedN.json``. ``--smoke`` checks the pipeline: every
+``replicates/NETWORK-seedN.json``, whose row is set against the network without a prior trained
+with that seed (``results/acdc/run.py DATA --replicate BASELINE --seed N``) once that has been
+run. ``--smoke`` checks the pipeline: every
 run for one epoch of two steps, results under ``RUNS/results`` instead of here.
 """
 
