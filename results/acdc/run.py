@@ -423,6 +423,12 @@ def check_subjects(result, first_path):
               f"{first['labelled_patients']} ({first_path}): not the same subjects", file=sys.stderr, flush=True)
 
 
+def replicate_name(name, backend="tensorflow", platform="cpu", seed=None):
+    """The file name (no suffix) of run ``name``'s replicate in ``replicates/``:
+    ``NAME[-seedN]-BACKEND-PLATFORM``, e.g. ``sdnet-split0-1.5pct-seed2-tensorflow-cpu``."""
+    return f"{name}{'' if seed is None else f'-seed{seed}'}-{backend}-{platform}"
+
+
 def replicate(job, data, runs, backend, seed=None):
     """Planned run ``job`` trained and scored again with ``backend`` on this machine, into
     ``replicates/<name>-<backend>-<platform>.json`` beside the table's run: the same config,
@@ -431,7 +437,7 @@ def replicate(job, data, runs, backend, seed=None):
     ``replicates/<name>-seed<seed>-<backend>-<platform>.json``."""
     name = run_name(*job)
     device = device_name(backend)
-    tag = f"{name}{'' if seed is None else f'-seed{seed}'}-{backend}-{device.split()[0]}"
+    tag = replicate_name(name, backend, device.split()[0], seed)
     out = HERE / "replicates"
     if (out / f"{tag}.json").is_file():
         print(f"{tag}: already in {out / (tag + '.json')}; skipped", flush=True)

@@ -254,7 +254,7 @@ def _baseline_of(baseline, seed=None):
     seed on the TensorFlow engine and the CPU if it has been run (``results/acdc/run.py
     --replicate BASELINE --seed N``), else the ACDC table's run. Returns (label, result or None)."""
     if seed is not None:
-        same_seed = _load(f"{baseline}-seed{seed}-tensorflow-cpu", BASELINE_REPLICATES)
+        same_seed = _load(acdc_run.replicate_name(baseline, seed=seed), BASELINE_REPLICATES)
         if same_seed is not None:
             return f"{baseline}, seed {seed}", same_seed
     return baseline, _load(baseline, BASELINES)
@@ -294,9 +294,10 @@ def network_rows():
                      f"{versus} |")
     for baseline in sorted({n[3] for n in NETWORKS.values()}) if BASELINE_ROWS[0] else ():
         runs = [(f"{baseline} (ACDC table)", _load(baseline, BASELINES)),
-                (f"{baseline}, same-seed rerun", _load(f"{baseline}-tensorflow-cpu", BASELINE_REPLICATES))]
-        for path in sorted(BASELINE_REPLICATES.glob(f"{baseline}-seed*-tensorflow-cpu.json")):
-            runs.append((f"{baseline}, seed {json.loads(path.read_text())['seed']}", json.loads(path.read_text())))
+                (f"{baseline}, same-seed rerun", _load(acdc_run.replicate_name(baseline), BASELINE_REPLICATES))]
+        for path in sorted(BASELINE_REPLICATES.glob(f"{acdc_run.replicate_name(baseline, seed='*')}.json")):
+            seeded = json.loads(path.read_text())
+            runs.append((f"{baseline}, seed {seeded['seed']}", seeded))
         for label, b in runs:
             if b is None:
                 continue
